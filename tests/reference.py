@@ -1,0 +1,202 @@
+"""Plain float64 reference implementations for the xent_kernels test suite.
+
+Everything here is written the obvious way with numpy/scipy, in float64, with no
+attempt at speed. Inputs are cast up to float64 first, so a float32 input is
+compared against the exact float64 result on the same float32 values.
+
+Nothing here imports xent_kernels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import entr, log_expit, log_softmax, logsumexp, rel_entr, xlog1py, xlogy
+
+LN2 = np.log(2.0)
+
+
+def _scale(values, base):
+    """Convert nats to the requested unit."""
+    if base == "e":
+        return values
+    if base == 2:
+        return values / LN2
+    raise AssertionError(f"reference: unknown base {base!r}")
+
+
+def log_q(pred, kind, eps=None):
+    """Row-wise log-probabilities of the model distribution, float64, shape (n, C).
+
+    ``eps`` clips the probability from below: log(max(q, eps)).
+    """
+    pred = np.asarray(pred, dtype=np.float64)
+    if kind == "logits":
+        out = log_softmax(pred, axis=1) if pred.size else pred.copy()
+    elif kind == "probs":
+        with np.errstate(divide="ignore"):
+            out = np.log(pred)
+    elif kind == "log_probs":
+        out = pred.copy()
+    else:
+        raise AssertionError(f"reference: unknown kind {kind!r}")
+    if eps is not None:
+        out = np.maximum(out, np.log(eps))
+    return out
+
+
+def probs_of(pred, kind):
+    """Row-wise probabilities, float64, shape (n, C)."""
+    pred = np.asarray(pred, dtype=np.float64)
+    if kind == "probs":
+        return pred.copy()
+    return np.exp(log_q(pred, kind))
+
+
+def _reduce(per_row, weights, keep, reduction):
+    """Apply the spec's reductions. ``keep`` masks rows that count (not ignored)."""
+    per_row = np.asarray(per_row, dtype=np.float64)
+    n = per_row.shape[0]
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+    if keep is None:
+        keep = np.ones(n, dtype=bool)
+    if reduction == "none":
+        return np.where(keep, per_row, 0.0)
+    wl = w[keep] * per_row[keep]
+    total = float(np.sum(wl)) if wl.size else 0.0
+    if reduction == "sum":
+        return total
+    if reduction == "mean":
+        denom = float(np.sum(w[keep]))
+        if not keep.any():
+            return float("nan")
+        return total / denom
+    raise AssertionError(f"reference: unknown reduction {reduction!r}")
+
+
+def smooth_hard(labels, n_classes, label_smoothing):
+    """(1 - eps) * one_hot + eps / C as a float64 soft target (ignored rows get zeros)."""
+    labels = np.asarray(labels)
+    n = labels.shape[0]
+    target = np.zeros((n, n_classes))
+    valid = (labels >= 0) & (labels < n_classes)
+    target[np.arange(n)[valid], labels[valid]] = 1.0
+    target = (1.0 - label_smoothing) * target + label_smoothing / n_classes
+    target[~valid] = 0.0
+    return target
+
+
+def _soft_ce_rows(target, lq):
+    """-sum_c t_c log q_c with 0 * log 0 = 0 (and t > 0, q = 0 -> +inf)."""
+    with np.errstate(invalid="ignore"):
+        terms = np.where(target > 0, target * lq, 0.0)
+    return -np.sum(terms, axis=1)
+
+
+def ce_hard(pred, labels, kind="logits", *, weights=None, ignore_index=-100,
+            label_smoothing=0.0, eps=None, reduction="none", base="e"):
+    """Cross-entropy with integer class labels.
+
+    Without label smoothing this is -log q[y]; with it, the soft cross-entropy
+    against (1 - eps) * one_hot + eps / C. Rows with label == ignore_index count
+    for nothing (0.0 under reduction "none").
+    """
+    pred = np.asarray(pred, dtype=np.float64)
+    labels = np.asarray(labels)
+    n, n_classes = pred.shape
+    keep = labels != ignore_index
+    lq = log_q(pred, kind, eps)
+    if label_smoothing == 0.0:
+        safe = np.where(keep, labels, 0)
+        per_row = -lq[np.arange(n), safe] if n else np.zeros(0)
+    else:
+        target = smooth_hard(np.where(keep, labels, -1), n_classes, label_smoothing)
+        per_row = _soft_ce_rows(target, lq)
+    per_row = np.where(keep, per_row, 0.0)
+    return _scale(_reduce(per_row, weights, keep, reduction), base)
+
+
+def ce_soft(pred, target, kind="logits", *, weights=None, label_smoothing=0.0,
+            eps=None, reduction="none", base="e"):
+    """Cross-entropy -sum t log q against soft targets, 0 log 0 = 0."""
+    pred = np.asarray(pred, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64)
+    n_classes = pred.shape[1]
+    if label_smoothing:
+        target = (1.0 - label_smoothing) * target + label_smoothing / n_classes
+    per_row = _soft_ce_rows(target, log_q(pred, kind, eps))
+    return _scale(_reduce(per_row, weights, None, reduction), base)
+
+
+def ce_soft_xlogy(probs, target):
+    """Soft cross-entropy on probabilities via scipy.special.xlogy (independent path)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        return -np.sum(xlogy(target, probs), axis=1)
+
+
+def bce(pred, target, kind="logits", *, weights=None, pos_weight=None, eps=None,
+        reduction="none", base="e"):
+    """Binary cross-entropy -(pw * t * log s + (1 - t) * log(1 - s))."""
+    pred = np.asarray(pred, dtype=np.float64)
+    t = np.asarray(target, dtype=np.float64)
+    pw = 1.0 if pos_weight is None else np.asarray(pos_weight, dtype=np.float64)
+    if kind == "logits":
+        if eps is None:
+            log_s = log_expit(pred)
+            log_1ms = log_expit(-pred)
+            with np.errstate(invalid="ignore"):
+                pos = np.where(t > 0, t * log_s, 0.0)
+                neg = np.where(t < 1, (1.0 - t) * log_1ms, 0.0)
+            per_row = -(pw * pos + neg)
+        else:
+            s = np.clip(np.exp(log_expit(pred)), eps, 1.0 - eps)
+            per_row = -(pw * xlogy(t, s) + xlog1py(1.0 - t, -s))
+    elif kind == "probs":
+        s = pred if eps is None else np.clip(pred, eps, 1.0 - eps)
+        with np.errstate(divide="ignore"):
+            per_row = -(pw * xlogy(t, s) + xlog1py(1.0 - t, -s))
+    else:
+        raise AssertionError(f"reference: unknown kind {kind!r}")
+    return _scale(_reduce(per_row, weights, None, reduction), base)
+
+
+def kl(p, q, kind="logits", *, reduction="none", base="e"):
+    """Row-wise KL(p || q) = sum p log(p / q); p > 0 where q = 0 gives +inf."""
+    if kind == "probs":
+        p = np.asarray(p, dtype=np.float64)
+        q = np.asarray(q, dtype=np.float64)
+        per_row = np.sum(rel_entr(p, q), axis=1)
+    else:
+        lp = log_q(p, kind)
+        lq = log_q(q, kind)
+        pp = np.exp(lp)
+        with np.errstate(invalid="ignore"):
+            per_row = np.sum(np.where(pp > 0, pp * (lp - lq), 0.0), axis=1)
+    return _scale(_reduce(per_row, None, None, reduction), base)
+
+
+def js(p, q, kind="logits", *, reduction="none", base="e"):
+    """Jensen-Shannon divergence 1/2 KL(p || m) + 1/2 KL(q || m), m = (p + q) / 2."""
+    pp = probs_of(p, kind)
+    qq = probs_of(q, kind)
+    m = 0.5 * (pp + qq)
+    per_row = 0.5 * np.sum(rel_entr(pp, m), axis=1) + 0.5 * np.sum(rel_entr(qq, m), axis=1)
+    return _scale(_reduce(per_row, None, None, reduction), base)
+
+
+def entropy(p, kind="logits", *, reduction="none", base="e"):
+    """Row-wise Shannon entropy -sum p log p."""
+    if kind == "probs":
+        per_row = np.sum(entr(np.asarray(p, dtype=np.float64)), axis=1)
+    else:
+        lp = log_q(p, kind)
+        pp = np.exp(lp)
+        with np.errstate(invalid="ignore"):
+            per_row = -np.sum(np.where(pp > 0, pp * lp, 0.0), axis=1)
+    return _scale(_reduce(per_row, None, None, reduction), base)
+
+
+def log_partition(logits):
+    """logsumexp per row, float64 (used to build log_probs inputs)."""
+    return logsumexp(np.asarray(logits, dtype=np.float64), axis=1, keepdims=True)

@@ -1,0 +1,17 @@
+"""xent_kernels: exact, fast cross-entropy, KL-divergence and entropy kernels.
+
+Pure numerics (NumPy + Numba): nothing here imports Dask, Prefect or pyarrow.
+"""
+
+from ._checks import SUM_TOLERANCE, find_invalid_row
+from .losses import binary_cross_entropy, cross_entropy, entropy, js_divergence, kl_divergence
+
+__all__ = [
+    "SUM_TOLERANCE",
+    "binary_cross_entropy",
+    "cross_entropy",
+    "entropy",
+    "find_invalid_row",
+    "js_divergence",
+    "kl_divergence",
+]

@@ -1,0 +1,117 @@
+"""Input checks at the public API boundary: once per call, never inside the loops."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import _kernels as K
+
+# Rows of probabilities must sum to 1 (log-probabilities: logsumexp to 0) within this.
+# Loose enough for float32 softmax outputs of 32k classes, tight enough to catch
+# unnormalised scores passed as probabilities.
+SUM_TOLERANCE = 1e-4
+
+_REASONS = {
+    1: "a NaN or infinite value",
+    2: "a negative probability",
+    3: "values that do not sum to 1 (tolerance {tol:g})",
+}
+
+
+def kind_code(kind: str) -> int:
+    try:
+        return K.KIND_CODES[kind]
+    except (KeyError, TypeError):
+        raise ValueError(f"kind must be one of {sorted(K.KIND_CODES)}, got {kind!r}") from None
+
+
+def log_base(base) -> float:
+    """Divisor that converts nats into the requested unit."""
+    if base == "e":
+        return 1.0
+    if base == 2 or base == "2":
+        return math.log(2.0)
+    raise ValueError(f"base must be 'e' (nats) or 2 (bits), got {base!r}")
+
+
+def as_predictions(pred, name: str, *, ndim: int = 2) -> np.ndarray:
+    pred = np.asarray(pred)
+    if pred.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{name} must be float32 or float64, got dtype {pred.dtype}")
+    if pred.ndim != ndim:
+        expected = "(n_rows, n_classes)" if ndim == 2 else "(n_rows,)"
+        raise ValueError(f"{name} must have shape {expected}, got shape {pred.shape}")
+    if ndim == 2 and pred.shape[1] == 0:
+        raise ValueError(f"{name} must have at least one class column, got shape {pred.shape}")
+    return np.ascontiguousarray(pred)
+
+
+def check_values(pred: np.ndarray, kind: str, name: str) -> None:
+    """Raise ValueError naming the first row that is not a valid `kind` row."""
+    row, reason = find_invalid_row(pred, kind)
+    if row >= 0:
+        raise ValueError(
+            f"{name} ({kind}): row {row} has {reason}: {np.array2string(pred[row], threshold=12)}"
+        )
+
+
+def find_invalid_row(pred: np.ndarray, kind: str) -> tuple[int, str]:
+    """First row of a 2-D prediction array that is not valid for `kind`, with the
+    reason in words; (-1, "") when every row is valid."""
+    if pred.shape[0] == 0:
+        return -1, ""
+    row, code = K.first_invalid_row(pred, kind_code(kind), SUM_TOLERANCE)
+    if row < 0:
+        return -1, ""
+    return int(row), _REASONS[code].format(tol=SUM_TOLERANCE)
+
+
+def as_labels(labels, n_rows: int, n_classes: int, ignore_index: int | None, name: str = "target") -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"{name} class indices must be integers, got dtype {labels.dtype}")
+    if labels.shape != (n_rows,):
+        raise ValueError(f"{name} must have shape ({n_rows},) to match the predictions, got {labels.shape}")
+    labels = np.ascontiguousarray(labels, dtype=np.int64)
+    sentinel = n_classes if ignore_index is None else ignore_index  # n_classes is never valid
+    row = K.first_bad_label(labels, n_classes, sentinel) if n_rows else -1
+    if row >= 0:
+        allowed = f"[0, {n_classes})" + ("" if ignore_index is None else f" or ignore_index={ignore_index}")
+        raise ValueError(f"{name}: row {row} has class {labels[row]}, expected a class in {allowed}")
+    return labels
+
+
+def as_weights(weights, n_rows: int) -> np.ndarray | None:
+    if weights is None:
+        return None
+    weights = np.asarray(weights)
+    if weights.dtype.kind not in "iuf":
+        raise TypeError(f"weights must be numeric, got dtype {weights.dtype}")
+    if weights.shape != (n_rows,):
+        raise ValueError(f"weights must have shape ({n_rows},), got {weights.shape}")
+    weights = np.ascontiguousarray(weights, dtype=np.float64)
+    bad = np.flatnonzero(~(np.isfinite(weights) & (weights >= 0)))
+    if bad.size:
+        raise ValueError(f"weights: row {bad[0]} is {weights[bad[0]]}, expected a finite value >= 0")
+    return weights
+
+
+def reduce(losses: np.ndarray, weights: np.ndarray | None, keep: np.ndarray | None, reduction: str) -> np.ndarray | float:
+    """'none' returns the per-row array; 'sum' Σw·loss; 'mean' Σw·loss / Σw over kept rows."""
+    if reduction == "none":
+        return losses
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"reduction must be 'none', 'sum' or 'mean', got {reduction!r}")
+    w = np.ones_like(losses) if weights is None else weights
+    if keep is not None:
+        w = np.where(keep, w, 0.0)
+    # Zero-weight rows contribute nothing, even when their loss is infinite.
+    # np.sum is pairwise: its rounding error grows with log(n), not n.
+    with np.errstate(invalid="ignore"):
+        total = float(np.sum(np.where(w > 0, w * losses, 0.0)))
+    if reduction == "sum":
+        return total
+    denominator = float(np.sum(w))
+    return total / denominator if denominator > 0 else math.nan

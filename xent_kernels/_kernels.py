@@ -1,0 +1,469 @@
+"""Numba loops. They validate nothing and allocate nothing per row: the public
+functions in ``losses.py`` and ``stats.py`` check inputs once and pass buffers in.
+
+Every kernel works on blocks of rows through ``prepare_block``, which turns one block
+of predictions into flat float64 buffers:
+
+* ``t[k]``: log-weights; log q_j = t_j - lognorm[i]
+  (logits: z - max(z); log_probs: z; probs: log z),
+* ``e[k]``: exp(t) (probs: z itself), so q_j = e_j * inv_sum[i],
+* ``lognorm[i]``, ``inv_sum[i]``: log and reciprocal of the row's normaliser
+  (logits: log Σe and 1/Σe; probs and log_probs are used as given: 0 and 1),
+* ``conf[i]``: the largest probability of the row,
+* ``ok[i]``: False for rows holding NaN or +inf (or -inf in logits; or a negative probability).
+
+exp, the only real work, then runs over one flat buffer and vectorizes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._math import fast_exp, fast_log
+from ._numba import kernel, strict_kernel
+
+LOGITS, PROBS, LOG_PROBS = 0, 1, 2
+KIND_CODES = {"logits": LOGITS, "probs": PROBS, "log_probs": LOG_PROBS}
+
+# Rows per block: about this many predictions, so the buffers stay in L1/L2 cache.
+BLOCK_ELEMENTS = 2048
+# Per-slice sums (marginals, histogram) fold into their compensated totals at least
+# this often; plain float64 sums over so few rows lose nothing measurable.
+FOLD_ROWS = 256
+
+# Fields of the per-(slice, class) cell, in ClassStats.cell_sum[..., field].
+WEIGHT, CE, ENTROPY, P_TRUE, TOP1, TOP5, KL = range(7)
+N_CELL_FIELDS = 7
+# Fields of the per-(slice, bin) confidence histogram.
+HIST_WEIGHT, HIST_CORRECT, HIST_CONF = range(3)
+N_HIST_FIELDS = 3
+# Per-slice row counts that are not in any cell.
+IGNORED, NONFINITE = range(2)
+
+
+def block_rows(n_classes: int) -> int:
+    return max(1, BLOCK_ELEMENTS // max(n_classes, 1))
+
+
+@kernel
+def prepare_block(z, r0, r1, kind, t, e, lognorm, inv_sum, conf, ok):
+    n_cols = z.shape[1]
+    rows = r1 - r0
+    for i in range(rows):
+        r = r0 + i
+        base = i * n_cols
+        if kind == LOGITS:
+            m = np.float64(z[r, 0])
+            total = 0.0
+            for j in range(n_cols):
+                v = np.float64(z[r, j])
+                total += v
+                if v > m:
+                    m = v
+            # A sum of finite float32/float64 values of this size cannot overflow, so a
+            # non-finite total means a NaN or inf in the row.
+            ok[i] = np.isfinite(total)
+            for j in range(n_cols):
+                t[base + j] = np.float64(z[r, j]) - m
+        elif kind == LOG_PROBS:
+            m = -np.inf
+            total = 0.0
+            for j in range(n_cols):
+                v = np.float64(z[r, j])
+                total += v if v != -np.inf else 0.0
+                if v > m:
+                    m = v
+                t[base + j] = v
+            ok[i] = np.isfinite(total) and m > -np.inf
+            conf[i] = fast_exp(m)
+        else:
+            m = 0.0
+            total = 0.0
+            negative = 0
+            for j in range(n_cols):
+                v = np.float64(z[r, j])
+                total += v
+                negative += v < 0.0
+                if v > m:
+                    m = v
+                e[base + j] = v
+                t[base + j] = fast_log(v)
+            ok[i] = np.isfinite(total) and negative == 0
+            conf[i] = m
+    if kind != PROBS:
+        for k in range(rows * n_cols):
+            e[k] = fast_exp(t[k])
+    if kind == LOGITS:
+        for i in range(rows):
+            s = 0.0
+            base = i * n_cols
+            for j in range(n_cols):
+                s += e[base + j]
+            inv_sum[i] = 1.0 / s
+            conf[i] = inv_sum[i]  # the largest e is exp(0) = 1
+            lognorm[i] = s  # the log is taken below, over the block, where it vectorizes
+        for i in range(rows):
+            lognorm[i] = fast_log(lognorm[i])
+    else:
+        for i in range(rows):
+            lognorm[i] = 0.0
+            inv_sum[i] = 1.0
+
+
+class Buffers:
+    """Scratch buffers for ``prepare_block`` sized for one block of ``n_classes``."""
+
+    def __init__(self, n_classes: int):
+        rows = block_rows(n_classes)
+        self.rows = rows
+        self.t = np.empty(rows * n_classes)
+        self.e = np.empty(rows * n_classes)
+        self.lognorm = np.empty(rows)
+        self.inv_sum = np.empty(rows)
+        self.conf = np.empty(rows)
+        self.ok = np.empty(rows, dtype=np.bool_)
+
+    def args(self):
+        return self.t, self.e, self.lognorm, self.inv_sum, self.conf, self.ok
+
+
+@kernel
+def _xlogy_sum(e, t, base, n_cols):
+    """Σ_j e_j t_j over one row, with 0 * log 0 = 0."""
+    acc = 0.0
+    for j in range(n_cols):
+        ej = e[base + j]
+        acc += ej * t[base + j] if ej > 0.0 else 0.0
+    return acc
+
+
+# --------------------------------------------------------------------------- per-row losses
+
+
+@kernel
+def ce_hard_rows(z, labels, kind, ignore_index, smoothing, log_eps, block, t, e, lognorm, inv_sum, conf, ok, out):
+    n, n_cols = z.shape
+    for r0 in range(0, n, block):
+        r1 = min(n, r0 + block)
+        prepare_block(z, r0, r1, kind, t, e, lognorm, inv_sum, conf, ok)
+        for i in range(r1 - r0):
+            y = labels[r0 + i]
+            if y == ignore_index:
+                out[r0 + i] = 0.0
+                continue
+            base = i * n_cols
+            loss = -max(t[base + y] - lognorm[i], log_eps)
+            if smoothing > 0.0:
+                mean_log_q = 0.0
+                for j in range(n_cols):
+                    mean_log_q += max(t[base + j] - lognorm[i], log_eps)
+                loss = (1.0 - smoothing) * loss - smoothing * (mean_log_q / n_cols)
+            out[r0 + i] = loss
+
+
+@kernel
+def ce_soft_rows(z, target, kind, smoothing, log_eps, block, t, e, lognorm, inv_sum, conf, ok, out):
+    n, n_cols = z.shape
+    uniform = smoothing / n_cols
+    for r0 in range(0, n, block):
+        r1 = min(n, r0 + block)
+        prepare_block(z, r0, r1, kind, t, e, lognorm, inv_sum, conf, ok)
+        for i in range(r1 - r0):
+            base = i * n_cols
+            acc = 0.0
+            for j in range(n_cols):
+                p = (1.0 - smoothing) * np.float64(target[r0 + i, j]) + uniform
+                acc += p * max(t[base + j] - lognorm[i], log_eps) if p > 0.0 else 0.0
+            out[r0 + i] = -acc
+
+
+@kernel
+def entropy_rows(z, kind, block, t, e, lognorm, inv_sum, conf, ok, out):
+    n, n_cols = z.shape
+    for r0 in range(0, n, block):
+        r1 = min(n, r0 + block)
+        prepare_block(z, r0, r1, kind, t, e, lognorm, inv_sum, conf, ok)
+        for i in range(r1 - r0):
+            out[r0 + i] = lognorm[i] - inv_sum[i] * _xlogy_sum(e, t, i * n_cols, n_cols)
+
+
+@kernel
+def _kl_row(tp, ep, lognorm_p, inv_sum_p, tq, lognorm_q, base, n_cols):
+    """KL(p‖q) of one prepared row: Σ p_j (log p_j - log q_j), with 0 * log 0 = 0."""
+    acc = 0.0
+    for j in range(n_cols):
+        ej = ep[base + j]
+        acc += ej * (tp[base + j] - tq[base + j]) if ej > 0.0 else 0.0
+    return inv_sum_p * acc - lognorm_p + lognorm_q
+
+
+@kernel
+def kl_rows(p, q, kind, block, tp, ep, lp, sp, cp, okp, tq, eq, lq, sq, cq, okq, out):
+    n, n_cols = p.shape
+    for r0 in range(0, n, block):
+        r1 = min(n, r0 + block)
+        prepare_block(p, r0, r1, kind, tp, ep, lp, sp, cp, okp)
+        prepare_block(q, r0, r1, kind, tq, eq, lq, sq, cq, okq)
+        for i in range(r1 - r0):
+            out[r0 + i] = _kl_row(tp, ep, lp[i], sp[i], tq, lq[i], i * n_cols, n_cols)
+
+
+@kernel
+def js_rows(p, q, kind, block, tp, ep, lp, sp, cp, okp, tq, eq, lq, sq, cq, okq, out):
+    n, n_cols = p.shape
+    for r0 in range(0, n, block):
+        r1 = min(n, r0 + block)
+        prepare_block(p, r0, r1, kind, tp, ep, lp, sp, cp, okp)
+        prepare_block(q, r0, r1, kind, tq, eq, lq, sq, cq, okq)
+        for i in range(r1 - r0):
+            base = i * n_cols
+            acc = 0.0
+            for j in range(n_cols):
+                pj = ep[base + j] * sp[i]
+                qj = eq[base + j] * sq[i]
+                log_m = fast_log(0.5 * (pj + qj))
+                if pj > 0.0:
+                    acc += pj * (tp[base + j] - lp[i] - log_m)
+                if qj > 0.0:
+                    acc += qj * (tq[base + j] - lq[i] - log_m)
+            out[r0 + i] = 0.5 * acc
+
+
+@kernel
+def bce_rows(x, target, from_logits, pos_weight, eps, out):
+    for r in range(x.shape[0]):
+        v = np.float64(x[r])
+        y = np.float64(target[r])
+        if from_logits:
+            # log σ(v) = -softplus(-v), log(1 - σ(v)) = -softplus(v)
+            softplus_pos = max(v, 0.0) + np.log1p(np.exp(-abs(v)))
+            log_p = v - softplus_pos
+            log_not_p = -softplus_pos
+            if eps > 0.0:
+                log_p = min(max(log_p, np.log(eps)), np.log1p(-eps))
+                log_not_p = min(max(log_not_p, np.log(eps)), np.log1p(-eps))
+        else:
+            p = min(max(v, eps), 1.0 - eps)
+            log_p = np.log(p)
+            log_not_p = np.log1p(-p)
+        loss = 0.0
+        if y > 0.0:
+            loss -= pos_weight * y * log_p
+        if y < 1.0:
+            loss -= (1.0 - y) * log_not_p
+        out[r] = loss
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@kernel
+def first_invalid_row(z, kind, tol):
+    """(row, reason) of the first invalid row, or (-1, 0). Reasons: 1 non-finite value,
+    2 negative probability, 3 row does not sum to 1 (log_probs: logsumexp not 0)."""
+    n, n_cols = z.shape
+    for r in range(n):
+        if kind == LOGITS:
+            total = 0.0
+            for j in range(n_cols):
+                total += np.float64(z[r, j])
+            if not np.isfinite(total):
+                return r, 1
+        elif kind == PROBS:
+            total = 0.0
+            negative = 0
+            for j in range(n_cols):
+                v = np.float64(z[r, j])
+                total += v
+                negative += v < 0.0
+            if not np.isfinite(total):
+                return r, 1
+            if negative:
+                return r, 2
+            if abs(total - 1.0) > tol:
+                return r, 3
+        else:
+            m = -np.inf
+            bad = 0
+            for j in range(n_cols):
+                v = np.float64(z[r, j])
+                bad += not (v < np.inf)  # NaN or +inf
+                if v > m:
+                    m = v
+            if bad or m == -np.inf:
+                return r, 1
+            s = 0.0
+            for j in range(n_cols):
+                s += fast_exp(np.float64(z[r, j]) - m)
+            if abs(m + fast_log(s)) > tol:
+                return r, 3
+    return -1, 0
+
+
+@kernel
+def first_bad_label(labels, n_classes, ignore_index):
+    for r in range(labels.shape[0]):
+        y = labels[r]
+        if y != ignore_index and (y < 0 or y >= n_classes):
+            return r
+    return -1
+
+
+# --------------------------------------------------------------------------- per-class statistics
+
+
+@strict_kernel
+def _add_compensated(sums, comps, idx, x):
+    """Neumaier/TwoSum: sums[idx] + comps[idx] gains x with the rounding error kept.
+    Strict (no fastmath): reassociation would simplify the error term to zero."""
+    s = sums[idx]
+    total = s + x
+    back = total - s
+    comps[idx] += (s - (total - back)) + (x - back)
+    sums[idx] = total
+
+
+@kernel
+def class_stats_kernel(
+    z, labels, weights, slice_ids, ref, kind, ref_kind, n_bins, has_weights, has_slices, has_ref,
+    counts, cell_sum, cell_comp, ce_m2, marg_sum, marg_comp, hist_sum, hist_comp, row_counts,
+):
+    """Accumulate one partition into the (zeroed or running) state arrays.
+
+    Rows with label < 0 are ignored; rows with a non-finite prediction (or reference)
+    are counted and skipped. Within a block, sums are plain float64 over at most a
+    few hundred rows; they fold into the compensated totals at the end of the block
+    (cells) or every FOLD_ROWS rows (per-slice marginals and histogram). CE is summed
+    shifted by the first value seen in the block, so its variance (Chan's formula)
+    does not cancel.
+    """
+    n, n_cols = z.shape
+    n_slices = counts.shape[0]
+    block = max(1, BLOCK_ELEMENTS // n_cols)
+    t = np.empty(block * n_cols)
+    e = np.empty(block * n_cols)
+    lognorm = np.empty(block)
+    inv_sum = np.empty(block)
+    conf = np.empty(block)
+    ok = np.empty(block, dtype=np.bool_)
+    rt = np.empty(block * n_cols if has_ref else 0)
+    re = np.empty(block * n_cols if has_ref else 0)
+    rlognorm = np.empty(block)
+    rinv_sum = np.empty(block)
+    rconf = np.empty(block)
+    rok = np.ones(block, dtype=np.bool_)
+
+    n_cells = n_slices * n_cols
+    blk = np.zeros((n_cells, 9))  # W, Σw(ce-K), Σw(ce-K)², entropy, p_true, top1, top5, kl, count
+    shift = np.zeros(n_cells)
+    touched = np.empty(block, dtype=np.int64)
+    s_marg = np.zeros((n_slices, n_cols))
+    s_hist = np.zeros((n_slices, n_bins, N_HIST_FIELDS))
+    slice_touched = np.zeros(n_slices, dtype=np.bool_)
+    slice_list = np.empty(n_slices, dtype=np.int64)
+    n_slice_list = 0
+    rows_since_fold = 0
+
+    flat_counts = counts.reshape(-1)
+    flat_sum = cell_sum.reshape(-1)
+    flat_comp = cell_comp.reshape(-1)
+    flat_m2 = ce_m2.reshape(-1)
+    flat_msum = marg_sum.reshape(-1)
+    flat_mcomp = marg_comp.reshape(-1)
+    flat_hsum = hist_sum.reshape(-1)
+    flat_hcomp = hist_comp.reshape(-1)
+
+    for r0 in range(0, n, block):
+        r1 = min(n, r0 + block)
+        prepare_block(z, r0, r1, kind, t, e, lognorm, inv_sum, conf, ok)
+        if has_ref:
+            prepare_block(ref, r0, r1, ref_kind, rt, re, rlognorm, rinv_sum, rconf, rok)
+        n_touched = 0
+        for i in range(r1 - r0):
+            r = r0 + i
+            y = labels[r]
+            sl = slice_ids[r] if has_slices else 0
+            if y < 0:
+                row_counts[sl, IGNORED] += 1
+                continue
+            if not (ok[i] and rok[i]):
+                row_counts[sl, NONFINITE] += 1
+                continue
+            w = np.float64(weights[r]) if has_weights else 1.0
+            base = i * n_cols
+            ty = t[base + y]
+            ce = lognorm[i] - ty
+            et = 0.0
+            rank = 0
+            scale = w * inv_sum[i]
+            for j in range(n_cols):
+                ej = e[base + j]
+                tj = t[base + j]
+                et += ej * tj if ej > 0.0 else 0.0
+                rank += (tj > ty) | ((tj == ty) & (j < y))
+                s_marg[sl, j] += scale * ej
+            entropy = lognorm[i] - inv_sum[i] * et
+            p_true = e[base + y] * inv_sum[i]
+            cell = sl * n_cols + y
+            if blk[cell, 8] == 0.0:
+                touched[n_touched] = cell
+                n_touched += 1
+                shift[cell] = ce
+            d = ce - shift[cell]
+            blk[cell, 0] += w
+            blk[cell, 1] += w * d
+            blk[cell, 2] += w * d * d
+            blk[cell, 3] += w * entropy
+            blk[cell, 4] += w * p_true
+            blk[cell, 5] += w * (rank < 1)
+            blk[cell, 6] += w * (rank < 5)
+            if has_ref:
+                blk[cell, 7] += w * _kl_row(rt, re, rlognorm[i], rinv_sum[i], t, lognorm[i], base, n_cols)
+            blk[cell, 8] += 1.0
+            b = min(int(conf[i] * n_bins), n_bins - 1)
+            s_hist[sl, b, HIST_WEIGHT] += w
+            s_hist[sl, b, HIST_CORRECT] += w * (rank < 1)
+            s_hist[sl, b, HIST_CONF] += w * conf[i]
+            if not slice_touched[sl]:
+                slice_touched[sl] = True
+                slice_list[n_slice_list] = sl
+                n_slice_list += 1
+
+        for k in range(n_touched):
+            cell = touched[k]
+            w_blk = blk[cell, 0]
+            ce_blk = blk[cell, 1] + shift[cell] * w_blk
+            w_old = flat_sum[cell * N_CELL_FIELDS + WEIGHT] + flat_comp[cell * N_CELL_FIELDS + WEIGHT]
+            if w_blk > 0.0:
+                m2_blk = max(blk[cell, 2] - blk[cell, 1] * blk[cell, 1] / w_blk, 0.0)
+                if w_old > 0.0:
+                    ce_old = flat_sum[cell * N_CELL_FIELDS + CE] + flat_comp[cell * N_CELL_FIELDS + CE]
+                    delta = ce_blk / w_blk - ce_old / w_old
+                    m2_blk += delta * delta * w_old * w_blk / (w_old + w_blk)
+                flat_m2[cell] += m2_blk
+            flat_counts[cell] += np.int64(blk[cell, 8])
+            f0 = cell * N_CELL_FIELDS
+            _add_compensated(flat_sum, flat_comp, f0 + WEIGHT, w_blk)
+            _add_compensated(flat_sum, flat_comp, f0 + CE, ce_blk)
+            _add_compensated(flat_sum, flat_comp, f0 + ENTROPY, blk[cell, 3])
+            _add_compensated(flat_sum, flat_comp, f0 + P_TRUE, blk[cell, 4])
+            _add_compensated(flat_sum, flat_comp, f0 + TOP1, blk[cell, 5])
+            _add_compensated(flat_sum, flat_comp, f0 + TOP5, blk[cell, 6])
+            _add_compensated(flat_sum, flat_comp, f0 + KL, blk[cell, 7])
+            for f in range(9):
+                blk[cell, f] = 0.0
+
+        rows_since_fold += r1 - r0
+        if rows_since_fold >= FOLD_ROWS or r1 == n:
+            for k in range(n_slice_list):
+                sl = slice_list[k]
+                for j in range(n_cols):
+                    _add_compensated(flat_msum, flat_mcomp, sl * n_cols + j, s_marg[sl, j])
+                    s_marg[sl, j] = 0.0
+                for b in range(n_bins):
+                    for f in range(N_HIST_FIELDS):
+                        _add_compensated(flat_hsum, flat_hcomp, (sl * n_bins + b) * N_HIST_FIELDS + f, s_hist[sl, b, f])
+                        s_hist[sl, b, f] = 0.0
+                slice_touched[sl] = False
+            n_slice_list = 0
+            rows_since_fold = 0
