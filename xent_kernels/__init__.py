@@ -5,8 +5,12 @@ Pure numerics (NumPy + Numba): nothing here imports Dask, Prefect or pyarrow.
 
 from ._checks import SUM_TOLERANCE, find_invalid_row
 from .losses import binary_cross_entropy, cross_entropy, entropy, js_divergence, kl_divergence
+from .stats import ClassReport, ClassStats, class_stats_partial
 
 __all__ = [
+    "ClassReport",
+    "ClassStats",
+    "class_stats_partial",
     "SUM_TOLERANCE",
     "binary_cross_entropy",
     "cross_entropy",

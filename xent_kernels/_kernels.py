@@ -323,6 +323,152 @@ def _add_compensated(sums, comps, idx, x):
     sums[idx] = total
 
 
+# Predictions with at most this many classes use column-major ("narrow") blocks.
+NARROW_CLASSES = 32
+# Rows per narrow block.
+NARROW_ROWS = 128
+
+
+@kernel
+def prepare_block_narrow(z, r0, r1, kind, T, E, lognorm, inv_sum, conf, ok, scratch):
+    """``prepare_block`` for narrow predictions, into column-major (C, rows) buffers
+    T and E. With a handful of classes per row, row-wise loops are all loop overhead;
+    column-major, every per-row reduction is a vertical vector operation across rows.
+    Each loop touches few arrays: more and LLVM gives up vectorizing (alias checks)."""
+    n_cols = z.shape[1]
+    rows = r1 - r0
+    top = scratch[0]
+    total = scratch[1]
+    for i in range(rows):
+        for j in range(n_cols):
+            T[j, i] = z[r0 + i, j]
+    if kind == LOGITS:
+        for i in range(rows):
+            top[i] = T[0, i]
+            total[i] = 0.0
+        for j in range(n_cols):
+            for i in range(rows):
+                total[i] += T[j, i]
+        for j in range(n_cols):
+            for i in range(rows):
+                top[i] = max(top[i], T[j, i])
+        for i in range(rows):
+            ok[i] = np.isfinite(total[i])
+            total[i] = 0.0
+        for j in range(n_cols):
+            for i in range(rows):
+                T[j, i] = T[j, i] - top[i]
+        for j in range(n_cols):
+            for i in range(rows):
+                E[j, i] = fast_exp(T[j, i])
+        for j in range(n_cols):
+            for i in range(rows):
+                total[i] += E[j, i]
+        for i in range(rows):
+            inv_sum[i] = 1.0 / total[i]
+            lognorm[i] = fast_log(total[i])
+            conf[i] = inv_sum[i]  # the largest E is exp(0) = 1
+        return
+    for i in range(rows):
+        top[i] = -np.inf if kind == LOG_PROBS else 0.0
+        total[i] = 0.0
+        lognorm[i] = 0.0
+        inv_sum[i] = 1.0
+    for j in range(n_cols):
+        for i in range(rows):
+            top[i] = max(top[i], T[j, i])
+    if kind == LOG_PROBS:
+        for j in range(n_cols):
+            for i in range(rows):
+                v = T[j, i]
+                total[i] += v if v != -np.inf else 0.0
+        for j in range(n_cols):
+            for i in range(rows):
+                E[j, i] = fast_exp(T[j, i])
+        for i in range(rows):
+            ok[i] = np.isfinite(total[i]) and top[i] > -np.inf
+            conf[i] = fast_exp(top[i])
+    else:
+        for j in range(n_cols):
+            for i in range(rows):
+                v = T[j, i]
+                total[i] += v if v >= 0.0 else np.nan  # NaN marks a negative probability
+        for j in range(n_cols):
+            for i in range(rows):
+                E[j, i] = T[j, i]
+        for j in range(n_cols):
+            for i in range(rows):
+                T[j, i] = fast_log(E[j, i])
+        for i in range(rows):
+            ok[i] = np.isfinite(total[i])
+            conf[i] = top[i]
+
+
+@kernel
+def _summarize_narrow(T, E, labels, r0, rows, t_true, e_true, et, rank):
+    for i in range(rows):
+        y = max(labels[r0 + i], 0)
+        t_true[i] = T[y, i]
+        e_true[i] = E[y, i]
+        et[i] = 0.0
+        rank[i] = 0
+    for j in range(T.shape[0]):
+        for i in range(rows):
+            ej = E[j, i]
+            et[i] += ej * T[j, i] if ej > 0.0 else 0.0
+    for j in range(T.shape[0]):
+        for i in range(rows):
+            tj = T[j, i]
+            rank[i] += (tj > t_true[i]) | ((tj == t_true[i]) & (j < labels[r0 + i]))
+
+
+@kernel
+def _summarize_wide(t, e, labels, r0, rows, n_cols, t_true, e_true, et, rank):
+    for i in range(rows):
+        base = i * n_cols
+        y = max(labels[r0 + i], 0)
+        ty = t[base + y]
+        t_true[i] = ty
+        e_true[i] = e[base + y]
+        et[i] = _xlogy_sum(e, t, base, n_cols)
+        count = 0
+        for j in range(n_cols):
+            tj = t[base + j]
+            count += (tj > ty) | ((tj == ty) & (j < y))
+        rank[i] = count
+
+
+@kernel
+def _kl_narrow(RT, RE, rlognorm, rinv_sum, T, lognorm, rows, kl):
+    for i in range(rows):
+        kl[i] = 0.0
+    for j in range(T.shape[0]):
+        for i in range(rows):
+            ej = RE[j, i]
+            kl[i] += ej * (RT[j, i] - T[j, i]) if ej > 0.0 else 0.0
+    for i in range(rows):
+        kl[i] = rinv_sum[i] * kl[i] - rlognorm[i] + lognorm[i]
+
+
+@kernel
+def _marginal_narrow(E, scale, slice_of_row, rows, s_marg):
+    """s_marg[slice, j] += scale_i * E[j, i]; scale is 0 for rows that do not count."""
+    first = slice_of_row[0]
+    same = True
+    for i in range(rows):
+        same &= slice_of_row[i] == first
+    for j in range(E.shape[0]):
+        if same:
+            acc = 0.0
+            for i in range(rows):
+                acc += scale[i] * E[j, i] if scale[i] > 0.0 else 0.0
+            s_marg[first, j] += acc
+        else:
+            for i in range(rows):
+                if scale[i] > 0.0:
+                    s_marg[slice_of_row[i], j] += scale[i] * E[j, i]
+
+
 @kernel
 def class_stats_kernel(
     z, labels, weights, slice_ids, ref, kind, ref_kind, n_bins, has_weights, has_slices, has_ref,
@@ -331,27 +477,42 @@ def class_stats_kernel(
     """Accumulate one partition into the (zeroed or running) state arrays.
 
     Rows with label < 0 are ignored; rows with a non-finite prediction (or reference)
-    are counted and skipped. Within a block, sums are plain float64 over at most a
-    few hundred rows; they fold into the compensated totals at the end of the block
-    (cells) or every FOLD_ROWS rows (per-slice marginals and histogram). CE is summed
-    shifted by the first value seen in the block, so its variance (Chan's formula)
-    does not cancel.
+    are counted and skipped. Each block is reduced to per-row summaries (CE, entropy,
+    rank of the true class, ...), which are then scattered into per-cell sums. Those
+    are plain float64 over one block of rows and fold into the compensated totals at
+    the end of the block (cells) or every FOLD_ROWS rows (per-slice marginals and
+    histogram). CE is summed shifted by the first value seen in the block, so its
+    variance (Chan's formula) does not cancel.
     """
     n, n_cols = z.shape
     n_slices = counts.shape[0]
-    block = max(1, BLOCK_ELEMENTS // n_cols)
-    t = np.empty(block * n_cols)
-    e = np.empty(block * n_cols)
+    narrow = n_cols <= NARROW_CLASSES
+    block = NARROW_ROWS if narrow else max(1, BLOCK_ELEMENTS // n_cols)
+    # Narrow blocks use the 2-D buffers, wide blocks the flat ones.
+    T = np.empty((n_cols if narrow else 0, block))
+    E = np.empty((n_cols if narrow else 0, block))
+    RT = np.empty((n_cols if narrow and has_ref else 0, block))
+    RE = np.empty((n_cols if narrow and has_ref else 0, block))
+    t = np.empty(0 if narrow else block * n_cols)
+    e = np.empty(0 if narrow else block * n_cols)
+    rt = np.empty(block * n_cols if has_ref and not narrow else 0)
+    re = np.empty(block * n_cols if has_ref and not narrow else 0)
+    scratch = np.empty((2, block))
     lognorm = np.empty(block)
     inv_sum = np.empty(block)
     conf = np.empty(block)
     ok = np.empty(block, dtype=np.bool_)
-    rt = np.empty(block * n_cols if has_ref else 0)
-    re = np.empty(block * n_cols if has_ref else 0)
-    rlognorm = np.empty(block)
-    rinv_sum = np.empty(block)
+    rlognorm = np.zeros(block)
+    rinv_sum = np.zeros(block)
     rconf = np.empty(block)
     rok = np.ones(block, dtype=np.bool_)
+    t_true = np.empty(block)
+    e_true = np.empty(block)
+    et = np.empty(block)
+    rank = np.empty(block, dtype=np.int64)
+    kl = np.zeros(block)
+    scale = np.empty(block)
+    slice_of_row = np.zeros(block, dtype=np.int64)
 
     n_cells = n_slices * n_cols
     blk = np.zeros((n_cells, 9))  # W, Σw(ce-K), Σw(ce-K)², entropy, p_true, top1, top5, kl, count
@@ -375,14 +536,28 @@ def class_stats_kernel(
 
     for r0 in range(0, n, block):
         r1 = min(n, r0 + block)
-        prepare_block(z, r0, r1, kind, t, e, lognorm, inv_sum, conf, ok)
-        if has_ref:
-            prepare_block(ref, r0, r1, ref_kind, rt, re, rlognorm, rinv_sum, rconf, rok)
+        rows = r1 - r0
+        if narrow:
+            prepare_block_narrow(z, r0, r1, kind, T, E, lognorm, inv_sum, conf, ok, scratch)
+            _summarize_narrow(T, E, labels, r0, rows, t_true, e_true, et, rank)
+            if has_ref:
+                prepare_block_narrow(ref, r0, r1, ref_kind, RT, RE, rlognorm, rinv_sum, rconf, rok, scratch)
+                _kl_narrow(RT, RE, rlognorm, rinv_sum, T, lognorm, rows, kl)
+        else:
+            prepare_block(z, r0, r1, kind, t, e, lognorm, inv_sum, conf, ok)
+            _summarize_wide(t, e, labels, r0, rows, n_cols, t_true, e_true, et, rank)
+            if has_ref:
+                prepare_block(ref, r0, r1, ref_kind, rt, re, rlognorm, rinv_sum, rconf, rok)
+                for i in range(rows):
+                    kl[i] = _kl_row(rt, re, rlognorm[i], rinv_sum[i], t, lognorm[i], i * n_cols, n_cols)
+
         n_touched = 0
-        for i in range(r1 - r0):
+        for i in range(rows):
             r = r0 + i
             y = labels[r]
             sl = slice_ids[r] if has_slices else 0
+            slice_of_row[i] = sl
+            scale[i] = 0.0
             if y < 0:
                 row_counts[sl, IGNORED] += 1
                 continue
@@ -390,44 +565,41 @@ def class_stats_kernel(
                 row_counts[sl, NONFINITE] += 1
                 continue
             w = np.float64(weights[r]) if has_weights else 1.0
-            base = i * n_cols
-            ty = t[base + y]
-            ce = lognorm[i] - ty
-            et = 0.0
-            rank = 0
-            scale = w * inv_sum[i]
-            for j in range(n_cols):
-                ej = e[base + j]
-                tj = t[base + j]
-                et += ej * tj if ej > 0.0 else 0.0
-                rank += (tj > ty) | ((tj == ty) & (j < y))
-                s_marg[sl, j] += scale * ej
-            entropy = lognorm[i] - inv_sum[i] * et
-            p_true = e[base + y] * inv_sum[i]
+            scale[i] = w * inv_sum[i]
+            ce = lognorm[i] - t_true[i]
             cell = sl * n_cols + y
             if blk[cell, 8] == 0.0:
                 touched[n_touched] = cell
                 n_touched += 1
                 shift[cell] = ce
             d = ce - shift[cell]
+            correct = w if rank[i] < 1 else 0.0
             blk[cell, 0] += w
             blk[cell, 1] += w * d
             blk[cell, 2] += w * d * d
-            blk[cell, 3] += w * entropy
-            blk[cell, 4] += w * p_true
-            blk[cell, 5] += w * (rank < 1)
-            blk[cell, 6] += w * (rank < 5)
-            if has_ref:
-                blk[cell, 7] += w * _kl_row(rt, re, rlognorm[i], rinv_sum[i], t, lognorm[i], base, n_cols)
+            blk[cell, 3] += w * (lognorm[i] - inv_sum[i] * et[i])
+            blk[cell, 4] += w * e_true[i] * inv_sum[i]
+            blk[cell, 5] += correct
+            blk[cell, 6] += w if rank[i] < 5 else 0.0
+            blk[cell, 7] += w * kl[i]
             blk[cell, 8] += 1.0
             b = min(int(conf[i] * n_bins), n_bins - 1)
             s_hist[sl, b, HIST_WEIGHT] += w
-            s_hist[sl, b, HIST_CORRECT] += w * (rank < 1)
+            s_hist[sl, b, HIST_CORRECT] += correct
             s_hist[sl, b, HIST_CONF] += w * conf[i]
             if not slice_touched[sl]:
                 slice_touched[sl] = True
                 slice_list[n_slice_list] = sl
                 n_slice_list += 1
+
+        if narrow:
+            _marginal_narrow(E, scale, slice_of_row, rows, s_marg)
+        else:
+            for i in range(rows):
+                if scale[i] > 0.0:
+                    base = i * n_cols
+                    for j in range(n_cols):
+                        s_marg[slice_of_row[i], j] += scale[i] * e[base + j]
 
         for k in range(n_touched):
             cell = touched[k]
@@ -453,7 +625,7 @@ def class_stats_kernel(
             for f in range(9):
                 blk[cell, f] = 0.0
 
-        rows_since_fold += r1 - r0
+        rows_since_fold += rows
         if rows_since_fold >= FOLD_ROWS or r1 == n:
             for k in range(n_slice_list):
                 sl = slice_list[k]

@@ -3,7 +3,7 @@
 Numba's ``np.exp``/``np.log`` call libm one element at a time (there is no SVML on
 these machines), so loops around them never vectorize and exp dominates every
 kernel. These versions are plain arithmetic plus bit casts, which LLVM vectorizes.
-Both are accurate to a few ulp over the ranges the kernels feed them.
+exp is good to 3e-13 relative, log to a few ulp.
 """
 
 from __future__ import annotations
@@ -50,17 +50,16 @@ _EXP_HI = 709.0
 
 @strict_kernel
 def fast_exp(x: float) -> float:
-    """exp(x) for float64, within a few ulp on [-708, 709]; NaN maps to exp(-708)."""
+    """exp(x) for float64, relative error < 3e-13 on [-708, 709]; NaN maps to exp(-708)."""
     if not x >= _EXP_LO:  # also catches NaN, whose callers discard the row
         x = _EXP_LO
     if x > _EXP_HI:
         x = _EXP_HI
     k = np.floor(x * _LOG2E + 0.5)
     r = (x - k * _LN2_HI) - k * _LN2_LO
-    # Taylor series to r**12: |r| <= 0.347 leaves a remainder under 2e-16.
-    p = 1.0 / 479001600.0
-    p = p * r + 1.0 / 39916800.0
-    p = p * r + 1.0 / 3628800.0
+    # Taylor series to r**10: |r| <= 0.347 leaves a relative remainder under 3e-13,
+    # far below what any report shows, and two FMAs cheaper than full precision.
+    p = 1.0 / 3628800.0
     p = p * r + 1.0 / 362880.0
     p = p * r + 1.0 / 40320.0
     p = p * r + 1.0 / 5040.0

@@ -84,6 +84,7 @@ def kernel(func=None, **overrides):
 
 
 def strict_kernel(func):
-    """A kernel without fastmath, for code whose rounding is part of its correctness
-    (the range reductions of exp and log, which reassociation would break)."""
-    return kernel(func, fastmath=False)
+    """A kernel whose rounding is part of its correctness (compensated sums, range
+    reductions), which reassociation would break. Only FMA contraction is allowed:
+    it rounds once instead of twice."""
+    return kernel(func, fastmath={"contract"})
