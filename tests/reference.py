@@ -200,3 +200,88 @@ def entropy(p, kind="logits", *, reduction="none", base="e"):
 def log_partition(logits):
     """logsumexp per row, float64 (used to build log_probs inputs)."""
     return logsumexp(np.asarray(logits, dtype=np.float64), axis=1, keepdims=True)
+
+
+def class_report(pred, labels, kind="logits", *, weights=None, slice_ids=None, n_slices=1,
+                 reference=None, reference_kind=None, n_bins=15):
+    """Per-(slice, class) and per-slice statistics, the obvious way.
+
+    Rows with label < 0 are ignored; rows with a non-finite value are skipped.
+    Returns (cells, slices): dicts keyed by (slice, class) and by slice.
+    """
+    pred = np.asarray(pred, dtype=np.float64)
+    n, n_classes = pred.shape
+    labels = np.asarray(labels)
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+    sl = np.zeros(n, dtype=np.int64) if slice_ids is None else np.asarray(slice_ids)
+    with np.errstate(all="ignore"):
+        lq = log_q(pred, kind)
+        q = probs_of(pred, kind)
+    finite = np.isfinite(pred).all(axis=1) if kind == "logits" else ~np.isnan(lq).any(axis=1)
+    if kind == "probs":
+        finite &= (pred >= 0).all(axis=1) & np.isfinite(pred).all(axis=1)
+    if reference is not None:
+        rkind = reference_kind or kind
+        reference = np.asarray(reference, dtype=np.float64)
+        with np.errstate(all="ignore"):
+            rq = probs_of(reference, rkind)
+            kl_rows = rel_entr(rq, q).sum(axis=1)
+        finite &= np.isfinite(reference).all(axis=1) if rkind == "logits" else True
+    kept = (labels >= 0) & finite
+    safe_labels = np.where(labels >= 0, labels, 0)
+    rows = np.arange(n)
+    ce = -lq[rows, safe_labels]
+    with np.errstate(all="ignore"):
+        ent = entr(q).sum(axis=1)
+    p_true = q[rows, safe_labels]
+    # rank of the true class, ties broken toward the lower index (np.argmax's rule)
+    order = np.argsort(-q, axis=1, kind="stable")
+    rank = np.argmax(order == safe_labels[:, None], axis=1)
+    conf = q.max(axis=1)
+    cells, slices = {}, {}
+    for s in range(n_slices):
+        in_slice = kept & (sl == s)
+        ws = w[in_slice]
+        hist_w = np.zeros(n_bins)
+        hist_c = np.zeros(n_bins)
+        hist_conf = np.zeros(n_bins)
+        bins = np.minimum((conf[in_slice] * n_bins).astype(int), n_bins - 1)
+        np.add.at(hist_w, bins, ws)
+        np.add.at(hist_c, bins, ws * (rank[in_slice] == 0))
+        np.add.at(hist_conf, bins, ws * conf[in_slice])
+        W = ws.sum()
+        class_means = []
+        for c in range(n_classes):
+            m = in_slice & (labels == c)
+            if not m.any():
+                continue
+            wc = w[m]
+            Wc = wc.sum()
+            mean = np.sum(wc * ce[m]) / Wc
+            cell = {
+                "n": int(m.sum()),
+                "weight": Wc,
+                "ce_mean": mean,
+                "ce_std": np.sqrt(np.sum(wc * (ce[m] - mean) ** 2) / Wc),
+                "accuracy": np.sum(wc * (rank[m] == 0)) / Wc,
+                "top5_accuracy": np.sum(wc * (rank[m] < 5)) / Wc if n_classes > 5 else np.nan,
+                "p_true_mean": np.sum(wc * p_true[m]) / Wc,
+                "entropy_mean": np.sum(wc * ent[m]) / Wc,
+            }
+            if reference is not None:
+                cell["kl_mean"] = np.sum(wc * kl_rows[m]) / Wc
+            cells[(s, c)] = cell
+            class_means.append(mean)
+        slices[s] = {
+            "n": int(in_slice.sum()),
+            "weight": W,
+            "ce_mean": np.sum(ws * ce[in_slice]) / W if W > 0 else np.nan,
+            "ce_macro": np.mean(class_means) if class_means else np.nan,
+            "accuracy": np.sum(ws * (rank[in_slice] == 0)) / W if W > 0 else np.nan,
+            "entropy_mean": np.sum(ws * ent[in_slice]) / W if W > 0 else np.nan,
+            "ece": np.abs(hist_c - hist_conf).sum() / W if W > 0 else np.nan,
+            "n_ignored": int(((labels < 0) & (sl == s)).sum()),
+            "n_nonfinite": int(((labels >= 0) & ~finite & (sl == s)).sum()),
+            "marginal": (ws[:, None] * q[in_slice]).sum(axis=0) / W if W > 0 else np.full(n_classes, np.nan),
+        }
+    return cells, slices

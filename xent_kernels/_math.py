@@ -36,6 +36,42 @@ def _float_to_bits(typingctx, x):
     return sig, codegen
 
 
+@intrinsic
+def order_key(typingctx, x):
+    """Integer whose signed order is the order of the float `x` (float32 -> int32,
+    float64 -> int64; -0.0 sorts just below +0.0, NaN with the sign bit clear above
+    +inf). Integer max reductions vectorize; float ones do not without ``nnan``."""
+    if x not in (types.float32, types.float64):
+        return None
+    width = x.bitwidth
+    sig = (types.int32 if width == 32 else types.int64)(x)
+
+    def codegen(context, builder, signature, args):
+        ity = ir.IntType(width)
+        bits = builder.bitcast(args[0], ity)
+        sign = builder.ashr(bits, ir.Constant(ity, width - 1))
+        return builder.xor(bits, builder.and_(sign, ir.Constant(ity, (1 << (width - 1)) - 1)))
+
+    return sig, codegen
+
+
+@intrinsic
+def from_order_key(typingctx, k):
+    """Inverse of ``order_key``: int32 -> float32, int64 -> float64."""
+    if k not in (types.int32, types.int64):
+        return None
+    width = k.bitwidth
+    sig = (types.float32 if width == 32 else types.float64)(k)
+
+    def codegen(context, builder, signature, args):
+        ity = ir.IntType(width)
+        sign = builder.ashr(args[0], ir.Constant(ity, width - 1))
+        bits = builder.xor(args[0], builder.and_(sign, ir.Constant(ity, (1 << (width - 1)) - 1)))
+        return builder.bitcast(bits, ir.FloatType() if width == 32 else ir.DoubleType())
+
+    return sig, codegen
+
+
 _LOG2E = 1.4426950408889634
 # ln 2 split so that k * _LN2_HI is exact for |k| < 2**11 (fdlibm's constants).
 _LN2_HI = 6.93147180369123816490e-01
@@ -50,8 +86,10 @@ _EXP_HI = 709.0
 
 @strict_kernel
 def fast_exp(x: float) -> float:
-    """exp(x) for float64, relative error < 3e-13 on [-708, 709]; NaN maps to exp(-708)."""
-    if not x >= _EXP_LO:  # also catches NaN, whose callers discard the row
+    """exp(x) for float64, relative error < 3e-13 on [-708, 709]; 0 below -708
+    (exp(-inf) = 0 exactly, so 0·log 0 guards work) and for NaN, whose rows callers discard."""
+    underflow = not x >= _EXP_LO  # also NaN
+    if underflow:
         x = _EXP_LO
     if x > _EXP_HI:
         x = _EXP_HI
@@ -70,7 +108,8 @@ def fast_exp(x: float) -> float:
     p = p * r + 0.5
     p = p * r + 1.0
     p = p * r + 1.0
-    return _bits_to_float(_float_to_bits(p) + (np.int64(k) << 52))
+    value = _bits_to_float(_float_to_bits(p) + (np.int64(k) << 52))
+    return 0.0 if underflow else value
 
 
 @strict_kernel

@@ -1,0 +1,267 @@
+"""The Dask step: shards -> small per-piece states -> one tree-reduced state.
+
+A piece is one file, or a run of row groups of a big file. Each piece is read a
+batch at a time and reduced by the fused kernel to a ClassStats of size
+O(slices × classes); rows are never shuffled or collected. States are merged in a
+tree with a fixed fan-in, so the report does not depend on file order or on which
+worker ran what (merge is associative and commutative).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+from distributed import Client, LocalCluster, as_completed
+
+from xent_kernels import ClassStats, class_stats_partial, find_invalid_row
+
+from .config import EvalConfig
+from .errors import DataError
+from .reader import ReadSpec, check_schema, iter_batches, open_parquet, resolve_spec
+from .sources import InputFile, fingerprint, list_inputs
+
+log = logging.getLogger("xent")
+
+
+@dataclass(frozen=True)
+class BadShard:
+    url: str
+    reason: str
+    rows: int  # rows in the file (0 when its footer could not be read)
+
+
+@dataclass(frozen=True)
+class Piece:
+    file: InputFile
+    row_groups: tuple[int, ...] | None  # None: the whole file
+    rows: int
+
+
+@dataclass(frozen=True)
+class PieceResult:
+    """The mergeable outcome of some pieces: statistics plus the shards left out."""
+
+    stats: ClassStats
+    bad_shards: tuple[BadShard, ...] = ()
+    rows_read: int = 0
+
+    @staticmethod
+    def merge(*results: "PieceResult") -> "PieceResult":
+        stats = results[0].stats
+        for other in results[1:]:
+            stats = ClassStats.merge(stats, other.stats)
+        bad = tuple(sorted((b for r in results for b in r.bad_shards), key=lambda b: b.url))
+        return PieceResult(stats, bad, sum(r.rows_read for r in results))
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    file: InputFile
+    row_group_rows: tuple[int, ...] = ()
+    error: str | None = None
+
+    @property
+    def rows(self) -> int:
+        return sum(self.row_group_rows)
+
+
+@dataclass
+class Evaluation:
+    """Everything a report is written from."""
+
+    config: EvalConfig
+    spec: ReadSpec
+    inputs: list[InputFile]
+    result: PieceResult
+    fingerprint: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- work done on workers
+
+
+def inspect_file(file: InputFile, spec: ReadSpec) -> FileInfo:
+    """Read a shard's footer and check its schema against the spec."""
+    try:
+        parquet = open_parquet(file.url, spec.storage_options)
+        check_schema(parquet, file, spec)
+        metadata = parquet.metadata
+        return FileInfo(file, tuple(metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)))
+    except DataError as error:
+        if spec.on_bad_shard == "error":
+            raise
+        return FileInfo(file, error=str(error))
+
+
+def evaluate_piece(piece: Piece, spec: ReadSpec) -> PieceResult:
+    """Read one piece batch by batch and reduce it to statistics."""
+    try:
+        return PieceResult(_piece_stats(piece, spec), rows_read=piece.rows)
+    except DataError as error:
+        if spec.on_bad_shard == "error":
+            raise
+        return PieceResult(_empty(spec), (BadShard(piece.file.url, str(error), piece.rows),))
+
+
+def _empty(spec: ReadSpec) -> ClassStats:
+    return ClassStats.empty(spec.n_classes, n_bins=spec.n_bins)
+
+
+def _piece_stats(piece: Piece, spec: ReadSpec) -> ClassStats:
+    parquet = open_parquet(piece.file.url, spec.storage_options)
+    check_schema(parquet, piece.file, spec)
+    stats = _empty(spec)
+    groups = None if piece.row_groups is None else list(piece.row_groups)
+    for batch in iter_batches(parquet, piece.file, spec, groups):
+        if spec.kind != "logits" or spec.on_nonfinite == "error":
+            _check_values(batch.pred, batch.labels, batch.first_row, piece.file, spec)
+        state = class_stats_partial(
+            batch.pred,
+            batch.labels,
+            kind=spec.kind,
+            weights=batch.weights,
+            slice_ids=batch.slice_ids,
+            slice_keys=batch.slice_keys,
+            n_bins=spec.n_bins,
+        )
+        stats = ClassStats.merge(stats, state)
+    return stats
+
+
+def _check_values(pred: np.ndarray, labels: np.ndarray, first_row: int, file: InputFile, spec: ReadSpec) -> None:
+    """Reject invalid prediction rows (with on_nonfinite='count', only those that are
+    finite but not normalised: non-finite ones are counted by the kernel)."""
+    if spec.on_nonfinite == "count":
+        check = np.isfinite(pred).all(axis=1) if spec.kind != "log_probs" else ~np.isnan(pred).any(axis=1)
+        rows = np.flatnonzero(check)
+        if not rows.size:
+            return
+        row, reason = find_invalid_row(pred[rows], spec.kind)
+        row = int(rows[row]) if row >= 0 else -1
+    else:
+        row, reason = find_invalid_row(pred, spec.kind)
+    if row >= 0:
+        raise DataError(f"{file.url}: column '{spec.pred_label}', row {first_row + row}: {spec.kind} with {reason}")
+
+
+# --------------------------------------------------------------------------- the client side
+
+
+def plan_pieces(infos: list[FileInfo], task_rows: int) -> list[Piece]:
+    """One piece per file, or per run of row groups of about `task_rows` rows."""
+    pieces = []
+    for info in infos:
+        if info.error is not None:
+            continue
+        if info.rows <= task_rows or len(info.row_group_rows) == 1:
+            pieces.append(Piece(info.file, None, info.rows))
+            continue
+        start, rows = 0, 0
+        for g, group_rows in enumerate(info.row_group_rows):
+            rows += group_rows
+            if rows >= task_rows or g == len(info.row_group_rows) - 1:
+                pieces.append(Piece(info.file, tuple(range(start, g + 1)), rows))
+                start, rows = g + 1, 0
+    return pieces
+
+
+def tree_reduce(client: Client, futures: list, split_every: int) -> object:
+    level = futures
+    while len(level) > 1:
+        level = [
+            client.submit(PieceResult.merge, *level[i : i + split_every], pure=False)
+            for i in range(0, len(level), split_every)
+        ]
+    return level[0]
+
+
+def _wait_all(futures: list, on_done: Callable[[object], None]) -> None:
+    """Wait for `futures`, calling `on_done(future)` as each finishes; the first
+    error cancels the rest and is raised here."""
+    try:
+        for future in as_completed(futures):
+            if future.status == "error":
+                future.result()
+            on_done(future)
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        raise
+
+
+def evaluate(config: EvalConfig, client: Client, progress: "Progress | None" = None) -> Evaluation:
+    """Run one evaluation on `client` and return the merged statistics."""
+    inputs = list_inputs(config.sources, config.storage_options)
+    spec = resolve_spec(config, inputs[0])
+    progress = progress or Progress.quiet()
+    with progress.stage("inspecting shards", len(inputs)) as advance:
+        futures = client.map(inspect_file, inputs, spec=spec, pure=False)
+        _wait_all(futures, lambda future: advance(1))
+        infos = [future.result() for future in futures]
+    bad = tuple(BadShard(i.file.url, i.error, 0) for i in infos if i.error is not None)
+    pieces = plan_pieces(infos, config.task_rows)
+    result = PieceResult(_empty(spec), bad)
+    if pieces:
+        with progress.stage("evaluating", sum(p.rows for p in pieces), unit="rows") as advance:
+            futures = client.map(evaluate_piece, pieces, spec=spec, pure=False)
+            rows = {future.key: piece.rows for future, piece in zip(futures, pieces)}
+            total = tree_reduce(client, futures, config.split_every)
+            _wait_all(futures, lambda future: advance(rows[future.key]))
+            result = PieceResult.merge(total.result(), result)
+    return Evaluation(config, spec, inputs, result, fingerprint(inputs))
+
+
+class Progress:
+    """A rich progress bar on a terminal, nothing otherwise."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+
+    @classmethod
+    def quiet(cls) -> "Progress":
+        return cls(False)
+
+    @classmethod
+    def auto(cls) -> "Progress":
+        return cls(sys.stderr.isatty())
+
+    @contextmanager
+    def stage(self, description: str, total: int, unit: str = "files") -> Iterator[Callable[..., None]]:
+        if not self.enabled:
+            yield lambda amount=1: None
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
+
+        with RichProgress(
+            TextColumn(f"{description}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit), TimeElapsedColumn(),
+            transient=True,
+        ) as bar:
+            task = bar.add_task(description, total=total)
+            yield lambda amount=1: bar.advance(task, amount)
+
+
+# --------------------------------------------------------------------------- the cluster
+
+
+@contextmanager
+def dask_client(address: str | None = None, *, n_workers: int | None = None) -> Iterator[Client]:
+    """A client for `address` (or $DASK_SCHEDULER_ADDRESS), else a LocalCluster sized to this machine.
+
+    The local cluster runs its workers as threads of this process: the kernels and
+    pyarrow release the GIL, and there is no worker start-up or data transfer to pay.
+    """
+    address = address or os.environ.get("DASK_SCHEDULER_ADDRESS")
+    if address:
+        with Client(address, timeout="20s") as client:
+            yield client
+        return
+    threads = n_workers or os.cpu_count() or 1
+    with LocalCluster(
+        n_workers=1, threads_per_worker=threads, processes=False, dashboard_address=None, silence_logs=logging.WARNING
+    ) as cluster, Client(cluster) as client:
+        yield client

@@ -1,0 +1,386 @@
+"""Turn Parquet shards into the NumPy arrays the kernels take.
+
+Only the needed columns are read, a batch at a time, and list columns become 2-D
+views of their Arrow buffers (no per-row Python objects). Every problem found in a
+file is a :class:`DataError` naming the file, the column and the row.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .config import DEFAULT_PRED_COL, EvalConfig
+from .errors import DataError
+from .sources import InputFile, filesystem
+
+CLASSES_METADATA_KEY = b"xent.classes"
+WIDE_PREFIX = {"logits": "logit_", "probs": "prob_", "log_probs": "log_prob_"}
+BINARY_COL = {"logits": "logit", "probs": "prob", "log_probs": "log_prob"}
+
+
+@dataclass(frozen=True)
+class ReadSpec:
+    """What to read from every shard, resolved once from the config and the first shard."""
+
+    kind: str
+    layout: str  # "list" | "wide" | "binary"
+    pred_columns: tuple[str, ...]  # one list or float column, or the C wide columns
+    n_classes: int
+    class_names: tuple[str, ...] | None
+    label_col: str
+    label_is_string: bool
+    weight_col: str | None
+    slice_by: tuple[str, ...]
+    slice_types: tuple[pa.DataType, ...]
+    hive_slices: tuple[str, ...]  # the slice_by keys that come from hive folders
+    ignore_index: int | None
+    on_bad_shard: str
+    on_nonfinite: str
+    n_bins: int
+    batch_logits: int
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    reference_file: str = ""  # the shard the layout was taken from, for messages
+
+    @property
+    def pred_label(self) -> str:
+        return self.pred_columns[0] if self.layout != "wide" else f"{self.pred_columns[0]}..{self.pred_columns[-1]}"
+
+    def columns_to_read(self) -> list[str]:
+        file_slices = [name for name in self.slice_by if name not in self.hive_slices]
+        extra = [self.weight_col] if self.weight_col else []
+        return list(dict.fromkeys([*self.pred_columns, self.label_col, *extra, *file_slices]))
+
+    @property
+    def batch_rows(self) -> int:
+        return max(1024, self.batch_logits // self.n_classes)
+
+
+def open_parquet(url: str, storage_options: dict[str, Any]) -> pq.ParquetFile:
+    """Open a shard; an unreadable or corrupt file is a DataError naming it."""
+    fs, path = filesystem(url, storage_options)
+    try:
+        if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+            return pq.ParquetFile(path)
+        return pq.ParquetFile(fs.open(path, "rb"))
+    except (OSError, pa.ArrowException) as error:
+        raise DataError(f"{url}: not a readable Parquet file ({error})") from None
+
+
+def _float_type(arrow_type: pa.DataType) -> bool:
+    return pa.types.is_floating(arrow_type)
+
+
+def _list_value_type(arrow_type: pa.DataType) -> pa.DataType | None:
+    if pa.types.is_fixed_size_list(arrow_type) or pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
+        return arrow_type.value_type
+    return None
+
+
+def resolve_spec(config: EvalConfig, first: InputFile) -> ReadSpec:
+    """Decide the layout from the config and the first shard's schema."""
+    parquet = open_parquet(first.url, config.storage_options)
+    schema = parquet.schema_arrow
+    names = set(schema.names)
+    kind = config.kind
+    requested = config.pred_col or DEFAULT_PRED_COL[kind]
+
+    def wide_columns(prefix: str) -> tuple[str, ...]:
+        count = 0
+        while f"{prefix}{count}" in names:
+            count += 1
+        return tuple(f"{prefix}{i}" for i in range(count))
+
+    if requested in names:
+        field_type = schema.field(requested).type
+        if _list_value_type(field_type) is not None:
+            layout, pred_columns = "list", (requested,)
+        elif _float_type(field_type):
+            layout, pred_columns = "binary", (requested,)
+        else:
+            raise DataError(
+                f"{first.url}: column '{requested}' is {field_type}, expected a list of floats "
+                "(multi-class) or a float column (binary)"
+            )
+    elif config.pred_col is None and len(wide_columns(WIDE_PREFIX[kind])) >= 2:
+        layout, pred_columns = "wide", wide_columns(WIDE_PREFIX[kind])
+    elif config.pred_col is None and BINARY_COL[kind] in names:
+        layout, pred_columns = "binary", (BINARY_COL[kind],)
+    elif config.pred_col is not None and len(wide_columns(requested)) >= 2:
+        layout, pred_columns = "wide", wide_columns(requested)
+    else:
+        raise DataError(
+            f"{first.url}: no prediction column '{requested}' (kind {kind}); columns are {sorted(names)}. "
+            "Name it with --pred-col (a list column, a float column, or a wide-column prefix such as logit_)."
+        )
+
+    class_names = tuple(config.classes) if config.classes else None
+    metadata = schema.metadata or {}
+    if class_names is None and CLASSES_METADATA_KEY in metadata:
+        class_names = tuple(str(name) for name in json.loads(metadata[CLASSES_METADATA_KEY]))
+
+    if layout == "binary":
+        n_classes = 2
+    elif layout == "wide":
+        n_classes = len(pred_columns)
+    elif pa.types.is_fixed_size_list(schema.field(requested).type):
+        n_classes = schema.field(requested).type.list_size
+    elif config.n_classes or class_names:
+        n_classes = config.n_classes or len(class_names)
+    else:
+        n_classes = _first_row_length(parquet, requested, first.url)
+    for declared, source in ((config.n_classes, "n_classes"), (len(class_names) if class_names else None, "classes")):
+        if declared is not None and declared != n_classes:
+            raise DataError(
+                f"{first.url}: column '{pred_columns[0]}' has {n_classes} values per row, but the config's "
+                f"{source} says {declared}"
+            )
+
+    if config.label_col not in names:
+        raise DataError(f"{first.url}: no label column '{config.label_col}'; columns are {sorted(names)}")
+    label_type = schema.field(config.label_col).type
+    if pa.types.is_dictionary(label_type):
+        label_type = label_type.value_type
+    label_is_string = pa.types.is_string(label_type) or pa.types.is_large_string(label_type)
+    if label_is_string and class_names is None:
+        raise DataError(
+            f"{first.url}: labels in '{config.label_col}' are strings but no class list is known: "
+            f"give --classes, or store it as JSON under the schema metadata key {CLASSES_METADATA_KEY.decode()}"
+        )
+    if not label_is_string and not pa.types.is_integer(label_type):
+        raise DataError(f"{first.url}: label column '{config.label_col}' is {label_type}, expected integers or strings")
+
+    if config.weight_col and config.weight_col not in names:
+        raise DataError(f"{first.url}: no weight column '{config.weight_col}'; columns are {sorted(names)}")
+    hive_slices, slice_types = [], []
+    for name in config.slice_by:
+        if name in names:
+            slice_types.append(schema.field(name).type)
+        elif name in first.hive:
+            hive_slices.append(name)
+            slice_types.append(pa.string())
+        else:
+            raise DataError(
+                f"{first.url}: no slice column '{name}' (neither a column nor a hive folder key "
+                f"{sorted(first.hive)}); columns are {sorted(names)}"
+            )
+    return ReadSpec(
+        kind=kind,
+        layout=layout,
+        pred_columns=pred_columns,
+        n_classes=n_classes,
+        class_names=class_names,
+        label_col=config.label_col,
+        label_is_string=label_is_string,
+        weight_col=config.weight_col,
+        slice_by=tuple(config.slice_by),
+        slice_types=tuple(slice_types),
+        hive_slices=tuple(hive_slices),
+        ignore_index=config.ignore_index,
+        on_bad_shard=config.on_bad_shard,
+        on_nonfinite=config.on_nonfinite,
+        n_bins=config.n_bins,
+        batch_logits=config.batch_logits,
+        storage_options=dict(config.storage_options),
+        reference_file=first.url,
+    )
+
+
+def _first_row_length(parquet: pq.ParquetFile, column: str, url: str) -> int:
+    for batch in parquet.iter_batches(batch_size=64, columns=[column]):
+        lengths = pc.list_value_length(batch.column(0)).drop_null()
+        if len(lengths):
+            return int(lengths[0].as_py())
+    raise DataError(f"{url}: column '{column}' has no non-null rows to learn the class count from; set n_classes")
+
+
+def check_schema(parquet: pq.ParquetFile, file: InputFile, spec: ReadSpec) -> None:
+    """The shard has every needed column, of the same layout as the first shard."""
+    schema = parquet.schema_arrow
+    names = set(schema.names)
+    for name in spec.columns_to_read():
+        if name not in names:
+            raise DataError(f"{file.url}: missing column '{name}' (present in {spec.reference_file})")
+    for name in spec.hive_slices:
+        if name not in file.hive:
+            raise DataError(f"{file.url}: no hive folder key '{name}' in its path (present for {spec.reference_file})")
+    if spec.layout == "list":
+        field_type = schema.field(spec.pred_columns[0]).type
+        if _list_value_type(field_type) is None or not _float_type(_list_value_type(field_type)):
+            raise DataError(f"{file.url}: column '{spec.pred_columns[0]}' is {field_type}, expected a list of floats")
+        if pa.types.is_fixed_size_list(field_type) and field_type.list_size != spec.n_classes:
+            raise DataError(
+                f"{file.url}: column '{spec.pred_columns[0]}' has {field_type.list_size} values per row, "
+                f"expected {spec.n_classes} (from {spec.reference_file})"
+            )
+    else:
+        if spec.layout == "wide" and f"{spec.pred_columns[0][:-1]}{spec.n_classes}" in names:
+            raise DataError(
+                f"{file.url}: has a column '{spec.pred_columns[0][:-1]}{spec.n_classes}': more than the "
+                f"{spec.n_classes} prediction columns of {spec.reference_file}"
+            )
+        for name in spec.pred_columns:
+            if not _float_type(schema.field(name).type):
+                raise DataError(f"{file.url}: column '{name}' is {schema.field(name).type}, expected float")
+
+
+@dataclass
+class Batch:
+    """One batch of a shard as arrays: `first_row` is the index of its first row in the file."""
+
+    first_row: int
+    pred: np.ndarray
+    labels: np.ndarray
+    weights: np.ndarray | None
+    slice_ids: np.ndarray | None
+    slice_keys: list[tuple]
+
+
+def iter_batches(parquet: pq.ParquetFile, file: InputFile, spec: ReadSpec, row_groups: list[int] | None) -> Iterator[Batch]:
+    metadata = parquet.metadata
+    groups = list(range(metadata.num_row_groups)) if row_groups is None else row_groups
+    group_start = np.concatenate([[0], np.cumsum([metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)])])
+    columns = spec.columns_to_read()
+    for group in groups:
+        first_row = int(group_start[group])
+        try:
+            batches = parquet.iter_batches(batch_size=spec.batch_rows, row_groups=[group], columns=columns)
+            for record_batch in batches:
+                yield to_arrays(record_batch, first_row, file, spec)
+                first_row += record_batch.num_rows
+        except (OSError, pa.ArrowException) as error:
+            raise DataError(f"{file.url}: cannot read row group {group} ({error})") from None
+
+
+def _where(file: InputFile, column: str, row: int) -> str:
+    return f"{file.url}: column '{column}', row {row}"
+
+
+def to_arrays(batch: pa.RecordBatch, first_row: int, file: InputFile, spec: ReadSpec) -> Batch:
+    n = batch.num_rows
+    pred = _predictions(batch, first_row, file, spec)
+    labels = _labels(batch.column(spec.label_col), first_row, file, spec)
+    weights = None
+    if spec.weight_col:
+        column = batch.column(spec.weight_col)
+        if column.null_count:
+            raise DataError(f"{_where(file, spec.weight_col, first_row + _first_null(column))}: null weight")
+        weights = column.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+        bad = np.flatnonzero(~(np.isfinite(weights) & (weights >= 0)))
+        if bad.size:
+            raise DataError(f"{_where(file, spec.weight_col, first_row + bad[0])}: weight {weights[bad[0]]}, expected a finite value >= 0")
+    slice_ids, slice_keys = _slices(batch, n, file, spec)
+    return Batch(first_row, pred, labels, weights, slice_ids, slice_keys)
+
+
+def _first_null(column: pa.Array) -> int:
+    return int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
+
+
+def _as_float_matrix(values: pa.Array, n: int, n_classes: int) -> np.ndarray:
+    array = values.to_numpy(zero_copy_only=False)  # zero copy when there are no nulls
+    if array.dtype not in (np.float32, np.float64):
+        array = array.astype(np.float32 if array.dtype.itemsize <= 4 else np.float64)
+    return array.reshape(n, n_classes)
+
+
+def _predictions(batch: pa.RecordBatch, first_row: int, file: InputFile, spec: ReadSpec) -> np.ndarray:
+    n, n_classes = batch.num_rows, spec.n_classes
+    if spec.layout == "list":
+        name = spec.pred_columns[0]
+        column = batch.column(name)
+        if column.null_count:
+            raise DataError(f"{_where(file, name, first_row + _first_null(column))}: null prediction")
+        if not pa.types.is_fixed_size_list(column.type):
+            lengths = np.diff(np.asarray(column.offsets))
+            bad = np.flatnonzero(lengths != n_classes)
+            if bad.size:
+                raise DataError(
+                    f"{_where(file, name, first_row + bad[0])}: {lengths[bad[0]]} values, "
+                    f"expected {n_classes} (from {spec.reference_file})"
+                )
+        return _as_float_matrix(column.flatten(), n, n_classes)
+    if spec.layout == "wide":
+        matrix = np.empty((n, n_classes), dtype=np.float32)
+        for j, name in enumerate(spec.pred_columns):
+            values = batch.column(name).to_numpy(zero_copy_only=False)
+            if values.dtype == np.float64 and matrix.dtype == np.float32:
+                matrix = matrix.astype(np.float64)
+            matrix[:, j] = values
+        return matrix
+    # binary: one score per row becomes two classes (0 = negative, 1 = positive)
+    name = spec.pred_columns[0]
+    score = batch.column(name).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    pred = np.empty((n, 2))
+    if spec.kind == "logits":
+        pred[:, 0], pred[:, 1] = 0.0, score
+    elif spec.kind == "probs":
+        pred[:, 0], pred[:, 1] = 1.0 - score, score
+    else:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            pred[:, 0], pred[:, 1] = np.log1p(-np.exp(score)), score
+    return pred
+
+
+def _labels(column: pa.Array, first_row: int, file: InputFile, spec: ReadSpec) -> np.ndarray:
+    name = spec.label_col
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
+    if spec.label_is_string:
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            raise DataError(f"{file.url}: label column '{name}' is {column.type}, expected strings (as in {spec.reference_file})")
+        index = pc.index_in(column, value_set=pa.array(spec.class_names, type=column.type))
+        unknown = np.flatnonzero(index.is_null().to_numpy(zero_copy_only=False) & column.is_valid().to_numpy(zero_copy_only=False))
+        if unknown.size:
+            value = column[int(unknown[0])].as_py()
+            raise DataError(f"{_where(file, name, first_row + unknown[0])}: label {value!r} is not one of the classes {list(spec.class_names)[:10]}")
+        return pc.fill_null(index, -1).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    if not pa.types.is_integer(column.type):
+        raise DataError(f"{file.url}: label column '{name}' is {column.type}, expected integers (as in {spec.reference_file})")
+    values = pc.fill_null(column, 0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    counted = column.is_valid().to_numpy(zero_copy_only=False)
+    if spec.ignore_index is not None:
+        counted &= values != spec.ignore_index
+    rows = np.flatnonzero(counted & ((values < 0) | (values >= spec.n_classes)))
+    if rows.size:
+        allowed = f"[0, {spec.n_classes}), null" + ("" if spec.ignore_index is None else f" or {spec.ignore_index}")
+        raise DataError(f"{_where(file, name, first_row + rows[0])}: label {values[rows[0]]} is out of range, expected {allowed}")
+    return np.where(counted, values, -1)
+
+
+def _slices(batch: pa.RecordBatch, n: int, file: InputFile, spec: ReadSpec) -> tuple[np.ndarray | None, list[tuple]]:
+    if not spec.slice_by:
+        return None, [()]
+    codes = np.zeros(n, dtype=np.int64)
+    per_column_values: list[list] = []
+    radix = 1
+    for name in spec.slice_by:
+        if name in spec.hive_slices:
+            per_column_values.append([file.hive[name]])
+            continue
+        encoded = pc.dictionary_encode(batch.column(name), null_encoding="encode")
+        if isinstance(encoded, pa.ChunkedArray):
+            encoded = encoded.combine_chunks()
+        values = encoded.dictionary.to_pylist()
+        indices = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        codes = codes * len(values) + indices if radix > 1 else indices
+        radix *= len(values)
+        per_column_values.append(values)
+    if radix == 1:
+        return np.zeros(n, dtype=np.int64), [tuple(values[0] for values in per_column_values)]
+    unique, inverse = np.unique(codes, return_inverse=True)
+    keys = []
+    for code in unique:
+        key = []
+        remainder = int(code)
+        for values in reversed(per_column_values):
+            key.append(values[remainder % len(values)])
+            remainder //= len(values)
+        keys.append(tuple(reversed(key)))
+    return inverse.astype(np.int64), keys

@@ -1,0 +1,158 @@
+"""Report tables (per class, per slice) and their atomic, self-describing write.
+
+Every table carries Parquet key-value metadata: the resolved config, the input
+fingerprint, xent's version, the units and the creation time. A report folder is
+written beside its destination and renamed into place, so readers see the old
+report or the new one, never a mix or a half-written file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from xent_kernels import ClassReport, ClassStats
+
+from . import __version__
+from .engine import Evaluation
+from .sources import filesystem
+
+CLASS_METRICS = ["ce_mean", "ce_std", "accuracy", "top5_accuracy", "p_true_mean", "entropy_mean"]
+SLICE_METRICS = ["ce_mean", "ce_macro", "accuracy", "top5_accuracy", "p_true_mean", "entropy_mean", "ece"]
+
+
+def _slice_columns(keys: list[tuple], names: tuple[str, ...], types: tuple[pa.DataType, ...]) -> dict[str, pa.Array]:
+    return {
+        name: pa.array([key[i] if key else None for key in keys], type=arrow_type)
+        for i, (name, arrow_type) in enumerate(zip(names, types))
+    }
+
+
+def _class_names(n_classes: int, names: tuple[str, ...] | None) -> list[str]:
+    return list(names) if names else [str(i) for i in range(n_classes)]
+
+
+def report_parts(stats: ClassStats, slice_by: tuple[str, ...]) -> list[tuple[ClassReport, bool]]:
+    """The finalized report per slice and, when sliced, the overall one: (report, is_overall)."""
+    parts = []
+    if slice_by:
+        parts.append((stats, False))
+    parts.append((stats.collapse_slices(), True))
+    return parts
+
+
+def build_tables(evaluation: Evaluation) -> dict[str, pa.Table]:
+    spec, result = evaluation.spec, evaluation.result
+    base = 2 if evaluation.config.units == "bits" else "e"
+    names = _class_names(spec.n_classes, spec.class_names)
+    per_class, summary = [], []
+    for stats, overall in report_parts(result.stats, spec.slice_by):
+        report = stats.finalize(base=base)
+        keys = [report.slice_keys[i] if not overall else () for i in report.per_class["slice"]]
+        pc_cols = _slice_columns(keys, spec.slice_by, spec.slice_types)
+        pc_cols["overall"] = pa.array(np.full(len(keys), overall))
+        pc_cols["class"] = pa.array(report.per_class["class"], type=pa.int32())
+        pc_cols["class_name"] = pa.array([names[c] for c in report.per_class["class"]], type=pa.string())
+        pc_cols["n"] = pa.array(report.per_class["n"], type=pa.int64())
+        pc_cols["weight"] = pa.array(report.per_class["weight"], type=pa.float64())
+        for metric in CLASS_METRICS:
+            pc_cols[metric] = pa.array(report.per_class[metric], type=pa.float64())
+        per_class.append(pa.table(pc_cols))
+
+        keys = [key if not overall else () for key in report.slice_keys]
+        ps = report.per_slice
+        s_cols = _slice_columns(keys, spec.slice_by, spec.slice_types)
+        s_cols["overall"] = pa.array(np.full(len(keys), overall))
+        s_cols["n"] = pa.array(ps["n"], type=pa.int64())
+        s_cols["weight"] = pa.array(ps["weight"], type=pa.float64())
+        for metric in SLICE_METRICS:
+            s_cols[metric] = pa.array(ps[metric], type=pa.float64())
+        s_cols["n_ignored"] = pa.array(ps["n_ignored"], type=pa.int64())
+        s_cols["n_nonfinite"] = pa.array(ps["n_nonfinite"], type=pa.int64())
+        skipped = sum(b.rows for b in result.bad_shards)
+        s_cols["n_skipped"] = pa.array([skipped if overall else None] * len(keys), type=pa.int64())
+        s_cols["n_bad_shards"] = pa.array([len(result.bad_shards) if overall else None] * len(keys), type=pa.int64())
+        s_cols["predicted_marginal"] = pa.array(list(report.predicted_marginal), type=pa.list_(pa.float64()))
+        s_cols["confidence_hist"] = pa.array(
+            list(report.confidence_hist[..., 0]), type=pa.list_(pa.float64())
+        )
+        summary.append(pa.table(s_cols))
+    tables = {"per_class": pa.concat_tables(per_class), "summary": pa.concat_tables(summary)}
+    if evaluation.config.on_bad_shard == "skip":
+        tables["bad_shards"] = pa.table(
+            {
+                "file": pa.array([b.url for b in result.bad_shards], type=pa.string()),
+                "reason": pa.array([b.reason for b in result.bad_shards], type=pa.string()),
+                "rows": pa.array([b.rows for b in result.bad_shards], type=pa.int64()),
+            }
+        )
+    return tables
+
+
+def report_metadata(evaluation: Evaluation) -> dict[bytes, bytes]:
+    spec = evaluation.spec
+    return {
+        b"xent.version": __version__.encode(),
+        b"xent.created_at": dt.datetime.now(dt.timezone.utc).isoformat().encode(),
+        b"xent.units": evaluation.config.units.encode(),
+        b"xent.config": json.dumps(evaluation.config.model_dump(mode="json"), sort_keys=True).encode(),
+        b"xent.fingerprint": json.dumps(evaluation.fingerprint, sort_keys=True).encode(),
+        b"xent.classes": json.dumps(_class_names(spec.n_classes, spec.class_names)).encode(),
+        b"xent.layout": json.dumps({"kind": spec.kind, "layout": spec.layout, "columns": list(spec.pred_columns)}).encode(),
+    }
+
+
+def write_report(evaluation: Evaluation, out: str, storage_options: dict[str, Any] | None = None) -> dict[str, str]:
+    """Write the report tables under `out`; returns {table name: path}."""
+    metadata = report_metadata(evaluation)
+    tables = {
+        name: table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+        for name, table in build_tables(evaluation).items()
+    }
+    return write_tables_atomically(tables, out, storage_options)
+
+
+def write_tables_atomically(tables: dict[str, pa.Table], out: str, storage_options: dict[str, Any] | None = None) -> dict[str, str]:
+    fs, path = filesystem(out, storage_options)
+    local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+    if local:
+        return _write_local(tables, Path(path))
+    # Object stores have no folder rename: each object appears whole when its upload ends.
+    written = {}
+    for name, table in tables.items():
+        target = f"{path.rstrip('/')}/{name}.parquet"
+        with fs.open(target, "wb") as handle:
+            pq.write_table(table, handle, compression="zstd")
+        written[name] = fs.unstrip_protocol(target)
+    return written
+
+
+def _write_local(tables: dict[str, pa.Table], out: Path) -> dict[str, str]:
+    out = out.absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex[:8]
+    staging = out.parent / f".{out.name}.tmp-{token}"
+    staging.mkdir()
+    try:
+        for name, table in tables.items():
+            pq.write_table(table, staging / f"{name}.parquet", compression="zstd")
+        if out.exists():
+            retired = out.parent / f".{out.name}.old-{token}"
+            os.replace(out, retired)
+            os.replace(staging, out)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return {name: str(out / f"{name}.parquet") for name in tables}

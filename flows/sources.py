@@ -1,0 +1,109 @@
+"""Find the Parquet shards behind a list of sources and fingerprint them.
+
+A source is a file, a folder (searched recursively), a glob, or any of these as an
+fsspec URL (``s3://bucket/dump/``). Hive folders (``date=2026-11-23/model=b/``) below a
+source become slice values of the files inside them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+from fsspec.core import url_to_fs
+
+from .errors import DataError, UsageError
+
+PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One shard: where it is and what identifies its content."""
+
+    url: str
+    size: int
+    version: str  # modification time or ETag: changes when the content does
+    hive: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.url.rstrip("/"))
+
+
+def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    return url_to_fs(url, **(storage_options or {}))
+
+
+def _version(info: dict[str, Any]) -> str:
+    for key in ("ETag", "etag", "mtime", "LastModified", "last_modified", "created"):
+        if info.get(key) is not None:
+            return str(info[key]).strip('"')
+    return ""
+
+
+def _hive_values(relative: str) -> dict[str, str]:
+    values = {}
+    for segment in relative.split("/")[:-1]:
+        key, sep, value = segment.partition("=")
+        if sep and key:
+            values[key] = value
+    return values
+
+
+def _is_data_file(path: str) -> bool:
+    name = posixpath.basename(path)
+    return name.endswith(PARQUET_SUFFIXES) and not name.startswith((".", "_"))
+
+
+def list_inputs(sources: list[str], storage_options: dict[str, Any] | None = None) -> list[InputFile]:
+    """Every Parquet file named by `sources`, sorted by URL, without duplicates.
+
+    Raises
+    ------
+    UsageError
+        No sources given.
+    DataError
+        A source matches no Parquet file (the message names it).
+    """
+    if not sources:
+        raise UsageError("no input: give at least one file, folder, glob or URL")
+    found: dict[str, InputFile] = {}
+    for source in sources:
+        fs, path = filesystem(source, storage_options)
+        try:
+            if any(char in path for char in "*?["):
+                root = path.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0]
+                entries = fs.glob(path, detail=True)
+            elif fs.isdir(path):
+                root = path.rstrip("/")
+                entries = fs.find(path, detail=True)
+            elif fs.exists(path):
+                root = posixpath.dirname(path)
+                entries = {path: fs.info(path)}
+            else:
+                raise DataError(f"{source}: no such file or folder")
+        except (OSError, ValueError) as error:
+            raise DataError(f"{source}: cannot list: {error}") from None
+        matched = 0
+        for entry_path, info in sorted(entries.items()):
+            if info.get("type") == "directory" or not _is_data_file(entry_path):
+                continue
+            url = fs.unstrip_protocol(entry_path) if fs.protocol not in ("file", ("file", "local")) else entry_path
+            relative = entry_path[len(root) :].lstrip("/") if entry_path.startswith(root) else posixpath.basename(entry_path)
+            found[url] = InputFile(url=url, size=int(info.get("size") or 0), version=_version(info), hive=_hive_values(relative))
+            matched += 1
+        if not matched:
+            raise DataError(f"{source}: no Parquet files matched (looked for *{', *'.join(PARQUET_SUFFIXES)})")
+    return [found[url] for url in sorted(found)]
+
+
+def fingerprint(inputs: list[InputFile]) -> dict[str, Any]:
+    """Identity of the input: per-file URL, size and version, and one digest of them all."""
+    files = [{"url": f.url, "size": f.size, "version": f.version} for f in inputs]
+    digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+    return {"digest": digest, "files": files, "n_files": len(files), "bytes": sum(f.size for f in inputs)}
