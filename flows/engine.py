@@ -255,6 +255,8 @@ def dask_client(address: str | None = None, *, n_workers: int | None = None) -> 
     The local cluster runs its workers as threads of this process: the kernels and
     pyarrow release the GIL, and there is no worker start-up or data transfer to pay.
     """
+    # distributed logs every connection at INFO; keep its chatter to -v runs.
+    logging.getLogger("distributed").setLevel(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
     address = address or os.environ.get("DASK_SCHEDULER_ADDRESS")
     if address:
         with Client(address, timeout="20s") as client:

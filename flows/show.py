@@ -1,0 +1,49 @@
+"""Print reports as tables on the terminal."""
+
+from __future__ import annotations
+
+import math
+
+import pyarrow.parquet as pq
+from rich.console import Console
+from rich.table import Table
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4f}"
+    return str(value)
+
+
+def print_report(paths: dict[str, str], elapsed: float | None = None, console: Console | None = None) -> None:
+    """The per-class table (overall rows), the slice summary, and where the files are."""
+    console = console or Console()
+    per_class = pq.read_table(paths["per_class"])
+    units = (per_class.schema.metadata or {}).get(b"xent.units", b"nats").decode()
+    rows = [r for r in per_class.to_pylist() if r["overall"]]
+    table = Table(title=f"per class (cross-entropy in {units})")
+    for column in ("class", "class_name", "n", "ce_mean", "ce_std", "accuracy", "p_true_mean", "entropy_mean"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(*(_fmt(row[c]) for c in ("class", "class_name", "n", "ce_mean", "ce_std", "accuracy", "p_true_mean", "entropy_mean")))
+    console.print(table)
+
+    summary = pq.read_table(paths["summary"])
+    fixed = {"overall", "n", "weight", "ce_mean", "ce_macro", "accuracy", "top5_accuracy", "p_true_mean",
+             "entropy_mean", "ece", "n_ignored", "n_nonfinite", "n_skipped", "n_bad_shards",
+             "predicted_marginal", "confidence_hist"}
+    slice_columns = [name for name in summary.column_names if name not in fixed]
+    shown = [*slice_columns, "n", "ce_mean", "ce_macro", "accuracy", "ece", "n_ignored", "n_skipped"]
+    table = Table(title="summary (overall row last)")
+    for column in shown:
+        table.add_column(column, justify="right")
+    for row in summary.to_pylist():
+        cells = [("(all)" if row["overall"] and c in slice_columns else _fmt(row[c])) for c in shown]
+        table.add_row(*cells)
+    console.print(table)
+    for name, path in paths.items():
+        console.print(f"{name}: {path}")
+    if elapsed is not None:
+        console.print(f"done in {elapsed:.1f} s")
