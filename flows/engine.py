@@ -255,8 +255,12 @@ def dask_client(address: str | None = None, *, n_workers: int | None = None) -> 
     The local cluster runs its workers as threads of this process: the kernels and
     pyarrow release the GIL, and there is no worker start-up or data transfer to pay.
     """
-    # distributed logs every connection at INFO; keep its chatter to -v runs.
-    logging.getLogger("distributed").setLevel(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
+    # distributed logs every connection at INFO, and a worker logs each failed task
+    # with its traceback; the error reaches the user once, from the client.
+    verbose = logging.getLogger().getEffectiveLevel() < logging.WARNING
+    logging.getLogger("distributed").setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.getLogger("distributed.worker").setLevel(logging.INFO if verbose else logging.CRITICAL)
+    logging.getLogger("distributed.worker.memory").setLevel(logging.INFO if verbose else logging.WARNING)
     address = address or os.environ.get("DASK_SCHEDULER_ADDRESS")
     if address:
         with Client(address, timeout="20s") as client:

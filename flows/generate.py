@@ -73,7 +73,6 @@ _COLUMN_PREFIX = {"logits": "logit", "probs": "prob", "log_probs": "log_prob"}
 _RESERVED = ("id", "label", "weight")
 _CLASSES_KEY = b"xent.classes"
 _MAX_ROW_GROUP = 1_000_000
-_PARQUET_RE = re.compile(r"\.parquet$")
 
 # splitmix64 constants.
 _MASK64 = (1 << 64) - 1
@@ -313,6 +312,10 @@ def _to_kind(logits: np.ndarray, kind: str, layout: str) -> np.ndarray:
 # ------------------------------------------------------------------------- arguments
 
 
+def _is_int(x: Any) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
 def _check_args(rows, classes, shards, layout, kind, dtype, slices, hive, null_labels, drift,
                 row_group_rows, bad_shards) -> dict[str, int]:
     if layout not in LAYOUTS:
@@ -322,24 +325,24 @@ def _check_args(rows, classes, shards, layout, kind, dtype, slices, hive, null_l
         raise ValueError(f"kind must be one of {allowed} for layout {layout!r}, got {kind!r}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
-    if not isinstance(classes, int) or classes < 2:
+    if not _is_int(classes) or classes < 2:
         raise ValueError(f"classes must be an int >= 2, got {classes!r}")
     if layout == "binary" and classes != 2:
         raise ValueError(f"layout 'binary' needs classes=2, got {classes}")
-    if not isinstance(rows, int) or rows < 0:
+    if not _is_int(rows) or rows < 0:
         raise ValueError(f"rows must be an int >= 0, got {rows!r}")
-    if not isinstance(shards, int) or shards < 1:
+    if not _is_int(shards) or shards < 1:
         raise ValueError(f"shards must be an int >= 1, got {shards!r}")
     if not 0.0 <= null_labels <= 1.0:
         raise ValueError(f"null_labels must be a fraction in [0, 1], got {null_labels!r}")
     if not (math.isfinite(drift) and drift >= 0.0):
         raise ValueError(f"drift must be finite and >= 0, got {drift!r}")
-    if row_group_rows is not None and (not isinstance(row_group_rows, int) or row_group_rows < 1):
+    if row_group_rows is not None and (not _is_int(row_group_rows) or row_group_rows < 1):
         raise ValueError(f"row_group_rows must be a positive int or None, got {row_group_rows!r}")
-    names = list(_RESERVED) + [_COLUMN_PREFIX[kind]]
+    names = list(_RESERVED) + list(KINDS) + list(_COLUMN_PREFIX.values())
     for what, spec in (("slices", slices or {}), ("hive", hive or {})):
         for name, values in spec.items():
-            if name in names or name.startswith(_COLUMN_PREFIX[kind]) or name in KINDS:
+            if name in names or re.fullmatch(r"(logit|prob|log_prob)_\d+", name):
                 raise ValueError(f"{what} column {name!r} clashes with another column")
             if len(values) == 0:
                 raise ValueError(f"{what} column {name!r} needs at least one value")
@@ -412,7 +415,7 @@ def _truncated_bytes(data: bytes) -> bytes:
 def _existing_parquet(fs, base: str) -> list[str]:
     if not fs.exists(base):
         return []
-    return [p for p in fs.find(base) if _PARQUET_RE.search(p) and not p.rsplit("/", 1)[-1].startswith(".")]
+    return [p for p in fs.find(base) if p.endswith((".parquet", ".pq", ".parq")) and not p.rsplit("/", 1)[-1].startswith(".")]
 
 
 def generate_dump(
@@ -488,8 +491,9 @@ def generate_dump(
     storage_options : dict, optional
         Passed to fsspec for ``out``.
     overwrite : bool
-        If ``out`` already holds ``.parquet`` files, delete them first (recursively)
-        instead of raising ``FileExistsError``: stale shards would join the dump.
+        If ``out`` already holds Parquet files (``.parquet``, ``.pq``, ``.parq``, searched
+        recursively), delete them first instead of raising ``FileExistsError``: stale
+        shards would otherwise join the dump.
 
     Returns
     -------
@@ -498,12 +502,23 @@ def generate_dump(
     """
     bad_counts = _check_args(rows, classes, shards, layout, kind, dtype, slices, hive, null_labels,
                              drift, row_group_rows, bad_shards)
+    rows, classes, shards = int(rows), int(classes), int(shards)
     slices, hive = dict(slices or {}), dict(hive or {})
     seed = int(seed) & _MASK64
     np_dtype = DTYPES[dtype]
     root = os.fspath(out)
     fs, base = fsspec.core.url_to_fs(root, **(storage_options or {}))
     base = base.rstrip("/")
+
+    # Which shards are broken: a seeded shuffle of shards 1..S-1, handed out in BAD_KINDS order.
+    order = np.random.default_rng([seed, 0x626164]).permutation(np.arange(1, shards))
+    bad_of_shard: dict[int, str] = {}
+    for bad_kind in BAD_KINDS:
+        for _ in range(bad_counts.get(bad_kind, 0)):
+            k = int(order[len(bad_of_shard)])
+            bad_of_shard[k] = bad_kind
+            if bad_kind in _ROW_DEFECTS and (k + 1) * rows // shards == k * rows // shards:
+                raise ValueError(f"bad shard {bad_kind!r} landed on an empty shard; use more rows")
 
     existing = _existing_parquet(fs, base)
     if existing and not overwrite:
@@ -527,13 +542,6 @@ def generate_dump(
     metadata = {_CLASSES_KEY: json.dumps(class_names).encode()} if string_labels else None
     dictionary_columns = list(slices) + (["label"] if string_labels else [])
 
-    # Which shards are broken: a seeded shuffle of shards 1..S-1, handed out in BAD_KINDS order.
-    order = np.random.default_rng([seed, 0x626164]).permutation(np.arange(1, shards))
-    bad_of_shard: dict[int, str] = {}
-    for bad_kind in BAD_KINDS:
-        for _ in range(bad_counts.get(bad_kind, 0)):
-            bad_of_shard[int(order[len(bad_of_shard)])] = bad_kind
-
     combos = list(itertools.product(*hive.values()))
     width = max(5, len(str(shards - 1)))
     files: list[str] = []
@@ -550,8 +558,6 @@ def generate_dump(
         bad_kind = bad_of_shard.get(k)
         bad_row = None
         if bad_kind in _ROW_DEFECTS:
-            if n == 0:
-                raise ValueError(f"bad shard {bad_kind!r} landed on an empty shard; use more rows")
             bad_row = _mix_int(_stream_key(seed, "bad_row") + k) % n
 
         positions = np.arange(start, stop, dtype=np.int64)
@@ -592,7 +598,7 @@ def generate_dump(
             columns["weight"] = pa.array(0.5 + 1.5 * _uniform(ids, _stream_key(seed, "weight")))
         table = pa.table(columns).replace_schema_metadata(metadata)
 
-        group = row_group_rows or min(max(n, 1), _MAX_ROW_GROUP)
+        group = int(row_group_rows or min(max(n, 1), _MAX_ROW_GROUP))
 
         def write(f, table=table, group=group, truncate=bad_kind == "truncated"):
             if not truncate:

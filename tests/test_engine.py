@@ -1,0 +1,246 @@
+"""`xent eval` end to end: real Parquet shards, a real LocalCluster, reports compared
+with a plain float64 computation over the same rows."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from numpy.testing import assert_allclose
+
+import reference as ref
+from flows.cli import main
+from flows.config import EvalConfig
+from flows.engine import dask_client, evaluate
+from flows.errors import DataError
+from flows.generate import generate_dump, load_arrays
+from flows.report import write_report
+
+CLASS_COLUMNS = ["n", "weight", "ce_mean", "ce_std", "accuracy", "p_true_mean", "entropy_mean"]
+SLICE_COLUMNS = ["n", "weight", "ce_mean", "ce_macro", "accuracy", "entropy_mean", "ece", "n_ignored"]
+
+
+@pytest.fixture(scope="module")
+def client():
+    with dask_client(None) as client:
+        yield client
+
+
+def run(client, out: Path, **settings) -> dict[str, pa.Table]:
+    config = EvalConfig(**settings)
+    paths = write_report(evaluate(config, client), str(out))
+    return {name: pq.read_table(path) for name, path in paths.items()}
+
+
+def expected_report(arrays, kind, slice_by=(), weighted=False):
+    """Reference cells and slices keyed by slice tuple, from the raw arrays."""
+    n = len(arrays["label"])
+    keys = list(zip(*(arrays[name] for name in slice_by))) if slice_by else [()] * n
+    distinct = sorted(set(keys), key=lambda k: tuple((v is None, "" if v is None else v) for v in k))
+    index = {k: i for i, k in enumerate(distinct)}
+    ids = np.array([index[k] for k in keys], dtype=np.int64)
+    cells, slices = ref.class_report(
+        arrays["pred"], arrays["label"], kind, weights=arrays.get("weight") if weighted else None,
+        slice_ids=ids, n_slices=len(distinct),
+    )
+    return {(distinct[s], c): v for (s, c), v in cells.items()}, {distinct[s]: v for s, v in slices.items()}
+
+
+def assert_report_matches(tables, cells, slices, slice_by=(), rtol=1e-10):
+    per_class = tables["per_class"].to_pylist()
+    summary = tables["summary"].to_pylist()
+    sliced_rows = [r for r in per_class if not r["overall"]] if slice_by else per_class
+    assert len(sliced_rows) == len(cells)
+    for row in sliced_rows:
+        key = tuple(row[name] for name in slice_by)
+        expected = cells[(key, row["class"])]
+        for column in CLASS_COLUMNS:
+            assert_allclose(row[column], expected[column], rtol=rtol, atol=1e-12, err_msg=f"{key} {row['class']} {column}")
+    for row in summary:
+        if slice_by and row["overall"]:
+            continue
+        expected = slices[tuple(row[name] for name in slice_by)]
+        for column in SLICE_COLUMNS:
+            assert_allclose(row[column], expected[column], rtol=rtol, atol=1e-12, err_msg=f"summary {column}")
+        assert_allclose(row["predicted_marginal"], expected["marginal"], rtol=rtol, atol=1e-13)
+
+
+@pytest.mark.parametrize(
+    "layout, kind, dtype",
+    [
+        ("fixed_size_list", "logits", "float32"),
+        ("list", "logits", "float64"),
+        ("wide", "probs", "float32"),
+        ("fixed_size_list", "log_probs", "float64"),
+        ("binary", "logits", "float32"),
+        ("binary", "probs", "float64"),
+    ],
+)
+def test_layouts_and_kinds_match_reference(client, tmp_path, layout, kind, dtype):
+    classes = 2 if layout == "binary" else 7
+    dump = generate_dump(tmp_path / "dump", rows=6000, classes=classes, shards=3, layout=layout, kind=kind,
+                         dtype=dtype, null_labels=0.05, seed=3)
+    tables = run(client, tmp_path / "out", sources=[dump.root], kind=kind)
+    arrays = load_arrays(dump)
+    cells, slices = expected_report(arrays, kind)
+    assert_report_matches(tables, cells, slices)
+    overall = tables["summary"].to_pylist()[-1]
+    assert overall["n_ignored"] == int((arrays["label"] < 0).sum()) > 0
+
+
+def test_slices_weights_hive_and_string_labels(client, tmp_path):
+    dump = generate_dump(tmp_path / "dump", rows=9000, classes=5, shards=4, slices={"model": ["a", "b"]},
+                         hive={"date": ["2026-11-22", "2026-11-23"]}, weights=True, string_labels=True, seed=4)
+    tables = run(client, tmp_path / "out", sources=[dump.root], slice_by=["date", "model"], weight_col="weight")
+    arrays = load_arrays(dump)
+    cells, slices = expected_report(arrays, "logits", slice_by=("date", "model"), weighted=True)
+    assert_report_matches(tables, cells, slices, slice_by=("date", "model"))
+    names = tables["per_class"].column("class_name").to_pylist()
+    assert set(names) == set(dump.class_names)
+    overall = [r for r in tables["summary"].to_pylist() if r["overall"]]
+    assert len(overall) == 1 and overall[0]["date"] is None and overall[0]["n"] == len(arrays["label"])
+
+
+def test_report_metadata_and_units(client, tmp_path):
+    dump = generate_dump(tmp_path / "dump", rows=2000, classes=3, shards=2, seed=5)
+    nats = run(client, tmp_path / "nats", sources=[dump.root])
+    bits = run(client, tmp_path / "bits", sources=[dump.root], units="bits")
+    assert_allclose(bits["per_class"].column("ce_mean").to_numpy(), nats["per_class"].column("ce_mean").to_numpy() / np.log(2), rtol=1e-14)
+    metadata = bits["summary"].schema.metadata
+    assert metadata[b"xent.units"] == b"bits"
+    config = json.loads(metadata[b"xent.config"])
+    assert config["units"] == "bits" and config["sources"] == [dump.root]
+    fingerprint = json.loads(metadata[b"xent.fingerprint"])
+    assert fingerprint["n_files"] == 2 and {f["url"] for f in fingerprint["files"]} == set(dump.files)
+    assert all(f["size"] > 0 and f["version"] for f in fingerprint["files"])
+    assert b"xent.version" in metadata and b"xent.created_at" in metadata
+    assert bits["per_class"].schema.field("class").type == pa.int32()
+
+
+def test_row_group_pieces_and_file_order_do_not_change_the_report(client, tmp_path):
+    dump = generate_dump(tmp_path / "dump", rows=20000, classes=4, shards=3, row_group_rows=1000, slices={"s": ["x", "y"]}, seed=6)
+    whole = run(client, tmp_path / "a", sources=[dump.root], slice_by=["s"])
+    split = run(client, tmp_path / "b", sources=list(reversed(dump.files)), slice_by=["s"], task_rows=2500,
+                batch_logits=3000, split_every=2)
+    for name in ("per_class", "summary"):
+        a, b = whole[name].to_pydict(), split[name].to_pydict()
+        for column in a:
+            if column in ("n", "class", "s", "overall", "class_name", "n_ignored", "n_nonfinite", "n_skipped", "n_bad_shards"):
+                assert a[column] == b[column], column
+            elif column in ("predicted_marginal", "confidence_hist"):
+                assert_allclose(np.array(a[column], float), np.array(b[column], float), rtol=1e-12)
+            else:
+                assert_allclose(np.array(a[column], float), np.array(b[column], float), rtol=1e-12, err_msg=column)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(cuts=st.lists(st.integers(1, 999), max_size=5, unique=True), seed=st.integers(0, 1000))
+def test_random_shardings_give_the_same_report(client, tmp_path_factory, cuts, seed):
+    folder = tmp_path_factory.mktemp("shards")
+    rng = np.random.default_rng(seed)
+    n, classes = 1000, 6
+    pred = rng.normal(scale=4, size=(n, classes)).astype(np.float32)
+    label = rng.integers(0, classes, n)
+    table = pa.table({"logits": pa.FixedSizeListArray.from_arrays(pa.array(pred.ravel()), classes), "label": label})
+    pq.write_table(table, folder / "whole.parquet")
+    bounds = [0, *sorted(cuts), n]
+    for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        (folder / "parts").mkdir(exist_ok=True)
+        pq.write_table(table.slice(a, b - a), folder / "parts" / f"part-{i:03d}.parquet")
+    whole = run(client, folder / "r1", sources=[str(folder / "whole.parquet")])
+    parts = run(client, folder / "r2", sources=[str(folder / "parts")])
+    for column in CLASS_COLUMNS:
+        assert_allclose(parts["per_class"].column(column).to_numpy(), whole["per_class"].column(column).to_numpy(), rtol=1e-12)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+BAD_CASES = {
+    "truncated": "not a readable Parquet file",
+    "nan": "NaN or infinite",
+    "bad_label": "out of range",
+    "wrong_classes": "expected 5",
+    "missing_column": "missing column 'label'",
+}
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_CASES))
+def test_bad_shard_is_a_clear_error_and_writes_nothing(client, tmp_path, bad):
+    dump = generate_dump(tmp_path / "dump", rows=4000, classes=5, shards=4, bad_shards={bad: 1}, seed=7)
+    (bad_path, defect), = dump.bad.items()
+    with pytest.raises(DataError) as error:
+        run(client, tmp_path / "out", sources=[dump.root])
+    message = str(error.value)
+    assert bad_path in message and BAD_CASES[bad] in message
+    if defect.row is not None:
+        assert f"row {defect.row}" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_unnormalized_probabilities_name_the_row(client, tmp_path):
+    dump = generate_dump(tmp_path / "dump", rows=3000, classes=4, shards=3, kind="probs", bad_shards={"unnormalized": 1}, seed=8)
+    (bad_path, defect), = dump.bad.items()
+    with pytest.raises(DataError, match=f"row {defect.row}: probs with values that do not sum to 1") as error:
+        run(client, tmp_path / "out", sources=[dump.root], kind="probs")
+    assert bad_path in str(error.value) and "'probs'" in str(error.value)
+
+
+def test_skip_mode_leaves_bad_shards_out_and_lists_them(client, tmp_path):
+    bad = {"truncated": 1, "nan": 1, "bad_label": 1}
+    dump = generate_dump(tmp_path / "dump", rows=8000, classes=5, shards=6, bad_shards=bad, seed=9)
+    tables = run(client, tmp_path / "out", sources=[dump.root], on_bad_shard="skip")
+    listed = tables["bad_shards"].to_pylist()
+    assert {row["file"] for row in listed} == set(dump.bad)
+    assert all(row["reason"] for row in listed)
+    arrays = load_arrays(dump)
+    cells, slices = expected_report(arrays, "logits")
+    assert_report_matches(tables, cells, slices)
+    overall = tables["summary"].to_pylist()[-1]
+    assert overall["n_bad_shards"] == 3 and overall["n_skipped"] == sum(r["rows"] for r in listed)
+
+
+def test_nonfinite_rows_can_be_counted_instead(client, tmp_path):
+    dump = generate_dump(tmp_path / "dump", rows=3000, classes=3, shards=3, bad_shards={"nan": 1}, seed=10)
+    tables = run(client, tmp_path / "out", sources=[dump.root], on_nonfinite="count")
+    assert tables["summary"].to_pylist()[-1]["n_nonfinite"] == 1
+
+
+def test_failed_run_keeps_the_previous_report(client, tmp_path):
+    good = generate_dump(tmp_path / "good", rows=1000, classes=3, shards=2, seed=11)
+    bad = generate_dump(tmp_path / "bad", rows=1000, classes=3, shards=2, bad_shards={"nan": 1}, seed=11)
+    run(client, tmp_path / "out", sources=[good.root])
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    with pytest.raises(DataError):
+        run(client, tmp_path / "out", sources=[bad.root])
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
+    assert sorted(os.listdir(tmp_path)) == ["bad", "good", "out"]  # no staging folders left
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def test_cli_exit_codes(tmp_path, capsys):
+    dump = generate_dump(tmp_path / "dump", rows=2000, classes=3, shards=2, bad_shards={"bad_label": 1}, seed=12)
+    assert main(["eval", str(tmp_path / "nothing-here"), "--out", str(tmp_path / "o1")]) == 1
+    assert "no such file or folder" in capsys.readouterr().err
+    assert main(["eval", dump.root, "--out", str(tmp_path / "o2")]) == 1
+    assert "out of range" in capsys.readouterr().err
+    config = tmp_path / "bad.yaml"
+    config.write_text("kind: logits\nunits: furlongs\nbogus_key: 1\n")
+    assert main(["eval", dump.root, "--out", str(tmp_path / "o3"), "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "key 'units'" in err and "key 'bogus_key'" in err and str(config) in err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "--out"])
+    assert exit_info.value.code == 2
+    assert main(["eval", dump.root, "--out", str(tmp_path / "o4"), "--on-bad-shard", "skip"]) == 0
+    assert (tmp_path / "o4" / "bad_shards.parquet").exists()
+    assert not any((tmp_path / name).exists() for name in ("o1", "o2", "o3"))
