@@ -268,6 +268,6 @@ def dask_client(address: str | None = None, *, n_workers: int | None = None) -> 
         return
     threads = n_workers or os.cpu_count() or 1
     with LocalCluster(
-        n_workers=1, threads_per_worker=threads, processes=False, dashboard_address=None, silence_logs=logging.WARNING
+        n_workers=1, threads_per_worker=threads, processes=False, dashboard_address=":0", silence_logs=logging.WARNING
     ) as cluster, Client(cluster) as client:
         yield client
