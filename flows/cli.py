@@ -98,6 +98,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         seed=args.seed,
         shuffle=args.shuffle,
         bad_shards={k: int(v) for k, v in (item.split("=") for item in args.bad or [])} or None,
+        overwrite=args.overwrite,
     )
     print(f"wrote {dump.rows:,} rows in {len(dump.files)} files under {dump.root}")
     return 0
@@ -113,7 +114,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="xent-demo-"))
     print(f"demo folder: {out}")
     started = time.perf_counter()
-    dump = generate_dump(out / "dumps" / "current", rows=200_000, classes=10, shards=8, slices={"model": ["a", "b"]}, seed=1)
+    dump = generate_dump(
+        out / "dumps" / "current", rows=200_000, classes=10, shards=8, slices={"model": ["a", "b"]}, seed=1, overwrite=True
+    )
     config = EvalConfig(sources=[dump.root], slice_by=["model"], units="nats")
     with dask_client(None) as client:
         evaluation = evaluate(config, client, Progress.auto())
@@ -146,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shuffle", action="store_true", help="permute rows across shards")
     p.add_argument("--bad", action="append", metavar="KIND=COUNT", help="make COUNT shards bad: truncated, nan, ...")
+    p.add_argument("--overwrite", action="store_true", help="replace Parquet files already in the folder")
     p.set_defaults(handler=cmd_generate)
 
     p = sub.add_parser("demo", help="generate a dump, evaluate it on a local cluster, print the report")
