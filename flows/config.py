@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import UsageError
 
@@ -114,3 +114,118 @@ def read_class_names(value: str) -> list[str]:
     if len(names) < 2 or len(set(names)) != len(names):
         raise UsageError(f"--classes needs at least two distinct class names, got {names!r}")
     return [str(name) for name in names]
+
+
+DRIFT_METRICS = (
+    "kl_per_sample",  # mean KL(reference‖current) over rows joined on id
+    "marginal_kl", "marginal_js", "marginal_psi",  # predicted class marginals
+    "confidence_kl", "confidence_js", "confidence_psi",  # confidence histograms
+)
+
+
+class SliceThresholds(StrictModel):
+    """Thresholds that apply to one slice, e.g. ``{slice: {model: b}, thresholds: {marginal_js: 0.02}}``."""
+
+    slice: dict[str, Any]
+    thresholds: dict[str, float]
+
+    @field_validator("thresholds")
+    @classmethod
+    def _known_metrics(cls, value):
+        return _check_metrics(value)
+
+
+def _check_metrics(value: dict[str, float]) -> dict[str, float]:
+    unknown = sorted(set(value) - set(DRIFT_METRICS))
+    if unknown:
+        raise ValueError(f"unknown drift metric(s) {unknown}; known: {list(DRIFT_METRICS)}")
+    return value
+
+
+class DriftSettings(StrictModel):
+    """How to compare a dump with its reference, and when to raise the alarm."""
+
+    id_col: str = "id"
+    thresholds: dict[str, float] = Field(default_factory=dict, description="Metric -> largest allowed value.")
+    slice_thresholds: list[SliceThresholds] = Field(default_factory=list)
+    confidence_bins: int = Field(10, ge=2, le=100, description="Confidence bins, at reference quantiles.")
+    smoothing: float = Field(1e-4, gt=0, lt=1, description="Added to every bin's share before KL/JS/PSI.")
+    per_sample: bool = Field(True, description="Join rows on id_col for per-sample KL.")
+    bucket_rows: int = Field(2_000_000, ge=1, description="Rows per join bucket: bounds worker memory.")
+    scratch_dir: str | None = Field(None, description="Where join buckets spill (shared by all workers).")
+
+    @field_validator("thresholds")
+    @classmethod
+    def _known_metrics(cls, value):
+        return _check_metrics(value)
+
+
+class DriftConfig(EvalConfig):
+    """`xent drift`: the reading settings of EvalConfig for both dumps, plus drift settings."""
+
+    reference: list[str] = Field(default_factory=list, description="The reference dump (baseline).")
+    drift: DriftSettings = Field(default_factory=DriftSettings)
+
+
+class Schedule(StrictModel):
+    cron: str = "0 2 * * *"
+    timezone: str = "UTC"
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        from prefect.client.schemas.schedules import CronSchedule
+
+        try:
+            CronSchedule(cron=value)
+        except ValueError:
+            raise ValueError(f"invalid cron string {value!r} (expected 5 fields, e.g. '0 2 * * *')") from None
+        return value
+
+
+class NightlySource(StrictModel):
+    """One dump evaluated every night. `paths` may carry a ``{date}`` template (YYYY-MM-DD)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    paths: list[str] = Field(min_length=1)
+    settings: dict[str, Any] = Field(default_factory=dict, description="EvalConfig keys for this source.")
+    reference: Literal["previous"] | list[str] | None = Field(
+        None, description="Drift reference: 'previous' (the previous date's dump) or fixed paths; none = no drift."
+    )
+
+
+class NightlyConfig(StrictModel):
+    report_root: str
+    sources: list[NightlySource] = Field(min_length=1)
+    schedule: Schedule = Field(default_factory=Schedule)
+    defaults: dict[str, Any] = Field(default_factory=dict, description="EvalConfig keys for every source.")
+    drift: DriftSettings = Field(default_factory=DriftSettings)
+    scheduler: str | None = None
+    deployment_name: str = "xent-nightly"
+
+    def eval_config(self, source: NightlySource, run_date: str) -> EvalConfig:
+        """The evaluation settings of `source` on `run_date`."""
+        data = {**self.defaults, **source.settings, "sources": [p.format(date=run_date) for p in source.paths]}
+        data.setdefault("scheduler", self.scheduler)
+        return EvalConfig.model_validate(data)
+
+    @model_validator(mode="after")
+    def _sources_make_valid_evaluations(self):
+        # Fail at load time, not at 2 a.m.: every source's settings must form an EvalConfig.
+        for i, source in enumerate(self.sources):
+            try:
+                self.eval_config(source, "2000-01-01")
+            except ValidationError as error:
+                problems = "; ".join(
+                    f"key '{'.'.join(str(p) for p in item['loc'])}': {item['msg']}" for item in error.errors()
+                )
+                raise ValueError(f"sources.{i} ({source.name}) with defaults: {problems}") from None
+        return self
+
+    @field_validator("sources")
+    @classmethod
+    def _distinct_names(cls, value):
+        names = [s.name for s in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"source names must be distinct, got {names}")
+        return value

@@ -47,6 +47,7 @@ class ReadSpec:
     batch_logits: int
     storage_options: dict[str, Any] = field(default_factory=dict)
     reference_file: str = ""  # the shard the layout was taken from, for messages
+    id_col: str | None = None  # read row ids too (per-sample drift joins on them)
 
     @property
     def pred_label(self) -> str:
@@ -54,7 +55,7 @@ class ReadSpec:
 
     def columns_to_read(self) -> list[str]:
         file_slices = [name for name in self.slice_by if name not in self.hive_slices]
-        extra = [self.weight_col] if self.weight_col else []
+        extra = [name for name in (self.weight_col, self.id_col) if name]
         return list(dict.fromkeys([*self.pred_columns, self.label_col, *extra, *file_slices]))
 
     @property
@@ -240,6 +241,7 @@ class Batch:
     weights: np.ndarray | None
     slice_ids: np.ndarray | None
     slice_keys: list[tuple]
+    ids: np.ndarray | None = None
 
 
 def iter_batches(parquet: pq.ParquetFile, file: InputFile, spec: ReadSpec, row_groups: list[int] | None) -> Iterator[Batch]:
@@ -276,7 +278,13 @@ def to_arrays(batch: pa.RecordBatch, first_row: int, file: InputFile, spec: Read
         if bad.size:
             raise DataError(f"{_where(file, spec.weight_col, first_row + bad[0])}: weight {weights[bad[0]]}, expected a finite value >= 0")
     slice_ids, slice_keys = _slices(batch, n, file, spec)
-    return Batch(first_row, pred, labels, weights, slice_ids, slice_keys)
+    ids = None
+    if spec.id_col:
+        column = batch.column(spec.id_col)
+        if column.null_count:
+            raise DataError(f"{_where(file, spec.id_col, first_row + _first_null(column))}: null id")
+        ids = column.to_numpy(zero_copy_only=False)
+    return Batch(first_row, pred, labels, weights, slice_ids, slice_keys, ids)
 
 
 def _first_null(column: pa.Array) -> int:

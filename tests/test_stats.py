@@ -222,3 +222,15 @@ def test_variance_does_not_cancel_with_a_large_mean():
     report = ClassStats.merge(*halves).finalize()
     ce = -log_softmax(pred, axis=1)[:, 1]
     assert_allclose(report.per_class["ce_std"][0], ce.std(), rtol=1e-6)
+
+
+def test_zero_weight_rows_count_but_contribute_nothing():
+    pred = np.array([[0.5, 0.5], [1.0, 0.0], [0.25, 0.75]])
+    labels = np.array([1, 1, 1])
+    report = class_stats_partial(pred, labels, kind="probs", weights=np.array([1.0, 0.0, 1.0])).finalize()
+    assert report.per_class["n"][0] == 3 and report.per_class["weight"][0] == 2.0
+    assert_allclose(report.per_class["ce_mean"][0], -(np.log(0.5) + np.log(0.75)) / 2, rtol=1e-14)
+    assert np.isfinite(report.per_class["ce_std"][0])
+    # the same infinite row with weight 1 makes the mean infinite and the spread undefined
+    infinite = class_stats_partial(pred, labels, kind="probs").finalize()
+    assert infinite.per_class["ce_mean"][0] == np.inf and np.isnan(infinite.per_class["ce_std"][0])

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._math import fast_exp, fast_log
+from ._math import fast_exp, fast_log, from_order_key, order_key
 from ._numba import kernel, strict_kernel
 
 LOGITS, PROBS, LOG_PROBS = 0, 1, 2
@@ -221,11 +221,12 @@ def js_rows(p, q, kind, block, tp, ep, lp, sp, cp, okp, tq, eq, lq, sq, cq, okq,
             for j in range(n_cols):
                 pj = ep[base + j] * sp[i]
                 qj = eq[base + j] * sq[i]
+                # All three logs from the same probabilities: p = q gives exactly 0.
                 log_m = fast_log(0.5 * (pj + qj))
                 if pj > 0.0:
-                    acc += pj * (tp[base + j] - lp[i] - log_m)
+                    acc += pj * (fast_log(pj) - log_m)
                 if qj > 0.0:
-                    acc += qj * (tq[base + j] - lq[i] - log_m)
+                    acc += qj * (fast_log(qj) - log_m)
             out[r0 + i] = 0.5 * acc
 
 
@@ -319,7 +320,8 @@ def _add_compensated(sums, comps, idx, x):
     s = sums[idx]
     total = s + x
     back = total - s
-    comps[idx] += (s - (total - back)) + (x - back)
+    if np.isfinite(total):  # an infinite sum has no rounding error to carry (and inf - inf is NaN)
+        comps[idx] += (s - (total - back)) + (x - back)
     sums[idx] = total
 
 
@@ -348,19 +350,17 @@ def prepare_block_narrow(z, r0, r1, kind, T, E, lognorm, inv_sum, conf, ok, scra
             total[i] = 0.0
         for j in range(n_cols):
             for i in range(rows):
-                total[i] += T[j, i]
-        for j in range(n_cols):
-            for i in range(rows):
-                top[i] = max(top[i], T[j, i])
+                v = T[j, i]
+                total[i] += v
+                top[i] = max(top[i], v)
         for i in range(rows):
             ok[i] = np.isfinite(total[i])
             total[i] = 0.0
         for j in range(n_cols):
             for i in range(rows):
-                T[j, i] = T[j, i] - top[i]
-        for j in range(n_cols):
-            for i in range(rows):
-                E[j, i] = fast_exp(T[j, i])
+                tj = T[j, i] - top[i]
+                T[j, i] = tj
+                E[j, i] = fast_exp(tj)
         for j in range(n_cols):
             for i in range(rows):
                 total[i] += E[j, i]
@@ -436,6 +436,86 @@ def _summarize_wide(t, e, labels, r0, rows, n_cols, t_true, e_true, et, rank):
             tj = t[base + j]
             count += (tj > ty) | ((tj == ty) & (j < y))
         rank[i] = count
+
+
+@kernel
+def _wide_row(z, r, y, kind, t, e, base):
+    """One row of a wide prediction in two fused, vectorized passes: max and finite
+    check, then t, e = exp(t), Σe, Σ e·t and the rank of the true class `y` together.
+    Stores t and e at t[base:], e[base:]; `base` is unsigned, as a signed index LLVM
+    cannot prove non-negative gets wrapped around and the stores become scatters
+    (and row views would cost reference counting per row). Returns (lognorm, inv_sum, conf, ok,
+    t_true, e_true, Σ e·t, rank), as ``prepare_block`` and ``_summarize_wide`` would.
+    The max is taken over integer order keys: float max reductions do not vectorize."""
+    n_cols = z.shape[1]
+    key = order_key(z[r, 0])
+    total = 0.0
+    if kind == LOGITS:
+        for j in range(n_cols):
+            v = z[r, j]
+            total += np.float64(v)
+            key = max(key, order_key(v))
+        m = np.float64(from_order_key(key))
+        ok = np.isfinite(total)
+        ty = np.float64(z[r, y]) - m
+        s = 0.0
+        et = 0.0
+        count = 0
+        for j in range(n_cols):
+            tj = np.float64(z[r, j]) - m
+            ej = fast_exp(tj)
+            t[base + np.uint64(j)] = tj
+            e[base + np.uint64(j)] = ej
+            s += ej
+            et += ej * tj if ej > 0.0 else 0.0
+            count += (tj > ty) | ((tj == ty) & (j < y))
+        inv = 1.0 / s
+        return fast_log(s), inv, inv, ok, ty, e[base + np.uint64(y)], et, count
+    if kind == LOG_PROBS:
+        for j in range(n_cols):
+            v = np.float64(z[r, j])
+            total += v if v != -np.inf else 0.0
+            key = max(key, order_key(z[r, j]))
+        m = np.float64(from_order_key(key))
+        ok = np.isfinite(total) and m > -np.inf
+        ty = np.float64(z[r, y])
+        et = 0.0
+        count = 0
+        for j in range(n_cols):
+            tj = np.float64(z[r, j])
+            ej = fast_exp(tj)
+            t[base + np.uint64(j)] = tj
+            e[base + np.uint64(j)] = ej
+            et += ej * tj if ej > 0.0 else 0.0
+            count += (tj > ty) | ((tj == ty) & (j < y))
+        return 0.0, 1.0, fast_exp(m), ok, ty, e[base + np.uint64(y)], et, count
+    negative = 0
+    for j in range(n_cols):
+        v = np.float64(z[r, j])
+        total += v
+        negative += v < 0.0
+        key = max(key, order_key(z[r, j]))
+    m = max(np.float64(from_order_key(key)), 0.0)
+    ok = np.isfinite(total) and negative == 0
+    ty = fast_log(np.float64(z[r, y]))
+    et = 0.0
+    count = 0
+    for j in range(n_cols):
+        ej = np.float64(z[r, j])
+        tj = fast_log(ej)
+        t[base + np.uint64(j)] = tj
+        e[base + np.uint64(j)] = ej
+        et += ej * tj if ej > 0.0 else 0.0
+        count += (tj > ty) | ((tj == ty) & (j < y))
+    return 0.0, 1.0, m, ok, ty, e[base + np.uint64(y)], et, count
+
+
+@kernel
+def _axpy(acc, acc_base, a, x, x_base, n):
+    """acc[acc_base + j] += a * x[x_base + j] for j < n; unsigned offsets (see _wide_row)."""
+    for j in range(n):
+        k = np.uint64(j)
+        acc[acc_base + k] += a * x[x_base + k]
 
 
 @kernel
@@ -519,6 +599,7 @@ def class_stats_kernel(
     shift = np.zeros(n_cells)
     touched = np.empty(block, dtype=np.int64)
     s_marg = np.zeros((n_slices, n_cols))
+    flat_marg = s_marg.reshape(-1)
     s_hist = np.zeros((n_slices, n_bins, N_HIST_FIELDS))
     slice_touched = np.zeros(n_slices, dtype=np.bool_)
     slice_list = np.empty(n_slices, dtype=np.int64)
@@ -544,8 +625,10 @@ def class_stats_kernel(
                 prepare_block_narrow(ref, r0, r1, ref_kind, RT, RE, rlognorm, rinv_sum, rconf, rok, scratch)
                 _kl_narrow(RT, RE, rlognorm, rinv_sum, T, lognorm, rows, kl)
         else:
-            prepare_block(z, r0, r1, kind, t, e, lognorm, inv_sum, conf, ok)
-            _summarize_wide(t, e, labels, r0, rows, n_cols, t_true, e_true, et, rank)
+            for i in range(rows):
+                (lognorm[i], inv_sum[i], conf[i], ok[i], t_true[i], e_true[i], et[i], rank[i]) = _wide_row(
+                    z, r0 + i, max(labels[r0 + i], 0), kind, t, e, np.uint64(i * n_cols)
+                )
             if has_ref:
                 prepare_block(ref, r0, r1, ref_kind, rt, re, rlognorm, rinv_sum, rconf, rok)
                 for i in range(rows):
@@ -571,7 +654,11 @@ def class_stats_kernel(
             if blk[cell, 8] == 0.0:
                 touched[n_touched] = cell
                 n_touched += 1
-                shift[cell] = ce
+                # a true class given probability 0 has CE = inf: shifting by it would give NaN
+                shift[cell] = ce if np.isfinite(ce) else 0.0
+            if w == 0.0:  # counted, contributes nothing (and 0 * inf must not make a NaN)
+                blk[cell, 8] += 1.0
+                continue
             d = ce - shift[cell]
             correct = w if rank[i] < 1 else 0.0
             blk[cell, 0] += w
@@ -597,9 +684,7 @@ def class_stats_kernel(
         else:
             for i in range(rows):
                 if scale[i] > 0.0:
-                    base = i * n_cols
-                    for j in range(n_cols):
-                        s_marg[slice_of_row[i], j] += scale[i] * e[base + j]
+                    _axpy(flat_marg, np.uint64(slice_of_row[i] * n_cols), scale[i], e, np.uint64(i * n_cols), n_cols)
 
         for k in range(n_touched):
             cell = touched[k]
@@ -607,7 +692,11 @@ def class_stats_kernel(
             ce_blk = blk[cell, 1] + shift[cell] * w_blk
             w_old = flat_sum[cell * N_CELL_FIELDS + WEIGHT] + flat_comp[cell * N_CELL_FIELDS + WEIGHT]
             if w_blk > 0.0:
-                m2_blk = max(blk[cell, 2] - blk[cell, 1] * blk[cell, 1] / w_blk, 0.0)
+                m2_blk = blk[cell, 2] - blk[cell, 1] * blk[cell, 1] / w_blk
+                if not np.isfinite(ce_blk):
+                    m2_blk = np.nan  # the spread of values that include inf is undefined
+                elif m2_blk < 0.0:
+                    m2_blk = 0.0  # rounding
                 if w_old > 0.0:
                     ce_old = flat_sum[cell * N_CELL_FIELDS + CE] + flat_comp[cell * N_CELL_FIELDS + CE]
                     delta = ce_blk / w_blk - ce_old / w_old

@@ -3,7 +3,7 @@
 Numba's ``np.exp``/``np.log`` call libm one element at a time (there is no SVML on
 these machines), so loops around them never vectorize and exp dominates every
 kernel. These versions are plain arithmetic plus bit casts, which LLVM vectorizes.
-exp is good to 3e-13 relative, log to a few ulp.
+exp is good to 2e-14 relative, log to a few ulp.
 """
 
 from __future__ import annotations
@@ -84,31 +84,47 @@ _EXP_LO = -708.0
 _EXP_HI = 709.0
 
 
+# Adding 1.5 * 2**52 rounds a float of magnitude < 2**51 to an integer, which then sits
+# in the low bits of the sum: k as a float and as bits without a round or a convert.
+_SHIFTER = 6755399441055744.0
+# exp(r) = 1 + r + r**2 q(r) on |r| <= ln(2)/2: q of degree 7 fitted for minimax
+# relative error (Lawson iterations in 40-digit arithmetic), 1.7e-14 with these
+# float64 coefficients.
+_Q7 = 2.7493073839100673e-06
+_Q6 = 2.4880810773728244e-05
+_Q5 = 0.00019841539071273543
+_Q4 = 0.0013888811142592466
+_Q3 = 0.008333333095101123
+_Q2 = 0.04166666696225657
+_Q1 = 0.16666666667265198
+_Q0 = 0.49999999999664285
+
+
 @strict_kernel
 def fast_exp(x: float) -> float:
-    """exp(x) for float64, relative error < 3e-13 on [-708, 709]; 0 below -708
-    (exp(-inf) = 0 exactly, so 0·log 0 guards work) and for NaN, whose rows callers discard."""
+    """exp(x) for float64, relative error < 2e-14 on [-708, 709]; 0 below -708 (so
+    exp(-inf) = 0 exactly and 0·log 0 guards hold) and for NaN, whose rows callers discard."""
     underflow = not x >= _EXP_LO  # also NaN
     if underflow:
         x = _EXP_LO
     if x > _EXP_HI:
         x = _EXP_HI
-    k = np.floor(x * _LOG2E + 0.5)
+    shifted = x * _LOG2E + _SHIFTER
+    k = shifted - _SHIFTER  # round(x / ln 2), exactly
     r = (x - k * _LN2_HI) - k * _LN2_LO
-    # Taylor series to r**10: |r| <= 0.347 leaves a relative remainder under 3e-13,
-    # far below what any report shows, and two FMAs cheaper than full precision.
-    p = 1.0 / 3628800.0
-    p = p * r + 1.0 / 362880.0
-    p = p * r + 1.0 / 40320.0
-    p = p * r + 1.0 / 5040.0
-    p = p * r + 1.0 / 720.0
-    p = p * r + 1.0 / 120.0
-    p = p * r + 1.0 / 24.0
-    p = p * r + 1.0 / 6.0
-    p = p * r + 0.5
+    # Degree 9 with the first two coefficients exactly 1, so exp(0) = 1 exactly.
+    p = _Q7
+    p = p * r + _Q6
+    p = p * r + _Q5
+    p = p * r + _Q4
+    p = p * r + _Q3
+    p = p * r + _Q2
+    p = p * r + _Q1
+    p = p * r + _Q0
     p = p * r + 1.0
     p = p * r + 1.0
-    value = _bits_to_float(_float_to_bits(p) + (np.int64(k) << 52))
+    # The low 12 bits of `shifted` hold k modulo 2**12: shifted into the exponent field.
+    value = _bits_to_float(_float_to_bits(p) + (_float_to_bits(shifted) << 52))
     return 0.0 if underflow else value
 
 

@@ -25,9 +25,11 @@ DEFAULT_BINS = 15
 def _two_sum(sum_a, comp_a, sum_b, comp_b):
     """Elementwise compensated addition of (sum, compensation) pairs."""
     total = sum_a + sum_b
-    back = total - sum_a
-    error = (sum_a - (total - back)) + (sum_b - back)
-    return total, comp_a + comp_b + error
+    with np.errstate(invalid="ignore"):
+        back = total - sum_a
+        error = (sum_a - (total - back)) + (sum_b - back)
+    # an infinite sum has no rounding error to carry (and inf - inf is NaN)
+    return total, comp_a + comp_b + np.where(np.isfinite(total), error, 0.0)
 
 
 def _key_order(key: SliceKey):
@@ -264,7 +266,7 @@ def _chan_m2(x: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> np.ndarray:
     both = (wx > 0) & (wy > 0)
     with np.errstate(divide="ignore", invalid="ignore"):
         delta = np.where(both, cy / wy - cx / wx, 0.0)
-        between = np.where(both, delta * delta * wx * wy / (wx + wy), 0.0)
+        between = np.where(both, delta * delta * (wx * wy) / (wx + wy), 0.0)  # symmetric in x, y
     return x["ce_m2"] + y["ce_m2"] + between
 
 
