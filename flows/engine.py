@@ -170,13 +170,11 @@ def plan_pieces(infos: list[FileInfo], task_rows: int) -> list[Piece]:
     return pieces
 
 
-def tree_reduce(client: Client, futures: list, split_every: int) -> object:
+def tree_reduce(client: Client, futures: list, split_every: int, merge: Callable = PieceResult.merge) -> object:
+    """One future for `merge` applied over `futures` in a tree of fan-in `split_every`."""
     level = futures
     while len(level) > 1:
-        level = [
-            client.submit(PieceResult.merge, *level[i : i + split_every], pure=False)
-            for i in range(0, len(level), split_every)
-        ]
+        level = [client.submit(merge, *level[i : i + split_every], pure=False) for i in range(0, len(level), split_every)]
     return level[0]
 
 

@@ -1,0 +1,290 @@
+"""Drift of a current dump against a reference dump.
+
+Two kinds of evidence, per slice and overall:
+
+1. Per-sample KL(reference‖current), joining rows on an id column. Neither dump is
+   ever held whole: each shard's rows are hashed by id into buckets spilled to a
+   scratch folder, then each bucket is joined and reduced to per-(slice, class)
+   statistics by the fused kernel. Ids found on one side only are counted.
+2. Distribution-level KL, JS and PSI between the predicted class marginals, and
+   between confidence histograms re-binned at the reference's quantiles (see
+   :mod:`xent_kernels.drift` for the smoothing). These need no ids.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import shutil
+import tempfile
+import uuid
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+from distributed import Client
+
+from xent_kernels import ClassStats, class_stats_partial
+from xent_kernels.drift import histogram_divergences, quantile_bin_edges, rebin
+
+from .config import DriftConfig, DriftSettings, EvalConfig
+from .engine import Evaluation, FileInfo, PieceResult, _wait_all, evaluate, inspect_file, plan_pieces, tree_reduce
+from .errors import DataError
+from .reader import ReadSpec, iter_batches, open_parquet, resolve_spec
+from .report import _slice_columns, report_parts
+from .sources import list_inputs
+
+FINE_BINS = 200  # confidence histogram resolution before re-binning at reference quantiles
+
+
+# --------------------------------------------------------------------------- distribution level
+
+
+def distribution_rows(reference: Evaluation, current: Evaluation, settings: DriftSettings) -> list[dict]:
+    """Metric rows (slice key, metric, value) for marginals and confidence histograms."""
+    rows = []
+    ref_parts = dict(_parts_by_key(reference))
+    for key, cur_stats in _parts_by_key(current):
+        ref_stats = ref_parts.get(key)
+        if ref_stats is None:
+            for metric in ("marginal_kl", "marginal_js", "marginal_psi", "confidence_kl", "confidence_js", "confidence_psi"):
+                rows.append({"key": key, "metric": metric, "value": math.nan})
+            continue
+        marg_ref = ref_stats.marginal_sum[0] + ref_stats.marginal_comp[0]
+        marg_cur = cur_stats.marginal_sum[0] + cur_stats.marginal_comp[0]
+        for name, value in histogram_divergences(marg_ref, marg_cur, settings.smoothing).items():
+            rows.append({"key": key, "metric": f"marginal_{name}", "value": value})
+        fine_ref = (ref_stats.hist_sum + ref_stats.hist_comp)[0, :, 0]
+        fine_cur = (cur_stats.hist_sum + cur_stats.hist_comp)[0, :, 0]
+        edges = quantile_bin_edges(fine_ref, settings.confidence_bins)
+        for name, value in histogram_divergences(rebin(fine_ref, edges), rebin(fine_cur, edges), settings.smoothing).items():
+            rows.append({"key": key, "metric": f"confidence_{name}", "value": value})
+    return rows
+
+
+def _parts_by_key(evaluation: Evaluation):
+    """(slice key or None for overall, single-slice ClassStats) for each slice and overall."""
+    stats = evaluation.result.stats
+    for part, overall in report_parts(stats, evaluation.spec.slice_by):
+        if overall:
+            yield None, part
+        else:
+            for i, key in enumerate(part.slice_keys):
+                yield key, part._single_slice(i, key)
+
+
+# --------------------------------------------------------------------------- per-sample join
+
+
+@dataclass(frozen=True)
+class JoinResult:
+    stats: ClassStats
+    matched: int = 0
+    only_reference: int = 0
+    only_current: int = 0
+
+    @staticmethod
+    def merge(*results: "JoinResult") -> "JoinResult":
+        stats = results[0].stats
+        for other in results[1:]:
+            stats = ClassStats.merge(stats, other.stats)
+        return JoinResult(
+            stats,
+            sum(r.matched for r in results),
+            sum(r.only_reference for r in results),
+            sum(r.only_current for r in results),
+        )
+
+
+def bucket_of(ids: np.ndarray, n_buckets: int) -> np.ndarray:
+    """A bucket per id, the same on every worker (no salted hashes)."""
+    if ids.dtype.kind in "iu":
+        x = ids.astype(np.uint64)
+        # splitmix64 finaliser: consecutive ids spread evenly
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+        return (x % np.uint64(n_buckets)).astype(np.int64)
+    return np.fromiter((zlib.crc32(str(v).encode()) % n_buckets for v in ids), dtype=np.int64, count=len(ids))
+
+
+def spill_piece(piece, side: str, index: int, *, spec: ReadSpec, scratch: str, n_buckets: int) -> int:
+    """Split one piece's rows into bucket files under scratch/side/bucket; returns rows."""
+    parquet = open_parquet(piece.file.url, spec.storage_options)
+    groups = None if piece.row_groups is None else list(piece.row_groups)
+    rows = 0
+    for b, batch in enumerate(iter_batches(parquet, piece.file, spec, groups)):
+        buckets = bucket_of(batch.ids, n_buckets)
+        order = np.argsort(buckets, kind="stable")
+        bounds = np.searchsorted(buckets[order], np.arange(n_buckets + 1))
+        slice_ids = batch.slice_ids if batch.slice_ids is not None else np.zeros(len(order), np.int64)
+        keys = np.empty(len(batch.slice_keys), dtype=object)
+        keys[:] = batch.slice_keys
+        for k in range(n_buckets):
+            take = order[bounds[k] : bounds[k + 1]]
+            if not take.size:
+                continue
+            folder = os.path.join(scratch, side, f"{k:05d}")
+            os.makedirs(folder, exist_ok=True)
+            np.savez(
+                os.path.join(folder, f"{index:06d}-{b:05d}.npz"),
+                ids=batch.ids[take], pred=batch.pred[take], labels=batch.labels[take],
+                slice_ids=slice_ids[take], slice_keys=keys,
+            )
+        rows += len(order)
+    return rows
+
+
+def _load_bucket(folder: str):
+    parts = [np.load(os.path.join(folder, name), allow_pickle=True) for name in sorted(os.listdir(folder))] if os.path.isdir(folder) else []
+    if not parts:
+        return None
+    keys: dict[tuple, int] = {}
+    slice_ids = []
+    for part in parts:
+        local = np.array([keys.setdefault(tuple(k), len(keys)) for k in part["slice_keys"]], dtype=np.int64)
+        slice_ids.append(local[part["slice_ids"]] if local.size else part["slice_ids"])
+    return (
+        np.concatenate([p["ids"] for p in parts]),
+        np.concatenate([p["pred"] for p in parts]),
+        np.concatenate([p["labels"] for p in parts]),
+        np.concatenate(slice_ids),
+        list(keys),
+    )
+
+
+def join_bucket(scratch: str, bucket: int, *, spec: ReadSpec) -> JoinResult:
+    """Join one bucket's reference and current rows on id; KL(reference‖current) statistics."""
+    empty = ClassStats.empty(spec.n_classes, n_bins=spec.n_bins, has_reference=True)
+    ref = _load_bucket(os.path.join(scratch, "reference", f"{bucket:05d}"))
+    cur = _load_bucket(os.path.join(scratch, "current", f"{bucket:05d}"))
+    if ref is None or cur is None:
+        return JoinResult(empty, 0, 0 if ref is None else len(ref[0]), 0 if cur is None else len(cur[0]))
+    for side, ids in (("reference", ref[0]), ("current", cur[0])):
+        values, counts = np.unique(ids, return_counts=True)
+        if (counts > 1).any():
+            raise DataError(f"{side} dump: id {values[counts > 1][0]!r} appears {counts[counts > 1][0]} times; ids must be unique")
+    _, in_ref, in_cur = np.intersect1d(ref[0], cur[0], assume_unique=True, return_indices=True)
+    stats = class_stats_partial(
+        cur[1][in_cur], cur[2][in_cur], kind=spec.kind, slice_ids=cur[3][in_cur], slice_keys=cur[4],
+        reference=ref[1][in_ref], reference_kind=spec.kind, n_bins=spec.n_bins,
+    ) if len(in_cur) else empty
+    return JoinResult(ClassStats.merge(stats, empty), len(in_cur), len(ref[0]) - len(in_ref), len(cur[0]) - len(in_cur))
+
+
+def per_sample_kl(config: DriftConfig, specs: dict[str, ReadSpec], infos: dict[str, list[FileInfo]], client: Client) -> JoinResult:
+    settings = config.drift
+    total_rows = sum(i.rows for side in infos.values() for i in side)
+    n_buckets = max(1, math.ceil(total_rows / settings.bucket_rows))
+    scratch = os.path.join(settings.scratch_dir or tempfile.gettempdir(), f"xent-drift-{uuid.uuid4().hex[:12]}")
+    os.makedirs(scratch)
+    try:
+        spills = []
+        for side in ("reference", "current"):
+            pieces = plan_pieces(infos[side], config.task_rows)
+            spills += client.map(
+                spill_piece, pieces, [side] * len(pieces), range(len(pieces)),
+                spec=specs[side], scratch=scratch, n_buckets=n_buckets, pure=False,
+            )
+        _wait_all(spills, lambda future: None)
+        joins = client.map(join_bucket, [scratch] * n_buckets, range(n_buckets), spec=specs["current"], pure=False)
+        total = tree_reduce(client, joins, config.split_every, JoinResult.merge)
+        _wait_all(joins, lambda future: None)
+        return total.result()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- the whole comparison
+
+
+@dataclass
+class DriftReport:
+    rows: list[dict]  # key (slice tuple or None), metric, value, threshold, breached, class, n
+    slice_by: tuple[str, ...]
+    slice_types: tuple[pa.DataType, ...]
+    reference: Evaluation
+    current: Evaluation
+
+    @property
+    def breaches(self) -> list[dict]:
+        return [row for row in self.rows if row["breached"]]
+
+
+def compare(config: DriftConfig, client: Client) -> DriftReport:
+    """Evaluate both dumps and compute every drift metric with its threshold."""
+    fine = {"n_bins": FINE_BINS}
+    current = evaluate(config.model_copy(update=fine), client)
+    reference = evaluate(config.model_copy(update={**fine, "sources": config.reference}), client)
+    if reference.spec.n_classes != current.spec.n_classes:
+        raise DataError(
+            f"reference has {reference.spec.n_classes} classes ({reference.spec.reference_file}), "
+            f"current has {current.spec.n_classes} ({current.spec.reference_file})"
+        )
+    rows = distribution_rows(reference, current, config.drift)
+    if config.drift.per_sample:
+        rows += _per_sample_rows(config, reference, current, client)
+    for row in rows:
+        row.setdefault("class", None)
+        row.setdefault("n", None)
+        threshold = threshold_for(config.drift, config.slice_by, row["key"], row["metric"]) if row["class"] is None else None
+        row["threshold"] = threshold
+        row["breached"] = bool(threshold is not None and not (row["value"] <= threshold))
+    return DriftReport(rows, current.spec.slice_by, current.spec.slice_types, reference, current)
+
+
+def _per_sample_rows(config: DriftConfig, reference: Evaluation, current: Evaluation, client: Client) -> list[dict]:
+    specs, infos = {}, {}
+    for side, evaluation in (("reference", reference), ("current", current)):
+        specs[side] = dataclasses.replace(evaluation.spec, id_col=config.drift.id_col, n_bins=1)
+        futures = client.map(inspect_file, evaluation.inputs, spec=specs[side], pure=False)
+        _wait_all(futures, lambda future: None)
+        infos[side] = [future.result() for future in futures]
+    joined = per_sample_kl(config, specs, infos, client)
+    rows = [
+        {"key": None, "metric": "n_matched", "value": float(joined.matched)},
+        {"key": None, "metric": "n_only_reference", "value": float(joined.only_reference)},
+        {"key": None, "metric": "n_only_current", "value": float(joined.only_current)},
+    ]
+    for part, overall in report_parts(joined.stats, current.spec.slice_by):
+        report = part.finalize()
+        for i, key in enumerate(report.slice_keys):
+            rows.append({"key": None if overall else key, "metric": "kl_per_sample", "value": float(report.per_slice["kl_mean"][i]),
+                         "n": int(report.per_slice["n"][i])})
+        pc = report.per_class
+        for j in range(len(pc["class"])):
+            key = None if overall else report.slice_keys[pc["slice"][j]]
+            rows.append({"key": key, "metric": "kl_per_sample", "value": float(pc["kl_mean"][j]),
+                         "class": int(pc["class"][j]), "n": int(pc["n"][j])})
+    return rows
+
+
+def threshold_for(settings: DriftSettings, slice_by: list[str], key: tuple | None, metric: str) -> float | None:
+    """The most specific threshold: a matching slice override, else the global one."""
+    if key is not None:
+        values = dict(zip(slice_by, key))
+        for override in settings.slice_thresholds:
+            if metric in override.thresholds and all(str(values.get(k)) == str(v) for k, v in override.slice.items()):
+                return override.thresholds[metric]
+    return settings.thresholds.get(metric)
+
+
+def drift_table(report: DriftReport) -> pa.Table:
+    keys = [row["key"] or () for row in report.rows]
+    columns = _slice_columns(keys, report.slice_by, report.slice_types)
+    columns["overall"] = pa.array([row["key"] is None for row in report.rows])
+    columns["metric"] = pa.array([row["metric"] for row in report.rows], type=pa.string())
+    columns["class"] = pa.array([row["class"] for row in report.rows], type=pa.int32())
+    columns["n"] = pa.array([row["n"] for row in report.rows], type=pa.int64())
+    columns["value"] = pa.array([row["value"] for row in report.rows], type=pa.float64())
+    columns["kl_mean"] = pa.array([row["value"] if row["class"] is not None else None for row in report.rows], type=pa.float64())
+    columns["threshold"] = pa.array([row["threshold"] for row in report.rows], type=pa.float64())
+    columns["breached"] = pa.array([row["breached"] for row in report.rows], type=pa.bool_())
+    return pa.table(columns)
+
+
+def describe_breach(row: dict, slice_by: tuple[str, ...]) -> str:
+    where = "overall" if row["key"] is None else ", ".join(f"{k}={v}" for k, v in zip(slice_by, row["key"]))
+    return f"{row['metric']} = {row['value']:.6g} exceeds threshold {row['threshold']:.6g} ({where})"
