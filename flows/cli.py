@@ -17,14 +17,23 @@ from typing import Any, Sequence
 from .errors import UsageError, XentError
 
 
-def _quiet_defaults() -> None:
-    # No telemetry and no server unless the user points Prefect at one.
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+def run_flow(flow, *args, **kwargs):
+    """Run a Prefect flow to its final state; its error (with its exit code) is raised here.
+
+    One-shot runs turn the flow heartbeat off (it only detects crashed runs of served
+    deployments, and costs a second per run) unless the user configured it.
+    """
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    updates = {} if "PREFECT_FLOWS_HEARTBEAT_FREQUENCY" in os.environ else {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+    with temporary_settings(updates=updates):
+        state = flow(*args, return_state=True, **kwargs)
+    return state.result()  # raises the flow's exception (DataError, DriftBreach, ...) if it failed
 
 
-def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("sources", nargs="*", help="Parquet files, folders, globs or fsspec URLs (or 'sources' in --config)")
+def _add_eval_arguments(parser: argparse.ArgumentParser, sources: bool = True) -> None:
+    if sources:
+        parser.add_argument("sources", nargs="*", help="Parquet files, folders, globs or fsspec URLs (or 'sources' in --config)")
     parser.add_argument("--out", required=True, help="report folder (written atomically)")
     parser.add_argument("--config", help="YAML file with evaluation settings; flags override it")
     parser.add_argument("--kind", choices=["logits", "probs", "log_probs"], help="what the prediction numbers are")
@@ -43,7 +52,7 @@ def _eval_overrides(args: argparse.Namespace) -> dict[str, Any]:
     from .config import read_class_names
 
     return {
-        "sources": args.sources or None,
+        "sources": getattr(args, "sources", None) or None,
         "kind": args.kind,
         "pred_col": args.pred_col,
         "label_col": args.label_col,
@@ -59,16 +68,70 @@ def _eval_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .config import EvalConfig, build_config
-    from .engine import Progress, dask_client, evaluate
-    from .report import write_report
+    from .pipelines import eval_flow, eval_steps
     from .show import print_report
 
     config = build_config(EvalConfig, args.config, _eval_overrides(args))
     started = time.perf_counter()
-    with dask_client(config.scheduler) as client:
-        evaluation = evaluate(config, client, Progress.auto())
-    paths = write_report(evaluation, args.out, config.storage_options)
+    if args.no_prefect:
+        paths = eval_steps(config, args.out, orchestrated=False)
+    else:
+        paths = run_flow(eval_flow, config, args.out)
     print_report(paths, elapsed=time.perf_counter() - started)
+    return 0
+
+
+def cmd_drift(args: argparse.Namespace) -> int:
+    from .config import DriftConfig, build_config
+    from .pipelines import drift_flow
+    from .show import print_drift
+
+    overrides = _eval_overrides(args)
+    overrides["sources"] = args.current
+    overrides["reference"] = args.reference
+    config = build_config(DriftConfig, args.config, overrides)
+    if args.id_col:
+        config.drift.id_col = args.id_col
+    try:
+        result = run_flow(drift_flow, config, args.out)
+    except XentError as error:
+        if error.exit_code == 3:
+            print_drift(f"{args.out.rstrip('/')}/drift.parquet")
+        raise
+    print_drift(result["paths"]["drift"])
+    return 0
+
+
+def cmd_nightly(args: argparse.Namespace) -> int:
+    from .config import NightlyConfig, build_config
+    from .pipelines import nightly_flow
+
+    build_config(NightlyConfig, args.config)  # fail on a bad config before Prefect starts
+    if args.date and (args.start or args.end):
+        raise UsageError("give either --date or --from/--to, not both")
+    if bool(args.start) != bool(args.end):
+        raise UsageError("a backfill needs both --from and --to")
+    results = run_flow(nightly_flow, os.path.abspath(args.config), args.date or args.start, args.end)
+    for r in results:
+        print(f"{r['source']} {r['run_date']}: " + ("unchanged, skipped" if r["skipped"] else f"written to {r['folder']}"))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from prefect.schedules import Cron
+
+    from .config import NightlyConfig, build_config
+    from .pipelines import nightly_flow
+
+    config = build_config(NightlyConfig, args.config)
+    if not os.environ.get("PREFECT_API_URL"):
+        raise UsageError("xent serve schedules runs on a Prefect server: set PREFECT_API_URL (e.g. http://127.0.0.1:4200/api)")
+    nightly_flow.serve(
+        name=config.deployment_name,
+        schedules=[Cron(config.schedule.cron, timezone=config.schedule.timezone)],
+        parameters={"config_path": os.path.abspath(args.config)},
+        pause_on_shutdown=False,
+    )
     return 0
 
 
@@ -104,24 +167,46 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from .config import EvalConfig
-    from .engine import Progress, dask_client, evaluate
-    from .generate import generate_dump
-    from .report import write_report
-    from .show import print_report
+DEMO_DATES = ("2026-11-22", "2026-11-23")
 
-    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="xent-demo-"))
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .generate import generate_dump
+    from .pipelines import TABLES_FOLDER, nightly_flow, run_folder
+    from .show import print_drift, print_report
+
+    out = Path(args.out).absolute() if args.out else Path(tempfile.mkdtemp(prefix="xent-demo-"))
     print(f"demo folder: {out}")
     started = time.perf_counter()
-    dump = generate_dump(
-        out / "dumps" / "current", rows=200_000, classes=10, shards=8, slices={"model": ["a", "b"]}, seed=1, overwrite=True
-    )
-    config = EvalConfig(sources=[dump.root], slice_by=["model"], units="nats")
-    with dask_client(None) as client:
-        evaluation = evaluate(config, client, Progress.auto())
-    paths = write_report(evaluation, str(out / "reports" / "adhoc"))
-    print_report(paths, elapsed=time.perf_counter() - started)
+    baseline, today = DEMO_DATES
+    # Yesterday's dump is the baseline; today's holds the same ids, reshuffled into
+    # other shards, from a model that has drifted.
+    common = dict(rows=200_000, classes=10, slices={"model": ["a", "b"]}, seed=1, overwrite=True)
+    generate_dump(out / "dumps" / f"date={baseline}", shards=8, **common)
+    generate_dump(out / "dumps" / f"date={today}", shards=6, drift=0.5, shuffle=True, **common)
+    config = {
+        "report_root": str(out / "reports"),
+        "sources": [{"name": "demo", "paths": [str(out / "dumps" / "date={date}")], "reference": [str(out / "dumps" / f"date={baseline}")]}],
+        "defaults": {"slice_by": ["model"], "units": "nats"},
+        "drift": {"thresholds": {"kl_per_sample": 0.05, "marginal_js": 0.005, "confidence_psi": 0.1}},
+    }
+    config_path = out / "nightly.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    print(f"nightly evaluation of {baseline} and {today} with drift monitoring (config: {config_path})")
+    verdict = "within thresholds"
+    try:
+        run_flow(nightly_flow, str(config_path), baseline, today)
+    except XentError as error:
+        if error.exit_code != 3:
+            raise
+        verdict = "breached"
+    tables = Path(run_folder(str(out / "reports"), today, "demo")) / TABLES_FOLDER
+    print_report({"per_class": str(tables / "per_class.parquet"), "summary": str(tables / "summary.parquet")})
+    print_drift(str(tables / "drift.parquet"))
+    print(f"history: {out / 'reports'} (one pyarrow read gives every metric of every run)")
+    print(f"demo finished in {time.perf_counter() - started:.1f} s; drift {verdict}, as planted")
     return 0
 
 
@@ -132,7 +217,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a prediction dump into per-class and per-slice reports")
     _add_eval_arguments(p)
+    p.add_argument("--no-prefect", action="store_true",
+                   help="run the same steps without Prefect (no temporary server: fastest for small ad-hoc dumps)")
     p.set_defaults(handler=cmd_eval)
+
+    p = sub.add_parser("drift", help="compare a current dump with a reference: per-sample KL, marginal and confidence drift")
+    p.add_argument("--reference", nargs="+", required=True, help="the reference dump")
+    p.add_argument("--current", nargs="+", required=True, help="the current dump")
+    p.add_argument("--id-col", help="row id column for the per-sample join (default: id)")
+    _add_eval_arguments(p, sources=False)
+    p.set_defaults(handler=cmd_drift)
+
+    p = sub.add_parser("nightly", help="evaluate each configured source for a date (or a range) into the report history")
+    p.add_argument("--config", required=True, help="nightly YAML config (see configs/nightly.yaml)")
+    p.add_argument("--date", help="YYYY-MM-DD (default: today in the schedule's timezone)")
+    p.add_argument("--from", dest="start", help="backfill from this date (YYYY-MM-DD)")
+    p.add_argument("--to", dest="end", help="backfill to this date, inclusive")
+    p.set_defaults(handler=cmd_nightly)
+
+    p = sub.add_parser("serve", help="serve the nightly flow on its cron schedule (needs PREFECT_API_URL)")
+    p.add_argument("--config", required=True, help="nightly YAML config")
+    p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("generate", help="write a synthetic sharded prediction dump")
     p.add_argument("out", help="folder to write")
@@ -159,10 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    _quiet_defaults()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Prefect's per-run INFO lines would bury the report; -v brings them back.
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if args.verbose else "WARNING")
     try:
         return args.handler(args)
     except XentError as error:

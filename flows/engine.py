@@ -192,9 +192,12 @@ def _wait_all(futures: list, on_done: Callable[[object], None]) -> None:
         raise
 
 
-def evaluate(config: EvalConfig, client: Client, progress: "Progress | None" = None) -> Evaluation:
-    """Run one evaluation on `client` and return the merged statistics."""
-    inputs = list_inputs(config.sources, config.storage_options)
+def evaluate(
+    config: EvalConfig, client: Client, progress: "Progress | None" = None, inputs: list[InputFile] | None = None
+) -> Evaluation:
+    """Run one evaluation on `client` and return the merged statistics. `inputs`
+    defaults to listing `config.sources`."""
+    inputs = inputs if inputs is not None else list_inputs(config.sources, config.storage_options)
     spec = resolve_spec(config, inputs[0])
     progress = progress or Progress.quiet()
     with progress.stage("inspecting shards", len(inputs)) as advance:

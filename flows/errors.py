@@ -19,3 +19,9 @@ class DataError(XentError):
     """The input data is not what the configuration says it is."""
 
     exit_code = 1
+
+
+class DriftBreach(XentError):
+    """A drift metric exceeded its threshold (the report was still written)."""
+
+    exit_code = 3

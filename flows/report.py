@@ -144,6 +144,7 @@ def _write_local(tables: dict[str, pa.Table], out: Path) -> dict[str, str]:
     staging.mkdir()
     try:
         for name, table in tables.items():
+            (staging / f"{name}.parquet").parent.mkdir(parents=True, exist_ok=True)
             pq.write_table(table, staging / f"{name}.parquet", compression="zstd")
         if out.exists():
             retired = out.parent / f".{out.name}.old-{token}"

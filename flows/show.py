@@ -47,3 +47,21 @@ def print_report(paths: dict[str, str], elapsed: float | None = None, console: C
         console.print(f"{name}: {path}")
     if elapsed is not None:
         console.print(f"done in {elapsed:.1f} s")
+
+
+def print_drift(path: str, console: Console | None = None) -> None:
+    """The drift metrics per slice with thresholds, and the verdict."""
+    console = console or Console()
+    rows = [r for r in pq.read_table(path).to_pylist() if r["class"] is None]
+    fixed = {"overall", "metric", "class", "n", "value", "kl_mean", "threshold", "breached"}
+    slice_columns = [c for c in (rows[0] if rows else {}) if c not in fixed]
+    table = Table(title="drift against the reference")
+    for column in ("slice", "metric", "value", "threshold", "breached"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        where = "(all)" if row["overall"] else ",".join(f"{c}={row[c]}" for c in slice_columns)
+        table.add_row(where, row["metric"], _fmt(row["value"]), _fmt(row["threshold"]), "BREACH" if row["breached"] else "")
+    console.print(table)
+    breached = [r for r in rows if r["breached"]]
+    console.print(f"drift verdict: {'BREACHED (' + str(len(breached)) + ' threshold(s))' if breached else 'within thresholds'}")
+    console.print(f"drift: {path}")
