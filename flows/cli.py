@@ -138,14 +138,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from .generate import generate_dump
 
-    slices = {}
-    for item in args.slice or []:
-        name, _, values = item.partition("=")
-        slices[name] = values.split(",")
-    hive = {}
-    for item in args.hive or []:
-        name, _, values = item.partition("=")
-        hive[name] = values.split(",")
+    def name_values(items: list[str] | None) -> dict[str, list[str]] | None:
+        pairs = [item.partition("=") for item in items or []]
+        return {name: values.split(",") for name, _, values in pairs} or None
+
     dump = generate_dump(
         args.out,
         rows=args.rows,
@@ -154,8 +150,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         layout=args.layout,
         kind=args.kind,
         dtype=args.dtype,
-        slices=slices or None,
-        hive=hive or None,
+        slices=name_values(args.slice),
+        hive=name_values(args.hive),
         weights=args.weights,
         drift=args.drift,
         seed=args.seed,
