@@ -327,106 +327,153 @@ def _add_compensated(sums, comps, idx, x):
 
 # Predictions with at most this many classes use column-major ("narrow") blocks.
 NARROW_CLASSES = 32
-# Rows per narrow block.
+# Rows per narrow block. A compile-time constant: it is the stride between the rows of
+# the narrow scratch, so every offset below is a constant multiple plus the row index.
 NARROW_ROWS = 128
+# Narrow per-cell sums fold into their compensated totals every this many rows (and at
+# the end): the fold costs a few hundred cycles per touched cell, too much per block.
+NARROW_FOLD_ROWS = 1024
+
+# The narrow scratch W is one flat float64 array of NARROW_ROWS-long rows: first these
+# per-row values, then the C rows of T (log-weights), then the C rows of E = exp(T):
+# W[row * NARROW_ROWS + i]. One allocation with offsets fixed per loop means LLVM sees a
+# single base pointer and vectorizes loops over several rows without runtime alias checks.
+_TOP, _TOT, _LOGN, _INV, _CONF, _OK, _TY, _ETRUE, _ET, _RANK, _Y, _KL, _SCALE = range(13)
+_N_ROW_FIELDS = 13
+_T0 = _N_ROW_FIELDS * NARROW_ROWS
 
 
 @kernel
-def prepare_block_narrow(z, r0, r1, kind, T, E, lognorm, inv_sum, conf, ok, scratch):
-    """``prepare_block`` for narrow predictions, into column-major (C, rows) buffers
-    T and E. With a handful of classes per row, row-wise loops are all loop overhead;
-    column-major, every per-row reduction is a vertical vector operation across rows.
-    Each loop touches few arrays: more and LLVM gives up vectorizing (alias checks)."""
-    n_cols = z.shape[1]
-    rows = r1 - r0
-    top = scratch[0]
-    total = scratch[1]
+def narrow_scratch_size(n_classes):
+    return (_N_ROW_FIELDS + 2 * n_classes) * NARROW_ROWS
+
+
+@kernel
+def _ix(row0, j, i):
+    """W index row0 + j * NARROW_ROWS + i, unsigned: LLVM cannot prove a signed j * 128
+    non-negative, so Numba's wraparound test stays in the loop and blocks vectorizing."""
+    return np.uint64(row0) + np.uint64(j) * np.uint64(NARROW_ROWS) + np.uint64(i)
+
+
+@kernel
+def prepare_block_narrow(z, labels, r0, rows, kind, W, summarize):
+    """``prepare_block`` and ``_summarize_wide`` for narrow predictions, column-major
+    into the scratch W (see _TOP...): with a handful of classes per row, row-wise loops
+    are all loop overhead; column-major, every per-row reduction is a vertical vector
+    operation across rows. For logits the exp pass also accumulates Σe, Σe·t and the
+    rank of the true class, so each element is loaded once after the transpose.
+    `summarize` False (a reference prediction) skips t_true, e_true, Σe·t and rank."""
+    C = z.shape[1]
+    NR = NARROW_ROWS
+    E0 = _T0 + C * NR
     for i in range(rows):
-        for j in range(n_cols):
-            T[j, i] = z[r0 + i, j]
+        W[_Y * NR + i] = max(labels[np.uint64(r0) + np.uint64(i)], 0)
     if kind == LOGITS:
         for i in range(rows):
-            top[i] = T[0, i]
-            total[i] = 0.0
-        for j in range(n_cols):
-            for i in range(rows):
-                v = T[j, i]
-                total[i] += v
-                top[i] = max(top[i], v)
+            for j in range(C):
+                W[_ix(_T0, j, i)] = z[np.uint64(r0) + np.uint64(i), j]
         for i in range(rows):
-            ok[i] = np.isfinite(total[i])
-            total[i] = 0.0
-        for j in range(n_cols):
+            v = W[_T0 + i]
+            W[_TOP * NR + i] = v
+            W[_TOT * NR + i] = v
+        for j in range(1, C):
             for i in range(rows):
-                tj = T[j, i] - top[i]
-                T[j, i] = tj
-                E[j, i] = fast_exp(tj)
-        for j in range(n_cols):
-            for i in range(rows):
-                total[i] += E[j, i]
+                v = W[_ix(_T0, j, i)]
+                W[_TOT * NR + i] += v
+                W[_TOP * NR + i] = max(W[_TOP * NR + i], v)
         for i in range(rows):
-            inv_sum[i] = 1.0 / total[i]
-            lognorm[i] = fast_log(total[i])
-            conf[i] = inv_sum[i]  # the largest E is exp(0) = 1
+            W[_OK * NR + i] = 1.0 if np.isfinite(W[_TOT * NR + i]) else 0.0
+            y = np.uint64(W[_Y * NR + i])
+            W[_TY * NR + i] = W[_ix(_T0, y, i)] - W[_TOP * NR + i]
+            W[_TOT * NR + i] = 0.0
+            W[_ET * NR + i] = 0.0
+            W[_RANK * NR + i] = 0.0
+        for j in range(C):
+            fj = np.float64(j)
+            for i in range(rows):
+                tj = W[_ix(_T0, j, i)] - W[_TOP * NR + i]
+                ej = fast_exp(tj)
+                W[_ix(_T0, j, i)] = tj
+                W[_ix(E0, j, i)] = ej
+                W[_TOT * NR + i] += ej
+                if summarize:
+                    W[_ET * NR + i] += ej * tj if ej > 0.0 else 0.0
+                    ty = W[_TY * NR + i]
+                    above = (tj > ty) | ((tj == ty) & (fj < W[_Y * NR + i]))
+                    W[_RANK * NR + i] += 1.0 if above else 0.0
+        for i in range(rows):
+            s = W[_TOT * NR + i]
+            inv = 1.0 / s
+            W[_INV * NR + i] = inv
+            W[_CONF * NR + i] = inv  # the largest E is exp(0) = 1
+            W[_LOGN * NR + i] = fast_log(s)
+            y = np.uint64(W[_Y * NR + i])
+            W[_ETRUE * NR + i] = W[_ix(E0, y, i)]
         return
     for i in range(rows):
-        top[i] = -np.inf if kind == LOG_PROBS else 0.0
-        total[i] = 0.0
-        lognorm[i] = 0.0
-        inv_sum[i] = 1.0
-    for j in range(n_cols):
+        W[_TOP * NR + i] = -np.inf if kind == LOG_PROBS else 0.0
+        W[_TOT * NR + i] = 0.0
+        W[_LOGN * NR + i] = 0.0
+        W[_INV * NR + i] = 1.0
+    for j in range(C):
         for i in range(rows):
-            top[i] = max(top[i], T[j, i])
+            v = np.float64(z[np.uint64(r0) + np.uint64(i), j])
+            W[_ix(_T0, j, i)] = v
+            W[_TOP * NR + i] = max(W[_TOP * NR + i], v)
     if kind == LOG_PROBS:
-        for j in range(n_cols):
+        for j in range(C):
             for i in range(rows):
-                v = T[j, i]
-                total[i] += v if v != -np.inf else 0.0
-        for j in range(n_cols):
-            for i in range(rows):
-                E[j, i] = fast_exp(T[j, i])
+                v = W[_ix(_T0, j, i)]
+                W[_TOT * NR + i] += v if v != -np.inf else 0.0
+                W[_ix(E0, j, i)] = fast_exp(v)
         for i in range(rows):
-            ok[i] = np.isfinite(total[i]) and top[i] > -np.inf
-            conf[i] = fast_exp(top[i])
+            top = W[_TOP * NR + i]
+            W[_OK * NR + i] = 1.0 if np.isfinite(W[_TOT * NR + i]) and top > -np.inf else 0.0
+            W[_CONF * NR + i] = fast_exp(top)
     else:
-        for j in range(n_cols):
+        for j in range(C):
             for i in range(rows):
-                v = T[j, i]
-                total[i] += v if v >= 0.0 else np.nan  # NaN marks a negative probability
-        for j in range(n_cols):
+                v = W[_ix(_T0, j, i)]
+                W[_TOT * NR + i] += v if v >= 0.0 else np.nan  # NaN marks a negative probability
+                W[_ix(E0, j, i)] = v
+        for j in range(C):
             for i in range(rows):
-                E[j, i] = T[j, i]
-        for j in range(n_cols):
-            for i in range(rows):
-                T[j, i] = fast_log(E[j, i])
+                W[_ix(_T0, j, i)] = fast_log(W[_ix(E0, j, i)])
         for i in range(rows):
-            ok[i] = np.isfinite(total[i])
-            conf[i] = top[i]
+            W[_OK * NR + i] = 1.0 if np.isfinite(W[_TOT * NR + i]) else 0.0
+            W[_CONF * NR + i] = W[_TOP * NR + i]
+    if summarize:
+        _summarize_narrow(W, C, rows)
 
 
 @kernel
-def _summarize_narrow(T, E, labels, r0, rows, t_true, e_true, et, rank):
+def _summarize_narrow(W, C, rows):
+    """t_true, e_true, Σ e·t (0·log 0 = 0) and the rank of the true class (ties toward
+    the lower class index) from the T and E rows of W."""
+    NR = NARROW_ROWS
+    E0 = _T0 + C * NR
     for i in range(rows):
-        y = max(labels[r0 + i], 0)
-        t_true[i] = T[y, i]
-        e_true[i] = E[y, i]
-        et[i] = 0.0
-        rank[i] = 0
-    for j in range(T.shape[0]):
+        y = np.uint64(W[_Y * NR + i])
+        W[_TY * NR + i] = W[_ix(_T0, y, i)]
+        W[_ETRUE * NR + i] = W[_ix(E0, y, i)]
+        W[_ET * NR + i] = 0.0
+        W[_RANK * NR + i] = 0.0
+    for j in range(C):
+        fj = np.float64(j)
         for i in range(rows):
-            ej = E[j, i]
-            et[i] += ej * T[j, i] if ej > 0.0 else 0.0
-    for j in range(T.shape[0]):
-        for i in range(rows):
-            tj = T[j, i]
-            rank[i] += (tj > t_true[i]) | ((tj == t_true[i]) & (j < labels[r0 + i]))
+            tj = W[_ix(_T0, j, i)]
+            ej = W[_ix(E0, j, i)]
+            W[_ET * NR + i] += ej * tj if ej > 0.0 else 0.0
+            ty = W[_TY * NR + i]
+            above = (tj > ty) | ((tj == ty) & (fj < W[_Y * NR + i]))
+            W[_RANK * NR + i] += 1.0 if above else 0.0
 
 
 @kernel
 def _summarize_wide(t, e, labels, r0, rows, n_cols, t_true, e_true, et, rank):
     for i in range(rows):
         base = i * n_cols
-        y = max(labels[r0 + i], 0)
+        y = max(labels[np.uint64(r0) + np.uint64(i)], 0)
         ty = t[base + y]
         t_true[i] = ty
         e_true[i] = e[base + y]
@@ -519,34 +566,223 @@ def _axpy(acc, acc_base, a, x, x_base, n):
 
 
 @kernel
-def _kl_narrow(RT, RE, rlognorm, rinv_sum, T, lognorm, rows, kl):
+def _kl_narrow(WR, W, C, rows):
+    """W's KL row = KL(reference‖pred) from the reference's scratch WR; W's ok row
+    becomes ok(pred) and ok(reference)."""
+    NR = NARROW_ROWS
+    E0 = _T0 + C * NR
     for i in range(rows):
-        kl[i] = 0.0
-    for j in range(T.shape[0]):
+        W[_KL * NR + i] = 0.0
+    for j in range(C):
         for i in range(rows):
-            ej = RE[j, i]
-            kl[i] += ej * (RT[j, i] - T[j, i]) if ej > 0.0 else 0.0
+            k = _ix(_T0, j, i)
+            ej = WR[_ix(E0, j, i)]
+            W[_KL * NR + i] += ej * (WR[k] - W[k]) if ej > 0.0 else 0.0
     for i in range(rows):
-        kl[i] = rinv_sum[i] * kl[i] - rlognorm[i] + lognorm[i]
+        W[_KL * NR + i] = WR[_INV * NR + i] * W[_KL * NR + i] - WR[_LOGN * NR + i] + W[_LOGN * NR + i]
+        W[_OK * NR + i] = W[_OK * NR + i] * WR[_OK * NR + i]
 
 
 @kernel
-def _marginal_narrow(E, scale, slice_of_row, rows, s_marg):
-    """s_marg[slice, j] += scale_i * E[j, i]; scale is 0 for rows that do not count."""
-    first = slice_of_row[0]
+def _marginal_narrow(W, C, rows, slice_ids, r0, has_slices, s_marg):
+    """s_marg[slice * C + j] += scale_i * E[j, i]; scale is 0 for rows that do not count."""
+    NR = NARROW_ROWS
+    E0 = _T0 + C * NR
+    first = slice_ids[r0] if has_slices else 0
     same = True
-    for i in range(rows):
-        same &= slice_of_row[i] == first
-    for j in range(E.shape[0]):
-        if same:
+    if has_slices:
+        for i in range(rows):
+            same &= slice_ids[np.uint64(r0) + np.uint64(i)] == first
+    if same:
+        base = np.uint64(first * C)
+        for j in range(C):
             acc = 0.0
             for i in range(rows):
-                acc += scale[i] * E[j, i] if scale[i] > 0.0 else 0.0
-            s_marg[first, j] += acc
+                sc = W[_SCALE * NR + i]
+                acc += sc * W[_ix(E0, j, i)] if sc > 0.0 else 0.0
+            s_marg[base + np.uint64(j)] += acc
+    else:
+        for i in range(rows):
+            sc = W[_SCALE * NR + i]
+            if sc > 0.0:
+                base = np.uint64(slice_ids[np.uint64(r0) + np.uint64(i)] * C)
+                for j in range(C):
+                    s_marg[base + np.uint64(j)] += sc * W[_ix(E0, j, i)]
+
+
+@kernel
+def _fold_cell(blk, f, shift_c, cell, flat_counts, flat_sum, flat_comp, flat_m2):
+    """Fold one cell's block sums blk[f:f + 9] (W, Σw(ce-K), Σw(ce-K)², entropy, p_true,
+    top1, top5, kl, count; K = shift_c) into the running state: Chan's formula for the
+    CE spread, TwoSum for the sums. Zeroes blk[f:f + 9]."""
+    w_blk = blk[f]
+    ce_blk = blk[f + 1] + shift_c * w_blk
+    f0 = cell * N_CELL_FIELDS
+    w_old = flat_sum[f0 + WEIGHT] + flat_comp[f0 + WEIGHT]
+    if w_blk > 0.0:
+        m2_blk = blk[f + 2] - blk[f + 1] * blk[f + 1] / w_blk
+        if not np.isfinite(ce_blk):
+            m2_blk = np.nan  # the spread of values that include inf is undefined
+        elif m2_blk < 0.0:
+            m2_blk = 0.0  # rounding
+        if w_old > 0.0:
+            ce_old = flat_sum[f0 + CE] + flat_comp[f0 + CE]
+            delta = ce_blk / w_blk - ce_old / w_old
+            m2_blk += delta * delta * w_old * w_blk / (w_old + w_blk)
+        flat_m2[cell] += m2_blk
+    flat_counts[cell] += np.int64(blk[f + 8])
+    _add_compensated(flat_sum, flat_comp, f0 + WEIGHT, w_blk)
+    _add_compensated(flat_sum, flat_comp, f0 + CE, ce_blk)
+    _add_compensated(flat_sum, flat_comp, f0 + ENTROPY, blk[f + 3])
+    _add_compensated(flat_sum, flat_comp, f0 + P_TRUE, blk[f + 4])
+    _add_compensated(flat_sum, flat_comp, f0 + TOP1, blk[f + 5])
+    _add_compensated(flat_sum, flat_comp, f0 + TOP5, blk[f + 6])
+    _add_compensated(flat_sum, flat_comp, f0 + KL, blk[f + 7])
+    for k in range(9):
+        blk[f + k] = 0.0
+
+
+@kernel
+def _class_stats_narrow(
+    z, labels, weights, slice_ids, ref, kind, ref_kind, n_bins, has_weights, has_slices, has_ref,
+    counts, cell_sum, cell_comp, ce_m2, marg_sum, marg_comp, hist_sum, hist_comp, row_counts,
+):
+    """``class_stats_kernel`` for C <= NARROW_CLASSES. Blocks of NARROW_ROWS rows are
+    prepared column-major into one scratch (``prepare_block_narrow``); the scatter loop
+    then only reads per-row values and adds them into the per-cell sums (blk, 9 fields a
+    cell, contiguous) and the per-slice histogram. Cells fold every NARROW_FOLD_ROWS rows,
+    with CE shifted by the first value each cell saw since its last fold."""
+    n, C = z.shape
+    n_slices = counts.shape[0]
+    NR = NARROW_ROWS
+    W = np.zeros(narrow_scratch_size(C))
+    WR = np.zeros(narrow_scratch_size(C) if has_ref else 0)
+
+    n_cells = n_slices * C
+    blk = np.zeros(n_cells * 9)
+    shift = np.zeros(n_cells)
+    stamp = np.zeros(n_cells, dtype=np.int64)  # the fold epoch in which the cell was last touched
+    touched = np.empty(n_cells, dtype=np.int64)
+    n_touched = 0
+    epoch = 1
+    s_marg = np.zeros(n_slices * C)
+    s_hist = np.zeros(n_slices * n_bins * N_HIST_FIELDS)
+    slice_touched = np.zeros(n_slices, dtype=np.bool_)
+    slice_list = np.empty(n_slices, dtype=np.int64)
+    n_slice_list = 0
+    if not has_slices:
+        slice_touched[0] = True
+        slice_list[0] = 0
+        n_slice_list = 1
+    rows_since_fold = 0
+    rows_since_cell_fold = 0
+
+    flat_counts = counts.reshape(-1)
+    flat_sum = cell_sum.reshape(-1)
+    flat_comp = cell_comp.reshape(-1)
+    flat_m2 = ce_m2.reshape(-1)
+    flat_msum = marg_sum.reshape(-1)
+    flat_mcomp = marg_comp.reshape(-1)
+    flat_hsum = hist_sum.reshape(-1)
+    flat_hcomp = hist_comp.reshape(-1)
+
+    for r0 in range(0, n, NR):
+        r1 = min(n, r0 + NR)
+        rows = r1 - r0
+        prepare_block_narrow(z, labels, r0, rows, kind, W, True)
+        if has_ref:
+            prepare_block_narrow(ref, labels, r0, rows, ref_kind, WR, False)
+            _kl_narrow(WR, W, C, rows)
+
+        # scale (marginal weight) per row, 0 for rows that do not count; and whether any row is skipped
+        n_skipped = 0
+        if has_weights:
+            for i in range(rows):
+                valid = (labels[np.uint64(r0) + np.uint64(i)] >= 0) & (W[_OK * NR + i] != 0.0)
+                W[_SCALE * NR + i] = np.float64(weights[np.uint64(r0) + np.uint64(i)]) * W[_INV * NR + i] if valid else 0.0
+                n_skipped += not valid
         else:
             for i in range(rows):
-                if scale[i] > 0.0:
-                    s_marg[slice_of_row[i], j] += scale[i] * E[j, i]
+                valid = (labels[np.uint64(r0) + np.uint64(i)] >= 0) & (W[_OK * NR + i] != 0.0)
+                W[_SCALE * NR + i] = W[_INV * NR + i] if valid else 0.0
+                n_skipped += not valid
+        if n_skipped:
+            for i in range(rows):
+                sl = slice_ids[np.uint64(r0) + np.uint64(i)] if has_slices else 0
+                if labels[np.uint64(r0) + np.uint64(i)] < 0:
+                    row_counts[sl, IGNORED] += 1
+                elif W[_OK * NR + i] == 0.0:
+                    row_counts[sl, NONFINITE] += 1
+
+        for i in range(rows):
+            y = labels[np.uint64(r0) + np.uint64(i)]
+            if (y < 0) | (W[_OK * NR + i] == 0.0):
+                continue
+            sl = slice_ids[np.uint64(r0) + np.uint64(i)] if has_slices else 0
+            w = np.float64(weights[np.uint64(r0) + np.uint64(i)]) if has_weights else 1.0
+            cell = np.uint64(sl * C + y)
+            lognorm = W[_LOGN * NR + i]
+            ce = lognorm - W[_TY * NR + i]
+            if stamp[cell] != epoch:
+                stamp[cell] = epoch
+                touched[n_touched] = cell
+                n_touched += 1
+                # a true class given probability 0 has CE = inf: shifting by it would give NaN
+                shift[cell] = ce if np.isfinite(ce) else 0.0
+            f = cell * np.uint64(9)
+            blk[f + 8] += 1.0
+            if w == 0.0:  # counted, contributes nothing (and 0 * inf must not make a NaN)
+                continue
+            d = ce - shift[cell]
+            inv = W[_INV * NR + i]
+            rank = W[_RANK * NR + i]
+            correct = w if rank < 1.0 else 0.0
+            blk[f] += w
+            blk[f + 1] += w * d
+            blk[f + 2] += w * d * d
+            blk[f + 3] += w * (lognorm - inv * W[_ET * NR + i])
+            blk[f + 4] += w * W[_ETRUE * NR + i] * inv
+            blk[f + 5] += correct
+            blk[f + 6] += w if rank < 5.0 else 0.0
+            blk[f + 7] += w * W[_KL * NR + i]
+            conf = W[_CONF * NR + i]
+            b = np.uint64(min(int(conf * n_bins), n_bins - 1))
+            h = (np.uint64(sl * n_bins) + b) * np.uint64(N_HIST_FIELDS)
+            s_hist[h + HIST_WEIGHT] += w
+            s_hist[h + HIST_CORRECT] += correct
+            s_hist[h + HIST_CONF] += w * conf
+            if has_slices and not slice_touched[sl]:
+                slice_touched[sl] = True
+                slice_list[n_slice_list] = sl
+                n_slice_list += 1
+
+        _marginal_narrow(W, C, rows, slice_ids, r0, has_slices, s_marg)
+
+        rows_since_cell_fold += rows
+        if rows_since_cell_fold >= NARROW_FOLD_ROWS or r1 == n:
+            for k in range(n_touched):
+                cell = touched[k]
+                _fold_cell(blk, cell * 9, shift[cell], cell, flat_counts, flat_sum, flat_comp, flat_m2)
+            n_touched = 0
+            epoch += 1
+            rows_since_cell_fold = 0
+
+        rows_since_fold += rows
+        if rows_since_fold >= FOLD_ROWS or r1 == n:
+            for k in range(n_slice_list):
+                sl = slice_list[k]
+                for j in range(C):
+                    _add_compensated(flat_msum, flat_mcomp, sl * C + j, s_marg[sl * C + j])
+                    s_marg[sl * C + j] = 0.0
+                for q in range(n_bins * N_HIST_FIELDS):
+                    idx = sl * n_bins * N_HIST_FIELDS + q
+                    _add_compensated(flat_hsum, flat_hcomp, idx, s_hist[idx])
+                    s_hist[idx] = 0.0
+                if has_slices:
+                    slice_touched[sl] = False
+            if has_slices:
+                n_slice_list = 0
+            rows_since_fold = 0
 
 
 @kernel
@@ -560,24 +796,24 @@ def class_stats_kernel(
     are counted and skipped. Each block is reduced to per-row summaries (CE, entropy,
     rank of the true class, ...), which are then scattered into per-cell sums. Those
     are plain float64 over one block of rows and fold into the compensated totals at
-    the end of the block (cells) or every FOLD_ROWS rows (per-slice marginals and
-    histogram). CE is summed shifted by the first value seen in the block, so its
-    variance (Chan's formula) does not cancel.
+    the end of the block (cells; narrow predictions: every NARROW_FOLD_ROWS rows) or
+    every FOLD_ROWS rows (per-slice marginals and histogram). CE is summed shifted by
+    the first value seen since the last fold, so its variance (Chan's formula) does
+    not cancel. Narrow predictions (C <= NARROW_CLASSES) go to ``_class_stats_narrow``.
     """
     n, n_cols = z.shape
+    if n_cols <= NARROW_CLASSES:
+        _class_stats_narrow(
+            z, labels, weights, slice_ids, ref, kind, ref_kind, n_bins, has_weights, has_slices, has_ref,
+            counts, cell_sum, cell_comp, ce_m2, marg_sum, marg_comp, hist_sum, hist_comp, row_counts,
+        )
+        return
     n_slices = counts.shape[0]
-    narrow = n_cols <= NARROW_CLASSES
-    block = NARROW_ROWS if narrow else max(1, BLOCK_ELEMENTS // n_cols)
-    # Narrow blocks use the 2-D buffers, wide blocks the flat ones.
-    T = np.empty((n_cols if narrow else 0, block))
-    E = np.empty((n_cols if narrow else 0, block))
-    RT = np.empty((n_cols if narrow and has_ref else 0, block))
-    RE = np.empty((n_cols if narrow and has_ref else 0, block))
-    t = np.empty(0 if narrow else block * n_cols)
-    e = np.empty(0 if narrow else block * n_cols)
-    rt = np.empty(block * n_cols if has_ref and not narrow else 0)
-    re = np.empty(block * n_cols if has_ref and not narrow else 0)
-    scratch = np.empty((2, block))
+    block = max(1, BLOCK_ELEMENTS // n_cols)
+    t = np.empty(block * n_cols)
+    e = np.empty(block * n_cols)
+    rt = np.empty(block * n_cols if has_ref else 0)
+    re = np.empty(block * n_cols if has_ref else 0)
     lognorm = np.empty(block)
     inv_sum = np.empty(block)
     conf = np.empty(block)
@@ -618,21 +854,14 @@ def class_stats_kernel(
     for r0 in range(0, n, block):
         r1 = min(n, r0 + block)
         rows = r1 - r0
-        if narrow:
-            prepare_block_narrow(z, r0, r1, kind, T, E, lognorm, inv_sum, conf, ok, scratch)
-            _summarize_narrow(T, E, labels, r0, rows, t_true, e_true, et, rank)
-            if has_ref:
-                prepare_block_narrow(ref, r0, r1, ref_kind, RT, RE, rlognorm, rinv_sum, rconf, rok, scratch)
-                _kl_narrow(RT, RE, rlognorm, rinv_sum, T, lognorm, rows, kl)
-        else:
+        for i in range(rows):
+            (lognorm[i], inv_sum[i], conf[i], ok[i], t_true[i], e_true[i], et[i], rank[i]) = _wide_row(
+                z, r0 + i, max(labels[r0 + i], 0), kind, t, e, np.uint64(i * n_cols)
+            )
+        if has_ref:
+            prepare_block(ref, r0, r1, ref_kind, rt, re, rlognorm, rinv_sum, rconf, rok)
             for i in range(rows):
-                (lognorm[i], inv_sum[i], conf[i], ok[i], t_true[i], e_true[i], et[i], rank[i]) = _wide_row(
-                    z, r0 + i, max(labels[r0 + i], 0), kind, t, e, np.uint64(i * n_cols)
-                )
-            if has_ref:
-                prepare_block(ref, r0, r1, ref_kind, rt, re, rlognorm, rinv_sum, rconf, rok)
-                for i in range(rows):
-                    kl[i] = _kl_row(rt, re, rlognorm[i], rinv_sum[i], t, lognorm[i], i * n_cols, n_cols)
+                kl[i] = _kl_row(rt, re, rlognorm[i], rinv_sum[i], t, lognorm[i], i * n_cols, n_cols)
 
         n_touched = 0
         for i in range(rows):
@@ -679,12 +908,9 @@ def class_stats_kernel(
                 slice_list[n_slice_list] = sl
                 n_slice_list += 1
 
-        if narrow:
-            _marginal_narrow(E, scale, slice_of_row, rows, s_marg)
-        else:
-            for i in range(rows):
-                if scale[i] > 0.0:
-                    _axpy(flat_marg, np.uint64(slice_of_row[i] * n_cols), scale[i], e, np.uint64(i * n_cols), n_cols)
+        for i in range(rows):
+            if scale[i] > 0.0:
+                _axpy(flat_marg, np.uint64(slice_of_row[i] * n_cols), scale[i], e, np.uint64(i * n_cols), n_cols)
 
         for k in range(n_touched):
             cell = touched[k]
