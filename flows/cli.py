@@ -26,6 +26,11 @@ def run_flow(flow, *args, **kwargs):
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     updates = {} if "PREFECT_FLOWS_HEARTBEAT_FREQUENCY" in os.environ else {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+    if logging.getLogger().getEffectiveLevel() >= logging.WARNING:
+        # Prefect logs a failed run's traceback; the CLI prints the error once, cleanly,
+        # and an unexpected exception still ends in a traceback from here.
+        for name in ("prefect.flow_runs", "prefect.task_runs"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     with temporary_settings(updates=updates):
         state = flow(*args, return_state=True, **kwargs)
     return state.result()  # raises the flow's exception (DataError, DriftBreach, ...) if it failed
@@ -77,7 +82,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         paths = eval_steps(config, args.out, orchestrated=False)
     else:
         paths = run_flow(eval_flow, config, args.out)
-    print_report(paths, elapsed=time.perf_counter() - started)
+    print_report(paths, elapsed=time.perf_counter() - started, storage_options=config.storage_options)
     return 0
 
 
@@ -96,9 +101,9 @@ def cmd_drift(args: argparse.Namespace) -> int:
         result = run_flow(drift_flow, config, args.out)
     except XentError as error:
         if error.exit_code == 3:
-            print_drift(f"{args.out.rstrip('/')}/drift.parquet")
+            print_drift(f"{args.out.rstrip('/')}/drift.parquet", storage_options=config.storage_options)
         raise
-    print_drift(result["paths"]["drift"])
+    print_drift(result["paths"]["drift"], storage_options=config.storage_options)
     return 0
 
 

@@ -22,7 +22,7 @@ from distributed import Client, LocalCluster, as_completed
 from xent_kernels import ClassStats, class_stats_partial, find_invalid_row
 
 from .config import EvalConfig
-from .errors import DataError
+from .errors import DataError, UsageError
 from .reader import ReadSpec, check_schema, iter_batches, open_parquet, resolve_spec
 from .sources import InputFile, fingerprint, list_inputs
 
@@ -264,7 +264,11 @@ def dask_client(address: str | None = None, *, n_workers: int | None = None) -> 
     logging.getLogger("distributed.worker.memory").setLevel(logging.INFO if verbose else logging.WARNING)
     address = address or os.environ.get("DASK_SCHEDULER_ADDRESS")
     if address:
-        with Client(address, timeout="20s") as client:
+        try:
+            client = Client(address, timeout="20s")
+        except (OSError, TimeoutError) as error:
+            raise UsageError(f"cannot reach the Dask scheduler at {address}: {error}") from None
+        with client:
             yield client
         return
     threads = n_workers or os.cpu_count() or 1

@@ -27,7 +27,7 @@ from .config import DriftConfig, EvalConfig, NightlyConfig, NightlySource, build
 from .drift import DriftReport, compare, describe_breach, drift_table
 from .engine import Evaluation, dask_client, evaluate
 from .errors import DataError, DriftBreach, XentError
-from .report import build_tables, report_metadata, write_tables_atomically
+from .report import build_tables, config_json, report_metadata, write_tables_atomically
 from .sources import InputFile, filesystem, fingerprint, list_inputs
 
 def _transient(task, task_run, state) -> bool:
@@ -123,7 +123,7 @@ def _drift_tables(report: DriftReport, config: DriftConfig) -> dict[str, pa.Tabl
     table = drift_table(report)
     metadata = report_metadata(report.current)
     metadata[b"xent.reference_fingerprint"] = json.dumps(report.reference.fingerprint, sort_keys=True).encode()
-    metadata[b"xent.config"] = json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()
+    metadata[b"xent.config"] = config_json(config)
     return {"drift": table.replace_schema_metadata(metadata)}
 
 

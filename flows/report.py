@@ -98,13 +98,33 @@ def build_tables(evaluation: Evaluation) -> dict[str, pa.Table]:
     return tables
 
 
+SECRET_WORDS = ("key", "secret", "token", "password", "credential", "session")
+
+
+def redacted(value: Any) -> Any:
+    """`value` with every entry whose name suggests a credential replaced by '***'."""
+    if isinstance(value, dict):
+        return {
+            k: "***" if any(word in str(k).lower() for word in SECRET_WORDS) and v is not None else redacted(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [redacted(v) for v in value]
+    return value
+
+
+def config_json(config) -> bytes:
+    """The resolved config for report metadata, without credentials."""
+    return json.dumps(redacted(config.model_dump(mode="json")), sort_keys=True).encode()
+
+
 def report_metadata(evaluation: Evaluation) -> dict[bytes, bytes]:
     spec = evaluation.spec
     return {
         b"xent.version": __version__.encode(),
         b"xent.created_at": dt.datetime.now(dt.timezone.utc).isoformat().encode(),
         b"xent.units": evaluation.config.units.encode(),
-        b"xent.config": json.dumps(evaluation.config.model_dump(mode="json"), sort_keys=True).encode(),
+        b"xent.config": config_json(evaluation.config),
         b"xent.fingerprint": json.dumps(evaluation.fingerprint, sort_keys=True).encode(),
         b"xent.classes": json.dumps(_class_names(spec.n_classes, spec.class_names)).encode(),
         b"xent.layout": json.dumps({"kind": spec.kind, "layout": spec.layout, "columns": list(spec.pred_columns)}).encode(),

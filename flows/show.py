@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.console import Console
 from rich.table import Table
+
+from .sources import filesystem
+
+
+def read_report_table(url: str, storage_options: dict[str, Any] | None = None) -> pa.Table:
+    fs, path = filesystem(url, storage_options)
+    with fs.open(path, "rb") as handle:
+        return pq.read_table(handle)
 
 
 def _fmt(value) -> str:
@@ -17,10 +27,15 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def print_report(paths: dict[str, str], elapsed: float | None = None, console: Console | None = None) -> None:
+def print_report(
+    paths: dict[str, str],
+    elapsed: float | None = None,
+    console: Console | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> None:
     """The per-class table (overall rows), the slice summary, and where the files are."""
     console = console or Console()
-    per_class = pq.read_table(paths["per_class"])
+    per_class = read_report_table(paths["per_class"], storage_options)
     units = (per_class.schema.metadata or {}).get(b"xent.units", b"nats").decode()
     rows = [r for r in per_class.to_pylist() if r["overall"]]
     table = Table(title=f"per class (cross-entropy in {units})")
@@ -30,7 +45,7 @@ def print_report(paths: dict[str, str], elapsed: float | None = None, console: C
         table.add_row(*(_fmt(row[c]) for c in ("class", "class_name", "n", "ce_mean", "ce_std", "accuracy", "p_true_mean", "entropy_mean")))
     console.print(table)
 
-    summary = pq.read_table(paths["summary"])
+    summary = read_report_table(paths["summary"], storage_options)
     fixed = {"overall", "n", "weight", "ce_mean", "ce_macro", "accuracy", "top5_accuracy", "p_true_mean",
              "entropy_mean", "ece", "n_ignored", "n_nonfinite", "n_skipped", "n_bad_shards",
              "predicted_marginal", "confidence_hist"}
@@ -49,10 +64,10 @@ def print_report(paths: dict[str, str], elapsed: float | None = None, console: C
         console.print(f"done in {elapsed:.1f} s")
 
 
-def print_drift(path: str, console: Console | None = None) -> None:
+def print_drift(path: str, console: Console | None = None, storage_options: dict[str, Any] | None = None) -> None:
     """The drift metrics per slice with thresholds, and the verdict."""
     console = console or Console()
-    rows = [r for r in pq.read_table(path).to_pylist() if r["class"] is None]
+    rows = [r for r in read_report_table(path, storage_options).to_pylist() if r["class"] is None]
     fixed = {"overall", "metric", "class", "n", "value", "kl_mean", "threshold", "breached"}
     slice_columns = [c for c in (rows[0] if rows else {}) if c not in fixed]
     table = Table(title="drift against the reference")

@@ -75,6 +75,7 @@ def list_inputs(sources: list[str], storage_options: dict[str, Any] | None = Non
     found: dict[str, InputFile] = {}
     for source in sources:
         fs, path = filesystem(source, storage_options)
+        fs.invalidate_cache()  # listings must show what is there now, not what a cached listing saw
         try:
             if any(char in path for char in "*?["):
                 root = path.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0]

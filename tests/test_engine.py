@@ -227,7 +227,7 @@ def test_failed_run_keeps_the_previous_report(client, tmp_path):
 # --------------------------------------------------------------------------- the command line
 
 
-def test_cli_exit_codes(tmp_path, capsys):
+def test_cli_exit_codes(tmp_path, capsys, prefect_harness):
     dump = generate_dump(tmp_path / "dump", rows=2000, classes=3, shards=2, bad_shards={"bad_label": 1}, seed=12)
     assert main(["eval", str(tmp_path / "nothing-here"), "--out", str(tmp_path / "o1")]) == 1
     assert "no such file or folder" in capsys.readouterr().err

@@ -21,14 +21,7 @@ from flows.generate import generate_dump, load_arrays
 from flows.pipelines import TABLES_FOLDER, drift_flow, eval_flow, eval_steps, find_inputs, nightly_flow, run_folder
 
 
-@pytest.fixture(scope="module", autouse=True)
-def prefect():
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    # The heartbeat costs about a second per flow run; these runs cannot crash unseen.
-    with prefect_test_harness(server_startup_timeout=120), temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        yield
+pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 def probabilities(arrays):
