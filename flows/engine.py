@@ -118,8 +118,8 @@ def _piece_stats(piece: Piece, spec: ReadSpec) -> ClassStats:
     stats = _empty(spec)
     groups = None if piece.row_groups is None else list(piece.row_groups)
     for batch in iter_batches(parquet, piece.file, spec, groups):
-        if spec.kind != "logits" or spec.on_nonfinite == "error":
-            _check_values(batch.pred, batch.labels, batch.first_row, piece.file, spec)
+        if spec.kind != "logits":  # probabilities must also be normalised
+            _reject_invalid_rows(batch.pred, batch.first_row, piece.file, spec)
         state = class_stats_partial(
             batch.pred,
             batch.labels,
@@ -129,36 +129,38 @@ def _piece_stats(piece: Piece, spec: ReadSpec) -> ClassStats:
             slice_keys=batch.slice_keys,
             n_bins=spec.n_bins,
         )
+        if spec.on_nonfinite == "error" and state.n_nonfinite:
+            _reject_invalid_rows(batch.pred[batch.labels >= 0], batch.first_row, piece.file, spec, batch.labels >= 0)
         stats = ClassStats.merge(stats, state)
     return stats
 
 
-def _check_values(pred: np.ndarray, labels: np.ndarray, first_row: int, file: InputFile, spec: ReadSpec) -> None:
-    """Reject invalid prediction rows (with on_nonfinite='count', only those that are
-    finite but not normalised: non-finite ones are counted by the kernel)."""
+def _reject_invalid_rows(
+    pred: np.ndarray, first_row: int, file: InputFile, spec: ReadSpec, rows_of: np.ndarray | None = None
+) -> None:
+    """Raise a DataError naming the first invalid row. With on_nonfinite='count', rows
+    holding NaN/inf are left to the kernel (counted) and only the others are checked.
+    `rows_of` maps the rows of `pred` back to the batch when `pred` is a subset."""
+    index = np.flatnonzero(rows_of) if rows_of is not None else np.arange(len(pred))
     if spec.on_nonfinite == "count":
-        check = np.isfinite(pred).all(axis=1) if spec.kind != "log_probs" else ~np.isnan(pred).any(axis=1)
-        rows = np.flatnonzero(check)
-        if not rows.size:
-            return
-        row, reason = find_invalid_row(pred[rows], spec.kind)
-        row = int(rows[row]) if row >= 0 else -1
-    else:
-        row, reason = find_invalid_row(pred, spec.kind)
+        finite = np.isfinite(pred).all(axis=1) if spec.kind != "log_probs" else ~np.isnan(pred).any(axis=1)
+        pred, index = pred[finite], index[finite]
+    row, reason = find_invalid_row(pred, spec.kind)
     if row >= 0:
-        raise DataError(f"{file.url}: column '{spec.pred_label}', row {first_row + row}: {spec.kind} with {reason}")
+        raise DataError(f"{file.url}: column '{spec.pred_label}', row {first_row + index[row]}: {spec.kind} with {reason}")
 
 
 # --------------------------------------------------------------------------- the client side
 
 
-def plan_pieces(infos: list[FileInfo], task_rows: int) -> list[Piece]:
-    """One piece per file, or per run of row groups of about `task_rows` rows."""
+def plan_pieces(infos: list[FileInfo], task_rows: int | None) -> list[Piece]:
+    """One piece per file, or per run of row groups of about `task_rows` rows
+    (None: whole files, so that a bad file is left out whole)."""
     pieces = []
     for info in infos:
         if info.error is not None:
             continue
-        if info.rows <= task_rows or len(info.row_group_rows) == 1:
+        if task_rows is None or info.rows <= task_rows or len(info.row_group_rows) == 1:
             pieces.append(Piece(info.file, None, info.rows))
             continue
         start, rows = 0, 0
@@ -205,7 +207,8 @@ def evaluate(
         _wait_all(futures, lambda future: advance(1))
         infos = [future.result() for future in futures]
     bad = tuple(BadShard(i.file.url, i.error, 0) for i in infos if i.error is not None)
-    pieces = plan_pieces(infos, config.task_rows)
+    # With on_bad_shard='skip' a file is one task: a bad row group must drop its whole file.
+    pieces = plan_pieces(infos, config.task_rows if config.on_bad_shard == "error" else None)
     result = PieceResult(_empty(spec), bad)
     if pieces:
         with progress.stage("evaluating", sum(p.rows for p in pieces), unit="rows") as advance:

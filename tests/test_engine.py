@@ -195,8 +195,9 @@ def test_unnormalized_probabilities_name_the_row(client, tmp_path):
 
 def test_skip_mode_leaves_bad_shards_out_and_lists_them(client, tmp_path):
     bad = {"truncated": 1, "nan": 1, "bad_label": 1}
-    dump = generate_dump(tmp_path / "dump", rows=8000, classes=5, shards=6, bad_shards=bad, seed=9)
-    tables = run(client, tmp_path / "out", sources=[dump.root], on_bad_shard="skip")
+    dump = generate_dump(tmp_path / "dump", rows=8000, classes=5, shards=6, bad_shards=bad, seed=9, row_group_rows=200)
+    # task_rows would split files by row group; a bad row group must still drop its whole file
+    tables = run(client, tmp_path / "out", sources=[dump.root], on_bad_shard="skip", task_rows=300)
     listed = tables["bad_shards"].to_pylist()
     assert {row["file"] for row in listed} == set(dump.bad)
     assert all(row["reason"] for row in listed)

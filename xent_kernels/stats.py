@@ -106,6 +106,11 @@ class ClassStats:
             row_counts=np.zeros((s, 2), np.int64),
         )
 
+    @property
+    def n_nonfinite(self) -> int:
+        """Rows skipped because their prediction (or reference) held NaN or inf."""
+        return int(self.row_counts[:, K.NONFINITE].sum())
+
     # ------------------------------------------------------------------ merge
 
     def _arrays(self) -> dict[str, np.ndarray]:
