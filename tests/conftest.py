@@ -103,25 +103,20 @@ class ServerProcess:
 
 def child_env(**overrides: str | None) -> dict[str, str]:
     """The test's environment for a child process; a None override removes the variable."""
-    env = dict(os.environ)
-    env["PYTHONUNBUFFERED"] = "1"
-    for key, value in overrides.items():
-        if value is None:
-            env.pop(key, None)
-        else:
-            env[key] = value
-    return env
+    return _overridden({**os.environ, "PYTHONUNBUFFERED": "1"}, overrides)
 
 
 def cli_env(prefect_home: Path, **overrides: str | None) -> dict[str, str]:
     """The environment for an `xent` child process: no ambient Dask scheduler, no
-    ambient Prefect setting (API URL, profile...), Prefect's state in `prefect_home`
-    and no telemetry; then `overrides` (None removes a variable)."""
-    env = child_env(DASK_SCHEDULER_ADDRESS=None)
-    for key in [k for k in env if k.startswith("PREFECT_")]:
-        del env[key]
+    ambient Prefect setting (API URL, profile...), Prefect's state in `prefect_home`,
+    no telemetry and no UI; then `overrides` (None removes a variable)."""
+    env = {k: v for k, v in child_env(DASK_SCHEDULER_ADDRESS=None).items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_HOME=str(prefect_home), DO_NOT_TRACK="1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
                PREFECT_UI_ENABLED="false")
+    return _overridden(env, overrides)
+
+
+def _overridden(env: dict[str, str], overrides: dict[str, str | None]) -> dict[str, str]:
     for key, value in overrides.items():
         if value is None:
             env.pop(key, None)

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import LOOPBACK, ServerProcess, child_env, free_port, run_cli, start_process, wait_until
+from conftest import LOOPBACK, ServerProcess, cli_env, free_port, run_cli, start_process, wait_until
 from flows.generate import generate_dump
 
 RUN_DATE = "2026-11-23"
@@ -53,26 +53,6 @@ class Deadline:
 
     def left(self, at_most: float) -> float:
         return max(1.0, min(at_most, self.end - time.monotonic()))
-
-
-def prefect_env(home: Path, **overrides: str | None) -> dict[str, str]:
-    """The test's environment without any ambient Prefect setting (API URL, profile,
-    key...), Prefect's state in `home`, no telemetry and no UI."""
-    env = child_env(DASK_SCHEDULER_ADDRESS=None)
-    for key in [k for k in env if k.startswith("PREFECT_")]:
-        del env[key]
-    env.update(
-        PREFECT_HOME=str(home),
-        DO_NOT_TRACK="1",
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_UI_ENABLED="false",
-    )
-    for key, value in overrides.items():
-        if value is None:
-            env.pop(key, None)
-        else:
-            env[key] = value
-    return env
 
 
 def xent_command() -> list[str]:
@@ -154,7 +134,7 @@ def test_serve_needs_prefect_api_url(tmp_path):
     config, _ = write_nightly_config(tmp_path)
     home = tmp_path / "prefect-home"
     home.mkdir()
-    result = run_cli(["serve", "--config", str(config)], env=prefect_env(home), timeout=90, cwd=tmp_path)
+    result = run_cli(["serve", "--config", str(config)], env=cli_env(home), timeout=90, cwd=tmp_path)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "PREFECT_API_URL" in result.stderr, result.stderr
     assert result.stderr.startswith("xent: error:"), result.stderr
@@ -178,12 +158,12 @@ def test_serve_schedules_and_runs_nightly_flow(tmp_path):
         return "\n".join(f"--- {p.name} log:\n{p.log_tail(3000)}" for p in (server, serve) if p is not None)
 
     try:
-        server, api_url = start_prefect_server(tmp_path, prefect_env(home), deadline)
+        server, api_url = start_prefect_server(tmp_path, cli_env(home), deadline)
         # Relative config path on purpose: the deployment must carry its absolute path.
         # The runner polls every 2 s instead of 10 to pick the run up sooner.
         serve = start_process(
             "xent serve", [*xent_command(), "serve", "--config", config.name], tmp_path / "serve.log",
-            prefect_env(home, PREFECT_API_URL=api_url, PREFECT_RUNNER_POLL_FREQUENCY="2"), cwd=tmp_path,
+            cli_env(home, PREFECT_API_URL=api_url, PREFECT_RUNNER_POLL_FREQUENCY="2"), cwd=tmp_path,
         )
 
         # Fewer, shorter client retries than the defaults (5, 60 s) keep each call bounded.
