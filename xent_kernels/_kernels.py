@@ -369,8 +369,10 @@ def prepare_block_narrow(z, labels, r0, rows, kind, W, summarize):
     for i in range(rows):
         W[_Y * NR + i] = max(labels[np.uint64(r0) + np.uint64(i)], 0)
     if kind == LOGITS:
-        for i in range(rows):
-            for j in range(C):
+        # Column by column: a strided load and a contiguous store per element; row by
+        # row, an inner loop of C iterations would cost its overhead on every row.
+        for j in range(C):
+            for i in range(rows):
                 W[_ix(_T0, j, i)] = z[np.uint64(r0) + np.uint64(i), j]
         for i in range(rows):
             v = W[_T0 + i]
@@ -388,25 +390,37 @@ def prepare_block_narrow(z, labels, r0, rows, kind, W, summarize):
             W[_TOT * NR + i] = 0.0
             W[_ET * NR + i] = 0.0
             W[_RANK * NR + i] = 0.0
-        for j in range(C):
-            fj = np.float64(j)
-            for i in range(rows):
-                tj = W[_ix(_T0, j, i)] - W[_TOP * NR + i]
-                ej = fast_exp(tj)
-                W[_ix(_T0, j, i)] = tj
-                W[_ix(E0, j, i)] = ej
-                W[_TOT * NR + i] += ej
-                if summarize:
+        # Two copies of the exp pass, so that neither tests `summarize` per element.
+        if summarize:
+            for j in range(C):
+                fj = np.float64(j)
+                for i in range(rows):
+                    tj = W[_ix(_T0, j, i)] - W[_TOP * NR + i]
+                    ej = fast_exp(tj)
+                    W[_ix(_T0, j, i)] = tj
+                    W[_ix(E0, j, i)] = ej
+                    W[_TOT * NR + i] += ej
                     W[_ET * NR + i] += ej * tj if ej > 0.0 else 0.0
                     ty = W[_TY * NR + i]
                     above = (tj > ty) | ((tj == ty) & (fj < W[_Y * NR + i]))
                     W[_RANK * NR + i] += 1.0 if above else 0.0
+        else:
+            for j in range(C):
+                for i in range(rows):
+                    tj = W[_ix(_T0, j, i)] - W[_TOP * NR + i]
+                    ej = fast_exp(tj)
+                    W[_ix(_T0, j, i)] = tj
+                    W[_ix(E0, j, i)] = ej
+                    W[_TOT * NR + i] += ej
         for i in range(rows):
             s = W[_TOT * NR + i]
             inv = 1.0 / s
             W[_INV * NR + i] = inv
             W[_CONF * NR + i] = inv  # the largest E is exp(0) = 1
-            W[_LOGN * NR + i] = fast_log(s)
+            # s is in [1, C] for a row without NaN or inf (its largest E is 1); other rows
+            # are discarded, so any finite s >= 1 stands in and fast_log's branches for
+            # 0, negative, NaN and inf fold away: the loop vectorizes.
+            W[_LOGN * NR + i] = fast_log(s if (s >= 1.0) & (s <= 1e300) else 1.0)
             y = np.uint64(W[_Y * NR + i])
             W[_ETRUE * NR + i] = W[_ix(E0, y, i)]
         return
@@ -642,6 +656,75 @@ def _fold_cell(blk, f, shift_c, cell, flat_counts, flat_sum, flat_comp, flat_m2)
         blk[f + k] = 0.0
 
 
+# Blocks of predictions with at most this many classes, all rows in one slice, sum
+# each cell with one vectorized pass over the block per class instead of scattering
+# row by row (C passes per block: measured to break even with the scatter near C = 6-8).
+NARROW_VERTICAL_CLASSES = 6
+
+
+@kernel
+def _cells_vertical(W, C, rows, sl, epoch, stamp, touched, n_touched, shift, blk):
+    """The cell sums of one block whose rows are all in slice `sl`: per class, masked
+    sums over the block's rows (W prepared as in ``_class_stats_narrow``). The shift
+    of a cell first touched in this epoch is the CE of its first row, as the scatter
+    would take it. Returns the new n_touched."""
+    NR = NARROW_ROWS
+    for j in range(C):
+        cell = np.uint64(sl * C + j)
+        fc = np.float64(sl * C + j)
+        if stamp[cell] != epoch:
+            first = -1
+            for i in range(rows):
+                if (W[_OK * NR + i] != 0.0) & (W[_Y * NR + i] == fc):
+                    first = i
+                    break
+            if first < 0:
+                continue  # no row of this class in the block
+            stamp[cell] = epoch
+            touched[n_touched] = cell
+            n_touched += 1
+            ce = W[_TY * NR + first]
+            # a true class given probability 0 has CE = inf: shifting by it would give NaN
+            shift[cell] = ce if np.isfinite(ce) else 0.0
+        k = shift[cell]
+        count = 0.0
+        sw = 0.0
+        swd = 0.0
+        swdd = 0.0
+        s3 = 0.0
+        s4 = 0.0
+        s5 = 0.0
+        s6 = 0.0
+        s7 = 0.0
+        for i in range(rows):
+            hit = (W[_OK * NR + i] != 0.0) & (W[_Y * NR + i] == fc)
+            count += 1.0 if hit else 0.0
+            w = W[_TOP * NR + i]
+            # rows of weight 0 count but add nothing (0 * inf must not make a NaN)
+            use = hit & (w != 0.0)
+            d = W[_TY * NR + i] - k
+            wd = w * d
+            sw += w if use else 0.0
+            swd += wd if use else 0.0
+            swdd += wd * d if use else 0.0
+            s3 += W[_ET * NR + i] if use else 0.0
+            s4 += W[_ETRUE * NR + i] if use else 0.0
+            s5 += W[_RANK * NR + i] if use else 0.0
+            s6 += W[_TOT * NR + i] if use else 0.0
+            s7 += W[_KL * NR + i] if use else 0.0
+        f = cell * np.uint64(9)
+        blk[f] += sw
+        blk[f + np.uint64(1)] += swd
+        blk[f + np.uint64(2)] += swdd
+        blk[f + np.uint64(3)] += s3
+        blk[f + np.uint64(4)] += s4
+        blk[f + np.uint64(5)] += s5
+        blk[f + np.uint64(6)] += s6
+        blk[f + np.uint64(7)] += s7
+        blk[f + np.uint64(8)] += count
+    return n_touched
+
+
 @kernel
 def _class_stats_narrow(
     z, labels, weights, slice_ids, ref, kind, ref_kind, n_bins, has_weights, has_slices, has_ref,
@@ -694,18 +777,38 @@ def _class_stats_narrow(
             prepare_block_narrow(ref, labels, r0, rows, ref_kind, WR, False)
             _kl_narrow(WR, W, C, rows)
 
-        # scale (marginal weight) per row, 0 for rows that do not count; and whether any row is skipped
+        # Per row, in loops that vectorize: whether it counts (_OK), its cell (_Y), weight
+        # (_TOP), marginal scale (_SCALE, 0 for rows that do not count) and histogram
+        # offset (_LOGN); then the weighted values the scatter adds (CE into _TY, w·entropy
+        # into _ET, w·p_true into _ETRUE, w·top1 into _RANK, w·top5 into _TOT, w·kl into
+        # _KL, w·conf into _CONF). The scatter loop then reads W only and does pure adds.
+        # Values of rows that do not count (or weigh 0) are never read.
         n_skipped = 0
-        if has_weights:
-            for i in range(rows):
-                valid = (labels[np.uint64(r0) + np.uint64(i)] >= 0) & (W[_OK * NR + i] != 0.0)
-                W[_SCALE * NR + i] = np.float64(weights[np.uint64(r0) + np.uint64(i)]) * W[_INV * NR + i] if valid else 0.0
-                n_skipped += not valid
-        else:
-            for i in range(rows):
-                valid = (labels[np.uint64(r0) + np.uint64(i)] >= 0) & (W[_OK * NR + i] != 0.0)
-                W[_SCALE * NR + i] = W[_INV * NR + i] if valid else 0.0
-                n_skipped += not valid
+        for i in range(rows):
+            r = np.uint64(r0) + np.uint64(i)
+            y = labels[r]
+            valid = (y >= 0) & (W[_OK * NR + i] != 0.0)
+            w = np.float64(weights[r]) if has_weights else 1.0
+            sl = slice_ids[r] if has_slices else 0
+            conf = W[_CONF * NR + i] if valid else 0.0
+            b = min(int(conf * n_bins), n_bins - 1)
+            W[_SCALE * NR + i] = w * W[_INV * NR + i] if valid else 0.0
+            W[_OK * NR + i] = 1.0 if valid else 0.0
+            W[_Y * NR + i] = np.float64(sl * C + max(y, 0))
+            W[_TOP * NR + i] = w
+            lognorm = W[_LOGN * NR + i]
+            W[_TY * NR + i] = lognorm - W[_TY * NR + i]
+            W[_ET * NR + i] = w * (lognorm - W[_INV * NR + i] * W[_ET * NR + i])
+            W[_LOGN * NR + i] = np.float64((sl * n_bins + b) * N_HIST_FIELDS)
+            n_skipped += not valid
+        for i in range(rows):
+            w = W[_TOP * NR + i]
+            rank = W[_RANK * NR + i]
+            W[_ETRUE * NR + i] = w * W[_ETRUE * NR + i] * W[_INV * NR + i]
+            W[_RANK * NR + i] = w if rank < 1.0 else 0.0
+            W[_TOT * NR + i] = w if rank < 5.0 else 0.0
+            W[_KL * NR + i] = w * W[_KL * NR + i]
+            W[_CONF * NR + i] = w * W[_CONF * NR + i]
         if n_skipped:
             for i in range(rows):
                 sl = slice_ids[np.uint64(r0) + np.uint64(i)] if has_slices else 0
@@ -714,15 +817,26 @@ def _class_stats_narrow(
                 elif W[_OK * NR + i] == 0.0:
                     row_counts[sl, NONFINITE] += 1
 
+        vertical = C <= NARROW_VERTICAL_CLASSES
+        sl0 = slice_ids[r0] if has_slices else 0
+        if vertical and has_slices:
+            for i in range(rows):
+                vertical &= slice_ids[np.uint64(r0) + np.uint64(i)] == sl0
+        if vertical:
+            n_touched = _cells_vertical(W, C, rows, sl0, epoch, stamp, touched, n_touched, shift, blk)
         for i in range(rows):
-            y = labels[np.uint64(r0) + np.uint64(i)]
-            if (y < 0) | (W[_OK * NR + i] == 0.0):
+            if W[_OK * NR + i] == 0.0:
                 continue
-            sl = slice_ids[np.uint64(r0) + np.uint64(i)] if has_slices else 0
-            w = np.float64(weights[np.uint64(r0) + np.uint64(i)]) if has_weights else 1.0
-            cell = np.uint64(sl * C + y)
-            lognorm = W[_LOGN * NR + i]
-            ce = lognorm - W[_TY * NR + i]
+            if vertical:
+                w = W[_TOP * NR + i]
+                if w != 0.0:
+                    h = np.uint64(W[_LOGN * NR + i])
+                    s_hist[h + np.uint64(HIST_WEIGHT)] += w
+                    s_hist[h + np.uint64(HIST_CORRECT)] += W[_RANK * NR + i]
+                    s_hist[h + np.uint64(HIST_CONF)] += W[_CONF * NR + i]
+                continue
+            cell = np.uint64(W[_Y * NR + i])
+            ce = W[_TY * NR + i]
             if stamp[cell] != epoch:
                 stamp[cell] = epoch
                 touched[n_touched] = cell
@@ -730,31 +844,31 @@ def _class_stats_narrow(
                 # a true class given probability 0 has CE = inf: shifting by it would give NaN
                 shift[cell] = ce if np.isfinite(ce) else 0.0
             f = cell * np.uint64(9)
-            blk[f + 8] += 1.0
+            blk[f + np.uint64(8)] += 1.0
+            w = W[_TOP * NR + i]
             if w == 0.0:  # counted, contributes nothing (and 0 * inf must not make a NaN)
                 continue
-            d = ce - shift[cell]
-            inv = W[_INV * NR + i]
-            rank = W[_RANK * NR + i]
-            correct = w if rank < 1.0 else 0.0
+            wd = w * (ce - shift[cell])
             blk[f] += w
-            blk[f + 1] += w * d
-            blk[f + 2] += w * d * d
-            blk[f + 3] += w * (lognorm - inv * W[_ET * NR + i])
-            blk[f + 4] += w * W[_ETRUE * NR + i] * inv
-            blk[f + 5] += correct
-            blk[f + 6] += w if rank < 5.0 else 0.0
-            blk[f + 7] += w * W[_KL * NR + i]
-            conf = W[_CONF * NR + i]
-            b = np.uint64(min(int(conf * n_bins), n_bins - 1))
-            h = (np.uint64(sl * n_bins) + b) * np.uint64(N_HIST_FIELDS)
-            s_hist[h + HIST_WEIGHT] += w
-            s_hist[h + HIST_CORRECT] += correct
-            s_hist[h + HIST_CONF] += w * conf
-            if has_slices and not slice_touched[sl]:
-                slice_touched[sl] = True
-                slice_list[n_slice_list] = sl
-                n_slice_list += 1
+            blk[f + np.uint64(1)] += wd
+            blk[f + np.uint64(2)] += wd * (ce - shift[cell])
+            blk[f + np.uint64(3)] += W[_ET * NR + i]
+            blk[f + np.uint64(4)] += W[_ETRUE * NR + i]
+            blk[f + np.uint64(5)] += W[_RANK * NR + i]
+            blk[f + np.uint64(6)] += W[_TOT * NR + i]
+            blk[f + np.uint64(7)] += W[_KL * NR + i]
+            h = np.uint64(W[_LOGN * NR + i])
+            s_hist[h + np.uint64(HIST_WEIGHT)] += w
+            s_hist[h + np.uint64(HIST_CORRECT)] += W[_RANK * NR + i]
+            s_hist[h + np.uint64(HIST_CONF)] += W[_CONF * NR + i]
+        if has_slices:
+            for i in range(rows):
+                if (W[_OK * NR + i] != 0.0) & (W[_TOP * NR + i] != 0.0):
+                    sl = slice_ids[np.uint64(r0) + np.uint64(i)]
+                    if not slice_touched[sl]:
+                        slice_touched[sl] = True
+                        slice_list[n_slice_list] = sl
+                        n_slice_list += 1
 
         _marginal_narrow(W, C, rows, slice_ids, r0, has_slices, s_marg)
 
