@@ -726,6 +726,20 @@ def _cells_vertical(W, C, rows, sl, epoch, stamp, touched, n_touched, shift, blk
 
 
 @kernel
+def _fold_slices(slice_list, n_slice_list, n_cols, n_bins, s_marg, s_hist, msum, mcomp, hsum, hcomp):
+    """Fold the touched slices' plain marginal and histogram sums (flat arrays) into
+    their compensated totals, and zero them."""
+    for k in range(n_slice_list):
+        sl = slice_list[k]
+        for j in range(sl * n_cols, (sl + 1) * n_cols):
+            _add_compensated(msum, mcomp, j, s_marg[j])
+            s_marg[j] = 0.0
+        for q in range(sl * n_bins * N_HIST_FIELDS, (sl + 1) * n_bins * N_HIST_FIELDS):
+            _add_compensated(hsum, hcomp, q, s_hist[q])
+            s_hist[q] = 0.0
+
+
+@kernel
 def _class_stats_narrow(
     z, labels, weights, slice_ids, ref, kind, ref_kind, n_bins, has_weights, has_slices, has_ref,
     counts, cell_sum, cell_comp, ce_m2, marg_sum, marg_comp, hist_sum, hist_comp, row_counts,
@@ -883,18 +897,10 @@ def _class_stats_narrow(
 
         rows_since_fold += rows
         if rows_since_fold >= FOLD_ROWS or r1 == n:
-            for k in range(n_slice_list):
-                sl = slice_list[k]
-                for j in range(C):
-                    _add_compensated(flat_msum, flat_mcomp, sl * C + j, s_marg[sl * C + j])
-                    s_marg[sl * C + j] = 0.0
-                for q in range(n_bins * N_HIST_FIELDS):
-                    idx = sl * n_bins * N_HIST_FIELDS + q
-                    _add_compensated(flat_hsum, flat_hcomp, idx, s_hist[idx])
-                    s_hist[idx] = 0.0
-                if has_slices:
-                    slice_touched[sl] = False
+            _fold_slices(slice_list, n_slice_list, C, n_bins, s_marg, s_hist, flat_msum, flat_mcomp, flat_hsum, flat_hcomp)
             if has_slices:
+                for k in range(n_slice_list):
+                    slice_touched[slice_list[k]] = False
                 n_slice_list = 0
             rows_since_fold = 0
 
@@ -1056,15 +1062,11 @@ def class_stats_kernel(
 
         rows_since_fold += rows
         if rows_since_fold >= FOLD_ROWS or r1 == n:
+            _fold_slices(
+                slice_list, n_slice_list, n_cols, n_bins, flat_marg, s_hist.reshape(-1),
+                flat_msum, flat_mcomp, flat_hsum, flat_hcomp,
+            )
             for k in range(n_slice_list):
-                sl = slice_list[k]
-                for j in range(n_cols):
-                    _add_compensated(flat_msum, flat_mcomp, sl * n_cols + j, s_marg[sl, j])
-                    s_marg[sl, j] = 0.0
-                for b in range(n_bins):
-                    for f in range(N_HIST_FIELDS):
-                        _add_compensated(flat_hsum, flat_hcomp, (sl * n_bins + b) * N_HIST_FIELDS + f, s_hist[sl, b, f])
-                        s_hist[sl, b, f] = 0.0
-                slice_touched[sl] = False
+                slice_touched[slice_list[k]] = False
             n_slice_list = 0
             rows_since_fold = 0
