@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 data error, 2 usage or config error, 3 drift threshold 
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import os
 import sys
@@ -280,5 +281,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def entry_point() -> None:
+    """The `xent` command: `main`, then a process exit that skips native teardown.
+
+    pyarrow can abort the process after all work is done, while its thread pools are
+    torn down at exit ("terminate called without an active exception", SIGABRT;
+    apache/arrow#34314; seen twice in this project's test runs). The report is
+    already written by then, but the exit code would say otherwise. So atexit handlers
+    (Prefect's temporary server, logging) run here, and the process ends with os._exit.
+    """
+    code = main()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry_point()
