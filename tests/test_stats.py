@@ -73,6 +73,40 @@ def test_float32_input_accumulates_in_float64(dtype):
     assert_matches_reference(report, cells, slices, rtol=1e-11)
 
 
+NEGATIVE_NAN = -np.abs(np.float64(np.nan))  # sign bit set: orders below -inf as an integer key
+NON_FINITE = [np.nan, NEGATIVE_NAN, np.inf, -np.inf]
+
+
+@pytest.mark.parametrize("n_classes", [2, 10, 33, 1000])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_non_finite_logit_row_is_counted_and_skipped(n_classes, dtype):
+    """Rows holding NaN (either sign), +inf or -inf anywhere, alone or mixed, are counted
+    as non-finite and leave the rest of the report exactly as without them; rows of
+    finite logits whose spread overflows float64 still count."""
+    rng = np.random.default_rng(n_classes)
+    n = 600 if n_classes < 1000 else 150
+    pred, labels = make_data(rng, n, n_classes, dtype=dtype)
+    bad = rng.choice(n, size=n // 5, replace=False)
+    for k, row in enumerate(bad):
+        cols = rng.choice(n_classes, size=1 + k % min(3, n_classes), replace=False)
+        pred[row, cols] = [NON_FINITE[(k + c) % 4] for c in range(len(cols))]
+    pred[bad[0]] = -np.inf  # a whole row of -inf
+    pred[bad[1], :] = np.nan
+    huge = np.setdiff1d(np.arange(n), bad)[:3]
+    pred[huge, 0] = np.finfo(dtype).max  # float64: a spread that overflows to inf
+    pred[huge, -1] = -np.finfo(dtype).max
+    labels[huge] = 0  # CE 0: CEs near the float64 maximum would overflow the sums
+    report = class_stats_partial(pred, labels).finalize()
+    good = np.setdiff1d(np.arange(n), bad)
+    expected = class_stats_partial(pred[good], labels[good]).finalize()
+    assert report.per_slice["n_nonfinite"][0] == len(bad)
+    for column in CELL_COLUMNS:
+        assert_allclose(report.per_class[column], expected.per_class[column], rtol=1e-13, err_msg=column)
+    cells, _ = ref.class_report(pred[good].astype(np.float64), labels[good], "logits")
+    for row, c in enumerate(report.per_class["class"]):
+        assert_allclose(report.per_class["ce_mean"][row], cells[(0, int(c))]["ce_mean"], rtol=1e-11)
+
+
 def test_extreme_float32_logits():
     pred = np.array([[1e4, -1e4, 0.0], [-1e4, 1e4, 3.0], [0.0, 0.0, 0.0]], dtype=np.float32)
     report = class_stats_partial(pred, np.array([1, 1, 2])).finalize(base=2)

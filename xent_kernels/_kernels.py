@@ -338,7 +338,7 @@ NARROW_FOLD_ROWS = 1024
 # per-row values, then the C rows of T (log-weights), then the C rows of E = exp(T):
 # W[row * NARROW_ROWS + i]. One allocation with offsets fixed per loop means LLVM sees a
 # single base pointer and vectorizes loops over several rows without runtime alias checks.
-_TOP, _TOT, _LOGN, _INV, _CONF, _OK, _TY, _ETRUE, _ET, _RANK, _Y, _KL, _SCALE = range(13)
+_TOP, _TOT, _LOGN, _INV, _CONF, _OK, _TY, _PTRUE, _ET, _RANK, _Y, _KL, _SCALE = range(13)
 _N_ROW_FIELDS = 13
 _T0 = _N_ROW_FIELDS * NARROW_ROWS
 
@@ -362,7 +362,7 @@ def prepare_block_narrow(z, labels, r0, rows, kind, W, summarize):
     are all loop overhead; column-major, every per-row reduction is a vertical vector
     operation across rows. For logits the exp pass also accumulates Σe, Σe·t and the
     rank of the true class, so each element is loaded once after the transpose.
-    `summarize` False (a reference prediction) skips t_true, e_true, Σe·t and rank."""
+    `summarize` False (a reference prediction) skips t_true and rank."""
     C = z.shape[1]
     NR = NARROW_ROWS
     E0 = _T0 + C * NR
@@ -375,22 +375,20 @@ def prepare_block_narrow(z, labels, r0, rows, kind, W, summarize):
             for i in range(rows):
                 W[_ix(_T0, j, i)] = z[np.uint64(r0) + np.uint64(i), j]
         for i in range(rows):
-            v = W[_T0 + i]
-            W[_TOP * NR + i] = v
-            W[_TOT * NR + i] = v
+            W[_TOP * NR + i] = W[_T0 + i]
         for j in range(1, C):
             for i in range(rows):
-                v = W[_ix(_T0, j, i)]
-                W[_TOT * NR + i] += v
-                W[_TOP * NR + i] = max(W[_TOP * NR + i], v)
+                W[_TOP * NR + i] = max(W[_TOP * NR + i], W[_ix(_T0, j, i)])
         for i in range(rows):
-            W[_OK * NR + i] = 1.0 if np.isfinite(W[_TOT * NR + i]) else 0.0
             y = np.uint64(W[_Y * NR + i])
             W[_TY * NR + i] = W[_ix(_T0, y, i)] - W[_TOP * NR + i]
             W[_TOT * NR + i] = 0.0
             W[_ET * NR + i] = 0.0
             W[_RANK * NR + i] = 0.0
-        # Two copies of the exp pass, so that neither tests `summarize` per element.
+        # Σ e·t is also the row's finiteness check: every term is finite when the row
+        # is, and NaN when it holds NaN or ±inf (t = NaN, or e = 0 with t = -inf; and
+        # fast_exp(NaN) = 0). Two copies of the exp pass, so that neither tests
+        # `summarize` per element.
         if summarize:
             for j in range(C):
                 fj = np.float64(j)
@@ -400,7 +398,7 @@ def prepare_block_narrow(z, labels, r0, rows, kind, W, summarize):
                     W[_ix(_T0, j, i)] = tj
                     W[_ix(E0, j, i)] = ej
                     W[_TOT * NR + i] += ej
-                    W[_ET * NR + i] += ej * tj if ej > 0.0 else 0.0
+                    W[_ET * NR + i] += ej * tj
                     ty = W[_TY * NR + i]
                     above = (tj > ty) | ((tj == ty) & (fj < W[_Y * NR + i]))
                     W[_RANK * NR + i] += 1.0 if above else 0.0
@@ -412,17 +410,31 @@ def prepare_block_narrow(z, labels, r0, rows, kind, W, summarize):
                     W[_ix(_T0, j, i)] = tj
                     W[_ix(E0, j, i)] = ej
                     W[_TOT * NR + i] += ej
+                    W[_ET * NR + i] += ej * tj
+        n_nan = 0
         for i in range(rows):
             s = W[_TOT * NR + i]
             inv = 1.0 / s
+            ok = np.isfinite(W[_ET * NR + i])
+            n_nan += not ok
+            W[_OK * NR + i] = 1.0 if ok else 0.0
             W[_INV * NR + i] = inv
             W[_CONF * NR + i] = inv  # the largest E is exp(0) = 1
             # s is in [1, C] for a row without NaN or inf (its largest E is 1); other rows
             # are discarded, so any finite s >= 1 stands in and fast_log's branches for
             # 0, negative, NaN and inf fold away: the loop vectorizes.
             W[_LOGN * NR + i] = fast_log(s if (s >= 1.0) & (s <= 1e300) else 1.0)
-            y = np.uint64(W[_Y * NR + i])
-            W[_ETRUE * NR + i] = W[_ix(E0, y, i)]
+        if n_nan:
+            # Σ e·t is also NaN for a finite float64 row whose spread overflows (t = -inf,
+            # e = 0): such a row counts, with 0·log 0 = 0.
+            for i in range(rows):
+                if W[_OK * NR + i] == 0.0 and _all_finite(z, np.uint64(r0) + np.uint64(i)):
+                    et = 0.0
+                    for j in range(C):
+                        ej = W[_ix(E0, j, i)]
+                        et += ej * W[_ix(_T0, j, i)] if ej > 0.0 else 0.0
+                    W[_ET * NR + i] = et
+                    W[_OK * NR + i] = 1.0
         return
     for i in range(rows):
         W[_TOP * NR + i] = -np.inf if kind == LOG_PROBS else 0.0
@@ -462,14 +474,13 @@ def prepare_block_narrow(z, labels, r0, rows, kind, W, summarize):
 
 @kernel
 def _summarize_narrow(W, C, rows):
-    """t_true, e_true, Σ e·t (0·log 0 = 0) and the rank of the true class (ties toward
+    """t_true, Σ e·t (0·log 0 = 0) and the rank of the true class (ties toward
     the lower class index) from the T and E rows of W."""
     NR = NARROW_ROWS
     E0 = _T0 + C * NR
     for i in range(rows):
         y = np.uint64(W[_Y * NR + i])
         W[_TY * NR + i] = W[_ix(_T0, y, i)]
-        W[_ETRUE * NR + i] = W[_ix(E0, y, i)]
         W[_ET * NR + i] = 0.0
         W[_RANK * NR + i] = 0.0
     for j in range(C):
@@ -500,6 +511,14 @@ def _summarize_wide(t, e, labels, r0, rows, n_cols, t_true, e_true, et, rank):
 
 
 @kernel
+def _all_finite(z, r):
+    for v in z[r]:
+        if not np.isfinite(v):
+            return False
+    return True
+
+
+@kernel
 def _wide_row(z, r, y, kind, t, e, base):
     """One row of a wide prediction in two fused, vectorized passes: max and finite
     check, then t, e = exp(t), Σe, Σ e·t and the rank of the true class `y` together.
@@ -513,11 +532,8 @@ def _wide_row(z, r, y, kind, t, e, base):
     total = 0.0
     if kind == LOGITS:
         for j in range(n_cols):
-            v = z[r, j]
-            total += np.float64(v)
-            key = max(key, order_key(v))
+            key = max(key, order_key(z[r, j]))
         m = np.float64(from_order_key(key))
-        ok = np.isfinite(total)
         ty = np.float64(z[r, y]) - m
         s = 0.0
         et = 0.0
@@ -528,8 +544,15 @@ def _wide_row(z, r, y, kind, t, e, base):
             t[base + np.uint64(j)] = tj
             e[base + np.uint64(j)] = ej
             s += ej
-            et += ej * tj if ej > 0.0 else 0.0
+            et += ej * tj  # also the finiteness check, as in prepare_block_narrow
             count += (tj > ty) | ((tj == ty) & (j < y))
+        ok = np.isfinite(et)
+        if not ok and _all_finite(z, r):  # the spread overflows: see prepare_block_narrow
+            ok = True
+            et = 0.0
+            for j in range(n_cols):
+                ej = e[base + np.uint64(j)]
+                et += ej * t[base + np.uint64(j)] if ej > 0.0 else 0.0
         inv = 1.0 / s
         return fast_log(s), inv, inv, ok, ty, e[base + np.uint64(y)], et, count
     if kind == LOG_PROBS:
@@ -708,7 +731,7 @@ def _cells_vertical(W, C, rows, sl, epoch, stamp, touched, n_touched, shift, blk
             swd += wd if use else 0.0
             swdd += wd * d if use else 0.0
             s3 += W[_ET * NR + i] if use else 0.0
-            s4 += W[_ETRUE * NR + i] if use else 0.0
+            s4 += W[_PTRUE * NR + i] if use else 0.0
             s5 += W[_RANK * NR + i] if use else 0.0
             s6 += W[_TOT * NR + i] if use else 0.0
             s7 += W[_KL * NR + i] if use else 0.0
@@ -794,7 +817,7 @@ def _class_stats_narrow(
         # Per row, in loops that vectorize: whether it counts (_OK), its cell (_Y), weight
         # (_TOP), marginal scale (_SCALE, 0 for rows that do not count) and histogram
         # offset (_LOGN); then the weighted values the scatter adds (CE into _TY, w·entropy
-        # into _ET, w·p_true into _ETRUE, w·top1 into _RANK, w·top5 into _TOT, w·kl into
+        # into _ET, w·p_true into _PTRUE, w·top1 into _RANK, w·top5 into _TOT, w·kl into
         # _KL, w·conf into _CONF). The scatter loop then reads W only and does pure adds.
         # Values of rows that do not count (or weigh 0) are never read.
         n_skipped = 0
@@ -818,7 +841,7 @@ def _class_stats_narrow(
         for i in range(rows):
             w = W[_TOP * NR + i]
             rank = W[_RANK * NR + i]
-            W[_ETRUE * NR + i] = w * W[_ETRUE * NR + i] * W[_INV * NR + i]
+            W[_PTRUE * NR + i] = w * fast_exp(-W[_TY * NR + i])  # p_true = exp(-CE)
             W[_RANK * NR + i] = w if rank < 1.0 else 0.0
             W[_TOT * NR + i] = w if rank < 5.0 else 0.0
             W[_KL * NR + i] = w * W[_KL * NR + i]
@@ -867,7 +890,7 @@ def _class_stats_narrow(
             blk[f + np.uint64(1)] += wd
             blk[f + np.uint64(2)] += wd * (ce - shift[cell])
             blk[f + np.uint64(3)] += W[_ET * NR + i]
-            blk[f + np.uint64(4)] += W[_ETRUE * NR + i]
+            blk[f + np.uint64(4)] += W[_PTRUE * NR + i]
             blk[f + np.uint64(5)] += W[_RANK * NR + i]
             blk[f + np.uint64(6)] += W[_TOT * NR + i]
             blk[f + np.uint64(7)] += W[_KL * NR + i]
