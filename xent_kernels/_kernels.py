@@ -844,8 +844,10 @@ def _class_stats_narrow(
             W[_PTRUE * NR + i] = w * fast_exp(-W[_TY * NR + i])  # p_true = exp(-CE)
             W[_RANK * NR + i] = w if rank < 1.0 else 0.0
             W[_TOT * NR + i] = w if rank < 5.0 else 0.0
-            W[_KL * NR + i] = w * W[_KL * NR + i]
             W[_CONF * NR + i] = w * W[_CONF * NR + i]
+        if has_ref:
+            for i in range(rows):
+                W[_KL * NR + i] *= W[_TOP * NR + i]
         if n_skipped:
             for i in range(rows):
                 sl = slice_ids[np.uint64(r0) + np.uint64(i)] if has_slices else 0
@@ -861,16 +863,8 @@ def _class_stats_narrow(
                 vertical &= slice_ids[np.uint64(r0) + np.uint64(i)] == sl0
         if vertical:
             n_touched = _cells_vertical(W, C, rows, sl0, epoch, stamp, touched, n_touched, shift, blk)
-        for i in range(rows):
+        for i in range(rows if not vertical else 0):
             if W[_OK * NR + i] == 0.0:
-                continue
-            if vertical:
-                w = W[_TOP * NR + i]
-                if w != 0.0:
-                    h = np.uint64(W[_LOGN * NR + i])
-                    s_hist[h + np.uint64(HIST_WEIGHT)] += w
-                    s_hist[h + np.uint64(HIST_CORRECT)] += W[_RANK * NR + i]
-                    s_hist[h + np.uint64(HIST_CONF)] += W[_CONF * NR + i]
                 continue
             cell = np.uint64(W[_Y * NR + i])
             ce = W[_TY * NR + i]
@@ -893,11 +887,19 @@ def _class_stats_narrow(
             blk[f + np.uint64(4)] += W[_PTRUE * NR + i]
             blk[f + np.uint64(5)] += W[_RANK * NR + i]
             blk[f + np.uint64(6)] += W[_TOT * NR + i]
-            blk[f + np.uint64(7)] += W[_KL * NR + i]
+            if has_ref:
+                blk[f + np.uint64(7)] += W[_KL * NR + i]
             h = np.uint64(W[_LOGN * NR + i])
             s_hist[h + np.uint64(HIST_WEIGHT)] += w
             s_hist[h + np.uint64(HIST_CORRECT)] += W[_RANK * NR + i]
             s_hist[h + np.uint64(HIST_CONF)] += W[_CONF * NR + i]
+        for i in range(rows if vertical else 0):
+            w = W[_TOP * NR + i]
+            if (W[_OK * NR + i] != 0.0) & (w != 0.0):
+                h = np.uint64(W[_LOGN * NR + i])
+                s_hist[h + np.uint64(HIST_WEIGHT)] += w
+                s_hist[h + np.uint64(HIST_CORRECT)] += W[_RANK * NR + i]
+                s_hist[h + np.uint64(HIST_CONF)] += W[_CONF * NR + i]
         if has_slices:
             for i in range(rows):
                 if (W[_OK * NR + i] != 0.0) & (W[_TOP * NR + i] != 0.0):
