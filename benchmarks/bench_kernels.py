@@ -81,7 +81,7 @@ MAX_BLOCK_ROWS = 65536
 # At or below this many classes a second numpy peer reduces over columns (strided
 # elementwise ops) instead of along axis 1, which numpy does slowly for short rows
 # (about 3x faster at C=10, 7x at C=2; slower from C=64 on). The axis=1 peer is the
-# usual way to write it, and the one the kernel issue's figures were taken with.
+# usual way to write it and runs near the kernel issue's figure for numpy.
 COLUMNWISE_MAX_C = 32
 
 
