@@ -132,7 +132,7 @@ def test_ce_weighted_mean_formula_explicit():
                     (l0 + 3 * l1) / 4.0, rtol=1e-12)
 
 
-@pytest.mark.parametrize("ignore_index", [-100, -1, 2])
+@pytest.mark.parametrize("ignore_index", [-100, -1, 2, 255])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", KINDS)
 def test_ce_ignore_index(kind, dtype, ignore_index):

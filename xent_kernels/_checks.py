@@ -104,14 +104,16 @@ def reduce(losses: np.ndarray, weights: np.ndarray | None, keep: np.ndarray | No
         return losses
     if reduction not in ("sum", "mean"):
         raise ValueError(f"reduction must be 'none', 'sum' or 'mean', got {reduction!r}")
-    w = np.ones_like(losses) if weights is None else weights
-    if keep is not None:
-        w = np.where(keep, w, 0.0)
-    # Zero-weight rows contribute nothing, even when their loss is infinite.
     # np.sum is pairwise: its rounding error grows with log(n), not n.
-    with np.errstate(invalid="ignore"):
-        total = float(np.sum(np.where(w > 0, w * losses, 0.0)))
+    if weights is None:  # ignored rows carry loss 0
+        total = float(np.sum(losses))
+        denominator = float(len(losses) if keep is None else np.count_nonzero(keep))
+    else:
+        w = weights if keep is None else np.where(keep, weights, 0.0)
+        # Zero-weight rows contribute nothing, even when their loss is infinite.
+        with np.errstate(invalid="ignore"):
+            total = float(np.sum(np.where(w > 0, w * losses, 0.0)))
+        denominator = float(np.sum(w))
     if reduction == "sum":
         return total
-    denominator = float(np.sum(w))
     return total / denominator if denominator > 0 else math.nan

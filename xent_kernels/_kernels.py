@@ -473,6 +473,30 @@ def prepare_block_narrow(z, labels, r0, rows, kind, W, summarize):
 
 
 @kernel
+def ce_hard_rows_narrow(z, labels, smoothing, log_eps, out):
+    """``ce_hard_rows`` for logits with at most NARROW_CLASSES classes, column-major as
+    in the fused kernel. Rows with a negative label are ignored: loss 0."""
+    n, C = z.shape
+    NR = NARROW_ROWS
+    W = np.zeros(narrow_scratch_size(C))
+    for r0 in range(0, n, NR):
+        rows = min(n, r0 + NR) - r0
+        prepare_block_narrow(z, labels, r0, rows, LOGITS, W, False)
+        if smoothing > 0.0:
+            for i in range(rows):
+                W[_SCALE * NR + i] = 0.0  # Σ_j log q_j
+            for j in range(C):
+                for i in range(rows):
+                    W[_SCALE * NR + i] += max(W[_ix(_T0, j, i)] - W[_LOGN * NR + i], log_eps)
+        for i in range(rows):
+            r = np.uint64(r0) + np.uint64(i)
+            loss = -max(W[_TY * NR + i] - W[_LOGN * NR + i], log_eps)
+            if smoothing > 0.0:
+                loss = (1.0 - smoothing) * loss - smoothing * (W[_SCALE * NR + i] / C)
+            out[r] = 0.0 if labels[r] < 0 else loss
+
+
+@kernel
 def _summarize_narrow(W, C, rows):
     """t_true, Σ e·t (0·log 0 = 0) and the rank of the true class (ties toward
     the lower class index) from the T and E rows of W."""

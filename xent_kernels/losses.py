@@ -97,7 +97,11 @@ def cross_entropy(
     else:
         labels = C.as_labels(target, n, n_classes, ignore_index)
         keep = labels != ignore_index
-        K.ce_hard_rows(pred, labels, code, ignore_index, label_smoothing, log_eps, buffers.rows, *buffers.args(), out)
+        if code == K.LOGITS and n_classes <= K.NARROW_CLASSES:
+            narrow_labels = labels if ignore_index < 0 else np.where(keep, labels, -1)  # the kernel ignores < 0
+            K.ce_hard_rows_narrow(pred, narrow_labels, label_smoothing, log_eps, out)
+        else:
+            K.ce_hard_rows(pred, labels, code, ignore_index, label_smoothing, log_eps, buffers.rows, *buffers.args(), out)
     if divisor != 1.0:
         out /= divisor
     return C.reduce(out, weights, keep, reduction)
