@@ -76,7 +76,7 @@ def test_cache_works_from_a_read_only_install(tmp_path):
         assert xent_kernels.__file__.startswith(%r), xent_kernels.__file__
         xent_kernels.cross_entropy(np.zeros((2, 3)), np.array([0, 1]))
         print(_numba.CACHE_DIR)
-        print(sum(_kernels.ce_hard_rows.stats.cache_hits.values()))
+        print(sum(sum(f.stats.cache_hits.values()) for f in vars(_kernels).values() if hasattr(f, "stats")))
     """ % str(site)
     try:
         first = run_python(code, {"PYTHONPATH": str(site), "XENT_CACHE_DIR": str(cache)}, tmp_path).split()
