@@ -74,14 +74,17 @@ def _eval_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .config import EvalConfig, build_config
-    from .pipelines import eval_flow, eval_steps
     from .show import print_report
 
     config = build_config(EvalConfig, args.config, _eval_overrides(args))
     started = time.perf_counter()
     if args.no_prefect:
-        paths = eval_steps(config, args.out, orchestrated=False)
+        from .adhoc import eval_steps
+
+        paths = eval_steps(config, args.out)[0]
     else:
+        from .pipelines import eval_flow
+
         paths = run_flow(eval_flow, config, args.out)
     print_report(paths, elapsed=time.perf_counter() - started, storage_options=config.storage_options)
     return 0

@@ -23,12 +23,13 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 from prefect.states import Completed, Failed
 
+from . import adhoc
 from .config import DriftConfig, EvalConfig, NightlyConfig, NightlySource, build_config
 from .drift import DriftReport, compare, describe_breach, drift_table
-from .engine import Evaluation, dask_client, evaluate
+from .engine import dask_client
 from .errors import DataError, DriftBreach, XentError
-from .report import build_tables, config_json, report_metadata, write_tables_atomically
-from .sources import InputFile, filesystem, fingerprint, list_inputs
+from .report import build_tables, config_json, report_metadata
+from .sources import InputFile, filesystem, fingerprint
 
 def _transient(task, task_run, state) -> bool:
     """Retry I/O hiccups, not data errors: a missing column stays missing."""
@@ -49,28 +50,15 @@ TABLES_FOLDER = "_tables"  # pyarrow's dataset discovery skips "_" folders: REPO
 # --------------------------------------------------------------------------- tasks
 
 
-@task(cache_policy=NONE, **IO_RETRIES)
-def find_inputs(config: EvalConfig) -> list[InputFile]:
-    """List and fingerprint the shards."""
-    return list_inputs(config.sources, config.storage_options)
-
-
-@task(cache_policy=NONE)
-def evaluate_on_cluster(config: EvalConfig, inputs: list[InputFile], client: Client) -> Evaluation:
-    """Reduce the shards to per-class statistics on the Dask cluster."""
-    return evaluate(config, client, inputs=inputs)
+find_inputs = task(cache_policy=NONE, **IO_RETRIES)(adhoc.find_inputs)
+evaluate_on_cluster = task(cache_policy=NONE)(adhoc.evaluate_on_cluster)
+write_tables = task(cache_policy=NONE, **IO_RETRIES)(adhoc.write_tables)
 
 
 @task(cache_policy=NONE)
 def compare_on_cluster(config: DriftConfig, client: Client) -> DriftReport:
     """Drift metrics of the current dump against the reference."""
     return compare(config, client)
-
-
-@task(cache_policy=NONE, **IO_RETRIES)
-def write_tables(tables: dict[str, pa.Table], out: str, storage_options: dict[str, Any]) -> dict[str, str]:
-    """Write report tables atomically."""
-    return write_tables_atomically(tables, out, storage_options)
 
 
 @task(cache_policy=NONE)
@@ -130,33 +118,13 @@ def _drift_tables(report: DriftReport, config: DriftConfig) -> dict[str, pa.Tabl
 # --------------------------------------------------------------------------- ad hoc
 
 
-def eval_steps(config: EvalConfig, out: str, orchestrated: bool = True) -> dict[str, str]:
-    """The ad-hoc pipeline. Inside a flow run each step is a Prefect task; with
-    ``orchestrated=False`` the same steps run as plain functions (no Prefect server, no artifact)."""
-
-    def step(task_):
-        return task_ if orchestrated else task_.fn
-
-    inputs = step(find_inputs)(config)
-    with dask_client(config.scheduler) as client:
-        evaluation = step(evaluate_on_cluster)(config, inputs, client)
-    tables = _with_metadata(build_tables(evaluation), evaluation)
-    paths = step(write_tables)(tables, out, config.storage_options)
-    if orchestrated:
-        publish_artifact(_artifact_key("xent-eval", *[i.name for i in inputs[:1]]), _class_rows(tables["per_class"]),
-                         f"Per-class cross-entropy ({config.units}) of {len(inputs)} shards; report in {out}")
-    return paths
-
-
 @flow(name="xent-eval", log_prints=False)
 def eval_flow(config: EvalConfig, out: str) -> dict[str, str]:
     """Evaluate a prediction dump into per-class and per-slice reports under `out`."""
-    return eval_steps(config, out)
-
-
-def _with_metadata(tables: dict[str, pa.Table], evaluation: Evaluation) -> dict[str, pa.Table]:
-    metadata = report_metadata(evaluation)
-    return {name: t.replace_schema_metadata({**(t.schema.metadata or {}), **metadata}) for name, t in tables.items()}
+    paths, tables, inputs = adhoc.eval_steps(config, out, (find_inputs, evaluate_on_cluster, write_tables))
+    publish_artifact(_artifact_key("xent-eval", *[i.name for i in inputs[:1]]), _class_rows(tables["per_class"]),
+                     f"Per-class cross-entropy ({config.units}) of {len(inputs)} shards; report in {out}")
+    return paths
 
 
 # --------------------------------------------------------------------------- drift
@@ -257,7 +225,7 @@ def nightly_source(config: NightlyConfig, source: NightlySource, run_date: str, 
         logger.info("%s %s: inputs unchanged since the stored report; skipped", source.name, run_date)
         return {**result, "skipped": True}
     evaluation = evaluate_on_cluster(eval_config, inputs, client)
-    tables = _with_metadata(build_tables(evaluation), evaluation)
+    tables = adhoc.with_metadata(build_tables(evaluation), evaluation)
     if reference_paths:
         drift_config = DriftConfig.model_validate(
             {**eval_config.model_dump(), "reference": reference_paths, "drift": config.drift.model_dump()}

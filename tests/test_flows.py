@@ -4,6 +4,8 @@ drift against an obvious numpy/scipy computation, the nightly history, bad confi
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +15,14 @@ import yaml
 from numpy.testing import assert_allclose
 from scipy.special import log_softmax, rel_entr
 
+from conftest import child_env
+from flows.adhoc import eval_steps
 from flows.cli import main
 from flows.config import DriftConfig, EvalConfig, NightlyConfig, build_config
 from flows.engine import dask_client
 from flows.errors import DriftBreach, UsageError
 from flows.generate import generate_dump, load_arrays
-from flows.pipelines import TABLES_FOLDER, drift_flow, eval_flow, eval_steps, find_inputs, nightly_flow, run_folder
+from flows.pipelines import TABLES_FOLDER, drift_flow, eval_flow, find_inputs, nightly_flow, run_folder
 
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -37,7 +41,7 @@ def test_eval_flow_matches_the_plain_steps(tmp_path):
     config = EvalConfig(sources=[dump.root], slice_by=["model"])
     state = eval_flow(config, str(tmp_path / "flow"), return_state=True)
     assert state.is_completed()
-    plain = eval_steps(config, str(tmp_path / "plain"), orchestrated=False)
+    plain, _, _ = eval_steps(config, str(tmp_path / "plain"))
     for name, path in state.result().items():
         a, b = pq.read_table(path), pq.read_table(plain[name])
         assert a.column_names == b.column_names
@@ -45,6 +49,21 @@ def test_eval_flow_matches_the_plain_steps(tmp_path):
             if column in a.column_names:
                 assert a.column(column).to_pylist() == b.column(column).to_pylist()
         assert_allclose(a.column("ce_mean").to_numpy(), b.column("ce_mean").to_numpy(), rtol=1e-13)
+
+
+def test_eval_without_prefect_never_imports_it(tmp_path):
+    """`xent eval --no-prefect` runs the same steps without importing Prefect at all."""
+    dump = generate_dump(tmp_path / "dump", rows=500, classes=3, shards=2, seed=2)
+    code = (
+        "import sys; from flows import cli; "
+        f"code = cli.main(['eval', {str(dump.root)!r}, '--out', {str(tmp_path / 'out')!r}, '--no-prefect']); "
+        "print(code, sorted(m for m in sys.modules if m == 'prefect' or m.startswith('prefect.')))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env=child_env(DASK_SCHEDULER_ADDRESS=None), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "0 []", result.stdout
+    assert pq.read_table(tmp_path / "out" / "per_class.parquet").num_rows > 0
 
 
 def test_task_logic_through_fn(tmp_path):
