@@ -789,7 +789,7 @@ def _fold_slices(slice_list, n_slice_list, n_cols, n_bins, s_marg, s_hist, msum,
 @kernel
 def _class_stats_narrow(
     z, labels, weights, slice_ids, ref, kind, ref_kind, n_bins, has_weights, has_slices, has_ref,
-    counts, cell_sum, cell_comp, ce_m2, marg_sum, marg_comp, hist_sum, hist_comp, row_counts,
+    n_slices, flat_counts, flat_sum, flat_comp, flat_m2, flat_msum, flat_mcomp, flat_hsum, flat_hcomp, row_counts,
 ):
     """``class_stats_kernel`` for C <= NARROW_CLASSES. Blocks of NARROW_ROWS rows are
     prepared column-major into one scratch (``prepare_block_narrow``); the scatter loop
@@ -797,7 +797,6 @@ def _class_stats_narrow(
     cell, contiguous) and the per-slice histogram. Cells fold every NARROW_FOLD_ROWS rows,
     with CE shifted by the first value each cell saw since its last fold."""
     n, C = z.shape
-    n_slices = counts.shape[0]
     NR = NARROW_ROWS
     W = np.zeros(narrow_scratch_size(C))
     WR = np.zeros(narrow_scratch_size(C) if has_ref else 0)
@@ -820,15 +819,6 @@ def _class_stats_narrow(
         n_slice_list = 1
     rows_since_fold = 0
     rows_since_cell_fold = 0
-
-    flat_counts = counts.reshape(-1)
-    flat_sum = cell_sum.reshape(-1)
-    flat_comp = cell_comp.reshape(-1)
-    flat_m2 = ce_m2.reshape(-1)
-    flat_msum = marg_sum.reshape(-1)
-    flat_mcomp = marg_comp.reshape(-1)
-    flat_hsum = hist_sum.reshape(-1)
-    flat_hcomp = hist_comp.reshape(-1)
 
     for r0 in range(0, n, NR):
         r1 = min(n, r0 + NR)
@@ -968,16 +958,33 @@ def class_stats_kernel(
     the end of the block (cells; narrow predictions: every NARROW_FOLD_ROWS rows) or
     every FOLD_ROWS rows (per-slice marginals and histogram). CE is summed shifted by
     the first value seen since the last fold, so its variance (Chan's formula) does
-    not cancel. Narrow predictions (C <= NARROW_CLASSES) go to ``_class_stats_narrow``.
+    not cancel. Predictions with C <= NARROW_CLASSES go to ``_class_stats_narrow``,
+    wider ones to ``_class_stats_wide``; both work on the flat state arrays.
     """
-    n, n_cols = z.shape
-    if n_cols <= NARROW_CLASSES:
+    n_slices = counts.shape[0]
+    flat = (
+        counts.reshape(-1), cell_sum.reshape(-1), cell_comp.reshape(-1), ce_m2.reshape(-1),
+        marg_sum.reshape(-1), marg_comp.reshape(-1), hist_sum.reshape(-1), hist_comp.reshape(-1),
+    )
+    if z.shape[1] <= NARROW_CLASSES:
         _class_stats_narrow(
             z, labels, weights, slice_ids, ref, kind, ref_kind, n_bins, has_weights, has_slices, has_ref,
-            counts, cell_sum, cell_comp, ce_m2, marg_sum, marg_comp, hist_sum, hist_comp, row_counts,
+            n_slices, *flat, row_counts,
         )
-        return
-    n_slices = counts.shape[0]
+    else:
+        _class_stats_wide(
+            z, labels, weights, slice_ids, ref, kind, ref_kind, n_bins, has_weights, has_slices, has_ref,
+            n_slices, *flat, row_counts,
+        )
+
+
+@kernel
+def _class_stats_wide(
+    z, labels, weights, slice_ids, ref, kind, ref_kind, n_bins, has_weights, has_slices, has_ref,
+    n_slices, flat_counts, flat_sum, flat_comp, flat_m2, flat_msum, flat_mcomp, flat_hsum, flat_hcomp, row_counts,
+):
+    """``class_stats_kernel`` for C > NARROW_CLASSES: rows in fused row passes (``_wide_row``)."""
+    n, n_cols = z.shape
     block = max(1, BLOCK_ELEMENTS // n_cols)
     t = np.empty(block * n_cols)
     e = np.empty(block * n_cols)
@@ -1001,6 +1008,7 @@ def class_stats_kernel(
 
     n_cells = n_slices * n_cols
     blk = np.zeros((n_cells, 9))  # W, Σw(ce-K), Σw(ce-K)², entropy, p_true, top1, top5, kl, count
+    flat_blk = blk.reshape(-1)
     shift = np.zeros(n_cells)
     touched = np.empty(block, dtype=np.int64)
     s_marg = np.zeros((n_slices, n_cols))
@@ -1010,15 +1018,6 @@ def class_stats_kernel(
     slice_list = np.empty(n_slices, dtype=np.int64)
     n_slice_list = 0
     rows_since_fold = 0
-
-    flat_counts = counts.reshape(-1)
-    flat_sum = cell_sum.reshape(-1)
-    flat_comp = cell_comp.reshape(-1)
-    flat_m2 = ce_m2.reshape(-1)
-    flat_msum = marg_sum.reshape(-1)
-    flat_mcomp = marg_comp.reshape(-1)
-    flat_hsum = hist_sum.reshape(-1)
-    flat_hcomp = hist_comp.reshape(-1)
 
     for r0 in range(0, n, block):
         r1 = min(n, r0 + block)
@@ -1083,31 +1082,7 @@ def class_stats_kernel(
 
         for k in range(n_touched):
             cell = touched[k]
-            w_blk = blk[cell, 0]
-            ce_blk = blk[cell, 1] + shift[cell] * w_blk
-            w_old = flat_sum[cell * N_CELL_FIELDS + WEIGHT] + flat_comp[cell * N_CELL_FIELDS + WEIGHT]
-            if w_blk > 0.0:
-                m2_blk = blk[cell, 2] - blk[cell, 1] * blk[cell, 1] / w_blk
-                if not np.isfinite(ce_blk):
-                    m2_blk = np.nan  # the spread of values that include inf is undefined
-                elif m2_blk < 0.0:
-                    m2_blk = 0.0  # rounding
-                if w_old > 0.0:
-                    ce_old = flat_sum[cell * N_CELL_FIELDS + CE] + flat_comp[cell * N_CELL_FIELDS + CE]
-                    delta = ce_blk / w_blk - ce_old / w_old
-                    m2_blk += delta * delta * w_old * w_blk / (w_old + w_blk)
-                flat_m2[cell] += m2_blk
-            flat_counts[cell] += np.int64(blk[cell, 8])
-            f0 = cell * N_CELL_FIELDS
-            _add_compensated(flat_sum, flat_comp, f0 + WEIGHT, w_blk)
-            _add_compensated(flat_sum, flat_comp, f0 + CE, ce_blk)
-            _add_compensated(flat_sum, flat_comp, f0 + ENTROPY, blk[cell, 3])
-            _add_compensated(flat_sum, flat_comp, f0 + P_TRUE, blk[cell, 4])
-            _add_compensated(flat_sum, flat_comp, f0 + TOP1, blk[cell, 5])
-            _add_compensated(flat_sum, flat_comp, f0 + TOP5, blk[cell, 6])
-            _add_compensated(flat_sum, flat_comp, f0 + KL, blk[cell, 7])
-            for f in range(9):
-                blk[cell, f] = 0.0
+            _fold_cell(flat_blk, cell * 9, shift[cell], cell, flat_counts, flat_sum, flat_comp, flat_m2)
 
         rows_since_fold += rows
         if rows_since_fold >= FOLD_ROWS or r1 == n:
