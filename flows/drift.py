@@ -14,6 +14,7 @@ Two kinds of evidence, per slice and overall:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import shutil
@@ -87,9 +88,7 @@ class JoinResult:
 
     @staticmethod
     def merge(*results: "JoinResult") -> "JoinResult":
-        stats = results[0].stats
-        for other in results[1:]:
-            stats = ClassStats.merge(stats, other.stats)
+        stats = functools.reduce(ClassStats.merge, (r.stats for r in results))
         return JoinResult(
             stats,
             sum(r.matched for r in results),

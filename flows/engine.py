@@ -9,6 +9,7 @@ worker ran what (merge is associative and commutative).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -53,9 +54,7 @@ class PieceResult:
 
     @staticmethod
     def merge(*results: "PieceResult") -> "PieceResult":
-        stats = results[0].stats
-        for other in results[1:]:
-            stats = ClassStats.merge(stats, other.stats)
+        stats = functools.reduce(ClassStats.merge, (r.stats for r in results))
         bad = tuple(sorted((b for r in results for b in r.bad_shards), key=lambda b: b.url))
         return PieceResult(stats, bad, sum(r.rows_read for r in results))
 
