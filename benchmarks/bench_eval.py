@@ -7,9 +7,7 @@ Measures, on one synthetic dump (``flows.generate.generate_dump``: ``--rows`` x
    and ``label`` and viewing the predictions as a 2-D numpy array (no compute); and,
    for reference, a single-threaded file-by-file ``pq.read_table``;
 2. ``flows.engine.evaluate`` on an already running local Dask cluster
-   (``dask_client(None)``), after one warm-up call (Numba cache load); plus, as a
-   diagnostic, the same with ``on_nonfinite="count"``, which skips the separate
-   validation pass over the predictions;
+   (``dask_client(None)``), after one warm-up call (Numba cache load);
 3. DuckDB (``SET threads=2``) computing the per-class mean cross-entropy in float64,
    in two formulations (list lambdas; one scalar column per class), query time only;
 4. Polars (``POLARS_MAX_THREADS=2``) computing the same, in two formulations
@@ -283,11 +281,6 @@ def bench_xent(data_dir: Path, quarter: list[str] | None, total_rows: int, quart
         if evaluation.result.rows_read != total_rows:
             out.failures.append(f"xent read {evaluation.result.rows_read:,} rows, expected {total_rows:,}")
         reference = per_class_of(evaluation)
-
-        counting = EvalConfig(sources=[str(data_dir)], on_nonfinite="count")
-        times, _ = time_runs(lambda: evaluate(counting, client), repeats)
-        out.timings.append(Timing("xent evaluate, on_nonfinite=count (diagnostic)", "xent", times, total_rows,
-                                  "no separate validation pass"))
 
         if quarter is not None:
             config_q = EvalConfig(sources=quarter)
