@@ -1,6 +1,7 @@
 """The ``xent`` command line.
 
-Exit codes: 0 success, 1 data error, 2 usage or config error, 3 drift threshold breached.
+Exit codes: 0 success, 1 data error, 2 usage or config error, 3 threshold breached,
+4 infrastructure (cluster, storage, network, disk), 5 internal error.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import UsageError, XentError
+from .errors import EXIT_CODES_HELP, EXIT_INTERNAL, UsageError, XentError, as_infrastructure_error
 
 
 def run_flow(flow, *args, **kwargs):
@@ -216,8 +217,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xent", description="Exact cross-entropy reports for classifier predictions.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser = argparse.ArgumentParser(
+        prog="xent", description="Exact cross-entropy reports for classifier predictions.", epilog=EXIT_CODES_HELP
+    )
+    parser.add_argument("--version", action="version", version=f"xent {_version()}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details and show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("eval", help="evaluate a prediction dump into per-class and per-slice reports")
@@ -277,11 +281,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except XentError as error:
-        print(f"xent: error: {error}", file=sys.stderr)
+        _print_error(str(error), args.verbose)
         return error.exit_code
     except KeyboardInterrupt:
         print("xent: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # noqa: BLE001 - every failure ends in one line and an exit code
+        infrastructure = as_infrastructure_error(error, "a resource", "failed on")
+        if infrastructure is not None:
+            _print_error(str(infrastructure), args.verbose)
+            return infrastructure.exit_code
+        _print_error(f"internal error: {type(error).__name__}: {error} (a bug in xent; rerun with --verbose for the traceback)",
+                     args.verbose)
+        return EXIT_INTERNAL
+
+
+def _print_error(message: str, verbose: bool) -> None:
+    """One line on stderr; the traceback too with --verbose."""
+    if verbose:
+        import traceback
+
+        traceback.print_exc()
+    print(f"xent: error: {message}", file=sys.stderr)
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
 
 
 def entry_point() -> None:

@@ -27,18 +27,22 @@ from . import adhoc
 from .config import DriftConfig, EvalConfig, NightlyConfig, NightlySource, build_config
 from .drift import DriftReport, compare, describe_breach, drift_table
 from .engine import dask_client
-from .errors import DataError, DriftBreach, XentError
+from .errors import DataError, DriftBreach, InfrastructureError, XentError, infrastructure_cause
 from .report import build_tables, config_json, report_metadata
 from .sources import InputFile, filesystem, fingerprint
 
 def _transient(task, task_run, state) -> bool:
-    """Retry I/O hiccups, not data errors: a missing column stays missing."""
+    """Retry network hiccups, not data errors (a missing column stays missing) nor a
+    full or read-only disk."""
     try:
         state.result()
+    except InfrastructureError as error:
+        return error.transient
     except XentError:
         return False
-    except Exception:
-        return True
+    except Exception as error:
+        cause = infrastructure_cause(error)
+        return cause is None or cause[1]
     return False
 
 
