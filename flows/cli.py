@@ -284,7 +284,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print_error(str(error), args.verbose)
         return error.exit_code
     except KeyboardInterrupt:
-        print("xent: interrupted", file=sys.stderr)
+        from .writing import committed
+
+        out = getattr(args, "out", None)
+        if args.command in ("eval", "drift") and out in committed:
+            print(f"xent: interrupted, but the report was written in full: {out}", file=sys.stderr)
+            return 0
+        written = f" (written in full before it: {', '.join(committed)})" if committed else ""
+        print(f"xent: interrupted{written}", file=sys.stderr)
         return 130
     except Exception as error:  # noqa: BLE001 - every failure ends in one line and an exit code
         infrastructure = as_infrastructure_error(error, "a resource", "failed on")

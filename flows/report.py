@@ -1,30 +1,24 @@
 """Report tables (per class, per slice) and their atomic, self-describing write.
 
 Every table carries Parquet key-value metadata: the resolved config, the input
-fingerprint, xent's version, the units and the creation time. A report folder is
-written beside its destination and renamed into place, so readers see the old
-report or the new one, never a mix or a half-written file.
+fingerprint, xent's version, the units and the creation time. Folders are written
+all-or-nothing by :mod:`flows.writing`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import shutil
-import uuid
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from xent_kernels import ClassReport, ClassStats
 
 from . import __version__
 from .engine import Evaluation
-from .sources import filesystem
+from .writing import write_tables_atomically
 
 CLASS_METRICS = ["ce_mean", "ce_std", "accuracy", "top5_accuracy", "p_true_mean", "entropy_mean"]
 SLICE_METRICS = ["ce_mean", "ce_macro", "accuracy", "top5_accuracy", "p_true_mean", "entropy_mean", "ece"]
@@ -139,41 +133,3 @@ def write_report(evaluation: Evaluation, out: str, storage_options: dict[str, An
         for name, table in build_tables(evaluation).items()
     }
     return write_tables_atomically(tables, out, storage_options)
-
-
-def write_tables_atomically(tables: dict[str, pa.Table], out: str, storage_options: dict[str, Any] | None = None) -> dict[str, str]:
-    fs, path = filesystem(out, storage_options)
-    local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
-    if local:
-        return _write_local(tables, Path(path))
-    # Object stores have no folder rename: each object appears whole when its upload ends.
-    written = {}
-    for name, table in tables.items():
-        target = f"{path.rstrip('/')}/{name}.parquet"
-        with fs.open(target, "wb") as handle:
-            pq.write_table(table, handle, compression="zstd")
-        written[name] = fs.unstrip_protocol(target)
-    return written
-
-
-def _write_local(tables: dict[str, pa.Table], out: Path) -> dict[str, str]:
-    out = out.absolute()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    token = uuid.uuid4().hex[:8]
-    staging = out.parent / f".{out.name}.tmp-{token}"
-    staging.mkdir()
-    try:
-        for name, table in tables.items():
-            (staging / f"{name}.parquet").parent.mkdir(parents=True, exist_ok=True)
-            pq.write_table(table, staging / f"{name}.parquet", compression="zstd")
-        if out.exists():
-            retired = out.parent / f".{out.name}.old-{token}"
-            os.replace(out, retired)
-            os.replace(staging, out)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return {name: str(out / f"{name}.parquet") for name in tables}

@@ -39,6 +39,11 @@ def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple
     return url_to_fs(url, **(storage_options or {}))
 
 
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    """True for the local file system (plain paths, file:// URLs)."""
+    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+
+
 def _version(info: dict[str, Any]) -> str:
     for key in ("ETag", "etag", "mtime", "LastModified", "last_modified", "created"):
         if info.get(key) is not None:
