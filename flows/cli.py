@@ -309,7 +309,8 @@ def _print_error(message: str, verbose: bool) -> None:
         import traceback
 
         traceback.print_exc()
-    print(f"xent: error: {message}", file=sys.stderr)
+    one_line = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    print(f"xent: error: {one_line}", file=sys.stderr)
 
 
 def _version() -> str:

@@ -23,7 +23,7 @@ from distributed import Client, LocalCluster, as_completed
 from xent_kernels import ClassStats, class_stats_partial, find_invalid_row
 
 from .config import EvalConfig
-from .errors import DataError, UsageError
+from .errors import DataError, InfrastructureError, XentError, infrastructure_cause
 from .reader import ReadSpec, check_schema, iter_batches, open_parquet, resolve_spec
 from .sources import InputFile, fingerprint, list_inputs
 
@@ -263,18 +263,44 @@ def dask_client(address: str | None = None, *, n_workers: int | None = None) -> 
     verbose = logging.getLogger().getEffectiveLevel() < logging.WARNING
     logging.getLogger("distributed").setLevel(logging.INFO if verbose else logging.WARNING)
     logging.getLogger("distributed.worker").setLevel(logging.INFO if verbose else logging.CRITICAL)
+    logging.getLogger("distributed.client").setLevel(logging.INFO if verbose else logging.CRITICAL)
     logging.getLogger("distributed.worker.memory").setLevel(logging.INFO if verbose else logging.WARNING)
     address = address or os.environ.get("DASK_SCHEDULER_ADDRESS")
     if address:
         try:
             client = Client(address, timeout="20s")
         except (OSError, TimeoutError) as error:
-            raise UsageError(f"cannot reach the Dask scheduler at {address}: {error}") from None
-        with client:
+            raise InfrastructureError(
+                f"cannot reach the Dask scheduler at {address}: {error} (check the address and that the scheduler runs)",
+                transient=True,
+            ) from None
+        with client, _cluster_failures_named(address):
             yield client
         return
     threads = n_workers or os.cpu_count() or 1
     with LocalCluster(
         n_workers=1, threads_per_worker=threads, processes=False, dashboard_address=":0", silence_logs=logging.WARNING
-    ) as cluster, Client(cluster) as client:
+    ) as cluster, Client(cluster) as client, _cluster_failures_named(cluster.scheduler_address):
         yield client
+
+
+# Errors by which distributed says the cluster itself failed, whatever the data.
+_LOST_SCHEDULER = ("CommClosedError", "StreamClosedError", "FutureCancelledError", "CancelledError")
+
+
+@contextmanager
+def _cluster_failures_named(address: str) -> Iterator[None]:
+    """Turn the cluster's own failures (scheduler lost, workers dying) into an
+    InfrastructureError naming the scheduler; other errors pass unchanged."""
+    try:
+        yield
+    except XentError:
+        raise
+    except Exception as error:
+        name = type(error).__name__
+        if name in _LOST_SCHEDULER:
+            raise InfrastructureError(f"lost the Dask scheduler at {address} ({name}: {error})", transient=True) from error
+        if name == "KilledWorker":
+            cause = infrastructure_cause(error)[0]
+            raise InfrastructureError(f"Dask cluster at {address}: {cause}; {error}") from error
+        raise

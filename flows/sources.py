@@ -16,7 +16,7 @@ from typing import Any
 import fsspec
 from fsspec.core import url_to_fs
 
-from .errors import DataError, UsageError
+from .errors import DataError, UsageError, as_infrastructure_error
 
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 
@@ -93,8 +93,15 @@ def list_inputs(sources: list[str], storage_options: dict[str, Any] | None = Non
                 entries = {path: fs.info(path)}
             else:
                 raise DataError(f"{source}: no such file or folder")
-        except (OSError, ValueError) as error:
-            raise DataError(f"{source}: cannot list: {error}") from None
+        except DataError:
+            raise
+        except Exception as error:
+            failure = as_infrastructure_error(error, source, "cannot list")
+            if failure is not None:
+                raise failure from error
+            if isinstance(error, (OSError, ValueError)):
+                raise DataError(f"{source}: cannot list: {error}") from None
+            raise
         matched = 0
         for entry_path, info in sorted(entries.items()):
             if info.get("type") == "directory" or not _is_data_file(entry_path):

@@ -145,12 +145,16 @@ def stopping(servers: list[ServerProcess]) -> Iterator[list[ServerProcess]]:
             server.stop()
 
 
+def xent_command() -> list[str]:
+    """The installed `xent` command beside this interpreter, else `python -m flows.cli`."""
+    script = Path(sys.executable).parent / "xent"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "flows.cli"]
+
+
 def run_cli(args: list[str], env: dict[str, str] | None = None, timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run the installed `xent` command (beside this interpreter), or `python -m flows.cli`."""
-    script = Path(sys.executable).parent / "xent"
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "flows.cli"]
     return subprocess.run(
-        [*command, *args], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        [*xent_command(), *args], stdin=subprocess.DEVNULL, capture_output=True, text=True,
         env=env if env is not None else child_env(DASK_SCHEDULER_ADDRESS=None), timeout=timeout, cwd=cwd,
     )
 

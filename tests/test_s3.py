@@ -27,8 +27,11 @@ from flows.config import EvalConfig  # noqa: E402
 from flows.engine import dask_client, evaluate  # noqa: E402
 from flows.errors import DataError  # noqa: E402
 from flows.generate import generate_dump, load_arrays  # noqa: E402
-from flows.report import write_report  # noqa: E402
-from flows.sources import list_inputs  # noqa: E402
+from flows.adhoc import with_metadata  # noqa: E402
+from flows.errors import InfrastructureError  # noqa: E402
+from flows.report import build_tables, write_report  # noqa: E402
+from flows.writing import read_manifest, write_tables_atomically  # noqa: E402
+from flows.sources import filesystem, list_inputs  # noqa: E402
 from test_engine import assert_report_matches, expected_report  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
@@ -124,7 +127,8 @@ def test_s3_dump_evaluates_like_the_local_one(s3, client, dumps, tmp_path):
     assert evaluation.inputs[0].hive == {"date": "2026-11-22"}
     paths = write_report(evaluation, f"s3://{BUCKET}/reports/x/", s3.storage_options)
     assert paths == {name: f"s3://{BUCKET}/reports/x/{name}.parquet" for name in ("per_class", "summary")}
-    assert sorted(s3.fs.ls(f"{BUCKET}/reports/x")) == [f"{BUCKET}/reports/x/per_class.parquet", f"{BUCKET}/reports/x/summary.parquet"]
+    assert sorted(s3.fs.ls(f"{BUCKET}/reports/x")) == [f"{BUCKET}/reports/x/{name}" for name in
+                                                       ("_manifest.json", "per_class.parquet", "summary.parquet")]
 
     report = read_s3_report(s3, paths)
     assert_same_report(report, local_report, rtol=1e-12)
@@ -227,3 +231,39 @@ def test_report_metadata_holds_no_credentials(s3, client, dumps):
     for table in read_s3_report(s3, paths).values():
         for key, value in table.schema.metadata.items():
             assert SECRET.encode() not in value, key
+
+
+def test_s3_report_is_complete_exactly_when_its_manifest_lists_it(s3, client, dumps, monkeypatch):
+    """Object stores have no rename: the old manifest goes first, the new one comes last,
+    and tables of an older report that the new one lacks are removed."""
+    _, remote = dumps
+    out = f"s3://{BUCKET}/reports/manifest/"
+    evaluation = evaluate(config([remote.root], storage_options=s3.storage_options), client)
+    tables = with_metadata(build_tables(evaluation), evaluation)
+    write_tables_atomically({**tables, "extra": tables["summary"]}, out, s3.storage_options)
+    assert [e["file"] for e in read_manifest(out, s3.storage_options)["files"]] == [
+        "per_class.parquet", "summary.parquet", "extra.parquet"]
+
+    # A writer that dies after its first upload leaves no manifest: readers know.
+    fs = filesystem(out, s3.storage_options)[0]  # fsspec's cached instance, the one the writer gets
+    real_pipe, calls = fs.pipe_file, []
+
+    def dying_pipe(path, data, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            raise ConnectionResetError("writer died")
+        return real_pipe(path, data, **kwargs)
+
+    monkeypatch.setattr(fs, "pipe_file", dying_pipe)
+    with pytest.raises(InfrastructureError, match="cannot write"):
+        write_tables_atomically(tables, out, s3.storage_options)
+    monkeypatch.undo()
+    assert read_manifest(out, s3.storage_options) is None
+
+    write_tables_atomically(tables, out, s3.storage_options)
+    manifest = read_manifest(out, s3.storage_options)
+    root = f"{BUCKET}/reports/manifest"
+    assert sorted(s3.fs.ls(root, refresh=True)) == [f"{root}/{n}" for n in ("_manifest.json", "per_class.parquet", "summary.parquet")]
+    for entry in manifest["files"]:
+        data = s3.fs.cat_file(f"{root}/{entry['file']}")
+        assert len(data) == entry["bytes"] and hashlib.sha256(data).hexdigest() == entry["sha256"]
