@@ -9,12 +9,16 @@ Two kinds of evidence, per slice and overall:
 2. Distribution-level KL, JS and PSI between the predicted class marginals, and
    between confidence histograms re-binned at the reference's quantiles (see
    :mod:`xent_kernels.drift` for the smoothing). These need no ids.
+
+``drift_steps`` is the whole run without Prefect; the xent-drift flow runs the same
+steps as tasks.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import os
 import shutil
@@ -22,6 +26,7 @@ import tempfile
 import uuid
 import zlib
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -30,12 +35,11 @@ from distributed import Client
 from xent_kernels import ClassStats, class_stats_partial
 from xent_kernels.drift import histogram_divergences, quantile_bin_edges, rebin
 
-from .config import DriftConfig, DriftSettings, EvalConfig
-from .engine import Evaluation, FileInfo, PieceResult, _wait_all, evaluate, inspect_file, plan_pieces, tree_reduce
-from .errors import DataError
-from .reader import ReadSpec, iter_batches, open_parquet, resolve_spec
-from .report import _slice_columns, report_parts
-from .sources import list_inputs
+from .config import DriftConfig, DriftSettings
+from .engine import Evaluation, FileInfo, _wait_all, dask_client, evaluate, inspect_file, plan_pieces, tree_reduce
+from .errors import DataError, DriftBreach, UsageError
+from .reader import ReadSpec, iter_batches, open_parquet
+from .report import _slice_columns, config_json, report_metadata, report_parts, write_tables_atomically
 
 FINE_BINS = 200  # confidence histogram resolution before re-binning at reference quantiles
 
@@ -284,6 +288,40 @@ def drift_table(report: DriftReport) -> pa.Table:
     return pa.table(columns)
 
 
+def drift_tables(report: DriftReport, config: DriftConfig) -> dict[str, pa.Table]:
+    """The drift table with the current dump's report metadata (units included), the
+    reference's fingerprint and the drift config."""
+    metadata = report_metadata(report.current)
+    metadata[b"xent.reference_fingerprint"] = json.dumps(report.reference.fingerprint, sort_keys=True).encode()
+    metadata[b"xent.config"] = config_json(config)
+    return {"drift": drift_table(report).replace_schema_metadata(metadata)}
+
+
 def describe_breach(row: dict, slice_by: tuple[str, ...]) -> str:
     where = "overall" if row["key"] is None else ", ".join(f"{k}={v}" for k, v in zip(slice_by, row["key"]))
     return f"{row['metric']} = {row['value']:.6g} exceeds threshold {row['threshold']:.6g} ({where})"
+
+
+def breach_error(report: DriftReport) -> DriftBreach | None:
+    """The error a breached threshold ends the run with (exit code 3), naming every breach."""
+    messages = [describe_breach(row, report.slice_by) for row in report.breaches]
+    return DriftBreach("drift threshold breached: " + "; ".join(messages)) if messages else None
+
+
+# --------------------------------------------------------------------------- the steps
+
+
+DriftSteps = tuple[Callable, Callable]  # compare, write tables; or their Prefect tasks
+PLAIN_STEPS: DriftSteps = (compare, write_tables_atomically)
+
+
+def drift_steps(config: DriftConfig, out: str, steps: DriftSteps = PLAIN_STEPS) -> tuple[dict[str, str], DriftReport]:
+    """Compare the current dump with the reference and write ``drift.parquet`` under
+    `out`; returns (paths, report). ``xent drift --no-prefect`` runs this directly,
+    the xent-drift flow with its steps as tasks; neither imports Prefect here."""
+    if not config.reference:
+        raise UsageError("no reference dump given (--reference or 'reference' in the config)")
+    run, write = steps
+    with dask_client(config.scheduler) as client:
+        report = run(config, client)
+    return write(drift_tables(report, config), out, config.storage_options), report
