@@ -28,6 +28,114 @@ MODELS = ("a", "b", "c")
 CLASSES = 4
 
 
+# --------------------------------------------------------------------------- several models scoring the same ids
+
+
+def model_dumps(tmp_path: Path, layout: str, string_ids: bool = False) -> dict[str, dict[str, dict[str, np.ndarray]]]:
+    """A reference and a current dump in which every model scores the same ids.
+
+    Per model and side, a generated dump (the model's own seed; the current side
+    drifted by a model-dependent amount, shuffled, and missing the last 100 ids).
+    layout "hive": those dumps as they are, in model=<name> folders. layout "column":
+    their rows mixed into three shards with a `model` column. Returns the arrays per
+    side and model, as written.
+    """
+    arrays: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+    for side, rows in (("reference", 900), ("current", 800)):
+        arrays[side] = {}
+        tables = []
+        for i, model in enumerate(MODELS):
+            drift = 0.0 if side == "reference" else 0.3 * (i + 1)
+            folder = tmp_path / side / f"model={model}" if layout == "hive" else tmp_path / "generated" / side / model
+            dump = generate_dump(folder, rows=rows, classes=CLASSES, shards=2, seed=20 + i, drift=drift,
+                                 shuffle=side == "current")
+            arrays[side][model] = data = load_arrays(dump)
+            if layout != "column":
+                continue
+            tables.append(pa.table({
+                "id": pa.array([f"s{v:05d}" for v in data["id"]]) if string_ids else pa.array(data["id"]),
+                "label": pa.array(data["label"]),
+                "logits": pa.FixedSizeListArray.from_arrays(pa.array(data["pred"].astype(np.float32).ravel()), CLASSES),
+                "model": pa.array([model] * len(data["id"])),
+            }))
+        if layout == "column":
+            table = pa.concat_tables(tables)
+            table = table.take(np.random.default_rng(len(side)).permutation(table.num_rows))
+            (tmp_path / side).mkdir()
+            for k, part in enumerate(np.array_split(np.arange(table.num_rows), 3)):
+                pq.write_table(table.take(part), tmp_path / side / f"part-{k}.parquet")
+    return arrays
+
+
+def expected_kl(arrays) -> dict[str, np.ndarray]:
+    """Per model, KL(reference‖current) of each id present on both sides (joined on model and id)."""
+    per_model = {}
+    for model in MODELS:
+        ref, cur = arrays["reference"][model], arrays["current"][model]
+        shared, in_ref, in_cur = np.intersect1d(ref["id"], cur["id"], return_indices=True)
+        p = np.exp(log_softmax(ref["pred"][in_ref], axis=1))
+        q = np.exp(log_softmax(cur["pred"][in_cur], axis=1))
+        per_model[model] = rel_entr(p, q).sum(axis=1)
+    return per_model
+
+
+def rows_by_key(report) -> dict:
+    return {(row["key"], row["metric"]): row["value"] for row in report.rows if row["class"] is None}
+
+
+@pytest.mark.parametrize("layout, string_ids, key", [
+    ("column", False, None),  # default key: id plus the slice column model
+    ("column", True, ["model", "id"]),  # string ids, the key named, no slicing
+    ("hive", False, None),  # model from the folder names
+    ("hive", False, ["model", "id"]),  # a hive key in the join key without slicing by it
+])
+def test_models_scoring_the_same_ids_join_model_with_model(tmp_path, layout, string_ids, key):
+    arrays = model_dumps(tmp_path, layout, string_ids)
+    sliced = key is None
+    config = DriftConfig(
+        sources=[str(tmp_path / "current")], reference=[str(tmp_path / "reference")],
+        slice_by=["model"] if sliced else [], drift={"bucket_rows": 1000, "id_cols": key},
+    )
+    _, report = drift_steps(config, str(tmp_path / "out"))
+    values = rows_by_key(report)
+    per_model = expected_kl(arrays)
+    assert values[(None, "n_matched")] == 3 * 800
+    assert values[(None, "n_only_reference")] == 3 * 100
+    assert values[(None, "n_only_current")] == 0
+    assert_allclose(values[(None, "kl_per_sample")], np.concatenate(list(per_model.values())).mean(), rtol=1e-10)
+    if sliced:
+        for model in MODELS:
+            assert_allclose(values[((model,), "kl_per_sample")], per_model[model].mean(), rtol=1e-10)
+
+
+def test_duplicate_keys_name_the_key_columns_and_suggest_id_cols(tmp_path, capsys):
+    model_dumps(tmp_path, "column")
+    code = main(["drift", "--reference", str(tmp_path / "reference"), "--current", str(tmp_path / "current"),
+                 "--out", str(tmp_path / "out"), "--no-prefect"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "appears 3 times" in err and "join key (id)" in err and "id_cols" in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_key_columns_of_different_types_are_a_data_error(tmp_path):
+    reference = generate_dump(tmp_path / "reference", rows=300, classes=3, shards=1, seed=1)
+    table = pq.read_table(reference.files[0])
+    (tmp_path / "current").mkdir()
+    pq.write_table(table.set_column(0, "id", pa.array([str(v) for v in table.column("id").to_pylist()])),
+                   tmp_path / "current" / "part-0.parquet")
+    config = DriftConfig(sources=[str(tmp_path / "current")], reference=[reference.root])
+    with pytest.raises(DataError, match="key column 'id' is integer in the reference dump .* but string in the current"):
+        drift_steps(config, str(tmp_path / "out"))
+
+
+def test_a_missing_key_column_is_named(tmp_path):
+    dump = generate_dump(tmp_path / "dump", rows=300, classes=3, shards=1, seed=1)
+    config = DriftConfig(sources=[dump.root], reference=[dump.root], drift={"id_cols": "model,id"})
+    with pytest.raises(DataError, match=r"no key column 'model'.*joined on \(model, id\).*id_cols"):
+        drift_steps(config, str(tmp_path / "out"))
+
+
 # --------------------------------------------------------------------------- the CLI: --no-prefect
 
 
