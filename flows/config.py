@@ -152,7 +152,9 @@ class DriftSettings(StrictModel):
         description="Columns (or hive folder keys) that identify a row in both dumps: the per-sample join key. "
         "Default: id_col plus the slice columns, so several models scoring the same ids join model with model.",
     )
-    thresholds: dict[str, float] = Field(default_factory=dict, description="Metric -> largest allowed value.")
+    thresholds: dict[str, float] = Field(
+        default_factory=dict, description="Metric -> largest allowed value, in the run's units."
+    )
     slice_thresholds: list[SliceThresholds] = Field(default_factory=list)
     confidence_bins: int = Field(10, ge=2, le=100, description="Confidence bins, at reference quantiles.")
     smoothing: float = Field(1e-4, gt=0, lt=1, description="Added to every bin's share before KL/JS/PSI.")

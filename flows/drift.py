@@ -12,7 +12,8 @@ Two kinds of evidence, per slice and overall:
    between confidence histograms re-binned at the reference's quantiles (see
    :mod:`xent_kernels.drift` for the smoothing). These need no ids.
 
-``drift_steps`` is the whole run without Prefect; the xent-drift
+Every divergence is reported in the config's units (nats, or bits); thresholds are
+in the same units. ``drift_steps`` is the whole run without Prefect; the xent-drift
 flow runs the same steps as tasks.
 """
 
@@ -38,7 +39,7 @@ from distributed import Client
 from xent_kernels import ClassStats, class_stats_partial
 from xent_kernels.drift import histogram_divergences, quantile_bin_edges, rebin
 
-from .config import DriftConfig, DriftSettings
+from .config import DRIFT_METRICS, DriftConfig, DriftSettings
 from .engine import Evaluation, FileInfo, _wait_all, dask_client, evaluate, inspect_file, plan_pieces, tree_reduce
 from .errors import DataError, DriftBreach, UsageError
 from .reader import ReadSpec, iter_batches, open_parquet
@@ -267,6 +268,9 @@ def per_sample_kl(config: DriftConfig, specs: dict[str, ReadSpec], infos: dict[s
 # --------------------------------------------------------------------------- the whole comparison
 
 
+UNIT_DIVISORS = {"nats": 1.0, "bits": math.log(2)}  # divergences are computed in nats
+
+
 @dataclass
 class DriftReport:
     rows: list[dict]  # key (slice tuple or None), metric, value, threshold, breached, class, n
@@ -281,7 +285,7 @@ class DriftReport:
 
 
 def compare(config: DriftConfig, client: Client) -> DriftReport:
-    """Evaluate both dumps and compute every drift metric with its threshold."""
+    """Evaluate both dumps and compute every drift metric, in the config's units, with its threshold."""
     fine = {"n_bins": FINE_BINS}
     current = evaluate(config.model_copy(update=fine), client)
     reference = evaluate(config.model_copy(update={**fine, "sources": config.reference}), client)
@@ -293,7 +297,10 @@ def compare(config: DriftConfig, client: Client) -> DriftReport:
     rows = distribution_rows(reference, current, config.drift)
     if config.drift.per_sample:
         rows += _per_sample_rows(config, reference, current, client)
+    divisor = UNIT_DIVISORS[config.units]
     for row in rows:
+        if row["metric"] in DRIFT_METRICS:  # divergences; counts stay counts
+            row["value"] /= divisor
         row.setdefault("class", None)
         row.setdefault("n", None)
         threshold = threshold_for(config.drift, config.slice_by, row["key"], row["metric"]) if row["class"] is None else None

@@ -136,7 +136,7 @@ def test_a_missing_key_column_is_named(tmp_path):
         drift_steps(config, str(tmp_path / "out"))
 
 
-# --------------------------------------------------------------------------- the CLI: --no-prefect
+# --------------------------------------------------------------------------- units
 
 
 def drift_dumps(tmp_path, drift=1.0):
@@ -144,6 +144,41 @@ def drift_dumps(tmp_path, drift=1.0):
     reference = generate_dump(tmp_path / "ref", rows=3000, shards=3, **common)
     current = generate_dump(tmp_path / "cur", rows=2500, shards=2, shuffle=True, drift=drift, **common)
     return reference, current
+
+
+def test_bits_divide_every_divergence_and_thresholds_are_in_bits(tmp_path):
+    reference, current = drift_dumps(tmp_path)
+
+    def run(units, thresholds):
+        config = DriftConfig(sources=[current.root], reference=[reference.root], slice_by=["model"], units=units,
+                             drift={"thresholds": thresholds, "bucket_rows": 1000})
+        paths, report = drift_steps(config, str(tmp_path / units))
+        return pq.read_table(paths["drift"]), report
+
+    nats, nats_report = run("nats", {})
+    kl_nats = rows_by_key(nats_report)[(None, "kl_per_sample")]
+    # Between the value in nats and the value in bits (1.44 times larger): breached only in bits.
+    bits, bits_report = run("bits", {"kl_per_sample": 1.2 * kl_nats})
+    assert nats.column_names == bits.column_names and nats.num_rows == bits.num_rows
+    assert bits.schema.metadata[b"xent.units"] == b"bits" and nats.schema.metadata[b"xent.units"] == b"nats"
+    metric = nats.column("metric").to_pylist()
+    divergence = np.isin(metric, DRIFT_METRICS)
+    assert set(np.array(metric)[divergence]) == set(DRIFT_METRICS)  # every kind of divergence is checked
+    value_nats, value_bits = nats.column("value").to_numpy(), bits.column("value").to_numpy()
+    assert_allclose(value_bits[divergence], value_nats[divergence] / math.log(2), rtol=1e-12)
+    assert_allclose(value_bits[~divergence], value_nats[~divergence], rtol=0)  # counts
+    kl_class = ~np.isnan(nats.column("kl_mean").to_numpy(zero_copy_only=False))
+    assert kl_class.any()
+    assert_allclose(bits.column("kl_mean").to_numpy()[kl_class], nats.column("kl_mean").to_numpy()[kl_class] / math.log(2),
+                    rtol=1e-12)
+    threshold = 1.2 * kl_nats
+    breached = {(row["key"], row["metric"]) for row in bits_report.breaches}
+    assert (None, "kl_per_sample") in breached and kl_nats < threshold
+    assert breached == {(row["key"], row["metric"]) for row in bits_report.rows
+                        if row["metric"] == "kl_per_sample" and row["class"] is None and row["value"] > threshold}
+
+
+# --------------------------------------------------------------------------- the CLI: --no-prefect
 
 
 def test_no_prefect_never_imports_it(tmp_path):
