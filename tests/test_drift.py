@@ -178,7 +178,49 @@ def test_bits_divide_every_divergence_and_thresholds_are_in_bits(tmp_path):
                         if row["metric"] == "kl_per_sample" and row["class"] is None and row["value"] > threshold}
 
 
-# --------------------------------------------------------------------------- the CLI: --no-prefect
+# --------------------------------------------------------------------------- the CLI: verdict, breaches, --no-prefect
+
+
+def write_yaml(path: Path, data) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_without_thresholds_says_so_and_lists_the_values(tmp_path, capsys):
+    reference, current = drift_dumps(tmp_path, drift=0.5)
+    common = ["drift", "--reference", reference.root, "--current", current.root, "--slice-by", "model", "--no-prefect"]
+    assert main([*common, "--out", str(tmp_path / "none")]) == 0
+    out = capsys.readouterr().out
+    assert "no thresholds set" in out and "within thresholds" not in out, out
+    for metric in DRIFT_METRICS:
+        assert metric in out
+    assert str(tmp_path / "none" / "drift.parquet") in out.replace("\n", "")
+
+    config = write_yaml(tmp_path / "d.yaml", {"drift": {"thresholds": {"marginal_js": 10.0}}})
+    assert main([*common, "--out", str(tmp_path / "within"), "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "within thresholds" in out and "no thresholds set" not in out, out
+
+
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.parametrize("mode", ["flow", "no-prefect"])
+def test_every_breach_is_printed_and_exits_3(tmp_path, capsys, mode):
+    reference, current = drift_dumps(tmp_path)
+    config = write_yaml(tmp_path / "d.yaml", {"drift": {"thresholds": {"kl_per_sample": 0.001, "marginal_js": 1e-6}}})
+    args = ["drift", "--reference", reference.root, "--current", current.root, "--slice-by", "model",
+            "--out", str(tmp_path / "out"), "--config", str(config)]
+    code = main(args + (["--no-prefect"] if mode == "no-prefect" else []))
+    captured = capsys.readouterr()
+    assert code == 3, captured.err
+    table = pq.read_table(tmp_path / "out" / "drift.parquet").to_pylist()
+    breached = [row for row in table if row["breached"]]
+    assert len(breached) == 6  # two metrics, two slices and overall
+    lines = [line for line in captured.out.splitlines() if line.startswith("BREACH ")]
+    assert len(lines) == len(breached), captured.out
+    for row in breached:
+        where = "overall" if row["overall"] else f"model={row['model']}"
+        assert any(f"BREACH {row['metric']} = " in line and line.endswith(f"({where})") for line in lines), (row, lines)
+    assert "drift.parquet" in captured.out
 
 
 def test_no_prefect_never_imports_it(tmp_path):
