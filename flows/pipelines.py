@@ -25,7 +25,7 @@ from prefect.states import Completed, Failed
 
 from . import adhoc
 from .config import DriftConfig, EvalConfig, NightlyConfig, NightlySource, build_config
-from .drift import DriftReport, breach_error, compare, describe_breach, drift_steps, drift_tables
+from .drift import DriftReport, breach_error, compare, describe_breach, drift_steps, drift_tables, dump_label
 from .engine import dask_client
 from .errors import DataError, DriftBreach, InfrastructureError, XentError, infrastructure_cause
 from .report import build_tables, report_metadata
@@ -127,11 +127,21 @@ def eval_flow(config: EvalConfig, out: str) -> dict[str, str]:
 # --------------------------------------------------------------------------- drift
 
 
-@flow(name="xent-drift", log_prints=False)
+def _drift_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    config = DriftConfig.model_validate(flow_run.parameters["config"])
+    return f"xent-drift {dump_label(config.sources)} vs {dump_label(config.reference)}"
+
+
+@flow(name="xent-drift", flow_run_name=_drift_run_name, log_prints=False)
 def drift_flow(config: DriftConfig, out: str) -> Any:
     """Compare the current dump with the reference; a breached threshold fails the run."""
     paths, report = drift_steps(config, out, (compare_on_cluster, write_tables))
-    publish_artifact(_artifact_key("xent-drift"), _drift_rows(report), f"Drift of {config.sources} against {config.reference}")
+    # One artifact key per current dump (its name and content digest): runs on other
+    # dumps never replace this one's latest table.
+    key = _artifact_key("xent-drift", dump_label(config.sources)[:60], report.current.fingerprint["digest"][:8])
+    publish_artifact(key, _drift_rows(report), f"Drift ({config.units}) of {config.sources} against {config.reference}")
     return _breach_state(report, {"paths": paths, "breaches": [describe_breach(r, report.slice_by) for r in report.breaches]})
 
 

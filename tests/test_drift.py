@@ -242,3 +242,33 @@ def test_no_prefect_never_imports_it(tmp_path):
     assert "kl_per_sample" in table.column("metric").to_pylist()
 
 
+# --------------------------------------------------------------------------- the flow: artifact keys and run names
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_drift_runs_on_other_dumps_keep_their_own_artifacts(tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    from flows.pipelines import drift_flow
+
+    common = dict(rows=1500, classes=3, slices={"model": ["a", "b"]}, seed=3)
+    reference = generate_dump(tmp_path / "dumps" / "date=2026-11-22", shards=2, **common)
+    runs = {}
+    for day, drift in (("2026-11-23", 0.3), ("2026-11-24", 0.6)):
+        current = generate_dump(tmp_path / "dumps" / f"date={day}", shards=2, drift=drift, **common)
+        config = DriftConfig(sources=[current.root], reference=[reference.root], slice_by=["model"])
+        state = drift_flow(config, str(tmp_path / f"out-{day}"), return_state=True)
+        assert state.is_completed(), state.message
+        runs[day] = state.state_details.flow_run_id
+
+    keys = {}
+    with get_client(sync_client=True) as client:
+        for day, run_id in runs.items():
+            assert client.read_flow_run(run_id).name == f"xent-drift date={day} vs date=2026-11-22"
+            artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
+            (artifact,) = [a for a in artifacts if a.key]
+            assert artifact.key.startswith(f"xent-drift-date-{day}-"), artifact.key
+            assert "kl_per_sample" in str(artifact.data)
+            keys[day] = artifact.key
+    assert len(set(keys.values())) == 2
