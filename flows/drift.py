@@ -218,7 +218,7 @@ def _check_unique(side: str, codes: np.ndarray, rows: _Rows, key: tuple[str, ...
     counts = np.bincount(codes)
     if counts.max(initial=0) > 1:
         row = int(np.flatnonzero(counts[codes] > 1)[0])
-        value = ", ".join(f"{name}={values[row]!r}" for name, values in zip(key, rows.keys))
+        value = ", ".join(f"{name}={values[row:row + 1].tolist()[0]!r}" for name, values in zip(key, rows.keys))
         raise DataError(
             f"{side} dump: key ({value}) appears {counts[codes[row]]} times, but the join key ({', '.join(key)}) "
             "must identify one row: set drift.id_cols (or --id-cols) to the columns that do, e.g. [model, id]"

@@ -110,12 +110,16 @@ def test_models_scoring_the_same_ids_join_model_with_model(tmp_path, layout, str
 
 def test_duplicate_keys_name_the_key_columns_and_suggest_id_cols(tmp_path, capsys):
     model_dumps(tmp_path, "column")
-    code = main(["drift", "--reference", str(tmp_path / "reference"), "--current", str(tmp_path / "current"),
-                 "--out", str(tmp_path / "out"), "--no-prefect"])
+    args = ["drift", "--reference", str(tmp_path / "reference"), "--current", str(tmp_path / "current"),
+            "--out", str(tmp_path / "out"), "--no-prefect"]
+    code = main(args)
     err = capsys.readouterr().err
     assert code == 1, err
-    assert "appears 3 times" in err and "join key (id)" in err and "id_cols" in err, err
+    assert "key (id=" in err and "appears 3 times" in err and "join key (id)" in err and "id_cols" in err, err
     assert len(err.strip().splitlines()) == 1
+    assert main([*args, "--id-cols", "model,id"]) == 0, capsys.readouterr().err  # as the message suggests
+    matched = [r for r in pq.read_table(tmp_path / "out" / "drift.parquet").to_pylist() if r["metric"] == "n_matched"]
+    assert [r["value"] for r in matched] == [3 * 800]
 
 
 def test_key_columns_of_different_types_are_a_data_error(tmp_path):
