@@ -92,23 +92,40 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_drift(args: argparse.Namespace) -> int:
-    from .config import DriftConfig, build_config
-    from .pipelines import drift_flow
+    from pydantic import ValidationError
+
+    from .config import DriftConfig, build_config, describe_validation_error
+    from .errors import DriftBreach
     from .show import print_drift
 
     overrides = _eval_overrides(args)
     overrides["sources"] = args.current
     overrides["reference"] = args.reference
     config = build_config(DriftConfig, args.config, overrides)
-    if args.id_col:
-        config.drift.id_col = args.id_col
     try:
-        result = run_flow(drift_flow, config, args.out)
-    except XentError as error:
-        if error.exit_code == 3:
-            print_drift(f"{args.out.rstrip('/')}/drift.parquet", storage_options=config.storage_options)
+        if args.id_col:
+            config.drift.id_col = args.id_col
+        if args.id_cols:
+            config.drift.id_cols = args.id_cols
+    except ValidationError as error:
+        raise UsageError(describe_validation_error(error, "--id-cols")) from None
+    if args.no_prefect:
+        from .drift import breach_error, drift_steps
+
+        paths, report = drift_steps(config, args.out)
+        print_drift(paths["drift"], storage_options=config.storage_options)
+        error = breach_error(report)
+        if error is not None:
+            raise error
+        return 0
+    from .pipelines import drift_flow
+
+    try:
+        paths = run_flow(drift_flow, config, args.out)["paths"]
+    except DriftBreach:  # the failed run wrote its report too
+        print_drift(f"{args.out.rstrip('/')}/drift.parquet", storage_options=config.storage_options)
         raise
-    print_drift(result["paths"]["drift"], storage_options=config.storage_options)
+    print_drift(paths["drift"], storage_options=config.storage_options)
     return 0
 
 
@@ -233,8 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("drift", help="compare a current dump with a reference: per-sample KL, marginal and confidence drift")
     p.add_argument("--reference", nargs="+", required=True, help="the reference dump")
     p.add_argument("--current", nargs="+", required=True, help="the current dump")
-    p.add_argument("--id-col", help="row id column for the per-sample join (default: id)")
+    p.add_argument("--id-col", help="row id column; the per-sample join key is it plus the slice columns (default: id)")
+    p.add_argument("--id-cols", metavar="COL[,COL...]",
+                   help="the whole per-sample join key, e.g. model,id (columns or hive folder keys)")
     _add_eval_arguments(p, sources=False)
+    p.add_argument("--no-prefect", action="store_true", help="run the same steps without Prefect (no run history, no artifact)")
     p.set_defaults(handler=cmd_drift)
 
     p = sub.add_parser("nightly", help="evaluate each configured source for a date (or a range) into the report history")

@@ -117,7 +117,7 @@ def read_class_names(value: str) -> list[str]:
 
 
 DRIFT_METRICS = (
-    "kl_per_sample",  # mean KL(reference‖current) over rows joined on id
+    "kl_per_sample",  # mean KL(reference‖current) over rows joined on the key columns
     "marginal_kl", "marginal_js", "marginal_psi",  # predicted class marginals
     "confidence_kl", "confidence_js", "confidence_psi",  # confidence histograms
 )
@@ -145,12 +145,20 @@ def _check_metrics(value: dict[str, float]) -> dict[str, float]:
 class DriftSettings(StrictModel):
     """How to compare a dump with its reference, and when to raise the alarm."""
 
-    id_col: str = "id"
-    thresholds: dict[str, float] = Field(default_factory=dict, description="Metric -> largest allowed value.")
+    id_col: str = Field("id", description="Row id column; with the slice columns, the default join key.")
+    id_cols: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Columns (or hive folder keys) that identify a row in both dumps: the per-sample join key. "
+        "Default: id_col plus the slice columns, so several models scoring the same ids join model with model.",
+    )
+    thresholds: dict[str, float] = Field(
+        default_factory=dict, description="Metric -> largest allowed value, in the run's units."
+    )
     slice_thresholds: list[SliceThresholds] = Field(default_factory=list)
     confidence_bins: int = Field(10, ge=2, le=100, description="Confidence bins, at reference quantiles.")
     smoothing: float = Field(1e-4, gt=0, lt=1, description="Added to every bin's share before KL/JS/PSI.")
-    per_sample: bool = Field(True, description="Join rows on id_col for per-sample KL.")
+    per_sample: bool = Field(True, description="Join rows on the key columns for per-sample KL.")
     bucket_rows: int = Field(2_000_000, ge=1, description="Rows per join bucket: bounds worker memory.")
     scratch_dir: str | None = Field(None, description="Where join buckets spill (shared by all workers).")
 
@@ -158,6 +166,26 @@ class DriftSettings(StrictModel):
     @classmethod
     def _known_metrics(cls, value):
         return _check_metrics(value)
+
+    @field_validator("id_cols", mode="before")
+    @classmethod
+    def _split_id_commas(cls, value):
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("id_cols")
+    @classmethod
+    def _distinct_id_cols(cls, value):
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError(f"key columns must be distinct, got {value}")
+        return value
+
+    def join_key(self, slice_by: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+        """The columns rows are joined on: `id_cols`, else `id_col` and the slice columns."""
+        if self.id_cols:
+            return tuple(self.id_cols)
+        return tuple(dict.fromkeys([self.id_col, *slice_by]))
 
 
 class DriftConfig(EvalConfig):

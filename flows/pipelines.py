@@ -25,10 +25,10 @@ from prefect.states import Completed, Failed
 
 from . import adhoc
 from .config import DriftConfig, EvalConfig, NightlyConfig, NightlySource, build_config
-from .drift import DriftReport, compare, describe_breach, drift_table
+from .drift import DriftReport, breach_error, compare, describe_breach, drift_steps, drift_tables, dump_label
 from .engine import dask_client
 from .errors import DataError, DriftBreach, InfrastructureError, XentError, infrastructure_cause
-from .report import build_tables, config_json, report_metadata
+from .report import build_tables, report_metadata
 from .sources import InputFile, filesystem, fingerprint
 
 def _transient(task, task_run, state) -> bool:
@@ -100,23 +100,16 @@ def _drift_rows(report: DriftReport) -> list[dict]:
 
 
 def _breach_state(report: DriftReport, result: Any) -> Any:
-    breaches = report.breaches
-    if not breaches:
+    error = breach_error(report)
+    if error is None:
         return result
     logger = get_run_logger()
-    messages = [describe_breach(row, report.slice_by) for row in breaches]
-    for message in messages:
-        logger.warning("drift: %s", message)
-    message = "drift threshold breached: " + "; ".join(messages)
-    return Failed(message=message, data=DriftBreach(message))
+    for row in report.breaches:
+        logger.warning("drift: %s", describe_breach(row, report.slice_by))
+    return Failed(message=str(error), data=error)
 
 
-def _drift_tables(report: DriftReport, config: DriftConfig) -> dict[str, pa.Table]:
-    table = drift_table(report)
-    metadata = report_metadata(report.current)
-    metadata[b"xent.reference_fingerprint"] = json.dumps(report.reference.fingerprint, sort_keys=True).encode()
-    metadata[b"xent.config"] = config_json(config)
-    return {"drift": table.replace_schema_metadata(metadata)}
+_drift_tables = drift_tables  # the nightly flow's name for it
 
 
 # --------------------------------------------------------------------------- ad hoc
@@ -134,15 +127,21 @@ def eval_flow(config: EvalConfig, out: str) -> dict[str, str]:
 # --------------------------------------------------------------------------- drift
 
 
-@flow(name="xent-drift", log_prints=False)
+def _drift_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    config = DriftConfig.model_validate(flow_run.parameters["config"])
+    return f"xent-drift {dump_label(config.sources)} vs {dump_label(config.reference)}"
+
+
+@flow(name="xent-drift", flow_run_name=_drift_run_name, log_prints=False)
 def drift_flow(config: DriftConfig, out: str) -> Any:
     """Compare the current dump with the reference; a breached threshold fails the run."""
-    if not config.reference:
-        raise DataError("no reference dump given (--reference or 'reference' in the config)")
-    with dask_client(config.scheduler) as client:
-        report = compare_on_cluster(config, client)
-    paths = write_tables(_drift_tables(report, config), out, config.storage_options)
-    publish_artifact(_artifact_key("xent-drift"), _drift_rows(report), f"Drift of {config.sources} against {config.reference}")
+    paths, report = drift_steps(config, out, (compare_on_cluster, write_tables))
+    # One artifact key per current dump (its name and content digest): runs on other
+    # dumps never replace this one's latest table.
+    key = _artifact_key("xent-drift", dump_label(config.sources)[:60], report.current.fingerprint["digest"][:8])
+    publish_artifact(key, _drift_rows(report), f"Drift ({config.units}) of {config.sources} against {config.reference}")
     return _breach_state(report, {"paths": paths, "breaches": [describe_breach(r, report.slice_by) for r in report.breaches]})
 
 

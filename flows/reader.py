@@ -47,7 +47,8 @@ class ReadSpec:
     batch_logits: int
     storage_options: dict[str, Any] = field(default_factory=dict)
     reference_file: str = ""  # the shard the layout was taken from, for messages
-    id_col: str | None = None  # read row ids too (per-sample drift joins on them)
+    id_cols: tuple[str, ...] = ()  # row key columns, read too for the per-sample drift join
+    hive_ids: tuple[str, ...] = ()  # the id_cols that come from hive folders
 
     @property
     def pred_label(self) -> str:
@@ -55,7 +56,8 @@ class ReadSpec:
 
     def columns_to_read(self) -> list[str]:
         file_slices = [name for name in self.slice_by if name not in self.hive_slices]
-        extra = [name for name in (self.weight_col, self.id_col) if name]
+        file_ids = [name for name in self.id_cols if name not in self.hive_ids]
+        extra = [name for name in (self.weight_col, *file_ids) if name]
         return list(dict.fromkeys([*self.pred_columns, self.label_col, *extra, *file_slices]))
 
     @property
@@ -208,7 +210,7 @@ def check_schema(parquet: pq.ParquetFile, file: InputFile, spec: ReadSpec) -> No
     for name in spec.columns_to_read():
         if name not in names:
             raise DataError(f"{file.url}: missing column '{name}' (present in {spec.reference_file})")
-    for name in spec.hive_slices:
+    for name in dict.fromkeys([*spec.hive_slices, *spec.hive_ids]):
         if name not in file.hive:
             raise DataError(f"{file.url}: no hive folder key '{name}' in its path (present for {spec.reference_file})")
     if spec.layout == "list":
@@ -241,7 +243,7 @@ class Batch:
     weights: np.ndarray | None
     slice_ids: np.ndarray | None
     slice_keys: list[tuple]
-    ids: np.ndarray | None = None
+    ids: list[np.ndarray] | None = None  # one array per key column in spec.id_cols
 
 
 def iter_batches(parquet: pq.ParquetFile, file: InputFile, spec: ReadSpec, row_groups: list[int] | None) -> Iterator[Batch]:
@@ -278,13 +280,20 @@ def to_arrays(batch: pa.RecordBatch, first_row: int, file: InputFile, spec: Read
         if bad.size:
             raise DataError(f"{_where(file, spec.weight_col, first_row + bad[0])}: weight {weights[bad[0]]}, expected a finite value >= 0")
     slice_ids, slice_keys = _slices(batch, n, file, spec)
-    ids = None
-    if spec.id_col:
-        column = batch.column(spec.id_col)
-        if column.null_count:
-            raise DataError(f"{_where(file, spec.id_col, first_row + _first_null(column))}: null id")
-        ids = column.to_numpy(zero_copy_only=False)
+    ids = [_key_values(batch, name, first_row, file, spec) for name in spec.id_cols] if spec.id_cols else None
     return Batch(first_row, pred, labels, weights, slice_ids, slice_keys, ids)
+
+
+def _key_values(batch: pa.RecordBatch, name: str, first_row: int, file: InputFile, spec: ReadSpec) -> np.ndarray:
+    """One key column as an array: integers stay integers, other values become objects."""
+    if name in spec.hive_ids:
+        return np.full(batch.num_rows, file.hive[name], dtype=object)
+    column = batch.column(name)
+    if column.null_count:
+        raise DataError(f"{_where(file, name, first_row + _first_null(column))}: null key value (the drift join needs every key)")
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
+    return column.to_numpy(zero_copy_only=False)
 
 
 def _first_null(column: pa.Array) -> int:

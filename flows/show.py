@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 from rich.console import Console
 from rich.table import Table
 
+from .config import DRIFT_METRICS
 from .sources import filesystem
 
 
@@ -65,18 +66,32 @@ def print_report(
 
 
 def print_drift(path: str, console: Console | None = None, storage_options: dict[str, Any] | None = None) -> None:
-    """The drift metrics per slice with thresholds, and the verdict."""
+    """The drift metrics per slice with thresholds, every breach, the verdict, and where the report is."""
+    from .drift import describe_breach
+
     console = console or Console()
-    rows = [r for r in read_report_table(path, storage_options).to_pylist() if r["class"] is None]
+    table_data = read_report_table(path, storage_options)
+    units = (table_data.schema.metadata or {}).get(b"xent.units", b"nats").decode()
+    rows = [r for r in table_data.to_pylist() if r["class"] is None]
     fixed = {"overall", "metric", "class", "n", "value", "kl_mean", "threshold", "breached"}
-    slice_columns = [c for c in (rows[0] if rows else {}) if c not in fixed]
-    table = Table(title="drift against the reference")
+    slice_columns = tuple(c for c in table_data.column_names if c not in fixed)
+    table = Table(title=f"drift against the reference (divergences in {units})")
     for column in ("slice", "metric", "value", "threshold", "breached"):
         table.add_column(column, justify="right")
     for row in rows:
         where = "(all)" if row["overall"] else ",".join(f"{c}={row[c]}" for c in slice_columns)
-        table.add_row(where, row["metric"], _fmt(row["value"]), _fmt(row["threshold"]), "BREACH" if row["breached"] else "")
+        value = row["value"] if row["metric"] in DRIFT_METRICS else int(row["value"])  # n_matched, ...: counts
+        table.add_row(where, row["metric"], _fmt(value), _fmt(row["threshold"]), "BREACH" if row["breached"] else "")
     console.print(table)
     breached = [r for r in rows if r["breached"]]
-    console.print(f"drift verdict: {'BREACHED (' + str(len(breached)) + ' threshold(s))' if breached else 'within thresholds'}")
-    console.print(f"drift: {path}")
+    for row in breached:
+        key = None if row["overall"] else tuple(row[c] for c in slice_columns)
+        console.print(f"BREACH {describe_breach({**row, 'key': key}, slice_columns)}", soft_wrap=True)
+    if breached:
+        verdict = f"BREACHED ({len(breached)} threshold(s))"
+    elif all(r["threshold"] is None for r in rows):
+        verdict = "no thresholds set (the values above were not checked)"
+    else:
+        verdict = "within thresholds"
+    console.print(f"drift verdict: {verdict}")
+    console.print(f"drift: {path}", soft_wrap=True)
