@@ -131,17 +131,26 @@ def cmd_drift(args: argparse.Namespace) -> int:
 
 def cmd_nightly(args: argparse.Namespace) -> int:
     from .config import NightlyConfig, build_config
-    from .pipelines import nightly_flow
+    from .nightly import nightly_steps, report_outcomes, run_dates
 
-    build_config(NightlyConfig, args.config)  # fail on a bad config before Prefect starts
+    config = build_config(NightlyConfig, args.config)  # a bad config or date fails before Prefect starts
     if args.date and (args.start or args.end):
         raise UsageError("give either --date or --from/--to, not both")
     if bool(args.start) != bool(args.end):
         raise UsageError("a backfill needs both --from and --to")
-    results = run_flow(nightly_flow, os.path.abspath(args.config), args.date or args.start, args.end)
-    for r in results:
-        print(f"{r['source']} {r['run_date']}: " + ("unchanged, skipped" if r["skipped"] else f"written to {r['folder']}"))
-    return 0
+    flags = ("--from", "--to") if args.start else ("--date", "--to")
+    dates = run_dates(config, args.date or args.start, args.end, flags)  # exit 2 naming the flag and the value
+    if args.no_prefect:
+        return report_outcomes(nightly_steps(config, dates))
+    from .pipelines import nightly_flow
+
+    try:
+        outcomes = run_flow(nightly_flow, os.path.abspath(args.config), dates[0], dates[-1] if len(dates) > 1 else None)
+    except XentError as error:
+        if getattr(error, "outcomes", None) is None:
+            raise
+        outcomes = error.outcomes
+    return report_outcomes(outcomes)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -196,8 +205,10 @@ DEMO_DATES = ("2026-11-22", "2026-11-23")
 def cmd_demo(args: argparse.Namespace) -> int:
     import yaml
 
+    from .config import NightlyConfig, build_config
     from .generate import generate_dump
-    from .pipelines import TABLES_FOLDER, nightly_flow, run_folder
+    from .nightly import run_folder
+    from .pipelines import nightly_flow
     from .show import print_drift, print_report
 
     out = Path(args.out).absolute() if args.out else Path(tempfile.mkdtemp(prefix="xent-demo-"))
@@ -225,10 +236,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if error.exit_code != 3:
             raise
         verdict = "breached"
-    tables = Path(run_folder(str(out / "reports"), today, "demo")) / TABLES_FOLDER
+    tables = Path(run_folder(build_config(NightlyConfig, config_path).tables_base, today, "demo"))
     print_report({"per_class": str(tables / "per_class.parquet"), "summary": str(tables / "summary.parquet")})
     print_drift(str(tables / "drift.parquet"))
-    print(f"history: {out / 'reports'} (one pyarrow read gives every metric of every run)")
+    print(f"history: {out / 'reports'} (one read of reports/**/*.parquet gives every metric of every run)")
     print(f"demo finished in {time.perf_counter() - started:.1f} s; drift {verdict}, as planted")
     return 0
 
@@ -262,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--date", help="YYYY-MM-DD (default: today in the schedule's timezone)")
     p.add_argument("--from", dest="start", help="backfill from this date (YYYY-MM-DD)")
     p.add_argument("--to", dest="end", help="backfill to this date, inclusive")
+    p.add_argument("--no-prefect", action="store_true",
+                   help="run the same steps without Prefect (no run history, no artifacts, no temporary server)")
     p.set_defaults(handler=cmd_nightly)
 
     p = sub.add_parser("serve", help="serve the nightly flow on its cron schedule (needs PREFECT_API_URL)")

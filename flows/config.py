@@ -5,7 +5,10 @@ A bad config fails here, before any data is read, naming the file and the key.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import re
+import string
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -202,28 +205,84 @@ class Schedule(StrictModel):
     @field_validator("cron")
     @classmethod
     def _valid_cron(cls, value: str) -> str:
-        from prefect.client.schemas.schedules import CronSchedule
+        # croniter is the parser Prefect vendors for its cron schedules; importing Prefect
+        # here would cost a second and defeat `xent nightly --no-prefect`.
+        from croniter import croniter
 
-        try:
-            CronSchedule(cron=value)
-        except ValueError:
-            raise ValueError(f"invalid cron string {value!r} (expected 5 fields, e.g. '0 2 * * *')") from None
+        if not croniter.is_valid(value) or any(part.lower() in ("r", "h") for part in value.split()):
+            raise ValueError(f"invalid cron string {value!r} (expected 5 fields, e.g. '0 2 * * *')")
         return value
 
 
-class NightlySource(StrictModel):
-    """One dump evaluated every night. `paths` may carry a ``{date}`` template (YYYY-MM-DD)."""
+# strftime directives that describe a date (no time of day, no locale-dependent forms).
+_DATE_FORMAT = re.compile(r"(?:%[YyGmdjbBaAuwUWV%]|[^%{}])+")
+TEMPLATE_HELP = "the only field is {date} (YYYY-MM-DD), optionally with a date format such as {date:%Y/%m/%d}"
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+
+def check_path_template(template: str) -> str:
+    """`template` if its only replacement fields are ``{date}`` or ``{date:<strftime>}``.
+
+    Raises
+    ------
+    ValueError
+        Any other field, attribute or index access (``{date.year}``), a conversion
+        (``{date!r}``), a format spec that is not a date format, or unbalanced braces.
+    """
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as error:
+        raise ValueError(f"path template {template!r}: {error} (write a literal brace as {{{{ or }}}})") from None
+    for _, name, spec, conversion in parts:
+        if name is None:
+            continue
+        field = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+        if name != "date" or conversion is not None or (spec and not (_DATE_FORMAT.fullmatch(spec) and "%" in spec)):
+            raise ValueError(f"path template {template!r}: field {field} is not allowed; {TEMPLATE_HELP}")
+    return template
+
+
+def render_path(template: str, run_date: str | dt.date) -> str:
+    """`template` (checked by `check_path_template`) for `run_date`: ``{date}`` is
+    YYYY-MM-DD and ``{date:%Y/%m/%d}`` formats the date."""
+    day = run_date if isinstance(run_date, dt.date) else dt.date.fromisoformat(run_date)
+    return template.format(date=day)
+
+
+class NightlySource(StrictModel):
+    """One dump evaluated every night. `paths` (and `reference` paths) may carry ``{date}``
+    (YYYY-MM-DD) or ``{date:<strftime format>}``, nothing else."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=64)
     paths: list[str] = Field(min_length=1)
     settings: dict[str, Any] = Field(default_factory=dict, description="EvalConfig keys for this source.")
     reference: Literal["previous"] | list[str] | None = Field(
         None, description="Drift reference: 'previous' (the previous date's dump) or fixed paths; none = no drift."
     )
 
+    @field_validator("paths")
+    @classmethod
+    def _path_templates(cls, value: list[str]) -> list[str]:
+        return [check_path_template(path) for path in value]
+
+    @field_validator("reference")
+    @classmethod
+    def _reference_templates(cls, value):
+        return [check_path_template(path) for path in value] if isinstance(value, list) else value
+
+
+def _sibling_tables_root(report_root: str) -> str:
+    protocol, sep, path = report_root.rpartition("://")
+    path = path.rstrip("/")
+    if not path or (sep and "/" not in path):
+        raise ValueError(f"report_root {report_root!r} is a bucket or file-system root: set tables_root explicitly")
+    return f"{protocol}{sep}{path}-tables"
+
 
 class NightlyConfig(StrictModel):
-    report_root: str
+    report_root: str = Field(description="History: REPORT_ROOT/run_date=D/source=S/metrics.parquet.")
+    tables_root: str | None = Field(
+        None, description="Wide tables per run: TABLES_ROOT/run_date=D/source=S/*.parquet. Default: REPORT_ROOT-tables."
+    )
     sources: list[NightlySource] = Field(min_length=1)
     schedule: Schedule = Field(default_factory=Schedule)
     defaults: dict[str, Any] = Field(default_factory=dict, description="EvalConfig keys for every source.")
@@ -231,23 +290,44 @@ class NightlyConfig(StrictModel):
     scheduler: str | None = None
     deployment_name: str = "xent-nightly"
 
-    def eval_config(self, source: NightlySource, run_date: str) -> EvalConfig:
+    @property
+    def tables_base(self) -> str:
+        """Where the wide tables go: `tables_root`, else REPORT_ROOT's sibling REPORT_ROOT-tables."""
+        return self.tables_root or _sibling_tables_root(self.report_root)
+
+    def eval_config(self, source: NightlySource, run_date: str | dt.date) -> EvalConfig:
         """The evaluation settings of `source` on `run_date`."""
-        data = {**self.defaults, **source.settings, "sources": [p.format(date=run_date) for p in source.paths]}
+        data = {**self.defaults, **source.settings, "sources": [render_path(p, run_date) for p in source.paths]}
         data.setdefault("scheduler", self.scheduler)
         return EvalConfig.model_validate(data)
 
     @model_validator(mode="after")
     def _sources_make_valid_evaluations(self):
-        # Fail at load time, not at 2 a.m.: every source's settings must form an EvalConfig.
+        # Fail at load time, not at 2 a.m.: every source's settings must form an EvalConfig
+        # whose slice columns do not collide with the history's own columns.
+        from .nightly import HISTORY_COLUMNS
+
         for i, source in enumerate(self.sources):
             try:
-                self.eval_config(source, "2000-01-01")
+                config = self.eval_config(source, "2000-01-01")
             except ValidationError as error:
                 problems = "; ".join(
                     f"key '{'.'.join(str(p) for p in item['loc'])}': {item['msg']}" for item in error.errors()
                 )
                 raise ValueError(f"sources.{i} ({source.name}) with defaults: {problems}") from None
+            clashes = sorted(set(config.slice_by) & set(HISTORY_COLUMNS))
+            if clashes:
+                raise ValueError(f"sources.{i} ({source.name}): slice_by {clashes} would clash with the history's "
+                                 f"own columns {list(HISTORY_COLUMNS)}; rename the slice column(s)")
+        return self
+
+    @model_validator(mode="after")
+    def _tables_outside_history(self):
+        # A `**/*.parquet` read of REPORT_ROOT must find metrics.parquet files only.
+        tables, history = self.tables_base.rstrip("/") + "/", self.report_root.rstrip("/") + "/"
+        if tables.startswith(history) or history.startswith(tables):
+            raise ValueError(f"tables_root {self.tables_base!r} and report_root {self.report_root!r} must not "
+                             "contain one another (a read of the history would pick up the wide tables)")
         return self
 
     @field_validator("sources")

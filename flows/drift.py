@@ -25,8 +25,6 @@ import json
 import math
 import os
 import pickle
-import posixpath
-import re
 import shutil
 import tempfile
 import uuid
@@ -418,15 +416,6 @@ def breach_error(report: DriftReport) -> DriftBreach | None:
     """The error a breached threshold ends the run with (exit code 3), naming every breach."""
     messages = [describe_breach(row, report.slice_by) for row in report.breaches]
     return DriftBreach("drift threshold breached: " + "; ".join(messages)) if messages else None
-
-
-def dump_label(sources: list[str]) -> str:
-    """A short name for a dump: the last folder (or file) name of its first source,
-    before any glob, with ``+N`` when there are N more sources."""
-    first = sources[0] if sources else ""
-    glob = re.search(r"[*?\[]", first)
-    name = posixpath.basename(posixpath.dirname(first[: glob.start()])) if glob else posixpath.basename(first.rstrip("/"))
-    return f"{name or 'dump'}+{len(sources) - 1}" if len(sources) > 1 else name or "dump"
 
 
 # --------------------------------------------------------------------------- the steps

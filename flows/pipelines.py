@@ -10,26 +10,21 @@ runs against a temporary local one.
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
-import json
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from distributed import Client
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
+from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
-from . import adhoc
-from .config import DriftConfig, EvalConfig, NightlyConfig, NightlySource, build_config
-from .drift import DriftReport, breach_error, compare, describe_breach, drift_steps, drift_tables, dump_label
-from .engine import dask_client
-from .errors import DataError, DriftBreach, InfrastructureError, XentError, infrastructure_cause
-from .report import build_tables, report_metadata
-from .sources import InputFile, filesystem, fingerprint
+from . import adhoc, nightly
+from .config import DriftConfig, EvalConfig, NightlyConfig, build_config
+from .drift import DriftReport, breach_error, compare, describe_breach, drift_steps
+from .errors import InfrastructureError, XentError, infrastructure_cause
+from .sources import InputFile, dump_label, fingerprint
 
 def _transient(task, task_run, state) -> bool:
     """Retry network hiccups, not data errors (a missing column stays missing) nor a
@@ -47,8 +42,6 @@ def _transient(task, task_run, state) -> bool:
 
 
 IO_RETRIES = {"retries": 2, "retry_delay_seconds": [1, 5], "retry_condition_fn": _transient}
-METRICS_FILE = "metrics.parquet"
-TABLES_FOLDER = "_tables"  # pyarrow's dataset discovery skips "_" folders: REPORT_ROOT reads as metrics only
 
 
 # --------------------------------------------------------------------------- tasks
@@ -77,6 +70,17 @@ def publish_artifact(key: str, rows: list[dict], description: str) -> None:
 def _artifact_key(*parts: str) -> str:
     text = "-".join(parts).lower()
     return "".join(ch if ch.isalnum() else "-" for ch in text).strip("-")[:100]
+
+
+def _eval_run_name() -> str:
+    """eval-<the dump's folder name>."""
+    return f"eval-{dump_label(flow_run.parameters['config'].sources)}"
+
+
+def _dump_artifact_key(kind: str, sources: list[str], inputs: list[InputFile]) -> str:
+    """xent-<kind>-<the dump's folder name>-<digest of its files>: two dumps never share
+    a key, whatever their shard names."""
+    return _artifact_key(f"xent-{kind}", dump_label(sources)[:60], fingerprint(inputs)["digest"][:8])
 
 
 def _class_rows(per_class: pa.Table) -> list[dict]:
@@ -109,17 +113,16 @@ def _breach_state(report: DriftReport, result: Any) -> Any:
     return Failed(message=str(error), data=error)
 
 
-_drift_tables = drift_tables  # the nightly flow's name for it
 
 
 # --------------------------------------------------------------------------- ad hoc
 
 
-@flow(name="xent-eval", log_prints=False)
+@flow(name="xent-eval", flow_run_name=_eval_run_name, log_prints=False)
 def eval_flow(config: EvalConfig, out: str) -> dict[str, str]:
     """Evaluate a prediction dump into per-class and per-slice reports under `out`."""
     paths, tables, inputs = adhoc.eval_steps(config, out, (find_inputs, evaluate_on_cluster, write_tables))
-    publish_artifact(_artifact_key("xent-eval", *[i.name for i in inputs[:1]]), _class_rows(tables["per_class"]),
+    publish_artifact(_dump_artifact_key("eval", config.sources, inputs), _class_rows(tables["per_class"]),
                      f"Per-class cross-entropy ({config.units}) of {len(inputs)} shards; report in {out}")
     return paths
 
@@ -140,7 +143,7 @@ def drift_flow(config: DriftConfig, out: str) -> Any:
     paths, report = drift_steps(config, out, (compare_on_cluster, write_tables))
     # One artifact key per current dump (its name and content digest): runs on other
     # dumps never replace this one's latest table.
-    key = _artifact_key("xent-drift", dump_label(config.sources)[:60], report.current.fingerprint["digest"][:8])
+    key = _dump_artifact_key("drift", config.sources, report.current.inputs)
     publish_artifact(key, _drift_rows(report), f"Drift ({config.units}) of {config.sources} against {config.reference}")
     return _breach_state(report, {"paths": paths, "breaches": [describe_breach(r, report.slice_by) for r in report.breaches]})
 
@@ -148,130 +151,46 @@ def drift_flow(config: DriftConfig, out: str) -> Any:
 # --------------------------------------------------------------------------- nightly
 
 
-def run_folder(root: str, run_date: str, source: str) -> str:
-    return f"{root.rstrip('/')}/run_date={run_date}/source={source}"
+stored_breaches = task(cache_policy=NONE, **IO_RETRIES)(nightly.stored_breaches)
 
 
-def metrics_table(tables: dict[str, pa.Table], slice_by: list[str]) -> pa.Table:
-    """Every metric of a run in one long table with the same columns for every source,
-    so that one read of REPORT_ROOT stacks all runs."""
-    records = []
-
-    def slice_text(row):
-        return None if row["overall"] else ",".join(f"{name}={row[name]}" for name in slice_by)
-
-    skip = {"overall", "class", "class_name", "n", *slice_by}
-    for row in tables["per_class"].to_pylist():
-        for metric, value in row.items():
-            if metric not in skip:
-                records.append(("class", slice_text(row), row["class"], row["class_name"], metric, value, row["n"], None, None))
-    for row in tables["summary"].to_pylist():
-        for metric, value in row.items():
-            if metric not in skip and not isinstance(value, list):
-                records.append(("slice", slice_text(row), None, None, metric, value, row["n"], None, None))
-    if "drift" in tables:
-        for row in tables["drift"].to_pylist():
-            records.append(("drift", slice_text(row), row["class"], None, row["metric"], row["value"], row["n"], row["threshold"], row["breached"]))
-    names = ["scope", "slice", "class", "class_name", "metric", "value", "n", "threshold", "breached"]
-    types = [pa.string(), pa.string(), pa.int32(), pa.string(), pa.string(), pa.float64(), pa.int64(), pa.float64(), pa.bool_()]
-    columns = list(zip(*records)) if records else [[] for _ in names]
-    return pa.table({n: pa.array(list(c), type=t) for n, c, t in zip(names, columns, types)})
+def _publish_run(outcome: nightly.Outcome, tables: dict[str, pa.Table], config: EvalConfig) -> None:
+    publish_artifact(_artifact_key("xent-nightly", outcome.source, outcome.run_date), _class_rows(tables["per_class"]),
+                     f"{outcome.source} on {outcome.run_date}: per-class cross-entropy ({config.units}); "
+                     f"history in {outcome.folder}")
 
 
-def _run_digest(config: EvalConfig, inputs: list[InputFile], reference: list[InputFile] | None, drift: dict) -> str:
-    payload = {
-        "config": config.model_dump(mode="json"),
-        "inputs": fingerprint(inputs)["digest"],
-        "reference": fingerprint(reference)["digest"] if reference else None,
-        "drift": drift,
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+NIGHTLY_STEPS = nightly.Steps(find_inputs=find_inputs, stored_breaches=stored_breaches, evaluate=evaluate_on_cluster,
+                              compare=compare_on_cluster, write_tables=write_tables, publish=_publish_run)
 
 
-def _stored_digest(folder: str, storage_options: dict[str, Any]) -> str | None:
-    fs, path = filesystem(f"{folder}/{METRICS_FILE}", storage_options)
+def _nightly_run_name() -> str:
+    """nightly-2026-11-23, or nightly-2026-11-01-to-2026-11-23 for a backfill."""
+    parameters = flow_run.parameters
     try:
-        with fs.open(path, "rb") as handle:
-            metadata = pq.read_schema(handle).metadata or {}
-    except (FileNotFoundError, OSError, pa.ArrowException):
-        return None
-    return metadata.get(b"xent.run_digest", b"").decode() or None
+        first = parameters.get("run_date") or nightly.today(build_config(NightlyConfig, parameters["config_path"]))
+    except XentError:  # the flow itself reports the bad config
+        return "nightly"
+    last = parameters.get("end_date")
+    return f"nightly-{first}" + (f"-to-{last}" if last and last != first else "")
 
 
-@task(cache_policy=NONE, **IO_RETRIES)
-def stored_digest(folder: str, storage_options: dict[str, Any]) -> str | None:
-    """The digest of the report already in `folder`, if any."""
-    return _stored_digest(folder, storage_options)
-
-
-def _reference_paths(config: NightlyConfig, source: NightlySource, run_date: str) -> list[str] | None:
-    if source.reference is None:
-        return None
-    if source.reference == "previous":
-        previous = (dt.date.fromisoformat(run_date) - dt.timedelta(days=1)).isoformat()
-        return [p.format(date=previous) for p in source.paths]
-    return [p.format(date=run_date) for p in source.reference]
-
-
-def nightly_source(config: NightlyConfig, source: NightlySource, run_date: str, client: Client) -> dict[str, Any]:
-    """Evaluate one source for one date into the history; skipped when the inputs,
-    the reference and the settings are those of the report already there."""
-    logger = get_run_logger()
-    eval_config = config.eval_config(source, run_date)
-    folder = run_folder(config.report_root, run_date, source.name)
-    result = {"source": source.name, "run_date": run_date, "folder": folder, "skipped": False, "breaches": []}
-    inputs = find_inputs(eval_config)
-    reference_paths = _reference_paths(config, source, run_date)
-    reference_inputs = find_inputs(eval_config.model_copy(update={"sources": reference_paths})) if reference_paths else None
-    digest = _run_digest(eval_config, inputs, reference_inputs, config.drift.model_dump(mode="json"))
-    if stored_digest(folder, eval_config.storage_options) == digest:
-        logger.info("%s %s: inputs unchanged since the stored report; skipped", source.name, run_date)
-        return {**result, "skipped": True}
-    evaluation = evaluate_on_cluster(eval_config, inputs, client)
-    tables = adhoc.with_metadata(build_tables(evaluation), evaluation)
-    if reference_paths:
-        drift_config = DriftConfig.model_validate(
-            {**eval_config.model_dump(), "reference": reference_paths, "drift": config.drift.model_dump()}
-        )
-        report = compare_on_cluster(drift_config, client)
-        tables.update(_drift_tables(report, drift_config))
-        result["breaches"] = [describe_breach(row, report.slice_by) for row in report.breaches]
-        for message in result["breaches"]:
-            logger.warning("drift: %s %s: %s", source.name, run_date, message)
-    metrics = metrics_table(tables, eval_config.slice_by)
-    metrics = metrics.replace_schema_metadata({**report_metadata(evaluation), b"xent.run_digest": digest.encode()})
-    files = {METRICS_FILE.removesuffix(".parquet"): metrics, **{f"{TABLES_FOLDER}/{k}": v for k, v in tables.items()}}
-    write_tables(files, folder, eval_config.storage_options)
-    publish_artifact(_artifact_key("xent-nightly", source.name, run_date), _class_rows(tables["per_class"]),
-                     f"{source.name} on {run_date}: per-class cross-entropy ({eval_config.units}); history in {config.report_root}")
-    return result
-
-
-def _today(config: NightlyConfig) -> str:
-    from zoneinfo import ZoneInfo
-
-    return dt.datetime.now(ZoneInfo(config.schedule.timezone)).date().isoformat()
-
-
-@flow(name="xent-nightly", log_prints=False)
+@flow(name="xent-nightly", flow_run_name=_nightly_run_name, log_prints=False)
 def nightly_flow(config_path: str, run_date: str | None = None, end_date: str | None = None) -> Any:
     """Evaluate every source for `run_date` (default: today in the schedule's timezone),
-    or for each date from `run_date` to `end_date` inclusive (a backfill)."""
+    or for each date from `run_date` to `end_date` inclusive (a backfill). A data error
+    or a breach in one (source, date) does not stop the others; the run then fails
+    with the highest exit code among them."""
     config = build_config(NightlyConfig, config_path)
-    first = dt.date.fromisoformat(run_date or _today(config))
-    last = dt.date.fromisoformat(end_date) if end_date else first
-    if last < first:
-        raise DataError(f"backfill range is empty: {first} is after {last}")
-    dates = [(first + dt.timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
-    with dask_client(config.scheduler) as client:
-        results = [nightly_source(config, source, day, client) for day in dates for source in config.sources]
-    lines = [f"# xent nightly {dates[0]} to {dates[-1]}", ""]
-    for r in results:
-        status = "unchanged, skipped" if r["skipped"] else f"written to {r['folder']}"
-        lines.append(f"- {r['source']} {r['run_date']}: {status}" + "".join(f"\n  - DRIFT {b}" for b in r["breaches"]))
-    create_markdown_artifact(key=_artifact_key("xent-nightly-summary"), markdown="\n".join(lines))
-    breaches = [f"{r['source']} {r['run_date']}: {b}" for r in results for b in r["breaches"]]
-    if breaches:
-        message = "drift threshold breached: " + "; ".join(breaches)
-        return Failed(message=message, data=DriftBreach(message))
-    return Completed(message=f"{len(results)} source-date report(s) up to date", data=results)
+    dates = nightly.run_dates(config, run_date, end_date)
+    outcomes = nightly.nightly_steps(config, dates, NIGHTLY_STEPS)
+    logger = get_run_logger()
+    for outcome in outcomes:
+        if outcome.exit_code:
+            logger.warning("%s", outcome.line() + "".join(f"; BREACH {b}" for b in outcome.breaches))
+    key = _artifact_key("xent-nightly-summary", dates[0], *(["to", dates[-1]] if len(dates) > 1 else []))
+    create_markdown_artifact(key=key, markdown=nightly.summary_markdown(outcomes, dates))
+    error = nightly.failure(outcomes)
+    if error is not None:
+        return Failed(message=str(error), data=error)
+    return Completed(message=f"{len(outcomes)} source-date report(s) up to date", data=outcomes)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,3 +121,12 @@ def fingerprint(inputs: list[InputFile]) -> dict[str, Any]:
     files = [{"url": f.url, "size": f.size, "version": f.version} for f in inputs]
     digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
     return {"digest": digest, "files": files, "n_files": len(files), "bytes": sum(f.size for f in inputs)}
+
+
+def dump_label(sources: list[str]) -> str:
+    """A short name for a dump: the last folder (or file) name of its first source,
+    before any glob, with ``+N`` when there are N more sources."""
+    first = sources[0] if sources else ""
+    glob = re.search(r"[*?\[]", first)
+    name = posixpath.basename(posixpath.dirname(first[: glob.start()])) if glob else posixpath.basename(first.rstrip("/"))
+    return f"{name or 'dump'}+{len(sources) - 1}" if len(sources) > 1 else name or "dump"

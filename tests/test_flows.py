@@ -1,5 +1,5 @@
 """Prefect flows run for real (temporary Prefect server from prefect_test_harness),
-drift against an obvious numpy/scipy computation, the nightly history, bad configs."""
+drift against an obvious numpy/scipy computation, bad configs (the nightly flow: test_nightly.py)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from flows.config import DriftConfig, EvalConfig, NightlyConfig, build_config
 from flows.engine import dask_client
 from flows.errors import DriftBreach, UsageError
 from flows.generate import generate_dump, load_arrays
-from flows.pipelines import TABLES_FOLDER, drift_flow, eval_flow, find_inputs, nightly_flow, run_folder
+from flows.pipelines import drift_flow, eval_flow, find_inputs
 
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -159,58 +159,6 @@ def test_drift_matches_numpy_and_breaches(tmp_path, capsys):
 def write_yaml(path: Path, data) -> Path:
     path.write_text(yaml.safe_dump(data))
     return path
-
-
-# --------------------------------------------------------------------------- nightly
-
-
-def nightly_setup(tmp_path):
-    for day, seed in (("2026-11-22", 1), ("2026-11-23", 2)):
-        generate_dump(tmp_path / "dumps" / f"date={day}", rows=2000, classes=3, shards=2, slices={"model": ["a", "b"]}, seed=seed)
-    config = {
-        "report_root": str(tmp_path / "reports"),
-        "sources": [{"name": "prod", "paths": [str(tmp_path / "dumps" / "date={date}")]}],
-        "defaults": {"slice_by": ["model"]},
-    }
-    return write_yaml(tmp_path / "nightly.yaml", config)
-
-
-def test_nightly_history_rerun_and_replace(tmp_path):
-    config_path = nightly_setup(tmp_path)
-    state = nightly_flow(str(config_path), "2026-11-22", "2026-11-23", return_state=True)
-    assert state.is_completed(), state.message
-    assert [r["skipped"] for r in state.result()] == [False, False]
-    history = pq.read_table(tmp_path / "reports")
-    assert set(history.column("run_date").to_pylist()) == {"2026-11-22", "2026-11-23"}
-    assert set(history.column("source").to_pylist()) == {"prod"}
-    assert {"class", "slice"} <= set(history.column("scope").to_pylist())
-
-    folder = Path(run_folder(str(tmp_path / "reports"), "2026-11-23", "prod"))
-    before = (folder / "metrics.parquet").read_bytes()
-    rerun = nightly_flow(str(config_path), "2026-11-23")
-    assert [r["skipped"] for r in rerun] == [True]
-    assert (folder / "metrics.parquet").read_bytes() == before
-
-    generate_dump(tmp_path / "dumps" / "date=2026-11-23", rows=2500, classes=3, shards=3, slices={"model": ["a", "b"]},
-                  seed=9, overwrite=True)
-    replaced = nightly_flow(str(config_path), "2026-11-23")
-    assert [r["skipped"] for r in replaced] == [False]
-    per_class = pq.read_table(folder / TABLES_FOLDER / "per_class.parquet")
-    assert sum(r["n"] for r in per_class.to_pylist() if r["overall"]) == 2500
-    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no staging left
-
-
-def test_nightly_with_previous_reference_and_cli(tmp_path, capsys):
-    config_path = nightly_setup(tmp_path)
-    data = yaml.safe_load(config_path.read_text())
-    data["sources"][0]["reference"] = "previous"
-    data["drift"] = {"per_sample": False, "thresholds": {"marginal_js": 10.0}}
-    write_yaml(config_path, data)
-    assert main(["nightly", "--config", str(config_path), "--date", "2026-11-23"]) == 0
-    drift = pq.read_table(Path(run_folder(str(tmp_path / "reports"), "2026-11-23", "prod")) / TABLES_FOLDER / "drift.parquet")
-    assert {"marginal_js", "confidence_psi"} <= set(drift.column("metric").to_pylist())
-    assert main(["nightly", "--config", str(config_path), "--date", "2026-11-22"]) == 1  # no dump for the 21st
-    assert "2026-11-21" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- bad configs

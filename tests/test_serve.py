@@ -214,11 +214,12 @@ def test_serve_schedules_and_runs_nightly_flow(tmp_path):
 
         folder = report_root / f"run_date={RUN_DATE}" / f"source={SOURCE}"
         assert (folder / "metrics.parquet").is_file(), sorted(str(p) for p in report_root.rglob("*"))
-        assert (folder / "_tables" / "per_class.parquet").is_file()
-        assert (folder / "_tables" / "summary.parquet").is_file()
-        summary = pq.read_table(folder / "_tables" / "summary.parquet").to_pylist()
+        tables = report_root.with_name(f"{report_root.name}-tables") / f"run_date={RUN_DATE}" / f"source={SOURCE}"
+        assert (tables / "per_class.parquet").is_file()
+        assert (tables / "summary.parquet").is_file()
+        summary = pq.read_table(tables / "summary.parquet").to_pylist()
         assert [row["n"] for row in summary if row["overall"]] == [ROWS]
-        per_class = pq.read_table(folder / "_tables" / "per_class.parquet")
+        per_class = pq.read_table(tables / "per_class.parquet")
         assert sorted(per_class.column("class").to_pylist()) == list(range(CLASSES))
         assert sum(per_class.column("n").to_pylist()) == ROWS
         metrics = pq.read_table(folder / "metrics.parquet")

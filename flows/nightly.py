@@ -1,0 +1,350 @@
+"""The nightly evaluation as plain steps, free of Prefect.
+
+``xent nightly --no-prefect`` runs them directly and never imports Prefect; the
+xent-nightly flow in ``pipelines`` runs the same steps as tasks.
+
+Each (source, date) ends in one `Outcome`: written, unchanged (skipped, with the stored
+verdict), or a data error; a written or unchanged run may also have no reference (its
+drift was not checked) or breached thresholds. A data error in one (source, date) does
+not stop the others; an infrastructure error stops the run. The run's exit code is the
+highest among its outcomes: 0 ok (also "no reference"), 1 data error, 3 breached.
+
+History layout, one folder per run, replaced atomically::
+
+    REPORT_ROOT/run_date=YYYY-MM-DD/source=NAME/metrics.parquet     every metric, one long table
+    TABLES_ROOT/run_date=YYYY-MM-DD/source=NAME/per_class.parquet   the wide tables (and summary,
+                                                                    drift, bad_shards)
+
+The wide tables live outside REPORT_ROOT, so ``REPORT_ROOT/**/*.parquet`` is the history.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import re
+import sys
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Literal, Sequence, TextIO
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from distributed import Client
+
+from . import adhoc
+from .config import DriftConfig, EvalConfig, NightlyConfig, NightlySource, render_path
+from .drift import DriftReport, compare, describe_breach, drift_tables
+from .engine import dask_client
+from .errors import EXIT_BREACH, EXIT_DATA, EXIT_OK, DataError, DriftBreach, UsageError, XentError
+from .report import build_tables, report_metadata
+from .sources import InputFile, filesystem, fingerprint
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.parquet"
+PARTITION_KEYS = ("run_date", "source")
+# Columns of metrics.parquet besides the run's slice columns (which come right after `scope`).
+METRIC_FIELDS = [
+    pa.field("overall", pa.bool_()),
+    pa.field("class", pa.int32()),
+    pa.field("class_name", pa.string()),
+    pa.field("metric", pa.string()),
+    pa.field("value", pa.float64()),
+    pa.field("n", pa.int64()),
+    pa.field("threshold", pa.float64()),
+    pa.field("breached", pa.bool_()),
+]
+HISTORY_COLUMNS = (*PARTITION_KEYS, "scope", *(f.name for f in METRIC_FIELDS))
+# Part of every run digest: a history written in an older layout is rewritten, not skipped.
+HISTORY_LAYOUT = 2
+
+
+# --------------------------------------------------------------------------- dates
+
+
+def parse_date(value: str, what: str) -> dt.date:
+    """`value` as a date, strictly YYYY-MM-DD; a UsageError naming `what` otherwise."""
+    try:
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+            return dt.date.fromisoformat(value)
+    except ValueError:
+        pass
+    raise UsageError(f"{what}: {value!r} is not a date (expected YYYY-MM-DD, e.g. 2026-11-23)")
+
+
+def today(config: NightlyConfig) -> str:
+    """Today's date in the schedule's timezone."""
+    from zoneinfo import ZoneInfo
+
+    return dt.datetime.now(ZoneInfo(config.schedule.timezone)).date().isoformat()
+
+
+def run_dates(config: NightlyConfig, first: str | None, last: str | None = None,
+              names: tuple[str, str] = ("run_date", "end_date")) -> list[str]:
+    """The dates of a run: `first` (default: today) to `last` inclusive, as YYYY-MM-DD.
+
+    Raises
+    ------
+    UsageError
+        A value that is not a YYYY-MM-DD date, or `last` before `first` (`names` name them).
+    """
+    start = parse_date(first, names[0]) if first else dt.date.fromisoformat(today(config))
+    end = parse_date(last, names[1]) if last else start
+    if end < start:
+        raise UsageError(f"{names[0]} {start} is after {names[1]} {end}: the range is empty")
+    return [(start + dt.timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]
+
+
+# --------------------------------------------------------------------------- history layout
+
+
+def run_folder(root: str, run_date: str, source: str) -> str:
+    """The folder of one run under `root` (REPORT_ROOT or the tables root)."""
+    return f"{root.rstrip('/')}/run_date={run_date}/source={source}"
+
+
+def metrics_table(tables: dict[str, pa.Table], slice_by: Sequence[str]) -> pa.Table:
+    """Every metric of a run in one long table: `scope` (class, slice, drift), the run's
+    slice columns with their own types, then `METRIC_FIELDS`. Overall rows have
+    ``overall = true`` and null slice columns; `breached` is false except for drift
+    metrics above their threshold."""
+    per_class = tables["per_class"]
+    schema = pa.schema([pa.field("scope", pa.string()), *(per_class.schema.field(name) for name in slice_by), *METRIC_FIELDS])
+    kept = set(schema.names)
+
+    def piece(table: pa.Table, scope: str, metric: str | None = None) -> pa.Table:
+        rows = table.num_rows
+        given = {"scope": pa.repeat(scope, rows), "breached": pa.repeat(False, rows)}
+        if metric is not None:
+            given.update(metric=pa.repeat(metric, rows), value=table.column(metric))
+        given.update({name: table.column(name) for name in table.column_names if name in kept})
+        return pa.table([pa.chunked_array(given[f.name]).cast(f.type) if f.name in given else pa.nulls(rows, f.type)
+                         for f in schema], schema=schema)
+
+    def metrics_of(table: pa.Table) -> list[str]:
+        return [f.name for f in table.schema if f.name not in kept and not pa.types.is_list(f.type)]
+
+    pieces = [piece(per_class, "class", m) for m in metrics_of(per_class)]
+    pieces += [piece(tables["summary"], "slice", m) for m in metrics_of(tables["summary"])]
+    if "drift" in tables:  # already long; its kl_mean column repeats `value` on per-class rows
+        pieces.append(piece(tables["drift"], "drift"))
+    return pa.concat_tables(pieces)
+
+
+def breach_messages(metrics: pa.Table, slice_by: Sequence[str]) -> list[str]:
+    """One line per breached threshold in a metrics table."""
+    messages = []
+    for row in metrics.filter(pc.field("breached")).to_pylist():
+        key = None if row["overall"] else tuple(row[name] for name in slice_by)
+        messages.append(describe_breach({**row, "key": key}, tuple(slice_by)))
+    return messages
+
+
+def history_table(root: str, storage_options: dict[str, Any] | None = None) -> pa.Table:
+    """Every run's metrics under REPORT_ROOT in one table, plus `run_date` (date) and
+    `source`. Columns are the union over all runs (pyarrow alone takes them from the
+    first file), so sources sliced by different columns stack, with nulls."""
+    fs, path = filesystem(root, storage_options)
+    options = ds.FileSystemFactoryOptions(
+        partition_base_dir=path.rstrip("/"),
+        partitioning=ds.partitioning(pa.schema([("run_date", pa.date32()), ("source", pa.string())]), flavor="hive"),
+        selector_ignore_prefixes=[".", "_"],
+    )
+    factory = ds.FileSystemDatasetFactory(pafs.PyFileSystem(pafs.FSSpecHandler(fs)),
+                                          pafs.FileSelector(path.rstrip("/"), recursive=True),
+                                          ds.ParquetFileFormat(), options)
+    # Without the first file's metadata: it describes one run, not the history.
+    return factory.finish(factory.inspect(fragments=None).remove_metadata()).to_table()
+
+
+def reference_paths(source: NightlySource, run_date: str) -> list[str] | None:
+    """The drift reference of `source` on `run_date`: the previous date's paths, fixed
+    paths, or None (no drift check)."""
+    if source.reference is None:
+        return None
+    if source.reference == "previous":
+        return [render_path(p, dt.date.fromisoformat(run_date) - dt.timedelta(days=1)) for p in source.paths]
+    return [render_path(p, run_date) for p in source.reference]
+
+
+def run_digest(config: EvalConfig, inputs: list[InputFile], reference: list[str] | None,
+               reference_inputs: list[InputFile] | None, drift: dict) -> str:
+    """What a run's report depends on: settings, inputs, reference (or its absence)."""
+    payload = {
+        "layout": HISTORY_LAYOUT,
+        "config": config.model_dump(mode="json"),
+        "inputs": fingerprint(inputs)["digest"],
+        "reference": fingerprint(reference_inputs)["digest"] if reference_inputs else {"missing": reference},
+        "drift": drift,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def stored_breaches(folder: str, digest: str, storage_options: dict[str, Any], slice_by: Sequence[str]) -> list[str] | None:
+    """The stored verdict (breach lines, maybe none) when the report in `folder` was made
+    from the run `digest` describes; None when there is no such report."""
+    fs, path = filesystem(f"{folder}/{METRICS_FILE}", storage_options)
+    try:
+        with fs.open(path, "rb") as handle:
+            file = pq.ParquetFile(handle)
+            if (file.schema_arrow.metadata or {}).get(b"xent.run_digest", b"").decode() != digest:
+                return None
+            metrics = file.read()
+    except (FileNotFoundError, pa.ArrowInvalid):  # none yet, or unreadable: it is rewritten
+        return None
+    return breach_messages(metrics, slice_by)
+
+
+# --------------------------------------------------------------------------- outcomes
+
+
+@dataclass
+class Outcome:
+    """How one (source, date) of a nightly run ended."""
+
+    source: str
+    run_date: str
+    status: Literal["written", "unchanged", "data error"]
+    folder: str  # REPORT_ROOT/run_date=.../source=...
+    tables: str  # the wide tables' folder
+    drift: Literal["none", "checked", "no reference"] = "none"
+    reference_problem: str | None = None  # why there is no reference
+    breaches: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        if self.status == "data error":
+            return EXIT_DATA
+        return EXIT_BREACH if self.breaches else EXIT_OK
+
+    def verdict(self) -> str:
+        if self.drift == "no reference":
+            return f"no reference ({self.reference_problem})"
+        if self.drift == "checked":
+            return f"drift: {len(self.breaches)} threshold(s) breached" if self.breaches else "drift within thresholds"
+        return ""
+
+    def line(self) -> str:
+        head = f"{self.source} {self.run_date}: "
+        if self.status == "data error":
+            return head + f"data error: {self.error}"
+        verdict = self.verdict()
+        if self.status == "unchanged":
+            return head + "unchanged, skipped" + (f"; stored verdict: {verdict}" if verdict else "")
+        return head + f"written to {self.folder}/{METRICS_FILE} (tables in {self.tables})" + (f"; {verdict}" if verdict else "")
+
+
+def print_outcomes(outcomes: Sequence[Outcome], out: TextIO | None = None) -> None:
+    """One line per (source, date), then one per breached threshold."""
+    out = out or sys.stdout
+    for outcome in outcomes:
+        print(outcome.line(), file=out)
+    for outcome in outcomes:
+        for breach in outcome.breaches:
+            print(f"BREACH {outcome.source} {outcome.run_date}: {breach}", file=out)
+
+
+def failure(outcomes: Sequence[Outcome]) -> XentError | None:
+    """The error a run with these outcomes ends with (the highest exit code), or None.
+    The error carries the outcomes (``error.outcomes``) so that they can be printed."""
+    code = max((o.exit_code for o in outcomes), default=EXIT_OK)
+    if code == EXIT_OK:
+        return None
+    breaches = [f"{o.source} {o.run_date}: {b}" for o in outcomes for b in o.breaches]
+    errors = [f"{o.source} {o.run_date}: {o.error}" for o in outcomes if o.status == "data error"]
+    parts = ([f"drift threshold breached: {'; '.join(breaches)}"] if breaches else []) + (
+        [f"data error in {len(errors)} of {len(outcomes)} source-date run(s): {'; '.join(errors)}"] if errors else [])
+    error = (DriftBreach if code == EXIT_BREACH else DataError)(" | ".join(parts))
+    error.outcomes = list(outcomes)
+    return error
+
+
+def summary_markdown(outcomes: Sequence[Outcome], dates: Sequence[str]) -> str:
+    """The run's outcomes as a Markdown list."""
+    lines = [f"# xent nightly {dates[0]}" + (f" to {dates[-1]}" if len(dates) > 1 else ""), ""]
+    for o in outcomes:
+        lines.append(f"- {o.line()}" + "".join(f"\n  - BREACH {b}" for b in o.breaches))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the steps
+
+
+@dataclass(frozen=True)
+class Steps:
+    """The I/O and cluster steps of a nightly run: plain functions, or their Prefect tasks."""
+
+    find_inputs: Callable[[EvalConfig], list[InputFile]] = adhoc.find_inputs
+    stored_breaches: Callable[..., list[str] | None] = stored_breaches
+    evaluate: Callable = adhoc.evaluate_on_cluster
+    compare: Callable[[DriftConfig, Client], DriftReport] = compare
+    write_tables: Callable[..., dict[str, str]] = adhoc.write_tables
+    publish: Callable[[Outcome, dict[str, pa.Table], EvalConfig], None] | None = None  # after a run is written
+
+
+def nightly_source(config: NightlyConfig, source: NightlySource, run_date: str, client: Client,
+                   steps: Steps = Steps()) -> Outcome:
+    """Evaluate one source for one date into the history, or skip it when the inputs,
+    the reference and the settings are those of the report already there. A data error
+    becomes the outcome; any other error propagates."""
+    eval_config = config.eval_config(source, run_date)
+    outcome = Outcome(source.name, run_date, "written", run_folder(config.report_root, run_date, source.name),
+                      run_folder(config.tables_base, run_date, source.name))
+    options, slice_by = eval_config.storage_options, eval_config.slice_by
+    try:
+        inputs = steps.find_inputs(eval_config)
+        reference, reference_inputs = reference_paths(source, run_date), None
+        if reference:
+            try:
+                reference_inputs = steps.find_inputs(eval_config.model_copy(update={"sources": reference}))
+                outcome.drift = "checked"
+            except DataError as error:
+                outcome.drift, outcome.reference_problem = "no reference", str(error)
+        digest = run_digest(eval_config, inputs, reference, reference_inputs, config.drift.model_dump(mode="json"))
+        stored = steps.stored_breaches(outcome.folder, digest, options, slice_by)
+        if stored is not None:
+            return replace(outcome, status="unchanged", breaches=stored)
+        evaluation = steps.evaluate(eval_config, inputs, client)
+        tables = adhoc.with_metadata(build_tables(evaluation), evaluation)
+        if reference_inputs:
+            drift_config = DriftConfig.model_validate(
+                {**eval_config.model_dump(), "reference": reference, "drift": config.drift.model_dump()}
+            )
+            tables.update(drift_tables(steps.compare(drift_config, client), drift_config))
+        metrics = metrics_table(tables, slice_by)
+        metrics = metrics.replace_schema_metadata({**report_metadata(evaluation), b"xent.run_digest": digest.encode()})
+        # The tables first: metrics.parquet carries the digest, so a crash in between is redone.
+        steps.write_tables(tables, outcome.tables, options)
+        steps.write_tables({METRICS_FILE.removesuffix(".parquet"): metrics}, outcome.folder, options)
+        outcome.breaches = breach_messages(metrics, slice_by)
+        if steps.publish is not None:
+            steps.publish(outcome, tables, eval_config)
+        return outcome
+    except DataError as error:
+        return replace(outcome, status="data error", error=str(error), breaches=[])
+
+
+def nightly_steps(config: NightlyConfig, dates: Sequence[str], steps: Steps = Steps()) -> list[Outcome]:
+    """Every source for every date, on one Dask cluster; one outcome each."""
+    with dask_client(config.scheduler) as client:
+        outcomes = []
+        for day in dates:
+            for source in config.sources:
+                outcomes.append(nightly_source(config, source, day, client, steps))
+                logger.info("%s", outcomes[-1].line())
+    return outcomes
+
+
+def report_outcomes(outcomes: Sequence[Outcome], out: TextIO | None = None) -> int:
+    """Print the outcomes; raise the run's error (exit 1 or 3) if it has one, else return 0."""
+    print_outcomes(outcomes, out)
+    error = failure(outcomes)
+    if error is not None:
+        raise error
+    return EXIT_OK
