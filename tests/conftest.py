@@ -151,6 +151,25 @@ def xent_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "flows.cli"]
 
 
+def run_without_prefect(runs: list[list[str]], cwd: Path) -> tuple[list[int], list[str], subprocess.CompletedProcess]:
+    """Run `flows.cli.main` on each argument list in one fresh interpreter; returns the
+    exit codes, the Prefect modules that got imported, and the process.
+
+    The interpreter ends with os._exit, as the `xent` command does: pyarrow can abort
+    at native teardown after all work is done (apache/arrow#34314)."""
+    code = (
+        "import os, sys; from flows import cli; "
+        f"codes = [cli.main(run) for run in {runs!r}]; "
+        "print(codes, sorted(m for m in sys.modules if m == 'prefect' or m.startswith('prefect.'))); "
+        "sys.stdout.flush(); sys.stderr.flush(); os._exit(0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env=child_env(DASK_SCHEDULER_ADDRESS=None), cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    codes, modules = result.stdout.strip().splitlines()[-1].split("] [")
+    return json.loads(codes + "]"), json.loads("[" + modules.replace("'", '"')), result
+
+
 def run_cli(args: list[str], env: dict[str, str] | None = None, timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run the installed `xent` command (beside this interpreter), or `python -m flows.cli`."""
     return subprocess.run(

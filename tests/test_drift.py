@@ -5,8 +5,6 @@ artifact keys and run names, against an obvious numpy/scipy computation."""
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,7 @@ import yaml
 from numpy.testing import assert_allclose
 from scipy.special import log_softmax, rel_entr
 
-from conftest import child_env
+from conftest import run_without_prefect
 from flows.cli import main
 from flows.config import DRIFT_METRICS, DriftConfig
 from flows.drift import drift_steps
@@ -232,15 +230,8 @@ def test_no_prefect_never_imports_it(tmp_path):
     reference, current = drift_dumps(tmp_path)
     args = ["drift", "--reference", reference.root, "--current", current.root, "--slice-by", "model",
             "--out", str(tmp_path / "out"), "--no-prefect", "--units", "bits"]
-    code = (
-        "import sys; from flows import cli; "
-        f"code = cli.main({args!r}); "
-        "print(code, sorted(m for m in sys.modules if m == 'prefect' or m.startswith('prefect.')))"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                            env=child_env(DASK_SCHEDULER_ADDRESS=None), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == "0 []", result.stdout
+    codes, prefect_modules, _ = run_without_prefect([args], tmp_path)
+    assert codes == [0] and prefect_modules == []
     table = pq.read_table(tmp_path / "out" / "drift.parquet")
     assert table.schema.metadata[b"xent.units"] == b"bits"
     assert "kl_per_sample" in table.column("metric").to_pylist()

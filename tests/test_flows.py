@@ -3,9 +3,6 @@ drift against an obvious numpy/scipy computation, bad configs (the nightly flow:
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +12,10 @@ import yaml
 from numpy.testing import assert_allclose
 from scipy.special import log_softmax, rel_entr
 
-from conftest import child_env
+from conftest import run_without_prefect
 from flows.adhoc import eval_steps
 from flows.cli import main
 from flows.config import DriftConfig, EvalConfig, NightlyConfig, build_config
-from flows.engine import dask_client
 from flows.errors import DriftBreach, UsageError
 from flows.generate import generate_dump, load_arrays
 from flows.pipelines import drift_flow, eval_flow, find_inputs
@@ -54,15 +50,8 @@ def test_eval_flow_matches_the_plain_steps(tmp_path):
 def test_eval_without_prefect_never_imports_it(tmp_path):
     """`xent eval --no-prefect` runs the same steps without importing Prefect at all."""
     dump = generate_dump(tmp_path / "dump", rows=500, classes=3, shards=2, seed=2)
-    code = (
-        "import sys; from flows import cli; "
-        f"code = cli.main(['eval', {str(dump.root)!r}, '--out', {str(tmp_path / 'out')!r}, '--no-prefect']); "
-        "print(code, sorted(m for m in sys.modules if m == 'prefect' or m.startswith('prefect.')))"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                            env=child_env(DASK_SCHEDULER_ADDRESS=None), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == "0 []", result.stdout
+    codes, prefect_modules, _ = run_without_prefect([["eval", dump.root, "--out", str(tmp_path / "out"), "--no-prefect"]], tmp_path)
+    assert codes == [0] and prefect_modules == []
     assert pq.read_table(tmp_path / "out" / "per_class.parquet").num_rows > 0
 
 

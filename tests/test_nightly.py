@@ -6,8 +6,6 @@ keys and flow-run names (read back from the Prefect server of prefect_harness)."
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import duckdb
@@ -16,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import child_env
+from conftest import run_without_prefect
 from flows.cli import main
 from flows.config import EvalConfig, NightlyConfig, build_config, render_path
 from flows.errors import DataError, DriftBreach, UsageError
@@ -137,15 +135,9 @@ def test_nightly_without_prefect_never_imports_it(tmp_path):
     make_dumps(tmp_path)
     config_path = nightly_config(tmp_path)
     runs = [["--date", "2026-13-01"], ["--date", "20261123"], ["--from", DAYS[1], "--to", DAYS[0]], ["--date", DAYS[1]]]
-    code = (
-        "import sys; from flows import cli; "
-        f"codes = [cli.main(['nightly', '--config', {str(config_path)!r}, '--no-prefect', *run]) for run in {runs!r}]; "
-        "print(codes, sorted(m for m in sys.modules if m == 'prefect' or m.startswith('prefect.')))"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                            env=child_env(DASK_SCHEDULER_ADDRESS=None), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == "[2, 2, 2, 0] []", result.stdout
+    runs = [["nightly", "--config", str(config_path), "--no-prefect", *run] for run in runs]
+    codes, prefect_modules, result = run_without_prefect(runs, tmp_path)
+    assert codes == [2, 2, 2, 0] and prefect_modules == []
     errors = result.stderr.splitlines()
     assert "--date: '2026-13-01' is not a date (expected YYYY-MM-DD" in errors[0]
     assert "--date: '20261123' is not a date" in errors[1]

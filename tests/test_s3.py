@@ -25,7 +25,6 @@ pytest.importorskip("flask", reason="moto's standalone server needs moto[server]
 from conftest import RecordingHTTPServer, assert_same_report, cli_env, moto_server, run_cli  # noqa: E402
 from flows.config import EvalConfig  # noqa: E402
 from flows.engine import dask_client, evaluate  # noqa: E402
-from flows.errors import DataError  # noqa: E402
 from flows.generate import generate_dump, load_arrays  # noqa: E402
 from flows.adhoc import with_metadata  # noqa: E402
 from flows.errors import InfrastructureError  # noqa: E402
