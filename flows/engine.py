@@ -86,15 +86,17 @@ class Evaluation:
 
 def inspect_file(file: InputFile, spec: ReadSpec) -> FileInfo:
     """Read a shard's footer and check its schema against the spec."""
+    row_group_rows: tuple[int, ...] = ()
     try:
         parquet = open_parquet(file.url, spec.storage_options)
-        check_schema(parquet, file, spec)
         metadata = parquet.metadata
-        return FileInfo(file, tuple(metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)))
+        row_group_rows = tuple(metadata.row_group(g).num_rows for g in range(metadata.num_row_groups))
+        check_schema(parquet, file, spec)
+        return FileInfo(file, row_group_rows)
     except DataError as error:
         if spec.on_bad_shard == "error":
             raise
-        return FileInfo(file, error=str(error))
+        return FileInfo(file, row_group_rows, error=str(error))
 
 
 def evaluate_piece(piece: Piece, spec: ReadSpec) -> PieceResult:
@@ -152,6 +154,29 @@ def _reject_invalid_rows(
 # --------------------------------------------------------------------------- the client side
 
 
+def first_readable_spec(config: EvalConfig, inputs: list[InputFile]) -> tuple[ReadSpec, tuple[BadShard, ...]]:
+    """The read settings, from the first file that yields them. With on_bad_shard='skip',
+    files before it that cannot (unreadable, or another layout) are bad shards; with
+    'error', the first file decides."""
+    if config.on_bad_shard == "error":
+        return resolve_spec(config, inputs[0]), ()
+    skipped: list[BadShard] = []
+    for file in inputs:
+        try:
+            return resolve_spec(config, file), tuple(skipped)
+        except DataError as error:
+            skipped.append(BadShard(file.url, str(error), _footer_rows(file, config.storage_options)))
+    raise DataError(f"no file yields the read settings; the first: {skipped[0].reason}")
+
+
+def _footer_rows(file: InputFile, storage_options: dict) -> int:
+    """Rows a file's footer declares; 0 when the footer cannot be read."""
+    try:
+        return open_parquet(file.url, storage_options).metadata.num_rows
+    except DataError:
+        return 0
+
+
 def plan_pieces(infos: list[FileInfo], task_rows: int | None) -> list[Piece]:
     """One piece per file, or per run of row groups of about `task_rows` rows
     (None: whole files, so that a bad file is left out whole)."""
@@ -199,13 +224,14 @@ def evaluate(
     """Run one evaluation on `client` and return the merged statistics. `inputs`
     defaults to listing `config.sources`."""
     inputs = inputs if inputs is not None else list_inputs(config.sources, config.storage_options)
-    spec = resolve_spec(config, inputs[0])
+    spec, unreadable = first_readable_spec(config, inputs)
     progress = progress or Progress.quiet()
-    with progress.stage("inspecting shards", len(inputs)) as advance:
-        futures = client.map(inspect_file, inputs, spec=spec, pure=False)
+    readable = [file for file in inputs if file.url not in {b.url for b in unreadable}]
+    with progress.stage("inspecting shards", len(readable)) as advance:
+        futures = client.map(inspect_file, readable, spec=spec, pure=False)
         _wait_all(futures, lambda future: advance(1))
         infos = [future.result() for future in futures]
-    bad = tuple(BadShard(i.file.url, i.error, 0) for i in infos if i.error is not None)
+    bad = unreadable + tuple(BadShard(i.file.url, i.error, i.rows) for i in infos if i.error is not None)
     # With on_bad_shard='skip' a file is one task: a bad row group must drop its whole file.
     pieces = plan_pieces(infos, config.task_rows if config.on_bad_shard == "error" else None)
     result = PieceResult(_empty(spec), bad)

@@ -20,6 +20,16 @@ def read_report_table(url: str, storage_options: dict[str, Any] | None = None) -
         return pq.read_table(handle)
 
 
+def terminal() -> Console:
+    """A console for stdout. On a terminal rich fits its width; piped (CI logs, files),
+    nothing is wrapped or cut: tables keep their natural width, paths stay whole."""
+    import sys
+
+    if sys.stdout.isatty():
+        return Console()
+    return Console(width=10_000, soft_wrap=True)
+
+
 def _fmt(value) -> str:
     if value is None:
         return ""
@@ -35,11 +45,13 @@ def print_report(
     storage_options: dict[str, Any] | None = None,
 ) -> None:
     """The per-class table (overall rows), the slice summary, and where the files are."""
-    console = console or Console()
+    console = console or terminal()
     per_class = read_report_table(paths["per_class"], storage_options)
     units = (per_class.schema.metadata or {}).get(b"xent.units", b"nats").decode()
     rows = [r for r in per_class.to_pylist() if r["overall"]]
-    table = Table(title=f"per class (cross-entropy in {units})")
+    sliced = any(not r["overall"] for r in per_class.select(["overall"]).to_pylist())
+    scope = ", all slices together (per-slice rows in per_class.parquet)" if sliced else ""
+    table = Table(title=f"per class{scope}; cross-entropy in {units}")
     for column in ("class", "class_name", "n", "ce_mean", "ce_std", "accuracy", "p_true_mean", "entropy_mean"):
         table.add_column(column, justify="right")
     for row in rows:
@@ -59,6 +71,11 @@ def print_report(
         cells = [("(all)" if row["overall"] and c in slice_columns else _fmt(row[c])) for c in shown]
         table.add_row(*cells)
     console.print(table)
+    overall = summary.to_pylist()[-1]
+    if overall.get("n_bad_shards"):
+        count = overall["n_bad_shards"]
+        console.print(f"{count} bad shard{'s' if count != 1 else ''} skipped ({overall['n_skipped']:,} rows): "
+                      f"see {paths.get('bad_shards', 'bad_shards.parquet')}")
     for name, path in paths.items():
         console.print(f"{name}: {path}")
     if elapsed is not None:
@@ -69,7 +86,7 @@ def print_drift(path: str, console: Console | None = None, storage_options: dict
     """The drift metrics per slice with thresholds, every breach, the verdict, and where the report is."""
     from .drift import describe_breach
 
-    console = console or Console()
+    console = console or terminal()
     table_data = read_report_table(path, storage_options)
     units = (table_data.schema.metadata or {}).get(b"xent.units", b"nats").decode()
     rows = [r for r in table_data.to_pylist() if r["class"] is None]

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from numpy.testing import assert_allclose
 
 import reference as ref
+from conftest import assert_same_report
 from flows.cli import main
 from flows.config import EvalConfig
 from flows.engine import dask_client, evaluate
@@ -206,6 +207,30 @@ def test_skip_mode_leaves_bad_shards_out_and_lists_them(client, tmp_path):
     assert_report_matches(tables, cells, slices)
     overall = tables["summary"].to_pylist()[-1]
     assert overall["n_bad_shards"] == 3 and overall["n_skipped"] == sum(r["rows"] for r in listed)
+
+
+@pytest.mark.parametrize("kind", ["truncated", "missing_column", "wrong_classes"])
+def test_skip_mode_skips_a_bad_file_that_sorts_first(client, tmp_path, kind, capsys):
+    """The read settings come from the first readable file, not from whichever sorts first."""
+    dump = generate_dump(tmp_path / "dump", rows=3000, classes=4, shards=4, bad_shards={kind: 1}, seed=19)
+    (bad_path, _), = dump.bad.items()
+    first = Path(dump.root) / "a-sorts-first.parquet"
+    os.rename(bad_path, first)
+    good = [f for f in dump.files if f != bad_path]
+    tables = run(client, tmp_path / "out", sources=[dump.root], on_bad_shard="skip")
+    expected = run(client, tmp_path / "expected", sources=good)
+    kept = {name: [c for c in expected[name].column_names if c not in ("n_skipped", "n_bad_shards")]
+            for name in ("per_class", "summary")}
+    assert_same_report({name: tables[name].select(columns) for name, columns in kept.items()},
+                       {name: expected[name].select(columns) for name, columns in kept.items()})
+    (listed,) = tables["bad_shards"].to_pylist()
+    assert listed["file"] == str(first) and listed["reason"]
+    footer_rows = 0 if kind == "truncated" else pq.ParquetFile(first).metadata.num_rows
+    assert listed["rows"] == footer_rows
+    overall = tables["summary"].to_pylist()[-1]
+    assert overall["n_bad_shards"] == 1 and overall["n_skipped"] == footer_rows
+    assert main(["eval", dump.root, "--out", str(tmp_path / "cli"), "--on-bad-shard", "skip", "--no-prefect"]) == 0
+    assert "1 bad shard skipped" in capsys.readouterr().out
 
 
 def test_nonfinite_rows_can_be_counted_instead(client, tmp_path):
