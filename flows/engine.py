@@ -227,10 +227,19 @@ def evaluate(
     spec, unreadable = first_readable_spec(config, inputs)
     progress = progress or Progress.quiet()
     readable = [file for file in inputs if file.url not in {b.url for b in unreadable}]
-    with progress.stage("inspecting shards", len(readable)) as advance:
-        futures = client.map(inspect_file, readable, spec=spec, pure=False)
-        _wait_all(futures, lambda future: advance(1))
-        infos = [future.result() for future in futures]
+    infos = _inspect(client, readable, spec, progress)
+    rejected = [info for info in infos if info.error is not None]
+    if 2 * len(rejected) > len(infos):
+        # The file the settings came from may be the odd one out: take the other layout
+        # if it fits more files.
+        try:
+            other_spec = resolve_spec(config, rejected[0].file)
+        except DataError:
+            other_spec = None
+        if other_spec is not None:
+            other = _inspect(client, readable, other_spec, progress)
+            if sum(i.error is None for i in other) > len(infos) - len(rejected):
+                spec, infos = other_spec, other
     bad = unreadable + tuple(BadShard(i.file.url, i.error, i.rows) for i in infos if i.error is not None)
     # With on_bad_shard='skip' a file is one task: a bad row group must drop its whole file.
     pieces = plan_pieces(infos, config.task_rows if config.on_bad_shard == "error" else None)
@@ -243,6 +252,13 @@ def evaluate(
             _wait_all(futures, lambda future: advance(rows[future.key]))
             result = PieceResult.merge(total.result(), result)
     return Evaluation(config, spec, inputs, result, fingerprint(inputs))
+
+
+def _inspect(client: Client, files: list[InputFile], spec: ReadSpec, progress: "Progress") -> list[FileInfo]:
+    with progress.stage("inspecting shards", len(files)) as advance:
+        futures = client.map(inspect_file, files, spec=spec, pure=False)
+        _wait_all(futures, lambda future: advance(1))
+        return [future.result() for future in futures]
 
 
 class Progress:
