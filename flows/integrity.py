@@ -24,6 +24,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+import fsspec
 import pyarrow.parquet as pq
 
 from .errors import DataError
@@ -180,7 +181,7 @@ def _corrupt(url: str, what: str) -> DataError:
 _UNDECODABLE = (ValueError, LookupError, TypeError, AttributeError, RecursionError)
 
 
-def first_row_group_chunks(parquet: pq.ParquetFile, fs, path: str, url: str) -> list[dict[int, Any]]:
+def first_row_group_chunks(parquet: pq.ParquetFile, fs: fsspec.AbstractFileSystem, path: str, url: str) -> list[dict[int, Any]]:
     """The ColumnMetaData of each leaf column in the first row group (empty without row
     groups), decoded from the file's footer (one ranged read of its tail) as far as that
     row group."""
