@@ -24,6 +24,7 @@ from xent_kernels import ClassStats, class_stats_partial, find_invalid_row
 
 from .config import EvalConfig
 from .errors import DataError, InfrastructureError, XentError, infrastructure_cause
+from .integrity import inspect_integrity
 from .reader import ReadSpec, check_schema, iter_batches, open_parquet, resolve_spec
 from .sources import InputFile, fingerprint, list_inputs
 
@@ -64,6 +65,7 @@ class FileInfo:
     file: InputFile
     row_group_rows: tuple[int, ...] = ()
     error: str | None = None
+    checksummed: bool = False  # the pages read carry CRCs, verified as they are read
 
     @property
     def rows(self) -> int:
@@ -79,24 +81,32 @@ class Evaluation:
     inputs: list[InputFile]
     result: PieceResult
     fingerprint: dict = field(default_factory=dict)
+    n_files_verified: int = 0  # inputs whose pages carry checksums, verified as they are read
+
+    @property
+    def n_files(self) -> int:
+        return len(self.inputs)
 
 
 # --------------------------------------------------------------------------- work done on workers
 
 
 def inspect_file(file: InputFile, spec: ReadSpec) -> FileInfo:
-    """Read a shard's footer and check its schema against the spec."""
-    row_group_rows: tuple[int, ...] = ()
+    """Read a shard's footer, check its schema against the spec, and see whether its
+    pages carry checksums. A bad shard's rows are what its footer declares, if readable."""
+    declared = 0
     try:
         parquet = open_parquet(file.url, spec.storage_options)
-        metadata = parquet.metadata
-        row_group_rows = tuple(metadata.row_group(g).num_rows for g in range(metadata.num_row_groups))
+        declared = parquet.metadata.num_rows
         check_schema(parquet, file, spec)
-        return FileInfo(file, row_group_rows)
+        checksummed = inspect_integrity(parquet, file.url, spec.columns_to_read(), spec.storage_options)
+        metadata = parquet.metadata
+        rows = tuple(metadata.row_group(g).num_rows for g in range(metadata.num_row_groups))
+        return FileInfo(file, rows, checksummed=checksummed)
     except DataError as error:
         if spec.on_bad_shard == "error":
             raise
-        return FileInfo(file, row_group_rows, error=str(error))
+        return FileInfo(file, (declared,) if declared else (), error=str(error))
 
 
 def evaluate_piece(piece: Piece, spec: ReadSpec) -> PieceResult:
@@ -251,7 +261,8 @@ def evaluate(
             total = tree_reduce(client, futures, config.split_every)
             _wait_all(futures, lambda future: advance(rows[future.key]))
             result = PieceResult.merge(total.result(), result)
-    return Evaluation(config, spec, inputs, result, fingerprint(inputs))
+    verified = sum(info.checksummed for info in infos)
+    return Evaluation(config, spec, inputs, result, fingerprint(inputs), n_files_verified=verified)
 
 
 def _inspect(client: Client, files: list[InputFile], spec: ReadSpec, progress: "Progress") -> list[FileInfo]:

@@ -4,6 +4,7 @@
 what a real evaluation job dumps: one row per example, an ``id``, a true ``label``
 and the model's predictions, optionally with slice columns (``model``, ``split``,
 ...), a ``weight`` column and hive partition folders (``date=2026-11-23/...``).
+Every page carries a CRC-32 (``write_page_checksum``), so xent verifies what it reads.
 ``load_arrays`` reads a dump back into plain numpy arrays without going through the
 evaluation engine, so tests can compare the engine's report against them.
 
@@ -601,13 +602,13 @@ def generate_dump(
         group = int(row_group_rows or min(max(n, 1), _MAX_ROW_GROUP))
 
         def write(f, table=table, group=group, truncate=bad_kind == "truncated"):
+            options = dict(row_group_size=group, compression=compression, use_dictionary=dictionary_columns,
+                           write_page_checksum=True)
             if not truncate:
-                pq.write_table(table, f, row_group_size=group, compression=compression,
-                               use_dictionary=dictionary_columns)
+                pq.write_table(table, f, **options)
                 return
             buf = pa.BufferOutputStream()
-            pq.write_table(table, buf, row_group_size=group, compression=compression,
-                           use_dictionary=dictionary_columns)
+            pq.write_table(table, buf, **options)
             f.write(_truncated_bytes(buf.getvalue().to_pybytes()))
 
         fs.makedirs(f"{base}/{folder}" if folder else base, exist_ok=True)

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from .config import DEFAULT_PRED_COL, EvalConfig
 from .errors import DataError
+from .integrity import read_error_message
 from .sources import InputFile, filesystem
 
 CLASSES_METADATA_KEY = b"xent.classes"
@@ -66,13 +67,14 @@ class ReadSpec:
 
 
 def open_parquet(url: str, storage_options: dict[str, Any]) -> pq.ParquetFile:
-    """Open a shard; an unreadable or corrupt file is a DataError naming it."""
+    """Open a shard; an unreadable or corrupt file is a DataError naming it. Pages
+    that carry a CRC are verified as they are read (see flows.integrity)."""
     fs, path = filesystem(url, storage_options)
     try:
         if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
-            return pq.ParquetFile(path)
-        return pq.ParquetFile(fs.open(path, "rb"))
-    except (OSError, pa.ArrowException) as error:
+            return pq.ParquetFile(path, page_checksum_verification=True)
+        return pq.ParquetFile(fs.open(path, "rb"), page_checksum_verification=True)
+    except (OSError, pa.ArrowException, UnicodeDecodeError) as error:  # a name in a corrupt footer may not decode
         raise DataError(f"{url}: not a readable Parquet file ({error})") from None
 
 
@@ -196,10 +198,13 @@ def resolve_spec(config: EvalConfig, first: InputFile) -> ReadSpec:
 
 
 def _first_row_length(parquet: pq.ParquetFile, column: str, url: str) -> int:
-    for batch in parquet.iter_batches(batch_size=64, columns=[column]):
-        lengths = pc.list_value_length(batch.column(0)).drop_null()
-        if len(lengths):
-            return int(lengths[0].as_py())
+    try:
+        for batch in parquet.iter_batches(batch_size=64, columns=[column]):
+            lengths = pc.list_value_length(batch.column(0)).drop_null()
+            if len(lengths):
+                return int(lengths[0].as_py())
+    except (OSError, pa.ArrowException) as error:
+        raise DataError(read_error_message(url, "the rows read to learn the class count", error)) from None
     raise DataError(f"{url}: column '{column}' has no non-null rows to learn the class count from; set n_classes")
 
 
@@ -259,7 +264,7 @@ def iter_batches(parquet: pq.ParquetFile, file: InputFile, spec: ReadSpec, row_g
                 yield to_arrays(record_batch, first_row, file, spec)
                 first_row += record_batch.num_rows
         except (OSError, pa.ArrowException) as error:
-            raise DataError(f"{file.url}: cannot read row group {group} ({error})") from None
+            raise DataError(read_error_message(file.url, f"row group {group}", error)) from None
 
 
 def _where(file: InputFile, column: str, row: int) -> str:

@@ -18,6 +18,7 @@ from xent_kernels import ClassReport, ClassStats
 
 from . import __version__
 from .engine import Evaluation
+from .integrity import INTEGRITY_KEY
 from .writing import write_tables_atomically
 
 CLASS_METRICS = ["ce_mean", "ce_std", "accuracy", "top5_accuracy", "p_true_mean", "entropy_mean"]
@@ -122,6 +123,7 @@ def report_metadata(evaluation: Evaluation) -> dict[bytes, bytes]:
         b"xent.fingerprint": json.dumps(evaluation.fingerprint, sort_keys=True).encode(),
         b"xent.classes": json.dumps(_class_names(spec.n_classes, spec.class_names)).encode(),
         b"xent.layout": json.dumps({"kind": spec.kind, "layout": spec.layout, "columns": list(spec.pred_columns)}).encode(),
+        INTEGRITY_KEY: json.dumps({"files": evaluation.n_files, "page_checksums_verified": evaluation.n_files_verified}).encode(),
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -11,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .config import DRIFT_METRICS
+from .integrity import INTEGRITY_KEY
 from .sources import filesystem
 
 
@@ -36,6 +38,15 @@ def _fmt(value) -> str:
     if isinstance(value, float):
         return "nan" if math.isnan(value) else f"{value:.4f}"
     return str(value)
+
+
+def integrity_line(integrity: dict[str, int]) -> str:
+    """The terminal line for a report's `xent.integrity` metadata."""
+    files, verified = integrity["files"], integrity["page_checksums_verified"]
+    line = f"inputs: {files} files, {verified} with page checksums verified"
+    if verified < files:
+        line += f"; {files - verified} without: bit flips in them cannot be detected"
+    return line
 
 
 def print_report(
@@ -71,6 +82,9 @@ def print_report(
         cells = [("(all)" if row["overall"] and c in slice_columns else _fmt(row[c])) for c in shown]
         table.add_row(*cells)
     console.print(table)
+    integrity = (summary.schema.metadata or {}).get(INTEGRITY_KEY)
+    if integrity is not None:
+        console.print(integrity_line(json.loads(integrity)))
     overall = summary.to_pylist()[-1]
     if overall.get("n_bad_shards"):
         count = overall["n_bad_shards"]
