@@ -52,12 +52,14 @@ class PieceResult:
     stats: ClassStats
     bad_shards: tuple[BadShard, ...] = ()
     rows_read: int = 0
+    probability_like: tuple[str, ...] = ()  # files read as logits whose rows look like probabilities
 
     @staticmethod
     def merge(*results: "PieceResult") -> "PieceResult":
         stats = functools.reduce(ClassStats.merge, (r.stats for r in results))
         bad = tuple(sorted((b for r in results for b in r.bad_shards), key=lambda b: b.url))
-        return PieceResult(stats, bad, sum(r.rows_read for r in results))
+        suspicious = tuple(sorted({url for r in results for url in r.probability_like}))
+        return PieceResult(stats, bad, sum(r.rows_read for r in results), suspicious)
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,8 @@ def inspect_file(file: InputFile, spec: ReadSpec) -> FileInfo:
 def evaluate_piece(piece: Piece, spec: ReadSpec) -> PieceResult:
     """Read one piece batch by batch and reduce it to statistics."""
     try:
-        return PieceResult(_piece_stats(piece, spec), rows_read=piece.rows)
+        stats, probability_like = _piece_stats(piece, spec)
+        return PieceResult(stats, rows_read=piece.rows, probability_like=(piece.file.url,) if probability_like else ())
     except DataError as error:
         if spec.on_bad_shard == "error":
             raise
@@ -123,12 +126,17 @@ def _empty(spec: ReadSpec) -> ClassStats:
     return ClassStats.empty(spec.n_classes, n_bins=spec.n_bins)
 
 
-def _piece_stats(piece: Piece, spec: ReadSpec) -> ClassStats:
+def _piece_stats(piece: Piece, spec: ReadSpec) -> tuple[ClassStats, bool]:
+    """The piece's statistics, and whether its first batch, read as logits, looks
+    like probabilities instead."""
     parquet = open_parquet(piece.file.url, spec.storage_options)
     check_schema(parquet, piece.file, spec)
     stats = _empty(spec)
+    probability_like = None
     groups = None if piece.row_groups is None else list(piece.row_groups)
     for batch in iter_batches(parquet, piece.file, spec, groups):
+        if probability_like is None:
+            probability_like = spec.kind == "logits" and _looks_like_probabilities(batch.pred)
         if spec.kind != "logits":  # probabilities must also be normalised
             _reject_invalid_rows(batch.pred, batch.first_row, piece.file, spec)
         state = class_stats_partial(
@@ -143,7 +151,13 @@ def _piece_stats(piece: Piece, spec: ReadSpec) -> ClassStats:
         if spec.on_nonfinite == "error" and state.n_nonfinite:
             _reject_invalid_rows(batch.pred[batch.labels >= 0], batch.first_row, piece.file, spec, batch.labels >= 0)
         stats = ClassStats.merge(stats, state)
-    return stats
+    return stats, bool(probability_like)
+
+
+def _looks_like_probabilities(pred: np.ndarray, rows: int = 4096) -> bool:
+    """Every one of the first `rows` rows is non-negative and sums to 1 (within 1e-4)."""
+    head = pred[:rows]
+    return len(head) > 0 and bool((head >= 0).all() and (np.abs(head.sum(axis=1, dtype=np.float64) - 1.0) <= 1e-4).all())
 
 
 def _reject_invalid_rows(
@@ -262,6 +276,11 @@ def evaluate(
             _wait_all(futures, lambda future: advance(rows[future.key]))
             result = PieceResult.merge(total.result(), result)
     verified = sum(info.checksummed for info in infos)
+    if result.probability_like:
+        first, more = result.probability_like[0], len(result.probability_like) - 1
+        log.warning("%s%s: every row read as logits is non-negative and sums to 1: these look like probabilities; "
+                    "if they are, pass --kind probs (kind: probs in a config)", first,
+                    f" and {more} more file(s)" if more else "")
     return Evaluation(config, spec, inputs, result, fingerprint(inputs), n_files_verified=verified)
 
 

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .config import DEFAULT_PRED_COL, EvalConfig
-from .errors import DataError
+from .errors import DataError, XentError, as_infrastructure_error
 from .integrity import read_error_message
 from .sources import InputFile, filesystem
 
@@ -75,7 +75,15 @@ def open_parquet(url: str, storage_options: dict[str, Any]) -> pq.ParquetFile:
             return pq.ParquetFile(path, page_checksum_verification=True)
         return pq.ParquetFile(fs.open(path, "rb"), page_checksum_verification=True)
     except (OSError, pa.ArrowException, UnicodeDecodeError) as error:  # a name in a corrupt footer may not decode
+        if (failure := as_infrastructure_error(error, url, "cannot read")) is not None:
+            raise failure from error
         raise DataError(f"{url}: not a readable Parquet file ({error})") from None
+
+
+def read_failure(url: str, where: str, error: BaseException) -> XentError:
+    """What a failed read of `where` in `url` means: the disk or the network failed
+    (exit 4), or the file is corrupt (exit 1)."""
+    return as_infrastructure_error(error, f"{url} ({where})", "cannot read") or DataError(read_error_message(url, where, error))
 
 
 def _float_type(arrow_type: pa.DataType) -> bool:
@@ -120,9 +128,14 @@ def resolve_spec(config: EvalConfig, first: InputFile) -> ReadSpec:
     elif config.pred_col is not None and len(wide_columns(requested)) >= 2:
         layout, pred_columns = "wide", wide_columns(requested)
     else:
+        other_kinds = [other for other in DEFAULT_PRED_COL if other != kind and (
+            DEFAULT_PRED_COL[other] in names or BINARY_COL[other] in names or len(wide_columns(WIDE_PREFIX[other])) >= 2)]
+        kind_hint = (f"the dump looks like --kind {other_kinds[0]}; pass it, or " if other_kinds
+                     else "pass --kind probs or --kind log_probs if the predictions are (log-)probabilities, or ")
         raise DataError(
             f"{first.url}: no prediction column '{requested}' (kind {kind}); columns are {sorted(names)}. "
-            "Name it with --pred-col (a list column, a float column, or a wide-column prefix such as logit_)."
+            f"To fix it, {kind_hint}name the column with --pred-col (a list column, a float column, or a "
+            "wide-column prefix such as logit_)."
         )
 
     class_names = tuple(config.classes) if config.classes else None
@@ -204,7 +217,7 @@ def _first_row_length(parquet: pq.ParquetFile, column: str, url: str) -> int:
             if len(lengths):
                 return int(lengths[0].as_py())
     except (OSError, pa.ArrowException) as error:
-        raise DataError(read_error_message(url, "the rows read to learn the class count", error)) from None
+        raise read_failure(url, "the rows read to learn the class count", error) from None
     raise DataError(f"{url}: column '{column}' has no non-null rows to learn the class count from; set n_classes")
 
 
@@ -264,7 +277,7 @@ def iter_batches(parquet: pq.ParquetFile, file: InputFile, spec: ReadSpec, row_g
                 yield to_arrays(record_batch, first_row, file, spec)
                 first_row += record_batch.num_rows
         except (OSError, pa.ArrowException) as error:
-            raise DataError(read_error_message(file.url, f"row group {group}", error)) from None
+            raise read_failure(file.url, f"row group {group}", error) from None
 
 
 def _where(file: InputFile, column: str, row: int) -> str:

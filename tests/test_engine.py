@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from numpy.testing import assert_allclose
 
 import reference as ref
-from conftest import assert_same_report
+from conftest import assert_same_report, run_cli
 from flows.cli import main
 from flows.config import EvalConfig
 from flows.engine import dask_client, evaluate
@@ -231,6 +231,25 @@ def test_skip_mode_skips_a_bad_file_that_sorts_first(client, tmp_path, kind, cap
     assert overall["n_bad_shards"] == 1 and overall["n_skipped"] == footer_rows
     assert main(["eval", dump.root, "--out", str(tmp_path / "cli"), "--on-bad-shard", "skip", "--no-prefect"]) == 0
     assert "1 bad shard skipped" in capsys.readouterr().out
+
+
+def test_probabilities_read_as_logits_are_flagged(tmp_path, capsys):
+    dump = generate_dump(tmp_path / "probs", rows=3000, classes=4, shards=3, kind="probs", seed=20)
+    out = str(tmp_path / "out")
+    # The default kind finds no 'logits' column and says which kind the dump looks like.
+    assert main(["eval", dump.root, "--out", out, "--no-prefect"]) == 1
+    err = capsys.readouterr().err
+    assert "no prediction column 'logits'" in err and "--kind probs" in err and len(err.strip().splitlines()) == 1
+    # Naming the column reads the probabilities as logits: allowed, but not silently.
+    result = run_cli(["eval", dump.root, "--out", out, "--no-prefect", "--pred-col", "probs"])
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "look like probabilities" in line]
+    assert len(warnings) == 1 and "--kind probs" in warnings[0] and "and 2 more file(s)" in warnings[0], warnings
+    assert sorted(dump.files)[0] in warnings[0]
+    assert main(["eval", dump.root, "--out", out, "--no-prefect", "--kind", "probs"]) == 0
+    logits = generate_dump(tmp_path / "logits", rows=3000, classes=4, shards=3, seed=20)
+    result = run_cli(["eval", logits.root, "--out", out, "--no-prefect"])
+    assert result.returncode == 0 and "look like probabilities" not in result.stderr, result.stderr
 
 
 def test_nonfinite_rows_can_be_counted_instead(client, tmp_path):
