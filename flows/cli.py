@@ -50,6 +50,7 @@ def _add_eval_arguments(parser: argparse.ArgumentParser, sources: bool = True) -
     parser.add_argument("--slice-by", help="comma-separated slice columns or hive keys")
     parser.add_argument("--classes", help="class names: comma list, or a file (one per line or a JSON list)")
     parser.add_argument("--units", choices=["nats", "bits"])
+    parser.add_argument("--eps", type=float, help="clip the true class's probability to at least EPS (default: exact)")
     parser.add_argument("--scheduler", help="address of an existing Dask scheduler (or $DASK_SCHEDULER_ADDRESS)")
     parser.add_argument("--on-bad-shard", choices=["error", "skip"])
     parser.add_argument("--on-nonfinite", choices=["error", "count"])
@@ -67,6 +68,7 @@ def _eval_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "slice_by": args.slice_by,
         "classes": read_class_names(args.classes) if args.classes else None,
         "units": args.units,
+        "eps": args.eps,
         "scheduler": args.scheduler,
         "on_bad_shard": args.on_bad_shard,
         "on_nonfinite": args.on_nonfinite,

@@ -44,6 +44,9 @@ class EvalConfig(StrictModel):
     classes: list[str] | None = Field(None, description="Class names in index order.")
     n_classes: int | None = Field(None, ge=2, description="Class count, when no class list is given.")
     units: Literal["nats", "bits"] = "nats"
+    eps: float | None = Field(
+        None, gt=0, lt=1, description="Clip the true class's probability to at least eps (CE <= -log eps); none = exact."
+    )
     scheduler: str | None = Field(None, description="Address of an existing Dask scheduler.")
     on_bad_shard: Literal["error", "skip"] = "error"
     on_nonfinite: Literal["error", "count"] = Field(

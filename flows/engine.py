@@ -147,6 +147,7 @@ def _piece_stats(piece: Piece, spec: ReadSpec) -> tuple[ClassStats, bool]:
             slice_ids=batch.slice_ids,
             slice_keys=batch.slice_keys,
             n_bins=spec.n_bins,
+            eps=spec.eps,
         )
         if spec.on_nonfinite == "error" and state.n_nonfinite:
             _reject_invalid_rows(batch.pred[batch.labels >= 0], batch.first_row, piece.file, spec, batch.labels >= 0)

@@ -46,6 +46,7 @@ class ReadSpec:
     on_nonfinite: str
     n_bins: int
     batch_logits: int
+    eps: float | None = None
     storage_options: dict[str, Any] = field(default_factory=dict)
     reference_file: str = ""  # the shard the layout was taken from, for messages
     id_cols: tuple[str, ...] = ()  # row key columns, read too for the per-sample drift join
@@ -205,6 +206,7 @@ def resolve_spec(config: EvalConfig, first: InputFile) -> ReadSpec:
         on_nonfinite=config.on_nonfinite,
         n_bins=config.n_bins,
         batch_logits=config.batch_logits,
+        eps=config.eps,
         storage_options=dict(config.storage_options),
         reference_file=first.url,
     )

@@ -119,6 +119,7 @@ def report_metadata(evaluation: Evaluation) -> dict[bytes, bytes]:
         b"xent.version": __version__.encode(),
         b"xent.created_at": dt.datetime.now(dt.timezone.utc).isoformat().encode(),
         b"xent.units": evaluation.config.units.encode(),
+        b"xent.eps": json.dumps(evaluation.config.eps).encode(),
         b"xent.config": config_json(evaluation.config),
         b"xent.fingerprint": json.dumps(evaluation.fingerprint, sort_keys=True).encode(),
         b"xent.classes": json.dumps(_class_names(spec.n_classes, spec.class_names)).encode(),

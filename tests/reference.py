@@ -203,8 +203,9 @@ def log_partition(logits):
 
 
 def class_report(pred, labels, kind="logits", *, weights=None, slice_ids=None, n_slices=1,
-                 reference=None, reference_kind=None, n_bins=15):
-    """Per-(slice, class) and per-slice statistics, the obvious way.
+                 reference=None, reference_kind=None, n_bins=15, eps=None):
+    """Per-(slice, class) and per-slice statistics, the obvious way. `eps` clips the
+    true class's probability from below (CE and p_true only).
 
     Rows with label < 0 are ignored; rows with a non-finite value are skipped.
     Returns (cells, slices): dicts keyed by (slice, class) and by slice.
@@ -230,10 +231,10 @@ def class_report(pred, labels, kind="logits", *, weights=None, slice_ids=None, n
     kept = (labels >= 0) & finite
     safe_labels = np.where(labels >= 0, labels, 0)
     rows = np.arange(n)
-    ce = -lq[rows, safe_labels]
+    ce = -lq[rows, safe_labels] if eps is None else -np.maximum(lq[rows, safe_labels], np.log(eps))
     with np.errstate(all="ignore"):
         ent = entr(q).sum(axis=1)
-    p_true = q[rows, safe_labels]
+    p_true = q[rows, safe_labels] if eps is None else np.maximum(q[rows, safe_labels], eps)
     # rank of the true class, ties broken toward the lower index (np.argmax's rule)
     order = np.argsort(-q, axis=1, kind="stable")
     rank = np.argmax(order == safe_labels[:, None], axis=1)

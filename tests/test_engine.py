@@ -252,6 +252,21 @@ def test_probabilities_read_as_logits_are_flagged(tmp_path, capsys):
     assert result.returncode == 0 and "look like probabilities" not in result.stderr, result.stderr
 
 
+def test_eps_clips_only_when_asked_and_is_recorded(tmp_path):
+    dump = generate_dump(tmp_path / "dump", rows=4000, classes=5, shards=2, seed=21)
+    arrays = load_arrays(dump)
+    for eps in (None, 0.2):
+        out = tmp_path / f"out-{eps}"
+        args = ["eval", dump.root, "--out", str(out), "--no-prefect"] + ([] if eps is None else ["--eps", str(eps)])
+        assert main(args) == 0
+        tables = {name: pq.read_table(out / f"{name}.parquet") for name in ("per_class", "summary")}
+        cells, slices = ref.class_report(arrays["pred"], arrays["label"], "logits", eps=eps)
+        assert_report_matches(tables, {((), c): v for (_, c), v in cells.items()}, {(): slices[0]})
+        metadata = tables["summary"].schema.metadata
+        assert json.loads(metadata[b"xent.eps"]) == eps and json.loads(metadata[b"xent.config"])["eps"] == eps
+    assert main(["eval", dump.root, "--out", str(tmp_path / "bad"), "--no-prefect", "--eps", "1.5"]) == 2
+
+
 def test_nonfinite_rows_can_be_counted_instead(client, tmp_path):
     dump = generate_dump(tmp_path / "dump", rows=3000, classes=3, shards=3, bad_shards={"nan": 1}, seed=10)
     tables = run(client, tmp_path / "out", sources=[dump.root], on_nonfinite="count")

@@ -64,6 +64,23 @@ def test_against_float64_reference(n_classes, kind):
     assert report.per_slice["n_nonfinite"].sum() == (labels[5] >= 0)
 
 
+@pytest.mark.parametrize("n_classes", [2, 10, 33, 1000])
+@pytest.mark.parametrize("kind", ["logits", "probs"])
+def test_eps_clips_the_true_class_probability(n_classes, kind):
+    rng = np.random.default_rng(n_classes + 7)
+    n = 3000 if n_classes < 1000 else 400
+    pred, labels = make_data(rng, n, n_classes, kind)
+    eps = 0.5 / n_classes  # clips a good share of rows
+    slice_ids = rng.integers(0, 3, n)
+    report = class_stats_partial(pred, labels, kind=kind, slice_ids=slice_ids, slice_keys=KEYS, eps=eps).finalize()
+    cells, slices = ref.class_report(pred, labels, kind, slice_ids=slice_ids, n_slices=3, eps=eps)
+    assert_matches_reference(report, cells, slices, rtol=1e-11)
+    exact = class_stats_partial(pred, labels, kind=kind, slice_ids=slice_ids, slice_keys=KEYS).finalize()
+    assert (report.per_class["ce_mean"] < exact.per_class["ce_mean"]).any()
+    with pytest.raises(ValueError, match="eps must be in"):
+        class_stats_partial(pred, labels, kind=kind, eps=1.0)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_float32_input_accumulates_in_float64(dtype):
     rng = np.random.default_rng(0)

@@ -778,7 +778,7 @@ def _fold_slices(slice_list, n_slice_list, n_cols, n_bins, s_marg, s_hist, msum,
 
 @kernel
 def _class_stats_narrow(
-    z, labels, weights, slice_ids, ref, kind, ref_kind, n_bins, has_weights, has_slices, has_ref,
+    z, labels, weights, slice_ids, ref, kind, ref_kind, n_bins, max_ce, has_weights, has_slices, has_ref,
     n_slices, flat_counts, flat_sum, flat_comp, flat_m2, flat_msum, flat_mcomp, flat_hsum, flat_hcomp, row_counts,
 ):
     """``class_stats_kernel`` for C <= NARROW_CLASSES. Blocks of NARROW_ROWS rows are
@@ -838,7 +838,7 @@ def _class_stats_narrow(
             W[_Y * NR + i] = np.float64(sl * C + max(y, 0))
             W[_TOP * NR + i] = w
             lognorm = W[_LOGN * NR + i]
-            W[_TY * NR + i] = lognorm - W[_TY * NR + i]
+            W[_TY * NR + i] = min(lognorm - W[_TY * NR + i], max_ce)  # eps: q_true -> max(q_true, eps)
             W[_ET * NR + i] = w * (lognorm - W[_INV * NR + i] * W[_ET * NR + i])
             W[_LOGN * NR + i] = np.float64((sl * n_bins + b) * N_HIST_FIELDS)
             n_skipped += not valid
@@ -936,10 +936,13 @@ def _class_stats_narrow(
 
 @kernel
 def class_stats_kernel(
-    z, labels, weights, slice_ids, ref, kind, ref_kind, n_bins, has_weights, has_slices, has_ref,
+    z, labels, weights, slice_ids, ref, kind, ref_kind, n_bins, max_ce, has_weights, has_slices, has_ref,
     counts, cell_sum, cell_comp, ce_m2, marg_sum, marg_comp, hist_sum, hist_comp, row_counts,
 ):
     """Accumulate one partition into the (zeroed or running) state arrays.
+
+    `max_ce` caps each row's CE (-log eps: the true class's probability is clipped to
+    at least eps), +inf for exact CE.
 
     Rows with label < 0 are ignored; rows with a non-finite prediction (or reference)
     are counted and skipped. Each block is reduced to per-row summaries (CE, entropy,
@@ -958,23 +961,24 @@ def class_stats_kernel(
     )
     if z.shape[1] <= NARROW_CLASSES:
         _class_stats_narrow(
-            z, labels, weights, slice_ids, ref, kind, ref_kind, n_bins, has_weights, has_slices, has_ref,
+            z, labels, weights, slice_ids, ref, kind, ref_kind, n_bins, max_ce, has_weights, has_slices, has_ref,
             n_slices, *flat, row_counts,
         )
     else:
         _class_stats_wide(
-            z, labels, weights, slice_ids, ref, kind, ref_kind, n_bins, has_weights, has_slices, has_ref,
+            z, labels, weights, slice_ids, ref, kind, ref_kind, n_bins, max_ce, has_weights, has_slices, has_ref,
             n_slices, *flat, row_counts,
         )
 
 
 @kernel
 def _class_stats_wide(
-    z, labels, weights, slice_ids, ref, kind, ref_kind, n_bins, has_weights, has_slices, has_ref,
+    z, labels, weights, slice_ids, ref, kind, ref_kind, n_bins, max_ce, has_weights, has_slices, has_ref,
     n_slices, flat_counts, flat_sum, flat_comp, flat_m2, flat_msum, flat_mcomp, flat_hsum, flat_hcomp, row_counts,
 ):
     """``class_stats_kernel`` for C > NARROW_CLASSES: rows in fused row passes (``_wide_row``)."""
     n, n_cols = z.shape
+    min_p_true = np.exp(-max_ce)  # 0 without eps
     block = max(1, BLOCK_ELEMENTS // n_cols)
     t = np.empty(block * n_cols)
     e = np.empty(block * n_cols)
@@ -1036,7 +1040,7 @@ def _class_stats_wide(
                 continue
             w = np.float64(weights[r]) if has_weights else 1.0
             scale[i] = w * inv_sum[i]
-            ce = lognorm[i] - t_true[i]
+            ce = min(lognorm[i] - t_true[i], max_ce)  # eps: q_true -> max(q_true, eps)
             cell = sl * n_cols + y
             if blk[cell, 8] == 0.0:
                 touched[n_touched] = cell
@@ -1052,7 +1056,7 @@ def _class_stats_wide(
             blk[cell, 1] += w * d
             blk[cell, 2] += w * d * d
             blk[cell, 3] += w * (lognorm[i] - inv_sum[i] * et[i])
-            blk[cell, 4] += w * e_true[i] * inv_sum[i]
+            blk[cell, 4] += w * max(e_true[i] * inv_sum[i], min_p_true)
             blk[cell, 5] += correct
             blk[cell, 6] += w if rank[i] < 5 else 0.0
             blk[cell, 7] += w * kl[i]

@@ -9,6 +9,8 @@ compensation term (TwoSum), so the report does not depend on how rows were split
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import Hashable, Literal, Sequence
 
@@ -304,6 +306,7 @@ def class_stats_partial(
     reference: ArrayLike | None = None,
     reference_kind: Literal["logits", "probs", "log_probs"] | None = None,
     n_bins: int = DEFAULT_BINS,
+    eps: float | None = None,
 ) -> ClassStats:
     """Per-class statistics of one partition, in one fused pass.
 
@@ -323,8 +326,14 @@ def class_stats_partial(
         A reference prediction for the same rows: adds Σw·KL(reference‖pred).
     reference_kind : kind of `reference`; default `kind`.
     n_bins : bins of the confidence histogram.
+    eps : float in (0, 1), optional
+        Clip the true class's probability to at least `eps` (CE at most -log eps, and
+        p_true at least eps); None (default) is exact. Other statistics are unclipped.
     """
     pred = C.as_predictions(pred, "pred")
+    if eps is not None and not 0.0 < eps < 1.0:
+        raise ValueError(f"eps must be in (0, 1) or None, got {eps!r}")
+    max_ce = np.inf if eps is None else -math.log(eps)
     n, n_classes = pred.shape
     code = C.kind_code(kind)
     labels = np.asarray(labels)
@@ -361,7 +370,7 @@ def class_stats_partial(
     if n:
         K.class_stats_kernel(
             pred, labels, np.zeros(0) if weights_arr is None else weights_arr, ids, ref,
-            code, ref_code, state.n_bins, weights_arr is not None, slice_ids is not None, reference is not None,
+            code, ref_code, state.n_bins, max_ce, weights_arr is not None, slice_ids is not None, reference is not None,
             state.counts, state.cell_sum, state.cell_comp, state.ce_m2, state.marginal_sum,
             state.marginal_comp, state.hist_sum, state.hist_comp, state.row_counts,
         )
