@@ -24,7 +24,7 @@ from xent_kernels import ClassStats, class_stats_partial, find_invalid_row
 
 from .config import EvalConfig
 from .errors import DataError, UsageError
-from .reader import ReadSpec, check_schema, iter_batches, open_parquet, resolve_spec
+from .reader import Batch, ReadSpec, check_schema, iter_batches, open_parquet, resolve_spec
 from .sources import InputFile, fingerprint, list_inputs
 
 log = logging.getLogger("xent")
@@ -112,26 +112,29 @@ def _empty(spec: ReadSpec) -> ClassStats:
 
 
 def _piece_stats(piece: Piece, spec: ReadSpec) -> ClassStats:
-    parquet = open_parquet(piece.file.url, spec.storage_options)
+    parquet = open_parquet(piece.file.url, spec.storage_options, spec.column_buffer)
     check_schema(parquet, piece.file, spec)
-    stats = _empty(spec)
     groups = None if piece.row_groups is None else list(piece.row_groups)
-    for batch in iter_batches(parquet, piece.file, spec, groups):
-        if spec.kind != "logits":  # probabilities must also be normalised
-            _reject_invalid_rows(batch.pred, batch.first_row, piece.file, spec)
-        state = class_stats_partial(
-            batch.pred,
-            batch.labels,
-            kind=spec.kind,
-            weights=batch.weights,
-            slice_ids=batch.slice_ids,
-            slice_keys=batch.slice_keys,
-            n_bins=spec.n_bins,
-        )
-        if spec.on_nonfinite == "error" and state.n_nonfinite:
-            _reject_invalid_rows(batch.pred[batch.labels >= 0], batch.first_row, piece.file, spec, batch.labels >= 0)
-        stats = ClassStats.merge(stats, state)
-    return stats
+    # map, not a for loop: no variable keeps a batch alive while the next one is read.
+    states = map(functools.partial(_batch_stats, file=piece.file, spec=spec), iter_batches(parquet, piece.file, spec, groups))
+    return functools.reduce(ClassStats.merge, states, _empty(spec))
+
+
+def _batch_stats(batch: Batch, file: InputFile, spec: ReadSpec) -> ClassStats:
+    if spec.kind != "logits":  # probabilities must also be normalised
+        _reject_invalid_rows(batch.pred, batch.first_row, file, spec)
+    state = class_stats_partial(
+        batch.pred,
+        batch.labels,
+        kind=spec.kind,
+        weights=batch.weights,
+        slice_ids=batch.slice_ids,
+        slice_keys=batch.slice_keys,
+        n_bins=spec.n_bins,
+    )
+    if spec.on_nonfinite == "error" and state.n_nonfinite:
+        _reject_invalid_rows(batch.pred[batch.labels >= 0], batch.first_row, file, spec, batch.labels >= 0)
+    return state
 
 
 def _reject_invalid_rows(
