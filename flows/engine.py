@@ -12,18 +12,19 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import queue
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import numpy as np
-from distributed import Client, LocalCluster, as_completed
+from distributed import Client, LocalCluster
 
 from xent_kernels import ClassStats, class_stats_partial, find_invalid_row
 
 from .config import EvalConfig
-from .errors import DataError, UsageError
+from .errors import DataError, InfrastructureError, UsageError
 from .reader import Batch, ReadSpec, check_schema, iter_batches, open_parquet, resolve_spec
 from .sources import InputFile, fingerprint, list_inputs
 
@@ -182,11 +183,26 @@ def tree_reduce(client: Client, futures: list, split_every: int, merge: Callable
     return level[0]
 
 
-def _wait_all(futures: list, on_done: Callable[[object], None]) -> None:
+STALL_TIMEOUT = EvalConfig.model_fields["stall_timeout"].default
+
+
+def _wait_all(futures: list, on_done: Callable[[object], None], stall_timeout: float = STALL_TIMEOUT) -> None:
     """Wait for `futures`, calling `on_done(future)` as each finishes; the first
-    error cancels the rest and is raised here."""
+    error cancels the rest and is raised here.
+
+    A cluster whose workers are all paused at their memory limit, or gone, never
+    fails a task: it waits. When none of `futures` finishes for `stall_timeout`
+    seconds, the rest are cancelled and an InfrastructureError names the cause.
+    """
+    finished: queue.SimpleQueue = queue.SimpleQueue()
     try:
-        for future in as_completed(futures):
+        for future in futures:
+            future.add_done_callback(finished.put)
+        for _ in futures:
+            try:
+                future = finished.get(timeout=stall_timeout)
+            except queue.Empty:
+                raise InfrastructureError(_stall_message(futures[0].client, stall_timeout)) from None
             if future.status == "error":
                 future.result()
             on_done(future)
@@ -194,6 +210,31 @@ def _wait_all(futures: list, on_done: Callable[[object], None]) -> None:
         for future in futures:
             future.cancel()
         raise
+
+
+def _stall_message(client: Client, seconds: float) -> str:
+    """Why the cluster made no progress, in one line, with the setting to change."""
+    head = f"the Dask cluster at {client.scheduler.address} made no progress for {seconds:g} s"
+    try:
+        workers = list(client.scheduler_info(n_workers=-1)["workers"].values())
+    except Exception as error:  # noqa: BLE001 - the scheduler itself may be the cause
+        return f"{head} and its scheduler does not answer ({error}); check the scheduler, or raise stall_timeout"
+    if not workers:
+        return f"{head}: it has no workers (they exited or were lost); start workers and check their logs"
+    paused = [w for w in workers if w.get("status") == "paused"]
+    if paused:
+        memory = ", ".join(
+            f"{w.get('name')} {w.get('metrics', {}).get('memory', 0) / 2**20:.0f} MiB of {w.get('memory_limit', 0) / 2**20:.0f} MiB"
+            for w in paused
+        )
+        return (
+            f"{head}: {len(paused)} of {len(workers)} workers paused at their memory limit ({memory}); "
+            "raise the workers' --memory-limit, lower batch_logits, or raise stall_timeout"
+        )
+    return (
+        f"{head} with no worker paused ({len(workers)} running): a task is blocked or slower than stall_timeout; "
+        "check the workers' logs, lower task_rows, or raise stall_timeout"
+    )
 
 
 def evaluate(
@@ -206,7 +247,7 @@ def evaluate(
     progress = progress or Progress.quiet()
     with progress.stage("inspecting shards", len(inputs)) as advance:
         futures = client.map(inspect_file, inputs, spec=spec, pure=False)
-        _wait_all(futures, lambda future: advance(1))
+        _wait_all(futures, lambda future: advance(1), config.stall_timeout)
         infos = [future.result() for future in futures]
     bad = tuple(BadShard(i.file.url, i.error, 0) for i in infos if i.error is not None)
     # With on_bad_shard='skip' a file is one task: a bad row group must drop its whole file.
@@ -217,7 +258,8 @@ def evaluate(
             futures = client.map(evaluate_piece, pieces, spec=spec, pure=False)
             rows = {future.key: piece.rows for future, piece in zip(futures, pieces)}
             total = tree_reduce(client, futures, config.split_every)
-            _wait_all(futures, lambda future: advance(rows[future.key]))
+            _wait_all(futures, lambda future: advance(rows[future.key]), config.stall_timeout)
+            _wait_all([total], lambda future: None, config.stall_timeout)
             result = PieceResult.merge(total.result(), result)
     return Evaluation(config, spec, inputs, result, fingerprint(inputs))
 
