@@ -34,7 +34,6 @@ when the cluster run fails, a worker is restarted, or the reports differ.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shlex
@@ -144,9 +143,10 @@ def bench_cluster(data: Path, rows: int, classes: int, shards: int, memory_limit
     files, reused = ensure_dump(data, rows, classes, shards)
     total_rows = count_rows(files)
     decoded = total_rows * classes * 4
-    groups = pq.ParquetFile(files[0]).metadata
+    metadata = pq.ParquetFile(files[0]).metadata
+    largest = max(metadata.row_group(g).num_rows for g in range(metadata.num_row_groups))
     print(f"cluster: dump {data} ({'reused' if reused else 'generated'}): {len(files)} files of "
-          f"{groups.num_row_groups} row group(s) (largest {max(groups.row_group(g).num_rows for g in range(groups.num_row_groups)):,} rows), "
+          f"{metadata.num_row_groups} row group(s) (largest {largest:,} rows), "
           f"{total_rows:,} rows x {classes} float32 logits = {decoded / 2**30:.2f} GiB decoded, "
           f"{sum(Path(f).stat().st_size for f in files) / 2**30:.2f} GiB on disk")
     ok = True

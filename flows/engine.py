@@ -117,7 +117,8 @@ def _piece_stats(piece: Piece, spec: ReadSpec) -> ClassStats:
     check_schema(parquet, piece.file, spec)
     groups = None if piece.row_groups is None else list(piece.row_groups)
     # map, not a for loop: no variable keeps a batch alive while the next one is read.
-    states = map(functools.partial(_batch_stats, file=piece.file, spec=spec), iter_batches(parquet, piece.file, spec, groups))
+    batches = iter_batches(parquet, piece.file, spec, groups)
+    states = map(functools.partial(_batch_stats, file=piece.file, spec=spec), batches)
     return functools.reduce(ClassStats.merge, states, _empty(spec))
 
 
@@ -224,7 +225,8 @@ def _stall_message(client: Client, seconds: float) -> str:
     paused = [w for w in workers if w.get("status") == "paused"]
     if paused:
         memory = ", ".join(
-            f"{w.get('name')} {w.get('metrics', {}).get('memory', 0) / 2**20:.0f} MiB of {w.get('memory_limit', 0) / 2**20:.0f} MiB"
+            f"{w.get('name')} {w.get('metrics', {}).get('memory', 0) / 2**20:.0f} MiB of "
+            f"{w.get('memory_limit', 0) / 2**20:.0f} MiB"
             for w in paused
         )
         return (
