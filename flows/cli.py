@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import EXIT_CODES_HELP, EXIT_INTERNAL, UsageError, XentError, as_infrastructure_error
+from .errors import EXIT_CODES_HELP, EXIT_INFRASTRUCTURE, EXIT_INTERNAL, UsageError, XentError, infrastructure_cause
 
 
 def run_flow(flow, *args, **kwargs):
@@ -329,10 +329,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"xent: interrupted{written}", file=sys.stderr)
         return 130
     except Exception as error:  # noqa: BLE001 - every failure ends in one line and an exit code
-        infrastructure = as_infrastructure_error(error, "a resource", "failed on")
-        if infrastructure is not None:
-            _print_error(str(infrastructure), args.verbose)
-            return infrastructure.exit_code
+        cause = infrastructure_cause(error)  # not named where it happened: the cause alone
+        if cause is not None:
+            _print_error(cause[0], args.verbose)
+            return EXIT_INFRASTRUCTURE
         _print_error(f"internal error: {type(error).__name__}: {error} (a bug in xent; rerun with --verbose for the traceback)",
                      args.verbose)
         return EXIT_INTERNAL

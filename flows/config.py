@@ -57,6 +57,10 @@ class EvalConfig(StrictModel):
     task_rows: int = Field(4_000_000, ge=1, description="Rows per Dask task, for files split by row group.")
     batch_logits: int = Field(8_000_000, ge=1, description="Prediction values read at a time within a task.")
     split_every: int = Field(8, ge=2, description="Fan-in of the tree reduction.")
+    stall_timeout: float = Field(
+        600, ge=1, description="Seconds without any Dask task finishing before the run fails (exit 4) naming the "
+        "cause (workers paused at their memory limit, or gone); must exceed the longest task.",
+    )
 
     @field_validator("slice_by", mode="before")
     @classmethod

@@ -40,7 +40,7 @@ from xent_kernels import ClassStats, class_stats_partial
 from xent_kernels.drift import histogram_divergences, quantile_bin_edges, rebin
 
 from .config import DRIFT_METRICS, DriftConfig, DriftSettings
-from .engine import Evaluation, FileInfo, _wait_all, dask_client, evaluate, inspect_file, plan_pieces, tree_reduce
+from .engine import Evaluation, FileInfo, wait_all, dask_client, evaluate, inspect_file, plan_pieces, tree_reduce
 from .errors import DataError, DriftBreach, UsageError
 from .reader import ReadSpec, iter_batches, open_parquet
 from .report import _slice_columns, config_json, report_metadata, report_parts, write_tables_atomically
@@ -145,7 +145,7 @@ class _Rows:
 
 def spill_piece(piece, side: str, index: int, *, spec: ReadSpec, scratch: str, n_buckets: int) -> int:
     """Split one piece's rows into bucket files under scratch/side/bucket; returns rows."""
-    parquet = open_parquet(piece.file.url, spec.storage_options)
+    parquet = open_parquet(piece.file.url, spec.storage_options, spec.column_buffer)
     groups = None if piece.row_groups is None else list(piece.row_groups)
     rows = 0
     for b, batch in enumerate(iter_batches(parquet, piece.file, spec, groups)):
@@ -256,10 +256,11 @@ def per_sample_kl(config: DriftConfig, specs: dict[str, ReadSpec], infos: dict[s
                 spill_piece, pieces, [side] * len(pieces), range(len(pieces)),
                 spec=specs[side], scratch=scratch, n_buckets=n_buckets, pure=False,
             )
-        _wait_all(spills, lambda future: None)
+        wait_all(spills, lambda future: None, config.stall_timeout)
         joins = client.map(join_bucket, [scratch] * n_buckets, range(n_buckets), spec=specs["current"], pure=False)
         total = tree_reduce(client, joins, config.split_every, JoinResult.merge)
-        _wait_all(joins, lambda future: None)
+        wait_all(joins, lambda future: None, config.stall_timeout)
+        wait_all([total], lambda future: None, config.stall_timeout)
         return total.result()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -353,7 +354,7 @@ def _per_sample_rows(config: DriftConfig, reference: Evaluation, current: Evalua
             )
     for side, evaluation in (("reference", reference), ("current", current)):
         futures = client.map(inspect_file, evaluation.inputs, spec=specs[side], pure=False)
-        _wait_all(futures, lambda future: None)
+        wait_all(futures, lambda future: None, config.stall_timeout)
         infos[side] = [future.result() for future in futures]
     joined = per_sample_kl(config, specs, infos, client)
     rows = [

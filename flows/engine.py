@@ -12,20 +12,21 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import queue
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import numpy as np
-from distributed import Client, LocalCluster, as_completed
+from distributed import Client, LocalCluster
 
 from xent_kernels import ClassStats, class_stats_partial, find_invalid_row
 
 from .config import EvalConfig
 from .errors import DataError, InfrastructureError, XentError, infrastructure_cause
 from .integrity import inspect_integrity
-from .reader import ReadSpec, check_schema, iter_batches, open_parquet, resolve_spec
+from .reader import Batch, ReadSpec, check_schema, iter_batches, open_parquet, resolve_spec
 from .sources import InputFile, fingerprint, list_inputs
 
 log = logging.getLogger("xent")
@@ -129,36 +130,44 @@ def _empty(spec: ReadSpec) -> ClassStats:
 def _piece_stats(piece: Piece, spec: ReadSpec) -> tuple[ClassStats, bool]:
     """The piece's statistics, and whether its first batch, read as logits, looks
     like probabilities instead."""
-    parquet = open_parquet(piece.file.url, spec.storage_options)
+    parquet = open_parquet(piece.file.url, spec.storage_options, spec.column_buffer)
     check_schema(parquet, piece.file, spec)
-    stats = _empty(spec)
-    probability_like = None
     groups = None if piece.row_groups is None else list(piece.row_groups)
-    for batch in iter_batches(parquet, piece.file, spec, groups):
-        if probability_like is None:
-            probability_like = spec.kind == "logits" and _looks_like_probabilities(batch.pred)
-        if spec.kind != "logits":  # probabilities must also be normalised
-            _reject_invalid_rows(batch.pred, batch.first_row, piece.file, spec)
-        state = class_stats_partial(
-            batch.pred,
-            batch.labels,
-            kind=spec.kind,
-            weights=batch.weights,
-            slice_ids=batch.slice_ids,
-            slice_keys=batch.slice_keys,
-            n_bins=spec.n_bins,
-            eps=spec.eps,
-        )
-        if spec.on_nonfinite == "error" and state.n_nonfinite:
-            _reject_invalid_rows(batch.pred[batch.labels >= 0], batch.first_row, piece.file, spec, batch.labels >= 0)
-        stats = ClassStats.merge(stats, state)
-    return stats, bool(probability_like)
+    first_looks_like_probabilities: list[bool] = []
+
+    def batch_stats(batch: Batch) -> ClassStats:
+        if not first_looks_like_probabilities:
+            first_looks_like_probabilities.append(spec.kind == "logits" and _looks_like_probabilities(batch.pred))
+        return _batch_stats(batch, piece.file, spec)
+
+    # map, not a for loop: no variable keeps a batch alive while the next one is read.
+    states = map(batch_stats, iter_batches(parquet, piece.file, spec, groups))
+    stats = functools.reduce(ClassStats.merge, states, _empty(spec))
+    return stats, any(first_looks_like_probabilities)
 
 
 def _looks_like_probabilities(pred: np.ndarray, rows: int = 4096) -> bool:
     """Every one of the first `rows` rows is non-negative and sums to 1 (within 1e-4)."""
     head = pred[:rows]
     return len(head) > 0 and bool((head >= 0).all() and (np.abs(head.sum(axis=1, dtype=np.float64) - 1.0) <= 1e-4).all())
+
+
+def _batch_stats(batch: Batch, file: InputFile, spec: ReadSpec) -> ClassStats:
+    if spec.kind != "logits":  # probabilities must also be normalised
+        _reject_invalid_rows(batch.pred, batch.first_row, file, spec)
+    state = class_stats_partial(
+        batch.pred,
+        batch.labels,
+        kind=spec.kind,
+        weights=batch.weights,
+        slice_ids=batch.slice_ids,
+        slice_keys=batch.slice_keys,
+        n_bins=spec.n_bins,
+        eps=spec.eps,
+    )
+    if spec.on_nonfinite == "error" and state.n_nonfinite:
+        _reject_invalid_rows(batch.pred[batch.labels >= 0], batch.first_row, file, spec, batch.labels >= 0)
+    return state
 
 
 def _reject_invalid_rows(
@@ -229,11 +238,26 @@ def tree_reduce(client: Client, futures: list, split_every: int, merge: Callable
     return level[0]
 
 
-def _wait_all(futures: list, on_done: Callable[[object], None]) -> None:
+STALL_TIMEOUT = EvalConfig.model_fields["stall_timeout"].default
+
+
+def wait_all(futures: list, on_done: Callable[[object], None], stall_timeout: float = STALL_TIMEOUT) -> None:
     """Wait for `futures`, calling `on_done(future)` as each finishes; the first
-    error cancels the rest and is raised here."""
+    error cancels the rest and is raised here.
+
+    A cluster whose workers are all paused at their memory limit, or gone, never
+    fails a task: it waits. When none of `futures` finishes for `stall_timeout`
+    seconds, the rest are cancelled and an InfrastructureError names the cause.
+    """
+    finished: queue.SimpleQueue = queue.SimpleQueue()
     try:
-        for future in as_completed(futures):
+        for future in futures:
+            future.add_done_callback(finished.put)
+        for _ in futures:
+            try:
+                future = finished.get(timeout=stall_timeout)
+            except queue.Empty:
+                raise InfrastructureError(_stall_message(futures[0].client, stall_timeout)) from None
             if future.status == "error":
                 future.result()
             on_done(future)
@@ -241,6 +265,32 @@ def _wait_all(futures: list, on_done: Callable[[object], None]) -> None:
         for future in futures:
             future.cancel()
         raise
+
+
+def _stall_message(client: Client, seconds: float) -> str:
+    """Why the cluster made no progress, in one line, with the setting to change."""
+    head = f"the Dask cluster at {client.scheduler.address} made no progress for {seconds:g} s"
+    try:
+        workers = list(client.scheduler_info(n_workers=-1)["workers"].values())
+    except Exception as error:  # noqa: BLE001 - the scheduler itself may be the cause
+        return f"{head} and its scheduler does not answer ({error}); check the scheduler, or raise stall_timeout"
+    if not workers:
+        return f"{head}: it has no workers (they exited or were lost); start workers and check their logs"
+    paused = [w for w in workers if w.get("status") == "paused"]
+    if paused:
+        memory = ", ".join(
+            f"{w.get('name')} {w.get('metrics', {}).get('memory', 0) / 2**20:.0f} MiB of "
+            f"{w.get('memory_limit', 0) / 2**20:.0f} MiB"
+            for w in paused
+        )
+        return (
+            f"{head}: {len(paused)} of {len(workers)} workers paused at their memory limit ({memory}); "
+            "raise the workers' --memory-limit, lower batch_logits, or raise stall_timeout"
+        )
+    return (
+        f"{head} with no worker paused ({len(workers)} running): a task is blocked or slower than stall_timeout; "
+        "check the workers' logs, lower task_rows, or raise stall_timeout"
+    )
 
 
 def evaluate(
@@ -252,7 +302,7 @@ def evaluate(
     spec, unreadable = first_readable_spec(config, inputs)
     progress = progress or Progress.quiet()
     readable = [file for file in inputs if file.url not in {b.url for b in unreadable}]
-    infos = _inspect(client, readable, spec, progress)
+    infos = _inspect(client, readable, spec, progress, config.stall_timeout)
     rejected = [info for info in infos if info.error is not None]
     if 2 * len(rejected) > len(infos):
         # The file the settings came from may be the odd one out: take the other layout
@@ -262,7 +312,7 @@ def evaluate(
         except DataError:
             other_spec = None
         if other_spec is not None:
-            other = _inspect(client, readable, other_spec, progress)
+            other = _inspect(client, readable, other_spec, progress, config.stall_timeout)
             if sum(i.error is None for i in other) > len(infos) - len(rejected):
                 spec, infos = other_spec, other
     bad = unreadable + tuple(BadShard(i.file.url, i.error, i.rows) for i in infos if i.error is not None)
@@ -274,7 +324,8 @@ def evaluate(
             futures = client.map(evaluate_piece, pieces, spec=spec, pure=False)
             rows = {future.key: piece.rows for future, piece in zip(futures, pieces)}
             total = tree_reduce(client, futures, config.split_every)
-            _wait_all(futures, lambda future: advance(rows[future.key]))
+            wait_all(futures, lambda future: advance(rows[future.key]), config.stall_timeout)
+            wait_all([total], lambda future: None, config.stall_timeout)
             result = PieceResult.merge(total.result(), result)
     verified = sum(info.checksummed for info in infos)
     if result.probability_like:
@@ -285,10 +336,11 @@ def evaluate(
     return Evaluation(config, spec, inputs, result, fingerprint(inputs), n_files_verified=verified)
 
 
-def _inspect(client: Client, files: list[InputFile], spec: ReadSpec, progress: "Progress") -> list[FileInfo]:
+def _inspect(client: Client, files: list[InputFile], spec: ReadSpec, progress: "Progress",
+             stall_timeout: float) -> list[FileInfo]:
     with progress.stage("inspecting shards", len(files)) as advance:
         futures = client.map(inspect_file, files, spec=spec, pure=False)
-        _wait_all(futures, lambda future: advance(1))
+        wait_all(futures, lambda future: advance(1), stall_timeout)
         return [future.result() for future in futures]
 
 

@@ -3,6 +3,11 @@
 Only the needed columns are read, a batch at a time, and list columns become 2-D
 views of their Arrow buffers (no per-row Python objects). Every problem found in a
 file is a :class:`DataError` naming the file, the column and the row.
+
+Memory: a file is read through a small buffer (never a whole row group's column
+chunks at once), and Arrow's allocator hands freed memory back to the system after
+each batch, so what a task holds is set by ``batch_logits``, not by the size of the
+file or of its row groups.
 """
 
 from __future__ import annotations
@@ -19,11 +24,19 @@ import pyarrow.parquet as pq
 from .config import DEFAULT_PRED_COL, EvalConfig
 from .errors import DataError, XentError, as_infrastructure_error
 from .integrity import read_error_message
-from .sources import InputFile, filesystem
+from .sources import InputFile, filesystem, is_local
 
 CLASSES_METADATA_KEY = b"xent.classes"
 WIDE_PREFIX = {"logits": "logit_", "probs": "prob_", "log_probs": "log_prob_"}
 BINARY_COL = {"logits": "logit", "probs": "prob", "log_probs": "log_prob"}
+
+# Bytes read from a file at a time, over all the columns read (each column has its
+# own buffer), within 64 KiB..8 MiB a column. With Arrow's default (pre_buffer) a
+# reader loads a row group's whole column chunks before decoding any of it: a 1 M-row
+# group of 50 float32 logits is 200 MB held whatever batch_logits says. On an object
+# store each buffer refill is one ranged GET, so a column's buffer is kept large.
+READ_BUFFER_BYTES = 16 << 20
+COLUMN_BUFFER_BYTES = (64 << 10, 8 << 20)
 
 
 @dataclass(frozen=True)
@@ -66,15 +79,24 @@ class ReadSpec:
     def batch_rows(self) -> int:
         return max(1024, self.batch_logits // self.n_classes)
 
+    @property
+    def column_buffer(self) -> int:
+        """Bytes read at a time per column: READ_BUFFER_BYTES shared by the columns read."""
+        low, high = COLUMN_BUFFER_BYTES
+        return min(high, max(low, READ_BUFFER_BYTES // len(self.columns_to_read())))
 
-def open_parquet(url: str, storage_options: dict[str, Any]) -> pq.ParquetFile:
-    """Open a shard; an unreadable or corrupt file is a DataError naming it. Pages
-    that carry a CRC are verified as they are read (see flows.integrity)."""
+def open_parquet(url: str, storage_options: dict[str, Any], buffer_size: int = COLUMN_BUFFER_BYTES[0]) -> pq.ParquetFile:
+    """Open a shard to read `buffer_size` bytes at a time per column (see
+    ``ReadSpec.column_buffer``); an unreadable or corrupt file is a DataError naming it.
+    Pages that carry a CRC are verified as they are read (see flows.integrity)."""
     fs, path = filesystem(url, storage_options)
+    options = dict(pre_buffer=False, buffer_size=buffer_size, page_checksum_verification=True)
     try:
-        if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
-            return pq.ParquetFile(path, page_checksum_verification=True)
-        return pq.ParquetFile(fs.open(path, "rb"), page_checksum_verification=True)
+        if is_local(fs):
+            return pq.ParquetFile(path, **options)
+        # No fsspec cache: Arrow's buffers are the cache. s3fs's default (read ahead
+        # 50 MiB) fetches a new block at every switch between column chunks.
+        return pq.ParquetFile(fs.open(path, "rb", cache_type="none"), **options)
     except (OSError, pa.ArrowException, UnicodeDecodeError) as error:  # a name in a corrupt footer may not decode
         if (failure := as_infrastructure_error(error, url, "cannot read")) is not None:
             raise failure from error
@@ -266,7 +288,22 @@ class Batch:
     ids: list[np.ndarray] | None = None  # one array per key column in spec.id_cols
 
 
+def release_unused_memory() -> None:
+    """Give the memory Arrow's allocator keeps after frees back to the system.
+
+    mimalloc and jemalloc hold on to freed pages for a while; a Dask worker sees them
+    as unmanaged memory, pauses at its memory limit and never resumes.
+    """
+    pa.default_memory_pool().release_unused()
+
+
 def iter_batches(parquet: pq.ParquetFile, file: InputFile, spec: ReadSpec, row_groups: list[int] | None) -> Iterator[Batch]:
+    """The rows of `row_groups` (None: all) as Batches of `spec.batch_rows` rows.
+
+    Memory is released after each batch: a consumer that holds no earlier batch
+    when it asks for the next one (``map``, not a ``for`` loop variable) keeps one
+    batch at a time.
+    """
     metadata = parquet.metadata
     groups = list(range(metadata.num_row_groups)) if row_groups is None else row_groups
     group_start = np.concatenate([[0], np.cumsum([metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)])])
@@ -276,8 +313,14 @@ def iter_batches(parquet: pq.ParquetFile, file: InputFile, spec: ReadSpec, row_g
         try:
             batches = parquet.iter_batches(batch_size=spec.batch_rows, row_groups=[group], columns=columns)
             for record_batch in batches:
-                yield to_arrays(record_batch, first_row, file, spec)
+                batch = to_arrays(record_batch, first_row, file, spec)
                 first_row += record_batch.num_rows
+                del record_batch
+                yield batch
+                del batch
+                release_unused_memory()
+            del batches  # Arrow's reader still holds the group's last batch
+            release_unused_memory()
         except (OSError, pa.ArrowException) as error:
             raise read_failure(file.url, f"row group {group}", error) from None
 
