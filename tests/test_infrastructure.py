@@ -123,3 +123,13 @@ def test_scheduler_lost_mid_run_exits_4(tmp_path, prefect_home):
     assert stopped < 60, f"took {stopped:.0f} s to notice"
     assert not out.exists()
 
+
+
+def test_help_lists_every_exit_code_and_version_is_printed(prefect_home):
+    result = run_cli(["--help"], cli_env(prefect_home))
+    text = " ".join(result.stdout.split())
+    for code in ("0 success", "1 data error", "2 usage or config error", "3 threshold breached", "4 infrastructure",
+                 "5 internal error"):
+        assert code in text, (code, text)
+    version = run_cli(["--version"], cli_env(prefect_home))
+    assert version.returncode == 0 and version.stdout.startswith("xent "), version
