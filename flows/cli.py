@@ -313,14 +313,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # Prefect's per-run INFO lines would bury the report; -v brings them back.
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if args.verbose else "WARNING")
+    from .writing import committed
+
+    committed.clear()  # what this command writes, not an earlier call in the same process
     try:
         return args.handler(args)
     except XentError as error:
         _print_error(str(error), args.verbose)
         return error.exit_code
     except KeyboardInterrupt:
-        from .writing import committed
-
         out = getattr(args, "out", None)
         if args.command in ("eval", "drift") and out in committed:
             print(f"xent: interrupted, but the report was written in full: {out}", file=sys.stderr)

@@ -43,7 +43,8 @@ from .config import DRIFT_METRICS, DriftConfig, DriftSettings
 from .engine import Evaluation, FileInfo, wait_all, dask_client, evaluate, inspect_file, plan_pieces, tree_reduce
 from .errors import DataError, DriftBreach, UsageError
 from .reader import ReadSpec, iter_batches, open_parquet
-from .report import _slice_columns, config_json, report_metadata, report_parts, write_tables_atomically
+from .report import _slice_columns, config_json, report_metadata, report_parts
+from .writing import write_tables_atomically
 
 FINE_BINS = 200  # confidence histogram resolution before re-binning at reference quantiles
 

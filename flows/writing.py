@@ -139,7 +139,11 @@ def _swap_into_place(staging: Path, out: Path) -> Path | None:
         return staging  # holds the old report now
     retired = _sibling(out, _RETIRED)
     os.rename(out, retired)  # a crash here leaves `out` missing: recover_leftovers puts `retired` back
-    os.rename(staging, out)
+    try:
+        os.rename(staging, out)
+    except OSError:
+        os.rename(retired, out)
+        raise
     return retired
 
 

@@ -193,3 +193,27 @@ def test_exchange_swaps_two_folders(tmp_path):
     (a / "x").write_text("a"), (b / "x").write_text("b")
     assert writing.exchange(a, b) or sys.platform != "linux", "no renameat2 exchange on this Linux file system"
     assert (a / "x").read_text() == "b" and (b / "x").read_text() == "a"
+
+
+def test_fallback_puts_the_old_report_back_when_the_second_rename_fails(tmp_path, dumps, monkeypatch):
+    _, old, new = dumps
+    out = tmp_path / "report"
+    from flows.cli import main
+
+    assert main(eval_args(old, out)) == 0
+    old_digest = report_state(out)
+
+    class FailingSecondRename:
+        def __getattr__(self, name):
+            return getattr(os, name)
+
+        def rename(self, a, b):
+            if ".tmp-" in str(a) and Path(b) == out and not out.exists():  # the second of the two
+                raise OSError(5, "Input/output error", str(b))
+            os.rename(a, b)
+
+    monkeypatch.setattr(writing, "exchange", lambda a, b: False)
+    monkeypatch.setattr(writing, "os", FailingSecondRename())
+    assert main(eval_args(new, out)) == 4
+    assert report_state(out) == old_digest
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".report.")] == []
