@@ -435,7 +435,7 @@ def bench_rss(files: list[str], quarter: list[str], runs: int) -> tuple[list[dic
 EVAL_IMPORTS_CODE = r"""
 import ast, importlib, importlib.util, inspect, json, sys
 import flows.cli
-for node in ast.walk(ast.parse(inspect.getsource(flows.cli.cmd_eval))):
+for node in ast.walk(ast.parse(inspect.getsource(flows.cli.commands.cmd_eval))):
     if isinstance(node, ast.ImportFrom):
         base = ".".join(part for part in ("flows" if node.level else "", node.module or "") if part)
         module = importlib.import_module(base)
@@ -460,7 +460,7 @@ def xent_bench_empty_flow():
     return 1
 
 started = time.perf_counter()
-run = getattr(flows.cli, "run_flow", None)
+run = getattr(flows.cli.commands, "run_flow", None)
 run(xent_bench_empty_flow) if run else xent_bench_empty_flow()
 print(json.dumps({"seconds": time.perf_counter() - started}))
 """

@@ -20,11 +20,12 @@ from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
-from . import adhoc, nightly
 from .config import DriftConfig, EvalConfig, NightlyConfig, build_config
-from .drift import DriftReport, breach_error, compare, describe_breach, drift_steps
 from .errors import InfrastructureError, XentError, infrastructure_cause
-from .sources import InputFile, dump_label, fingerprint
+from .inputs.sources import InputFile, dump_label, fingerprint
+from .monitor.compare import DriftReport, breach_error, compare, describe_breach
+from .runs import adhoc, nightly
+from .runs.drift import drift_steps
 
 def _transient(task, task_run, state) -> bool:
     """Retry network hiccups, not data errors (a missing column stays missing) nor a

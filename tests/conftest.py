@@ -30,6 +30,11 @@ import pyarrow as pa
 import pytest
 from numpy.testing import assert_allclose
 
+from flows.runtime import prefect_environment
+
+# In-process flow runs get the environment the xent command sets before Prefect starts.
+prefect_environment()
+
 LOOPBACK = "127.0.0.1"
 T = TypeVar("T")
 

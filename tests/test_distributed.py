@@ -21,7 +21,7 @@ from conftest import assert_same_report, cli_env, dask_cluster, run_cli, wait_un
 from flows.config import EvalConfig
 from flows.engine import dask_client, evaluate
 from flows.generate import generate_dump, load_arrays
-from flows.report import write_report
+from flows.report.tables import write_report
 from test_engine import assert_report_matches, expected_report
 
 pytestmark = pytest.mark.timeout(300)

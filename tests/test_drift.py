@@ -18,7 +18,7 @@ from scipy.special import log_softmax, rel_entr
 from conftest import run_without_prefect
 from flows.cli import main
 from flows.config import DRIFT_METRICS, DriftConfig
-from flows.drift import drift_steps
+from flows.runs.drift import drift_steps
 from flows.errors import DataError
 from flows.generate import generate_dump, load_arrays
 

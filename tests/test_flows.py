@@ -13,7 +13,7 @@ from numpy.testing import assert_allclose
 from scipy.special import log_softmax, rel_entr
 
 from conftest import run_without_prefect
-from flows.adhoc import eval_steps
+from flows.runs.adhoc import eval_steps
 from flows.cli import main
 from flows.config import DriftConfig, EvalConfig, NightlyConfig, build_config
 from flows.errors import DriftBreach, UsageError

@@ -16,7 +16,7 @@ from distributed import Client
 
 from conftest import cli_env, dask_cluster, free_port, run_cli, start_process, wait_until, xent_command
 from flows.generate import generate_dump
-from flows.writing import read_manifest
+from flows.report.writing import read_manifest
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
 

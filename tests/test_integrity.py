@@ -18,7 +18,7 @@ import pytest
 
 from flows.cli import main
 from flows.generate import generate_dump
-from flows.integrity import (
+from flows.inputs.integrity import (
     INTEGRITY_KEY,
     _Compact,
     first_row_group_chunks,
@@ -26,7 +26,7 @@ from flows.integrity import (
     inspect_integrity,
     read_page_header,
 )
-from flows.sources import filesystem
+from flows.inputs.sources import filesystem
 
 from conftest import RecordingHTTPServer, assert_same_report, child_env, moto_server, run_cli
 

@@ -27,7 +27,7 @@ from flows.config import EvalConfig, build_config
 from flows.engine import wait_all, dask_client, evaluate
 from flows.errors import InfrastructureError, UsageError
 from flows.generate import generate_dump
-from flows.report import write_report
+from flows.report.tables import write_report
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -58,7 +58,8 @@ PEAK_CODE = """
 import json, sys
 from flows import engine
 from flows.config import EvalConfig
-from flows.sources import list_inputs
+from flows.inputs.reader import resolve_spec
+from flows.inputs.sources import list_inputs
 
 def status(key):
     with open("/proc/self/status") as f:
@@ -67,7 +68,7 @@ def status(key):
 def piece(folder, batch_logits):
     config = EvalConfig(sources=[folder], batch_logits=batch_logits, task_rows=10**12)
     inputs = list_inputs(config.sources, {})
-    spec = engine.resolve_spec(config, inputs[0])
+    spec = resolve_spec(config, inputs[0])
     return engine.plan_pieces([engine.inspect_file(inputs[0], spec)], config.task_rows)[0], spec
 
 warm, folder, batch_logits = sys.argv[1], sys.argv[2], int(sys.argv[3])

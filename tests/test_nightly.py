@@ -19,7 +19,7 @@ from flows.cli import main
 from flows.config import EvalConfig, NightlyConfig, build_config, render_path
 from flows.errors import DataError, DriftBreach, UsageError
 from flows.generate import generate_dump
-from flows.nightly import METRICS_FILE, Outcome, failure, history_table, nightly_steps, run_folder
+from flows.runs.nightly import METRICS_FILE, Outcome, failure, history_table, nightly_steps, run_folder
 from flows.pipelines import eval_flow, nightly_flow
 
 ROOT = Path(__file__).resolve().parents[1]

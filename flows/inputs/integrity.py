@@ -27,7 +27,7 @@ from typing import Any, Iterator
 import fsspec
 import pyarrow.parquet as pq
 
-from .errors import DataError
+from ..errors import DataError
 from .sources import filesystem
 
 # Compact-protocol type ids (the low nibble of a field header).

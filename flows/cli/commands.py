@@ -16,7 +16,17 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import EXIT_CODES_HELP, EXIT_INFRASTRUCTURE, EXIT_INTERNAL, UsageError, XentError, infrastructure_cause
+from ..errors import EXIT_CODES_HELP, EXIT_INFRASTRUCTURE, EXIT_INTERNAL, UsageError, XentError, infrastructure_cause
+
+
+def _pipelines():
+    """:mod:`flows.pipelines`, imported after Prefect's environment is set (Prefect reads it on import)."""
+    from ..runtime import prefect_environment
+
+    prefect_environment()
+    from .. import pipelines
+
+    return pipelines
 
 
 def run_flow(flow, *args, **kwargs):
@@ -57,7 +67,7 @@ def _add_eval_arguments(parser: argparse.ArgumentParser, sources: bool = True) -
 
 
 def _eval_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    from .config import read_class_names
+    from ..config import read_class_names
 
     return {
         "sources": getattr(args, "sources", None) or None,
@@ -76,17 +86,17 @@ def _eval_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .config import EvalConfig, build_config
+    from ..config import EvalConfig, build_config
     from .show import print_report
 
     config = build_config(EvalConfig, args.config, _eval_overrides(args))
     started = time.perf_counter()
     if args.no_prefect:
-        from .adhoc import eval_steps
+        from ..runs.adhoc import eval_steps
 
         paths = eval_steps(config, args.out)[0]
     else:
-        from .pipelines import eval_flow
+        eval_flow = _pipelines().eval_flow
 
         paths = run_flow(eval_flow, config, args.out)
     print_report(paths, elapsed=time.perf_counter() - started, storage_options=config.storage_options)
@@ -96,8 +106,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_drift(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from .config import DriftConfig, build_config, describe_validation_error
-    from .errors import DriftBreach
+    from ..config import DriftConfig, build_config, describe_validation_error
+    from ..errors import DriftBreach
     from .show import print_drift
 
     overrides = _eval_overrides(args)
@@ -112,7 +122,8 @@ def cmd_drift(args: argparse.Namespace) -> int:
     except ValidationError as error:
         raise UsageError(describe_validation_error(error, "--id-cols")) from None
     if args.no_prefect:
-        from .drift import breach_error, drift_steps
+        from ..monitor.compare import breach_error
+        from ..runs.drift import drift_steps
 
         paths, report = drift_steps(config, args.out)
         print_drift(paths["drift"], storage_options=config.storage_options)
@@ -120,7 +131,7 @@ def cmd_drift(args: argparse.Namespace) -> int:
         if error is not None:
             raise error
         return 0
-    from .pipelines import drift_flow
+    drift_flow = _pipelines().drift_flow
 
     try:
         paths = run_flow(drift_flow, config, args.out)["paths"]
@@ -132,8 +143,8 @@ def cmd_drift(args: argparse.Namespace) -> int:
 
 
 def cmd_nightly(args: argparse.Namespace) -> int:
-    from .config import NightlyConfig, build_config
-    from .nightly import nightly_steps, report_outcomes, run_dates
+    from ..config import NightlyConfig, build_config
+    from ..runs.nightly import nightly_steps, report_outcomes, run_dates
 
     config = build_config(NightlyConfig, args.config)  # a bad config or date fails before Prefect starts
     if args.date and (args.start or args.end):
@@ -144,7 +155,7 @@ def cmd_nightly(args: argparse.Namespace) -> int:
     dates = run_dates(config, args.date or args.start, args.end, flags)  # exit 2 naming the flag and the value
     if args.no_prefect:
         return report_outcomes(nightly_steps(config, dates))
-    from .pipelines import nightly_flow
+    nightly_flow = _pipelines().nightly_flow
 
     try:
         outcomes = run_flow(nightly_flow, os.path.abspath(args.config), dates[0], dates[-1] if len(dates) > 1 else None)
@@ -156,10 +167,10 @@ def cmd_nightly(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from prefect.schedules import Cron
+    from ..config import NightlyConfig, build_config
 
-    from .config import NightlyConfig, build_config
-    from .pipelines import nightly_flow
+    nightly_flow = _pipelines().nightly_flow
+    from prefect.schedules import Cron
 
     config = build_config(NightlyConfig, args.config)
     if not os.environ.get("PREFECT_API_URL"):
@@ -174,7 +185,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .generate import generate_dump
+    from ..generate.dump import generate_dump
 
     def name_values(items: list[str] | None) -> dict[str, list[str]] | None:
         pairs = [item.partition("=") for item in items or []]
@@ -207,10 +218,10 @@ DEMO_DATES = ("2026-11-22", "2026-11-23")
 def cmd_demo(args: argparse.Namespace) -> int:
     import yaml
 
-    from .config import NightlyConfig, build_config
-    from .generate import generate_dump
-    from .nightly import run_folder
-    from .pipelines import nightly_flow
+    from ..config import NightlyConfig, build_config
+    from ..generate.dump import generate_dump
+    from ..runs.nightly import run_folder
+    nightly_flow = _pipelines().nightly_flow
     from .show import print_drift, print_report
 
     out = Path(args.out).absolute() if args.out else Path(tempfile.mkdtemp(prefix="xent-demo-"))
@@ -313,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # Prefect's per-run INFO lines would bury the report; -v brings them back.
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if args.verbose else "WARNING")
-    from .writing import committed
+    from ..report.writing import committed
 
     committed.clear()  # what this command writes, not an earlier call in the same process
     try:
@@ -350,7 +361,7 @@ def _print_error(message: str, verbose: bool) -> None:
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return __version__
 
@@ -370,6 +381,3 @@ def entry_point() -> None:
     sys.stderr.flush()
     os._exit(code)
 
-
-if __name__ == "__main__":  # pragma: no cover
-    entry_point()

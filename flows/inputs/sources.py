@@ -17,7 +17,7 @@ from typing import Any
 import fsspec
 from fsspec.core import url_to_fs
 
-from .errors import DataError, UsageError, as_infrastructure_error
+from ..errors import DataError, UsageError, as_infrastructure_error
 
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 

@@ -36,13 +36,13 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from distributed import Client
 
+from ..config import DriftConfig, EvalConfig, NightlyConfig, NightlySource, render_path
+from ..engine import dask_client
+from ..errors import EXIT_BREACH, EXIT_DATA, EXIT_OK, DataError, DriftBreach, UsageError, XentError
+from ..inputs.sources import InputFile, filesystem, fingerprint
+from ..monitor.compare import DriftReport, compare, describe_breach, drift_tables
+from ..report.tables import build_tables, report_metadata
 from . import adhoc
-from .config import DriftConfig, EvalConfig, NightlyConfig, NightlySource, render_path
-from .drift import DriftReport, compare, describe_breach, drift_tables
-from .engine import dask_client
-from .errors import EXIT_BREACH, EXIT_DATA, EXIT_OK, DataError, DriftBreach, UsageError, XentError
-from .report import build_tables, report_metadata
-from .sources import InputFile, filesystem, fingerprint
 
 logger = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 from rich.console import Console
 from rich.table import Table
 
-from .config import DRIFT_METRICS
-from .integrity import INTEGRITY_KEY
-from .sources import filesystem
+from ..config import DRIFT_METRICS
+from ..inputs.integrity import INTEGRITY_KEY
+from ..inputs.sources import filesystem
 
 
 def read_report_table(url: str, storage_options: dict[str, Any] | None = None) -> pa.Table:
@@ -98,7 +98,7 @@ def print_report(
 
 def print_drift(path: str, console: Console | None = None, storage_options: dict[str, Any] | None = None) -> None:
     """The drift metrics per slice with thresholds, every breach, the verdict, and where the report is."""
-    from .drift import describe_breach
+    from ..monitor.compare import describe_breach
 
     console = console or terminal()
     table_data = read_report_table(path, storage_options)

@@ -11,10 +11,11 @@ from typing import Any, Callable
 import pyarrow as pa
 from distributed import Client
 
-from .config import EvalConfig
-from .engine import Evaluation, dask_client, evaluate
-from .report import build_tables, report_metadata, write_tables_atomically
-from .sources import InputFile, list_inputs
+from ..config import EvalConfig
+from ..engine import Evaluation, dask_client, evaluate
+from ..inputs.sources import InputFile, list_inputs
+from ..report.tables import build_tables, report_metadata
+from ..report.writing import write_tables_atomically
 
 
 def find_inputs(config: EvalConfig) -> list[InputFile]:

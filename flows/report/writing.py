@@ -31,8 +31,8 @@ from typing import Any, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import as_infrastructure_error
-from .sources import filesystem, is_local
+from ..errors import as_infrastructure_error
+from ..inputs.sources import filesystem, is_local
 
 MANIFEST = "_manifest.json"
 PARQUET_OPTIONS = {"compression": "zstd", "write_page_checksum": True}

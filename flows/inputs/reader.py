@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .config import DEFAULT_PRED_COL, EvalConfig
-from .errors import DataError, XentError, as_infrastructure_error
+from ..config import DEFAULT_PRED_COL, EvalConfig
+from ..errors import DataError, XentError, as_infrastructure_error
 from .integrity import read_error_message
 from .sources import InputFile, filesystem, is_local
 

@@ -16,16 +16,16 @@ import pyarrow as pa
 
 from xent_kernels import ClassReport, ClassStats
 
-from . import __version__
-from .engine import Evaluation
-from .integrity import INTEGRITY_KEY
+from .. import __version__
+from ..engine import Evaluation
+from ..inputs.integrity import INTEGRITY_KEY
 from .writing import write_tables_atomically
 
 CLASS_METRICS = ["ce_mean", "ce_std", "accuracy", "top5_accuracy", "p_true_mean", "entropy_mean"]
 SLICE_METRICS = ["ce_mean", "ce_macro", "accuracy", "top5_accuracy", "p_true_mean", "entropy_mean", "ece"]
 
 
-def _slice_columns(keys: list[tuple], names: tuple[str, ...], types: tuple[pa.DataType, ...]) -> dict[str, pa.Array]:
+def slice_columns(keys: list[tuple], names: tuple[str, ...], types: tuple[pa.DataType, ...]) -> dict[str, pa.Array]:
     return {
         name: pa.array([key[i] if key else None for key in keys], type=arrow_type)
         for i, (name, arrow_type) in enumerate(zip(names, types))
@@ -53,7 +53,7 @@ def build_tables(evaluation: Evaluation) -> dict[str, pa.Table]:
     for stats, overall in report_parts(result.stats, spec.slice_by):
         report = stats.finalize(base=base)
         keys = [report.slice_keys[i] if not overall else () for i in report.per_class["slice"]]
-        pc_cols = _slice_columns(keys, spec.slice_by, spec.slice_types)
+        pc_cols = slice_columns(keys, spec.slice_by, spec.slice_types)
         pc_cols["overall"] = pa.array(np.full(len(keys), overall))
         pc_cols["class"] = pa.array(report.per_class["class"], type=pa.int32())
         pc_cols["class_name"] = pa.array([names[c] for c in report.per_class["class"]], type=pa.string())
@@ -65,7 +65,7 @@ def build_tables(evaluation: Evaluation) -> dict[str, pa.Table]:
 
         keys = [key if not overall else () for key in report.slice_keys]
         ps = report.per_slice
-        s_cols = _slice_columns(keys, spec.slice_by, spec.slice_types)
+        s_cols = slice_columns(keys, spec.slice_by, spec.slice_types)
         s_cols["overall"] = pa.array(np.full(len(keys), overall))
         s_cols["n"] = pa.array(ps["n"], type=pa.int64())
         s_cols["weight"] = pa.array(ps["weight"], type=pa.float64())

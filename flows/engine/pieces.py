@@ -1,0 +1,203 @@
+"""Work done on the workers: a shard's footer inspected, a piece of it read batch by
+batch and reduced by the fused kernel to a small mergeable state.
+
+A piece is one file, or a run of row groups of a big file. Rows are never shuffled
+or collected: a piece returns a ``PieceResult`` of size O(slices × classes).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+from xent_kernels import ClassStats, class_stats_partial, find_invalid_row
+
+from ..config import EvalConfig
+from ..errors import DataError
+from ..inputs.integrity import inspect_integrity
+from ..inputs.reader import Batch, ReadSpec, check_schema, iter_batches, open_parquet, resolve_spec
+from ..inputs.sources import InputFile
+
+
+@dataclass(frozen=True)
+class BadShard:
+    url: str
+    reason: str
+    rows: int  # rows in the file (0 when its footer could not be read)
+
+
+@dataclass(frozen=True)
+class Piece:
+    file: InputFile
+    row_groups: tuple[int, ...] | None  # None: the whole file
+    rows: int
+
+
+@dataclass(frozen=True)
+class PieceResult:
+    """The mergeable outcome of some pieces: statistics plus the shards left out."""
+
+    stats: ClassStats
+    bad_shards: tuple[BadShard, ...] = ()
+    rows_read: int = 0
+    probability_like: tuple[str, ...] = ()  # files read as logits whose rows look like probabilities
+
+    @staticmethod
+    def merge(*results: "PieceResult") -> "PieceResult":
+        stats = functools.reduce(ClassStats.merge, (r.stats for r in results))
+        bad = tuple(sorted((b for r in results for b in r.bad_shards), key=lambda b: b.url))
+        suspicious = tuple(sorted({url for r in results for url in r.probability_like}))
+        return PieceResult(stats, bad, sum(r.rows_read for r in results), suspicious)
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    file: InputFile
+    row_group_rows: tuple[int, ...] = ()
+    error: str | None = None
+    checksummed: bool = False  # the pages read carry CRCs, verified as they are read
+
+    @property
+    def rows(self) -> int:
+        return sum(self.row_group_rows)
+
+
+
+def inspect_file(file: InputFile, spec: ReadSpec) -> FileInfo:
+    """Read a shard's footer, check its schema against the spec, and see whether its
+    pages carry checksums. A bad shard's rows are what its footer declares, if readable."""
+    declared = 0
+    try:
+        parquet = open_parquet(file.url, spec.storage_options)
+        declared = parquet.metadata.num_rows
+        check_schema(parquet, file, spec)
+        checksummed = inspect_integrity(parquet, file.url, spec.columns_to_read(), spec.storage_options)
+        metadata = parquet.metadata
+        rows = tuple(metadata.row_group(g).num_rows for g in range(metadata.num_row_groups))
+        return FileInfo(file, rows, checksummed=checksummed)
+    except DataError as error:
+        if spec.on_bad_shard == "error":
+            raise
+        return FileInfo(file, (declared,) if declared else (), error=str(error))
+
+
+def evaluate_piece(piece: Piece, spec: ReadSpec) -> PieceResult:
+    """Read one piece batch by batch and reduce it to statistics."""
+    try:
+        stats, probability_like = _piece_stats(piece, spec)
+        return PieceResult(stats, rows_read=piece.rows, probability_like=(piece.file.url,) if probability_like else ())
+    except DataError as error:
+        if spec.on_bad_shard == "error":
+            raise
+        return PieceResult(_empty(spec), (BadShard(piece.file.url, str(error), piece.rows),))
+
+
+def _empty(spec: ReadSpec) -> ClassStats:
+    return ClassStats.empty(spec.n_classes, n_bins=spec.n_bins)
+
+
+def _piece_stats(piece: Piece, spec: ReadSpec) -> tuple[ClassStats, bool]:
+    """The piece's statistics, and whether its first batch, read as logits, looks
+    like probabilities instead."""
+    parquet = open_parquet(piece.file.url, spec.storage_options, spec.column_buffer)
+    check_schema(parquet, piece.file, spec)
+    groups = None if piece.row_groups is None else list(piece.row_groups)
+    first_looks_like_probabilities: list[bool] = []
+
+    def batch_stats(batch: Batch) -> ClassStats:
+        if not first_looks_like_probabilities:
+            first_looks_like_probabilities.append(spec.kind == "logits" and _looks_like_probabilities(batch.pred))
+        return _batch_stats(batch, piece.file, spec)
+
+    # map, not a for loop: no variable keeps a batch alive while the next one is read.
+    states = map(batch_stats, iter_batches(parquet, piece.file, spec, groups))
+    stats = functools.reduce(ClassStats.merge, states, _empty(spec))
+    return stats, any(first_looks_like_probabilities)
+
+
+def _looks_like_probabilities(pred: np.ndarray, rows: int = 4096) -> bool:
+    """Every one of the first `rows` rows is non-negative and sums to 1 (within 1e-4)."""
+    head = pred[:rows]
+    return len(head) > 0 and bool((head >= 0).all() and (np.abs(head.sum(axis=1, dtype=np.float64) - 1.0) <= 1e-4).all())
+
+
+def _batch_stats(batch: Batch, file: InputFile, spec: ReadSpec) -> ClassStats:
+    if spec.kind != "logits":  # probabilities must also be normalised
+        _reject_invalid_rows(batch.pred, batch.first_row, file, spec)
+    state = class_stats_partial(
+        batch.pred,
+        batch.labels,
+        kind=spec.kind,
+        weights=batch.weights,
+        slice_ids=batch.slice_ids,
+        slice_keys=batch.slice_keys,
+        n_bins=spec.n_bins,
+        eps=spec.eps,
+    )
+    if spec.on_nonfinite == "error" and state.n_nonfinite:
+        _reject_invalid_rows(batch.pred[batch.labels >= 0], batch.first_row, file, spec, batch.labels >= 0)
+    return state
+
+
+def _reject_invalid_rows(
+    pred: np.ndarray, first_row: int, file: InputFile, spec: ReadSpec, rows_of: np.ndarray | None = None
+) -> None:
+    """Raise a DataError naming the first invalid row. With on_nonfinite='count', rows
+    holding NaN/inf are left to the kernel (counted) and only the others are checked.
+    `rows_of` maps the rows of `pred` back to the batch when `pred` is a subset."""
+    index = np.flatnonzero(rows_of) if rows_of is not None else np.arange(len(pred))
+    if spec.on_nonfinite == "count":
+        finite = np.isfinite(pred).all(axis=1) if spec.kind != "log_probs" else ~np.isnan(pred).any(axis=1)
+        pred, index = pred[finite], index[finite]
+    row, reason = find_invalid_row(pred, spec.kind)
+    if row >= 0:
+        raise DataError(f"{file.url}: column '{spec.pred_label}', row {first_row + index[row]}: {spec.kind} with {reason}")
+
+
+
+# --------------------------------------------------------------------------- the client side
+
+
+def first_readable_spec(config: EvalConfig, inputs: list[InputFile]) -> tuple[ReadSpec, tuple[BadShard, ...]]:
+    """The read settings, from the first file that yields them. With on_bad_shard='skip',
+    files before it that cannot (unreadable, or another layout) are bad shards; with
+    'error', the first file decides."""
+    if config.on_bad_shard == "error":
+        return resolve_spec(config, inputs[0]), ()
+    skipped: list[BadShard] = []
+    for file in inputs:
+        try:
+            return resolve_spec(config, file), tuple(skipped)
+        except DataError as error:
+            skipped.append(BadShard(file.url, str(error), _footer_rows(file, config.storage_options)))
+    raise DataError(f"no file yields the read settings; the first: {skipped[0].reason}")
+
+
+def _footer_rows(file: InputFile, storage_options: dict) -> int:
+    """Rows a file's footer declares; 0 when the footer cannot be read."""
+    try:
+        return open_parquet(file.url, storage_options).metadata.num_rows
+    except DataError:
+        return 0
+
+
+def plan_pieces(infos: list[FileInfo], task_rows: int | None) -> list[Piece]:
+    """One piece per file, or per run of row groups of about `task_rows` rows
+    (None: whole files, so that a bad file is left out whole)."""
+    pieces = []
+    for info in infos:
+        if info.error is not None:
+            continue
+        if task_rows is None or info.rows <= task_rows or len(info.row_group_rows) == 1:
+            pieces.append(Piece(info.file, None, info.rows))
+            continue
+        start, rows = 0, 0
+        for g, group_rows in enumerate(info.row_group_rows):
+            rows += group_rows
+            if rows >= task_rows or g == len(info.row_group_rows) - 1:
+                pieces.append(Piece(info.file, tuple(range(start, g + 1)), rows))
+                start, rows = g + 1, 0
+    return pieces
+

@@ -1,0 +1,2 @@
+"""Inputs: listing and fingerprinting shards (``sources``), reading them into arrays
+batch by batch (``reader``), and checking their integrity (``integrity``)."""

@@ -1,0 +1,223 @@
+"""Drift of a current dump against a reference dump: every metric with its threshold.
+
+Two kinds of evidence, per slice and overall:
+
+1. Per-sample KL(reference‖current), joining rows on key columns (by default the id
+   and the slice columns, so several models scoring the same ids join model with
+   model): :mod:`flows.monitor.join`.
+2. Distribution-level KL, JS and PSI between the predicted class marginals, and
+   between confidence histograms re-binned at the reference's quantiles (see
+   :mod:`xent_kernels.drift` for the smoothing). These need no ids.
+
+Every divergence is reported in the config's units (nats, or bits); thresholds are
+in the same units.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+
+import pyarrow as pa
+from distributed import Client
+
+from xent_kernels.drift import histogram_divergences, quantile_bin_edges, rebin
+
+from ..config import DRIFT_METRICS, DriftConfig, DriftSettings
+from ..engine import Evaluation, evaluate, inspect_files
+from ..errors import DataError, DriftBreach
+from ..inputs.reader import ReadSpec, open_parquet
+from ..report.tables import config_json, report_metadata, report_parts, slice_columns
+from .join import per_sample_kl
+
+FINE_BINS = 200  # confidence histogram resolution before re-binning at reference quantiles
+
+
+# --------------------------------------------------------------------------- distribution level
+
+
+def distribution_rows(reference: Evaluation, current: Evaluation, settings: DriftSettings) -> list[dict]:
+    """Metric rows (slice key, metric, value) for marginals and confidence histograms."""
+    rows = []
+    ref_parts = dict(_parts_by_key(reference))
+    for key, cur_stats in _parts_by_key(current):
+        ref_stats = ref_parts.get(key)
+        if ref_stats is None:
+            for metric in ("marginal_kl", "marginal_js", "marginal_psi", "confidence_kl", "confidence_js", "confidence_psi"):
+                rows.append({"key": key, "metric": metric, "value": math.nan})
+            continue
+        marg_ref = ref_stats.marginal_sum[0] + ref_stats.marginal_comp[0]
+        marg_cur = cur_stats.marginal_sum[0] + cur_stats.marginal_comp[0]
+        for name, value in histogram_divergences(marg_ref, marg_cur, settings.smoothing).items():
+            rows.append({"key": key, "metric": f"marginal_{name}", "value": value})
+        fine_ref = (ref_stats.hist_sum + ref_stats.hist_comp)[0, :, 0]
+        fine_cur = (cur_stats.hist_sum + cur_stats.hist_comp)[0, :, 0]
+        edges = quantile_bin_edges(fine_ref, settings.confidence_bins)
+        for name, value in histogram_divergences(rebin(fine_ref, edges), rebin(fine_cur, edges), settings.smoothing).items():
+            rows.append({"key": key, "metric": f"confidence_{name}", "value": value})
+    return rows
+
+
+def _parts_by_key(evaluation: Evaluation):
+    """(slice key or None for overall, single-slice ClassStats) for each slice and overall."""
+    stats = evaluation.result.stats
+    for part, overall in report_parts(stats, evaluation.spec.slice_by):
+        if overall:
+            yield None, part
+        else:
+            for i, key in enumerate(part.slice_keys):
+                yield key, part._single_slice(i, key)
+
+
+
+# --------------------------------------------------------------------------- the whole comparison
+
+
+UNIT_DIVISORS = {"nats": 1.0, "bits": math.log(2)}  # divergences are computed in nats
+
+
+@dataclass
+class DriftReport:
+    rows: list[dict]  # key (slice tuple or None), metric, value, threshold, breached, class, n
+    slice_by: tuple[str, ...]
+    slice_types: tuple[pa.DataType, ...]
+    reference: Evaluation
+    current: Evaluation
+
+    @property
+    def breaches(self) -> list[dict]:
+        return [row for row in self.rows if row["breached"]]
+
+
+def compare(config: DriftConfig, client: Client) -> DriftReport:
+    """Evaluate both dumps and compute every drift metric, in the config's units, with its threshold."""
+    fine = {"n_bins": FINE_BINS}
+    current = evaluate(config.model_copy(update=fine), client)
+    reference = evaluate(config.model_copy(update={**fine, "sources": config.reference}), client)
+    if reference.spec.n_classes != current.spec.n_classes:
+        raise DataError(
+            f"reference has {reference.spec.n_classes} classes ({reference.spec.reference_file}), "
+            f"current has {current.spec.n_classes} ({current.spec.reference_file})"
+        )
+    rows = distribution_rows(reference, current, config.drift)
+    if config.drift.per_sample:
+        rows += _per_sample_rows(config, reference, current, client)
+    divisor = UNIT_DIVISORS[config.units]
+    for row in rows:
+        if row["metric"] in DRIFT_METRICS:  # divergences; counts stay counts
+            row["value"] /= divisor
+        row.setdefault("class", None)
+        row.setdefault("n", None)
+        threshold = threshold_for(config.drift, config.slice_by, row["key"], row["metric"]) if row["class"] is None else None
+        row["threshold"] = threshold
+        row["breached"] = bool(threshold is not None and not (row["value"] <= threshold))
+    return DriftReport(rows, current.spec.slice_by, current.spec.slice_types, reference, current)
+
+
+def _comparable_type(arrow_type: pa.DataType) -> str:
+    if pa.types.is_dictionary(arrow_type):
+        arrow_type = arrow_type.value_type
+    if pa.types.is_integer(arrow_type):
+        return "integer"
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+        return "string"
+    return str(arrow_type)
+
+
+def _key_spec(evaluation: Evaluation, key: tuple[str, ...], side: str) -> tuple[ReadSpec, list[str]]:
+    """The evaluation's spec, reading the key columns too (hive folder keys from the
+    path), and each key column's type as compared across the two dumps."""
+    first = evaluation.inputs[0]
+    schema = open_parquet(first.url, evaluation.spec.storage_options).schema_arrow
+    hive, types = [], []
+    for name in key:
+        if name in schema.names:  # a column wins over a hive key, as for slices
+            types.append(_comparable_type(schema.field(name).type))
+        elif name in first.hive:
+            hive.append(name)
+            types.append("string")
+        else:
+            raise DataError(
+                f"{side} dump {first.url}: no key column '{name}' (neither a column nor a hive folder key "
+                f"{sorted(first.hive)}); columns are {sorted(schema.names)}. Rows are joined on "
+                f"({', '.join(key)}): set drift.id_cols (or --id-cols) to columns both dumps have"
+            )
+    return dataclasses.replace(evaluation.spec, id_cols=key, hive_ids=tuple(hive), n_bins=1), types
+
+
+def _per_sample_rows(config: DriftConfig, reference: Evaluation, current: Evaluation, client: Client) -> list[dict]:
+    key = config.drift.join_key(config.slice_by)
+    specs, types, infos = {}, {}, {}
+    for side, evaluation in (("reference", reference), ("current", current)):
+        specs[side], types[side] = _key_spec(evaluation, key, side)
+    for name, ref_type, cur_type in zip(key, types["reference"], types["current"]):
+        if ref_type != cur_type:
+            raise DataError(
+                f"key column '{name}' is {ref_type} in the reference dump ({reference.spec.reference_file}) but "
+                f"{cur_type} in the current dump ({current.spec.reference_file}); the join needs one type on both sides"
+            )
+    for side, evaluation in (("reference", reference), ("current", current)):
+        infos[side] = inspect_files(client, evaluation.inputs, specs[side], stall_timeout=config.stall_timeout)
+    joined = per_sample_kl(config, specs, infos, client)
+    rows = [
+        {"key": None, "metric": "n_matched", "value": float(joined.matched)},
+        {"key": None, "metric": "n_only_reference", "value": float(joined.only_reference)},
+        {"key": None, "metric": "n_only_current", "value": float(joined.only_current)},
+    ]
+    for part, overall in report_parts(joined.stats, current.spec.slice_by):
+        report = part.finalize()
+        for i, slice_key in enumerate(report.slice_keys):
+            rows.append({"key": None if overall else slice_key, "metric": "kl_per_sample",
+                         "value": float(report.per_slice["kl_mean"][i]), "n": int(report.per_slice["n"][i])})
+        pc = report.per_class
+        for j in range(len(pc["class"])):
+            slice_key = None if overall else report.slice_keys[pc["slice"][j]]
+            rows.append({"key": slice_key, "metric": "kl_per_sample", "value": float(pc["kl_mean"][j]),
+                         "class": int(pc["class"][j]), "n": int(pc["n"][j])})
+    return rows
+
+
+def threshold_for(settings: DriftSettings, slice_by: list[str], key: tuple | None, metric: str) -> float | None:
+    """The most specific threshold: a matching slice override, else the global one."""
+    if key is not None:
+        values = dict(zip(slice_by, key))
+        for override in settings.slice_thresholds:
+            if metric in override.thresholds and all(str(values.get(k)) == str(v) for k, v in override.slice.items()):
+                return override.thresholds[metric]
+    return settings.thresholds.get(metric)
+
+
+def drift_table(report: DriftReport) -> pa.Table:
+    keys = [row["key"] or () for row in report.rows]
+    columns = slice_columns(keys, report.slice_by, report.slice_types)
+    columns["overall"] = pa.array([row["key"] is None for row in report.rows])
+    columns["metric"] = pa.array([row["metric"] for row in report.rows], type=pa.string())
+    columns["class"] = pa.array([row["class"] for row in report.rows], type=pa.int32())
+    columns["n"] = pa.array([row["n"] for row in report.rows], type=pa.int64())
+    columns["value"] = pa.array([row["value"] for row in report.rows], type=pa.float64())
+    columns["kl_mean"] = pa.array([row["value"] if row["class"] is not None else None for row in report.rows], type=pa.float64())
+    columns["threshold"] = pa.array([row["threshold"] for row in report.rows], type=pa.float64())
+    columns["breached"] = pa.array([row["breached"] for row in report.rows], type=pa.bool_())
+    return pa.table(columns)
+
+
+def drift_tables(report: DriftReport, config: DriftConfig) -> dict[str, pa.Table]:
+    """The drift table with the current dump's report metadata (units included), the
+    reference's fingerprint and the drift config."""
+    metadata = report_metadata(report.current)
+    metadata[b"xent.reference_fingerprint"] = json.dumps(report.reference.fingerprint, sort_keys=True).encode()
+    metadata[b"xent.config"] = config_json(config)
+    return {"drift": drift_table(report).replace_schema_metadata(metadata)}
+
+
+def describe_breach(row: dict, slice_by: tuple[str, ...]) -> str:
+    where = "overall" if row["key"] is None else ", ".join(f"{k}={v}" for k, v in zip(slice_by, row["key"]))
+    return f"{row['metric']} = {row['value']:.6g} exceeds threshold {row['threshold']:.6g} ({where})"
+
+
+def breach_error(report: DriftReport) -> DriftBreach | None:
+    """The error a breached threshold ends the run with (exit code 3), naming every breach."""
+    messages = [describe_breach(row, report.slice_by) for row in report.breaches]
+    return DriftBreach("drift threshold breached: " + "; ".join(messages)) if messages else None

@@ -1,0 +1,205 @@
+"""Per-sample KL(reference‖current): both dumps' rows joined on key columns.
+
+Neither dump is ever held whole: each shard's rows are hashed by key into buckets
+spilled to a scratch folder, then each bucket is joined exactly and reduced to
+per-(slice, class) statistics by the fused kernel. Keys found on one side only are
+counted.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import pickle
+import shutil
+import tempfile
+import uuid
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+from distributed import Client
+
+from xent_kernels import ClassStats, class_stats_partial
+
+from ..config import DriftConfig
+from ..engine import FileInfo, map_all, map_reduce, plan_pieces
+from ..errors import DataError
+from ..inputs.reader import ReadSpec, iter_batches, open_parquet
+
+
+@dataclass(frozen=True)
+class JoinResult:
+    stats: ClassStats
+    matched: int = 0
+    only_reference: int = 0
+    only_current: int = 0
+
+    @staticmethod
+    def merge(*results: "JoinResult") -> "JoinResult":
+        stats = functools.reduce(ClassStats.merge, (r.stats for r in results))
+        return JoinResult(
+            stats,
+            sum(r.matched for r in results),
+            sum(r.only_reference for r in results),
+            sum(r.only_current for r in results),
+        )
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser on uint64 (wrapping): consecutive integers spread evenly."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def bucket_of(keys: list[np.ndarray], n_buckets: int) -> np.ndarray:
+    """A bucket per row of the key columns, the same on every worker and in every
+    process (no salted hashes). Integer columns are hashed vectorized; other values by
+    the CRC-32 of their text, once per distinct value."""
+    h = np.zeros(len(keys[0]), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for values in keys:
+            if values.dtype.kind in "iub":
+                code = values.astype(np.uint64)
+            else:
+                distinct, inverse = np.unique(values.astype(str), return_inverse=True)
+                crc = np.fromiter((zlib.crc32(v.encode()) for v in distinct), dtype=np.uint64, count=len(distinct))
+                code = crc[inverse]
+            h = _splitmix64(h ^ code)
+    return (h % np.uint64(n_buckets)).astype(np.int64)
+
+
+@dataclass
+class _Rows:
+    """One side's rows of a bucket."""
+
+    keys: list[np.ndarray]  # one array per key column
+    pred: np.ndarray
+    labels: np.ndarray
+    slice_ids: np.ndarray
+    slice_keys: list[tuple]  # the key of each slice id
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def spill_piece(piece, side: str, index: int, spec: ReadSpec, *, scratch: str, n_buckets: int) -> int:
+    """Split one piece's rows into bucket files under scratch/side/bucket; returns rows."""
+    parquet = open_parquet(piece.file.url, spec.storage_options, spec.column_buffer)
+    groups = None if piece.row_groups is None else list(piece.row_groups)
+    rows = 0
+    for b, batch in enumerate(iter_batches(parquet, piece.file, spec, groups)):
+        buckets = bucket_of(batch.ids, n_buckets)
+        order = np.argsort(buckets, kind="stable")
+        bounds = np.searchsorted(buckets[order], np.arange(n_buckets + 1))
+        slice_ids = batch.slice_ids if batch.slice_ids is not None else np.zeros(len(order), np.int64)
+        for k in range(n_buckets):
+            take = order[bounds[k] : bounds[k + 1]]
+            if not take.size:
+                continue
+            folder = os.path.join(scratch, side, f"{k:05d}")
+            os.makedirs(folder, exist_ok=True)
+            part = _Rows([values[take] for values in batch.ids], batch.pred[take], batch.labels[take], slice_ids[take],
+                         list(batch.slice_keys))
+            # pickle, not np.savez: np.load parses each array header with ast.literal_eval,
+            # which fails at random in concurrent worker threads on CPython 3.11
+            # ("AST constructor recursion depth mismatch", python/cpython#106905).
+            with open(os.path.join(folder, f"{index:06d}-{b:05d}.pkl"), "wb") as handle:
+                pickle.dump(part, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        rows += len(order)
+    return rows
+
+
+def _load_bucket(folder: str) -> _Rows | None:
+    """One side's spilled rows of a bucket, with slice ids renumbered over all its parts."""
+    parts = []
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        with open(os.path.join(folder, name), "rb") as handle:
+            parts.append(pickle.load(handle))  # written by spill_piece into this run's own scratch folder
+    if not parts:
+        return None
+    keys: dict[tuple, int] = {}
+    slice_ids = []
+    for part in parts:
+        local = np.array([keys.setdefault(k, len(keys)) for k in part.slice_keys], dtype=np.int64)
+        slice_ids.append(local[part.slice_ids] if local.size else part.slice_ids)
+    return _Rows(
+        [_concatenate([p.keys[j] for p in parts]) for j in range(len(parts[0].keys))],
+        np.concatenate([p.pred for p in parts]),
+        np.concatenate([p.labels for p in parts]),
+        np.concatenate(slice_ids),
+        list(keys),
+    )
+
+
+def _concatenate(arrays: list[np.ndarray]) -> np.ndarray:
+    """Concatenate key arrays exactly: int64 with uint64 would promote to float64."""
+    if np.result_type(*arrays).kind == "f" and all(a.dtype.kind in "iu" for a in arrays):
+        return np.concatenate([a.astype(object) for a in arrays])
+    return np.concatenate(arrays)
+
+
+def _key_codes(reference: _Rows, current: _Rows) -> tuple[np.ndarray, np.ndarray]:
+    """Integer codes of both sides' key rows, equal exactly when the keys are equal:
+    each column is factorized over both sides, and codes are combined column by column
+    and re-factorized, so they stay below the row count (no overflow, no collisions)."""
+    n_ref = len(reference)
+    codes = np.zeros(n_ref + len(current), dtype=np.int64)
+    for ref_values, cur_values in zip(reference.keys, current.keys):
+        _, column = np.unique(_concatenate([ref_values, cur_values]), return_inverse=True)
+        _, codes = np.unique(codes * (int(column.max()) + 1) + column, return_inverse=True)
+    codes = codes.reshape(-1)
+    return codes[:n_ref], codes[n_ref:]
+
+
+def _check_unique(side: str, codes: np.ndarray, rows: _Rows, key: tuple[str, ...]) -> None:
+    counts = np.bincount(codes)
+    if counts.max(initial=0) > 1:
+        row = int(np.flatnonzero(counts[codes] > 1)[0])
+        value = ", ".join(f"{name}={values[row:row + 1].tolist()[0]!r}" for name, values in zip(key, rows.keys))
+        raise DataError(
+            f"{side} dump: key ({value}) appears {counts[codes[row]]} times, but the join key ({', '.join(key)}) "
+            "must identify one row: set drift.id_cols (or --id-cols) to the columns that do, e.g. [model, id]"
+        )
+
+
+def join_bucket(scratch: str, bucket: int, *, spec: ReadSpec) -> JoinResult:
+    """Join one bucket's reference and current rows on the key columns; KL(reference‖current) statistics."""
+    empty = ClassStats.empty(spec.n_classes, n_bins=spec.n_bins, has_reference=True)
+    ref = _load_bucket(os.path.join(scratch, "reference", f"{bucket:05d}"))
+    cur = _load_bucket(os.path.join(scratch, "current", f"{bucket:05d}"))
+    if ref is None or cur is None:
+        return JoinResult(empty, 0, 0 if ref is None else len(ref), 0 if cur is None else len(cur))
+    ref_codes, cur_codes = _key_codes(ref, cur)
+    _check_unique("reference", ref_codes, ref, spec.id_cols)
+    _check_unique("current", cur_codes, cur, spec.id_cols)
+    _, in_ref, in_cur = np.intersect1d(ref_codes, cur_codes, assume_unique=True, return_indices=True)
+    stats = class_stats_partial(
+        cur.pred[in_cur], cur.labels[in_cur], kind=spec.kind, slice_ids=cur.slice_ids[in_cur], slice_keys=cur.slice_keys,
+        reference=ref.pred[in_ref], reference_kind=spec.kind, n_bins=spec.n_bins,
+    ) if len(in_cur) else empty
+    return JoinResult(ClassStats.merge(stats, empty), len(in_cur), len(ref) - len(in_ref), len(cur) - len(in_cur))
+
+
+def per_sample_kl(config: DriftConfig, specs: dict[str, ReadSpec], infos: dict[str, list[FileInfo]], client: Client) -> JoinResult:
+    """Hash both dumps' rows by key into buckets spilled to scratch, then join each bucket."""
+    settings = config.drift
+    total_rows = sum(i.rows for side in infos.values() for i in side)
+    n_buckets = max(1, math.ceil(total_rows / settings.bucket_rows))
+    scratch = os.path.join(settings.scratch_dir or tempfile.gettempdir(), f"xent-drift-{uuid.uuid4().hex[:12]}")
+    os.makedirs(scratch)
+    try:
+        spills = [(piece, side, i) for side in ("reference", "current")
+                  for i, piece in enumerate(plan_pieces(infos[side], config.task_rows))]
+        pieces, sides, indexes = zip(*spills) if spills else ((), (), ())
+        map_all(client, spill_piece, pieces, sides, indexes, [specs[side] for side in sides],
+                scratch=scratch, n_buckets=n_buckets, stall_timeout=config.stall_timeout)
+        return map_reduce(
+            client, join_bucket, [scratch] * n_buckets, range(n_buckets), spec=specs["current"],
+            merge=JoinResult.merge, split_every=config.split_every, stall_timeout=config.stall_timeout,
+        )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
