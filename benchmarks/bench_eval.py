@@ -172,7 +172,9 @@ def rel_diff(a: float, b: float) -> float:
 
 
 def parquet_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in (".parquet", ".pq", ".parq")
+    from flows.inputs.sources import PARQUET_SUFFIXES
+
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in PARQUET_SUFFIXES
                   and not p.name.startswith((".", "_")))
 
 

@@ -16,9 +16,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import UsageError
+from .kinds import KINDS
 
-Kind = Literal["logits", "probs", "log_probs"]
-DEFAULT_PRED_COL: dict[str, str] = {"logits": "logits", "probs": "probs", "log_probs": "log_probs"}
+
+Kind = Literal[tuple(KINDS)]  # type: ignore[valid-type]  # Literal["logits", "probs", "log_probs"]
+DEFAULT_PRED_COL = {kind: columns.list_column for kind, columns in KINDS.items()}
+WIDE_PREFIX = {kind: columns.wide_prefix for kind, columns in KINDS.items()}
+BINARY_COL = {kind: columns.binary_column for kind, columns in KINDS.items()}
 
 
 class StrictModel(BaseModel):

@@ -20,8 +20,9 @@ from distributed import Client
 from conftest import assert_same_report, cli_env, dask_cluster, run_cli, wait_until
 from flows.config import EvalConfig
 from flows.engine import dask_client, evaluate
-from flows.generate import generate_dump, load_arrays
+from flows.generate import generate_dump
 from flows.report.tables import write_report
+from oracle import load_arrays
 from test_engine import assert_report_matches, expected_report
 
 pytestmark = pytest.mark.timeout(300)

@@ -20,7 +20,8 @@ from flows.cli import main
 from flows.config import DRIFT_METRICS, DriftConfig
 from flows.runs.drift import drift_steps
 from flows.errors import DataError
-from flows.generate import generate_dump, load_arrays
+from flows.generate import generate_dump
+from oracle import load_arrays
 
 MODELS = ("a", "b", "c")
 CLASSES = 4

@@ -21,8 +21,9 @@ from flows.cli import main
 from flows.config import EvalConfig
 from flows.engine import dask_client, evaluate
 from flows.errors import DataError
-from flows.generate import generate_dump, load_arrays
+from flows.generate import generate_dump
 from flows.report.tables import write_report
+from oracle import load_arrays
 
 CLASS_COLUMNS = ["n", "weight", "ce_mean", "ce_std", "accuracy", "p_true_mean", "entropy_mean"]
 SLICE_COLUMNS = ["n", "weight", "ce_mean", "ce_macro", "accuracy", "entropy_mean", "ece", "n_ignored"]

@@ -17,8 +17,9 @@ from flows.runs.adhoc import eval_steps
 from flows.cli import main
 from flows.config import DriftConfig, EvalConfig, NightlyConfig, build_config
 from flows.errors import DriftBreach, UsageError
-from flows.generate import generate_dump, load_arrays
+from flows.generate import generate_dump
 from flows.pipelines import drift_flow, eval_flow, find_inputs
+from oracle import load_arrays
 
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

@@ -15,7 +15,8 @@ import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 from scipy.special import expit, log_softmax, logsumexp, rel_entr, softmax
 
-from flows.generate import BAD_KINDS, BadShard, GeneratedDump, generate_dump, load_arrays
+from flows.generate import BAD_KINDS, BadShard, GeneratedDump, generate_dump
+from oracle import load_arrays
 
 LAYOUT_KINDS = [
     (layout, kind)

@@ -59,3 +59,17 @@ def test_only_the_engine_submits_work_to_dask():
                     and isinstance(node.value, ast.Name) and node.value.id == "client":
                 callers.append(f"{path.relative_to(FLOWS)}:{node.lineno} client.{node.attr}")
     assert callers == []
+
+
+def test_every_kind_flows_offers_is_a_kind_the_kernels_take():
+    import numpy as np
+    import pytest
+
+    from flows.kinds import KINDS
+    from xent_kernels import class_stats_partial
+
+    probs = np.array([[0.25, 0.75]])
+    for kind in KINDS:
+        assert class_stats_partial(np.log(probs) if "log" in kind else probs, [1], kind=kind).counts.sum() == 1
+    with pytest.raises(ValueError, match="kind must be one of"):
+        class_stats_partial(probs, [1], kind="scores")

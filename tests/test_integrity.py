@@ -19,7 +19,6 @@ import pytest
 from flows.cli import main
 from flows.generate import generate_dump
 from flows.inputs.integrity import (
-    INTEGRITY_KEY,
     _Compact,
     first_row_group_chunks,
     header_has_crc,
@@ -27,6 +26,7 @@ from flows.inputs.integrity import (
     read_page_header,
 )
 from flows.inputs.sources import filesystem
+from flows.metadata import INTEGRITY_KEY
 
 from conftest import RecordingHTTPServer, assert_same_report, child_env, moto_server, run_cli
 

@@ -25,12 +25,13 @@ pytest.importorskip("flask", reason="moto's standalone server needs moto[server]
 from conftest import RecordingHTTPServer, assert_same_report, cli_env, moto_server, run_cli  # noqa: E402
 from flows.config import EvalConfig  # noqa: E402
 from flows.engine import dask_client, evaluate  # noqa: E402
-from flows.generate import generate_dump, load_arrays  # noqa: E402
+from flows.generate import generate_dump  # noqa: E402
 from flows.runs.adhoc import with_metadata  # noqa: E402
 from flows.errors import InfrastructureError  # noqa: E402
 from flows.report.tables import build_tables, write_report  # noqa: E402
 from flows.report.writing import read_manifest, write_tables_atomically  # noqa: E402
 from flows.inputs.sources import filesystem, list_inputs  # noqa: E402
+from oracle import load_arrays  # noqa: E402
 from test_engine import assert_report_matches, expected_report  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)

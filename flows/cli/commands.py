@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import EXIT_CODES_HELP, EXIT_INFRASTRUCTURE, EXIT_INTERNAL, UsageError, XentError, infrastructure_cause
+from ..kinds import KINDS
 
 
 def _pipelines():
@@ -53,7 +54,7 @@ def _add_eval_arguments(parser: argparse.ArgumentParser, sources: bool = True) -
         parser.add_argument("sources", nargs="*", help="Parquet files, folders, globs or fsspec URLs (or 'sources' in --config)")
     parser.add_argument("--out", required=True, help="report folder (written atomically)")
     parser.add_argument("--config", help="YAML file with evaluation settings; flags override it")
-    parser.add_argument("--kind", choices=["logits", "probs", "log_probs"], help="what the prediction numbers are")
+    parser.add_argument("--kind", choices=list(KINDS), help="what the prediction numbers are")
     parser.add_argument("--pred-col", help="prediction column, or wide-column prefix such as logit_")
     parser.add_argument("--label-col", help="true-class column (default: label)")
     parser.add_argument("--weight-col", help="optional row-weight column")
@@ -300,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--shards", type=int, default=8)
     p.add_argument("--layout", choices=["fixed_size_list", "list", "wide", "binary"], default="fixed_size_list")
-    p.add_argument("--kind", choices=["logits", "probs", "log_probs"], default="logits")
+    p.add_argument("--kind", choices=list(KINDS), default="logits")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--slice", action="append", metavar="NAME=V1,V2", help="a slice column and its values")
     p.add_argument("--hive", action="append", metavar="NAME=V1,V2", help="hive folder key and its values")

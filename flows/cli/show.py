@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..config import DRIFT_METRICS
-from ..inputs.integrity import INTEGRITY_KEY
+from ..metadata import INTEGRITY_KEY, UNITS_KEY
 from ..inputs.sources import filesystem
 
 
@@ -58,7 +58,7 @@ def print_report(
     """The per-class table (overall rows), the slice summary, and where the files are."""
     console = console or terminal()
     per_class = read_report_table(paths["per_class"], storage_options)
-    units = (per_class.schema.metadata or {}).get(b"xent.units", b"nats").decode()
+    units = (per_class.schema.metadata or {}).get(UNITS_KEY, b"nats").decode()
     rows = [r for r in per_class.to_pylist() if r["overall"]]
     sliced = any(not r["overall"] for r in per_class.select(["overall"]).to_pylist())
     scope = ", all slices together (per-slice rows in per_class.parquet)" if sliced else ""
@@ -102,7 +102,7 @@ def print_drift(path: str, console: Console | None = None, storage_options: dict
 
     console = console or terminal()
     table_data = read_report_table(path, storage_options)
-    units = (table_data.schema.metadata or {}).get(b"xent.units", b"nats").decode()
+    units = (table_data.schema.metadata or {}).get(UNITS_KEY, b"nats").decode()
     rows = [r for r in table_data.to_pylist() if r["class"] is None]
     fixed = {"overall", "metric", "class", "n", "value", "kl_mean", "threshold", "breached"}
     slice_columns = tuple(c for c in table_data.column_names if c not in fixed)

@@ -44,8 +44,6 @@ TOTAL_COMPRESSED_SIZE, DATA_PAGE_OFFSET, DICTIONARY_PAGE_OFFSET = 7, 9, 11  # Co
 # header take at most 3 × 6 + 1 bytes.
 HEADER_READ_BYTES = 64
 
-# Report metadata: how many input files there were, and how many had their page checksums verified.
-INTEGRITY_KEY = b"xent.integrity"
 CRC_FAILURE = "CRC checksum verification failed"  # in pyarrow's OSError for a page whose CRC does not match
 
 

@@ -21,14 +21,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..config import DEFAULT_PRED_COL, EvalConfig
+from ..config import BINARY_COL, DEFAULT_PRED_COL, WIDE_PREFIX, EvalConfig
 from ..errors import DataError, XentError, as_infrastructure_error
+from ..metadata import CLASSES_KEY
 from .integrity import read_error_message
 from .sources import InputFile, filesystem, is_local
 
-CLASSES_METADATA_KEY = b"xent.classes"
-WIDE_PREFIX = {"logits": "logit_", "probs": "prob_", "log_probs": "log_prob_"}
-BINARY_COL = {"logits": "logit", "probs": "prob", "log_probs": "log_prob"}
 
 # Bytes read from a file at a time, over all the columns read (each column has its
 # own buffer), within 64 KiB..8 MiB a column. With Arrow's default (pre_buffer) a
@@ -163,8 +161,8 @@ def resolve_spec(config: EvalConfig, first: InputFile) -> ReadSpec:
 
     class_names = tuple(config.classes) if config.classes else None
     metadata = schema.metadata or {}
-    if class_names is None and CLASSES_METADATA_KEY in metadata:
-        class_names = tuple(str(name) for name in json.loads(metadata[CLASSES_METADATA_KEY]))
+    if class_names is None and CLASSES_KEY in metadata:
+        class_names = tuple(str(name) for name in json.loads(metadata[CLASSES_KEY]))
 
     if layout == "binary":
         n_classes = 2
@@ -192,7 +190,7 @@ def resolve_spec(config: EvalConfig, first: InputFile) -> ReadSpec:
     if label_is_string and class_names is None:
         raise DataError(
             f"{first.url}: labels in '{config.label_col}' are strings but no class list is known: "
-            f"give --classes, or store it as JSON under the schema metadata key {CLASSES_METADATA_KEY.decode()}"
+            f"give --classes, or store it as JSON under the schema metadata key {CLASSES_KEY.decode()}"
         )
     if not label_is_string and not pa.types.is_integer(label_type):
         raise DataError(f"{first.url}: label column '{config.label_col}' is {label_type}, expected integers or strings")

@@ -107,7 +107,7 @@ def list_inputs(sources: list[str], storage_options: dict[str, Any] | None = Non
         for entry_path, info in sorted(entries.items()):
             if info.get("type") == "directory" or not _is_data_file(entry_path):
                 continue
-            url = fs.unstrip_protocol(entry_path) if fs.protocol not in ("file", ("file", "local")) else entry_path
+            url = entry_path if is_local(fs) else fs.unstrip_protocol(entry_path)
             relative = entry_path[len(root) :].lstrip("/") if entry_path.startswith(root) else posixpath.basename(entry_path)
             found[url] = InputFile(url=url, size=int(info.get("size") or 0), version=_version(info), hive=_hive_values(relative))
             matched += 1

@@ -29,6 +29,7 @@ from ..config import DRIFT_METRICS, DriftConfig, DriftSettings
 from ..engine import Evaluation, evaluate, inspect_files
 from ..errors import DataError, DriftBreach
 from ..inputs.reader import ReadSpec, open_parquet
+from ..metadata import CONFIG_KEY, REFERENCE_FINGERPRINT_KEY
 from ..report.tables import config_json, report_metadata, report_parts, slice_columns
 from .join import per_sample_kl
 
@@ -207,8 +208,8 @@ def drift_tables(report: DriftReport, config: DriftConfig) -> dict[str, pa.Table
     """The drift table with the current dump's report metadata (units included), the
     reference's fingerprint and the drift config."""
     metadata = report_metadata(report.current)
-    metadata[b"xent.reference_fingerprint"] = json.dumps(report.reference.fingerprint, sort_keys=True).encode()
-    metadata[b"xent.config"] = config_json(config)
+    metadata[REFERENCE_FINGERPRINT_KEY] = json.dumps(report.reference.fingerprint, sort_keys=True).encode()
+    metadata[CONFIG_KEY] = config_json(config)
     return {"drift": drift_table(report).replace_schema_metadata(metadata)}
 
 

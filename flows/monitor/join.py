@@ -22,6 +22,7 @@ import numpy as np
 from distributed import Client
 
 from xent_kernels import ClassStats, class_stats_partial
+from xent_kernels.hashing import splitmix64
 
 from ..config import DriftConfig
 from ..engine import FileInfo, map_all, map_reduce, plan_pieces
@@ -47,13 +48,6 @@ class JoinResult:
         )
 
 
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser on uint64 (wrapping): consecutive integers spread evenly."""
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
 def bucket_of(keys: list[np.ndarray], n_buckets: int) -> np.ndarray:
     """A bucket per row of the key columns, the same on every worker and in every
     process (no salted hashes). Integer columns are hashed vectorized; other values by
@@ -67,7 +61,7 @@ def bucket_of(keys: list[np.ndarray], n_buckets: int) -> np.ndarray:
                 distinct, inverse = np.unique(values.astype(str), return_inverse=True)
                 crc = np.fromiter((zlib.crc32(v.encode()) for v in distinct), dtype=np.uint64, count=len(distinct))
                 code = crc[inverse]
-            h = _splitmix64(h ^ code)
+            h = splitmix64(h ^ code)
     return (h % np.uint64(n_buckets)).astype(np.int64)
 
 

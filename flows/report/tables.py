@@ -18,7 +18,17 @@ from xent_kernels import ClassReport, ClassStats
 
 from .. import __version__
 from ..engine import Evaluation
-from ..inputs.integrity import INTEGRITY_KEY
+from ..metadata import (
+    CLASSES_KEY,
+    CONFIG_KEY,
+    CREATED_AT_KEY,
+    EPS_KEY,
+    FINGERPRINT_KEY,
+    INTEGRITY_KEY,
+    LAYOUT_KEY,
+    UNITS_KEY,
+    VERSION_KEY,
+)
 from .writing import write_tables_atomically
 
 CLASS_METRICS = ["ce_mean", "ce_std", "accuracy", "top5_accuracy", "p_true_mean", "entropy_mean"]
@@ -116,14 +126,14 @@ def config_json(config) -> bytes:
 def report_metadata(evaluation: Evaluation) -> dict[bytes, bytes]:
     spec = evaluation.spec
     return {
-        b"xent.version": __version__.encode(),
-        b"xent.created_at": dt.datetime.now(dt.timezone.utc).isoformat().encode(),
-        b"xent.units": evaluation.config.units.encode(),
-        b"xent.eps": json.dumps(evaluation.config.eps).encode(),
-        b"xent.config": config_json(evaluation.config),
-        b"xent.fingerprint": json.dumps(evaluation.fingerprint, sort_keys=True).encode(),
-        b"xent.classes": json.dumps(_class_names(spec.n_classes, spec.class_names)).encode(),
-        b"xent.layout": json.dumps({"kind": spec.kind, "layout": spec.layout, "columns": list(spec.pred_columns)}).encode(),
+        VERSION_KEY: __version__.encode(),
+        CREATED_AT_KEY: dt.datetime.now(dt.timezone.utc).isoformat().encode(),
+        UNITS_KEY: evaluation.config.units.encode(),
+        EPS_KEY: json.dumps(evaluation.config.eps).encode(),
+        CONFIG_KEY: config_json(evaluation.config),
+        FINGERPRINT_KEY: json.dumps(evaluation.fingerprint, sort_keys=True).encode(),
+        CLASSES_KEY: json.dumps(_class_names(spec.n_classes, spec.class_names)).encode(),
+        LAYOUT_KEY: json.dumps({"kind": spec.kind, "layout": spec.layout, "columns": list(spec.pred_columns)}).encode(),
         INTEGRITY_KEY: json.dumps({"files": evaluation.n_files, "page_checksums_verified": evaluation.n_files_verified}).encode(),
     }
 

@@ -40,6 +40,7 @@ from ..config import DriftConfig, EvalConfig, NightlyConfig, NightlySource, rend
 from ..engine import dask_client
 from ..errors import EXIT_BREACH, EXIT_DATA, EXIT_OK, DataError, DriftBreach, UsageError, XentError
 from ..inputs.sources import InputFile, filesystem, fingerprint
+from ..metadata import RUN_DIGEST_KEY
 from ..monitor.compare import DriftReport, compare, describe_breach, drift_tables
 from ..report.tables import build_tables, report_metadata
 from . import adhoc
@@ -192,7 +193,7 @@ def stored_breaches(folder: str, digest: str, storage_options: dict[str, Any], s
     try:
         with fs.open(path, "rb") as handle:
             file = pq.ParquetFile(handle)
-            if (file.schema_arrow.metadata or {}).get(b"xent.run_digest", b"").decode() != digest:
+            if (file.schema_arrow.metadata or {}).get(RUN_DIGEST_KEY, b"").decode() != digest:
                 return None
             metrics = file.read()
     except (FileNotFoundError, pa.ArrowInvalid):  # none yet, or unreadable: it is rewritten
@@ -318,7 +319,7 @@ def nightly_source(config: NightlyConfig, source: NightlySource, run_date: str, 
             )
             tables.update(drift_tables(steps.compare(drift_config, client), drift_config))
         metrics = metrics_table(tables, slice_by)
-        metrics = metrics.replace_schema_metadata({**report_metadata(evaluation), b"xent.run_digest": digest.encode()})
+        metrics = metrics.replace_schema_metadata({**report_metadata(evaluation), RUN_DIGEST_KEY: digest.encode()})
         # The tables first: metrics.parquet carries the digest, so a crash in between is redone.
         steps.write_tables(tables, outcome.tables, options)
         steps.write_tables({METRICS_FILE.removesuffix(".parquet"): metrics}, outcome.folder, options)

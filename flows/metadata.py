@@ -1,0 +1,16 @@
+"""Keys of the Parquet schema metadata that xent writes and reads.
+
+Reports carry all of them; a dump (generated or not) may carry ``CLASSES_KEY``.
+"""
+
+VERSION_KEY = b"xent.version"  # the xent version that wrote the report
+CREATED_AT_KEY = b"xent.created_at"  # ISO 8601, UTC
+UNITS_KEY = b"xent.units"  # "nats" or "bits"
+EPS_KEY = b"xent.eps"  # JSON: the probability clip, or null
+CONFIG_KEY = b"xent.config"  # JSON: the resolved config, credentials redacted
+FINGERPRINT_KEY = b"xent.fingerprint"  # JSON: the input files' identity
+REFERENCE_FINGERPRINT_KEY = b"xent.reference_fingerprint"  # JSON: a drift report's reference input
+CLASSES_KEY = b"xent.classes"  # JSON list of class names in index order
+LAYOUT_KEY = b"xent.layout"  # JSON: kind, layout and prediction columns read
+INTEGRITY_KEY = b"xent.integrity"  # JSON: input files, and how many had their page checksums verified
+RUN_DIGEST_KEY = b"xent.run_digest"  # a nightly run's digest of its config and inputs
