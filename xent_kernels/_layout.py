@@ -47,9 +47,11 @@ NARROW_ROWS = 128
 # per-row values, then the C rows of T (log-weights), then the C rows of E = exp(T):
 # W[row * NARROW_ROWS + i]. One allocation with offsets fixed per loop means LLVM sees a
 # single base pointer and vectorizes loops over several rows without runtime alias checks.
-# Prepare stage (``prepare_block_narrow``): max logit, Σe, log-normaliser, 1/Σe, top
-# probability, finite flag, t of the true class, Σ e·t, rank of the true class, label,
-# KL(reference‖pred), marginal scale (w/Σe, 0 for rows that do not count).
+# Prepare stage (``prepare_block_narrow``, ``_kl_narrow``): _TOP max logit, _TOT Σe,
+# _LOGN log-normaliser, _INV 1/Σe, _CONF top probability, _OK finite flag, _TY t of the
+# true class, _ET Σ e·t, _RANK rank of the true class, _Y label, _KL KL(reference‖pred).
+# _PTRUE is first written in the scatter stage, _SCALE (the marginal's w/Σe, 0 for rows
+# that do not count) just before it.
 _TOP, _TOT, _LOGN, _INV, _CONF, _OK, _TY, _PTRUE, _ET, _RANK, _Y, _KL, _SCALE = range(13)
 _N_ROW_FIELDS = 13
 _T0 = _N_ROW_FIELDS * NARROW_ROWS
