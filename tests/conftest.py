@@ -28,12 +28,19 @@ from typing import Callable, Iterator, TypeVar
 import numpy as np
 import pyarrow as pa
 import pytest
+from hypothesis import settings
 from numpy.testing import assert_allclose
 
 from flows.runtime import prefect_environment
 
 # In-process flow runs get the environment the xent command sets before Prefect starts.
 prefect_environment()
+
+# Hypothesis profiles, chosen with HYPOTHESIS_PROFILE: "ci" (default) is reproducible
+# and modest, "dev" searches harder. Tests set no max_examples of their own.
+settings.register_profile("ci", max_examples=30, deadline=None, derandomize=True, print_blob=True)
+settings.register_profile("dev", max_examples=300, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 LOOPBACK = "127.0.0.1"
 T = TypeVar("T")

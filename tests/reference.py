@@ -286,3 +286,53 @@ def class_report(pred, labels, kind="logits", *, weights=None, slice_ids=None, n
             "marginal": (ws[:, None] * q[in_slice]).sum(axis=0) / W if W > 0 else np.full(n_classes, np.nan),
         }
     return cells, slices
+
+
+class ReportRows:
+    """The per-row float64 values behind the per-class report, computed the obvious way.
+
+    Attributes (arrays over rows): ``ce`` (-log q of the true class, clipped at -log eps),
+    ``p_true`` (clipped at eps), ``entropy``, ``rank`` (of the true class, ties toward
+    the lower index), ``conf`` (top probability), ``kl`` (KL(reference‖q), NaN without a
+    reference), ``q`` (n, C), ``w``, ``slice``, ``label``; masks ``kept`` (rows in the
+    report), ``ignored`` (label < 0), ``nonfinite`` (not ignored, skipped for a NaN or inf).
+    """
+
+    def __init__(self, pred, labels, kind="logits", *, weights=None, slice_ids=None,
+                 reference=None, reference_kind=None, eps=None):
+        pred = np.asarray(pred, dtype=np.float64)
+        n, self.n_classes = pred.shape
+        self.label = np.asarray(labels)
+        self.w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+        self.slice = np.zeros(n, dtype=np.int64) if slice_ids is None else np.asarray(slice_ids)
+        with np.errstate(all="ignore"):
+            lq = log_q(pred, kind)
+            self.q = probs_of(pred, kind)
+        finite = np.isfinite(pred).all(axis=1) if kind == "logits" else ~np.isnan(lq).any(axis=1)
+        if kind == "probs":
+            finite &= (pred >= 0).all(axis=1) & np.isfinite(pred).all(axis=1)
+        self.kl = np.full(n, np.nan)
+        if reference is not None:
+            rkind = reference_kind or kind
+            reference = np.asarray(reference, dtype=np.float64)
+            with np.errstate(all="ignore"):
+                self.kl = rel_entr(probs_of(reference, rkind), self.q).sum(axis=1)
+            finite &= np.isfinite(reference).all(axis=1)
+        self.ignored = self.label < 0
+        self.nonfinite = ~self.ignored & ~finite
+        self.kept = ~self.ignored & finite
+        rows = np.arange(n)
+        safe = np.where(self.ignored, 0, self.label)
+        log_true = lq[rows, safe] if eps is None else np.maximum(lq[rows, safe], np.log(eps))
+        self.ce = -log_true
+        self.p_true = self.q[rows, safe] if eps is None else np.maximum(self.q[rows, safe], eps)
+        with np.errstate(all="ignore"):
+            self.entropy = entr(self.q).sum(axis=1)
+        order = np.argsort(-self.q, axis=1, kind="stable")
+        self.rank = np.argmax(order == safe[:, None], axis=1)
+        self.conf = self.q.max(axis=1)
+
+    def weighted_mean(self, x, mask):
+        """Σw·x / Σw over the rows of `mask` (NaN for zero weight)."""
+        total = self.w[mask].sum()
+        return np.sum(self.w[mask] * x[mask]) / total if total > 0 else np.nan

@@ -142,7 +142,7 @@ def test_row_group_pieces_and_file_order_do_not_change_the_report(client, tmp_pa
                 assert_allclose(np.array(a[column], float), np.array(b[column], float), rtol=1e-12, err_msg=column)
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(cuts=st.lists(st.integers(1, 999), max_size=5, unique=True), seed=st.integers(0, 1000))
 def test_random_shardings_give_the_same_report(client, tmp_path_factory, cuts, seed):
     folder = tmp_path_factory.mktemp("shards")

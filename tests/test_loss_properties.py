@@ -23,11 +23,7 @@ from xent_kernels import (
     kl_divergence,
 )
 
-SETTINGS = settings(
-    max_examples=60,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+SETTINGS = settings(suppress_health_check=[HealthCheck.too_slow])
 KINDS = ["logits", "probs", "log_probs"]
 LN2 = math.log(2.0)
 

@@ -207,7 +207,7 @@ def data_and_cuts(draw):
     return pred, labels, weights, slice_ids, [0, *cuts, n]
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(suppress_health_check=[HealthCheck.too_slow])
 @given(data_and_cuts(), st.randoms(use_true_random=False))
 def test_any_sharding_gives_the_same_report(data, random):
     pred, labels, weights, slice_ids, cuts = data
@@ -225,7 +225,6 @@ def test_any_sharding_gives_the_same_report(data, random):
     assert np.array_equal(whole.row_counts, parts[0].row_counts)
 
 
-@settings(max_examples=40, deadline=None)
 @given(data_and_cuts())
 def test_merge_is_commutative_associative_with_identity(data):
     pred, labels, weights, slice_ids, cuts = data

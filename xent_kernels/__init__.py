@@ -5,9 +5,27 @@ Pure numerics (NumPy + Numba): nothing here imports Dask, Prefect or pyarrow.
 
 from ._checks import SUM_TOLERANCE, find_invalid_row
 from .losses import binary_cross_entropy, cross_entropy, entropy, js_divergence, kl_divergence
+from .statistics import (
+    CELL_FIELDS,
+    HIST_FIELDS,
+    INFORMATION_COLUMNS,
+    STATISTIC,
+    STATISTICS,
+    Statistic,
+    class_columns,
+    slice_columns,
+)
 from .stats import ClassReport, ClassStats, class_stats_partial
 
 __all__ = [
+    "CELL_FIELDS",
+    "HIST_FIELDS",
+    "INFORMATION_COLUMNS",
+    "STATISTIC",
+    "STATISTICS",
+    "Statistic",
+    "class_columns",
+    "slice_columns",
     "ClassReport",
     "ClassStats",
     "class_stats_partial",

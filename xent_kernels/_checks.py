@@ -6,7 +6,8 @@ import math
 
 import numpy as np
 
-from . import _kernels as K
+from ._prepare import KIND_CODES
+from ._validate import first_bad_label, first_invalid_row
 
 # Rows of probabilities must sum to 1 (log-probabilities: logsumexp to 0) within this.
 # Loose enough for float32 softmax outputs of 32k classes, tight enough to catch
@@ -22,9 +23,9 @@ _REASONS = {
 
 def kind_code(kind: str) -> int:
     try:
-        return K.KIND_CODES[kind]
+        return KIND_CODES[kind]
     except (KeyError, TypeError):
-        raise ValueError(f"kind must be one of {sorted(K.KIND_CODES)}, got {kind!r}") from None
+        raise ValueError(f"kind must be one of {sorted(KIND_CODES)}, got {kind!r}") from None
 
 
 def log_base(base) -> float:
@@ -62,7 +63,7 @@ def find_invalid_row(pred: np.ndarray, kind: str) -> tuple[int, str]:
     reason in words; (-1, "") when every row is valid."""
     if pred.shape[0] == 0:
         return -1, ""
-    row, code = K.first_invalid_row(pred, kind_code(kind), SUM_TOLERANCE)
+    row, code = first_invalid_row(pred, kind_code(kind), SUM_TOLERANCE)
     if row < 0:
         return -1, ""
     return int(row), _REASONS[code].format(tol=SUM_TOLERANCE)
@@ -76,7 +77,7 @@ def as_labels(labels, n_rows: int, n_classes: int, ignore_index: int | None, nam
         raise ValueError(f"{name} must have shape ({n_rows},) to match the predictions, got {labels.shape}")
     labels = np.ascontiguousarray(labels, dtype=np.int64)
     sentinel = n_classes if ignore_index is None else ignore_index  # n_classes is never valid
-    row = K.first_bad_label(labels, n_classes, sentinel) if n_rows else -1
+    row = first_bad_label(labels, n_classes, sentinel) if n_rows else -1
     if row >= 0:
         allowed = f"[0, {n_classes})" + ("" if ignore_index is None else f" or ignore_index={ignore_index}")
         raise ValueError(f"{name}: row {row} has class {labels[row]}, expected a class in {allowed}")

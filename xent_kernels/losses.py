@@ -22,7 +22,9 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import _checks as C
-from . import _kernels as K
+from . import _rows as R
+from ._narrow import NARROW_CLASSES
+from ._prepare import LOGITS, Buffers
 
 FloatArray = NDArray[np.float32] | NDArray[np.float64]
 Kind = Literal["logits", "probs", "log_probs"]
@@ -84,7 +86,7 @@ def cross_entropy(
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
     log_eps = _log_eps(eps)
-    buffers = K.Buffers(n_classes)
+    buffers = Buffers(n_classes)
     out = np.empty(n)
     target = np.asarray(target)
     if target.ndim == 2:
@@ -93,15 +95,15 @@ def cross_entropy(
             raise ValueError(f"soft target must have the shape of pred {pred.shape}, got {target.shape}")
         C.check_values(target, "probs", "target")
         keep = None
-        K.ce_soft_rows(pred, target, code, label_smoothing, log_eps, buffers.rows, *buffers.args(), out)
+        R.ce_soft_rows(pred, target, code, label_smoothing, log_eps, buffers.rows, *buffers.args(), out)
     else:
         labels = C.as_labels(target, n, n_classes, ignore_index)
         keep = labels != ignore_index
-        if code == K.LOGITS and n_classes <= K.NARROW_CLASSES:
+        if code == LOGITS and n_classes <= NARROW_CLASSES:
             narrow_labels = labels if ignore_index < 0 else np.where(keep, labels, -1)  # the kernel ignores < 0
-            K.ce_hard_rows_narrow(pred, narrow_labels, label_smoothing, log_eps, out)
+            R.ce_hard_rows_narrow(pred, narrow_labels, label_smoothing, log_eps, out)
         else:
-            K.ce_hard_rows(pred, labels, code, ignore_index, label_smoothing, log_eps, buffers.rows, *buffers.args(), out)
+            R.ce_hard_rows(pred, labels, code, ignore_index, label_smoothing, log_eps, buffers.rows, *buffers.args(), out)
     if divisor != 1.0:
         out /= divisor
     return C.reduce(out, weights, keep, reduction)
@@ -160,7 +162,7 @@ def binary_cross_entropy(
     if eps is not None and not 0.0 < eps < 0.5:
         raise ValueError(f"eps must be in (0, 0.5) for binary cross-entropy, got {eps!r}")
     out = np.empty(pred.shape[0])
-    K.bce_rows(pred, target, kind == "logits", pos, 0.0 if eps is None else float(eps), out)
+    R.bce_rows(pred, target, kind == "logits", pos, 0.0 if eps is None else float(eps), out)
     if divisor != 1.0:
         out /= divisor
     return C.reduce(out, weights, None, reduction)
@@ -180,7 +182,7 @@ def _pair(p: ArrayLike, q: ArrayLike, kind: str) -> tuple[np.ndarray, np.ndarray
 def _divergence(rows_kernel, p, q, kind, reduction, base):
     p, q = _pair(p, q, kind)
     divisor = C.log_base(base)
-    bp, bq = K.Buffers(p.shape[1]), K.Buffers(p.shape[1])
+    bp, bq = Buffers(p.shape[1]), Buffers(p.shape[1])
     out = np.empty(p.shape[0])
     rows_kernel(p, q, C.kind_code(kind), bp.rows, *bp.args(), *bq.args(), out)
     if divisor != 1.0:
@@ -201,7 +203,7 @@ def kl_divergence(
     Both arrays are (n, C) of the same `kind`. 0·log 0 = 0; p_j > 0 where q_j = 0
     gives +inf. ``reduction="mean"`` is the plain mean over rows.
     """
-    return _divergence(K.kl_rows, p, q, kind, reduction, base)
+    return _divergence(R.kl_rows, p, q, kind, reduction, base)
 
 
 def js_divergence(
@@ -216,7 +218,7 @@ def js_divergence(
 
     Symmetric, finite, between 0 and log 2 (1 bit).
     """
-    return _divergence(K.js_rows, p, q, kind, reduction, base)
+    return _divergence(R.js_rows, p, q, kind, reduction, base)
 
 
 def entropy(
@@ -231,9 +233,9 @@ def entropy(
     code = C.kind_code(kind)
     C.check_values(p, kind, "p")
     divisor = C.log_base(base)
-    buffers = K.Buffers(p.shape[1])
+    buffers = Buffers(p.shape[1])
     out = np.empty(p.shape[0])
-    K.entropy_rows(p, code, buffers.rows, *buffers.args(), out)
+    R.entropy_rows(p, code, buffers.rows, *buffers.args(), out)
     if divisor != 1.0:
         out /= divisor
     return C.reduce(out, None, None, reduction)

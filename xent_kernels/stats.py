@@ -10,7 +10,6 @@ compensation term (TwoSum), so the report does not depend on how rows were split
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass, field
 from typing import Hashable, Literal, Sequence
 
@@ -18,20 +17,13 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import _checks as C
-from . import _kernels as K
+from ._class_stats import class_stats_kernel
+from ._layout import NONFINITE
+from .statistics import STATE_ARRAYS, STATISTICS, Totals, merge_array, state_shape
 
 SliceKey = tuple[Hashable, ...]
 DEFAULT_BINS = 15
-
-
-def _two_sum(sum_a, comp_a, sum_b, comp_b):
-    """Elementwise compensated addition of (sum, compensation) pairs."""
-    total = sum_a + sum_b
-    with np.errstate(invalid="ignore"):
-        back = total - sum_a
-        error = (sum_a - (total - back)) + (sum_b - back)
-    # an infinite sum has no rounding error to carry (and inf - inf is NaN)
-    return total, comp_a + comp_b + np.where(np.isfinite(total), error, 0.0)
+STATE_ATTRIBUTES = tuple(name for array in STATE_ARRAYS for name in array.attributes)
 
 
 def _key_order(key: SliceKey):
@@ -41,7 +33,9 @@ def _key_order(key: SliceKey):
 
 @dataclass(frozen=True, eq=False)
 class ClassStats:
-    """Sums per (slice, true class) and per slice; see ``_kernels`` for the fields.
+    """Sums per (slice, true class) and per slice. The arrays and their fields are
+    declared in :mod:`xent_kernels.statistics` (``STATE_ARRAYS``, and the fields in
+    the order of ``STATISTICS``: ``CELL_FIELDS``, ``HIST_FIELDS``, ``ROW_COUNT_FIELDS``).
 
     Attributes
     ----------
@@ -49,8 +43,8 @@ class ClassStats:
         One key per slice (a tuple of slice-column values; ``()`` when not sliced).
     counts : (S, C) int64
         Rows counted per cell (finite, not ignored).
-    cell_sum, cell_comp : (S, C, 7) float64
-        Σw, Σw·CE, Σw·entropy, Σw·p_true, Σw·top1, Σw·top5, Σw·KL(reference‖pred).
+    cell_sum, cell_comp : (S, C, len(CELL_FIELDS)) float64
+        Σw, Σw·CE, Σw·top1, Σw·top5, Σw·p_true, Σw·entropy, Σw·KL(reference‖pred).
     ce_m2 : (S, C) float64
         Σw·(CE - mean)², merged with Chan's formula.
     marginal_sum, marginal_comp : (S, C) float64
@@ -91,38 +85,24 @@ class ClassStats:
         keys = tuple(tuple(k) for k in slice_keys)
         if len(set(keys)) != len(keys):
             raise ValueError("slice_keys must be distinct")
-        s = len(keys)
+        arrays = {
+            name: np.zeros(state_shape(array, len(keys), n_classes, n_bins), array.dtype)
+            for array in STATE_ARRAYS
+            for name in array.attributes
+        }
         return cls(
-            n_classes=int(n_classes),
-            n_bins=int(n_bins),
-            has_reference=bool(has_reference),
-            slice_keys=keys,
-            counts=np.zeros((s, n_classes), np.int64),
-            cell_sum=np.zeros((s, n_classes, K.N_CELL_FIELDS)),
-            cell_comp=np.zeros((s, n_classes, K.N_CELL_FIELDS)),
-            ce_m2=np.zeros((s, n_classes)),
-            marginal_sum=np.zeros((s, n_classes)),
-            marginal_comp=np.zeros((s, n_classes)),
-            hist_sum=np.zeros((s, n_bins, K.N_HIST_FIELDS)),
-            hist_comp=np.zeros((s, n_bins, K.N_HIST_FIELDS)),
-            row_counts=np.zeros((s, 2), np.int64),
+            n_classes=int(n_classes), n_bins=int(n_bins), has_reference=bool(has_reference), slice_keys=keys, **arrays
         )
 
     @property
     def n_nonfinite(self) -> int:
         """Rows skipped because their prediction (or reference) held NaN or inf."""
-        return int(self.row_counts[:, K.NONFINITE].sum())
+        return int(self.row_counts[:, NONFINITE].sum())
 
     # ------------------------------------------------------------------ merge
 
     def _arrays(self) -> dict[str, np.ndarray]:
-        return {
-            name: getattr(self, name)
-            for name in (
-                "counts", "cell_sum", "cell_comp", "ce_m2", "marginal_sum",
-                "marginal_comp", "hist_sum", "hist_comp", "row_counts",
-            )
-        }
+        return {name: getattr(self, name) for name in STATE_ATTRIBUTES}
 
     def _aligned(self, keys: tuple[SliceKey, ...]) -> dict[str, np.ndarray]:
         """This state's arrays laid out on `keys` (a superset of its own), zeros elsewhere."""
@@ -149,32 +129,18 @@ class ClassStats:
             )
         keys = tuple(sorted(set(a.slice_keys) | set(b.slice_keys), key=_key_order))
         x, y = a._aligned(keys), b._aligned(keys)
-        cell_sum, cell_comp = _two_sum(x["cell_sum"], x["cell_comp"], y["cell_sum"], y["cell_comp"])
-        marginal_sum, marginal_comp = _two_sum(
-            x["marginal_sum"], x["marginal_comp"], y["marginal_sum"], y["marginal_comp"]
-        )
-        hist_sum, hist_comp = _two_sum(x["hist_sum"], x["hist_comp"], y["hist_sum"], y["hist_comp"])
+        arrays: dict[str, np.ndarray] = {}
+        for array in STATE_ARRAYS:
+            arrays.update(merge_array(array, x, y))
         return ClassStats(
-            n_classes=a.n_classes,
-            n_bins=a.n_bins,
-            has_reference=a.has_reference,
-            slice_keys=keys,
-            counts=x["counts"] + y["counts"],
-            cell_sum=cell_sum,
-            cell_comp=cell_comp,
-            ce_m2=_chan_m2(x, y),
-            marginal_sum=marginal_sum,
-            marginal_comp=marginal_comp,
-            hist_sum=hist_sum,
-            hist_comp=hist_comp,
-            row_counts=x["row_counts"] + y["row_counts"],
+            n_classes=a.n_classes, n_bins=a.n_bins, has_reference=a.has_reference, slice_keys=keys, **arrays
         )
 
     def collapse_slices(self, key: SliceKey = ()) -> "ClassStats":
         """All slices merged into one slice named `key` (the overall row of a report)."""
         total = ClassStats.empty(self.n_classes, n_bins=self.n_bins, has_reference=self.has_reference)
         for i in range(len(self.slice_keys)):
-            total = ClassStats.merge(total, self._single_slice(i, key))
+            total = ClassStats.merge(total, self.slice(i, key))
         if not total.slice_keys:
             total = ClassStats.merge(
                 total,
@@ -182,13 +148,25 @@ class ClassStats:
             )
         return total
 
-    def _single_slice(self, i: int, key: SliceKey) -> "ClassStats":
+    def slice(self, i: int, key: SliceKey | None = None) -> "ClassStats":
+        """The state of slice `i` alone, named `key` (default: its own key).
+
+        Parameters
+        ----------
+        i : int
+            Position in ``slice_keys``.
+        key : tuple, optional
+            The key the one slice of the result gets.
+        """
+        if not -len(self.slice_keys) <= i < len(self.slice_keys):
+            raise IndexError(f"slice {i} out of range: the state has {len(self.slice_keys)} slices")
+        i = i % len(self.slice_keys)
         arrays = {name: array[i : i + 1] for name, array in self._arrays().items()}
         return ClassStats(
             n_classes=self.n_classes,
             n_bins=self.n_bins,
             has_reference=self.has_reference,
-            slice_keys=(key,),
+            slice_keys=(self.slice_keys[i] if key is None else tuple(key),),
             **arrays,
         )
 
@@ -199,82 +177,37 @@ class ClassStats:
 
         Cells with no rows are left out of ``per_class``. Rates over zero weight
         are NaN (no warning). ``ce_std`` is the weighted population standard deviation.
+        Columns follow ``statistics.STATISTICS``; those with ``units="information"``
+        are divided by ln 2 for bits.
         """
         divisor = C.log_base(base)
-        value = self.cell_sum + self.cell_comp
-        weight = value[..., K.WEIGHT]
-
-        def ratio(numerator, denominator):
-            return np.divide(
-                numerator, denominator, out=np.full(np.broadcast(numerator, denominator).shape, np.nan),
-                where=denominator > 0,
-            )
-
-        slice_index, class_index = np.nonzero(self.counts > 0)
-        top5 = self.n_classes > 5
+        totals = Totals(self)
+        slice_index, class_index = totals.cells
         per_class: dict[str, np.ndarray] = {
             "slice": slice_index.astype(np.int64),
             "class": class_index.astype(np.int32),
-            "n": self.counts[slice_index, class_index],
-            "weight": weight[slice_index, class_index],
         }
-        cell_w = per_class["weight"]
-        cell = value[slice_index, class_index]
-        per_class["ce_mean"] = ratio(cell[:, K.CE], cell_w) / divisor
-        per_class["ce_std"] = np.sqrt(ratio(self.ce_m2[slice_index, class_index], cell_w)) / divisor
-        per_class["accuracy"] = ratio(cell[:, K.TOP1], cell_w)
-        per_class["top5_accuracy"] = ratio(cell[:, K.TOP5], cell_w) if top5 else np.full(cell_w.shape, np.nan)
-        per_class["p_true_mean"] = ratio(cell[:, K.P_TRUE], cell_w)
-        per_class["entropy_mean"] = ratio(cell[:, K.ENTROPY], cell_w) / divisor
-        if self.has_reference:
-            per_class["kl_mean"] = ratio(cell[:, K.KL], cell_w) / divisor
-
-        slice_value = value.sum(axis=1)
-        slice_w = slice_value[:, K.WEIGHT]
-        class_ce = ratio(value[..., K.CE], weight)
-        present = weight > 0
-        with np.errstate(invalid="ignore"):
-            ce_macro = np.where(present, class_ce, 0.0).sum(axis=1) / present.sum(axis=1)
-        hist = self.hist_sum + self.hist_comp
-        per_slice: dict[str, np.ndarray] = {
-            "slice": np.arange(len(self.slice_keys), dtype=np.int64),
-            "n": self.counts.sum(axis=1),
-            "weight": slice_w,
-            "ce_mean": ratio(slice_value[:, K.CE], slice_w) / divisor,
-            "ce_macro": ce_macro / divisor,
-            "accuracy": ratio(slice_value[:, K.TOP1], slice_w),
-            "top5_accuracy": ratio(slice_value[:, K.TOP5], slice_w) if top5 else np.full(slice_w.shape, np.nan),
-            "p_true_mean": ratio(slice_value[:, K.P_TRUE], slice_w),
-            "entropy_mean": ratio(slice_value[:, K.ENTROPY], slice_w) / divisor,
-            "ece": ratio(
-                np.abs(hist[..., K.HIST_CORRECT] - hist[..., K.HIST_CONF]).sum(axis=1), slice_w
-            ),
-            "n_ignored": self.row_counts[:, K.IGNORED].copy(),
-            "n_nonfinite": self.row_counts[:, K.NONFINITE].copy(),
-        }
-        if self.has_reference:
-            per_slice["kl_mean"] = ratio(slice_value[:, K.KL], slice_w) / divisor
+        per_slice: dict[str, np.ndarray] = {"slice": np.arange(len(self.slice_keys), dtype=np.int64)}
+        arrays: dict[str, np.ndarray] = {}
+        for statistic in STATISTICS:
+            if not statistic.present(self.has_reference):
+                continue
+            scale = divisor if statistic.units == "information" else None
+            for rule, columns in ((statistic.per_class, per_class), (statistic.per_slice, per_slice)):
+                if rule is None:
+                    continue
+                value = rule(totals) if scale is None else rule(totals) / scale
+                if statistic.role == "array":
+                    arrays[statistic.name] = value
+                else:
+                    columns[statistic.name] = value
         return ClassReport(
             slice_keys=self.slice_keys,
             units="nats" if divisor == 1.0 else "bits",
             per_class=per_class,
             per_slice=per_slice,
-            predicted_marginal=ratio(self.marginal_sum + self.marginal_comp, slice_w[:, None]),
-            confidence_hist=hist,
+            **arrays,
         )
-
-
-def _chan_m2(x: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> np.ndarray:
-    """Σw(CE - mean)² of the union of two cells (Chan et al.), from their sums."""
-    wx = x["cell_sum"][..., K.WEIGHT] + x["cell_comp"][..., K.WEIGHT]
-    wy = y["cell_sum"][..., K.WEIGHT] + y["cell_comp"][..., K.WEIGHT]
-    cx = x["cell_sum"][..., K.CE] + x["cell_comp"][..., K.CE]
-    cy = y["cell_sum"][..., K.CE] + y["cell_comp"][..., K.CE]
-    both = (wx > 0) & (wy > 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        delta = np.where(both, cy / wy - cx / wx, 0.0)
-        between = np.where(both, delta * delta * (wx * wy) / (wx + wy), 0.0)  # symmetric in x, y
-    return x["ce_m2"] + y["ce_m2"] + between
 
 
 @dataclass(frozen=True, eq=False)
@@ -368,7 +301,7 @@ def class_stats_partial(
         ref_code = code
     state = ClassStats.empty(n_classes, n_bins=n_bins, has_reference=reference is not None, slice_keys=keys)
     if n:
-        K.class_stats_kernel(
+        class_stats_kernel(
             pred, labels, np.zeros(0) if weights_arr is None else weights_arr, ids, ref,
             code, ref_code, state.n_bins, max_ce, weights_arr is not None, slice_ids is not None, reference is not None,
             state.counts, state.cell_sum, state.cell_comp, state.ce_m2, state.marginal_sum,

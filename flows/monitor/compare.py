@@ -69,7 +69,7 @@ def _parts_by_key(evaluation: Evaluation):
             yield None, part
         else:
             for i, key in enumerate(part.slice_keys):
-                yield key, part._single_slice(i, key)
+                yield key, part.slice(i, key)
 
 
 

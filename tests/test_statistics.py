@@ -1,0 +1,274 @@
+"""Generic tests driven by the table of statistics (``xent_kernels.STATISTICS``).
+
+``REFERENCES`` maps every statistic to a float64 reference written the obvious way
+(over ``reference.ReportRows``), as numbagg's ``COMPARISONS`` does; a statistic added
+to the table without a reference fails ``test_every_statistic_has_a_reference``. Each
+test below runs for every statistic: against its reference at its tolerance, the merge
+laws, independence of sharding, and units.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from numpy.testing import assert_allclose, assert_array_equal
+from scipy.special import log_softmax
+
+import reference as ref
+from xent_kernels import INFORMATION_COLUMNS, STATISTICS, ClassStats, class_columns, class_stats_partial, slice_columns
+
+KEYS = [("a",), ("b",), ("c",)]
+N_BINS = 15
+
+
+@dataclass(frozen=True)
+class Ref:
+    """per_class(rows, mask of the cell's rows); per_slice(rows, slice index)."""
+
+    per_class: Callable | None = None
+    per_slice: Callable | None = None
+
+
+def _in_slice(r: ref.ReportRows, s: int) -> np.ndarray:
+    return r.kept & (r.slice == s)
+
+
+def _mean(value: Callable) -> Ref:
+    """The weighted mean of a per-row value, per cell and per slice."""
+    return Ref(
+        per_class=lambda r, m: r.weighted_mean(value(r), m),
+        per_slice=lambda r, s: r.weighted_mean(value(r), _in_slice(r, s)),
+    )
+
+
+def _ce_std(r, m):
+    mean = r.weighted_mean(r.ce, m)
+    return math.sqrt(r.weighted_mean((r.ce - mean) ** 2, m))
+
+
+def _ce_macro(r, s):
+    means = [
+        r.weighted_mean(r.ce, _in_slice(r, s) & (r.label == c))
+        for c in range(r.n_classes)
+        if r.w[_in_slice(r, s) & (r.label == c)].sum() > 0
+    ]
+    return np.mean(means) if means else np.nan
+
+
+def _hist(r, s):
+    m = _in_slice(r, s)
+    bins = np.minimum((r.conf[m] * N_BINS).astype(int), N_BINS - 1)
+    out = np.zeros((N_BINS, 3))
+    np.add.at(out[:, 0], bins, r.w[m])
+    np.add.at(out[:, 1], bins, r.w[m] * (r.rank[m] == 0))
+    np.add.at(out[:, 2], bins, r.w[m] * r.conf[m])
+    return out
+
+
+def _ece(r, s):
+    hist = _hist(r, s)
+    total = r.w[_in_slice(r, s)].sum()
+    return np.abs(hist[:, 1] - hist[:, 2]).sum() / total if total > 0 else np.nan
+
+
+def _marginal(r, s):
+    m = _in_slice(r, s)
+    total = r.w[m].sum()
+    return (r.w[m, None] * r.q[m]).sum(axis=0) / total if total > 0 else np.full(r.n_classes, np.nan)
+
+
+def _top5(r):
+    return (r.rank < 5).astype(float) if r.n_classes > 5 else np.full(len(r.rank), np.nan)
+
+
+REFERENCES: dict[str, Ref] = {
+    "n": Ref(per_class=lambda r, m: m.sum(), per_slice=lambda r, s: _in_slice(r, s).sum()),
+    "weight": Ref(per_class=lambda r, m: r.w[m].sum(), per_slice=lambda r, s: r.w[_in_slice(r, s)].sum()),
+    "ce_mean": _mean(lambda r: r.ce),
+    "ce_std": Ref(per_class=_ce_std),
+    "ce_macro": Ref(per_slice=_ce_macro),
+    "accuracy": _mean(lambda r: (r.rank == 0).astype(float)),
+    "top5_accuracy": _mean(_top5),
+    "p_true_mean": _mean(lambda r: r.p_true),
+    "entropy_mean": _mean(lambda r: r.entropy),
+    "ece": Ref(per_slice=_ece),
+    "n_ignored": Ref(per_slice=lambda r, s: (r.ignored & (r.slice == s)).sum()),
+    "n_nonfinite": Ref(per_slice=lambda r, s: (r.nonfinite & (r.slice == s)).sum()),
+    "kl_mean": _mean(lambda r: r.kl),
+    "predicted_marginal": Ref(per_slice=_marginal),
+    "confidence_hist": Ref(per_slice=_hist),
+}
+
+IDS = [s.name for s in STATISTICS]
+
+
+def make_inputs(kind: str, n_classes: int, n: int, seed: int):
+    """Predictions of `kind` with ignored rows and a NaN row, weights, three slices and
+    a reference prediction."""
+    rng = np.random.default_rng([seed, n_classes])
+    logits = rng.normal(scale=3.0, size=(n, n_classes))
+    pred = {"logits": logits, "log_probs": log_softmax(logits, axis=1), "probs": np.exp(log_softmax(logits, axis=1))}[kind]
+    labels = rng.integers(0, n_classes, n)
+    labels[::17] = -1
+    pred[5, 0] = np.nan
+    inputs = dict(
+        pred=pred, labels=labels, kind=kind, weights=rng.uniform(0.0, 2.0, n),
+        slice_ids=rng.integers(0, len(KEYS), n), reference=np.roll(pred, 1, axis=0),
+    )
+    inputs["reference"][3] = pred[3]  # KL exactly 0 on one row
+    return inputs
+
+
+def partial(inputs, rows=slice(None)):
+    per_row = {k: v[rows] for k, v in inputs.items() if isinstance(v, np.ndarray)}
+    return class_stats_partial(kind=inputs["kind"], slice_keys=KEYS, n_bins=N_BINS, **per_row)
+
+
+def columns(report, statistic) -> dict[str, np.ndarray]:
+    """The report's values of one statistic, by level."""
+    if statistic.role == "array":
+        return {"array": getattr(report, statistic.name)}
+    levels = {"per_class": statistic.per_class, "per_slice": statistic.per_slice}
+    return {level: getattr(report, level)[statistic.name] for level, rule in levels.items() if rule is not None}
+
+
+def assert_same(a: dict, b: dict, statistic, exact: bool = False):
+    assert a.keys() == b.keys()
+    for level in a:
+        if exact:
+            assert_array_equal(a[level], b[level], err_msg=f"{statistic.name} {level}")
+        else:
+            assert_allclose(a[level], b[level], rtol=statistic.rtol, atol=statistic.atol, err_msg=f"{statistic.name} {level}")
+
+
+# --------------------------------------------------------------------------- the table itself
+
+
+def test_every_statistic_has_a_reference():
+    assert set(REFERENCES) == {s.name for s in STATISTICS}
+    for statistic in STATISTICS:
+        declared = {"per_class": statistic.per_class is not None, "per_slice": statistic.per_slice is not None}
+        referenced = {"per_class": REFERENCES[statistic.name].per_class is not None,
+                      "per_slice": REFERENCES[statistic.name].per_slice is not None}
+        assert declared == referenced, statistic.name
+
+
+def test_column_lists_for_report_writers():
+    assert class_columns() == ["ce_mean", "ce_std", "accuracy", "top5_accuracy", "p_true_mean", "entropy_mean"]
+    assert class_columns(has_reference=True) == [*class_columns(), "kl_mean"]
+    assert slice_columns() == ["ce_mean", "ce_macro", "accuracy", "top5_accuracy", "p_true_mean", "entropy_mean", "ece"]
+    assert slice_columns(has_reference=True) == [*slice_columns(), "kl_mean"]
+    assert INFORMATION_COLUMNS == {"ce_mean", "ce_std", "ce_macro", "entropy_mean", "kl_mean"}
+
+
+# --------------------------------------------------------------------------- against the references
+
+
+@lru_cache(maxsize=None)
+def reference_case(kind: str, n_classes: int):
+    inputs = make_inputs(kind, n_classes, n=2000 if n_classes <= 10 else 600, seed=1)
+    rows = ref.ReportRows(
+        inputs["pred"], inputs["labels"], kind, weights=inputs["weights"], slice_ids=inputs["slice_ids"],
+        reference=inputs["reference"],
+    )
+    return partial(inputs).finalize(), rows
+
+
+@pytest.mark.parametrize("n_classes", [3, 10, 50])  # narrow (vertical and scatter) and wide
+@pytest.mark.parametrize("kind", ["logits", "probs", "log_probs"])
+@pytest.mark.parametrize("statistic", STATISTICS, ids=IDS)
+def test_statistic_matches_its_reference(statistic, kind, n_classes):
+    report, rows = reference_case(kind, n_classes)
+    reference = REFERENCES[statistic.name]
+    tolerance = dict(rtol=statistic.rtol, atol=statistic.atol)
+    got = columns(report, statistic)
+    if statistic.per_class is not None:
+        cells = list(zip(report.per_class["slice"], report.per_class["class"]))
+        present = [(s, c) for s in range(len(KEYS)) for c in range(n_classes)
+                   if (rows.kept & (rows.slice == s) & (rows.label == c)).any()]
+        assert cells == present
+        expected = [reference.per_class(rows, rows.kept & (rows.slice == s) & (rows.label == c)) for s, c in cells]
+        assert_allclose(got["per_class"], expected, **tolerance, err_msg=statistic.name)
+    if statistic.per_slice is not None:
+        expected = np.array([reference.per_slice(rows, s) for s in range(len(KEYS))])
+        assert_allclose(got["array" if statistic.role == "array" else "per_slice"], expected, **tolerance,
+                        err_msg=statistic.name)
+
+
+@pytest.mark.parametrize("statistic", [s for s in STATISTICS if s.reference_only], ids=lambda s: s.name)
+def test_reference_only_statistics_need_a_reference(statistic):
+    inputs = make_inputs("logits", 4, 100, seed=2)
+    del inputs["reference"]
+    report = partial(inputs).finalize()
+    assert statistic.name not in report.per_class and statistic.name not in report.per_slice
+
+
+# --------------------------------------------------------------------------- merge laws and sharding
+
+
+@lru_cache(maxsize=None)
+def three_parts(n_classes: int):
+    inputs = make_inputs("logits", n_classes, 900, seed=3)
+    return [partial(inputs, slice(a, b)) for a, b in [(0, 250), (250, 600), (600, 900)]]
+
+
+@pytest.mark.parametrize("n_classes", [10, 50])
+@pytest.mark.parametrize("statistic", STATISTICS, ids=IDS)
+def test_merge_laws(statistic, n_classes):
+    a, b, c = three_parts(n_classes)
+    merge = ClassStats.merge
+    value = lambda state: columns(state.finalize(), statistic)  # noqa: E731
+    assert_same(value(merge(a, b)), value(merge(b, a)), statistic, exact=True)  # TwoSum is symmetric
+    assert_same(value(merge(merge(a, b), c)), value(merge(a, merge(b, c))), statistic)
+    empty = ClassStats.empty(n_classes, n_bins=N_BINS, has_reference=True)
+    assert_same(value(merge(a, empty)), value(a), statistic, exact=True)
+    assert_same(value(merge(empty, empty)), value(ClassStats.empty(n_classes, has_reference=True)), statistic)
+
+
+@st.composite
+def inputs_and_cuts(draw):
+    n = draw(st.integers(1, 400))
+    n_classes = draw(st.sampled_from([2, 3, 10, 40]))
+    inputs = make_inputs(draw(st.sampled_from(["logits", "probs", "log_probs"])), n_classes, max(n, 6),
+                         seed=draw(st.integers(0, 2**32 - 1)))
+    n = len(inputs["labels"])
+    cuts = sorted(draw(st.lists(st.integers(0, n), max_size=6)))
+    return inputs, [0, *cuts, n]
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(inputs_and_cuts(), st.randoms(use_true_random=False))
+def test_every_statistic_is_independent_of_sharding(data, random):
+    inputs, cuts = data
+    whole = partial(inputs).finalize()
+    parts = [partial(inputs, slice(a, b)) for a, b in zip(cuts[:-1], cuts[1:])]
+    random.shuffle(parts)
+    while len(parts) > 1:  # a random tree of merges: merge two random neighbours
+        i = random.randrange(len(parts) - 1)
+        parts[i : i + 2] = [ClassStats.merge(parts[i], parts[i + 1])]
+    merged = parts[0].finalize()
+    for statistic in STATISTICS:
+        assert_same(columns(merged, statistic), columns(whole, statistic), statistic)
+
+
+# --------------------------------------------------------------------------- units
+
+
+@pytest.mark.parametrize("statistic", STATISTICS, ids=IDS)
+def test_units(statistic):
+    state = three_parts(10)[1]
+    nats, bits = columns(state.finalize("e"), statistic), columns(state.finalize(2), statistic)
+    assert (statistic.name in INFORMATION_COLUMNS) == (statistic.units == "information")
+    for level in nats:
+        if statistic.units == "information":
+            assert np.isfinite(nats[level]).any() and (nats[level] != 0).any()
+            assert_allclose(bits[level], nats[level] / math.log(2.0), rtol=1e-15, atol=0, err_msg=statistic.name)
+        else:
+            assert_array_equal(bits[level], nats[level], err_msg=statistic.name)

@@ -1,0 +1,413 @@
+"""The table of statistics: every report column declared once, as data.
+
+Each :class:`Statistic` says which slots of the partial state it owns, how those
+merge, how its report column(s) are finalized, whether the column is in nats (bits
+with ``base=2``) or unitless, and how closely it must match a float64 reference. Everything else
+reads this table: the state layout (``CELL_FIELDS``... and the index constants the
+Numba kernels use, in ``_layout.py``), ``ClassStats.empty``/``merge``/``finalize``,
+the column lists downstream (:func:`class_columns`, :func:`slice_columns`) and the
+generic tests (``tests/test_statistics.py``). The steps follow flox's ``Aggregation``
+(chunk, combine, finalize): the chunk step is the kernel, which writes the slots.
+
+Adding a per-class statistic: one entry here (its field in the cell sums, a finalize
+rule), its per-row value in the kernels (``_narrow.py``, ``_wide.py``, a constant in
+``_layout.py``) and a reference in ``tests/test_statistics.py``.
+
+Pure Python and NumPy: the kernels import the layout, never the other way round.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Callable, Literal
+
+import numpy as np
+
+MergeRule = Literal["sum", "compensated", "chan_m2"]
+
+
+@dataclass(frozen=True)
+class StateArray:
+    """One array of the partial state (``ClassStats`` attributes `attributes`).
+
+    `axes` name its dimensions: ``slice``, ``class``, ``bin`` (confidence histogram)
+    and ``field`` (one per slot that statistics declare in it, in table order).
+    `merge`: ``sum`` (exact, integers), ``compensated`` (a float64 sum carried with
+    its TwoSum compensation term: attributes (sum, compensation)), ``chan_m2``
+    (Σw(x - mean)² of the CE, combined with Chan's formula from the cell sums).
+    """
+
+    name: str
+    attributes: tuple[str, ...]
+    axes: tuple[str, ...]
+    dtype: type
+    merge: MergeRule
+    description: str
+
+
+STATE_ARRAYS: tuple[StateArray, ...] = (
+    StateArray("counts", ("counts",), ("slice", "class"), np.int64, "sum",
+               "rows counted per cell (finite, not ignored)"),
+    StateArray("cell", ("cell_sum", "cell_comp"), ("slice", "class", "field"), np.float64, "compensated",
+               "weighted per-row values summed per (slice, true class): Σw, Σw·CE, ..."),
+    StateArray("ce_m2", ("ce_m2",), ("slice", "class"), np.float64, "chan_m2",
+               "Σw·(CE - mean)² per cell"),
+    StateArray("marginal", ("marginal_sum", "marginal_comp"), ("slice", "class"), np.float64, "compensated",
+               "Σw·q: the predicted class distribution summed per slice"),
+    StateArray("hist", ("hist_sum", "hist_comp"), ("slice", "bin", "field"), np.float64, "compensated",
+               "confidence histogram per slice, bins of the top probability"),
+    StateArray("row_counts", ("row_counts",), ("slice", "field"), np.int64, "sum",
+               "per-slice counts of rows that are in no cell"),
+)
+STATE_ARRAY = {array.name: array for array in STATE_ARRAYS}
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A place in the partial state: array `array`, field `field` (None for an
+    array without a field axis)."""
+
+    array: str
+    field: str | None = None
+
+
+Finalize = Callable[["Totals"], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Statistic:
+    """One report column (or report array) and the state it is computed from.
+
+    Attributes
+    ----------
+    name : str
+        The column name in ``ClassReport.per_class``/``per_slice`` (or the
+        ``ClassReport`` attribute, for ``role="array"``).
+    description : str
+        One line for readers of a report.
+    slots : tuple of Slot
+        The state this statistic owns (the kernels fill it). Finalize rules may also
+        read slots of other statistics (``ce_macro`` reads the CE sums).
+    per_class, per_slice : callable or None
+        Finalize rules: ``Totals -> array`` with one value per present (slice, class)
+        cell, or one per slice. None where the statistic has no such column.
+    units : "information" or "unitless"
+        "information": in nats, or bits (divided by ln 2) with ``finalize(base=2)``.
+    role : "metric", "count" or "array"
+        "count": totals (rows, weight); "array": a ``ClassReport`` array, not a column.
+    reference_only : bool
+        Only in reports of states made with a reference prediction.
+    rtol, atol : float
+        How closely the column matches a float64 reference computed the obvious way.
+    """
+
+    name: str
+    description: str
+    slots: tuple[Slot, ...]
+    per_class: Finalize | None = None
+    per_slice: Finalize | None = None
+    units: Literal["information", "unitless"] = "unitless"
+    role: Literal["metric", "count", "array"] = "metric"
+    reference_only: bool = False
+    rtol: float = 1e-11
+    atol: float = 1e-13
+
+    @property
+    def merge(self) -> tuple[MergeRule, ...]:
+        """How each of its slots merges."""
+        return tuple(STATE_ARRAY[slot.array].merge for slot in self.slots)
+
+    def present(self, has_reference: bool) -> bool:
+        """Whether a report of a state with/without a reference has this statistic."""
+        return has_reference or not self.reference_only
+
+
+# --------------------------------------------------------------------------- finalize rules
+
+
+def ratio(numerator, denominator) -> np.ndarray:
+    """numerator / denominator, NaN where the denominator is not positive (no warning)."""
+    return np.divide(
+        numerator, denominator, out=np.full(np.broadcast(numerator, denominator).shape, np.nan),
+        where=denominator > 0,
+    )
+
+
+class Totals:
+    """A state's merged sums, as the finalize rules read them.
+
+    ``cells`` are the present (slice, class) cells, those with rows, in row-major
+    order; per-class columns have one value per cell, per-slice columns one per slice.
+    """
+
+    def __init__(self, state):
+        self.n_classes = state.n_classes
+        self.values = {}
+        for array in STATE_ARRAYS:
+            parts = [getattr(state, name) for name in array.attributes]
+            self.values[array.name] = parts[0] + parts[1] if array.merge == "compensated" else parts[0]
+        self.cells = np.nonzero(state.counts > 0)
+
+    def cell_grid(self, field: str) -> np.ndarray:
+        """(S, C) totals of one cell field."""
+        return self.values["cell"][..., CELL_FIELDS.index(field)]
+
+    def at_cells(self, grid: np.ndarray) -> np.ndarray:
+        """The values of an (S, C) grid at the present cells."""
+        return grid[self.cells]
+
+    @cached_property
+    def slice_cell(self) -> np.ndarray:
+        """(S, fields): the cell sums added over classes."""
+        return self.values["cell"].sum(axis=1)
+
+    def slice_total(self, field: str) -> np.ndarray:
+        return self.slice_cell[:, CELL_FIELDS.index(field)]
+
+    def hist(self, field: str) -> np.ndarray:
+        return self.values["hist"][..., HIST_FIELDS.index(field)]
+
+
+def _class_mean(field: str, min_classes: int = 1) -> Finalize:
+    """Σw·x / Σw per cell; NaN throughout with fewer than `min_classes` classes."""
+
+    def rule(t: Totals) -> np.ndarray:
+        weight = t.at_cells(t.cell_grid("weight"))
+        if t.n_classes < min_classes:
+            return np.full(weight.shape, np.nan)
+        return ratio(t.at_cells(t.cell_grid(field)), weight)
+
+    return rule
+
+
+def _slice_mean(field: str, min_classes: int = 1) -> Finalize:
+    """Σw·x / Σw per slice; NaN throughout with fewer than `min_classes` classes."""
+
+    def rule(t: Totals) -> np.ndarray:
+        weight = t.slice_total("weight")
+        if t.n_classes < min_classes:
+            return np.full(weight.shape, np.nan)
+        return ratio(t.slice_total(field), weight)
+
+    return rule
+
+
+def _class_total(field: str) -> Finalize:
+    return lambda t: t.at_cells(t.cell_grid(field))
+
+
+def _slice_total(field: str) -> Finalize:
+    return lambda t: t.slice_total(field)
+
+
+def _row_count(field: str) -> Finalize:
+    return lambda t: t.values["row_counts"][:, ROW_COUNT_FIELDS.index(field)].copy()
+
+
+def _ce_std(t: Totals) -> np.ndarray:
+    """Weighted population standard deviation of the CE per cell."""
+    return np.sqrt(ratio(t.at_cells(t.values["ce_m2"]), t.at_cells(t.cell_grid("weight"))))
+
+
+def _ce_macro(t: Totals) -> np.ndarray:
+    """Mean over the classes present in a slice of their mean CE."""
+    weight = t.cell_grid("weight")
+    class_ce = ratio(t.cell_grid("ce"), weight)
+    present = weight > 0
+    with np.errstate(invalid="ignore"):
+        return np.where(present, class_ce, 0.0).sum(axis=1) / present.sum(axis=1)
+
+
+def _ece(t: Totals) -> np.ndarray:
+    """Σ over bins |Σw·correct - Σw·confidence| / Σw."""
+    gap = np.abs(t.hist("correct") - t.hist("conf")).sum(axis=1)
+    return ratio(gap, t.slice_total("weight"))
+
+
+def _predicted_marginal(t: Totals) -> np.ndarray:
+    return ratio(t.values["marginal"], t.slice_total("weight")[:, None])
+
+
+# --------------------------------------------------------------------------- the table
+
+# Table order is report column order (flows writes the columns in this order); the
+# fields of each state array are numbered in the order statistics declare them.
+STATISTICS: tuple[Statistic, ...] = (
+    Statistic(
+        "n", "rows counted (finite prediction, label not ignored)",
+        slots=(Slot("counts"),),
+        per_class=lambda t: t.at_cells(t.values["counts"]),
+        per_slice=lambda t: t.values["counts"].sum(axis=1),
+        role="count", rtol=0.0, atol=0.0,
+    ),
+    Statistic(
+        "weight", "total row weight (the row count when unweighted)",
+        slots=(Slot("cell", "weight"),),
+        per_class=_class_total("weight"), per_slice=_slice_total("weight"),
+        role="count",
+    ),
+    Statistic(
+        "ce_mean", "weighted mean cross-entropy -log q(true class)",
+        slots=(Slot("cell", "ce"),),
+        per_class=_class_mean("ce"), per_slice=_slice_mean("ce"),
+        units="information",
+    ),
+    Statistic(
+        "ce_std", "weighted population standard deviation of the cross-entropy",
+        slots=(Slot("ce_m2"),),
+        per_class=_ce_std,
+        units="information",
+    ),
+    Statistic(
+        "ce_macro", "mean over the classes present of their mean cross-entropy",
+        slots=(),
+        per_slice=_ce_macro,
+        units="information",
+    ),
+    Statistic(
+        "accuracy", "weighted share of rows whose true class has the top probability (ties: lower index)",
+        slots=(Slot("cell", "top1"),),
+        per_class=_class_mean("top1"), per_slice=_slice_mean("top1"),
+    ),
+    Statistic(
+        "top5_accuracy", "weighted share of rows whose true class is among the 5 most probable (NaN for C <= 5)",
+        slots=(Slot("cell", "top5"),),
+        per_class=_class_mean("top5", min_classes=6), per_slice=_slice_mean("top5", min_classes=6),
+    ),
+    Statistic(
+        "p_true_mean", "weighted mean probability of the true class",
+        slots=(Slot("cell", "p_true"),),
+        per_class=_class_mean("p_true"), per_slice=_slice_mean("p_true"),
+    ),
+    Statistic(
+        "entropy_mean", "weighted mean entropy of the prediction",
+        slots=(Slot("cell", "entropy"),),
+        per_class=_class_mean("entropy"), per_slice=_slice_mean("entropy"),
+        units="information",
+    ),
+    Statistic(
+        "ece", "expected calibration error over the confidence histogram's bins",
+        slots=(),
+        per_slice=_ece,
+    ),
+    Statistic(
+        "n_ignored", "rows whose label marks them ignored",
+        slots=(Slot("row_counts", "ignored"),),
+        per_slice=_row_count("ignored"),
+        role="count", rtol=0.0, atol=0.0,
+    ),
+    Statistic(
+        "n_nonfinite", "rows skipped for a NaN or infinite prediction (or reference)",
+        slots=(Slot("row_counts", "nonfinite"),),
+        per_slice=_row_count("nonfinite"),
+        role="count", rtol=0.0, atol=0.0,
+    ),
+    Statistic(
+        "kl_mean", "weighted mean KL(reference ‖ prediction)",
+        slots=(Slot("cell", "kl"),),
+        per_class=_class_mean("kl"), per_slice=_slice_mean("kl"),
+        units="information", reference_only=True,
+    ),
+    Statistic(
+        "predicted_marginal", "(S, C): the weighted mean predicted distribution per slice",
+        slots=(Slot("marginal"),),
+        per_slice=_predicted_marginal,
+        role="array", atol=1e-14,
+    ),
+    Statistic(
+        "confidence_hist", "(S, bins, 3): Σw, Σw·correct, Σw·confidence per bin of the top probability",
+        slots=(Slot("hist", "weight"), Slot("hist", "correct"), Slot("hist", "conf")),
+        per_slice=lambda t: t.values["hist"],
+        role="array",
+    ),
+)
+STATISTIC = {statistic.name: statistic for statistic in STATISTICS}
+
+
+def fields(array: str) -> tuple[str, ...]:
+    """The fields of a state array, in the order statistics declare them."""
+    out: list[str] = []
+    for statistic in STATISTICS:
+        for slot in statistic.slots:
+            if slot.array == array and slot.field is not None and slot.field not in out:
+                out.append(slot.field)
+    return tuple(out)
+
+
+CELL_FIELDS = fields("cell")
+HIST_FIELDS = fields("hist")
+ROW_COUNT_FIELDS = fields("row_counts")
+FIELDS = {"cell": CELL_FIELDS, "hist": HIST_FIELDS, "row_counts": ROW_COUNT_FIELDS}
+
+
+def state_shape(array: StateArray, n_slices: int, n_classes: int, n_bins: int) -> tuple[int, ...]:
+    sizes = {"slice": n_slices, "class": n_classes, "bin": n_bins, "field": len(FIELDS.get(array.name, ()))}
+    return tuple(sizes[axis] for axis in array.axes)
+
+
+# --------------------------------------------------------------------------- merge rules
+
+
+def two_sum(sum_a, comp_a, sum_b, comp_b):
+    """Elementwise compensated addition of (sum, compensation) pairs."""
+    total = sum_a + sum_b
+    with np.errstate(invalid="ignore"):
+        back = total - sum_a
+        error = (sum_a - (total - back)) + (sum_b - back)
+    # an infinite sum has no rounding error to carry (and inf - inf is NaN)
+    return total, comp_a + comp_b + np.where(np.isfinite(total), error, 0.0)
+
+
+def _chan_m2(x: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> np.ndarray:
+    """Σw(CE - mean)² of the union of two cells (Chan et al.), from their sums."""
+    weight, ce = CELL_FIELDS.index("weight"), CELL_FIELDS.index("ce")
+    wx = x["cell_sum"][..., weight] + x["cell_comp"][..., weight]
+    wy = y["cell_sum"][..., weight] + y["cell_comp"][..., weight]
+    cx = x["cell_sum"][..., ce] + x["cell_comp"][..., ce]
+    cy = y["cell_sum"][..., ce] + y["cell_comp"][..., ce]
+    both = (wx > 0) & (wy > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        delta = np.where(both, cy / wy - cx / wx, 0.0)
+        between = np.where(both, delta * delta * (wx * wy) / (wx + wy), 0.0)  # symmetric in x, y
+    return x["ce_m2"] + y["ce_m2"] + between
+
+
+def merge_array(array: StateArray, x: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One state array of the merge of two states, given both states' (aligned)
+    arrays by attribute name. Symmetric in x and y."""
+    if array.merge == "sum":
+        (name,) = array.attributes
+        return {name: x[name] + y[name]}
+    if array.merge == "compensated":
+        total, comp = array.attributes
+        return dict(zip(array.attributes, two_sum(x[total], x[comp], y[total], y[comp])))
+    if array.merge == "chan_m2":
+        (name,) = array.attributes
+        return {name: _chan_m2(x, y)}
+    raise AssertionError(f"unknown merge rule {array.merge!r}")
+
+
+# --------------------------------------------------------------------------- for report writers
+
+
+def class_columns(has_reference: bool = False) -> list[str]:
+    """The metric columns of ``ClassReport.per_class``, in report order (without the
+    counts ``n`` and ``weight``); ``kl_mean`` only with a reference."""
+    return [
+        s.name for s in STATISTICS
+        if s.role == "metric" and s.per_class is not None and s.present(has_reference)
+    ]
+
+
+def slice_columns(has_reference: bool = False) -> list[str]:
+    """The metric columns of ``ClassReport.per_slice``, in report order (without the
+    counts ``n``, ``weight``, ``n_ignored``, ``n_nonfinite``)."""
+    return [
+        s.name for s in STATISTICS
+        if s.role == "metric" and s.per_slice is not None and s.present(has_reference)
+    ]
+
+
+INFORMATION_COLUMNS = frozenset(s.name for s in STATISTICS if s.units == "information")
+"""Columns in nats (bits when finalized with ``base=2``); all others are unitless."""
