@@ -20,12 +20,15 @@ from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
+from xent_kernels import class_columns
+
 from .config import DriftConfig, EvalConfig, NightlyConfig, build_config
 from .errors import InfrastructureError, XentError, infrastructure_cause
 from .inputs.sources import InputFile, dump_label, fingerprint
 from .monitor.compare import DriftReport, breach_error, compare, describe_breach
 from .runs import adhoc, nightly
 from .runs.drift import drift_steps
+
 
 def _transient(task, task_run, state) -> bool:
     """Retry network hiccups, not data errors (a missing column stays missing) nor a
@@ -85,7 +88,7 @@ def _dump_artifact_key(kind: str, sources: list[str], inputs: list[InputFile]) -
 
 
 def _class_rows(per_class: pa.Table) -> list[dict]:
-    columns = ["class", "class_name", "n", "ce_mean", "ce_std", "accuracy", "entropy_mean"]
+    columns = ["class", "class_name", "n", *class_columns(headline=True)]
     rows = [r for r in per_class.select([*columns, "overall"]).to_pylist() if r.pop("overall")]
     return [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()} for row in rows]
 

@@ -897,3 +897,14 @@ def test_unknown_options_rejected(fn):
     if fn == "bce":
         with pytest.raises(ValueError, match="log_probs"):
             call(kind="log_probs")
+
+
+def test_find_bad_label_flags_every_label_outside_the_classes():
+    from xent_kernels import find_bad_label
+
+    labels = np.array([0, 2, 1, 3, -100, -1])
+    assert find_bad_label(labels, 3) == 3  # C itself is not a class, with or without ignore_index
+    assert find_bad_label(labels[:3], 3) == -1
+    assert find_bad_label(np.array([0, -100, 2]), 3, ignore_index=-100) == -1
+    assert find_bad_label(np.array([0, -100, -1]), 3, ignore_index=-100) == 2
+    assert find_bad_label(np.array([], dtype=np.int64), 3) == -1

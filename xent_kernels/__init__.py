@@ -3,7 +3,7 @@
 Pure numerics (NumPy + Numba): nothing here imports Dask, Prefect or pyarrow.
 """
 
-from ._checks import SUM_TOLERANCE, find_invalid_row
+from ._checks import SUM_TOLERANCE, find_bad_label, find_invalid_row
 from .losses import binary_cross_entropy, cross_entropy, entropy, js_divergence, kl_divergence
 from .statistics import (
     CELL_FIELDS,
@@ -13,6 +13,7 @@ from .statistics import (
     STATISTICS,
     Statistic,
     class_columns,
+    report_columns,
     slice_columns,
 )
 from .stats import ClassReport, ClassStats, class_stats_partial
@@ -25,6 +26,7 @@ __all__ = [
     "STATISTICS",
     "Statistic",
     "class_columns",
+    "report_columns",
     "slice_columns",
     "ClassReport",
     "ClassStats",
@@ -33,6 +35,7 @@ __all__ = [
     "binary_cross_entropy",
     "cross_entropy",
     "entropy",
+    "find_bad_label",
     "find_invalid_row",
     "js_divergence",
     "kl_divergence",

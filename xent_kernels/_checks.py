@@ -69,6 +69,15 @@ def find_invalid_row(pred: np.ndarray, kind: str) -> tuple[int, str]:
     return int(row), _REASONS[code].format(tol=SUM_TOLERANCE)
 
 
+def find_bad_label(labels: np.ndarray, n_classes: int, ignore_index: int | None = None) -> int:
+    """First row whose label is neither a class in [0, n_classes) nor `ignore_index`;
+    -1 when every label is valid."""
+    labels = np.ascontiguousarray(labels, dtype=np.int64)
+    if labels.shape[0] == 0:
+        return -1
+    return int(first_bad_label(labels, n_classes, ignore_index is not None, 0 if ignore_index is None else ignore_index))
+
+
 def as_labels(labels, n_rows: int, n_classes: int, ignore_index: int | None, name: str = "target") -> np.ndarray:
     labels = np.asarray(labels)
     if labels.dtype.kind not in "iu":
@@ -76,8 +85,7 @@ def as_labels(labels, n_rows: int, n_classes: int, ignore_index: int | None, nam
     if labels.shape != (n_rows,):
         raise ValueError(f"{name} must have shape ({n_rows},) to match the predictions, got {labels.shape}")
     labels = np.ascontiguousarray(labels, dtype=np.int64)
-    sentinel = n_classes if ignore_index is None else ignore_index  # n_classes is never valid
-    row = first_bad_label(labels, n_classes, sentinel) if n_rows else -1
+    row = find_bad_label(labels, n_classes, ignore_index)
     if row >= 0:
         allowed = f"[0, {n_classes})" + ("" if ignore_index is None else f" or ignore_index={ignore_index}")
         raise ValueError(f"{name}: row {row} has class {labels[row]}, expected a class in {allowed}")

@@ -53,9 +53,9 @@ def first_invalid_row(z, kind, tol):
 
 
 @kernel
-def first_bad_label(labels, n_classes, ignore_index):
+def first_bad_label(labels, n_classes, has_ignore, ignore_index):
     for r in range(labels.shape[0]):
         y = labels[r]
-        if y != ignore_index and (y < 0 or y >= n_classes):
+        if (y < 0 or y >= n_classes) and not (has_ignore and y == ignore_index):
             return r
     return -1

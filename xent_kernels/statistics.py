@@ -98,6 +98,9 @@ class Statistic:
         "count": totals (rows, weight); "array": a ``ClassReport`` array, not a column.
     reference_only : bool
         Only in reports of states made with a reference prediction.
+    headline : frozenset of "class", "slice"
+        The tables (per class, per slice) whose short views show this column: the
+        terminal report and the Prefect artifacts.
     rtol, atol : float
         How closely the column matches a float64 reference computed the obvious way.
     """
@@ -110,6 +113,7 @@ class Statistic:
     units: Literal["information", "unitless"] = "unitless"
     role: Literal["metric", "count", "array"] = "metric"
     reference_only: bool = False
+    headline: frozenset[str] = frozenset()
     rtol: float = 1e-11
     atol: float = 1e-13
 
@@ -251,24 +255,25 @@ STATISTICS: tuple[Statistic, ...] = (
         "ce_mean", "weighted mean cross-entropy -log q(true class)",
         slots=(Slot("cell", "ce"),),
         per_class=_class_mean("ce"), per_slice=_slice_mean("ce"),
-        units="information",
+        units="information", headline=frozenset({"class", "slice"}),
     ),
     Statistic(
         "ce_std", "weighted population standard deviation of the cross-entropy",
         slots=(Slot("ce_m2"),),
         per_class=_ce_std,
-        units="information",
+        units="information", headline=frozenset({"class"}),
     ),
     Statistic(
         "ce_macro", "mean over the classes present of their mean cross-entropy",
         slots=(),
         per_slice=_ce_macro,
-        units="information",
+        units="information", headline=frozenset({"slice"}),
     ),
     Statistic(
         "accuracy", "weighted share of rows whose true class has the top probability (ties: lower index)",
         slots=(Slot("cell", "top1"),),
         per_class=_class_mean("top1"), per_slice=_slice_mean("top1"),
+        headline=frozenset({"class", "slice"}),
     ),
     Statistic(
         "top5_accuracy", "weighted share of rows whose true class is among the 5 most probable (NaN for C <= 5)",
@@ -279,17 +284,19 @@ STATISTICS: tuple[Statistic, ...] = (
         "p_true_mean", "weighted mean probability of the true class",
         slots=(Slot("cell", "p_true"),),
         per_class=_class_mean("p_true"), per_slice=_slice_mean("p_true"),
+        headline=frozenset({"class"}),
     ),
     Statistic(
         "entropy_mean", "weighted mean entropy of the prediction",
         slots=(Slot("cell", "entropy"),),
         per_class=_class_mean("entropy"), per_slice=_slice_mean("entropy"),
-        units="information",
+        units="information", headline=frozenset({"class"}),
     ),
     Statistic(
         "ece", "expected calibration error over the confidence histogram's bins",
         slots=(),
         per_slice=_ece,
+        headline=frozenset({"slice"}),
     ),
     Statistic(
         "n_ignored", "rows whose label marks them ignored",
@@ -391,21 +398,34 @@ def merge_array(array: StateArray, x: dict[str, np.ndarray], y: dict[str, np.nda
 # --------------------------------------------------------------------------- for report writers
 
 
-def class_columns(has_reference: bool = False) -> list[str]:
+def class_columns(has_reference: bool = False, headline: bool = False) -> list[str]:
     """The metric columns of ``ClassReport.per_class``, in report order (without the
-    counts ``n`` and ``weight``); ``kl_mean`` only with a reference."""
+    counts ``n`` and ``weight``); ``kl_mean`` only with a reference; with `headline`,
+    only those of the short views."""
     return [
         s.name for s in STATISTICS
         if s.role == "metric" and s.per_class is not None and s.present(has_reference)
+        and (not headline or "class" in s.headline)
     ]
 
 
-def slice_columns(has_reference: bool = False) -> list[str]:
+def slice_columns(has_reference: bool = False, headline: bool = False) -> list[str]:
     """The metric columns of ``ClassReport.per_slice``, in report order (without the
-    counts ``n``, ``weight``, ``n_ignored``, ``n_nonfinite``)."""
+    counts ``n``, ``weight``, ``n_ignored``, ``n_nonfinite``); with `headline`, only
+    those of the short views."""
     return [
         s.name for s in STATISTICS
         if s.role == "metric" and s.per_slice is not None and s.present(has_reference)
+        and (not headline or "slice" in s.headline)
+    ]
+
+
+def report_columns(scope: Literal["class", "slice"], has_reference: bool = False) -> list[str]:
+    """Every column of ``ClassReport.per_class`` (`scope` "class") or ``per_slice``
+    ("slice"), counts and metrics, in report order."""
+    return [
+        s.name for s in STATISTICS
+        if s.role != "array" and getattr(s, f"per_{scope}") is not None and s.present(has_reference)
     ]
 
 

@@ -11,9 +11,14 @@ import pyarrow.parquet as pq
 from rich.console import Console
 from rich.table import Table
 
+from xent_kernels import class_columns, report_columns, slice_columns as slice_metrics
+
 from ..config import DRIFT_METRICS
-from ..metadata import INTEGRITY_KEY, UNITS_KEY
 from ..inputs.sources import filesystem
+from ..metadata import INTEGRITY_KEY, UNITS_KEY
+
+# Every summary column that is not a slice column.
+SUMMARY_COLUMNS = report_columns("slice", has_reference=True)
 
 
 def read_report_table(url: str, storage_options: dict[str, Any] | None = None) -> pa.Table:
@@ -63,18 +68,17 @@ def print_report(
     sliced = any(not r["overall"] for r in per_class.select(["overall"]).to_pylist())
     scope = ", all slices together (per-slice rows in per_class.parquet)" if sliced else ""
     table = Table(title=f"per class{scope}; cross-entropy in {units}")
-    for column in ("class", "class_name", "n", "ce_mean", "ce_std", "accuracy", "p_true_mean", "entropy_mean"):
+    shown = ["class", "class_name", "n", *class_columns(headline=True)]
+    for column in shown:
         table.add_column(column, justify="right")
     for row in rows:
-        table.add_row(*(_fmt(row[c]) for c in ("class", "class_name", "n", "ce_mean", "ce_std", "accuracy", "p_true_mean", "entropy_mean")))
+        table.add_row(*(_fmt(row[c]) for c in shown))
     console.print(table)
 
     summary = read_report_table(paths["summary"], storage_options)
-    fixed = {"overall", "n", "weight", "ce_mean", "ce_macro", "accuracy", "top5_accuracy", "p_true_mean",
-             "entropy_mean", "ece", "n_ignored", "n_nonfinite", "n_skipped", "n_bad_shards",
-             "predicted_marginal", "confidence_hist"}
+    fixed = {"overall", *SUMMARY_COLUMNS, "n_skipped", "n_bad_shards", "predicted_marginal", "confidence_hist"}
     slice_columns = [name for name in summary.column_names if name not in fixed]
-    shown = [*slice_columns, "n", "ce_mean", "ce_macro", "accuracy", "ece", "n_ignored", "n_skipped"]
+    shown = [*slice_columns, "n", *slice_metrics(headline=True), "n_ignored", "n_skipped"]
     table = Table(title="summary (overall row last)")
     for column in shown:
         table.add_column(column, justify="right")

@@ -21,6 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from xent_kernels import find_bad_label
+
 from ..config import BINARY_COL, DEFAULT_PRED_COL, WIDE_PREFIX, EvalConfig
 from ..errors import DataError, XentError, as_infrastructure_error
 from ..metadata import CLASSES_KEY
@@ -446,14 +448,14 @@ def _labels(column: pa.Array, first_row: int, file: InputFile, spec: ReadSpec) -
         return pc.fill_null(index, -1).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
     if not pa.types.is_integer(column.type):
         raise DataError(f"{file.url}: label column '{name}' is {column.type}, expected integers (as in {spec.reference_file})")
-    values = pc.fill_null(column, 0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    values = pc.fill_null(column, 0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)  # 0: a valid class
+    row = find_bad_label(values, spec.n_classes, spec.ignore_index)
+    if row >= 0:
+        allowed = f"[0, {spec.n_classes}), null" + ("" if spec.ignore_index is None else f" or {spec.ignore_index}")
+        raise DataError(f"{_where(file, name, first_row + row)}: label {values[row]} is out of range, expected {allowed}")
     counted = column.is_valid().to_numpy(zero_copy_only=False)
     if spec.ignore_index is not None:
         counted &= values != spec.ignore_index
-    rows = np.flatnonzero(counted & ((values < 0) | (values >= spec.n_classes)))
-    if rows.size:
-        allowed = f"[0, {spec.n_classes}), null" + ("" if spec.ignore_index is None else f" or {spec.ignore_index}")
-        raise DataError(f"{_where(file, name, first_row + rows[0])}: label {values[rows[0]]} is out of range, expected {allowed}")
     return np.where(counted, values, -1)
 
 

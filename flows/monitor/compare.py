@@ -30,7 +30,7 @@ from ..engine import Evaluation, evaluate, inspect_files
 from ..errors import DataError, DriftBreach
 from ..inputs.reader import ReadSpec, open_parquet
 from ..metadata import CONFIG_KEY, REFERENCE_FINGERPRINT_KEY
-from ..report.tables import config_json, report_metadata, report_parts, slice_columns
+from ..report.tables import config_json, report_metadata, report_parts, slice_key_columns
 from .join import per_sample_kl
 
 FINE_BINS = 200  # confidence histogram resolution before re-binning at reference quantiles
@@ -192,7 +192,7 @@ def threshold_for(settings: DriftSettings, slice_by: list[str], key: tuple | Non
 
 def drift_table(report: DriftReport) -> pa.Table:
     keys = [row["key"] or () for row in report.rows]
-    columns = slice_columns(keys, report.slice_by, report.slice_types)
+    columns = slice_key_columns(keys, report.slice_by, report.slice_types)
     columns["overall"] = pa.array([row["key"] is None for row in report.rows])
     columns["metric"] = pa.array([row["metric"] for row in report.rows], type=pa.string())
     columns["class"] = pa.array([row["class"] for row in report.rows], type=pa.int32())

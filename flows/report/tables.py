@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from xent_kernels import ClassReport, ClassStats
+from xent_kernels import ClassReport, ClassStats, report_columns
 
 from .. import __version__
 from ..engine import Evaluation
@@ -31,11 +31,11 @@ from ..metadata import (
 )
 from .writing import write_tables_atomically
 
-CLASS_METRICS = ["ce_mean", "ce_std", "accuracy", "top5_accuracy", "p_true_mean", "entropy_mean"]
-SLICE_METRICS = ["ce_mean", "ce_macro", "accuracy", "top5_accuracy", "p_true_mean", "entropy_mean", "ece"]
+def _column(values: np.ndarray) -> pa.Array:
+    return pa.array(values, type=pa.int64() if values.dtype.kind in "iu" else pa.float64())
 
 
-def slice_columns(keys: list[tuple], names: tuple[str, ...], types: tuple[pa.DataType, ...]) -> dict[str, pa.Array]:
+def slice_key_columns(keys: list[tuple], names: tuple[str, ...], types: tuple[pa.DataType, ...]) -> dict[str, pa.Array]:
     return {
         name: pa.array([key[i] if key else None for key in keys], type=arrow_type)
         for i, (name, arrow_type) in enumerate(zip(names, types))
@@ -63,26 +63,20 @@ def build_tables(evaluation: Evaluation) -> dict[str, pa.Table]:
     for stats, overall in report_parts(result.stats, spec.slice_by):
         report = stats.finalize(base=base)
         keys = [report.slice_keys[i] if not overall else () for i in report.per_class["slice"]]
-        pc_cols = slice_columns(keys, spec.slice_by, spec.slice_types)
+        pc_cols = slice_key_columns(keys, spec.slice_by, spec.slice_types)
         pc_cols["overall"] = pa.array(np.full(len(keys), overall))
         pc_cols["class"] = pa.array(report.per_class["class"], type=pa.int32())
         pc_cols["class_name"] = pa.array([names[c] for c in report.per_class["class"]], type=pa.string())
-        pc_cols["n"] = pa.array(report.per_class["n"], type=pa.int64())
-        pc_cols["weight"] = pa.array(report.per_class["weight"], type=pa.float64())
-        for metric in CLASS_METRICS:
-            pc_cols[metric] = pa.array(report.per_class[metric], type=pa.float64())
+        for name in report_columns("class"):
+            pc_cols[name] = _column(report.per_class[name])
         per_class.append(pa.table(pc_cols))
 
         keys = [key if not overall else () for key in report.slice_keys]
         ps = report.per_slice
-        s_cols = slice_columns(keys, spec.slice_by, spec.slice_types)
+        s_cols = slice_key_columns(keys, spec.slice_by, spec.slice_types)
         s_cols["overall"] = pa.array(np.full(len(keys), overall))
-        s_cols["n"] = pa.array(ps["n"], type=pa.int64())
-        s_cols["weight"] = pa.array(ps["weight"], type=pa.float64())
-        for metric in SLICE_METRICS:
-            s_cols[metric] = pa.array(ps[metric], type=pa.float64())
-        s_cols["n_ignored"] = pa.array(ps["n_ignored"], type=pa.int64())
-        s_cols["n_nonfinite"] = pa.array(ps["n_nonfinite"], type=pa.int64())
+        for name in report_columns("slice"):
+            s_cols[name] = _column(ps[name])
         skipped = sum(b.rows for b in result.bad_shards)
         s_cols["n_skipped"] = pa.array([skipped if overall else None] * len(keys), type=pa.int64())
         s_cols["n_bad_shards"] = pa.array([len(result.bad_shards) if overall else None] * len(keys), type=pa.int64())
