@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator
 class Progress:
     """A rich progress bar per stage (done of total, per second, time left) when
     `enabled`, nothing otherwise. `console` is a ``rich.console.Console`` to draw on
-    (default: rich's, on stderr)."""
+    (default: one on stderr, so that stdout carries the report alone)."""
 
     def __init__(self, enabled: bool, console: Any = None):
         self.enabled = enabled
@@ -35,6 +35,7 @@ class Progress:
         if not self.enabled:
             yield lambda amount=1: None
             return
+        from rich.console import Console
         from rich.progress import (
             BarColumn, MofNCompleteColumn, Progress as RichProgress, ProgressColumn, TextColumn, TimeRemainingColumn,
         )
@@ -49,7 +50,7 @@ class Progress:
 
         with RichProgress(
             TextColumn(description), BarColumn(), MofNCompleteColumn(), TextColumn(unit), Rate(),
-            TimeRemainingColumn(), console=self.console, transient=True,
+            TimeRemainingColumn(), console=self.console or Console(stderr=True), transient=True,
         ) as bar:
             task = bar.add_task(description, total=total)
             yield lambda amount=1: bar.advance(task, amount)
