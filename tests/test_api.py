@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import sys
 import subprocess
 from pathlib import Path
@@ -244,3 +245,14 @@ def test_drift_matches_the_cli(tmp_path, client, capsys):
         result.raise_for_breach()
     paths = result.write(tmp_path / "api")
     assert_same_report({"drift": pq.read_table(paths["drift"])}, result.to_arrow(), rtol=0)
+
+
+def test_the_readme_example_runs(tmp_path, monkeypatch):
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (block,) = re.findall(r"<!-- tested: API -->\n```python\n(.*?)```", text, flags=re.S)
+    common = dict(rows=1500, classes=4, shards=2, slices={"model": ["a", "b"]}, seed=11)
+    generate_dump(tmp_path / "dumps" / "date=2026-11-22", **common)
+    generate_dump(tmp_path / "dumps" / "date=2026-11-23", shuffle=True, **common)  # same rows: no drift
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "README.md", "exec"), {})
+    assert pq.read_table(tmp_path / "reports" / "2026-11-23" / "summary.parquet").num_rows == 3
