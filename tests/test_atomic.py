@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import child_env, wait_until
-from flows.report.tables import writing
+from flows.report import writing
 from flows.generate import generate_dump
 
 # Runs `xent eval` in a child process with the write phase slowed down, so that signals
@@ -26,7 +26,7 @@ from flows.generate import generate_dump
 CHILD = r"""
 import os, sys, time
 from pathlib import Path
-from flows.report.tables import writing
+from flows.report import writing
 
 marker, pause, strategy = Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
 real_write, real_exchange, real_rename = writing._write_local, writing.exchange, os.rename

@@ -97,14 +97,15 @@ def evaluate_partitions(config: EvalConfig, client: Client, frame: Any, progress
     partition's rows are released as soon as its piece is reduced."""
     parts = client.compute(frame.to_delayed())
     heads = []
-    for part in parts:  # usually the first partition has rows
-        heads.append(map_all(client, inspect_partition, [part], stall_timeout=config.stall_timeout)[0].head)
+    for i in range(len(parts)):  # usually the first partition has rows
+        heads.append(map_all(client, inspect_partition, [parts[i]], stall_timeout=config.stall_timeout)[0].head)
         if heads[-1].num_rows:
             break
     first, head = (len(heads) - 1, heads[-1]) if heads[-1].num_rows else (0, heads[0])
     spec = resolve_table_spec(config, head, partition_label(first))
-    # Rows per partition are known only once read: progress counts partitions.
-    pieces = [Piece(memory_source(partition_label(i)), None, 1, in_memory=True) for i in range(len(parts))]
+    # Rows per partition are known only once read (0 here, and for a bad partition
+    # left out with on_bad_shard='skip'): progress counts partitions.
+    pieces = [Piece(memory_source(partition_label(i)), None, 0, in_memory=True) for i in range(len(parts))]
     result = reduce_pieces(client, config, spec, pieces, progress, data=parts, unit="partitions")
     identity = memory_fingerprint(DASK_LABEL, head.schema, result.rows_read, 0, len(pieces))
     return Evaluation(config, spec, [], result, identity)
@@ -116,7 +117,7 @@ def reduce_pieces(client: Client, config: EvalConfig, spec: ReadSpec, pieces: Se
     """Every piece reduced to statistics on the cluster and merged in one tree, with the
     shards already known to be bad. In-memory pieces take their rows from `data` (one
     future per piece); each entry is dropped as its piece is done, so that the cluster
-    can forget those rows. Progress counts `unit`: each piece's ``rows``."""
+    can forget those rows. Progress counts `unit`: rows, or pieces."""
     progress = progress or Progress.quiet()
     result = PieceResult(_empty(spec), bad)
     if pieces:
@@ -124,10 +125,11 @@ def reduce_pieces(client: Client, config: EvalConfig, spec: ReadSpec, pieces: Se
         # arguments are constants, and evaluate_piece takes (piece, spec, data).
         iterables = (pieces,) if data is None else (pieces, [spec] * len(pieces), data)
         constants = {"spec": spec} if data is None else {}
-        with progress.stage("evaluating", sum(p.rows for p in pieces), unit=unit) as advance:
+        per_piece = (lambda piece: piece.rows) if unit == "rows" else (lambda piece: 1)
+        with progress.stage("evaluating", sum(map(per_piece, pieces)), unit=unit) as advance:
 
             def done(i: int) -> None:
-                advance(pieces[i].rows)
+                advance(per_piece(pieces[i]))
                 if data is not None:
                     data[i] = None
 
