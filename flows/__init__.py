@@ -2,6 +2,9 @@
 
 The numerics live in :mod:`xent_kernels`; this package reads shards, runs those
 kernels on a Dask cluster, and writes reports.
+
+``from flows import evaluate, drift`` is the Python API (:mod:`flows.api`); it is
+imported on first use, so ``import flows`` stays cheap.
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -11,3 +14,19 @@ try:
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0+unknown"
 
+
+
+_API = ("evaluate", "drift", "Report", "DriftResult")
+
+
+def __getattr__(name: str):
+    # PEP 562: the API pulls in Dask and pyarrow; only its users pay for them.
+    if name in _API:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_API])

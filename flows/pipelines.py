@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Any
 
 import pyarrow as pa
-from distributed import Client
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
@@ -23,11 +22,11 @@ from prefect.states import Completed, Failed
 from xent_kernels import class_columns
 
 from .config import DriftConfig, EvalConfig, NightlyConfig, build_config
+from .engine import Progress
 from .errors import InfrastructureError, XentError, infrastructure_cause
 from .inputs.sources import InputFile, dump_label, fingerprint
-from .monitor.compare import DriftReport, breach_error, compare, describe_breach
-from .runs import adhoc, nightly
-from .runs.drift import drift_steps
+from .monitor.compare import DriftReport, breach_error, describe_breach
+from .runs import adhoc, drift, nightly
 
 
 def _transient(task, task_run, state) -> bool:
@@ -53,13 +52,9 @@ IO_RETRIES = {"retries": 2, "retry_delay_seconds": [1, 5], "retry_condition_fn":
 
 find_inputs = task(cache_policy=NONE, **IO_RETRIES)(adhoc.find_inputs)
 evaluate_on_cluster = task(cache_policy=NONE)(adhoc.evaluate_on_cluster)
+write_report = task(cache_policy=NONE, **IO_RETRIES)(adhoc.write_report)
 write_tables = task(cache_policy=NONE, **IO_RETRIES)(adhoc.write_tables)
-
-
-@task(cache_policy=NONE)
-def compare_on_cluster(config: DriftConfig, client: Client) -> DriftReport:
-    """Drift metrics of the current dump against the reference."""
-    return compare(config, client)
+compare_on_cluster = task(cache_policy=NONE)(drift.compare_on_cluster)
 
 
 @task(cache_policy=NONE)
@@ -123,9 +118,11 @@ def _breach_state(report: DriftReport, result: Any) -> Any:
 
 
 @flow(name="xent-eval", flow_run_name=_eval_run_name, log_prints=False)
-def eval_flow(config: EvalConfig, out: str) -> dict[str, str]:
-    """Evaluate a prediction dump into per-class and per-slice reports under `out`."""
-    paths, tables, inputs = adhoc.eval_steps(config, out, (find_inputs, evaluate_on_cluster, write_tables))
+def eval_flow(config: EvalConfig, out: str, progress: bool = False) -> dict[str, str]:
+    """Evaluate a prediction dump into per-class and per-slice reports under `out`
+    (`progress`: draw a progress bar on the terminal)."""
+    paths, tables, inputs = adhoc.eval_steps(config, out, (find_inputs, evaluate_on_cluster, write_report),
+                                             Progress(progress))
     publish_artifact(_dump_artifact_key("eval", config.sources, inputs), _class_rows(tables["per_class"]),
                      f"Per-class cross-entropy ({config.units}) of {len(inputs)} shards; report in {out}")
     return paths
@@ -142,9 +139,9 @@ def _drift_run_name() -> str:
 
 
 @flow(name="xent-drift", flow_run_name=_drift_run_name, log_prints=False)
-def drift_flow(config: DriftConfig, out: str) -> Any:
+def drift_flow(config: DriftConfig, out: str, progress: bool = False) -> Any:
     """Compare the current dump with the reference; a breached threshold fails the run."""
-    paths, report = drift_steps(config, out, (compare_on_cluster, write_tables))
+    paths, report = drift.drift_steps(config, out, (compare_on_cluster, write_report), Progress(progress))
     # One artifact key per current dump (its name and content digest): runs on other
     # dumps never replace this one's latest table.
     key = _dump_artifact_key("drift", config.sources, report.current.inputs)
@@ -180,14 +177,15 @@ def _nightly_run_name() -> str:
 
 
 @flow(name="xent-nightly", flow_run_name=_nightly_run_name, log_prints=False)
-def nightly_flow(config_path: str, run_date: str | None = None, end_date: str | None = None) -> Any:
+def nightly_flow(config_path: str, run_date: str | None = None, end_date: str | None = None,
+                 progress: bool = False) -> Any:
     """Evaluate every source for `run_date` (default: today in the schedule's timezone),
     or for each date from `run_date` to `end_date` inclusive (a backfill). A data error
     or a breach in one (source, date) does not stop the others; the run then fails
     with the highest exit code among them."""
     config = build_config(NightlyConfig, config_path)
     dates = nightly.run_dates(config, run_date, end_date)
-    outcomes = nightly.nightly_steps(config, dates, NIGHTLY_STEPS)
+    outcomes = nightly.nightly_steps(config, dates, NIGHTLY_STEPS, Progress(progress))
     logger = get_run_logger()
     for outcome in outcomes:
         if outcome.exit_code:

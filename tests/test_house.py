@@ -55,7 +55,7 @@ def test_only_the_engine_submits_work_to_dask():
         if path.parent.name == "engine":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Attribute) and node.attr in ("map", "submit", "gather", "scatter") \
+            if isinstance(node, ast.Attribute) and node.attr in ("map", "submit", "gather", "scatter", "compute") \
                     and isinstance(node.value, ast.Name) and node.value.id == "client":
                 callers.append(f"{path.relative_to(FLOWS)}:{node.lineno} client.{node.attr}")
     assert callers == []

@@ -26,9 +26,9 @@ from conftest import RecordingHTTPServer, assert_same_report, cli_env, moto_serv
 from flows.config import EvalConfig  # noqa: E402
 from flows.engine import dask_client, evaluate  # noqa: E402
 from flows.generate import generate_dump  # noqa: E402
-from flows.runs.adhoc import with_metadata  # noqa: E402
+from flows.report.tables import report_tables  # noqa: E402
 from flows.errors import InfrastructureError  # noqa: E402
-from flows.report.tables import build_tables, write_report  # noqa: E402
+from flows.report.tables import write_report  # noqa: E402
 from flows.report.writing import read_manifest, write_tables_atomically  # noqa: E402
 from flows.inputs.sources import filesystem, list_inputs  # noqa: E402
 from oracle import load_arrays  # noqa: E402
@@ -239,7 +239,7 @@ def test_s3_report_is_complete_exactly_when_its_manifest_lists_it(s3, client, du
     _, remote = dumps
     out = f"s3://{BUCKET}/reports/manifest/"
     evaluation = evaluate(config([remote.root], storage_options=s3.storage_options), client)
-    tables = with_metadata(build_tables(evaluation), evaluation)
+    tables = report_tables(evaluation)
     write_tables_atomically({**tables, "extra": tables["summary"]}, out, s3.storage_options)
     assert [e["file"] for e in read_manifest(out, s3.storage_options)["files"]] == [
         "per_class.parquet", "summary.parquet", "extra.parquet"]

@@ -49,6 +49,13 @@ def run_flow(flow, *args, **kwargs):
     return state.result()  # raises the flow's exception (DataError, DriftBreach, ...) if it failed
 
 
+def _on_terminal() -> bool:
+    """``Progress.auto()`` as the plain bool a flow parameter takes."""
+    from ..engine import Progress
+
+    return Progress.auto().enabled
+
+
 def _add_eval_arguments(parser: argparse.ArgumentParser, sources: bool = True) -> None:
     if sources:
         parser.add_argument("sources", nargs="*", help="Parquet files, folders, globs or fsspec URLs (or 'sources' in --config)")
@@ -93,13 +100,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     config = build_config(EvalConfig, args.config, _eval_overrides(args))
     started = time.perf_counter()
     if args.no_prefect:
+        from ..engine import Progress
         from ..runs.adhoc import eval_steps
 
-        paths = eval_steps(config, args.out)[0]
+        paths = eval_steps(config, args.out, progress=Progress.auto())[0]
     else:
         eval_flow = _pipelines().eval_flow
 
-        paths = run_flow(eval_flow, config, args.out)
+        paths = run_flow(eval_flow, config, args.out, progress=_on_terminal())
     print_report(paths, elapsed=time.perf_counter() - started, storage_options=config.storage_options)
     return 0
 
@@ -126,7 +134,9 @@ def cmd_drift(args: argparse.Namespace) -> int:
         from ..monitor.compare import breach_error
         from ..runs.drift import drift_steps
 
-        paths, report = drift_steps(config, args.out)
+        from ..engine import Progress
+
+        paths, report = drift_steps(config, args.out, progress=Progress.auto())
         print_drift(paths["drift"], storage_options=config.storage_options)
         error = breach_error(report)
         if error is not None:
@@ -135,7 +145,7 @@ def cmd_drift(args: argparse.Namespace) -> int:
     drift_flow = _pipelines().drift_flow
 
     try:
-        paths = run_flow(drift_flow, config, args.out)["paths"]
+        paths = run_flow(drift_flow, config, args.out, progress=_on_terminal())["paths"]
     except DriftBreach:  # the failed run wrote its report too
         print_drift(f"{args.out.rstrip('/')}/drift.parquet", storage_options=config.storage_options)
         raise
@@ -155,11 +165,14 @@ def cmd_nightly(args: argparse.Namespace) -> int:
     flags = ("--from", "--to") if args.start else ("--date", "--to")
     dates = run_dates(config, args.date or args.start, args.end, flags)  # exit 2 naming the flag and the value
     if args.no_prefect:
-        return report_outcomes(nightly_steps(config, dates))
+        from ..engine import Progress
+
+        return report_outcomes(nightly_steps(config, dates, progress=Progress.auto()))
     nightly_flow = _pipelines().nightly_flow
 
     try:
-        outcomes = run_flow(nightly_flow, os.path.abspath(args.config), dates[0], dates[-1] if len(dates) > 1 else None)
+        outcomes = run_flow(nightly_flow, os.path.abspath(args.config), dates[0], dates[-1] if len(dates) > 1 else None,
+                            progress=_on_terminal())
     except XentError as error:
         if getattr(error, "outcomes", None) is None:
             raise

@@ -1,23 +1,29 @@
 """Work done on the workers: a shard's footer inspected, a piece of it read batch by
 batch and reduced by the fused kernel to a small mergeable state.
 
-A piece is one file, or a run of row groups of a big file. Rows are never shuffled
-or collected: a piece returns a ``PieceResult`` of size O(slices × classes).
+A piece is one file, or a run of row groups of a big file, or in-memory rows that
+come with the task: a chunk of a pyarrow Table or pandas DataFrame, or a Dask
+DataFrame partition. Every kind is read through the same ``to_arrays`` and kernel.
+Rows are never shuffled or collected: a piece returns a ``PieceResult`` of size
+O(slices × classes).
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Any, Iterator
 
 import numpy as np
+import pyarrow as pa
 
 from xent_kernels import ClassStats, class_stats_partial, find_invalid_row
 
 from ..config import EvalConfig
 from ..errors import DataError
 from ..inputs.integrity import inspect_integrity
-from ..inputs.reader import Batch, ReadSpec, check_schema, iter_batches, open_parquet, resolve_spec
+from ..inputs.memory import as_arrow
+from ..inputs.reader import Batch, ReadSpec, check_arrow_schema, check_schema, iter_batches, open_parquet, resolve_spec, table_batches
 from ..inputs.sources import InputFile
 
 
@@ -30,9 +36,11 @@ class BadShard:
 
 @dataclass(frozen=True)
 class Piece:
-    file: InputFile
+    file: InputFile  # a shard, or the stand-in naming an in-memory source (flows.inputs.memory)
     row_groups: tuple[int, ...] | None  # None: the whole file
     rows: int
+    first_row: int = 0  # in memory: the index of the piece's first row in its source, for messages
+    in_memory: bool = False  # the rows come with the task (``data``), not from the file
 
 
 @dataclass(frozen=True)
@@ -83,11 +91,12 @@ def inspect_file(file: InputFile, spec: ReadSpec) -> FileInfo:
         return FileInfo(file, (declared,) if declared else (), error=str(error))
 
 
-def evaluate_piece(piece: Piece, spec: ReadSpec) -> PieceResult:
-    """Read one piece batch by batch and reduce it to statistics."""
+def evaluate_piece(piece: Piece, spec: ReadSpec, data: Any = None) -> PieceResult:
+    """Read one piece batch by batch and reduce it to statistics. An in-memory piece's
+    rows are `data` (a pyarrow Table or a pandas DataFrame)."""
     try:
-        stats, probability_like = _piece_stats(piece, spec)
-        return PieceResult(stats, rows_read=piece.rows, probability_like=(piece.file.url,) if probability_like else ())
+        stats, rows, probability_like = _piece_stats(piece, spec, data)
+        return PieceResult(stats, rows_read=rows, probability_like=(piece.file.url,) if probability_like else ())
     except DataError as error:
         if spec.on_bad_shard == "error":
             raise
@@ -98,23 +107,33 @@ def _empty(spec: ReadSpec) -> ClassStats:
     return ClassStats.empty(spec.n_classes, n_bins=spec.n_bins)
 
 
-def _piece_stats(piece: Piece, spec: ReadSpec) -> tuple[ClassStats, bool]:
-    """The piece's statistics, and whether its first batch, read as logits, looks
-    like probabilities instead."""
+def _piece_batches(piece: Piece, spec: ReadSpec, data: Any) -> Iterator[Batch]:
+    if piece.in_memory:
+        table = as_arrow(data, piece.file.url)
+        check_arrow_schema(table.schema, piece.file, spec)
+        return table_batches(table, piece.file, spec, piece.first_row)
     parquet = open_parquet(piece.file.url, spec.storage_options, spec.column_buffer)
     check_schema(parquet, piece.file, spec)
-    groups = None if piece.row_groups is None else list(piece.row_groups)
+    return iter_batches(parquet, piece.file, spec, None if piece.row_groups is None else list(piece.row_groups))
+
+
+def _piece_stats(piece: Piece, spec: ReadSpec, data: Any = None) -> tuple[ClassStats, int, bool]:
+    """The piece's statistics, its rows, and whether its first batch, read as logits,
+    looks like probabilities instead."""
+    batches = _piece_batches(piece, spec, data)
     first_looks_like_probabilities: list[bool] = []
+    rows = [0]
 
     def batch_stats(batch: Batch) -> ClassStats:
+        rows[0] += len(batch.labels)
         if not first_looks_like_probabilities:
             first_looks_like_probabilities.append(spec.kind == "logits" and _looks_like_probabilities(batch.pred))
         return _batch_stats(batch, piece.file, spec)
 
     # map, not a for loop: no variable keeps a batch alive while the next one is read.
-    states = map(batch_stats, iter_batches(parquet, piece.file, spec, groups))
+    states = map(batch_stats, batches)
     stats = functools.reduce(ClassStats.merge, states, _empty(spec))
-    return stats, any(first_looks_like_probabilities)
+    return stats, rows[0], any(first_looks_like_probabilities)
 
 
 def _looks_like_probabilities(pred: np.ndarray, rows: int = 4096) -> bool:
@@ -155,6 +174,18 @@ def _reject_invalid_rows(
     if row >= 0:
         raise DataError(f"{file.url}: column '{spec.pred_label}', row {first_row + index[row]}: {spec.kind} with {reason}")
 
+
+
+@dataclass(frozen=True)
+class PartitionInfo:
+    """An in-memory partition's first rows, as Arrow, to learn the layout from."""
+
+    head: pa.Table
+
+
+def inspect_partition(data: Any, head_rows: int = 64) -> PartitionInfo:
+    """The first `head_rows` rows of a pandas DataFrame or pyarrow Table partition."""
+    return PartitionInfo(as_arrow(data.head(head_rows) if hasattr(data, "head") else data.slice(0, head_rows)))
 
 
 # --------------------------------------------------------------------------- the client side

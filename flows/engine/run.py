@@ -1,4 +1,5 @@
-"""The Dask step: shards -> small per-piece states -> one tree-reduced state.
+"""The Dask step: shards (or in-memory tables, or Dask DataFrame partitions) -> small
+per-piece states -> one tree-reduced state.
 
 States are merged in a tree with a fixed fan-in, so the report does not depend on
 file order or on which worker ran what (merge is associative and commutative).
@@ -8,15 +9,21 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any, Sequence
 
+import pyarrow as pa
 from distributed import Client
 
 from ..config import EvalConfig
 from ..errors import DataError
-from ..inputs.reader import ReadSpec, resolve_spec
+from ..inputs.memory import DASK_LABEL, memory_fingerprint, memory_source, partition_label
+from ..inputs.reader import ReadSpec, resolve_spec, resolve_table_spec
 from ..inputs.sources import InputFile, fingerprint, list_inputs
 from .cluster import STALL_TIMEOUT, map_all, map_reduce
-from .pieces import BadShard, FileInfo, PieceResult, _empty, evaluate_piece, first_readable_spec, inspect_file, plan_pieces
+from .pieces import (
+    BadShard, FileInfo, Piece, PieceResult, _empty, evaluate_piece, first_readable_spec, inspect_file, inspect_partition,
+    plan_pieces,
+)
 from .progress import Progress
 
 log = logging.getLogger("xent")
@@ -28,9 +35,9 @@ class Evaluation:
 
     config: EvalConfig
     spec: ReadSpec
-    inputs: list[InputFile]
+    inputs: list[InputFile]  # the shards; empty for in-memory data
     result: PieceResult
-    fingerprint: dict = field(default_factory=dict)
+    fingerprint: dict = field(default_factory=dict)  # of the shards, or flows.inputs.memory.memory_fingerprint
     n_files_verified: int = 0  # inputs whose pages carry checksums, verified as they are read
 
     @property
@@ -64,21 +71,79 @@ def evaluate(
     bad = unreadable + tuple(BadShard(i.file.url, i.error, i.rows) for i in infos if i.error is not None)
     # With on_bad_shard='skip' a file is one task: a bad row group must drop its whole file.
     pieces = plan_pieces(infos, config.task_rows if config.on_bad_shard == "error" else None)
+    result = reduce_pieces(client, config, spec, pieces, progress, bad=bad)
+    verified = sum(info.checksummed for info in infos)
+    return Evaluation(config, spec, inputs, result, fingerprint(inputs), n_files_verified=verified)
+
+
+def evaluate_table(config: EvalConfig, client: Client, table: pa.Table, label: str, progress: Progress | None = None) -> Evaluation:
+    """Run one evaluation of an in-memory table on `client`; `label` names it in messages
+    (``<pandas.DataFrame>``). The table is cut into pieces of ``task_rows`` rows (one
+    piece with on_bad_shard='skip', as a file is one task), scattered to the cluster and
+    reduced as shards' pieces are."""
+    spec = resolve_table_spec(config, table, label)
+    source, rows = memory_source(label), table.num_rows
+    step = config.task_rows if config.on_bad_shard == "error" else max(rows, 1)
+    pieces = [Piece(source, None, min(step, rows - start), first_row=start, in_memory=True) for start in range(0, rows, step)]
+    data = client.scatter([table.slice(piece.first_row, piece.rows) for piece in pieces], hash=False) if pieces else []
+    result = reduce_pieces(client, config, spec, pieces, progress, data=data)
+    return Evaluation(config, spec, [], result, memory_fingerprint(label, table.schema, rows, table.nbytes, len(pieces)))
+
+
+def evaluate_partitions(config: EvalConfig, client: Client, frame: Any, progress: Progress | None = None) -> Evaluation:
+    """Run one evaluation of a Dask DataFrame on `client`: its partitions are computed
+    there and each is a piece (``<dask partition i>`` in messages). Only the first
+    non-empty partition's first rows reach the client, to learn the layout from; a
+    partition's rows are released as soon as its piece is reduced."""
+    parts = client.compute(frame.to_delayed())
+    heads = []
+    for i in range(len(parts)):  # usually the first partition has rows
+        heads.append(map_all(client, inspect_partition, [parts[i]], stall_timeout=config.stall_timeout)[0].head)
+        if heads[-1].num_rows:
+            break
+    first, head = (len(heads) - 1, heads[-1]) if heads[-1].num_rows else (0, heads[0])
+    spec = resolve_table_spec(config, head, partition_label(first))
+    # Rows per partition are known only once read (0 here, and for a bad partition
+    # left out with on_bad_shard='skip'): progress counts partitions.
+    pieces = [Piece(memory_source(partition_label(i)), None, 0, in_memory=True) for i in range(len(parts))]
+    result = reduce_pieces(client, config, spec, pieces, progress, data=parts, unit="partitions")
+    identity = memory_fingerprint(DASK_LABEL, head.schema, result.rows_read, 0, len(pieces))
+    return Evaluation(config, spec, [], result, identity)
+
+
+def reduce_pieces(client: Client, config: EvalConfig, spec: ReadSpec, pieces: Sequence[Piece],
+                  progress: Progress | None = None, data: list[Any] | None = None,
+                  bad: tuple[BadShard, ...] = (), unit: str = "rows") -> PieceResult:
+    """Every piece reduced to statistics on the cluster and merged in one tree, with the
+    shards already known to be bad. In-memory pieces take their rows from `data` (one
+    future per piece); each entry is dropped as its piece is done, so that the cluster
+    can forget those rows. Progress counts `unit`: rows, or pieces."""
+    progress = progress or Progress.quiet()
     result = PieceResult(_empty(spec), bad)
     if pieces:
-        with progress.stage("evaluating", sum(p.rows for p in pieces), unit="rows") as advance:
+        # The spec as an argument per piece when data follows it: client.map's keyword
+        # arguments are constants, and evaluate_piece takes (piece, spec, data).
+        iterables = (pieces,) if data is None else (pieces, [spec] * len(pieces), data)
+        constants = {"spec": spec} if data is None else {}
+        per_piece = (lambda piece: piece.rows) if unit == "rows" else (lambda piece: 1)
+        with progress.stage("evaluating", sum(map(per_piece, pieces)), unit=unit) as advance:
+
+            def done(i: int) -> None:
+                advance(per_piece(pieces[i]))
+                if data is not None:
+                    data[i] = None
+
             total = map_reduce(
-                client, evaluate_piece, pieces, spec=spec, merge=PieceResult.merge, split_every=config.split_every,
-                stall_timeout=config.stall_timeout, on_done=lambda i: advance(pieces[i].rows),
+                client, evaluate_piece, *iterables, merge=PieceResult.merge, split_every=config.split_every,
+                stall_timeout=config.stall_timeout, on_done=done, **constants,
             )
             result = PieceResult.merge(total, result)
-    verified = sum(info.checksummed for info in infos)
     if result.probability_like:
         first, more = result.probability_like[0], len(result.probability_like) - 1
         log.warning("%s%s: every row read as logits is non-negative and sums to 1: these look like probabilities; "
                     "if they are, pass --kind probs (kind: probs in a config)", first,
                     f" and {more} more file(s)" if more else "")
-    return Evaluation(config, spec, inputs, result, fingerprint(inputs), n_files_verified=verified)
+    return result
 
 
 def inspect_files(client: Client, files: list[InputFile], spec: ReadSpec, progress: Progress | None = None,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -122,7 +122,30 @@ def _list_value_type(arrow_type: pa.DataType) -> pa.DataType | None:
 def resolve_spec(config: EvalConfig, first: InputFile) -> ReadSpec:
     """Decide the layout from the config and the first shard's schema."""
     parquet = open_parquet(first.url, config.storage_options)
-    schema = parquet.schema_arrow
+    return resolve_spec_from_schema(
+        config, parquet.schema_arrow, first.url, first.hive, lambda column: _first_row_length(parquet, column, first.url)
+    )
+
+
+def resolve_spec_from_schema(
+    config: EvalConfig, schema: pa.Schema, where: str, hive: dict[str, str], first_row_length: Callable[[str], int]
+) -> ReadSpec:
+    """Decide the layout from the config and an Arrow schema.
+
+    Parameters
+    ----------
+    config
+        The evaluation settings.
+    schema
+        The schema of the first shard, or of an in-memory table.
+    where
+        What the schema belongs to, for messages: a shard's URL, or ``<pandas.DataFrame>``.
+    hive
+        Hive folder keys of the first shard (empty for in-memory data).
+    first_row_length
+        Values per row of a variable-length list column, read from the data; called
+        only when neither the type nor the config gives the class count.
+    """
     names = set(schema.names)
     kind = config.kind
     requested = config.pred_col or DEFAULT_PRED_COL[kind]
@@ -141,7 +164,7 @@ def resolve_spec(config: EvalConfig, first: InputFile) -> ReadSpec:
             layout, pred_columns = "binary", (requested,)
         else:
             raise DataError(
-                f"{first.url}: column '{requested}' is {field_type}, expected a list of floats "
+                f"{where}: column '{requested}' is {field_type}, expected a list of floats "
                 "(multi-class) or a float column (binary)"
             )
     elif config.pred_col is None and len(wide_columns(WIDE_PREFIX[kind])) >= 2:
@@ -156,7 +179,7 @@ def resolve_spec(config: EvalConfig, first: InputFile) -> ReadSpec:
         kind_hint = (f"the dump looks like --kind {other_kinds[0]}; pass it, or " if other_kinds
                      else "pass --kind probs or --kind log_probs if the predictions are (log-)probabilities, or ")
         raise DataError(
-            f"{first.url}: no prediction column '{requested}' (kind {kind}); columns are {sorted(names)}. "
+            f"{where}: no prediction column '{requested}' (kind {kind}); columns are {sorted(names)}. "
             f"To fix it, {kind_hint}name the column with --pred-col (a list column, a float column, or a "
             "wide-column prefix such as logit_)."
         )
@@ -175,41 +198,41 @@ def resolve_spec(config: EvalConfig, first: InputFile) -> ReadSpec:
     elif config.n_classes or class_names:
         n_classes = config.n_classes or len(class_names)
     else:
-        n_classes = _first_row_length(parquet, requested, first.url)
+        n_classes = first_row_length(requested)
     for declared, source in ((config.n_classes, "n_classes"), (len(class_names) if class_names else None, "classes")):
         if declared is not None and declared != n_classes:
             raise DataError(
-                f"{first.url}: column '{pred_columns[0]}' has {n_classes} values per row, but the config's "
+                f"{where}: column '{pred_columns[0]}' has {n_classes} values per row, but the config's "
                 f"{source} says {declared}"
             )
 
     if config.label_col not in names:
-        raise DataError(f"{first.url}: no label column '{config.label_col}'; columns are {sorted(names)}")
+        raise DataError(f"{where}: no label column '{config.label_col}'; columns are {sorted(names)}")
     label_type = schema.field(config.label_col).type
     if pa.types.is_dictionary(label_type):
         label_type = label_type.value_type
     label_is_string = pa.types.is_string(label_type) or pa.types.is_large_string(label_type)
     if label_is_string and class_names is None:
         raise DataError(
-            f"{first.url}: labels in '{config.label_col}' are strings but no class list is known: "
+            f"{where}: labels in '{config.label_col}' are strings but no class list is known: "
             f"give --classes, or store it as JSON under the schema metadata key {CLASSES_KEY.decode()}"
         )
     if not label_is_string and not pa.types.is_integer(label_type):
-        raise DataError(f"{first.url}: label column '{config.label_col}' is {label_type}, expected integers or strings")
+        raise DataError(f"{where}: label column '{config.label_col}' is {label_type}, expected integers or strings")
 
     if config.weight_col and config.weight_col not in names:
-        raise DataError(f"{first.url}: no weight column '{config.weight_col}'; columns are {sorted(names)}")
+        raise DataError(f"{where}: no weight column '{config.weight_col}'; columns are {sorted(names)}")
     hive_slices, slice_types = [], []
     for name in config.slice_by:
         if name in names:
             slice_types.append(schema.field(name).type)
-        elif name in first.hive:
+        elif name in hive:
             hive_slices.append(name)
             slice_types.append(pa.string())
         else:
             raise DataError(
-                f"{first.url}: no slice column '{name}' (neither a column nor a hive folder key "
-                f"{sorted(first.hive)}); columns are {sorted(names)}"
+                f"{where}: no slice column '{name}' (neither a column nor a hive folder key "
+                f"{sorted(hive)}); columns are {sorted(names)}"
             )
     return ReadSpec(
         kind=kind,
@@ -230,8 +253,30 @@ def resolve_spec(config: EvalConfig, first: InputFile) -> ReadSpec:
         batch_logits=config.batch_logits,
         eps=config.eps,
         storage_options=dict(config.storage_options),
-        reference_file=first.url,
+        reference_file=where,
     )
+
+
+def resolve_table_spec(config: EvalConfig, table: pa.Table, where: str) -> ReadSpec:
+    """Decide the layout from the config and an in-memory table (`where` names it)."""
+
+    def first_row_length(column: str) -> int:
+        lengths = pc.list_value_length(table.column(column)).drop_null()
+        if len(lengths):
+            return int(lengths[0].as_py())
+        raise DataError(f"{where}: column '{column}' has no non-null rows to learn the class count from; set n_classes")
+
+    try:
+        return resolve_spec_from_schema(config, table.schema, where, {}, first_row_length)
+    except DataError as error:
+        requested = config.pred_col or DEFAULT_PRED_COL[config.kind]
+        if requested in table.schema.names and pa.types.is_string(table.schema.field(requested).type):
+            raise DataError(
+                f"{error}. Dask turns object columns (an array per row) into strings: give the predictions an Arrow "
+                "list dtype (table.to_pandas(types_mapper=pd.ArrowDtype)), or set dask.config "
+                "'dataframe.convert-string': False"
+            ) from None
+        raise
 
 
 def _first_row_length(parquet: pq.ParquetFile, column: str, url: str) -> int:
@@ -247,7 +292,12 @@ def _first_row_length(parquet: pq.ParquetFile, column: str, url: str) -> int:
 
 def check_schema(parquet: pq.ParquetFile, file: InputFile, spec: ReadSpec) -> None:
     """The shard has every needed column, of the same layout as the first shard."""
-    schema = parquet.schema_arrow
+    check_arrow_schema(parquet.schema_arrow, file, spec)
+
+
+def check_arrow_schema(schema: pa.Schema, file: InputFile, spec: ReadSpec) -> None:
+    """`schema` (of a shard, or of an in-memory piece named by `file`) has every needed
+    column, of the same layout as the first shard."""
     names = set(schema.names)
     for name in spec.columns_to_read():
         if name not in names:
@@ -348,6 +398,14 @@ def iter_batches(parquet: pq.ParquetFile, file: InputFile, spec: ReadSpec, row_g
             release_unused_memory()
         except (OSError, pa.ArrowException) as error:
             raise read_failure(file.url, f"row group {group}", error) from None
+
+
+def table_batches(table: pa.Table, source: InputFile, spec: ReadSpec, first_row: int = 0) -> Iterator[Batch]:
+    """The rows of an in-memory table as Batches of `spec.batch_rows` rows. `source`
+    names it in messages, and `first_row` is the index of its first row there."""
+    for record_batch in table.select(spec.columns_to_read()).to_batches(max_chunksize=spec.batch_rows):
+        yield to_arrays(record_batch, first_row, source, spec)
+        first_row += record_batch.num_rows
 
 
 def _where(file: InputFile, column: str, row: int) -> str:

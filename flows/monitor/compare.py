@@ -26,7 +26,7 @@ from distributed import Client
 from xent_kernels.drift import histogram_divergences, quantile_bin_edges, rebin
 
 from ..config import DRIFT_METRICS, DriftConfig, DriftSettings
-from ..engine import Evaluation, evaluate, inspect_files
+from ..engine import Evaluation, Progress, evaluate, inspect_files
 from ..errors import DataError, DriftBreach
 from ..inputs.reader import ReadSpec, open_parquet
 from ..metadata import CONFIG_KEY, REFERENCE_FINGERPRINT_KEY
@@ -92,11 +92,11 @@ class DriftReport:
         return [row for row in self.rows if row["breached"]]
 
 
-def compare(config: DriftConfig, client: Client) -> DriftReport:
+def compare(config: DriftConfig, client: Client, progress: Progress | None = None) -> DriftReport:
     """Evaluate both dumps and compute every drift metric, in the config's units, with its threshold."""
     fine = {"n_bins": FINE_BINS}
-    current = evaluate(config.model_copy(update=fine), client)
-    reference = evaluate(config.model_copy(update={**fine, "sources": config.reference}), client)
+    current = evaluate(config.model_copy(update=fine), client, progress)
+    reference = evaluate(config.model_copy(update={**fine, "sources": config.reference}), client, progress)
     if reference.spec.n_classes != current.spec.n_classes:
         raise DataError(
             f"reference has {reference.spec.n_classes} classes ({reference.spec.reference_file}), "

@@ -132,11 +132,15 @@ def report_metadata(evaluation: Evaluation) -> dict[bytes, bytes]:
     }
 
 
-def write_report(evaluation: Evaluation, out: str, storage_options: dict[str, Any] | None = None) -> dict[str, str]:
-    """Write the report tables under `out`; returns {table name: path}."""
+def report_tables(evaluation: Evaluation) -> dict[str, pa.Table]:
+    """The report tables as written: ``build_tables`` with ``report_metadata`` on each."""
     metadata = report_metadata(evaluation)
-    tables = {
+    return {
         name: table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
         for name, table in build_tables(evaluation).items()
     }
-    return write_tables_atomically(tables, out, storage_options)
+
+
+def write_report(evaluation: Evaluation, out: str, storage_options: dict[str, Any] | None = None) -> dict[str, str]:
+    """Write the report tables under `out`; returns {table name: path}."""
+    return write_tables_atomically(report_tables(evaluation), out, storage_options)

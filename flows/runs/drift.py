@@ -1,25 +1,35 @@
 """The drift run as plain steps, free of Prefect.
 
 ``xent drift --no-prefect`` runs them directly; the xent-drift flow in
-``flows.pipelines`` runs the same steps as tasks.
+``flows.pipelines`` runs the same steps as tasks. Both compare through the Python
+API (:func:`flows.api.drift_config`).
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
+from distributed import Client
+
+from ..api import DriftResult, drift_config
 from ..config import DriftConfig
-from ..engine import dask_client
+from ..engine import Progress, dask_client
 from ..errors import UsageError
-from ..monitor.compare import DriftReport, compare, drift_tables
-from ..report.writing import write_tables_atomically
+from ..monitor.compare import DriftReport
+from .adhoc import write_report
 
 
-DriftSteps = tuple[Callable, Callable]  # compare, write tables; or their Prefect tasks
-PLAIN_STEPS: DriftSteps = (compare, write_tables_atomically)
+def compare_on_cluster(config: DriftConfig, client: Client, progress: Progress | None = None) -> DriftResult:
+    """Drift metrics of the current dump against the reference."""
+    return drift_config(config, client=client, progress=progress or False)
 
 
-def drift_steps(config: DriftConfig, out: str, steps: DriftSteps = PLAIN_STEPS) -> tuple[dict[str, str], DriftReport]:
+DriftSteps = tuple[Callable, Callable]  # compare, write; or their Prefect tasks
+PLAIN_STEPS: DriftSteps = (compare_on_cluster, write_report)
+
+
+def drift_steps(config: DriftConfig, out: str, steps: DriftSteps = PLAIN_STEPS,
+                progress: Progress | None = None) -> tuple[dict[str, str], DriftReport]:
     """Compare the current dump with the reference and write ``drift.parquet`` under
     `out`; returns (paths, report). ``xent drift --no-prefect`` runs this directly,
     the xent-drift flow with its steps as tasks; neither imports Prefect here."""
@@ -27,5 +37,5 @@ def drift_steps(config: DriftConfig, out: str, steps: DriftSteps = PLAIN_STEPS) 
         raise UsageError("no reference dump given (--reference or 'reference' in the config)")
     run, write = steps
     with dask_client(config.scheduler) as client:
-        report = run(config, client)
-    return write(drift_tables(report, config), out, config.storage_options), report
+        result = run(config, client, progress)
+    return write(result, out), result.report

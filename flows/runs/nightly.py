@@ -37,13 +37,14 @@ import pyarrow.parquet as pq
 from distributed import Client
 
 from ..config import DriftConfig, EvalConfig, NightlyConfig, NightlySource, render_path
-from ..engine import dask_client
+from ..engine import Progress, dask_client
 from ..errors import EXIT_BREACH, EXIT_DATA, EXIT_OK, DataError, DriftBreach, UsageError, XentError
 from ..inputs.sources import InputFile, filesystem, fingerprint
 from ..metadata import RUN_DIGEST_KEY
-from ..monitor.compare import DriftReport, compare, describe_breach, drift_tables
-from ..report.tables import build_tables, report_metadata
+from ..monitor.compare import describe_breach
+from ..report.tables import report_metadata
 from . import adhoc
+from .drift import compare_on_cluster
 
 logger = logging.getLogger(__name__)
 
@@ -284,13 +285,13 @@ class Steps:
     find_inputs: Callable[[EvalConfig], list[InputFile]] = adhoc.find_inputs
     stored_breaches: Callable[..., list[str] | None] = stored_breaches
     evaluate: Callable = adhoc.evaluate_on_cluster
-    compare: Callable[[DriftConfig, Client], DriftReport] = compare
+    compare: Callable = compare_on_cluster  # (drift config, client, progress) -> flows.api.DriftResult
     write_tables: Callable[..., dict[str, str]] = adhoc.write_tables
     publish: Callable[[Outcome, dict[str, pa.Table], EvalConfig], None] | None = None  # after a run is written
 
 
 def nightly_source(config: NightlyConfig, source: NightlySource, run_date: str, client: Client,
-                   steps: Steps = Steps()) -> Outcome:
+                   steps: Steps = Steps(), progress: Progress | None = None) -> Outcome:
     """Evaluate one source for one date into the history, or skip it when the inputs,
     the reference and the settings are those of the report already there. A data error
     becomes the outcome; any other error propagates."""
@@ -311,15 +312,15 @@ def nightly_source(config: NightlyConfig, source: NightlySource, run_date: str, 
         stored = steps.stored_breaches(outcome.folder, digest, options, slice_by)
         if stored is not None:
             return replace(outcome, status="unchanged", breaches=stored)
-        evaluation = steps.evaluate(eval_config, inputs, client)
-        tables = adhoc.with_metadata(build_tables(evaluation), evaluation)
+        report = steps.evaluate(eval_config, inputs, client, progress)
+        tables = dict(report.tables)
         if reference_inputs:
             drift_config = DriftConfig.model_validate(
                 {**eval_config.model_dump(), "reference": reference, "drift": config.drift.model_dump()}
             )
-            tables.update(drift_tables(steps.compare(drift_config, client), drift_config))
+            tables.update(steps.compare(drift_config, client, progress).tables)
         metrics = metrics_table(tables, slice_by)
-        metrics = metrics.replace_schema_metadata({**report_metadata(evaluation), RUN_DIGEST_KEY: digest.encode()})
+        metrics = metrics.replace_schema_metadata({**report_metadata(report.evaluation), RUN_DIGEST_KEY: digest.encode()})
         # The tables first: metrics.parquet carries the digest, so a crash in between is redone.
         steps.write_tables(tables, outcome.tables, options)
         steps.write_tables({METRICS_FILE.removesuffix(".parquet"): metrics}, outcome.folder, options)
@@ -331,13 +332,14 @@ def nightly_source(config: NightlyConfig, source: NightlySource, run_date: str, 
         return replace(outcome, status="data error", error=str(error), breaches=[])
 
 
-def nightly_steps(config: NightlyConfig, dates: Sequence[str], steps: Steps = Steps()) -> list[Outcome]:
+def nightly_steps(config: NightlyConfig, dates: Sequence[str], steps: Steps = Steps(),
+                  progress: Progress | None = None) -> list[Outcome]:
     """Every source for every date, on one Dask cluster; one outcome each."""
     with dask_client(config.scheduler) as client:
         outcomes = []
         for day in dates:
             for source in config.sources:
-                outcomes.append(nightly_source(config, source, day, client, steps))
+                outcomes.append(nightly_source(config, source, day, client, steps, progress))
                 logger.info("%s", outcomes[-1].line())
     return outcomes
 

@@ -1,0 +1,329 @@
+"""The Python API: one path from any input to a report, for notebooks and pipelines.
+
+>>> from flows import evaluate, drift
+>>> report = evaluate("dumps/2026-11-23/", slice_by=["model"])  # doctest: +SKIP
+>>> report.summary                                              # doctest: +SKIP
+
+``evaluate`` takes Parquet paths (files, folders, globs, fsspec URLs), a pyarrow
+Table, a pandas DataFrame or a Dask DataFrame; every kind is cut into pieces that
+workers reduce through the same reader and kernel, merged in the same tree (see
+:mod:`flows.engine`). ``xent eval``, ``xent drift`` and the Prefect flows run through
+here too, so a notebook's report is the one the CLI writes. Nothing is written to
+disk unless ``write`` is called.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterator, Sequence, TypeVar
+
+import pyarrow as pa
+from pydantic import BaseModel, ValidationError
+
+from .config import DriftConfig, EvalConfig, describe_validation_error
+from .engine import Evaluation, Progress, dask_client, evaluate_partitions, evaluate_table
+from .engine import evaluate as evaluate_files
+from .errors import UsageError
+from .inputs.memory import ARROW_LABEL, PANDAS_LABEL, as_arrow, is_dask_dataframe, is_pandas
+from .inputs.sources import InputFile
+from .report.tables import report_tables
+from .report.writing import write_tables_atomically
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from distributed import Client
+
+    from .monitor.compare import DriftReport
+
+__all__ = ["DriftResult", "Report", "drift", "drift_config", "evaluate", "evaluate_config"]
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+class Report:
+    """The report of one evaluation: the tables ``xent eval`` writes, as pandas and Arrow.
+
+    Attributes
+    ----------
+    evaluation
+        The merged statistics, read settings and input fingerprint it was built from.
+    tables
+        ``{"per_class", "summary"[, "bad_shards"]}``: pyarrow Tables with their report
+        metadata (config, fingerprint, units, classes, version), exactly as written.
+    """
+
+    def __init__(self, evaluation: Evaluation):
+        self.evaluation = evaluation
+        self.tables: dict[str, pa.Table] = report_tables(evaluation)
+        self._frames: dict[str, pd.DataFrame] = {}
+
+    def _frame(self, name: str) -> "pd.DataFrame":
+        if name not in self._frames:
+            self._frames[name] = self.tables[name].to_pandas()
+        return self._frames[name]
+
+    @property
+    def per_class(self) -> "pd.DataFrame":
+        """One row per (slice, class), and per class overall (``overall`` True)."""
+        return self._frame("per_class")
+
+    @property
+    def summary(self) -> "pd.DataFrame":
+        """One row per slice, and the overall row (``overall`` True)."""
+        return self._frame("summary")
+
+    @property
+    def bad_shards(self) -> "pd.DataFrame | None":
+        """The shards left out (with on_bad_shard='skip'): file, reason, rows; else None."""
+        return self._frame("bad_shards") if "bad_shards" in self.tables else None
+
+    @property
+    def units(self) -> str:
+        """'nats' or 'bits': the units of every cross-entropy and entropy column."""
+        return self.evaluation.config.units
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The report metadata, decoded: version, created_at, units, config, fingerprint, classes..."""
+        decoded = {}
+        for key, value in (self.tables["summary"].schema.metadata or {}).items():
+            name = key.decode()
+            if not name.startswith("xent."):
+                continue
+            try:
+                decoded[name.removeprefix("xent.")] = json.loads(value)
+            except ValueError:
+                decoded[name.removeprefix("xent.")] = value.decode()
+        return decoded
+
+    def to_arrow(self) -> dict[str, pa.Table]:
+        """The report tables as pyarrow Tables with their metadata (those ``write`` writes)."""
+        return dict(self.tables)
+
+    def write(self, path: str | os.PathLike, storage_options: dict[str, Any] | None = None) -> dict[str, str]:
+        """Write the report folder all-or-nothing (``<name>.parquet`` and ``_manifest.json``);
+        returns {table name: path}. `storage_options` default to the evaluation's."""
+        options = self.evaluation.config.storage_options if storage_options is None else storage_options
+        return write_tables_atomically(self.tables, os.fspath(path), options)
+
+    def __repr__(self) -> str:
+        summary = self.tables["summary"]
+        overall = summary.filter(summary.column("overall")).to_pylist()[0]
+        spec = self.evaluation.spec
+        sliced = f", {summary.num_rows - 1} slices by {', '.join(spec.slice_by)}" if spec.slice_by else ""
+        bad = f", {len(self.evaluation.result.bad_shards)} bad shards" if self.evaluation.result.bad_shards else ""
+        return (f"<xent Report: {overall['n']:,} rows, {spec.n_classes} classes{sliced}{bad}; "
+                f"ce_mean {overall['ce_mean']:.6g} {self.units}, accuracy {overall['accuracy']:.4g}>")
+
+
+def evaluate(source: Any, *, client: "Client | None" = None, progress: bool | Progress = False, **options: Any) -> Report:
+    """Evaluate predictions into a per-class and per-slice cross-entropy report.
+
+    Parameters
+    ----------
+    source
+        Parquet file(s), folder(s), glob(s) or fsspec URL(s) (a str, a path, or a list
+        of them); or a pyarrow Table, a pandas DataFrame or a Dask DataFrame with the
+        columns a shard would have.
+    client
+        A ``distributed.Client`` to run on. Default: for a Dask DataFrame, the current
+        client if there is one; otherwise a cluster is started for this call and
+        stopped after it (``scheduler`` option, else $DASK_SCHEDULER_ADDRESS, else a
+        LocalCluster).
+    progress
+        True (or a ``Progress``) draws a progress bar.
+    **options
+        ``EvalConfig`` settings: kind, pred_col, label_col, weight_col, slice_by,
+        classes, n_classes, units, eps, on_bad_shard, on_nonfinite, storage_options...
+
+    Returns
+    -------
+    Report
+
+    Raises
+    ------
+    UsageError
+        An unknown or invalid option (the message names it), or `sources` given as one.
+    DataError
+        Bad data; the message names the file (or ``<pandas.DataFrame>``, ``<dask
+        partition 3>``), the column and the row.
+    """
+    return evaluate_config(validated(EvalConfig, options, "evaluate()", ("sources",)), source, client=client,
+                           progress=progress)
+
+
+def evaluate_config(config: EvalConfig, source: Any = None, *, client: "Client | None" = None,
+                    progress: bool | Progress = False, inputs: list[InputFile] | None = None) -> Report:
+    """``evaluate`` from a validated config. `source` None: the config's ``sources``
+    (already listed as `inputs`, if given)."""
+    progress = Progress.of(progress)
+    paths = config.sources if source is None else _paths(source)
+    if paths is not None:
+        config = config if source is None else config.model_copy(update={"sources": paths})
+        with _cluster(client, config.scheduler) as running:
+            return Report(evaluate_files(config, running, progress, inputs))
+    if is_dask_dataframe(source):
+        with _cluster(client, config.scheduler, current=True) as running:
+            return Report(evaluate_partitions(config, running, source, progress))
+    if isinstance(source, (pa.Table, pa.RecordBatch)) or is_pandas(source):
+        label = PANDAS_LABEL if is_pandas(source) else ARROW_LABEL
+        table = as_arrow(source, label)
+        with _cluster(client, config.scheduler) as running:
+            return Report(evaluate_table(config, running, table, label, progress))
+    raise UsageError(
+        f"cannot evaluate a {type(source).__module__}.{type(source).__name__}: give Parquet path(s), folder(s), "
+        "glob(s) or URL(s), a pyarrow Table, a pandas DataFrame or a Dask DataFrame"
+    )
+
+
+# --------------------------------------------------------------------------- drift
+
+
+class DriftResult:
+    """Drift of a current dump against a reference: the table ``xent drift`` writes.
+
+    Attributes
+    ----------
+    report
+        Every metric row and both evaluations (``report.reference``, ``report.current``).
+    tables
+        ``{"drift": pyarrow Table}`` with its report metadata, exactly as written.
+    """
+
+    def __init__(self, report: "DriftReport", config: DriftConfig):
+        from .monitor.compare import drift_tables
+
+        self.report = report
+        self.config = config
+        self.tables: dict[str, pa.Table] = drift_tables(report, config)
+        self._frame: pd.DataFrame | None = None
+
+    @property
+    def table(self) -> "pd.DataFrame":
+        """One row per (slice, metric[, class]): value, threshold, breached."""
+        if self._frame is None:
+            self._frame = self.tables["drift"].to_pandas()
+        return self._frame
+
+    @property
+    def breaches(self) -> list[str]:
+        """Each breached threshold, described: metric, value, threshold and slice."""
+        from .monitor.compare import describe_breach
+
+        return [describe_breach(row, self.report.slice_by) for row in self.report.breaches]
+
+    @property
+    def units(self) -> str:
+        return self.config.units
+
+    def raise_for_breach(self) -> None:
+        """Raise ``DriftBreach`` (exit code 3 in the CLI) naming every breach, if any."""
+        from .monitor.compare import breach_error
+
+        error = breach_error(self.report)
+        if error is not None:
+            raise error
+
+    def to_arrow(self) -> dict[str, pa.Table]:
+        return dict(self.tables)
+
+    def write(self, path: str | os.PathLike, storage_options: dict[str, Any] | None = None) -> dict[str, str]:
+        """Write ``drift.parquet`` (and ``_manifest.json``) under `path` all-or-nothing."""
+        options = self.config.storage_options if storage_options is None else storage_options
+        return write_tables_atomically(self.tables, os.fspath(path), options)
+
+    def __repr__(self) -> str:
+        overall = {row["metric"]: row["value"] for row in self.report.rows if row["key"] is None and row["class"] is None}
+        shown = ", ".join(f"{name} {overall[name]:.4g}" for name in ("kl_per_sample", "marginal_js", "confidence_psi")
+                          if name in overall)
+        verdict = f"{len(self.report.breaches)} breaches" if self.report.breaches else "no breach"
+        return f"<xent DriftResult: {shown} ({self.units}); {verdict}>"
+
+
+def drift(reference: Any, current: Any, *, client: "Client | None" = None, progress: bool | Progress = False,
+          **options: Any) -> DriftResult:
+    """Compare a current dump with a reference: per-sample KL on joined rows, and KL,
+    JS and PSI of the predicted marginals and of the confidence histograms.
+
+    Parameters
+    ----------
+    reference, current
+        Parquet file(s), folder(s), glob(s) or fsspec URL(s). In-memory data is not
+        taken here: the per-sample join spills Parquet pieces (write the frames to
+        Parquet first).
+    client, progress
+        As for ``evaluate``.
+    **options
+        ``DriftConfig`` settings: the reading settings of ``evaluate`` and
+        ``drift={"thresholds": {...}, "id_cols": [...], ...}``.
+
+    Returns
+    -------
+    DriftResult
+        ``raise_for_breach()`` raises ``DriftBreach`` when a threshold is exceeded.
+    """
+    config = validated(DriftConfig, options, "drift()", ("sources", "reference"))
+    sides = {}
+    for side, source in (("reference", reference), ("current", current)):
+        sides[side] = _paths(source)
+        if sides[side] is None:
+            raise UsageError(f"drift(): {side} is a {type(source).__name__}; drift takes Parquet path(s), folder(s), "
+                             "glob(s) or URL(s) (write in-memory data to Parquet first)")
+    return drift_config(config.model_copy(update={"sources": sides["current"], "reference": sides["reference"]}),
+                        client=client, progress=progress)
+
+
+def drift_config(config: DriftConfig, *, client: "Client | None" = None, progress: bool | Progress = False) -> DriftResult:
+    """``drift`` from a validated config (current dump in ``sources``, and ``reference``)."""
+    from .monitor.compare import compare
+
+    if not config.reference:
+        raise UsageError("no reference dump given (--reference or 'reference' in the config)")
+    with _cluster(client, config.scheduler) as running:
+        return DriftResult(compare(config, running, Progress.of(progress)), config)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def validated(model: type[Model], options: dict[str, Any], where: str, forbidden: Sequence[str] = ()) -> Model:
+    """`options` as a `model`; an unknown or invalid one is a UsageError naming it."""
+    for name in forbidden:
+        if name in options:
+            raise UsageError(f"{where}: '{name}' is not an option here: pass the data as the positional argument(s)")
+    try:
+        return model.model_validate(options)
+    except ValidationError as error:
+        raise UsageError(describe_validation_error(error, where)) from None
+
+
+def _paths(source: Any) -> list[str] | None:
+    """`source` as a list of paths or URLs, or None when it is not made of paths."""
+    if isinstance(source, (str, os.PathLike)):
+        return [os.fspath(source)]
+    if isinstance(source, (list, tuple)) and all(isinstance(item, (str, os.PathLike)) for item in source):
+        return [os.fspath(item) for item in source]
+    return None
+
+
+@contextmanager
+def _cluster(client: "Client | None", scheduler: str | None, current: bool = False) -> Iterator["Client"]:
+    """`client`; else, with `current`, the current distributed client if any; else a
+    cluster for this call (``dask_client``), stopped after it."""
+    if client is None and current:
+        from distributed import get_client
+
+        try:
+            client = get_client()
+        except ValueError:  # no current client
+            client = None
+    if client is not None:
+        yield client
+        return
+    with dask_client(scheduler) as started:
+        yield started
