@@ -15,7 +15,6 @@ except PackageNotFoundError:  # running from a source tree that was not installe
     __version__ = "0+unknown"
 
 
-
 _API = ("evaluate", "drift", "Report", "DriftResult")
 
 
