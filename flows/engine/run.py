@@ -45,7 +45,6 @@ class Evaluation:
         return len(self.inputs)
 
 
-
 def evaluate(
     config: EvalConfig, client: Client, progress: Progress | None = None, inputs: list[InputFile] | None = None
 ) -> Evaluation:
