@@ -23,10 +23,10 @@ import pyarrow as pa
 from pydantic import BaseModel, ValidationError
 
 from .config import DriftConfig, EvalConfig, describe_validation_error
-from .engine import Evaluation, Progress, dask_client, evaluate_partitions, evaluate_table
+from .engine import Evaluation, Progress, dask_client, evaluate_source
 from .engine import evaluate as evaluate_files
 from .errors import UsageError
-from .inputs.memory import ARROW_LABEL, PANDAS_LABEL, as_arrow, is_dask_dataframe, is_pandas
+from .inputs.memory import is_dask_dataframe, is_in_memory
 from .inputs.sources import InputFile
 from .report.tables import report_tables
 from .report.writing import write_tables_atomically
@@ -167,14 +167,9 @@ def evaluate_config(config: EvalConfig, source: Any = None, *, client: "Client |
         config = config if source is None else config.model_copy(update={"sources": paths})
         with _cluster(client, config.scheduler) as running:
             return Report(evaluate_files(config, running, progress, inputs))
-    if is_dask_dataframe(source):
-        with _cluster(client, config.scheduler, current=True) as running:
-            return Report(evaluate_partitions(config, running, source, progress))
-    if isinstance(source, (pa.Table, pa.RecordBatch)) or is_pandas(source):
-        label = PANDAS_LABEL if is_pandas(source) else ARROW_LABEL
-        table = as_arrow(source, label)
-        with _cluster(client, config.scheduler) as running:
-            return Report(evaluate_table(config, running, table, label, progress))
+    if is_in_memory(source):
+        with _cluster(client, config.scheduler, current=is_dask_dataframe(source)) as running:
+            return Report(evaluate_source(config, running, source, progress))
     raise UsageError(
         f"cannot evaluate a {type(source).__module__}.{type(source).__name__}: give Parquet path(s), folder(s), "
         "glob(s) or URL(s), a pyarrow Table, a pandas DataFrame or a Dask DataFrame"
@@ -253,11 +248,12 @@ def drift(reference: Any, current: Any, *, client: "Client | None" = None, progr
     Parameters
     ----------
     reference, current
-        Parquet file(s), folder(s), glob(s) or fsspec URL(s). In-memory data is not
-        taken here: the per-sample join spills Parquet pieces (write the frames to
-        Parquet first).
+        Each, independently, any source ``evaluate`` takes: Parquet file(s), folder(s),
+        glob(s) or fsspec URL(s), a pyarrow Table, a pandas DataFrame or a Dask
+        DataFrame. The result is the one the same rows give as Parquet files.
     client, progress
-        As for ``evaluate``.
+        As for ``evaluate`` (a Dask DataFrame on either side runs on the current
+        client, if any, when `client` is not given).
     **options
         ``DriftConfig`` settings: the reading settings of ``evaluate`` and
         ``drift={"thresholds": {...}, "id_cols": [...], ...}``.
@@ -266,26 +262,39 @@ def drift(reference: Any, current: Any, *, client: "Client | None" = None, progr
     -------
     DriftResult
         ``raise_for_breach()`` raises ``DriftBreach`` when a threshold is exceeded.
+
+    Raises
+    ------
+    UsageError
+        An unknown or invalid option, or a side that is no source ``evaluate`` takes.
+    DataError
+        Bad data, as for ``evaluate``; or join key columns missing, of different types
+        on the two sides, or not unique.
     """
     config = validated(DriftConfig, options, "drift()", ("sources", "reference"))
-    sides = {}
+    paths, in_memory = {}, {}
     for side, source in (("reference", reference), ("current", current)):
-        sides[side] = _paths(source)
-        if sides[side] is None:
-            raise UsageError(f"drift(): {side} is a {type(source).__name__}; drift takes Parquet path(s), folder(s), "
-                             "glob(s) or URL(s) (write in-memory data to Parquet first)")
-    return drift_config(config.model_copy(update={"sources": sides["current"], "reference": sides["reference"]}),
-                        client=client, progress=progress)
+        paths[side] = _paths(source)
+        if paths[side] is None and not is_in_memory(source):
+            raise UsageError(f"drift(): {side} is a {type(source).__module__}.{type(source).__name__}; give Parquet "
+                             "path(s), folder(s), glob(s) or URL(s), a pyarrow Table, a pandas DataFrame or a Dask DataFrame")
+        in_memory[side] = None if paths[side] is not None else source
+    config = config.model_copy(update={"sources": paths["current"] or [], "reference": paths["reference"] or []})
+    return drift_config(config, client=client, progress=progress, **in_memory)
 
 
-def drift_config(config: DriftConfig, *, client: "Client | None" = None, progress: bool | Progress = False) -> DriftResult:
-    """``drift`` from a validated config (current dump in ``sources``, and ``reference``)."""
+def drift_config(config: DriftConfig, *, client: "Client | None" = None, progress: bool | Progress = False,
+                 reference: Any = None, current: Any = None) -> DriftResult:
+    """``drift`` from a validated config (current dump in ``sources``, and ``reference``);
+    `reference` or `current`, when given, is that side's in-memory data instead."""
     from .monitor.compare import compare
 
-    if not config.reference:
+    if reference is None and not config.reference:
         raise UsageError("no reference dump given (--reference or 'reference' in the config)")
-    with _cluster(client, config.scheduler) as running:
-        return DriftResult(compare(config, running, Progress.of(progress)), config)
+    dask_side = is_dask_dataframe(reference) or is_dask_dataframe(current)
+    with _cluster(client, config.scheduler, current=dask_side) as running:
+        report = compare(config, running, Progress.of(progress), reference=reference, current=current)
+        return DriftResult(report, config)
 
 
 # --------------------------------------------------------------------------- helpers

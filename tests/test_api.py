@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import dask.dataframe as dd
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -164,8 +165,8 @@ def test_bad_options_are_usage_errors_naming_them(cases, client):
         evaluate(dump.root, client=client, sources=[dump.root])
     with pytest.raises(UsageError, match="cannot evaluate a builtins.int"):
         evaluate(3, client=client)
-    with pytest.raises(UsageError, match=r"drift\(\): current is a DataFrame"):
-        drift(dump.root, pd.DataFrame({"a": [1]}), client=client)
+    with pytest.raises(UsageError, match=r"drift\(\): current is a builtins.int"):
+        drift(dump.root, 3, client=client)
 
 
 def test_a_bad_row_names_the_source_column_and_row(cases, client):
@@ -245,6 +246,37 @@ def test_drift_matches_the_cli(tmp_path, client, capsys):
         result.raise_for_breach()
     paths = result.write(tmp_path / "api")
     assert_same_report({"drift": pq.read_table(paths["drift"])}, result.to_arrow(), rtol=0)
+
+
+@pytest.fixture(scope="module")
+def drift_dumps(tmp_path_factory, client):
+    """A reference and a drifted, shuffled current dump (string labels, two models),
+    the drift options, and drift() on their Parquet files."""
+    root = tmp_path_factory.mktemp("drift-sources")
+    common = dict(classes=4, slices={"model": ["a", "b"]}, string_labels=True, seed=11)
+    reference = generate_dump(root / "ref", rows=1500, shards=2, **common)
+    current = generate_dump(root / "cur", rows=1200, shards=3, shuffle=True, drift=0.6, **common)
+    # Frames lose the schema metadata the class names are in: name the classes.
+    options = dict(slice_by=["model"], classes=list(current.class_names), task_rows=500,
+                   drift={"thresholds": {"kl_per_sample": 0.01, "marginal_js": 1.0}, "bucket_rows": 600})
+    return reference, current, options, drift(reference.root, current.root, client=client, **options)
+
+
+@pytest.mark.parametrize("kinds", [("pandas", "pandas"), ("arrow", "arrow"), ("dask", "dask"), ("files", "pandas"),
+                                   ("dask", "arrow")])
+def test_drift_of_in_memory_sources_is_drift_of_their_files(drift_dumps, client, kinds):
+    reference, current, options, on_files = drift_dumps
+    result = drift(source_of(kinds[0], reference, client), source_of(kinds[1], current, client), client=client, **options)
+    metrics = set(result.table["metric"])
+    assert {"kl_per_sample", "n_matched", "marginal_js", "confidence_psi"} <= metrics
+    assert result.table.loc[result.table["metric"] == "n_matched", "value"].item() == 1200
+    ours, theirs = result.tables["drift"], on_files.tables["drift"]
+    assert ours.schema.equals(theirs.schema, check_metadata=False)
+    assert ours.drop(["value", "kl_mean"]).equals(theirs.drop(["value", "kl_mean"]))  # keys, n, thresholds, breaches
+    for column in ("value", "kl_mean"):
+        a, b = (t.column(column).to_numpy(zero_copy_only=False).astype(float) for t in (ours, theirs))
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=0, err_msg=column)
+    assert result.breaches == on_files.breaches and any("kl_per_sample" in b for b in result.breaches)
 
 
 def test_the_readme_example_runs(tmp_path, monkeypatch):

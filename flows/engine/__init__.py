@@ -10,14 +10,18 @@ names below, never the modules' private ones.
 from .cluster import STALL_TIMEOUT, dask_client, map_all, map_reduce, tree_reduce, wait_all
 from .pieces import (
     BadShard, FileInfo, PartitionInfo, Piece, PieceResult, evaluate_piece, first_readable_spec, inspect_file,
-    inspect_partition, plan_pieces,
+    inspect_partition, piece_batches, plan_pieces,
 )
 from .progress import Progress
-from .run import Evaluation, evaluate, evaluate_partitions, evaluate_table, inspect_files, reduce_pieces
+from .run import (
+    Evaluation, MemoryPieces, evaluate, evaluate_partitions, evaluate_source, evaluate_table, inspect_files, memory_pieces,
+    reduce_pieces,
+)
 
 __all__ = [
-    "STALL_TIMEOUT", "BadShard", "Evaluation", "FileInfo", "PartitionInfo", "Piece", "PieceResult", "Progress",
-    "dask_client", "evaluate", "evaluate_partitions", "evaluate_piece", "evaluate_table", "first_readable_spec",
-    "inspect_file", "inspect_files", "inspect_partition", "map_all", "map_reduce", "plan_pieces", "reduce_pieces",
+    "STALL_TIMEOUT", "BadShard", "Evaluation", "FileInfo", "MemoryPieces", "PartitionInfo", "Piece", "PieceResult",
+    "Progress", "dask_client", "evaluate", "evaluate_partitions", "evaluate_piece", "evaluate_source", "evaluate_table",
+    "first_readable_spec", "inspect_file", "inspect_files", "inspect_partition", "map_all", "map_reduce", "memory_pieces",
+    "piece_batches", "plan_pieces", "reduce_pieces",
     "tree_reduce", "wait_all",
 ]

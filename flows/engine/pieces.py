@@ -107,7 +107,9 @@ def _empty(spec: ReadSpec) -> ClassStats:
     return ClassStats.empty(spec.n_classes, n_bins=spec.n_bins)
 
 
-def _piece_batches(piece: Piece, spec: ReadSpec, data: Any) -> Iterator[Batch]:
+def piece_batches(piece: Piece, spec: ReadSpec, data: Any = None) -> Iterator[Batch]:
+    """A piece's rows as Batches, its schema checked against the spec: from its file,
+    or, in memory, from `data` (a pyarrow Table or a pandas DataFrame)."""
     if piece.in_memory:
         table = as_arrow(data, piece.file.url)
         check_arrow_schema(table.schema, piece.file, spec)
@@ -120,7 +122,7 @@ def _piece_batches(piece: Piece, spec: ReadSpec, data: Any) -> Iterator[Batch]:
 def _piece_stats(piece: Piece, spec: ReadSpec, data: Any = None) -> tuple[ClassStats, int, bool]:
     """The piece's statistics, its rows, and whether its first batch, read as logits,
     looks like probabilities instead."""
-    batches = _piece_batches(piece, spec, data)
+    batches = piece_batches(piece, spec, data)
     first_looks_like_probabilities: list[bool] = []
     rows = [0]
 

@@ -16,7 +16,9 @@ from distributed import Client
 
 from ..config import EvalConfig
 from ..errors import DataError
-from ..inputs.memory import DASK_LABEL, memory_fingerprint, memory_source, partition_label
+from ..inputs.memory import (
+    DASK_LABEL, as_arrow, is_dask_dataframe, memory_fingerprint, memory_label, memory_source, partition_label,
+)
 from ..inputs.reader import ReadSpec, resolve_spec, resolve_table_spec
 from ..inputs.sources import InputFile, fingerprint, list_inputs
 from .cluster import STALL_TIMEOUT, map_all, map_reduce
@@ -75,18 +77,27 @@ def evaluate(
     return Evaluation(config, spec, inputs, result, fingerprint(inputs), n_files_verified=verified)
 
 
+def evaluate_source(config: EvalConfig, client: Client, source: Any = None, progress: Progress | None = None) -> Evaluation:
+    """Run one evaluation of `source`: None for the config's ``sources`` (Parquet paths),
+    or in-memory data (a pyarrow Table or RecordBatch, a pandas DataFrame or a Dask
+    DataFrame; see ``flows.inputs.memory.is_in_memory``)."""
+    if source is None:
+        return evaluate(config, client, progress)
+    if is_dask_dataframe(source):
+        return evaluate_partitions(config, client, source, progress)
+    label = memory_label(source)
+    return evaluate_table(config, client, as_arrow(source, label), label, progress)
+
+
 def evaluate_table(config: EvalConfig, client: Client, table: pa.Table, label: str, progress: Progress | None = None) -> Evaluation:
     """Run one evaluation of an in-memory table on `client`; `label` names it in messages
     (``<pandas.DataFrame>``). The table is cut into pieces of ``task_rows`` rows (one
     piece with on_bad_shard='skip', as a file is one task), scattered to the cluster and
     reduced as shards' pieces are."""
     spec = resolve_table_spec(config, table, label)
-    source, rows = memory_source(label), table.num_rows
-    step = config.task_rows if config.on_bad_shard == "error" else max(rows, 1)
-    pieces = [Piece(source, None, min(step, rows - start), first_row=start, in_memory=True) for start in range(0, rows, step)]
-    data = client.scatter([table.slice(piece.first_row, piece.rows) for piece in pieces], hash=False) if pieces else []
+    pieces, data = _table_pieces(config, client, table, label)
     result = reduce_pieces(client, config, spec, pieces, progress, data=data)
-    return Evaluation(config, spec, [], result, memory_fingerprint(label, table.schema, rows, table.nbytes, len(pieces)))
+    return Evaluation(config, spec, [], result, memory_fingerprint(label, table.schema, table.num_rows, table.nbytes, len(pieces)))
 
 
 def evaluate_partitions(config: EvalConfig, client: Client, frame: Any, progress: Progress | None = None) -> Evaluation:
@@ -94,6 +105,47 @@ def evaluate_partitions(config: EvalConfig, client: Client, frame: Any, progress
     there and each is a piece (``<dask partition i>`` in messages). Only the first
     non-empty partition's first rows reach the client, to learn the layout from; a
     partition's rows are released as soon as its piece is reduced."""
+    pieces, parts, first, head = _partition_pieces(config, client, frame)
+    spec = resolve_table_spec(config, head, partition_label(first))
+    result = reduce_pieces(client, config, spec, pieces, progress, data=parts, unit="partitions")
+    identity = memory_fingerprint(DASK_LABEL, head.schema, result.rows_read, 0, len(pieces))
+    return Evaluation(config, spec, [], result, identity)
+
+
+@dataclass
+class MemoryPieces:
+    """In-memory data cut into pieces on the cluster, as an evaluation of it cuts them."""
+
+    pieces: list[Piece]
+    data: list[Any]  # one future per piece: its rows
+    schema: pa.Schema  # of the table, or of the first non-empty partition
+    source: InputFile  # the stand-in naming the data in messages (flows.inputs.memory)
+
+
+def memory_pieces(config: EvalConfig, client: Client, source: Any) -> MemoryPieces:
+    """`source` (in-memory data, as ``evaluate_source`` takes) as pieces whose rows are
+    on the cluster, for ``map_all`` over (piece, ..., data); ``piece_batches`` reads them."""
+    if is_dask_dataframe(source):
+        pieces, parts, _, head = _partition_pieces(config, client, source)
+        return MemoryPieces(pieces, parts, head.schema, memory_source(DASK_LABEL))
+    label = memory_label(source)
+    table = as_arrow(source, label)
+    pieces, data = _table_pieces(config, client, table, label)
+    return MemoryPieces(pieces, data, table.schema, memory_source(label))
+
+
+def _table_pieces(config: EvalConfig, client: Client, table: pa.Table, label: str) -> tuple[list[Piece], list[Any]]:
+    """Pieces of ``task_rows`` rows (one with on_bad_shard='skip'), scattered."""
+    source, rows = memory_source(label), table.num_rows
+    step = config.task_rows if config.on_bad_shard == "error" else max(rows, 1)
+    pieces = [Piece(source, None, min(step, rows - start), first_row=start, in_memory=True) for start in range(0, rows, step)]
+    data = client.scatter([table.slice(piece.first_row, piece.rows) for piece in pieces], hash=False) if pieces else []
+    return pieces, data
+
+
+def _partition_pieces(config: EvalConfig, client: Client, frame: Any) -> tuple[list[Piece], list[Any], int, pa.Table]:
+    """A piece per partition, the partitions' futures, and the index and first rows of
+    the first non-empty partition (of the first one when all are empty)."""
     parts = client.compute(frame.to_delayed())
     heads = []
     for i in range(len(parts)):  # usually the first partition has rows
@@ -101,13 +153,10 @@ def evaluate_partitions(config: EvalConfig, client: Client, frame: Any, progress
         if heads[-1].num_rows:
             break
     first, head = (len(heads) - 1, heads[-1]) if heads[-1].num_rows else (0, heads[0])
-    spec = resolve_table_spec(config, head, partition_label(first))
     # Rows per partition are known only once read (0 here, and for a bad partition
     # left out with on_bad_shard='skip'): progress counts partitions.
     pieces = [Piece(memory_source(partition_label(i)), None, 0, in_memory=True) for i in range(len(parts))]
-    result = reduce_pieces(client, config, spec, pieces, progress, data=parts, unit="partitions")
-    identity = memory_fingerprint(DASK_LABEL, head.schema, result.rows_read, 0, len(pieces))
-    return Evaluation(config, spec, [], result, identity)
+    return pieces, parts, first, head
 
 
 def reduce_pieces(client: Client, config: EvalConfig, spec: ReadSpec, pieces: Sequence[Piece],

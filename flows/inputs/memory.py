@@ -40,6 +40,18 @@ def is_dask_dataframe(data: Any) -> bool:
     return type(data).__module__.startswith("dask") and type(data).__name__ == "DataFrame"
 
 
+def is_in_memory(data: Any) -> bool:
+    """`data` is a source read in memory: a pyarrow Table or RecordBatch, a pandas or a Dask DataFrame."""
+    return isinstance(data, (pa.Table, pa.RecordBatch)) or is_pandas(data) or is_dask_dataframe(data)
+
+
+def memory_label(data: Any) -> str:
+    """The name of in-memory `data` in messages and fingerprints."""
+    if is_dask_dataframe(data):
+        return DASK_LABEL
+    return PANDAS_LABEL if is_pandas(data) else ARROW_LABEL
+
+
 def as_arrow(data: Any, label: str = PANDAS_LABEL) -> pa.Table:
     """`data` (a pyarrow Table or RecordBatch, or a pandas DataFrame) as a pyarrow Table;
     a DataFrame Arrow cannot convert (a column of mixed types) is a DataError naming `label`.

@@ -19,6 +19,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 from distributed import Client
@@ -26,12 +27,13 @@ from distributed import Client
 from xent_kernels.drift import histogram_divergences, quantile_bin_edges, rebin
 
 from ..config import DRIFT_METRICS, DriftConfig, DriftSettings
-from ..engine import Evaluation, Progress, evaluate, inspect_files
+from ..engine import Evaluation, Progress, evaluate_source, inspect_files, memory_pieces, plan_pieces
 from ..errors import DataError, DriftBreach
 from ..inputs.reader import ReadSpec, open_parquet
+from ..inputs.sources import InputFile
 from ..metadata import CONFIG_KEY, REFERENCE_FINGERPRINT_KEY
 from ..report.tables import config_json, report_metadata, report_parts, slice_key_columns
-from .join import per_sample_kl
+from .join import JoinSide, per_sample_kl
 
 FINE_BINS = 200  # confidence histogram resolution before re-binning at reference quantiles
 
@@ -92,19 +94,27 @@ class DriftReport:
         return [row for row in self.rows if row["breached"]]
 
 
-def compare(config: DriftConfig, client: Client, progress: Progress | None = None) -> DriftReport:
-    """Evaluate both dumps and compute every drift metric, in the config's units, with its threshold."""
-    fine = {"n_bins": FINE_BINS}
-    current = evaluate(config.model_copy(update=fine), client, progress)
-    reference = evaluate(config.model_copy(update={**fine, "sources": config.reference}), client, progress)
-    if reference.spec.n_classes != current.spec.n_classes:
+def compare(config: DriftConfig, client: Client, progress: Progress | None = None, *, reference: Any = None,
+            current: Any = None) -> DriftReport:
+    """Evaluate both sides and compute every drift metric, in the config's units, with its threshold.
+
+    `reference` and `current` are each None, for the config's ``reference`` and
+    ``sources`` (Parquet paths), or that side's in-memory data (a pyarrow Table, a
+    pandas or a Dask DataFrame: ``flows.inputs.memory.is_in_memory``).
+    """
+    fine = config.model_copy(update={"n_bins": FINE_BINS})
+    current_evaluation = evaluate_source(fine, client, current, progress)
+    reference_evaluation = evaluate_source(fine.model_copy(update={"sources": config.reference}), client, reference, progress)
+    sides = {"reference": _Side(reference_evaluation, reference), "current": _Side(current_evaluation, current)}
+    reference_spec, current_spec = reference_evaluation.spec, current_evaluation.spec
+    if reference_spec.n_classes != current_spec.n_classes:
         raise DataError(
-            f"reference has {reference.spec.n_classes} classes ({reference.spec.reference_file}), "
-            f"current has {current.spec.n_classes} ({current.spec.reference_file})"
+            f"reference has {reference_spec.n_classes} classes ({reference_spec.reference_file}), "
+            f"current has {current_spec.n_classes} ({current_spec.reference_file})"
         )
-    rows = distribution_rows(reference, current, config.drift)
+    rows = distribution_rows(reference_evaluation, current_evaluation, config.drift)
     if config.drift.per_sample:
-        rows += _per_sample_rows(config, reference, current, client)
+        rows += _per_sample_rows(config, sides, client)
     divisor = UNIT_DIVISORS[config.units]
     for row in rows:
         if row["metric"] in DRIFT_METRICS:  # divergences; counts stay counts
@@ -114,7 +124,13 @@ def compare(config: DriftConfig, client: Client, progress: Progress | None = Non
         threshold = threshold_for(config.drift, config.slice_by, row["key"], row["metric"]) if row["class"] is None else None
         row["threshold"] = threshold
         row["breached"] = bool(threshold is not None and not (row["value"] <= threshold))
-    return DriftReport(rows, current.spec.slice_by, current.spec.slice_types, reference, current)
+    return DriftReport(rows, current_spec.slice_by, current_spec.slice_types, reference_evaluation, current_evaluation)
+
+
+@dataclass
+class _Side:
+    evaluation: Evaluation
+    data: Any  # the in-memory data evaluated, or None for the evaluation's files
 
 
 def _comparable_type(arrow_type: pa.DataType) -> str:
@@ -127,11 +143,10 @@ def _comparable_type(arrow_type: pa.DataType) -> str:
     return str(arrow_type)
 
 
-def _key_spec(evaluation: Evaluation, key: tuple[str, ...], side: str) -> tuple[ReadSpec, list[str]]:
-    """The evaluation's spec, reading the key columns too (hive folder keys from the
-    path), and each key column's type as compared across the two dumps."""
-    first = evaluation.inputs[0]
-    schema = open_parquet(first.url, evaluation.spec.storage_options).schema_arrow
+def _key_spec(spec: ReadSpec, schema: pa.Schema, first: InputFile, key: tuple[str, ...], side: str) -> tuple[ReadSpec, list[str]]:
+    """`spec`, reading the key columns too (hive folder keys from the path of `first`,
+    the side's first file or in-memory stand-in, whose schema is `schema`), and each key
+    column's type as compared across the two sides."""
     hive, types = [], []
     for name in key:
         if name in schema.names:  # a column wins over a hive key, as for slices
@@ -145,29 +160,43 @@ def _key_spec(evaluation: Evaluation, key: tuple[str, ...], side: str) -> tuple[
                 f"{sorted(first.hive)}); columns are {sorted(schema.names)}. Rows are joined on "
                 f"({', '.join(key)}): set drift.id_cols (or --id-cols) to columns both dumps have"
             )
-    return dataclasses.replace(evaluation.spec, id_cols=key, hive_ids=tuple(hive), n_bins=1), types
+    return dataclasses.replace(spec, id_cols=key, hive_ids=tuple(hive), n_bins=1), types
 
 
-def _per_sample_rows(config: DriftConfig, reference: Evaluation, current: Evaluation, client: Client) -> list[dict]:
+def _per_sample_rows(config: DriftConfig, sides: dict[str, _Side], client: Client) -> list[dict]:
     key = config.drift.join_key(config.slice_by)
-    specs, types, infos = {}, {}, {}
-    for side, evaluation in (("reference", reference), ("current", current)):
-        specs[side], types[side] = _key_spec(evaluation, key, side)
-    for name, ref_type, cur_type in zip(key, types["reference"], types["current"]):
+    specs, types, memory = {}, {}, {}
+    for name, side in sides.items():
+        spec = side.evaluation.spec
+        if side.data is None:
+            first = side.evaluation.inputs[0]
+            schema = open_parquet(first.url, spec.storage_options).schema_arrow
+        else:
+            memory[name] = memory_pieces(config, client, side.data)
+            first, schema = memory[name].source, memory[name].schema
+        specs[name], types[name] = _key_spec(spec, schema, first, key, name)
+    ref_file, cur_file = (sides[name].evaluation.spec.reference_file for name in ("reference", "current"))
+    for column, ref_type, cur_type in zip(key, types["reference"], types["current"]):
         if ref_type != cur_type:
             raise DataError(
-                f"key column '{name}' is {ref_type} in the reference dump ({reference.spec.reference_file}) but "
-                f"{cur_type} in the current dump ({current.spec.reference_file}); the join needs one type on both sides"
+                f"key column '{column}' is {ref_type} in the reference dump ({ref_file}) but "
+                f"{cur_type} in the current dump ({cur_file}); the join needs one type on both sides"
             )
-    for side, evaluation in (("reference", reference), ("current", current)):
-        infos[side] = inspect_files(client, evaluation.inputs, specs[side], stall_timeout=config.stall_timeout)
-    joined = per_sample_kl(config, specs, infos, client)
+    joins = {}
+    for name, side in sides.items():
+        if name in memory:
+            # A Dask partition's rows are known only once read: the evaluation counted them.
+            joins[name] = JoinSide(specs[name], memory[name].pieces, memory[name].data, side.evaluation.result.rows_read)
+        else:
+            infos = inspect_files(client, side.evaluation.inputs, specs[name], stall_timeout=config.stall_timeout)
+            joins[name] = JoinSide(specs[name], plan_pieces(infos, config.task_rows), None, sum(i.rows for i in infos))
+    joined = per_sample_kl(config, joins, client)
     rows = [
         {"key": None, "metric": "n_matched", "value": float(joined.matched)},
         {"key": None, "metric": "n_only_reference", "value": float(joined.only_reference)},
         {"key": None, "metric": "n_only_current", "value": float(joined.only_current)},
     ]
-    for part, overall in report_parts(joined.stats, current.spec.slice_by):
+    for part, overall in report_parts(joined.stats, sides["current"].evaluation.spec.slice_by):
         report = part.finalize()
         for i, slice_key in enumerate(report.slice_keys):
             rows.append({"key": None if overall else slice_key, "metric": "kl_per_sample",

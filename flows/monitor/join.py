@@ -17,6 +17,7 @@ import tempfile
 import uuid
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from distributed import Client
@@ -25,9 +26,9 @@ from xent_kernels import ClassStats, class_stats_partial
 from xent_kernels.hashing import splitmix64
 
 from ..config import DriftConfig
-from ..engine import FileInfo, map_all, map_reduce, plan_pieces
+from ..engine import Piece, map_all, map_reduce, piece_batches
 from ..errors import DataError
-from ..inputs.reader import ReadSpec, iter_batches, open_parquet
+from ..inputs.reader import ReadSpec
 
 
 @dataclass(frozen=True)
@@ -79,12 +80,12 @@ class _Rows:
         return len(self.labels)
 
 
-def spill_piece(piece, side: str, index: int, spec: ReadSpec, *, scratch: str, n_buckets: int) -> int:
-    """Split one piece's rows into bucket files under scratch/side/bucket; returns rows."""
-    parquet = open_parquet(piece.file.url, spec.storage_options, spec.column_buffer)
-    groups = None if piece.row_groups is None else list(piece.row_groups)
+def spill_piece(piece: Piece, side: str, index: int, spec: ReadSpec, data: Any = None, *, scratch: str,
+                n_buckets: int) -> int:
+    """Split one piece's rows (from its file, or `data` in memory) into bucket files
+    under scratch/side/bucket; returns rows."""
     rows = 0
-    for b, batch in enumerate(iter_batches(parquet, piece.file, spec, groups)):
+    for b, batch in enumerate(piece_batches(piece, spec, data)):
         buckets = bucket_of(batch.ids, n_buckets)
         order = np.argsort(buckets, kind="stable")
         bounds = np.searchsorted(buckets[order], np.arange(n_buckets + 1))
@@ -177,23 +178,38 @@ def join_bucket(scratch: str, bucket: int, *, spec: ReadSpec) -> JoinResult:
     return JoinResult(ClassStats.merge(stats, empty), len(in_cur), len(ref) - len(in_ref), len(cur) - len(in_cur))
 
 
-def per_sample_kl(config: DriftConfig, specs: dict[str, ReadSpec], infos: dict[str, list[FileInfo]], client: Client) -> JoinResult:
-    """Hash both dumps' rows by key into buckets spilled to scratch, then join each bucket."""
+@dataclass
+class JoinSide:
+    """One side of the join: its read settings (key columns included) and its pieces."""
+
+    spec: ReadSpec
+    pieces: list[Piece]
+    data: list[Any] | None  # in memory: one future per piece, its rows; None for file pieces
+    rows: int
+
+
+def per_sample_kl(config: DriftConfig, sides: dict[str, JoinSide], client: Client) -> JoinResult:
+    """Hash both sides' rows by key into buckets spilled to scratch, then join each
+    bucket. In-memory sides' ``data`` lists are emptied once spilled."""
     settings = config.drift
-    total_rows = sum(i.rows for side in infos.values() for i in side)
+    total_rows = sum(side.rows for side in sides.values())
     n_buckets = max(1, math.ceil(total_rows / settings.bucket_rows))
     scratch = os.path.join(settings.scratch_dir or tempfile.gettempdir(), f"xent-drift-{uuid.uuid4().hex[:12]}")
     os.makedirs(scratch)
     try:
-        spills = [(piece, side, i) for side in ("reference", "current")
-                  for i, piece in enumerate(plan_pieces(infos[side], config.task_rows))]
-        pieces, sides, indexes = zip(*spills) if spills else ((), (), ())
-        map_all(client, spill_piece, pieces, sides, indexes, [specs[side] for side in sides],
+        spills = [(piece, name, i, sides[name].spec, None if sides[name].data is None else sides[name].data[i])
+                  for name in ("reference", "current") for i, piece in enumerate(sides[name].pieces)]
+        pieces, names, indexes, specs, data = zip(*spills) if spills else ((), (), (), (), ())
+        map_all(client, spill_piece, pieces, names, indexes, specs, data,
                 scratch=scratch, n_buckets=n_buckets, stall_timeout=config.stall_timeout)
+        # Spilled: release the in-memory rows on the cluster before the join.
+        spills, data = [], ()
+        for side in sides.values():
+            if side.data is not None:
+                side.data.clear()
         return map_reduce(
-            client, join_bucket, [scratch] * n_buckets, range(n_buckets), spec=specs["current"],
+            client, join_bucket, [scratch] * n_buckets, range(n_buckets), spec=sides["current"].spec,
             merge=JoinResult.merge, split_every=config.split_every, stall_timeout=config.stall_timeout,
         )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-
