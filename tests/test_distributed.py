@@ -21,7 +21,7 @@ from conftest import assert_same_report, cli_env, dask_cluster, run_cli, wait_un
 from flows.config import EvalConfig
 from flows.engine import dask_client, evaluate
 from flows.generate import generate_dump
-from flows.report.tables import write_report
+from flows.api import Report
 from oracle import load_arrays
 from test_engine import assert_report_matches, expected_report
 
@@ -38,7 +38,7 @@ def read_report(paths: dict[str, str]) -> dict[str, pa.Table]:
 def run_eval(address: str | None, config: EvalConfig, out: Path) -> dict[str, pa.Table]:
     with dask_client(address) as client:
         evaluation = evaluate(config, client)
-    return read_report(write_report(evaluation, str(out)))
+    return read_report(Report(evaluation).write(str(out)))
 
 
 def reference(dump) -> tuple[dict, dict]:

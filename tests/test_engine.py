@@ -22,7 +22,7 @@ from flows.config import EvalConfig
 from flows.engine import dask_client, evaluate
 from flows.errors import DataError
 from flows.generate import generate_dump
-from flows.report.tables import write_report
+from flows.api import Report
 from oracle import load_arrays
 
 CLASS_COLUMNS = ["n", "weight", "ce_mean", "ce_std", "accuracy", "p_true_mean", "entropy_mean"]
@@ -37,7 +37,7 @@ def client():
 
 def run(client, out: Path, **settings) -> dict[str, pa.Table]:
     config = EvalConfig(**settings)
-    paths = write_report(evaluate(config, client), str(out))
+    paths = Report(evaluate(config, client)).write(str(out))
     return {name: pq.read_table(path) for name, path in paths.items()}
 
 

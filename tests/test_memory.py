@@ -27,7 +27,7 @@ from flows.config import EvalConfig, build_config
 from flows.engine import wait_all, dask_client, evaluate
 from flows.errors import InfrastructureError, UsageError
 from flows.generate import generate_dump
-from flows.report.tables import write_report
+from flows.api import Report
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -119,7 +119,7 @@ def test_workers_capped_in_memory_finish_with_the_local_report(tmp_path, prefect
     dump = generate_dump(tmp_path / "dump", rows=1_000_000, classes=50, shards=4, seed=5)
     settings = {"batch_logits": 2_000_000}
     with dask_client(None) as client:
-        local = write_report(evaluate(EvalConfig(sources=[dump.root], **settings), client), str(tmp_path / "local"))
+        local = Report(evaluate(EvalConfig(sources=[dump.root], **settings), client)).write(str(tmp_path / "local"))
     config = write_yaml(tmp_path / "eval.yaml", {**settings, "stall_timeout": 60})
     with dask_cluster(tmp_path / "cluster", n_workers=2, nanny=True, memory_limit="500MiB") as cluster, \
             Client(cluster.address, timeout="20s") as monitor:

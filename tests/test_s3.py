@@ -28,7 +28,7 @@ from flows.engine import dask_client, evaluate  # noqa: E402
 from flows.generate import generate_dump  # noqa: E402
 from flows.report.tables import report_tables  # noqa: E402
 from flows.errors import InfrastructureError  # noqa: E402
-from flows.report.tables import write_report  # noqa: E402
+from flows.api import Report  # noqa: E402
 from flows.report.writing import read_manifest, write_tables_atomically  # noqa: E402
 from flows.inputs.sources import filesystem, list_inputs  # noqa: E402
 from oracle import load_arrays  # noqa: E402
@@ -121,11 +121,11 @@ def test_s3_dump_evaluates_like_the_local_one(s3, client, dumps, tmp_path):
     assert sorted(s3.fs.find(f"{BUCKET}/dump")) == [f"{BUCKET}/dump/{r}" for r in relative]
 
     local_report = {name: pq.read_table(path) for name, path in
-                    write_report(evaluate(config([local.root]), client), str(tmp_path / "local")).items()}
+                    Report(evaluate(config([local.root]), client)).write(str(tmp_path / "local")).items()}
     evaluation = evaluate(config([remote.root], storage_options=s3.storage_options), client)
     assert [f.url for f in evaluation.inputs] == sorted(remote.files)
     assert evaluation.inputs[0].hive == {"date": "2026-11-22"}
-    paths = write_report(evaluation, f"s3://{BUCKET}/reports/x/", s3.storage_options)
+    paths = Report(evaluation).write(f"s3://{BUCKET}/reports/x/", s3.storage_options)
     assert paths == {name: f"s3://{BUCKET}/reports/x/{name}.parquet" for name in ("per_class", "summary")}
     assert sorted(s3.fs.ls(f"{BUCKET}/reports/x")) == [f"{BUCKET}/reports/x/{name}" for name in
                                                        ("_manifest.json", "per_class.parquet", "summary.parquet")]
@@ -142,7 +142,7 @@ def test_s3_dump_evaluates_like_the_local_one(s3, client, dumps, tmp_path):
 def test_fingerprint_carries_the_objects_etags(s3, client, dumps):
     _, remote = dumps
     evaluation = evaluate(config([remote.root], storage_options=s3.storage_options), client)
-    paths = write_report(evaluation, f"s3://{BUCKET}/reports/fp/", s3.storage_options)
+    paths = Report(evaluation).write(f"s3://{BUCKET}/reports/fp/", s3.storage_options)
     fingerprint = json.loads(read_s3_report(s3, paths)["per_class"].schema.metadata[b"xent.fingerprint"])
     assert fingerprint["n_files"] == len(remote.files)
     assert [f["url"] for f in fingerprint["files"]] == sorted(remote.files)
@@ -227,7 +227,7 @@ def test_cli_writes_the_report_to_s3(s3, dumps, prefect_home, tmp_path):
 def test_report_metadata_holds_no_credentials(s3, client, dumps):
     _, remote = dumps
     evaluation = evaluate(config([remote.root], storage_options=s3.storage_options), client)
-    paths = write_report(evaluation, f"s3://{BUCKET}/reports/secret/", s3.storage_options)
+    paths = Report(evaluation).write(f"s3://{BUCKET}/reports/secret/", s3.storage_options)
     for table in read_s3_report(s3, paths).values():
         for key, value in table.schema.metadata.items():
             assert SECRET.encode() not in value, key

@@ -16,13 +16,13 @@ from ..errors import InfrastructureError, XentError, infrastructure_cause
 
 STALL_TIMEOUT = EvalConfig.model_fields["stall_timeout"].default
 
+
 def map_all(client: Client, function: Callable, *iterables, stall_timeout: float = STALL_TIMEOUT,
             on_done: Callable[[int], None] | None = None, **kwargs) -> list:
     """``[function(*args, **kwargs) for args in zip(*iterables)]`` on the cluster, in order;
     `on_done(i)` as item i finishes. The first error cancels the rest and is raised."""
     futures = client.map(function, *iterables, pure=False, **kwargs)
-    index = {future.key: i for i, future in enumerate(futures)}
-    wait_all(futures, lambda future: on_done and on_done(index[future.key]), stall_timeout)
+    wait_all(futures, _by_index(futures, on_done), stall_timeout)
     return [future.result() for future in futures]
 
 
@@ -31,11 +31,16 @@ def map_reduce(client: Client, function: Callable, *iterables, merge: Callable, 
     """``merge`` over ``function(*args, **kwargs)`` for args in zip(*iterables), merged on the
     cluster in a tree of fan-in `split_every`: only the merged result reaches the client."""
     futures = client.map(function, *iterables, pure=False, **kwargs)
-    index = {future.key: i for i, future in enumerate(futures)}
     total = tree_reduce(client, futures, split_every, merge)
-    wait_all(futures, lambda future: on_done and on_done(index[future.key]), stall_timeout)
+    wait_all(futures, _by_index(futures, on_done), stall_timeout)
     wait_all([total], lambda future: None, stall_timeout)
     return total.result()
+
+
+def _by_index(futures: list, on_done: Callable[[int], None] | None) -> Callable[[object], None]:
+    """A ``wait_all`` callback calling `on_done` with the finished future's position."""
+    index = {future.key: i for i, future in enumerate(futures)}
+    return (lambda future: None) if on_done is None else (lambda future: on_done(index[future.key]))
 
 
 def tree_reduce(client: Client, futures: list, split_every: int, merge: Callable) -> object:

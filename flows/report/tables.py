@@ -1,8 +1,8 @@
-"""Report tables (per class, per slice) and their atomic, self-describing write.
+"""Report tables (per class, per slice, bad shards), self-describing.
 
 Every table carries Parquet key-value metadata: the resolved config, the input
-fingerprint, xent's version, the units and the creation time. Folders are written
-all-or-nothing by :mod:`flows.writing`.
+fingerprint, xent's version, the units and the creation time. ``Report.write``
+(:mod:`flows.api`) writes them all-or-nothing with :mod:`flows.report.writing`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from ..metadata import (
     UNITS_KEY,
     VERSION_KEY,
 )
-from .writing import write_tables_atomically
+
 
 def _column(values: np.ndarray) -> pa.Array:
     return pa.array(values, type=pa.int64() if values.dtype.kind in "iu" else pa.float64())
@@ -139,8 +139,3 @@ def report_tables(evaluation: Evaluation) -> dict[str, pa.Table]:
         name: table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
         for name, table in build_tables(evaluation).items()
     }
-
-
-def write_report(evaluation: Evaluation, out: str, storage_options: dict[str, Any] | None = None) -> dict[str, str]:
-    """Write the report tables under `out`; returns {table name: path}."""
-    return write_tables_atomically(report_tables(evaluation), out, storage_options)
