@@ -4,6 +4,7 @@ Pure numerics (NumPy + Numba): nothing here imports Dask, Prefect or pyarrow.
 """
 
 from ._checks import SUM_TOLERANCE, find_bad_label, find_invalid_row
+from .intervals import DEFAULT_BUCKETS, DEFAULT_LEVEL, t_quantile
 from .losses import binary_cross_entropy, cross_entropy, entropy, js_divergence, kl_divergence
 from .statistics import (
     CELL_FIELDS,
@@ -13,6 +14,7 @@ from .statistics import (
     STATISTICS,
     Statistic,
     class_columns,
+    interval_columns,
     report_columns,
     slice_columns,
 )
@@ -26,7 +28,11 @@ __all__ = [
     "STATISTICS",
     "Statistic",
     "class_columns",
+    "interval_columns",
     "report_columns",
+    "DEFAULT_BUCKETS",
+    "DEFAULT_LEVEL",
+    "t_quantile",
     "slice_columns",
     "ClassReport",
     "ClassStats",

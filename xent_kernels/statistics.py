@@ -31,8 +31,9 @@ MergeRule = Literal["sum", "compensated", "chan_m2"]
 class StateArray:
     """One array of the partial state (``ClassStats`` attributes `attributes`).
 
-    `axes` name its dimensions: ``slice``, ``class``, ``bin`` (confidence histogram)
-    and ``field`` (one per slot that statistics declare in it, in table order).
+    `axes` name its dimensions: ``slice``, ``bucket`` (the row's jackknife bucket, see
+    :mod:`xent_kernels.intervals`), ``class``, ``bin`` (confidence histogram) and
+    ``field`` (one per slot that statistics declare in it, in table order).
     `merge`: ``sum`` (exact, integers), ``compensated`` (a float64 sum carried with
     its TwoSum compensation term: attributes (sum, compensation)), ``chan_m2``
     (Σw(x - mean)² of the CE, combined with Chan's formula from the cell sums).
@@ -47,17 +48,17 @@ class StateArray:
 
 
 STATE_ARRAYS: tuple[StateArray, ...] = (
-    StateArray("counts", ("counts",), ("slice", "class"), np.int64, "sum",
+    StateArray("counts", ("counts",), ("slice", "bucket", "class"), np.int64, "sum",
                "rows counted per cell (finite, not ignored)"),
-    StateArray("cell", ("cell_sum", "cell_comp"), ("slice", "class", "field"), np.float64, "compensated",
+    StateArray("cell", ("cell_sum", "cell_comp"), ("slice", "bucket", "class", "field"), np.float64, "compensated",
                "weighted per-row values summed per (slice, true class): Σw, Σw·CE, ..."),
-    StateArray("ce_m2", ("ce_m2",), ("slice", "class"), np.float64, "chan_m2",
+    StateArray("ce_m2", ("ce_m2",), ("slice", "bucket", "class"), np.float64, "chan_m2",
                "Σw·(CE - mean)² per cell"),
-    StateArray("marginal", ("marginal_sum", "marginal_comp"), ("slice", "class"), np.float64, "compensated",
+    StateArray("marginal", ("marginal_sum", "marginal_comp"), ("slice", "bucket", "class"), np.float64, "compensated",
                "Σw·q: the predicted class distribution summed per slice"),
-    StateArray("hist", ("hist_sum", "hist_comp"), ("slice", "bin", "field"), np.float64, "compensated",
+    StateArray("hist", ("hist_sum", "hist_comp"), ("slice", "bucket", "bin", "field"), np.float64, "compensated",
                "confidence histogram per slice, bins of the top probability"),
-    StateArray("row_counts", ("row_counts",), ("slice", "field"), np.int64, "sum",
+    StateArray("row_counts", ("row_counts",), ("slice", "bucket", "field"), np.int64, "sum",
                "per-slice counts of rows that are in no cell"),
 )
 STATE_ARRAY = {array.name: array for array in STATE_ARRAYS}
@@ -98,6 +99,9 @@ class Statistic:
         "count": totals (rows, weight); "array": a ``ClassReport`` array, not a column.
     reference_only : bool
         Only in reports of states made with a reference prediction.
+    interval : bool
+        The report also has ``<name>_lo`` and ``<name>_hi``: its jackknife interval
+        over the buckets (:mod:`xent_kernels.intervals`). Metrics only.
     headline : frozenset of "class", "slice"
         The tables (per class, per slice) whose short views show this column: the
         terminal report and the Prefect artifacts.
@@ -113,9 +117,14 @@ class Statistic:
     units: Literal["information", "unitless"] = "unitless"
     role: Literal["metric", "count", "array"] = "metric"
     reference_only: bool = False
+    interval: bool = False
     headline: frozenset[str] = frozenset()
     rtol: float = 1e-11
     atol: float = 1e-13
+
+    def __post_init__(self):
+        if self.interval and self.role != "metric":
+            raise ValueError(f"statistic {self.name!r}: only metrics have intervals, its role is {self.role!r}")
 
     @property
     def merge(self) -> tuple[MergeRule, ...]:
@@ -138,20 +147,67 @@ def ratio(numerator, denominator) -> np.ndarray:
     )
 
 
+def _chan_m2_buckets(buckets: dict[str, np.ndarray]) -> np.ndarray:
+    """Σw(CE - mean)² per cell over all buckets (Chan's formula for many groups):
+    the buckets' own m2 plus Σ_k w_k (mean_k - mean)² over buckets with weight."""
+    weight = buckets["cell"][..., CELL_FIELDS.index("weight")]
+    ce = buckets["cell"][..., CELL_FIELDS.index("ce")]
+    total_weight, total_ce = weight.sum(axis=1), ce.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        delta = np.where(weight > 0, ce / weight - (total_ce / total_weight)[:, None], 0.0)
+    return buckets["ce_m2"].sum(axis=1) + (weight * delta * delta).sum(axis=1)
+
+
 class Totals:
     """A state's merged sums, as the finalize rules read them.
 
-    ``cells`` are the present (slice, class) cells, those with rows, in row-major
-    order; per-class columns have one value per cell, per-slice columns one per slice.
+    ``values`` maps each state array's name to its totals over buckets, without the
+    bucket axis: (S, C, fields) for ``cell`` and so on. ``cells`` are the present
+    (slice, class) cells, in row-major order for :meth:`of`; per-class columns have
+    one value per cell, per-slice columns one per slice.
     """
 
-    def __init__(self, state):
-        self.n_classes = state.n_classes
-        self.values = {}
+    def __init__(self, n_classes: int, values: dict[str, np.ndarray], cells: tuple[np.ndarray, np.ndarray]):
+        self.n_classes = n_classes
+        self.values = values
+        self.cells = cells
+
+    @staticmethod
+    def by_bucket(state) -> dict[str, np.ndarray]:
+        """Each state array with its compensation added: (S, K, ...)."""
+        values = {}
         for array in STATE_ARRAYS:
             parts = [getattr(state, name) for name in array.attributes]
-            self.values[array.name] = parts[0] + parts[1] if array.merge == "compensated" else parts[0]
-        self.cells = np.nonzero(state.counts > 0)
+            values[array.name] = parts[0] + parts[1] if array.merge == "compensated" else parts[0]
+        return values
+
+    @classmethod
+    def of(cls, state, buckets: dict[str, np.ndarray] | None = None) -> "Totals":
+        """The totals of a state over all its buckets (`buckets`: its
+        :meth:`by_bucket`, if already computed)."""
+        buckets = cls.by_bucket(state) if buckets is None else buckets
+        values = {name: value.sum(axis=1) for name, value in buckets.items()}
+        if state.n_buckets > 1:
+            values["ce_m2"] = _chan_m2_buckets(buckets)
+        return cls(state.n_classes, values, np.nonzero(values["counts"] > 0))
+
+    @classmethod
+    def leave_one_out(cls, state, buckets: dict[str, np.ndarray], totals: "Totals") -> "Totals":
+        """The K delete-one-bucket totals of a state, as the totals of S·K slices:
+        slice s·K + k is slice s without bucket k. The cells are those of `totals`,
+        each repeated for k = 0 .. K-1 (so a per-class rule gives (cells, K) values,
+        row-major). ``ce_m2`` is NaN: no interval statistic reads it."""
+        n_slices, n_buckets = state.counts.shape[:2]
+        values = {}
+        with np.errstate(invalid="ignore"):  # inf - inf: an infinite bucket's complement is NaN
+            for name, value in buckets.items():
+                rest = totals.values[name][:, None] - value
+                values[name] = rest.reshape((n_slices * n_buckets,) + value.shape[2:])
+        values["ce_m2"] = np.full(values["ce_m2"].shape, np.nan)
+        slice_index, class_index = totals.cells
+        k = np.arange(n_buckets)
+        cells = ((slice_index[:, None] * n_buckets + k).ravel(), np.repeat(class_index, n_buckets))
+        return cls(state.n_classes, values, cells)
 
     def cell_grid(self, field: str) -> np.ndarray:
         """(S, C) totals of one cell field."""
@@ -256,6 +312,7 @@ STATISTICS: tuple[Statistic, ...] = (
         slots=(Slot("cell", "ce"),),
         per_class=_class_mean("ce"), per_slice=_slice_mean("ce"),
         units="information", headline=frozenset({"class", "slice"}),
+        interval=True,
     ),
     Statistic(
         "ce_std", "weighted population standard deviation of the cross-entropy",
@@ -268,35 +325,41 @@ STATISTICS: tuple[Statistic, ...] = (
         slots=(),
         per_slice=_ce_macro,
         units="information", headline=frozenset({"slice"}),
+        interval=True,
     ),
     Statistic(
         "accuracy", "weighted share of rows whose true class has the top probability (ties: lower index)",
         slots=(Slot("cell", "top1"),),
         per_class=_class_mean("top1"), per_slice=_slice_mean("top1"),
         headline=frozenset({"class", "slice"}),
+        interval=True,
     ),
     Statistic(
         "top5_accuracy", "weighted share of rows whose true class is among the 5 most probable (NaN for C <= 5)",
         slots=(Slot("cell", "top5"),),
         per_class=_class_mean("top5", min_classes=6), per_slice=_slice_mean("top5", min_classes=6),
+        interval=True,
     ),
     Statistic(
         "p_true_mean", "weighted mean probability of the true class",
         slots=(Slot("cell", "p_true"),),
         per_class=_class_mean("p_true"), per_slice=_slice_mean("p_true"),
         headline=frozenset({"class"}),
+        interval=True,
     ),
     Statistic(
         "entropy_mean", "weighted mean entropy of the prediction",
         slots=(Slot("cell", "entropy"),),
         per_class=_class_mean("entropy"), per_slice=_slice_mean("entropy"),
         units="information", headline=frozenset({"class"}),
+        interval=True,
     ),
     Statistic(
         "ece", "expected calibration error over the confidence histogram's bins",
         slots=(),
         per_slice=_ece,
         headline=frozenset({"slice"}),
+        interval=True,
     ),
     Statistic(
         "n_ignored", "rows whose label marks them ignored",
@@ -315,6 +378,7 @@ STATISTICS: tuple[Statistic, ...] = (
         slots=(Slot("cell", "kl"),),
         per_class=_class_mean("kl"), per_slice=_slice_mean("kl"),
         units="information", reference_only=True,
+        interval=True,
     ),
     Statistic(
         "predicted_marginal", "(S, C): the weighted mean predicted distribution per slice",
@@ -348,8 +412,8 @@ ROW_COUNT_FIELDS = fields("row_counts")
 FIELDS = {"cell": CELL_FIELDS, "hist": HIST_FIELDS, "row_counts": ROW_COUNT_FIELDS}
 
 
-def state_shape(array: StateArray, n_slices: int, n_classes: int, n_bins: int) -> tuple[int, ...]:
-    sizes = {"slice": n_slices, "class": n_classes, "bin": n_bins, "field": len(FIELDS.get(array.name, ()))}
+def state_shape(array: StateArray, n_slices: int, n_buckets: int, n_classes: int, n_bins: int) -> tuple[int, ...]:
+    sizes = {"slice": n_slices, "bucket": n_buckets, "class": n_classes, "bin": n_bins, "field": len(FIELDS.get(array.name, ()))}
     return tuple(sizes[axis] for axis in array.axes)
 
 
@@ -426,6 +490,17 @@ def report_columns(scope: Literal["class", "slice"], has_reference: bool = False
     return [
         s.name for s in STATISTICS
         if s.role != "array" and getattr(s, f"per_{scope}") is not None and s.present(has_reference)
+    ]
+
+
+def interval_columns(scope: Literal["class", "slice"], has_reference: bool = False) -> list[str]:
+    """The interval columns of ``ClassReport.per_class`` (`scope` "class") or
+    ``per_slice`` ("slice"): ``<metric>_lo``, ``<metric>_hi`` for each metric with
+    ``interval=True``, in report order."""
+    return [
+        f"{s.name}_{bound}" for s in STATISTICS
+        if s.interval and getattr(s, f"per_{scope}") is not None and s.present(has_reference)
+        for bound in ("lo", "hi")
     ]
 
 

@@ -19,7 +19,8 @@ from numpy.typing import ArrayLike, NDArray
 from . import _checks as C
 from ._class_stats import class_stats_kernel
 from ._layout import NONFINITE
-from .statistics import STATE_ARRAYS, STATISTICS, Totals, merge_array, state_shape
+from .intervals import DEFAULT_BUCKETS, DEFAULT_LEVEL, jackknife_bounds
+from .statistics import CELL_FIELDS, STATE_ARRAYS, STATISTICS, Totals, merge_array, state_shape
 
 SliceKey = tuple[Hashable, ...]
 DEFAULT_BINS = 15
@@ -33,25 +34,27 @@ def _key_order(key: SliceKey):
 
 @dataclass(frozen=True, eq=False)
 class ClassStats:
-    """Sums per (slice, true class) and per slice. The arrays and their fields are
-    declared in :mod:`xent_kernels.statistics` (``STATE_ARRAYS``, and the fields in
-    the order of ``STATISTICS``: ``CELL_FIELDS``, ``HIST_FIELDS``, ``ROW_COUNT_FIELDS``).
+    """Sums per (slice, bucket, true class) and per (slice, bucket). The arrays and
+    their fields are declared in :mod:`xent_kernels.statistics` (``STATE_ARRAYS``, and
+    the fields in the order of ``STATISTICS``: ``CELL_FIELDS``, ``HIST_FIELDS``,
+    ``ROW_COUNT_FIELDS``). K = ``n_buckets`` is 1 without jackknife buckets; the
+    report's values are over all buckets, its intervals from the buckets.
 
     Attributes
     ----------
     slice_keys : tuple of tuples, sorted
         One key per slice (a tuple of slice-column values; ``()`` when not sliced).
-    counts : (S, C) int64
+    counts : (S, K, C) int64
         Rows counted per cell (finite, not ignored).
-    cell_sum, cell_comp : (S, C, len(CELL_FIELDS)) float64
+    cell_sum, cell_comp : (S, K, C, len(CELL_FIELDS)) float64
         Σw, Σw·CE, Σw·top1, Σw·top5, Σw·p_true, Σw·entropy, Σw·KL(reference‖pred).
-    ce_m2 : (S, C) float64
+    ce_m2 : (S, K, C) float64
         Σw·(CE - mean)², merged with Chan's formula.
-    marginal_sum, marginal_comp : (S, C) float64
+    marginal_sum, marginal_comp : (S, K, C) float64
         Σw·q: the model's predicted class marginal per slice.
-    hist_sum, hist_comp : (S, n_bins, 3) float64
+    hist_sum, hist_comp : (S, K, n_bins, 3) float64
         Confidence histogram (bins of the top probability): Σw, Σw·correct, Σw·confidence.
-    row_counts : (S, 2) int64
+    row_counts : (S, K, 2) int64
         Ignored rows and rows with non-finite predictions, per slice.
     """
 
@@ -77,16 +80,20 @@ class ClassStats:
         n_bins: int = DEFAULT_BINS,
         has_reference: bool = False,
         slice_keys: Sequence[SliceKey] = (),
+        n_buckets: int = 1,
     ) -> "ClassStats":
-        """A state with the given slices and all sums zero; with no slices, the
-        identity of :meth:`merge`."""
-        if n_classes < 1 or n_bins < 1:
-            raise ValueError(f"n_classes and n_bins must be >= 1, got {n_classes} and {n_bins}")
+        """A state with the given slices and `n_buckets` jackknife buckets, all sums
+        zero; with no slices, the identity of :meth:`merge` (of states with as many
+        buckets)."""
+        if n_classes < 1 or n_bins < 1 or n_buckets < 1:
+            raise ValueError(
+                f"n_classes, n_bins and n_buckets must be >= 1, got {n_classes}, {n_bins} and {n_buckets}"
+            )
         keys = tuple(tuple(k) for k in slice_keys)
         if len(set(keys)) != len(keys):
             raise ValueError("slice_keys must be distinct")
         arrays = {
-            name: np.zeros(state_shape(array, len(keys), n_classes, n_bins), array.dtype)
+            name: np.zeros(state_shape(array, len(keys), n_buckets, n_classes, n_bins), array.dtype)
             for array in STATE_ARRAYS
             for name in array.attributes
         }
@@ -95,9 +102,14 @@ class ClassStats:
         )
 
     @property
+    def n_buckets(self) -> int:
+        """K: the jackknife buckets (1 without)."""
+        return self.counts.shape[1]
+
+    @property
     def n_nonfinite(self) -> int:
         """Rows skipped because their prediction (or reference) held NaN or inf."""
-        return int(self.row_counts[:, NONFINITE].sum())
+        return int(self.row_counts[..., NONFINITE].sum())
 
     # ------------------------------------------------------------------ merge
 
@@ -121,11 +133,12 @@ class ClassStats:
     def merge(a: "ClassStats", b: "ClassStats") -> "ClassStats":
         """Combine two states (any slices). Associative and commutative up to
         float64 rounding of the compensated sums; ``empty()`` is the identity."""
-        if (a.n_classes, a.n_bins, a.has_reference) != (b.n_classes, b.n_bins, b.has_reference):
+        shape = lambda s: (s.n_classes, s.n_bins, s.has_reference, s.n_buckets)  # noqa: E731
+        if shape(a) != shape(b):
             raise ValueError(
                 "cannot merge statistics of different shape: "
-                f"(classes, bins, reference) = {(a.n_classes, a.n_bins, a.has_reference)} "
-                f"and {(b.n_classes, b.n_bins, b.has_reference)}"
+                f"(classes, bins, reference, buckets) = {shape(a)} and {shape(b)}; "
+                "states to merge must be made with the same n_classes, n_bins, reference and n_buckets"
             )
         keys = tuple(sorted(set(a.slice_keys) | set(b.slice_keys), key=_key_order))
         x, y = a._aligned(keys), b._aligned(keys)
@@ -138,13 +151,14 @@ class ClassStats:
 
     def collapse_slices(self, key: SliceKey = ()) -> "ClassStats":
         """All slices merged into one slice named `key` (the overall row of a report)."""
-        total = ClassStats.empty(self.n_classes, n_bins=self.n_bins, has_reference=self.has_reference)
+        like = dict(n_bins=self.n_bins, has_reference=self.has_reference, n_buckets=self.n_buckets)
+        total = ClassStats.empty(self.n_classes, **like)
         for i in range(len(self.slice_keys)):
             total = ClassStats.merge(total, self.slice(i, key))
         if not total.slice_keys:
             total = ClassStats.merge(
                 total,
-                ClassStats.empty(self.n_classes, n_bins=self.n_bins, has_reference=self.has_reference, slice_keys=[key]),
+                ClassStats.empty(self.n_classes, slice_keys=[key], **like),
             )
         return total
 
@@ -172,16 +186,23 @@ class ClassStats:
 
     # ------------------------------------------------------------------ finalize
 
-    def finalize(self, base: Literal["e", 2] = "e") -> "ClassReport":
-        """Means and rates per (slice, class) and per slice, in nats or bits.
+    def finalize(self, base: Literal["e", 2] = "e", level: float = DEFAULT_LEVEL) -> "ClassReport":
+        """Means and rates per (slice, class) and per slice, in nats or bits, with
+        jackknife intervals.
 
         Cells with no rows are left out of ``per_class``. Rates over zero weight
         are NaN (no warning). ``ce_std`` is the weighted population standard deviation.
         Columns follow ``statistics.STATISTICS``; those with ``units="information"``
-        are divided by ln 2 for bits.
+        are divided by ln 2 for bits. Each statistic with ``interval=True`` also has
+        ``<name>_lo`` and ``<name>_hi``: the jackknife t-interval at `level` over
+        the delete-one-bucket totals (:mod:`xent_kernels.intervals`), NaN where
+        fewer than 2 buckets hold weight (always, with one bucket).
         """
+        if not 0.0 < level < 1.0:
+            raise ValueError(f"level must be in (0, 1), got {level!r}")
         divisor = C.log_base(base)
-        totals = Totals(self)
+        buckets = Totals.by_bucket(self)
+        totals = Totals.of(self, buckets)
         slice_index, class_index = totals.cells
         per_class: dict[str, np.ndarray] = {
             "slice": slice_index.astype(np.int64),
@@ -189,23 +210,38 @@ class ClassStats:
         }
         per_slice: dict[str, np.ndarray] = {"slice": np.arange(len(self.slice_keys), dtype=np.int64)}
         arrays: dict[str, np.ndarray] = {}
+        n_slices, n_buckets = self.counts.shape[:2]
+        if any(s.interval for s in STATISTICS):
+            left_out = Totals.leave_one_out(self, buckets, totals)
+            bucket_weight = buckets["cell"][..., CELL_FIELDS.index("weight")]  # (S, K, C)
+            used = {
+                "per_class": bucket_weight[slice_index, :, class_index] > 0,  # (cells, K)
+                "per_slice": bucket_weight.sum(axis=2) > 0,  # (S, K)
+            }
         for statistic in STATISTICS:
             if not statistic.present(self.has_reference):
                 continue
-            scale = divisor if statistic.units == "information" else None
-            for rule, columns in ((statistic.per_class, per_class), (statistic.per_slice, per_slice)):
+            scale = 1.0 if statistic.units != "information" else divisor
+            for level_name, rule, columns in (
+                ("per_class", statistic.per_class, per_class), ("per_slice", statistic.per_slice, per_slice),
+            ):
                 if rule is None:
                     continue
-                value = rule(totals) if scale is None else rule(totals) / scale
+                value = rule(totals) if scale == 1.0 else rule(totals) / scale
                 if statistic.role == "array":
                     arrays[statistic.name] = value
-                else:
-                    columns[statistic.name] = value
+                    continue
+                columns[statistic.name] = value
+                if statistic.interval:
+                    theta = rule(left_out).reshape(len(value), n_buckets) / scale
+                    lo, hi = jackknife_bounds(value, theta, used[level_name], level)
+                    columns[f"{statistic.name}_lo"], columns[f"{statistic.name}_hi"] = lo, hi
         return ClassReport(
             slice_keys=self.slice_keys,
             units="nats" if divisor == 1.0 else "bits",
             per_class=per_class,
             per_slice=per_slice,
+            level=level,
             **arrays,
         )
 
@@ -217,7 +253,9 @@ class ClassReport:
     ``per_class`` has one entry per (slice, class) with rows; ``per_slice`` one per
     slice; ``predicted_marginal`` is (S, C), the mean predicted distribution;
     ``confidence_hist`` is (S, n_bins, 3): Σw, Σw·correct, Σw·confidence per bin of
-    the top probability (bins of width 1/n_bins over [0, 1]).
+    the top probability (bins of width 1/n_bins over [0, 1]). Interval columns
+    (``<metric>_lo``, ``<metric>_hi``: :func:`xent_kernels.interval_columns`) are
+    two-sided at `level`.
     """
 
     slice_keys: tuple[SliceKey, ...]
@@ -226,6 +264,7 @@ class ClassReport:
     per_slice: dict[str, np.ndarray] = field(repr=False)
     predicted_marginal: np.ndarray = field(repr=False)
     confidence_hist: np.ndarray = field(repr=False)
+    level: float = DEFAULT_LEVEL
 
 
 def class_stats_partial(
@@ -240,6 +279,8 @@ def class_stats_partial(
     reference_kind: Literal["logits", "probs", "log_probs"] | None = None,
     n_bins: int = DEFAULT_BINS,
     eps: float | None = None,
+    buckets: ArrayLike | None = None,
+    n_buckets: int | None = None,
 ) -> ClassStats:
     """Per-class statistics of one partition, in one fused pass.
 
@@ -262,6 +303,12 @@ def class_stats_partial(
     eps : float in (0, 1), optional
         Clip the true class's probability to at least `eps` (CE at most -log eps, and
         p_true at least eps); None (default) is exact. Other statistics are unclipped.
+    buckets : (n,) integers in [0, n_buckets), optional
+        The jackknife bucket of each row, for the intervals of ``finalize``. It must
+        depend on the row alone (a hash of its key), never on its shard or position,
+        so that intervals do not depend on sharding. Default: one bucket, no intervals.
+    n_buckets : int, optional
+        K, the number of buckets: default 20 with `buckets`, 1 without.
     """
     pred = C.as_predictions(pred, "pred")
     if eps is not None and not 0.0 < eps < 1.0:
@@ -299,13 +346,33 @@ def class_stats_partial(
     else:
         ref = np.zeros((0, n_classes), pred.dtype)
         ref_code = code
-    state = ClassStats.empty(n_classes, n_bins=n_bins, has_reference=reference is not None, slice_keys=keys)
+    if buckets is None:
+        if n_buckets not in (None, 1):
+            raise ValueError(f"n_buckets={n_buckets} needs buckets: the bucket of each row")
+        n_buckets = 1
+    else:
+        n_buckets = DEFAULT_BUCKETS if n_buckets is None else int(n_buckets)
+        bucket_ids = np.asarray(buckets)
+        if bucket_ids.dtype.kind not in "iu" or bucket_ids.shape != (n,):
+            raise ValueError(f"buckets must be ({n},) integers, got {bucket_ids.dtype} {bucket_ids.shape}")
+        if n_buckets < 1:
+            raise ValueError(f"n_buckets must be >= 1, got {n_buckets}")
+        outside = (bucket_ids < 0) | (bucket_ids >= n_buckets)
+        if outside.any():
+            row = int(np.argmax(outside))
+            raise ValueError(f"buckets: row {row} has bucket {bucket_ids[row]}, expected a bucket in [0, {n_buckets})")
+        # The kernel sees S·K slices: the flat (S·K, ...) arrays are the (S, K, ...) state.
+        ids = (ids * n_buckets if slice_ids is not None else 0) + bucket_ids.astype(np.int64)
+    like = dict(n_bins=n_bins, has_reference=reference is not None, n_buckets=n_buckets)
+    state = ClassStats.empty(n_classes, slice_keys=keys, **like)
     if n:
+        flat = [getattr(state, name) for name in ("counts", "cell_sum", "cell_comp", "ce_m2", "marginal_sum",
+                                                  "marginal_comp", "hist_sum", "hist_comp", "row_counts")]
+        flat = [a.reshape((a.shape[0] * a.shape[1],) + a.shape[2:]) for a in flat]  # views
         class_stats_kernel(
             pred, labels, np.zeros(0) if weights_arr is None else weights_arr, ids, ref,
-            code, ref_code, state.n_bins, max_ce, weights_arr is not None, slice_ids is not None, reference is not None,
-            state.counts, state.cell_sum, state.cell_comp, state.ce_m2, state.marginal_sum,
-            state.marginal_comp, state.hist_sum, state.hist_comp, state.row_counts,
+            code, ref_code, state.n_bins, max_ce, weights_arr is not None, slice_ids is not None or buckets is not None,
+            reference is not None, *flat,
         )
     # Merging with the identity lays the slices out in the canonical (sorted) order.
-    return ClassStats.merge(state, ClassStats.empty(n_classes, n_bins=n_bins, has_reference=reference is not None))
+    return ClassStats.merge(state, ClassStats.empty(n_classes, **like))

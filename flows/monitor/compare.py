@@ -25,6 +25,7 @@ import pyarrow as pa
 from distributed import Client
 
 from xent_kernels.drift import histogram_divergences, quantile_bin_edges, rebin
+from xent_kernels.statistics import Totals
 
 from ..config import DRIFT_METRICS, DriftConfig, DriftSettings
 from ..engine import Evaluation, Progress, evaluate_source, inspect_files, memory_pieces, plan_pieces
@@ -51,12 +52,11 @@ def distribution_rows(reference: Evaluation, current: Evaluation, settings: Drif
             for metric in ("marginal_kl", "marginal_js", "marginal_psi", "confidence_kl", "confidence_js", "confidence_psi"):
                 rows.append({"key": key, "metric": metric, "value": math.nan})
             continue
-        marg_ref = ref_stats.marginal_sum[0] + ref_stats.marginal_comp[0]
-        marg_cur = cur_stats.marginal_sum[0] + cur_stats.marginal_comp[0]
+        ref_totals, cur_totals = Totals.of(ref_stats).values, Totals.of(cur_stats).values  # over buckets
+        marg_ref, marg_cur = ref_totals["marginal"][0], cur_totals["marginal"][0]
         for name, value in histogram_divergences(marg_ref, marg_cur, settings.smoothing).items():
             rows.append({"key": key, "metric": f"marginal_{name}", "value": value})
-        fine_ref = (ref_stats.hist_sum + ref_stats.hist_comp)[0, :, 0]
-        fine_cur = (cur_stats.hist_sum + cur_stats.hist_comp)[0, :, 0]
+        fine_ref, fine_cur = ref_totals["hist"][0, :, 0], cur_totals["hist"][0, :, 0]
         edges = quantile_bin_edges(fine_ref, settings.confidence_bins)
         for name, value in histogram_divergences(rebin(fine_ref, edges), rebin(fine_cur, edges), settings.smoothing).items():
             rows.append({"key": key, "metric": f"confidence_{name}", "value": value})
