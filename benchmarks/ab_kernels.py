@@ -6,7 +6,9 @@ most kernel changes. This script loads both versions into one process (the revis
 under another name) and times them alternately on the same arrays, so that both see
 the same noise. It prints, per class count, the median ns/logit of each, the ratio of
 the medians, the range of the per-round ratios, and the largest relative difference
-between the two reports (per-class ce_mean and p_true_mean).
+between the two reports (per-class ce_mean and p_true_mean). With ``--buckets K``
+the new side also gets jackknife bucket ids (splitmix64 of the row number mod K), as
+a run with intervals would.
 
 Run from the repository root::
 
@@ -71,6 +73,8 @@ def main(argv=None) -> int:
     parser.add_argument("--logits", type=int, default=40_000_000, help="logits per class count (default 40M)")
     parser.add_argument("--rounds", type=int, default=9, help="alternating timed rounds (default 9)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--buckets", type=int, default=0,
+                        help="jackknife buckets passed to the new side only (default 0: none)")
     args = parser.parse_args(argv)
 
     print("command:", shlex.join([sys.executable, *sys.argv]))
@@ -88,9 +92,15 @@ def main(argv=None) -> int:
             rows = max(1, args.logits // n_classes)
             logits = rng.standard_normal((rows, n_classes), dtype=np.float32) * np.float32(3.0)
             labels = rng.integers(0, n_classes, rows)
+            extra = {}
+            if args.buckets:
+                from xent_kernels.hashing import splitmix64
+
+                bucket_ids = (splitmix64(np.arange(rows, dtype=np.uint64)) % np.uint64(args.buckets)).astype(np.int64)
+                extra = dict(buckets=bucket_ids, n_buckets=args.buckets)
             calls = {
                 "base": lambda: base.class_stats_partial(logits, labels, kind="logits"),
-                "new": lambda: new.class_stats_partial(logits, labels, kind="logits"),
+                "new": lambda: new.class_stats_partial(logits, labels, kind="logits", **extra),
             }
             reports = {name: call().finalize() for name, call in calls.items()}  # warm-up: compile, page faults
             times = {name: [] for name in calls}

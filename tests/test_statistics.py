@@ -272,3 +272,24 @@ def test_units(statistic):
             assert_allclose(bits[level], nats[level] / math.log(2.0), rtol=1e-15, atol=0, err_msg=statistic.name)
         else:
             assert_array_equal(bits[level], nats[level], err_msg=statistic.name)
+
+
+# --------------------------------------------------------------------------- intervals
+
+
+@pytest.mark.parametrize("n_classes", [10, 50])
+@pytest.mark.parametrize("statistic", [s for s in STATISTICS if s.interval], ids=lambda s: s.name)
+def test_interval_contains_the_value(statistic, n_classes):
+    inputs = make_inputs("logits", n_classes, 3000, seed=4)
+    state = class_stats_partial(kind="logits", slice_keys=KEYS, n_bins=N_BINS, buckets=np.arange(3000) % 20,
+                                **{k: v for k, v in inputs.items() if isinstance(v, np.ndarray)})
+    report = state.finalize()
+    for level, rule in (("per_class", statistic.per_class), ("per_slice", statistic.per_slice)):
+        if rule is None:
+            continue
+        columns = getattr(report, level)
+        value, lo, hi = (columns[f"{statistic.name}{suffix}"] for suffix in ("", "_lo", "_hi"))
+        finite = np.isfinite(lo) & np.isfinite(hi)
+        assert finite.mean() > 0.9, (statistic.name, level)
+        assert (lo[finite] <= value[finite]).all() and (value[finite] <= hi[finite]).all(), (statistic.name, level)
+        assert (lo[finite] < hi[finite]).any(), (statistic.name, level)
