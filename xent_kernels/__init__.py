@@ -4,7 +4,7 @@ Pure numerics (NumPy + Numba): nothing here imports Dask, Prefect or pyarrow.
 """
 
 from ._checks import SUM_TOLERANCE, find_bad_label, find_invalid_row
-from .intervals import DEFAULT_BUCKETS, DEFAULT_LEVEL, t_quantile
+from .intervals import DEFAULT_BUCKETS, DEFAULT_LEVEL
 from .losses import binary_cross_entropy, cross_entropy, entropy, js_divergence, kl_divergence
 from .statistics import (
     CELL_FIELDS,
@@ -32,7 +32,6 @@ __all__ = [
     "report_columns",
     "DEFAULT_BUCKETS",
     "DEFAULT_LEVEL",
-    "t_quantile",
     "slice_columns",
     "ClassReport",
     "ClassStats",
