@@ -5,13 +5,13 @@ leave-one-out values θ_(k) are its finalize rule applied to the totals without 
 k; over the K' buckets that hold weight, the jackknife standard error is
 SE = sqrt((K'-1)/K' · Σ(θ_(k) - mean θ)²) and the interval θ̂ ± t_{K'-1} · SE.
 
-The t quantile is SciPy's (``scipy.special.stdtrit``), imported when a report is
-finalized.
+The t quantile is SciPy's (``scipy.special.stdtrit``).
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import stdtrit
 
 DEFAULT_BUCKETS = 20
 DEFAULT_LEVEL = 0.95
@@ -43,9 +43,7 @@ def jackknife_bounds(
         mean = np.where(used, leave_one_out, 0.0).sum(axis=-1) / k
         deviation = np.where(used, leave_one_out - mean[..., None], 0.0)
         se = np.sqrt((k - 1) / k * (deviation * deviation).sum(axis=-1))
-    from scipy.special import stdtrit
-
-    with np.errstate(invalid="ignore"):
-        t = np.where(k >= 2, stdtrit(np.maximum(k - 1, 1), (1.0 + level) / 2.0), np.nan)
+    t = np.full(k.shape, np.nan)
+    t[k >= 2] = stdtrit(k[k >= 2] - 1, (1.0 + level) / 2.0)
     half = t * se
     return value - half, value + half

@@ -211,7 +211,7 @@ class ClassStats:
         per_slice: dict[str, np.ndarray] = {"slice": np.arange(len(self.slice_keys), dtype=np.int64)}
         arrays: dict[str, np.ndarray] = {}
         n_slices, n_buckets = self.counts.shape[:2]
-        if any(s.interval for s in STATISTICS):
+        if n_buckets > 1:  # with one bucket every bound is NaN: no leave-one-out totals to build
             left_out = Totals.leave_one_out(self, buckets, totals)
             bucket_weight = buckets["cell"][..., CELL_FIELDS.index("weight")]  # (S, K, C)
             used = {
@@ -232,10 +232,12 @@ class ClassStats:
                     arrays[statistic.name] = value
                     continue
                 columns[statistic.name] = value
-                if statistic.interval:
+                if statistic.interval and n_buckets > 1:
                     theta = rule(left_out).reshape(len(value), n_buckets) / scale
                     lo, hi = jackknife_bounds(value, theta, used[level_name], level)
                     columns[f"{statistic.name}_lo"], columns[f"{statistic.name}_hi"] = lo, hi
+                elif statistic.interval:
+                    columns[f"{statistic.name}_lo"] = columns[f"{statistic.name}_hi"] = np.full(len(value), np.nan)
         return ClassReport(
             slice_keys=self.slice_keys,
             units="nats" if divisor == 1.0 else "bits",
