@@ -28,7 +28,10 @@ def _add_compensated(sums, comps, idx, x):
 def _fold_cell(blk, f, shift_c, cell, flat_counts, flat_sum, flat_comp, flat_m2):
     """Fold one cell's block sums blk[f:f + N_BLK_FIELDS] (layout in ``_layout.py``; CE
     shifted by K = shift_c) into the running state: Chan's formula for the CE spread,
-    TwoSum for the sums. Zeroes blk[f:f + N_BLK_FIELDS]."""
+    TwoSum for the sums. Zeroes blk[f:f + N_BLK_FIELDS]. A NaN shift (a cell that only
+    had predicted rows) counts as 0."""
+    if shift_c != shift_c:
+        shift_c = 0.0
     w_blk = blk[f + WEIGHT]
     ce_blk = blk[f + CE] + shift_c * w_blk
     f0 = cell * N_CELL_FIELDS
@@ -52,15 +55,36 @@ def _fold_cell(blk, f, shift_c, cell, flat_counts, flat_sum, flat_comp, flat_m2)
 
 
 @kernel
-def _fold_slices(slice_list, n_slice_list, n_cols, n_bins, s_marg, s_hist, msum, mcomp, hsum, hcomp):
-    """Fold the touched slices' plain marginal and histogram sums (flat arrays) into
-    their compensated totals, and zero them."""
+def _fold_slices(slice_list, n_slice_list, n_cols, n_buckets, n_bins, s_marg, s_hist, msum, mcomp, hsum, hcomp):
+    """Fold the touched slices' plain marginal and histogram sums (flat arrays; the
+    histogram has `n_buckets` per slice) into their compensated totals, and zero them."""
     for k in range(n_slice_list):
         sl = slice_list[k]
         for j in range(sl * n_cols, (sl + 1) * n_cols):
             _add_compensated(msum, mcomp, j, s_marg[j])
             s_marg[j] = 0.0
-        for q in range(sl * n_bins * N_HIST_FIELDS, (sl + 1) * n_bins * N_HIST_FIELDS):
+        size = n_buckets * n_bins * N_HIST_FIELDS
+        for q in range(sl * size, (sl + 1) * size):
             _add_compensated(hsum, hcomp, q, s_hist[q])
             s_hist[q] = 0.0
 
+
+@kernel
+def _touch(cell, epoch, stamp, touched, n_touched, shift):
+    """Mark `cell` touched in this fold epoch, its CE shift not yet set (NaN: set by
+    the first true row, see ``_shift_of``). Returns the new n_touched."""
+    if stamp[cell] != epoch:
+        stamp[cell] = epoch
+        touched[n_touched] = cell
+        n_touched += 1
+        shift[cell] = np.nan
+    return n_touched
+
+
+@kernel
+def _shift_of(cell, ce, shift):
+    """The CE shift of a cell: the CE of the first true row since its last fold (a
+    true class given probability 0 has CE = inf, and shifting by it would give NaN)."""
+    if shift[cell] != shift[cell]:
+        shift[cell] = ce if np.isfinite(ce) else 0.0
+    return shift[cell]

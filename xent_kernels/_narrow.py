@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._fold import FOLD_ROWS, _fold_cell, _fold_slices
+from ._fold import FOLD_ROWS, _fold_cell, _fold_slices, _shift_of, _touch
 from ._layout import (
-    _CONF, _ET, _INV, _KL, _LOGN, _N_ROW_FIELDS, _OK, _RANK, _ROW_CE, _ROW_CELL, _ROW_HIST,
-    _ROW_W_CONF, _ROW_W_ENTROPY, _ROW_W_KL, _ROW_W_P_TRUE, _ROW_W_TOP1, _ROW_W_TOP5, _ROW_WEIGHT, _SCALE,
-    _T0, _TOP, _TOT, _TY, _Y, BLK_CE_SQ, BLK_COUNT, CE, ENTROPY, HIST_CONF, HIST_CORRECT, HIST_WEIGHT,
-    IGNORED, KL, N_BLK_FIELDS, N_HIST_FIELDS, NARROW_ROWS, NONFINITE, P_TRUE, TOP1, TOP5, WEIGHT,
+    _ARG, _CONF, _E2, _ET, _INV, _KL, _LOGN, _N_ROW_FIELDS, _OK, _PCELL, _RANK, _ROW_CE, _ROW_CELL, _ROW_HIST,
+    _ROW_PRED_CELL, _ROW_W_BRIER, _ROW_W_CONF, _ROW_W_ENTROPY, _ROW_W_KL, _ROW_W_P_TRUE, _ROW_W_TOP1,
+    _ROW_W_TOP5, _ROW_WEIGHT, _SCALE, _T0, _TOP, _TOT, _TY, _Y, BLK_CE_SQ, BLK_COUNT, BRIER, CE, ENTROPY,
+    HIST_CONF, HIST_CORRECT, HIST_WEIGHT, IGNORED, KL, N_BLK_FIELDS, N_HIST_FIELDS, N_ROC_FIELDS,
+    N_ROW_COUNT_FIELDS, NARROW_ROWS, NONFINITE, P_TRUE, PREDICTED, ROC_ALL, ROC_POSITIVE, TOP1, TOP5, WEIGHT,
 )
 from ._math import fast_exp, fast_log
 from ._numba import kernel
@@ -65,6 +66,8 @@ def prepare_block_narrow(z, labels, r0, rows, kind, W, summarize):
             W[_TOT * NR + i] = 0.0
             W[_ET * NR + i] = 0.0
             W[_RANK * NR + i] = 0.0
+            W[_E2 * NR + i] = 0.0
+            W[_ARG * NR + i] = C
         # Σ e·t is also the row's finiteness check: every term is finite when the row
         # is, and NaN when it holds NaN or ±inf (t = NaN, or e = 0 with t = -inf; and
         # fast_exp(NaN) = 0). The `summarize` test is loop-invariant: timed as fast as two copies.
@@ -81,6 +84,8 @@ def prepare_block_narrow(z, labels, r0, rows, kind, W, summarize):
                     ty = W[_TY * NR + i]
                     above = (tj > ty) | ((tj == ty) & (fj < W[_Y * NR + i]))
                     W[_RANK * NR + i] += 1.0 if above else 0.0
+                    W[_E2 * NR + i] += ej * ej
+                    W[_ARG * NR + i] = min(W[_ARG * NR + i], fj if tj == 0.0 else C)  # the top has t = 0
         n_nan = 0
         for i in range(rows):
             s = W[_TOT * NR + i]
@@ -144,8 +149,9 @@ def prepare_block_narrow(z, labels, r0, rows, kind, W, summarize):
 
 @kernel
 def _summarize_narrow(W, C, rows):
-    """t_true, Σ e·t (0·log 0 = 0) and the rank of the true class (ties toward
-    the lower class index) from the T and E rows of W."""
+    """t_true, Σ e·t (0·log 0 = 0), Σe², the rank of the true class (ties toward
+    the lower class index) and the predicted class (the first with the top t: rank 0
+    is the predicted class) from the T and E rows of W."""
     NR = NARROW_ROWS
     E0 = _T0 + C * NR
     for i in range(rows):
@@ -153,15 +159,23 @@ def _summarize_narrow(W, C, rows):
         W[_TY * NR + i] = W[_ix(_T0, y, i)]
         W[_ET * NR + i] = 0.0
         W[_RANK * NR + i] = 0.0
+        W[_E2 * NR + i] = 0.0
+        W[_ARG * NR + i] = C
+        W[_PCELL * NR + i] = W[_T0 + i]  # the top t, for the predicted class
+    for j in range(1, C):
+        for i in range(rows):
+            W[_PCELL * NR + i] = max(W[_PCELL * NR + i], W[_ix(_T0, j, i)])
     for j in range(C):
         fj = np.float64(j)
         for i in range(rows):
             tj = W[_ix(_T0, j, i)]
             ej = W[_ix(E0, j, i)]
             W[_ET * NR + i] += ej * tj if ej > 0.0 else 0.0
+            W[_E2 * NR + i] += ej * ej
             ty = W[_TY * NR + i]
             above = (tj > ty) | ((tj == ty) & (fj < W[_Y * NR + i]))
             W[_RANK * NR + i] += 1.0 if above else 0.0
+            W[_ARG * NR + i] = min(W[_ARG * NR + i], fj if tj == W[_PCELL * NR + i] else C)
 
 
 @kernel
@@ -216,29 +230,28 @@ NARROW_VERTICAL_CLASSES = 6
 
 @kernel
 def _cells_vertical(W, C, rows, sl, epoch, stamp, touched, n_touched, shift, blk):
-    """The cell sums of one block whose rows are all in slice `sl`: per class, masked
-    sums over the block's rows (W prepared for the scatter as in ``_class_stats_narrow``).
-    The shift of a cell first touched in this epoch is the CE of its first row, as the
-    scatter would take it. Returns the new n_touched."""
+    """The cell sums of one block whose rows are all in slice `sl` (and one bucket):
+    per class, masked sums over the block's rows (W prepared for the scatter as in
+    ``_class_stats_narrow``). Returns the new n_touched."""
     NR = NARROW_ROWS
     for j in range(C):
         cell = np.uint64(sl * C + j)
         fc = np.float64(sl * C + j)
-        if stamp[cell] != epoch:
-            first = -1
-            for i in range(rows):
-                if (W[_OK * NR + i] != 0.0) & (W[_ROW_CELL * NR + i] == fc):
-                    first = i
-                    break
-            if first < 0:
-                continue  # no row of this class in the block
-            stamp[cell] = epoch
-            touched[n_touched] = cell
-            n_touched += 1
-            ce = W[_ROW_CE * NR + first]
-            # a true class given probability 0 has CE = inf: shifting by it would give NaN
-            shift[cell] = ce if np.isfinite(ce) else 0.0
-        k = shift[cell]
+        first = -1
+        predicted = 0.0
+        for i in range(rows):
+            ok = W[_OK * NR + i] != 0.0
+            predicted += W[_ROW_WEIGHT * NR + i] if ok & (W[_ROW_PRED_CELL * NR + i] == fc) else 0.0
+            if first < 0 and ok and W[_ROW_CELL * NR + i] == fc:
+                first = i
+        if first < 0 and predicted == 0.0:
+            continue  # no row of this class in the block
+        n_touched = _touch(cell, epoch, stamp, touched, n_touched, shift)
+        f = cell * np.uint64(N_BLK_FIELDS)
+        blk[f + np.uint64(PREDICTED)] += predicted
+        if first < 0:
+            continue
+        k = _shift_of(cell, W[_ROW_CE * NR + first], shift)
         count = 0.0
         sw = 0.0
         swd = 0.0
@@ -248,6 +261,7 @@ def _cells_vertical(W, C, rows, sl, epoch, stamp, touched, n_touched, shift, blk
         s_top1 = 0.0
         s_top5 = 0.0
         s_kl = 0.0
+        s_brier = 0.0
         for i in range(rows):
             hit = (W[_OK * NR + i] != 0.0) & (W[_ROW_CELL * NR + i] == fc)
             count += 1.0 if hit else 0.0
@@ -264,7 +278,7 @@ def _cells_vertical(W, C, rows, sl, epoch, stamp, touched, n_touched, shift, blk
             s_top1 += W[_ROW_W_TOP1 * NR + i] if use else 0.0
             s_top5 += W[_ROW_W_TOP5 * NR + i] if use else 0.0
             s_kl += W[_ROW_W_KL * NR + i] if use else 0.0
-        f = cell * np.uint64(N_BLK_FIELDS)
+            s_brier += W[_ROW_W_BRIER * NR + i] if use else 0.0
         blk[f + np.uint64(WEIGHT)] += sw
         blk[f + np.uint64(CE)] += swd
         blk[f + np.uint64(BLK_CE_SQ)] += swdd
@@ -273,26 +287,56 @@ def _cells_vertical(W, C, rows, sl, epoch, stamp, touched, n_touched, shift, blk
         blk[f + np.uint64(TOP1)] += s_top1
         blk[f + np.uint64(TOP5)] += s_top5
         blk[f + np.uint64(KL)] += s_kl
+        blk[f + np.uint64(BRIER)] += s_brier
         blk[f + np.uint64(BLK_COUNT)] += count
     return n_touched
 
 
 @kernel
+def _roc_narrow(W, C, rows, labels, slice_ids, r0, has_slices, n_thresholds, roc):
+    """The ROC histograms of one block: per class j, every counted row's weight into
+    the bin of q_j (ROC_ALL), and into the bin of q_y of its true class y (ROC_POSITIVE).
+    The bins are computed the same way in both, so a row's q_y lands in the same bin."""
+    NR = NARROW_ROWS
+    E0 = _T0 + C * NR
+    T = n_thresholds
+    for j in range(C):
+        for i in range(rows):
+            w = W[_ROW_WEIGHT * NR + i]
+            if (W[_OK * NR + i] != 0.0) & (w != 0.0):
+                sl = slice_ids[np.uint64(r0) + np.uint64(i)] if has_slices else 0
+                b = min(int(W[_ix(E0, j, i)] * W[_INV * NR + i] * T), T - 1)
+                roc[((sl * C + j) * T + b) * N_ROC_FIELDS + ROC_ALL] += w
+    for i in range(rows):
+        w = W[_ROW_WEIGHT * NR + i]
+        if (W[_OK * NR + i] != 0.0) & (w != 0.0):
+            sl = slice_ids[np.uint64(r0) + np.uint64(i)] if has_slices else 0
+            y = labels[np.uint64(r0) + np.uint64(i)]
+            b = min(int(W[_ix(E0, y, i)] * W[_INV * NR + i] * T), T - 1)
+            roc[((sl * C + y) * T + b) * N_ROC_FIELDS + ROC_POSITIVE] += w
+
+
+@kernel
 def _class_stats_narrow(
-    z, labels, weights, slice_ids, ref, kind, ref_kind, n_bins, max_ce, has_weights, has_slices, has_ref,
-    n_slices, flat_counts, flat_sum, flat_comp, flat_m2, flat_msum, flat_mcomp, flat_hsum, flat_hcomp, row_counts,
+    z, labels, weights, slice_ids, bucket_ids, ref, kind, ref_kind, n_bins, max_ce,
+    has_weights, has_slices, has_buckets, has_ref, n_slices, n_buckets, n_thresholds, has_confusion,
+    flat_counts, flat_sum, flat_comp, flat_m2, flat_msum, flat_mcomp, flat_hsum, flat_hcomp, row_counts,
+    conf_n, conf_w, roc,
 ):
     """``class_stats_kernel`` for C <= NARROW_CLASSES. Blocks of NARROW_ROWS rows are
     prepared column-major into one scratch (``prepare_block_narrow``); the scatter loop
     then only reads per-row values and adds them into the per-cell sums (blk, N_BLK_FIELDS
-    a cell, contiguous) and the per-slice histogram. Cells fold every NARROW_FOLD_ROWS rows,
-    with CE shifted by the first value each cell saw since its last fold."""
+    a cell, contiguous) and the per-(slice, bucket) histogram. Cells fold every
+    NARROW_FOLD_ROWS rows per bucket, with CE shifted by the first value each cell saw
+    since its last fold; the confusion matrix and ROC histograms are plain sums over
+    the partition."""
     n, C = z.shape
     NR = NARROW_ROWS
+    K = n_buckets
     W = np.zeros(narrow_scratch_size(C))
     WR = np.zeros(narrow_scratch_size(C) if has_ref else 0)
 
-    n_cells = n_slices * C
+    n_cells = n_slices * K * C
     blk = np.zeros(n_cells * N_BLK_FIELDS)
     shift = np.zeros(n_cells)
     stamp = np.zeros(n_cells, dtype=np.int64)  # the fold epoch in which the cell was last touched
@@ -300,7 +344,7 @@ def _class_stats_narrow(
     n_touched = 0
     epoch = 1
     s_marg = np.zeros(n_slices * C)
-    s_hist = np.zeros(n_slices * n_bins * N_HIST_FIELDS)
+    s_hist = np.zeros(n_slices * K * n_bins * N_HIST_FIELDS)
     slice_touched = np.zeros(n_slices, dtype=np.bool_)
     slice_list = np.empty(n_slices, dtype=np.int64)
     n_slice_list = 0
@@ -310,6 +354,9 @@ def _class_stats_narrow(
         n_slice_list = 1
     rows_since_fold = 0
     rows_since_cell_fold = 0
+    # With K buckets a cell gets about 1/K of the rows: fold K times less often.
+    cell_fold_rows = NARROW_FOLD_ROWS * K
+    slice_fold_rows = FOLD_ROWS * K
 
     for r0 in range(0, n, NR):
         r1 = min(n, r0 + NR)
@@ -320,31 +367,38 @@ def _class_stats_narrow(
             _kl_narrow(WR, W, C, rows)
 
         # Per row, in loops that vectorize, into the scatter stage's rows of W (_ROW_...,
-        # see _layout.py): whether it counts (_OK), its cell, weight, marginal scale
+        # see _layout.py): whether it counts (_OK), its cells, weight, marginal scale
         # (_SCALE, 0 for rows that do not count) and histogram offset; then the weighted
         # values the scatter adds. The scatter loop then reads W only and does pure adds.
         # Values of rows that do not count (or weigh 0) are never read.
         n_skipped = 0
+        E0 = _T0 + C * NR
         for i in range(rows):
             r = np.uint64(r0) + np.uint64(i)
             y = labels[r]
             valid = (y >= 0) & (W[_OK * NR + i] != 0.0)
             w = np.float64(weights[r]) if has_weights else 1.0
-            sl = slice_ids[r] if has_slices else 0
+            group = (slice_ids[r] if has_slices else 0) * K + (bucket_ids[r] if has_buckets else 0)
             conf = W[_CONF * NR + i] if valid else 0.0
             b = min(int(conf * n_bins), n_bins - 1)
-            W[_SCALE * NR + i] = w * W[_INV * NR + i] if valid else 0.0
+            inv = W[_INV * NR + i]
+            W[_SCALE * NR + i] = w * inv if valid else 0.0
             W[_OK * NR + i] = 1.0 if valid else 0.0
-            W[_ROW_CELL * NR + i] = np.float64(sl * C + max(y, 0))
+            W[_ROW_CELL * NR + i] = np.float64(group * C + max(y, 0))
+            W[_ROW_PRED_CELL * NR + i] = np.float64(group * C) + W[_ARG * NR + i]
             W[_ROW_WEIGHT * NR + i] = w
             lognorm = W[_LOGN * NR + i]
             W[_ROW_CE * NR + i] = min(lognorm - W[_TY * NR + i], max_ce)  # eps: q_true -> max(q_true, eps)
-            W[_ROW_W_ENTROPY * NR + i] = w * (lognorm - W[_INV * NR + i] * W[_ET * NR + i])
-            W[_ROW_HIST * NR + i] = np.float64((sl * n_bins + b) * N_HIST_FIELDS)
+            W[_ROW_W_ENTROPY * NR + i] = w * (lognorm - inv * W[_ET * NR + i])
+            W[_ROW_HIST * NR + i] = np.float64((group * n_bins + b) * N_HIST_FIELDS)
             n_skipped += not valid
         for i in range(rows):
             w = W[_ROW_WEIGHT * NR + i]
             rank = W[_RANK * NR + i]
+            inv = W[_INV * NR + i]
+            q_true = W[_ix(E0, max(labels[np.uint64(r0) + np.uint64(i)], 0), i)] * inv
+            # Σ_j (q_j - y_j)² = Σ q² - 2 q_y + 1
+            W[_ROW_W_BRIER * NR + i] = w * (W[_E2 * NR + i] * inv * inv - 2.0 * q_true + 1.0)
             W[_ROW_W_P_TRUE * NR + i] = w * fast_exp(-W[_ROW_CE * NR + i])  # p_true = exp(-CE)
             W[_ROW_W_TOP1 * NR + i] = w if rank < 1.0 else 0.0
             W[_ROW_W_TOP5 * NR + i] = w if rank < 5.0 else 0.0
@@ -356,11 +410,11 @@ def _class_stats_narrow(
             for i in range(rows):
                 sl = slice_ids[np.uint64(r0) + np.uint64(i)] if has_slices else 0
                 if labels[np.uint64(r0) + np.uint64(i)] < 0:
-                    row_counts[sl, IGNORED] += 1
+                    row_counts[sl * N_ROW_COUNT_FIELDS + IGNORED] += 1
                 elif W[_OK * NR + i] == 0.0:
-                    row_counts[sl, NONFINITE] += 1
+                    row_counts[sl * N_ROW_COUNT_FIELDS + NONFINITE] += 1
 
-        vertical = C <= NARROW_VERTICAL_CLASSES
+        vertical = (C <= NARROW_VERTICAL_CLASSES) & (not has_buckets)
         sl0 = slice_ids[r0] if has_slices else 0
         if vertical and has_slices:
             for i in range(rows):
@@ -372,27 +426,27 @@ def _class_stats_narrow(
                 continue
             cell = np.uint64(W[_ROW_CELL * NR + i])
             ce = W[_ROW_CE * NR + i]
-            if stamp[cell] != epoch:
-                stamp[cell] = epoch
-                touched[n_touched] = cell
-                n_touched += 1
-                # a true class given probability 0 has CE = inf: shifting by it would give NaN
-                shift[cell] = ce if np.isfinite(ce) else 0.0
+            n_touched = _touch(cell, epoch, stamp, touched, n_touched, shift)
+            k = _shift_of(cell, ce, shift)
             f = cell * np.uint64(N_BLK_FIELDS)
             blk[f + np.uint64(BLK_COUNT)] += 1.0
             w = W[_ROW_WEIGHT * NR + i]
             if w == 0.0:  # counted, contributes nothing (and 0 * inf must not make a NaN)
                 continue
-            wd = w * (ce - shift[cell])
+            wd = w * (ce - k)
             blk[f + np.uint64(WEIGHT)] += w
             blk[f + np.uint64(CE)] += wd
-            blk[f + np.uint64(BLK_CE_SQ)] += wd * (ce - shift[cell])
+            blk[f + np.uint64(BLK_CE_SQ)] += wd * (ce - k)
             blk[f + np.uint64(ENTROPY)] += W[_ROW_W_ENTROPY * NR + i]
             blk[f + np.uint64(P_TRUE)] += W[_ROW_W_P_TRUE * NR + i]
             blk[f + np.uint64(TOP1)] += W[_ROW_W_TOP1 * NR + i]
             blk[f + np.uint64(TOP5)] += W[_ROW_W_TOP5 * NR + i]
+            blk[f + np.uint64(BRIER)] += W[_ROW_W_BRIER * NR + i]
             if has_ref:
                 blk[f + np.uint64(KL)] += W[_ROW_W_KL * NR + i]
+            pcell = np.uint64(W[_ROW_PRED_CELL * NR + i])
+            n_touched = _touch(pcell, epoch, stamp, touched, n_touched, shift)
+            blk[pcell * np.uint64(N_BLK_FIELDS) + np.uint64(PREDICTED)] += w
             h = np.uint64(W[_ROW_HIST * NR + i])
             s_hist[h + np.uint64(HIST_WEIGHT)] += w
             s_hist[h + np.uint64(HIST_CORRECT)] += W[_ROW_W_TOP1 * NR + i]
@@ -404,6 +458,16 @@ def _class_stats_narrow(
                 s_hist[h + np.uint64(HIST_WEIGHT)] += w
                 s_hist[h + np.uint64(HIST_CORRECT)] += W[_ROW_W_TOP1 * NR + i]
                 s_hist[h + np.uint64(HIST_CONF)] += W[_ROW_W_CONF * NR + i]
+        if has_confusion:
+            for i in range(rows):
+                if W[_OK * NR + i] != 0.0:
+                    r = np.uint64(r0) + np.uint64(i)
+                    sl = slice_ids[r] if has_slices else 0
+                    q = np.uint64((sl * C + labels[r]) * C) + np.uint64(W[_ARG * NR + i])
+                    conf_n[q] += 1
+                    conf_w[q] += W[_ROW_WEIGHT * NR + i]
+        if n_thresholds:
+            _roc_narrow(W, C, rows, labels, slice_ids, r0, has_slices, n_thresholds, roc)
         if has_slices:
             for i in range(rows):
                 if (W[_OK * NR + i] != 0.0) & (W[_ROW_WEIGHT * NR + i] != 0.0):
@@ -416,7 +480,7 @@ def _class_stats_narrow(
         _marginal_narrow(W, C, rows, slice_ids, r0, has_slices, s_marg)
 
         rows_since_cell_fold += rows
-        if rows_since_cell_fold >= NARROW_FOLD_ROWS or r1 == n:
+        if rows_since_cell_fold >= cell_fold_rows or r1 == n:
             for k in range(n_touched):
                 cell = touched[k]
                 _fold_cell(blk, cell * N_BLK_FIELDS, shift[cell], cell, flat_counts, flat_sum, flat_comp, flat_m2)
@@ -425,8 +489,9 @@ def _class_stats_narrow(
             rows_since_cell_fold = 0
 
         rows_since_fold += rows
-        if rows_since_fold >= FOLD_ROWS or r1 == n:
-            _fold_slices(slice_list, n_slice_list, C, n_bins, s_marg, s_hist, flat_msum, flat_mcomp, flat_hsum, flat_hcomp)
+        if rows_since_fold >= slice_fold_rows or r1 == n:
+            _fold_slices(slice_list, n_slice_list, C, K, n_bins, s_marg, s_hist, flat_msum, flat_mcomp, flat_hsum,
+                         flat_hcomp)
             if has_slices:
                 for k in range(n_slice_list):
                     slice_touched[slice_list[k]] = False

@@ -32,8 +32,11 @@ class StateArray:
     """One array of the partial state (``ClassStats`` attributes `attributes`).
 
     `axes` name its dimensions: ``slice``, ``bucket`` (the row's jackknife bucket, see
-    :mod:`xent_kernels.intervals`), ``class``, ``bin`` (confidence histogram) and
-    ``field`` (one per slot that statistics declare in it, in table order).
+    :mod:`xent_kernels.intervals`; only arrays that interval statistics read have it),
+    ``class`` (the true class), ``predicted`` (the predicted class: C, or 0 with the
+    confusion matrix off), ``bin`` (confidence histogram), ``threshold`` (ROC
+    histogram bins: 0 with AUC off) and ``field`` (one per slot that statistics
+    declare in it, in table order).
     `merge`: ``sum`` (exact, integers), ``compensated`` (a float64 sum carried with
     its TwoSum compensation term: attributes (sum, compensation)), ``chan_m2``
     (Σw(x - mean)² of the CE, combined with Chan's formula from the cell sums).
@@ -54,12 +57,18 @@ STATE_ARRAYS: tuple[StateArray, ...] = (
                "weighted per-row values summed per (slice, true class): Σw, Σw·CE, ..."),
     StateArray("ce_m2", ("ce_m2",), ("slice", "bucket", "class"), np.float64, "chan_m2",
                "Σw·(CE - mean)² per cell"),
-    StateArray("marginal", ("marginal_sum", "marginal_comp"), ("slice", "bucket", "class"), np.float64, "compensated",
+    StateArray("marginal", ("marginal_sum", "marginal_comp"), ("slice", "class"), np.float64, "compensated",
                "Σw·q: the predicted class distribution summed per slice"),
     StateArray("hist", ("hist_sum", "hist_comp"), ("slice", "bucket", "bin", "field"), np.float64, "compensated",
                "confidence histogram per slice, bins of the top probability"),
-    StateArray("row_counts", ("row_counts",), ("slice", "bucket", "field"), np.int64, "sum",
+    StateArray("row_counts", ("row_counts",), ("slice", "field"), np.int64, "sum",
                "per-slice counts of rows that are in no cell"),
+    StateArray("confusion_counts", ("confusion_counts",), ("slice", "class", "predicted"), np.int64, "sum",
+               "rows per (slice, true class, predicted class); empty when the confusion matrix is off"),
+    StateArray("confusion", ("confusion_sum", "confusion_comp"), ("slice", "class", "predicted"), np.float64,
+               "compensated", "Σw per (slice, true class, predicted class), plain float64 within a partition"),
+    StateArray("roc", ("roc_sum", "roc_comp"), ("slice", "class", "threshold", "field"), np.float64, "compensated",
+               "per class j, Σw of all rows and of rows of class j, binned by q_j (ROC AUC); empty when off"),
 )
 STATE_ARRAY = {array.name: array for array in STATE_ARRAYS}
 
@@ -101,7 +110,13 @@ class Statistic:
         Only in reports of states made with a reference prediction.
     interval : bool
         The report also has ``<name>_lo`` and ``<name>_hi``: its jackknife interval
-        over the buckets (:mod:`xent_kernels.intervals`). Metrics only.
+        over the buckets (:mod:`xent_kernels.intervals`), or with `standard_error`
+        a normal interval. Metrics only.
+    standard_error : (per-class rule, per-slice rule) or None
+        Rules for an analytic standard error, for statistics whose state has no
+        bucket axis (AUC: DeLong's); the interval is value ± z·SE, clipped to `clip`.
+    clip : (low, high)
+        The range of the statistic, to which its bounds are clipped.
     headline : frozenset of "class", "slice"
         The tables (per class, per slice) whose short views show this column: the
         terminal report and the Prefect artifacts.
@@ -118,6 +133,8 @@ class Statistic:
     role: Literal["metric", "count", "array"] = "metric"
     reference_only: bool = False
     interval: bool = False
+    standard_error: tuple[Finalize | None, Finalize | None] | None = None
+    clip: tuple[float, float] = (-np.inf, np.inf)
     headline: frozenset[str] = frozenset()
     rtol: float = 1e-11
     atol: float = 1e-13
@@ -181,12 +198,16 @@ class Totals:
             values[array.name] = parts[0] + parts[1] if array.merge == "compensated" else parts[0]
         return values
 
+    @staticmethod
+    def has_buckets(name: str) -> bool:
+        return "bucket" in STATE_ARRAY[name].axes
+
     @classmethod
     def of(cls, state, buckets: dict[str, np.ndarray] | None = None) -> "Totals":
         """The totals of a state over all its buckets (`buckets`: its
         :meth:`by_bucket`, if already computed)."""
         buckets = cls.by_bucket(state) if buckets is None else buckets
-        values = {name: value.sum(axis=1) for name, value in buckets.items()}
+        values = {name: value.sum(axis=1) if cls.has_buckets(name) else value for name, value in buckets.items()}
         if state.n_buckets > 1:
             values["ce_m2"] = _chan_m2_buckets(buckets)
         return cls(state.n_classes, values, np.nonzero(values["counts"] > 0))
@@ -196,11 +217,16 @@ class Totals:
         """The K delete-one-bucket totals of a state, as the totals of S·K slices:
         slice s·K + k is slice s without bucket k. The cells are those of `totals`,
         each repeated for k = 0 .. K-1 (so a per-class rule gives (cells, K) values,
-        row-major). ``ce_m2`` is NaN: no interval statistic reads it."""
+        row-major). ``ce_m2`` is NaN: no interval statistic reads it; arrays without
+        a bucket axis keep their totals (only statistics with a `standard_error`
+        read them)."""
         n_slices, n_buckets = state.counts.shape[:2]
         values = {}
         with np.errstate(invalid="ignore"):  # inf - inf: an infinite bucket's complement is NaN
             for name, value in buckets.items():
+                if not cls.has_buckets(name):
+                    values[name] = np.repeat(totals.values[name], n_buckets, axis=0)
+                    continue
                 rest = totals.values[name][:, None] - value
                 values[name] = rest.reshape((n_slices * n_buckets,) + value.shape[2:])
         values["ce_m2"] = np.full(values["ce_m2"].shape, np.nan)
@@ -289,6 +315,103 @@ def _predicted_marginal(t: Totals) -> np.ndarray:
     return ratio(t.values["marginal"], t.slice_total("weight")[:, None])
 
 
+def _brier_scale(t: Totals) -> float:
+    """sklearn's ``brier_score_loss(scale_by_half="auto")``: a binary model's score is
+    (q_1 - y)², half of Σ_j (q_j - y_j)²; multiclass scores are not halved."""
+    return 0.5 if t.n_classes == 2 else 1.0
+
+
+def _brier_class(t: Totals) -> np.ndarray:
+    return _class_mean("brier")(t) * _brier_scale(t)
+
+
+def _brier_slice(t: Totals) -> np.ndarray:
+    return _slice_mean("brier")(t) * _brier_scale(t)
+
+
+def zero_division(numerator, denominator) -> np.ndarray:
+    """numerator / denominator, 0 where the denominator is 0 (sklearn's default
+    ``zero_division``: a class never predicted has precision 0)."""
+    return np.nan_to_num(ratio(numerator, denominator), nan=0.0)
+
+
+def _class_rates(t: Totals) -> dict[str, np.ndarray]:
+    """(S, C) precision, recall and F1 of every class, 0 where undefined (sklearn)."""
+    hits, true, predicted = t.cell_grid("top1"), t.cell_grid("weight"), t.cell_grid("predicted")
+    return {
+        "precision": zero_division(hits, predicted),
+        "recall": zero_division(hits, true),
+        "f1": zero_division(2.0 * hits, predicted + true),
+    }
+
+
+def _class_rate(name: str) -> Finalize:
+    return lambda t: t.at_cells(_class_rates(t)[name])
+
+
+def _averaged_rate(name: str, average: Literal["macro", "weighted"]) -> Finalize:
+    """sklearn's ``average="macro"`` (mean over the classes that are true or predicted
+    in the slice) or ``"weighted"`` (weighted by each class's true weight)."""
+
+    def rule(t: Totals) -> np.ndarray:
+        rate = _class_rates(t)[name]
+        true = t.cell_grid("weight")
+        if average == "weighted":
+            return ratio((rate * true).sum(axis=1), true.sum(axis=1))
+        labels = (true > 0) | (t.cell_grid("predicted") > 0)
+        return ratio(np.where(labels, rate, 0.0).sum(axis=1), labels.sum(axis=1).astype(np.float64))
+
+    return rule
+
+
+def _roc_parts(t: Totals) -> dict[str, np.ndarray]:
+    """(S, C) one-vs-rest ROC AUC of each class from its histograms (pairs in the same
+    bin count one half), the worst-case error of the binning (half the share of
+    positive-negative pairs that share a bin) and DeLong's standard error over the bins.
+    NaN where a class has no positives or no negatives (or AUC is off)."""
+    roc = t.values["roc"]  # (S, C, T, fields)
+    if roc.shape[1] == 0:  # AUC off
+        nan = np.full(t.values["marginal"].shape, np.nan)
+        return {"auc": nan, "bound": nan, "se": nan}
+    positive = roc[..., ROC_FIELDS.index("positive")]
+    negative = roc[..., ROC_FIELDS.index("all")] - positive
+    n_pos, n_neg = positive.sum(axis=-1), negative.sum(axis=-1)
+    below = np.cumsum(negative, axis=-1) - negative  # negatives in lower bins
+    above = n_pos[..., None] - np.cumsum(positive, axis=-1)  # positives in higher bins
+    with np.errstate(invalid="ignore", divide="ignore"):
+        v10 = (below + 0.5 * negative) / n_neg[..., None]  # per positive in a bin: share of negatives under it
+        v01 = (above + 0.5 * positive) / n_pos[..., None]
+        auc = (positive * v10).sum(axis=-1) / n_pos
+        bound = 0.5 * (positive * negative).sum(axis=-1) / (n_pos * n_neg)
+        s10 = (positive * (v10 - auc[..., None]) ** 2).sum(axis=-1) / (n_pos - 1.0)
+        s01 = (negative * (v01 - auc[..., None]) ** 2).sum(axis=-1) / (n_neg - 1.0)
+        se = np.sqrt(s10 / n_pos + s01 / n_neg)
+    valid = (n_pos > 0) & (n_neg > 0)
+    return {name: np.where(valid, value, np.nan) for name, value in
+            (("auc", auc), ("bound", bound), ("se", se))}
+
+
+def _roc_class(part: str) -> Finalize:
+    return lambda t: t.at_cells(_roc_parts(t)[part])
+
+
+def _roc_slice(part: str) -> Finalize:
+    """Binary models: class 1's value (sklearn ``roc_auc_score(y, q_1)``); else the mean
+    over the classes with a value (``multi_class="ovr", average="macro"``). The mean's
+    standard error is taken as the mean of the classes' standard errors: an upper
+    bound whatever their correlation."""
+
+    def rule(t: Totals) -> np.ndarray:
+        value = _roc_parts(t)[part]
+        if t.n_classes == 2:
+            return value[:, 1]
+        with np.errstate(invalid="ignore"):
+            present = np.isfinite(value)
+            return np.where(present, value, 0.0).sum(axis=1) / present.sum(axis=1)
+
+    return rule
+
+
 # --------------------------------------------------------------------------- the table
 
 # Table order is report column order (flows writes the columns in this order); the
@@ -362,6 +485,58 @@ STATISTICS: tuple[Statistic, ...] = (
         interval=True,
     ),
     Statistic(
+        "brier", "weighted mean Brier score Σ_j (q_j - y_j)² (binary models: (q_1 - y)², as sklearn)",
+        slots=(Slot("cell", "brier"),),
+        per_class=_brier_class, per_slice=_brier_slice,
+        headline=frozenset({"slice"}),
+        interval=True,
+    ),
+    Statistic(
+        "precision", "weighted share of the rows predicted as the class that are of the class (0 if none)",
+        slots=(Slot("cell", "predicted"),),
+        per_class=_class_rate("precision"),
+        interval=True,
+    ),
+    Statistic(
+        "recall", "weighted share of the class's rows predicted as the class (its accuracy)",
+        slots=(),
+        per_class=_class_rate("recall"),
+        interval=True,
+    ),
+    Statistic(
+        "f1", "harmonic mean of precision and recall: 2·hits / (predicted + true) (0 if both are 0)",
+        slots=(),
+        per_class=_class_rate("f1"),
+        headline=frozenset({"class"}),
+        interval=True,
+    ),
+    *(
+        Statistic(
+            f"{name}_{average}", f"{name} averaged over classes, {how} (sklearn average={average!r})",
+            slots=(),
+            per_slice=_averaged_rate(name, average),
+            headline=frozenset({"slice"}) if (name, average) == ("f1", "macro") else frozenset(),
+            interval=True,
+        )
+        for name in ("precision", "recall", "f1")
+        for average, how in (("macro", "unweighted, over the classes true or predicted in the slice"),
+                             ("weighted", "weighted by the classes' true weight"))
+    ),
+    Statistic(
+        "auc", "one-vs-rest ROC AUC of the class from binned probabilities (slice: class 1 if binary, "
+        "else the macro mean); interval from DeLong's standard error",
+        slots=(Slot("roc", "positive"), Slot("roc", "all")),
+        per_class=_roc_class("auc"), per_slice=_roc_slice("auc"),
+        headline=frozenset({"slice"}),
+        interval=True, standard_error=(_roc_class("se"), _roc_slice("se")), clip=(0.0, 1.0),
+    ),
+    Statistic(
+        "auc_error_bound", "worst-case |auc - exact AUC| from the binning: half the share of "
+        "(positive, negative) pairs in the same bin",
+        slots=(),
+        per_class=_roc_class("bound"), per_slice=_roc_slice("bound"),
+    ),
+    Statistic(
         "n_ignored", "rows whose label marks them ignored",
         slots=(Slot("row_counts", "ignored"),),
         per_slice=_row_count("ignored"),
@@ -392,6 +567,18 @@ STATISTICS: tuple[Statistic, ...] = (
         per_slice=lambda t: t.values["hist"],
         role="array",
     ),
+    Statistic(
+        "confusion_n", "(S, C, C): rows per (slice, true class, predicted class); (S, 0, 0) when off",
+        slots=(Slot("confusion_counts"),),
+        per_slice=lambda t: t.values["confusion_counts"],
+        role="array", rtol=0.0, atol=0.0,
+    ),
+    Statistic(
+        "confusion_weight", "(S, C, C): Σw per (slice, true class, predicted class); (S, 0, 0) when off",
+        slots=(Slot("confusion"),),
+        per_slice=lambda t: t.values["confusion"],
+        role="array",
+    ),
 )
 STATISTIC = {statistic.name: statistic for statistic in STATISTICS}
 
@@ -409,11 +596,25 @@ def fields(array: str) -> tuple[str, ...]:
 CELL_FIELDS = fields("cell")
 HIST_FIELDS = fields("hist")
 ROW_COUNT_FIELDS = fields("row_counts")
-FIELDS = {"cell": CELL_FIELDS, "hist": HIST_FIELDS, "row_counts": ROW_COUNT_FIELDS}
+ROC_FIELDS = fields("roc")
+FIELDS = {"cell": CELL_FIELDS, "hist": HIST_FIELDS, "row_counts": ROW_COUNT_FIELDS, "roc": ROC_FIELDS}
 
 
-def state_shape(array: StateArray, n_slices: int, n_buckets: int, n_classes: int, n_bins: int) -> tuple[int, ...]:
-    sizes = {"slice": n_slices, "bucket": n_buckets, "class": n_classes, "bin": n_bins, "field": len(FIELDS.get(array.name, ()))}
+def state_shape(
+    array: StateArray, n_slices: int, n_buckets: int, n_classes: int, n_bins: int, *,
+    confusion: bool = False, n_thresholds: int = 0,
+) -> tuple[int, ...]:
+    """The shape of a state array; the confusion matrix and the ROC histograms are
+    empty (a zero-length axis) when off."""
+    sizes = {
+        "slice": n_slices, "bucket": n_buckets, "class": n_classes, "bin": n_bins,
+        "predicted": n_classes if confusion else 0, "threshold": n_thresholds,
+        "field": len(FIELDS.get(array.name, ())),
+    }
+    if array.name.startswith("confusion") and not confusion:
+        sizes["class"] = 0
+    if array.name == "roc" and not n_thresholds:
+        sizes["class"] = 0
     return tuple(sizes[axis] for axis in array.axes)
 
 

@@ -19,11 +19,19 @@ from numpy.typing import ArrayLike, NDArray
 from . import _checks as C
 from ._class_stats import class_stats_kernel
 from ._layout import NONFINITE
+from scipy.special import ndtri
+
 from .intervals import DEFAULT_BUCKETS, DEFAULT_LEVEL, jackknife_bounds
 from .statistics import CELL_FIELDS, STATE_ARRAYS, STATISTICS, Totals, merge_array, state_shape
 
 SliceKey = tuple[Hashable, ...]
 DEFAULT_BINS = 15
+# ROC histogram bins of the predicted probability (AUC); 0 turns AUC off.
+DEFAULT_THRESHOLDS = 1000
+# Defaults that keep the state of a slice under 4 MiB: the confusion matrix up to this
+# many classes (C² cells), ROC histograms (C × thresholds bins) up to this many.
+MAX_CONFUSION_CLASSES = 256
+MAX_AUC_CLASSES = 64
 STATE_ATTRIBUTES = tuple(name for array in STATE_ARRAYS for name in array.attributes)
 
 
@@ -47,15 +55,21 @@ class ClassStats:
     counts : (S, K, C) int64
         Rows counted per cell (finite, not ignored).
     cell_sum, cell_comp : (S, K, C, len(CELL_FIELDS)) float64
-        Σw, Σw·CE, Σw·top1, Σw·top5, Σw·p_true, Σw·entropy, Σw·KL(reference‖pred).
+        Σw, Σw·CE, Σw·top1, ... in the order of ``CELL_FIELDS``; "predicted" is the
+        weight of the rows predicted as the cell's class (not of its true rows).
     ce_m2 : (S, K, C) float64
         Σw·(CE - mean)², merged with Chan's formula.
-    marginal_sum, marginal_comp : (S, K, C) float64
-        Σw·q: the model's predicted class marginal per slice.
+    marginal_sum, marginal_comp : (S, C) float64
+        Σw·q: the model's predicted class marginal per slice (no bucket axis).
     hist_sum, hist_comp : (S, K, n_bins, 3) float64
         Confidence histogram (bins of the top probability): Σw, Σw·correct, Σw·confidence.
-    row_counts : (S, K, 2) int64
+    row_counts : (S, 2) int64
         Ignored rows and rows with non-finite predictions, per slice.
+    confusion_counts : (S, C, C) int64; confusion_sum, confusion_comp : (S, C, C) float64
+        Rows and Σw per (slice, true class, predicted class); (S, 0, 0) when off.
+    roc_sum, roc_comp : (S, C, T, 2) float64
+        Per class j: Σw of the rows of class j and of all rows, binned by q_j in T
+        bins of width 1/T; (S, 0, 0, 2) when AUC is off.
     """
 
     n_classes: int
@@ -71,6 +85,11 @@ class ClassStats:
     hist_sum: NDArray[np.float64]
     hist_comp: NDArray[np.float64]
     row_counts: NDArray[np.int64]
+    confusion_counts: NDArray[np.int64]
+    confusion_sum: NDArray[np.float64]
+    confusion_comp: NDArray[np.float64]
+    roc_sum: NDArray[np.float64]
+    roc_comp: NDArray[np.float64]
 
     @classmethod
     def empty(
@@ -81,19 +100,27 @@ class ClassStats:
         has_reference: bool = False,
         slice_keys: Sequence[SliceKey] = (),
         n_buckets: int = 1,
+        confusion: bool = False,
+        n_thresholds: int = 0,
     ) -> "ClassStats":
         """A state with the given slices and `n_buckets` jackknife buckets, all sums
-        zero; with no slices, the identity of :meth:`merge` (of states with as many
-        buckets)."""
-        if n_classes < 1 or n_bins < 1 or n_buckets < 1:
+        zero; with no slices, the identity of :meth:`merge` (of states of the same
+        shape). `confusion` keeps the confusion matrix; `n_thresholds` > 0 keeps ROC
+        histograms of that many bins (AUC)."""
+        if n_classes < 1 or n_bins < 1 or n_buckets < 1 or n_thresholds < 0:
             raise ValueError(
-                f"n_classes, n_bins and n_buckets must be >= 1, got {n_classes}, {n_bins} and {n_buckets}"
+                f"n_classes, n_bins and n_buckets must be >= 1 and n_thresholds >= 0, "
+                f"got {n_classes}, {n_bins}, {n_buckets} and {n_thresholds}"
             )
         keys = tuple(tuple(k) for k in slice_keys)
         if len(set(keys)) != len(keys):
             raise ValueError("slice_keys must be distinct")
         arrays = {
-            name: np.zeros(state_shape(array, len(keys), n_buckets, n_classes, n_bins), array.dtype)
+            name: np.zeros(
+                state_shape(array, len(keys), n_buckets, n_classes, n_bins, confusion=confusion,
+                            n_thresholds=n_thresholds),
+                array.dtype,
+            )
             for array in STATE_ARRAYS
             for name in array.attributes
         }
@@ -105,6 +132,18 @@ class ClassStats:
     def n_buckets(self) -> int:
         """K: the jackknife buckets (1 without)."""
         return self.counts.shape[1]
+
+    @property
+    def has_confusion(self) -> bool:
+        return self.confusion_counts.shape[1] > 0
+
+    @property
+    def n_thresholds(self) -> int:
+        """ROC histogram bins (0: AUC off)."""
+        return self.roc_sum.shape[2]
+
+    def _shape(self) -> tuple:
+        return (self.n_classes, self.n_bins, self.has_reference, self.n_buckets, self.has_confusion, self.n_thresholds)
 
     @property
     def n_nonfinite(self) -> int:
@@ -133,12 +172,11 @@ class ClassStats:
     def merge(a: "ClassStats", b: "ClassStats") -> "ClassStats":
         """Combine two states (any slices). Associative and commutative up to
         float64 rounding of the compensated sums; ``empty()`` is the identity."""
-        shape = lambda s: (s.n_classes, s.n_bins, s.has_reference, s.n_buckets)  # noqa: E731
-        if shape(a) != shape(b):
+        if a._shape() != b._shape():
             raise ValueError(
                 "cannot merge statistics of different shape: "
-                f"(classes, bins, reference, buckets) = {shape(a)} and {shape(b)}; "
-                "states to merge must be made with the same n_classes, n_bins, reference and n_buckets"
+                f"(classes, bins, reference, buckets, confusion, thresholds) = {a._shape()} and {b._shape()}; "
+                "states to merge must be made with the same options"
             )
         keys = tuple(sorted(set(a.slice_keys) | set(b.slice_keys), key=_key_order))
         x, y = a._aligned(keys), b._aligned(keys)
@@ -151,7 +189,7 @@ class ClassStats:
 
     def collapse_slices(self, key: SliceKey = ()) -> "ClassStats":
         """All slices merged into one slice named `key` (the overall row of a report)."""
-        like = dict(n_bins=self.n_bins, has_reference=self.has_reference, n_buckets=self.n_buckets)
+        like = self._like()
         total = ClassStats.empty(self.n_classes, **like)
         for i in range(len(self.slice_keys)):
             total = ClassStats.merge(total, self.slice(i, key))
@@ -161,6 +199,11 @@ class ClassStats:
                 ClassStats.empty(self.n_classes, slice_keys=[key], **like),
             )
         return total
+
+    def _like(self) -> dict:
+        """The options of :meth:`empty` that give a state of this one's shape."""
+        return dict(n_bins=self.n_bins, has_reference=self.has_reference, n_buckets=self.n_buckets,
+                    confusion=self.has_confusion, n_thresholds=self.n_thresholds)
 
     def slice(self, i: int, key: SliceKey | None = None) -> "ClassStats":
         """The state of slice `i` alone, named `key` (default: its own key).
@@ -196,7 +239,8 @@ class ClassStats:
         are divided by ln 2 for bits. Each statistic with ``interval=True`` also has
         ``<name>_lo`` and ``<name>_hi``: the jackknife t-interval at `level` over
         the delete-one-bucket totals (:mod:`xent_kernels.intervals`), NaN where
-        fewer than 2 buckets hold weight (always, with one bucket).
+        fewer than 2 buckets hold weight (always, with one bucket). A statistic with a
+        ``standard_error`` rule (AUC) gets value ± z·SE instead, clipped to its range.
         """
         if not 0.0 < level < 1.0:
             raise ValueError(f"level must be in (0, 1), got {level!r}")
@@ -232,7 +276,12 @@ class ClassStats:
                     arrays[statistic.name] = value
                     continue
                 columns[statistic.name] = value
-                if statistic.interval and n_buckets > 1:
+                if statistic.interval and statistic.standard_error is not None:
+                    se_rule = statistic.standard_error[0 if level_name == "per_class" else 1]
+                    half = ndtri((1.0 + level) / 2.0) * se_rule(totals)
+                    columns[f"{statistic.name}_lo"] = np.clip(value - half, *statistic.clip)
+                    columns[f"{statistic.name}_hi"] = np.clip(value + half, *statistic.clip)
+                elif statistic.interval and n_buckets > 1:
                     theta = rule(left_out).reshape(len(value), n_buckets) / scale
                     lo, hi = jackknife_bounds(value, theta, used[level_name], level)
                     columns[f"{statistic.name}_lo"], columns[f"{statistic.name}_hi"] = lo, hi
@@ -255,7 +304,9 @@ class ClassReport:
     ``per_class`` has one entry per (slice, class) with rows; ``per_slice`` one per
     slice; ``predicted_marginal`` is (S, C), the mean predicted distribution;
     ``confidence_hist`` is (S, n_bins, 3): Σw, Σw·correct, Σw·confidence per bin of
-    the top probability (bins of width 1/n_bins over [0, 1]). Interval columns
+    the top probability (bins of width 1/n_bins over [0, 1]); ``confusion_n`` and
+    ``confusion_weight`` are (S, C, C) rows and Σw per (true, predicted) class, or
+    (S, 0, 0) when the confusion matrix is off. Interval columns
     (``<metric>_lo``, ``<metric>_hi``: :func:`xent_kernels.interval_columns`) are
     two-sided at `level`.
     """
@@ -266,6 +317,8 @@ class ClassReport:
     per_slice: dict[str, np.ndarray] = field(repr=False)
     predicted_marginal: np.ndarray = field(repr=False)
     confidence_hist: np.ndarray = field(repr=False)
+    confusion_n: np.ndarray = field(repr=False)
+    confusion_weight: np.ndarray = field(repr=False)
     level: float = DEFAULT_LEVEL
 
 
@@ -283,6 +336,8 @@ def class_stats_partial(
     eps: float | None = None,
     buckets: ArrayLike | None = None,
     n_buckets: int | None = None,
+    confusion: bool | None = None,
+    n_thresholds: int | None = None,
 ) -> ClassStats:
     """Per-class statistics of one partition, in one fused pass.
 
@@ -311,6 +366,12 @@ def class_stats_partial(
         so that intervals do not depend on sharding. Default: one bucket, no intervals.
     n_buckets : int, optional
         K, the number of buckets: default 20 with `buckets`, 1 without.
+    confusion : bool, optional
+        Keep the (slice, true, predicted) confusion matrix; default: when C <=
+        MAX_CONFUSION_CLASSES.
+    n_thresholds : int, optional
+        Bins of the ROC histograms (AUC); 0 turns AUC off. Default
+        DEFAULT_THRESHOLDS when C <= MAX_AUC_CLASSES, else 0.
     """
     pred = C.as_predictions(pred, "pred")
     if eps is not None and not 0.0 < eps < 1.0:
@@ -348,10 +409,17 @@ def class_stats_partial(
     else:
         ref = np.zeros((0, n_classes), pred.dtype)
         ref_code = code
+    if confusion is None:
+        confusion = n_classes <= MAX_CONFUSION_CLASSES
+    if n_thresholds is None:
+        n_thresholds = DEFAULT_THRESHOLDS if n_classes <= MAX_AUC_CLASSES else 0
+    if n_thresholds < 0:
+        raise ValueError(f"n_thresholds must be >= 0, got {n_thresholds}")
     if buckets is None:
         if n_buckets not in (None, 1):
             raise ValueError(f"n_buckets={n_buckets} needs buckets: the bucket of each row")
         n_buckets = 1
+        bucket_ids = np.zeros(0, np.int64)
     else:
         n_buckets = DEFAULT_BUCKETS if n_buckets is None else int(n_buckets)
         bucket_ids = np.asarray(buckets)
@@ -363,18 +431,16 @@ def class_stats_partial(
         if outside.any():
             row = int(np.argmax(outside))
             raise ValueError(f"buckets: row {row} has bucket {bucket_ids[row]}, expected a bucket in [0, {n_buckets})")
-        # The kernel sees S·K slices: the flat (S·K, ...) arrays are the (S, K, ...) state.
-        ids = (ids * n_buckets if slice_ids is not None else 0) + bucket_ids.astype(np.int64)
-    like = dict(n_bins=n_bins, has_reference=reference is not None, n_buckets=n_buckets)
+        bucket_ids = np.ascontiguousarray(bucket_ids, dtype=np.int64)
+    like = dict(n_bins=n_bins, has_reference=reference is not None, n_buckets=n_buckets, confusion=bool(confusion),
+                n_thresholds=int(n_thresholds))
     state = ClassStats.empty(n_classes, slice_keys=keys, **like)
     if n:
-        flat = [getattr(state, name) for name in ("counts", "cell_sum", "cell_comp", "ce_m2", "marginal_sum",
-                                                  "marginal_comp", "hist_sum", "hist_comp", "row_counts")]
-        flat = [a.reshape((a.shape[0] * a.shape[1],) + a.shape[2:]) for a in flat]  # views
         class_stats_kernel(
-            pred, labels, np.zeros(0) if weights_arr is None else weights_arr, ids, ref,
-            code, ref_code, state.n_bins, max_ce, weights_arr is not None, slice_ids is not None or buckets is not None,
-            reference is not None, *flat,
+            pred, labels, np.zeros(0) if weights_arr is None else weights_arr, ids, bucket_ids, ref,
+            code, ref_code, state.n_bins, max_ce, weights_arr is not None, slice_ids is not None,
+            buckets is not None, reference is not None,
+            *(getattr(state, name).reshape(-1) for name in STATE_ATTRIBUTES),
         )
     # Merging with the identity lays the slices out in the canonical (sorted) order.
     return ClassStats.merge(state, ClassStats.empty(n_classes, **like))
