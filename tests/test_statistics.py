@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_allclose, assert_array_equal
 from scipy.special import log_softmax
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 import reference as ref
 from xent_kernels import INFORMATION_COLUMNS, STATISTICS, ClassStats, class_columns, class_stats_partial, slice_columns
@@ -88,6 +89,81 @@ def _top5(r):
     return (r.rank < 5).astype(float) if r.n_classes > 5 else np.full(len(r.rank), np.nan)
 
 
+def _brier(r):
+    """Σ_j (q_j - y_j)², halved for binary models (sklearn's scale_by_half="auto")."""
+    onehot = np.eye(r.n_classes)[np.where(r.label < 0, 0, r.label)]
+    return ((r.q - onehot) ** 2).sum(axis=1) * (0.5 if r.n_classes == 2 else 1.0)
+
+
+def _slice_rows(r, s):
+    """sklearn's inputs for the kept rows of slice s: true, predicted, weights."""
+    m = _in_slice(r, s)
+    return r.label[m], np.argmax(r.q[m], axis=1), r.w[m]  # argmax: ties toward the lower index
+
+
+def _cell(r, m):
+    """The (slice, class) of a cell's row mask."""
+    return r.slice[m][0], r.label[m][0]
+
+
+def _rate(index: int) -> Ref:
+    """Per class: sklearn's precision (0), recall (1) or F1 (2) of the cell's class in its slice."""
+
+    def per_class(r, m):
+        s, c = _cell(r, m)
+        true, predicted, w = _slice_rows(r, s)
+        return precision_recall_fscore_support(true, predicted, labels=[c], sample_weight=w, zero_division=0)[index][0]
+
+    return Ref(per_class=per_class)
+
+
+def _averaged(index: int, average: str) -> Ref:
+    def per_slice(r, s):
+        true, predicted, w = _slice_rows(r, s)
+        if not len(true):
+            return np.nan
+        return precision_recall_fscore_support(true, predicted, average=average, sample_weight=w, zero_division=0)[index]
+
+    return Ref(per_slice=per_slice)
+
+
+def _confusion(weighted: bool):
+    def per_slice(r, s):
+        true, predicted, w = _slice_rows(r, s)
+        return confusion_matrix(true, predicted, labels=range(r.n_classes), sample_weight=w if weighted else None)
+
+    return Ref(per_slice=per_slice)
+
+
+def _roc(r, mask, c, thresholds=1000):
+    """Class c's binned one-vs-rest AUC, its error bound and DeLong's SE, the obvious
+    way: every (positive, negative) pair over the bins, pairs in the same bin as 1/2."""
+    bins = np.minimum((r.q[mask, c] * thresholds).astype(int), thresholds - 1)
+    is_pos = r.label[mask] == c
+    pos = np.bincount(bins[is_pos], weights=r.w[mask][is_pos], minlength=thresholds)
+    neg = np.bincount(bins[~is_pos], weights=r.w[mask][~is_pos], minlength=thresholds)
+    if pos.sum() == 0 or neg.sum() == 0:
+        return np.nan, np.nan
+    wins = np.subtract.outer(np.arange(thresholds), np.arange(thresholds))  # positive bin - negative bin
+    score = np.where(wins > 0, 1.0, np.where(wins == 0, 0.5, 0.0))
+    pairs = np.outer(pos, neg)
+    return (pairs * score).sum() / pairs.sum(), 0.5 * np.trace(pairs) / pairs.sum()
+
+
+def _roc_ref(part: int) -> Ref:
+    def per_class(r, m):
+        s, c = _cell(r, m)
+        return _roc(r, _in_slice(r, s), c)[part]
+
+    def per_slice(r, s):
+        if r.n_classes == 2:
+            return _roc(r, _in_slice(r, s), 1)[part]
+        values = [_roc(r, _in_slice(r, s), c)[part] for c in range(r.n_classes)]
+        return np.nanmean(values) if np.isfinite(values).any() else np.nan
+
+    return Ref(per_class=per_class, per_slice=per_slice)
+
+
 REFERENCES: dict[str, Ref] = {
     "n": Ref(per_class=lambda r, m: m.sum(), per_slice=lambda r, s: _in_slice(r, s).sum()),
     "weight": Ref(per_class=lambda r, m: r.w[m].sum(), per_slice=lambda r, s: r.w[_in_slice(r, s)].sum()),
@@ -99,11 +175,21 @@ REFERENCES: dict[str, Ref] = {
     "p_true_mean": _mean(lambda r: r.p_true),
     "entropy_mean": _mean(lambda r: r.entropy),
     "ece": Ref(per_slice=_ece),
+    "brier": _mean(_brier),
+    "precision": _rate(0),
+    "recall": _rate(1),
+    "f1": _rate(2),
+    **{f"{name}_{average}": _averaged(index, average)
+       for index, name in enumerate(("precision", "recall", "f1")) for average in ("macro", "weighted")},
+    "auc": _roc_ref(0),
+    "auc_error_bound": _roc_ref(1),
     "n_ignored": Ref(per_slice=lambda r, s: (r.ignored & (r.slice == s)).sum()),
     "n_nonfinite": Ref(per_slice=lambda r, s: (r.nonfinite & (r.slice == s)).sum()),
     "kl_mean": _mean(lambda r: r.kl),
     "predicted_marginal": Ref(per_slice=_marginal),
     "confidence_hist": Ref(per_slice=_hist),
+    "confusion_n": _confusion(weighted=False),
+    "confusion_weight": _confusion(weighted=True),
 }
 
 IDS = [s.name for s in STATISTICS]
@@ -161,9 +247,14 @@ def test_every_statistic_has_a_reference():
 
 
 def test_column_lists_for_report_writers():
-    assert class_columns() == ["ce_mean", "ce_std", "accuracy", "top5_accuracy", "p_true_mean", "entropy_mean"]
+    assert class_columns() == ["ce_mean", "ce_std", "accuracy", "top5_accuracy", "p_true_mean", "entropy_mean",
+                               "brier", "precision", "recall", "f1", "auc", "auc_error_bound"]
     assert class_columns(has_reference=True) == [*class_columns(), "kl_mean"]
-    assert slice_columns() == ["ce_mean", "ce_macro", "accuracy", "top5_accuracy", "p_true_mean", "entropy_mean", "ece"]
+    assert slice_columns() == [
+        "ce_mean", "ce_macro", "accuracy", "top5_accuracy", "p_true_mean", "entropy_mean", "ece", "brier",
+        "precision_macro", "precision_weighted", "recall_macro", "recall_weighted", "f1_macro", "f1_weighted",
+        "auc", "auc_error_bound",
+    ]
     assert slice_columns(has_reference=True) == [*slice_columns(), "kl_mean"]
     assert INFORMATION_COLUMNS == {"ce_mean", "ce_std", "ce_macro", "entropy_mean", "kl_mean"}
 

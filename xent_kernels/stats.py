@@ -32,6 +32,19 @@ DEFAULT_THRESHOLDS = 1000
 # many classes (C² cells), ROC histograms (C × thresholds bins) up to this many.
 MAX_CONFUSION_CLASSES = 256
 MAX_AUC_CLASSES = 64
+
+
+def resolve_options(n_classes: int, confusion: bool | None, n_thresholds: int | None) -> tuple[bool, int]:
+    """`confusion` and `n_thresholds` with None replaced by their defaults for C classes:
+    the confusion matrix when C <= MAX_CONFUSION_CLASSES, DEFAULT_THRESHOLDS ROC bins
+    when C <= MAX_AUC_CLASSES (else 0: AUC off)."""
+    if confusion is None:
+        confusion = n_classes <= MAX_CONFUSION_CLASSES
+    if n_thresholds is None:
+        n_thresholds = DEFAULT_THRESHOLDS if n_classes <= MAX_AUC_CLASSES else 0
+    if n_thresholds < 0:
+        raise ValueError(f"n_thresholds must be >= 0 (0 turns AUC off), got {n_thresholds}")
+    return bool(confusion), int(n_thresholds)
 STATE_ATTRIBUTES = tuple(name for array in STATE_ARRAYS for name in array.attributes)
 
 
@@ -100,18 +113,18 @@ class ClassStats:
         has_reference: bool = False,
         slice_keys: Sequence[SliceKey] = (),
         n_buckets: int = 1,
-        confusion: bool = False,
-        n_thresholds: int = 0,
+        confusion: bool | None = None,
+        n_thresholds: int | None = None,
     ) -> "ClassStats":
         """A state with the given slices and `n_buckets` jackknife buckets, all sums
         zero; with no slices, the identity of :meth:`merge` (of states of the same
         shape). `confusion` keeps the confusion matrix; `n_thresholds` > 0 keeps ROC
-        histograms of that many bins (AUC)."""
-        if n_classes < 1 or n_bins < 1 or n_buckets < 1 or n_thresholds < 0:
+        histograms of that many bins (AUC); defaults as in :func:`class_stats_partial`."""
+        if n_classes < 1 or n_bins < 1 or n_buckets < 1:
             raise ValueError(
-                f"n_classes, n_bins and n_buckets must be >= 1 and n_thresholds >= 0, "
-                f"got {n_classes}, {n_bins}, {n_buckets} and {n_thresholds}"
+                f"n_classes, n_bins and n_buckets must be >= 1, got {n_classes}, {n_bins} and {n_buckets}"
             )
+        confusion, n_thresholds = resolve_options(n_classes, confusion, n_thresholds)
         keys = tuple(tuple(k) for k in slice_keys)
         if len(set(keys)) != len(keys):
             raise ValueError("slice_keys must be distinct")
@@ -409,12 +422,7 @@ def class_stats_partial(
     else:
         ref = np.zeros((0, n_classes), pred.dtype)
         ref_code = code
-    if confusion is None:
-        confusion = n_classes <= MAX_CONFUSION_CLASSES
-    if n_thresholds is None:
-        n_thresholds = DEFAULT_THRESHOLDS if n_classes <= MAX_AUC_CLASSES else 0
-    if n_thresholds < 0:
-        raise ValueError(f"n_thresholds must be >= 0, got {n_thresholds}")
+    confusion, n_thresholds = resolve_options(n_classes, confusion, n_thresholds)
     if buckets is None:
         if n_buckets not in (None, 1):
             raise ValueError(f"n_buckets={n_buckets} needs buckets: the bucket of each row")
@@ -432,8 +440,8 @@ def class_stats_partial(
             row = int(np.argmax(outside))
             raise ValueError(f"buckets: row {row} has bucket {bucket_ids[row]}, expected a bucket in [0, {n_buckets})")
         bucket_ids = np.ascontiguousarray(bucket_ids, dtype=np.int64)
-    like = dict(n_bins=n_bins, has_reference=reference is not None, n_buckets=n_buckets, confusion=bool(confusion),
-                n_thresholds=int(n_thresholds))
+    like = dict(n_bins=n_bins, has_reference=reference is not None, n_buckets=n_buckets, confusion=confusion,
+                n_thresholds=n_thresholds)
     state = ClassStats.empty(n_classes, slice_keys=keys, **like)
     if n:
         class_stats_kernel(
