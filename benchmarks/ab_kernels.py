@@ -75,6 +75,10 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--buckets", type=int, default=0,
                         help="jackknife buckets passed to the new side only (default 0: none)")
+    parser.add_argument("--confusion", choices=("on", "off"), default=None,
+                        help="the new side's confusion matrix (default: the kernel's default for C)")
+    parser.add_argument("--thresholds", type=int, default=None,
+                        help="the new side's ROC histogram bins, 0 = AUC off (default: the kernel's default for C)")
     args = parser.parse_args(argv)
 
     print("command:", shlex.join([sys.executable, *sys.argv]))
@@ -93,11 +97,15 @@ def main(argv=None) -> int:
             logits = rng.standard_normal((rows, n_classes), dtype=np.float32) * np.float32(3.0)
             labels = rng.integers(0, n_classes, rows)
             extra = {}
+            if args.confusion is not None:
+                extra["confusion"] = args.confusion == "on"
+            if args.thresholds is not None:
+                extra["n_thresholds"] = args.thresholds
             if args.buckets:
                 from xent_kernels.hashing import splitmix64
 
                 bucket_ids = (splitmix64(np.arange(rows, dtype=np.uint64)) % np.uint64(args.buckets)).astype(np.int64)
-                extra = dict(buckets=bucket_ids, n_buckets=args.buckets)
+                extra.update(buckets=bucket_ids, n_buckets=args.buckets)
             calls = {
                 "base": lambda: base.class_stats_partial(logits, labels, kind="logits"),
                 "new": lambda: new.class_stats_partial(logits, labels, kind="logits", **extra),

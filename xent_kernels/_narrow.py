@@ -293,27 +293,38 @@ def _cells_vertical(W, C, rows, sl, epoch, stamp, touched, n_touched, shift, blk
 
 
 @kernel
-def _roc_narrow(W, C, rows, labels, slice_ids, r0, has_slices, n_thresholds, roc):
+def _roc_narrow(W, C, rows, labels, slice_ids, r0, has_slices, n_thresholds, roc, bins, row_scale, row_weight, row_base):
     """The ROC histograms of one block: per class j, every counted row's weight into
-    the bin of q_j (ROC_ALL), and into the bin of q_y of its true class y (ROC_POSITIVE).
-    The bins are computed the same way in both, so a row's q_y lands in the same bin."""
+    the bin of q_j (ROC_ALL), and into the bin of q_y of its true class y (ROC_POSITIVE,
+    the same bin as its q_j for j = y). First the bins, in loops that vectorize (rows
+    that do not count get weight 0 and bin 0, so the scatter needs no test); then the
+    scatter. `bins` (C·NARROW_ROWS int32), `row_scale`, `row_weight` and `row_base`
+    (NARROW_ROWS) are scratch."""
     NR = NARROW_ROWS
     E0 = _T0 + C * NR
     T = n_thresholds
-    for j in range(C):
-        for i in range(rows):
-            w = W[_ROW_WEIGHT * NR + i]
-            if (W[_OK * NR + i] != 0.0) & (w != 0.0):
-                sl = slice_ids[np.uint64(r0) + np.uint64(i)] if has_slices else 0
-                b = min(int(W[_ix(E0, j, i)] * W[_INV * NR + i] * T), T - 1)
-                roc[((sl * C + j) * T + b) * N_ROC_FIELDS + ROC_ALL] += w
+    top = np.float64(T - 1)
     for i in range(rows):
         w = W[_ROW_WEIGHT * NR + i]
-        if (W[_OK * NR + i] != 0.0) & (w != 0.0):
-            sl = slice_ids[np.uint64(r0) + np.uint64(i)] if has_slices else 0
-            y = labels[np.uint64(r0) + np.uint64(i)]
-            b = min(int(W[_ix(E0, y, i)] * W[_INV * NR + i] * T), T - 1)
-            roc[((sl * C + y) * T + b) * N_ROC_FIELDS + ROC_POSITIVE] += w
+        counts = (W[_OK * NR + i] != 0.0) & (w != 0.0)
+        row_scale[i] = W[_INV * NR + i] * T if counts else 0.0
+        row_weight[i] = w if counts else 0.0
+        sl = slice_ids[np.uint64(r0) + np.uint64(i)] if has_slices else 0
+        row_base[i] = sl * C * T
+    for j in range(C):
+        for i in range(rows):
+            x = W[_ix(E0, j, i)] * row_scale[i]  # q_j·T; NaN for rows that do not count
+            x = x if x < top else top
+            x = x if x > 0.0 else 0.0
+            bins[j * NR + i] = np.int32(x)
+    for j in range(C):
+        for i in range(rows):
+            k = np.uint64(row_base[i] + j * T + bins[j * NR + i])
+            roc[k * np.uint64(N_ROC_FIELDS) + np.uint64(ROC_ALL)] += row_weight[i]
+    for i in range(rows):
+        y = max(labels[np.uint64(r0) + np.uint64(i)], 0)
+        k = np.uint64(row_base[i] + y * T + bins[y * NR + i])
+        roc[k * np.uint64(N_ROC_FIELDS) + np.uint64(ROC_POSITIVE)] += row_weight[i]
 
 
 @kernel
@@ -352,6 +363,10 @@ def _class_stats_narrow(
         slice_touched[0] = True
         slice_list[0] = 0
         n_slice_list = 1
+    roc_bins = np.zeros(C * NR if n_thresholds else 0, dtype=np.int32)
+    roc_scale = np.zeros(NR)
+    roc_weight = np.zeros(NR)
+    roc_base = np.zeros(NR, dtype=np.int64)
     rows_since_fold = 0
     rows_since_cell_fold = 0
     # With K buckets a cell gets about 1/K of the rows: fold K times less often.
@@ -388,6 +403,9 @@ def _class_stats_narrow(
             W[_ROW_PRED_CELL * NR + i] = np.float64(group * C) + W[_ARG * NR + i]
             W[_ROW_WEIGHT * NR + i] = w
             lognorm = W[_LOGN * NR + i]
+            q_true = fast_exp(W[_TY * NR + i]) * inv  # e of the true class, as the exp pass computed it
+            # Σ_j (q_j - y_j)² = Σ q² - 2 q_y + 1
+            W[_ROW_W_BRIER * NR + i] = w * (W[_E2 * NR + i] * inv * inv - 2.0 * q_true + 1.0)
             W[_ROW_CE * NR + i] = min(lognorm - W[_TY * NR + i], max_ce)  # eps: q_true -> max(q_true, eps)
             W[_ROW_W_ENTROPY * NR + i] = w * (lognorm - inv * W[_ET * NR + i])
             W[_ROW_HIST * NR + i] = np.float64((group * n_bins + b) * N_HIST_FIELDS)
@@ -396,9 +414,6 @@ def _class_stats_narrow(
             w = W[_ROW_WEIGHT * NR + i]
             rank = W[_RANK * NR + i]
             inv = W[_INV * NR + i]
-            q_true = W[_ix(E0, max(labels[np.uint64(r0) + np.uint64(i)], 0), i)] * inv
-            # Σ_j (q_j - y_j)² = Σ q² - 2 q_y + 1
-            W[_ROW_W_BRIER * NR + i] = w * (W[_E2 * NR + i] * inv * inv - 2.0 * q_true + 1.0)
             W[_ROW_W_P_TRUE * NR + i] = w * fast_exp(-W[_ROW_CE * NR + i])  # p_true = exp(-CE)
             W[_ROW_W_TOP1 * NR + i] = w if rank < 1.0 else 0.0
             W[_ROW_W_TOP5 * NR + i] = w if rank < 5.0 else 0.0
@@ -426,8 +441,15 @@ def _class_stats_narrow(
                 continue
             cell = np.uint64(W[_ROW_CELL * NR + i])
             ce = W[_ROW_CE * NR + i]
-            n_touched = _touch(cell, epoch, stamp, touched, n_touched, shift)
-            k = _shift_of(cell, ce, shift)
+            # Inline, not _touch/_shift_of: calls with array arguments cost more than the scatter.
+            if stamp[cell] != epoch:
+                stamp[cell] = epoch
+                touched[n_touched] = cell
+                n_touched += 1
+                shift[cell] = ce if np.isfinite(ce) else 0.0
+            elif shift[cell] != shift[cell]:  # touched only as a predicted class so far
+                shift[cell] = ce if np.isfinite(ce) else 0.0
+            k = shift[cell]
             f = cell * np.uint64(N_BLK_FIELDS)
             blk[f + np.uint64(BLK_COUNT)] += 1.0
             w = W[_ROW_WEIGHT * NR + i]
@@ -445,7 +467,11 @@ def _class_stats_narrow(
             if has_ref:
                 blk[f + np.uint64(KL)] += W[_ROW_W_KL * NR + i]
             pcell = np.uint64(W[_ROW_PRED_CELL * NR + i])
-            n_touched = _touch(pcell, epoch, stamp, touched, n_touched, shift)
+            if stamp[pcell] != epoch:
+                stamp[pcell] = epoch
+                touched[n_touched] = pcell
+                n_touched += 1
+                shift[pcell] = np.nan
             blk[pcell * np.uint64(N_BLK_FIELDS) + np.uint64(PREDICTED)] += w
             h = np.uint64(W[_ROW_HIST * NR + i])
             s_hist[h + np.uint64(HIST_WEIGHT)] += w
@@ -467,7 +493,8 @@ def _class_stats_narrow(
                     conf_n[q] += 1
                     conf_w[q] += W[_ROW_WEIGHT * NR + i]
         if n_thresholds:
-            _roc_narrow(W, C, rows, labels, slice_ids, r0, has_slices, n_thresholds, roc)
+            _roc_narrow(W, C, rows, labels, slice_ids, r0, has_slices, n_thresholds, roc, roc_bins, roc_scale,
+                        roc_weight, roc_base)
         if has_slices:
             for i in range(rows):
                 if (W[_OK * NR + i] != 0.0) & (W[_ROW_WEIGHT * NR + i] != 0.0):
