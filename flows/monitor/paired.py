@@ -132,7 +132,8 @@ def compare_rows(joined: JoinResult, slice_by: tuple[str, ...], class_names: lis
         report = paired_finalize(part, base=2 if units == "bits" else "e", level=level)
         for scope, columns in (("per_slice", report.per_slice), ("per_class", report.per_class)):
             for i in range(len(columns["slice"])):
-                row = {"key": () if overall else report.slice_keys[columns["slice"][i]], "overall": overall}
+                key = () if overall else report.slice_keys[columns["slice"][i]]
+                row = {"key": key, **dict(zip(slice_by, key)), "overall": overall}  # slice values by name for gates
                 if scope == "per_class":
                     cls = int(columns["class"][i])
                     row.update({"class": cls, "class_name": class_names[cls]})
