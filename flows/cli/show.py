@@ -177,7 +177,7 @@ def print_compare(path: str, console: Console | None = None, storage_options: di
     info = json.loads(metadata.get(COMPARE_KEY, b"{}"))
     header, cells = compare_view(table_data)
     level = info.get("level", 0.95)
-    table = Table(title=f"candidate - baseline, {level:.0%} paired intervals (cross-entropy in {units}); worst classes last")
+    table = Table(title=f"candidate - baseline, {level:.0%} paired intervals (cross-entropy in {units}): overall, per slice, then the classes with the largest CE increase")
     for column in header:
         table.add_column(column, justify="right")
     for row in cells:
