@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 from distributed import Client
 
+from xent_kernels import STATISTICS
 from xent_kernels.paired import OUTCOMES, PairedStats, jackknife_buckets, paired_finalize, paired_partial
 
 from ..config import CompareConfig
@@ -154,21 +155,13 @@ def compare_rows(joined: JoinResult, slice_by: tuple[str, ...], class_names: lis
 
 def compare_columns(rows: list[dict]) -> list[str]:
     """The metric columns of compare.parquet, in order: n, outcomes, verdict, then per
-    interval metric its baseline, candidate, diff, diff_lo, diff_hi and verdict."""
-    fixed = ["n", *OUTCOMES, "verdict"]
-    metrics = []
-    for row in rows:
-        for name in row:
-            if name.endswith("_baseline") and name not in ("n_only_baseline",):
-                metric = name.removesuffix("_baseline")
-                if metric not in metrics:
-                    metrics.append(metric)
-    from xent_kernels import STATISTICS
-
-    order = {s.name: i for i, s in enumerate(STATISTICS)}
-    metrics.sort(key=lambda m: order.get(m, len(order)))
+    interval metric (table order) its baseline, candidate, diff, diff_lo, diff_hi and
+    verdict, then the join's counts."""
+    present = {name for row in rows for name in row}
+    metrics = [s.name for s in STATISTICS if f"{s.name}_diff" in present]
     suffixes = ("baseline", "candidate", "diff", "diff_lo", "diff_hi", "verdict")
-    return fixed + [f"{m}_{s}" for m in metrics for s in suffixes] + ["n_matched", "n_only_baseline", "n_only_candidate"]
+    return ["n", *OUTCOMES, "verdict", *(f"{m}_{s}" for m in metrics for s in suffixes),
+            "n_matched", "n_only_baseline", "n_only_candidate"]
 
 
 def compare_table(report: CompareReport) -> pa.Table:
