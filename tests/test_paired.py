@@ -12,7 +12,7 @@ from scipy import stats as sps
 from scipy.special import log_softmax, softmax
 
 from xent_kernels import STATISTICS
-from xent_kernels.paired import DIRECTION, PairedStats, jackknife_buckets, paired_finalize, paired_partial
+from xent_kernels.paired import DIRECTION, PairedStats, direction, jackknife_buckets, paired_finalize, paired_partial
 
 K = 20
 C = 4
@@ -117,7 +117,8 @@ def test_the_pairing_narrows_the_interval_and_finds_the_better_model():
     ps = report.per_slice
     assert ps["ce_mean_diff_hi"][0] < 0 and ps["ce_mean_verdict"][0] == "better"
     assert ps["accuracy_diff_lo"][0] > 0 and ps["accuracy_verdict"][0] == "better"
-    assert ps["entropy_mean_verdict"][0] is None and "entropy_mean" not in DIRECTION  # no direction, no verdict
+    assert ps["entropy_mean_verdict"][0] is None and direction("entropy_mean") == 0  # no direction, no verdict
+    assert (direction("ce_mean"), direction("f1_macro"), direction("recall_weighted"), direction("ce_std")) == (-1, 1, 1, 0)
     # Swapped sides: the same interval mirrored, and the verdict turned around.
     swapped = paired_finalize(paired_partial(cand, base, labels, buckets=buckets, n_buckets=K)).per_slice
     assert_allclose(swapped["ce_mean_diff_lo"], -ps["ce_mean_diff_hi"], rtol=1e-10)

@@ -42,6 +42,15 @@ DIRECTION: dict[str, int] = {
 }
 VERDICTS = ("better", "worse", "no_significant_difference")
 
+
+def direction(metric: str) -> int:
+    """+1, -1 or 0 (no verdict) for `metric`; an average such as ``f1_macro`` takes
+    the direction of its base metric (``f1``)."""
+    if metric in DIRECTION:
+        return DIRECTION[metric]
+    base, _, average = metric.rpartition("_")
+    return DIRECTION.get(base, 0) if average in ("macro", "weighted", "micro") else 0
+
 # The jackknife bucket of a row from its key's 64-bit hash: remixed with a constant
 # so that it is independent of the join's bucket (the same hash modulo another count).
 # TODO: use the key-hash bucket helper of xent_kernels.hashing once it lands (one
@@ -182,10 +191,10 @@ class PairedReport:
     level: float = DEFAULT_LEVEL
 
 
-def verdicts(lo: np.ndarray, hi: np.ndarray, direction: int) -> np.ndarray:
+def verdicts(lo: np.ndarray, hi: np.ndarray, better: int) -> np.ndarray:
     """better / worse / no_significant_difference per interval of candidate - baseline,
-    for a metric where `direction` (+1 / -1) is better; None where a bound is NaN."""
-    up, down = (VERDICTS[0], VERDICTS[1]) if direction > 0 else (VERDICTS[1], VERDICTS[0])
+    for a metric where higher (`better` +1) or lower (-1) is better; None where a bound is NaN."""
+    up, down = (VERDICTS[0], VERDICTS[1]) if better > 0 else (VERDICTS[1], VERDICTS[0])
     out = np.full(len(lo), VERDICTS[2], dtype=object)
     out[lo > 0] = up
     out[hi < 0] = down
@@ -253,7 +262,7 @@ def paired_finalize(stats: PairedStats, base: Literal["e", 2] = "e", level: floa
             prefix = statistic.name
             columns[f"{prefix}_baseline"], columns[f"{prefix}_candidate"] = values["baseline"], values["candidate"]
             columns[f"{prefix}_diff"], columns[f"{prefix}_diff_lo"], columns[f"{prefix}_diff_hi"] = diff, lo, hi
-            direction = DIRECTION.get(statistic.name, 0)
-            columns[f"{prefix}_verdict"] = verdicts(lo, hi, direction) if direction else np.full(len(diff), None, object)
+            better = direction(statistic.name)
+            columns[f"{prefix}_verdict"] = verdicts(lo, hi, better) if better else np.full(len(diff), None, object)
     return PairedReport(keys, "nats" if divisor == 1.0 else "bits", per_class, per_slice,
                         {scope: tuple(names) for scope, names in metrics.items()}, level)
