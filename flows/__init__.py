@@ -3,7 +3,7 @@
 The numerics live in :mod:`xent_kernels`; this package reads shards, runs those
 kernels on a Dask cluster, and writes reports.
 
-``from flows import evaluate, drift`` is the Python API (:mod:`flows.api`); it is
+``from flows import evaluate, drift, compare`` is the Python API (:mod:`flows.api`); it is
 imported on first use, so ``import flows`` stays cheap.
 """
 
@@ -15,7 +15,7 @@ except PackageNotFoundError:  # running from a source tree that was not installe
     __version__ = "0+unknown"
 
 
-_API = ("evaluate", "drift", "Report", "DriftResult")
+_API = ("evaluate", "drift", "compare", "Report", "DriftResult", "CompareResult")
 
 
 def __getattr__(name: str):

@@ -1,6 +1,6 @@
 """The Python API: one path from any input to a report, for notebooks and pipelines.
 
->>> from flows import evaluate, drift
+>>> from flows import evaluate, drift, compare
 >>> report = evaluate("dumps/2026-11-23/", slice_by=["model"])  # doctest: +SKIP
 >>> report.summary                                              # doctest: +SKIP
 
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence, TypeVar
 import pyarrow as pa
 from pydantic import BaseModel, ValidationError
 
-from .config import DriftConfig, EvalConfig, describe_validation_error
+from .config import CompareConfig, DriftConfig, EvalConfig, describe_validation_error
 from .engine import Evaluation, Progress, dask_client, evaluate_source
 from .engine import evaluate as evaluate_files
 from .errors import UsageError
@@ -36,8 +36,12 @@ if TYPE_CHECKING:
     from distributed import Client
 
     from .monitor.compare import DriftReport
+    from .monitor.paired import CompareReport
 
-__all__ = ["DriftResult", "Report", "drift", "drift_config", "evaluate", "evaluate_config"]
+__all__ = [
+    "CompareResult", "DriftResult", "Report", "compare", "compare_config", "drift", "drift_config", "evaluate",
+    "evaluate_config",
+]
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -295,6 +299,121 @@ def drift_config(config: DriftConfig, *, client: "Client | None" = None, progres
     with _cluster(client, config.scheduler, current=dask_side) as running:
         report = compare(config, running, Progress.of(progress), reference=reference, current=current)
         return DriftResult(report, config)
+
+
+# --------------------------------------------------------------------------- compare
+
+
+class CompareResult:
+    """A candidate against a baseline on the same rows: the table ``xent compare`` writes.
+
+    Attributes
+    ----------
+    report
+        The rows, join counts, breaches and both evaluations (``report.baseline``, ``report.candidate``).
+    tables
+        ``{"compare": pyarrow Table}`` with its report metadata, exactly as written.
+    """
+
+    def __init__(self, report: "CompareReport", config: CompareConfig):
+        from .monitor.paired import compare_tables
+
+        self.report = report
+        self.config = config
+        self.tables: dict[str, pa.Table] = compare_tables(report, config)
+
+    @property
+    def table(self) -> "pd.DataFrame":
+        """One row per slice and per (slice, class), and the same across slices (``overall``)."""
+        return self.tables["compare"].to_pandas()
+
+    @property
+    def breaches(self) -> list[str]:
+        """Each breached (gate, row), described: gate, slice, class, difference and interval."""
+        return list(self.report.breaches)
+
+    @property
+    def units(self) -> str:
+        return self.config.units
+
+    def raise_for_breach(self) -> None:
+        """Raise ``GateBreach`` (exit code 3 in the CLI) naming every breach, if any."""
+        from .monitor.gates import gate_error
+
+        error = gate_error(self.report.breaches)
+        if error is not None:
+            raise error
+
+    def to_arrow(self) -> dict[str, pa.Table]:
+        return dict(self.tables)
+
+    def write(self, path: str | os.PathLike, storage_options: dict[str, Any] | None = None) -> dict[str, str]:
+        """Write ``compare.parquet`` (and ``_manifest.json``) under `path` all-or-nothing."""
+        options = self.config.storage_options if storage_options is None else storage_options
+        return write_tables_atomically(self.tables, os.fspath(path), options)
+
+    def __repr__(self) -> str:
+        row = next(r for r in self.report.rows if r["overall"] and r["class"] is None)
+        verdict = f"{len(self.report.breaches)} gate breaches" if self.report.breaches else "no gate breached"
+        return (f"<xent CompareResult: {row['n_matched']:,} rows joined; ce_mean candidate - baseline "
+                f"{row['ce_mean_diff']:+.4g} [{row['ce_mean_diff_lo']:+.4g}, {row['ce_mean_diff_hi']:+.4g}] "
+                f"{self.units}: {row['verdict']}; {verdict}>")
+
+
+def compare(baseline: Any, candidate: Any, *, client: "Client | None" = None, progress: bool | Progress = False,
+            **options: Any) -> CompareResult:
+    """Compare a candidate model's predictions with a baseline's on the same rows
+    (joined on key columns): paired differences of every interval metric with their
+    jackknife intervals, per-row CE wins/ties/losses, verdicts and gates.
+
+    Parameters
+    ----------
+    baseline, candidate
+        Each any source ``evaluate`` takes (Parquet paths, a pyarrow Table, a pandas or
+        a Dask DataFrame).
+    client, progress
+        As for ``evaluate``.
+    **options
+        ``CompareConfig`` settings: the reading settings of ``evaluate``,
+        ``compare={"id_cols": [...], "n_buckets": 20, "level": 0.95, "tie_tolerance": 0}``
+        and ``gate={"metric": "ce_mean", "max_increase": 0.01}`` (or a list of gates).
+
+    Returns
+    -------
+    CompareResult
+        ``raise_for_breach()`` raises ``GateBreach`` when a gate is breached.
+
+    Raises
+    ------
+    UsageError, DataError
+        As for ``drift``; also a DataError when a joined row's label differs between the dumps.
+    """
+    config = validated(CompareConfig, options, "compare()", ("sources", "baseline"))
+    paths, in_memory = {}, {}
+    for side, source in (("baseline", baseline), ("candidate", candidate)):
+        paths[side] = _paths(source)
+        if paths[side] is None and not is_in_memory(source):
+            raise UsageError(f"compare(): {side} is a {type(source).__module__}.{type(source).__name__}; give Parquet "
+                             "path(s), folder(s), glob(s) or URL(s), a pyarrow Table, a pandas DataFrame or a Dask DataFrame")
+        in_memory[side] = None if paths[side] is not None else source
+    config = config.model_copy(update={"sources": paths["candidate"] or [], "baseline": paths["baseline"] or []})
+    return compare_config(config, client=client, progress=progress, **in_memory)
+
+
+def compare_config(config: CompareConfig, *, client: "Client | None" = None, progress: bool | Progress = False,
+                   baseline: Any = None, candidate: Any = None) -> CompareResult:
+    """``compare`` from a validated config (candidate dump in ``sources``, and ``baseline``);
+    `baseline` or `candidate`, when given, is that side's in-memory data instead."""
+    from .monitor.paired import compare_models
+
+    if baseline is None and not config.baseline:
+        raise UsageError("no baseline dump given (--baseline or 'baseline' in the config)")
+    if candidate is None and not config.sources:
+        raise UsageError("no candidate dump given (--candidate or 'sources' in the config)")
+    dask_side = is_dask_dataframe(baseline) or is_dask_dataframe(candidate)
+    with _cluster(client, config.scheduler, current=dask_side) as running:
+        report = compare_models(config, running, Progress.of(progress), baseline=baseline, candidate=candidate)
+        return CompareResult(report, config)
 
 
 # --------------------------------------------------------------------------- helpers

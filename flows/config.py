@@ -156,8 +156,8 @@ def _check_metrics(value: dict[str, float]) -> dict[str, float]:
     return value
 
 
-class DriftSettings(StrictModel):
-    """How to compare a dump with its reference, and when to raise the alarm."""
+class JoinSettings(StrictModel):
+    """How two dumps' rows are joined on key columns (drift's per-sample KL, ``xent compare``)."""
 
     id_col: str = Field("id", description="Row id column; with the slice columns, the default join key.")
     id_cols: list[str] | None = Field(
@@ -166,20 +166,8 @@ class DriftSettings(StrictModel):
         description="Columns (or hive folder keys) that identify a row in both dumps: the per-sample join key. "
         "Default: id_col plus the slice columns, so several models scoring the same ids join model with model.",
     )
-    thresholds: dict[str, float] = Field(
-        default_factory=dict, description="Metric -> largest allowed value, in the run's units."
-    )
-    slice_thresholds: list[SliceThresholds] = Field(default_factory=list)
-    confidence_bins: int = Field(10, ge=2, le=100, description="Confidence bins, at reference quantiles.")
-    smoothing: float = Field(1e-4, gt=0, lt=1, description="Added to every bin's share before KL/JS/PSI.")
-    per_sample: bool = Field(True, description="Join rows on the key columns for per-sample KL.")
     bucket_rows: int = Field(2_000_000, ge=1, description="Rows per join bucket: bounds worker memory.")
     scratch_dir: str | None = Field(None, description="Where join buckets spill (shared by all workers).")
-
-    @field_validator("thresholds")
-    @classmethod
-    def _known_metrics(cls, value):
-        return _check_metrics(value)
 
     @field_validator("id_cols", mode="before")
     @classmethod
@@ -202,11 +190,82 @@ class DriftSettings(StrictModel):
         return tuple(dict.fromkeys([self.id_col, *slice_by]))
 
 
+class DriftSettings(JoinSettings):
+    """How to compare a dump with its reference, and when to raise the alarm."""
+
+    thresholds: dict[str, float] = Field(
+        default_factory=dict, description="Metric -> largest allowed value, in the run's units."
+    )
+    slice_thresholds: list[SliceThresholds] = Field(default_factory=list)
+    confidence_bins: int = Field(10, ge=2, le=100, description="Confidence bins, at reference quantiles.")
+    smoothing: float = Field(1e-4, gt=0, lt=1, description="Added to every bin's share before KL/JS/PSI.")
+    per_sample: bool = Field(True, description="Join rows on the key columns for per-sample KL.")
+
+    @field_validator("thresholds")
+    @classmethod
+    def _known_metrics(cls, value):
+        return _check_metrics(value)
+
+
 class DriftConfig(EvalConfig):
     """`xent drift`: the reading settings of EvalConfig for both dumps, plus drift settings."""
 
     reference: list[str] = Field(default_factory=list, description="The reference dump (baseline).")
     drift: DriftSettings = Field(default_factory=DriftSettings)
+
+
+class Gate(StrictModel):
+    """A limit on how much worse the candidate may be than the baseline (``xent compare``):
+    ``{metric: ce_mean, max_increase: 0.01, mode: interval}``. Exactly one of
+    `max_increase` / `max_decrease`, in the run's units for information metrics."""
+
+    metric: str = Field(description="An interval metric of the report (ce_mean, accuracy, ece, ...).")
+    max_increase: float | None = Field(None, ge=0, description="Largest allowed candidate - baseline.")
+    max_decrease: float | None = Field(None, ge=0, description="Largest allowed baseline - candidate.")
+    mode: Literal["interval", "point"] = Field(
+        "interval", description="interval: breached only when the whole interval lies past the limit; "
+        "point: when the difference itself does.",
+    )
+
+    @field_validator("metric")
+    @classmethod
+    def _interval_metric(cls, value):
+        from xent_kernels import STATISTICS
+
+        known = [s.name for s in STATISTICS if s.interval]
+        if value not in known:
+            raise ValueError(f"unknown gate metric {value!r}; metrics with intervals: {known}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_limit(self):
+        if (self.max_increase is None) == (self.max_decrease is None):
+            raise ValueError("a gate needs exactly one of max_increase or max_decrease")
+        return self
+
+
+class CompareSettings(JoinSettings):
+    """How ``xent compare`` pairs the candidate's rows with the baseline's."""
+
+    n_buckets: int = Field(20, ge=2, le=1000, description="Jackknife buckets K (by a hash of the row key).")
+    level: float = Field(0.95, gt=0, lt=1, description="Two-sided level of the paired intervals and verdicts.")
+    tie_tolerance: float = Field(
+        0.0, ge=0, description="Per-row CE differences at most this (in the run's units) are ties; 0: exact equality.",
+    )
+
+
+class CompareConfig(EvalConfig):
+    """`xent compare`: the reading settings of EvalConfig for both dumps (``sources`` is
+    the candidate), the join and interval settings, and the gates."""
+
+    baseline: list[str] = Field(default_factory=list, description="The baseline dump.")
+    compare: CompareSettings = Field(default_factory=CompareSettings)
+    gate: list[Gate] = Field(default_factory=list, description="A gate, or a list of them.")
+
+    @field_validator("gate", mode="before")
+    @classmethod
+    def _one_or_many(cls, value):
+        return [value] if isinstance(value, dict) else value
 
 
 class Schedule(StrictModel):

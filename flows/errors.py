@@ -40,6 +40,12 @@ class DriftBreach(XentError):
     exit_code = EXIT_BREACH
 
 
+class GateBreach(XentError):
+    """A compare gate was breached: the candidate is worse than allowed (the report was still written)."""
+
+    exit_code = EXIT_BREACH
+
+
 class InfrastructureError(XentError):
     """The cluster, storage, network or disk failed; the data may be fine.
 

@@ -14,3 +14,4 @@ CLASSES_KEY = b"xent.classes"  # JSON list of class names in index order
 LAYOUT_KEY = b"xent.layout"  # JSON: kind, layout and prediction columns read
 INTEGRITY_KEY = b"xent.integrity"  # JSON: input files, and how many had their page checksums verified
 RUN_DIGEST_KEY = b"xent.run_digest"  # a nightly run's digest of its config and inputs
+COMPARE_KEY = b"xent.compare"  # JSON: a comparison's join key and counts, buckets, level and tie tolerance

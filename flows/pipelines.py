@@ -1,5 +1,5 @@
-"""Prefect flows for the three uses: ad-hoc evaluation, nightly evaluation into a
-history of reports, and drift monitoring against a reference.
+"""Prefect flows for the uses: ad-hoc evaluation, nightly evaluation into a history of
+reports, drift monitoring against a reference, and a candidate against a baseline.
 
 Each flow run owns one Dask cluster (a LocalCluster, or an existing scheduler from
 the config or $DASK_SCHEDULER_ADDRESS) and hands its client to the tasks; Prefect's
@@ -21,12 +21,14 @@ from prefect.states import Completed, Failed
 
 from xent_kernels import class_columns
 
-from .config import DriftConfig, EvalConfig, NightlyConfig, build_config
+from .config import CompareConfig, DriftConfig, EvalConfig, NightlyConfig, build_config
 from .engine import Progress
 from .errors import InfrastructureError, XentError, infrastructure_cause
 from .inputs.sources import InputFile, dump_label, fingerprint
 from .monitor.compare import DriftReport, breach_error, describe_breach
+from .monitor.gates import gate_error
 from .runs import adhoc, drift, nightly
+from .runs import compare as compare_run
 
 
 def _transient(task, task_run, state) -> bool:
@@ -55,6 +57,7 @@ evaluate_on_cluster = task(cache_policy=NONE)(adhoc.evaluate_on_cluster)
 write_report = task(cache_policy=NONE, **IO_RETRIES)(adhoc.write_report)
 write_tables = task(cache_policy=NONE, **IO_RETRIES)(adhoc.write_tables)
 compare_on_cluster = task(cache_policy=NONE)(drift.compare_on_cluster)
+compare_models = task(cache_policy=NONE)(compare_run.compare_on_cluster)
 
 
 @task(cache_policy=NONE)
@@ -147,6 +150,45 @@ def drift_flow(config: DriftConfig, out: str, progress: bool = False) -> Any:
     key = _dump_artifact_key("drift", config.sources, report.current.inputs)
     publish_artifact(key, _drift_rows(report), f"Drift ({config.units}) of {config.sources} against {config.reference}")
     return _breach_state(report, {"paths": paths, "breaches": [describe_breach(r, report.slice_by) for r in report.breaches]})
+
+
+# --------------------------------------------------------------------------- compare
+
+
+def _compare_run_name() -> str:
+    config = CompareConfig.model_validate(flow_run.parameters["config"])
+    return f"xent-compare {dump_label(config.sources)} vs {dump_label(config.baseline)}"
+
+
+def compare_markdown(tables: dict[str, pa.Table], config: CompareConfig, breaches: list[str]) -> str:
+    """The compare artifact: the terminal's short table, the gates' verdict and every breach."""
+    from .cli.show import compare_view
+
+    header, cells = compare_view(tables["compare"])
+    lines = [f"# {dump_label(config.sources)} against {dump_label(config.baseline)}", "",
+             f"Candidate - baseline with {config.compare.level:.0%} paired intervals; cross-entropy in {config.units}.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
+    gates = ", ".join(g.metric for g in config.gate)
+    lines += ["", f"**Gates**: {'none set' if not config.gate else ('BREACHED' if breaches else 'passed') + f' ({gates})'}"]
+    lines += [f"- {message}" for message in breaches]
+    return "\n".join(lines)
+
+
+@flow(name="xent-compare", flow_run_name=_compare_run_name, log_prints=False)
+def compare_flow(config: CompareConfig, out: str, progress: bool = False) -> Any:
+    """Compare the candidate dump with the baseline on the same rows; a breached gate fails the run."""
+    paths, result = compare_run.compare_steps(config, out, (compare_models, write_report), Progress(progress))
+    key = _dump_artifact_key("compare", config.sources, result.report.candidate.inputs)
+    create_markdown_artifact(key=key, markdown=compare_markdown(result.tables, config, result.breaches),
+                             description=f"{config.sources} against {config.baseline}")
+    error = gate_error(result.breaches)
+    if error is not None:
+        logger = get_run_logger()
+        for message in result.breaches:
+            logger.warning("gate: %s", message)
+        return Failed(message=str(error), data=error)
+    return {"paths": paths, "breaches": []}
 
 
 # --------------------------------------------------------------------------- nightly

@@ -153,6 +153,39 @@ def cmd_drift(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from ..config import CompareConfig, build_config, describe_validation_error
+    from ..errors import GateBreach
+    from .show import print_compare
+
+    overrides = _eval_overrides(args)
+    overrides["sources"] = args.candidate
+    overrides["baseline"] = args.baseline
+    config = build_config(CompareConfig, args.config, overrides)
+    try:
+        if args.id_cols:
+            config.compare.id_cols = args.id_cols
+    except ValidationError as error:
+        raise UsageError(describe_validation_error(error, "--id-cols")) from None
+    if args.no_prefect:
+        from ..engine import Progress
+        from ..runs.compare import compare_steps
+
+        paths, result = compare_steps(config, args.out, progress=Progress.auto())
+        print_compare(paths["compare"], storage_options=config.storage_options)
+        result.raise_for_breach()
+        return 0
+    try:
+        paths = run_flow(_pipelines().compare_flow, config, args.out, progress=_on_terminal())["paths"]
+    except GateBreach:  # the failed run wrote its report too
+        print_compare(f"{args.out.rstrip('/')}/compare.parquet", storage_options=config.storage_options)
+        raise
+    print_compare(paths["compare"], storage_options=config.storage_options)
+    return 0
+
+
 def cmd_nightly(args: argparse.Namespace) -> int:
     from ..config import NightlyConfig, build_config
     from ..runs.nightly import nightly_steps, report_outcomes, run_dates
@@ -295,6 +328,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-prefect", action="store_true", help="run the same steps without Prefect (no run history, no artifact)")
     p.set_defaults(handler=cmd_drift)
 
+    p = sub.add_parser("compare", help="compare a candidate model with a baseline on the same rows: paired "
+                       "differences with intervals, wins/ties/losses, verdicts and gates (exit 3 on a breach)")
+    p.add_argument("--baseline", nargs="+", required=True, help="the baseline dump")
+    p.add_argument("--candidate", nargs="+", required=True, help="the candidate dump (the same rows, by key)")
+    p.add_argument("--id-cols", metavar="COL[,COL...]",
+                   help="the join key, e.g. model,id (default: id plus the slice columns)")
+    _add_eval_arguments(p, sources=False)
+    p.add_argument("--no-prefect", action="store_true", help="run the same steps without Prefect (no run history, no artifact)")
+    p.set_defaults(handler=cmd_compare)
+
     p = sub.add_parser("nightly", help="evaluate each configured source for a date (or a range) into the report history")
     p.add_argument("--config", required=True, help="nightly YAML config (see configs/nightly.yaml)")
     p.add_argument("--date", help="YYYY-MM-DD (default: today in the schedule's timezone)")
@@ -348,7 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return error.exit_code
     except KeyboardInterrupt:
         out = getattr(args, "out", None)
-        if args.command in ("eval", "drift") and out in committed:
+        if args.command in ("eval", "drift", "compare") and out in committed:
             print(f"xent: interrupted, but the report was written in full: {out}", file=sys.stderr)
             return 0
         written = f" (written in full before it: {', '.join(committed)})" if committed else ""

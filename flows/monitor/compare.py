@@ -15,7 +15,6 @@ in the same units.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -28,13 +27,11 @@ from xent_kernels.drift import histogram_divergences, quantile_bin_edges, rebin
 from xent_kernels.statistics import Totals
 
 from ..config import DRIFT_METRICS, DriftConfig, DriftSettings
-from ..engine import Evaluation, Progress, evaluate_source, inspect_files, memory_pieces, plan_pieces
+from ..engine import Evaluation, Progress, evaluate_source
 from ..errors import DataError, DriftBreach
-from ..inputs.reader import ReadSpec, open_parquet
-from ..inputs.sources import InputFile
 from ..metadata import CONFIG_KEY, REFERENCE_FINGERPRINT_KEY
 from ..report.tables import config_json, report_metadata, report_parts, slice_key_columns
-from .join import JoinSide, per_sample_kl
+from .join import KL_PAIRING, EvaluatedSide, join_sides, prepare_join
 
 FINE_BINS = 200  # confidence histogram resolution before re-binning at reference quantiles
 
@@ -105,7 +102,7 @@ def compare(config: DriftConfig, client: Client, progress: Progress | None = Non
     fine = config.model_copy(update={"n_bins": FINE_BINS})
     current_evaluation = evaluate_source(fine, client, current, progress)
     reference_evaluation = evaluate_source(fine.model_copy(update={"sources": config.reference}), client, reference, progress)
-    sides = {"reference": _Side(reference_evaluation, reference), "current": _Side(current_evaluation, current)}
+    sides = {"reference": EvaluatedSide(reference_evaluation, reference), "current": EvaluatedSide(current_evaluation, current)}
     reference_spec, current_spec = reference_evaluation.spec, current_evaluation.spec
     if reference_spec.n_classes != current_spec.n_classes:
         raise DataError(
@@ -127,74 +124,13 @@ def compare(config: DriftConfig, client: Client, progress: Progress | None = Non
     return DriftReport(rows, current_spec.slice_by, current_spec.slice_types, reference_evaluation, current_evaluation)
 
 
-@dataclass
-class _Side:
-    evaluation: Evaluation
-    data: Any  # the in-memory data evaluated, or None for the evaluation's files
-
-
-def _comparable_type(arrow_type: pa.DataType) -> str:
-    if pa.types.is_dictionary(arrow_type):
-        arrow_type = arrow_type.value_type
-    if pa.types.is_integer(arrow_type):
-        return "integer"
-    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
-        return "string"
-    return str(arrow_type)
-
-
-def _key_spec(spec: ReadSpec, schema: pa.Schema, first: InputFile, key: tuple[str, ...], side: str) -> tuple[ReadSpec, list[str]]:
-    """`spec`, reading the key columns too (hive folder keys from the path of `first`,
-    the side's first file or in-memory stand-in, whose schema is `schema`), and each key
-    column's type as compared across the two sides."""
-    hive, types = [], []
-    for name in key:
-        if name in schema.names:  # a column wins over a hive key, as for slices
-            types.append(_comparable_type(schema.field(name).type))
-        elif name in first.hive:
-            hive.append(name)
-            types.append("string")
-        else:
-            raise DataError(
-                f"{side} dump {first.url}: no key column '{name}' (neither a column nor a hive folder key "
-                f"{sorted(first.hive)}); columns are {sorted(schema.names)}. Rows are joined on "
-                f"({', '.join(key)}): set drift.id_cols (or --id-cols) to columns both dumps have"
-            )
-    return dataclasses.replace(spec, id_cols=key, hive_ids=tuple(hive), n_bins=1), types
-
-
-def _per_sample_rows(config: DriftConfig, sides: dict[str, _Side], client: Client) -> list[dict]:
-    key = config.drift.join_key(config.slice_by)
-    specs, types, memory = {}, {}, {}
-    for name, side in sides.items():
-        spec = side.evaluation.spec
-        if side.data is None:
-            first = side.evaluation.inputs[0]
-            schema = open_parquet(first.url, spec.storage_options).schema_arrow
-        else:
-            memory[name] = memory_pieces(config, client, side.data)
-            first, schema = memory[name].source, memory[name].schema
-        specs[name], types[name] = _key_spec(spec, schema, first, key, name)
-    ref_file, cur_file = (sides[name].evaluation.spec.reference_file for name in ("reference", "current"))
-    for column, ref_type, cur_type in zip(key, types["reference"], types["current"]):
-        if ref_type != cur_type:
-            raise DataError(
-                f"key column '{column}' is {ref_type} in the reference dump ({ref_file}) but "
-                f"{cur_type} in the current dump ({cur_file}); the join needs one type on both sides"
-            )
-    joins = {}
-    for name, side in sides.items():
-        if name in memory:
-            # A Dask partition's rows are known only once read: the evaluation counted them.
-            joins[name] = JoinSide(specs[name], memory[name].pieces, memory[name].data, side.evaluation.result.rows_read)
-        else:
-            infos = inspect_files(client, side.evaluation.inputs, specs[name], stall_timeout=config.stall_timeout)
-            joins[name] = JoinSide(specs[name], plan_pieces(infos, config.task_rows), None, sum(i.rows for i in infos))
-    joined = per_sample_kl(config, joins, client)
+def _per_sample_rows(config: DriftConfig, sides: dict[str, EvaluatedSide], client: Client) -> list[dict]:
+    joins = prepare_join(config, config.drift.join_key(config.slice_by), sides, client, KL_PAIRING)
+    joined = join_sides(config, config.drift, joins, client, KL_PAIRING)
     rows = [
         {"key": None, "metric": "n_matched", "value": float(joined.matched)},
-        {"key": None, "metric": "n_only_reference", "value": float(joined.only_reference)},
-        {"key": None, "metric": "n_only_current", "value": float(joined.only_current)},
+        {"key": None, "metric": "n_only_reference", "value": float(joined.only_first)},
+        {"key": None, "metric": "n_only_current", "value": float(joined.only_second)},
     ]
     for part, overall in report_parts(joined.stats, sides["current"].evaluation.spec.slice_by):
         report = part.finalize()

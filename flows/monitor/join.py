@@ -1,13 +1,15 @@
-"""Per-sample KL(reference‖current): both dumps' rows joined on key columns.
+"""Two dumps' rows joined on key columns: per-sample drift and model comparison.
 
 Neither dump is ever held whole: each shard's rows are hashed by key into buckets
-spilled to a scratch folder, then each bucket is joined exactly and reduced to
-per-(slice, class) statistics by the fused kernel. Keys found on one side only are
-counted.
+spilled to a scratch folder, then each bucket is joined exactly and its matched rows
+are reduced to a small mergeable state by a :class:`Pairing`: per-sample
+KL(reference‖current) for drift (:data:`KL_PAIRING`), both models' statistics for
+``xent compare`` (:mod:`flows.monitor.paired`). Keys found on one side only are counted.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -17,40 +19,45 @@ import tempfile
 import uuid
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
+import pyarrow as pa
 from distributed import Client
 
 from xent_kernels import ClassStats, class_stats_partial
 from xent_kernels.hashing import splitmix64
 
-from ..config import DriftConfig
-from ..engine import Piece, map_all, map_reduce, piece_batches
+from ..config import EvalConfig, JoinSettings
+from ..engine import Evaluation, Piece, inspect_files, map_all, map_reduce, memory_pieces, piece_batches, plan_pieces
 from ..errors import DataError
-from ..inputs.reader import ReadSpec
+from ..inputs.reader import ReadSpec, open_parquet
+from ..inputs.sources import InputFile
 
 
 @dataclass(frozen=True)
 class JoinResult:
-    stats: ClassStats
+    """A pairing's merged state of the matched rows, and the row counts of the join:
+    `only_first`/`only_second` are rows whose key the other side lacks."""
+
+    stats: Any  # the pairing's state: a ClassStats for drift
     matched: int = 0
-    only_reference: int = 0
-    only_current: int = 0
+    only_first: int = 0
+    only_second: int = 0
 
     @staticmethod
     def merge(*results: "JoinResult") -> "JoinResult":
-        stats = functools.reduce(ClassStats.merge, (r.stats for r in results))
+        stats = functools.reduce(type(results[0].stats).merge, (r.stats for r in results))
         return JoinResult(
             stats,
             sum(r.matched for r in results),
-            sum(r.only_reference for r in results),
-            sum(r.only_current for r in results),
+            sum(r.only_first for r in results),
+            sum(r.only_second for r in results),
         )
 
 
-def bucket_of(keys: list[np.ndarray], n_buckets: int) -> np.ndarray:
-    """A bucket per row of the key columns, the same on every worker and in every
+def key_hash(keys: list[np.ndarray]) -> np.ndarray:
+    """A uint64 hash per row of the key columns, the same on every worker and in every
     process (no salted hashes). Integer columns are hashed vectorized; other values by
     the CRC-32 of their text, once per distinct value."""
     h = np.zeros(len(keys[0]), dtype=np.uint64)
@@ -63,21 +70,62 @@ def bucket_of(keys: list[np.ndarray], n_buckets: int) -> np.ndarray:
                 crc = np.fromiter((zlib.crc32(v.encode()) for v in distinct), dtype=np.uint64, count=len(distinct))
                 code = crc[inverse]
             h = splitmix64(h ^ code)
-    return (h % np.uint64(n_buckets)).astype(np.int64)
+    return h
+
+
+def bucket_of(keys: list[np.ndarray], n_buckets: int) -> np.ndarray:
+    """The join bucket of each row of the key columns (:func:`key_hash` modulo `n_buckets`)."""
+    return (key_hash(keys) % np.uint64(n_buckets)).astype(np.int64)
 
 
 @dataclass
-class _Rows:
-    """One side's rows of a bucket."""
+class Rows:
+    """One side's rows of a bucket (the matched rows, aligned, in a pairing)."""
 
     keys: list[np.ndarray]  # one array per key column
     pred: np.ndarray
     labels: np.ndarray
+    weights: np.ndarray | None
     slice_ids: np.ndarray
     slice_keys: list[tuple]  # the key of each slice id
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def take(self, index: np.ndarray) -> "Rows":
+        return Rows([values[index] for values in self.keys], self.pred[index], self.labels[index],
+                    None if self.weights is None else self.weights[index], self.slice_ids[index], self.slice_keys)
+
+
+@dataclass(frozen=True)
+class Pairing:
+    """What a join makes of its matched rows.
+
+    `names` are the two sides (scratch folders and messages use them); `reduce(spec,
+    first, second)` turns the matched rows of both sides, aligned row by row (at least
+    one), into a state whose class has a static ``merge``; `empty(spec)` is the state
+    of no rows; `setting` is the config key that sets the join key, for messages.
+    """
+
+    names: tuple[str, str]
+    reduce: Callable[[ReadSpec, Rows, Rows], Any]
+    empty: Callable[[ReadSpec], Any]
+    setting: str
+
+
+def _kl_empty(spec: ReadSpec) -> ClassStats:
+    return ClassStats.empty(spec.n_classes, n_bins=spec.n_bins, has_reference=True)
+
+
+def _kl_reduce(spec: ReadSpec, reference: Rows, current: Rows) -> ClassStats:
+    """KL(reference‖current) statistics, sliced by the current side's slices."""
+    return class_stats_partial(
+        current.pred, current.labels, kind=spec.kind, slice_ids=current.slice_ids, slice_keys=current.slice_keys,
+        reference=reference.pred, reference_kind=spec.kind, n_bins=spec.n_bins,
+    )
+
+
+KL_PAIRING = Pairing(("reference", "current"), _kl_reduce, _kl_empty, "drift.id_cols")
 
 
 def spill_piece(piece: Piece, side: str, index: int, spec: ReadSpec, data: Any = None, *, scratch: str,
@@ -96,8 +144,8 @@ def spill_piece(piece: Piece, side: str, index: int, spec: ReadSpec, data: Any =
                 continue
             folder = os.path.join(scratch, side, f"{k:05d}")
             os.makedirs(folder, exist_ok=True)
-            part = _Rows([values[take] for values in batch.ids], batch.pred[take], batch.labels[take], slice_ids[take],
-                         list(batch.slice_keys))
+            part = Rows([values[take] for values in batch.ids], batch.pred[take], batch.labels[take],
+                        None if batch.weights is None else batch.weights[take], slice_ids[take], list(batch.slice_keys))
             # pickle, not np.savez: np.load parses each array header with ast.literal_eval,
             # which fails at random in concurrent worker threads on CPython 3.11
             # ("AST constructor recursion depth mismatch", python/cpython#106905).
@@ -107,7 +155,7 @@ def spill_piece(piece: Piece, side: str, index: int, spec: ReadSpec, data: Any =
     return rows
 
 
-def _load_bucket(folder: str) -> _Rows | None:
+def _load_bucket(folder: str) -> Rows | None:
     """One side's spilled rows of a bucket, with slice ids renumbered over all its parts."""
     parts = []
     for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
@@ -120,10 +168,11 @@ def _load_bucket(folder: str) -> _Rows | None:
     for part in parts:
         local = np.array([keys.setdefault(k, len(keys)) for k in part.slice_keys], dtype=np.int64)
         slice_ids.append(local[part.slice_ids] if local.size else part.slice_ids)
-    return _Rows(
+    return Rows(
         [_concatenate([p.keys[j] for p in parts]) for j in range(len(parts[0].keys))],
         np.concatenate([p.pred for p in parts]),
         np.concatenate([p.labels for p in parts]),
+        None if parts[0].weights is None else np.concatenate([p.weights for p in parts]),
         np.concatenate(slice_ids),
         list(keys),
     )
@@ -136,46 +185,49 @@ def _concatenate(arrays: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(arrays)
 
 
-def _key_codes(reference: _Rows, current: _Rows) -> tuple[np.ndarray, np.ndarray]:
+def _key_codes(first: Rows, second: Rows) -> tuple[np.ndarray, np.ndarray]:
     """Integer codes of both sides' key rows, equal exactly when the keys are equal:
     each column is factorized over both sides, and codes are combined column by column
     and re-factorized, so they stay below the row count (no overflow, no collisions)."""
-    n_ref = len(reference)
-    codes = np.zeros(n_ref + len(current), dtype=np.int64)
-    for ref_values, cur_values in zip(reference.keys, current.keys):
-        _, column = np.unique(_concatenate([ref_values, cur_values]), return_inverse=True)
+    n_first = len(first)
+    codes = np.zeros(n_first + len(second), dtype=np.int64)
+    for first_values, second_values in zip(first.keys, second.keys):
+        _, column = np.unique(_concatenate([first_values, second_values]), return_inverse=True)
         _, codes = np.unique(codes * (int(column.max()) + 1) + column, return_inverse=True)
     codes = codes.reshape(-1)
-    return codes[:n_ref], codes[n_ref:]
+    return codes[:n_first], codes[n_first:]
 
 
-def _check_unique(side: str, codes: np.ndarray, rows: _Rows, key: tuple[str, ...]) -> None:
+def describe_key(key: tuple[str, ...], rows: Rows, row: int) -> str:
+    """``id=7, model='a'``: the key of one row."""
+    return ", ".join(f"{name}={values[row:row + 1].tolist()[0]!r}" for name, values in zip(key, rows.keys))
+
+
+def _check_unique(side: str, codes: np.ndarray, rows: Rows, key: tuple[str, ...], setting: str) -> None:
     counts = np.bincount(codes)
     if counts.max(initial=0) > 1:
         row = int(np.flatnonzero(counts[codes] > 1)[0])
-        value = ", ".join(f"{name}={values[row:row + 1].tolist()[0]!r}" for name, values in zip(key, rows.keys))
         raise DataError(
-            f"{side} dump: key ({value}) appears {counts[codes[row]]} times, but the join key ({', '.join(key)}) "
-            "must identify one row: set drift.id_cols (or --id-cols) to the columns that do, e.g. [model, id]"
+            f"{side} dump: key ({describe_key(key, rows, row)}) appears {counts[codes[row]]} times, but the join key "
+            f"({', '.join(key)}) must identify one row: set {setting} (or --id-cols) to the columns that do, e.g. [model, id]"
         )
 
 
-def join_bucket(scratch: str, bucket: int, *, spec: ReadSpec) -> JoinResult:
-    """Join one bucket's reference and current rows on the key columns; KL(reference‖current) statistics."""
-    empty = ClassStats.empty(spec.n_classes, n_bins=spec.n_bins, has_reference=True)
-    ref = _load_bucket(os.path.join(scratch, "reference", f"{bucket:05d}"))
-    cur = _load_bucket(os.path.join(scratch, "current", f"{bucket:05d}"))
-    if ref is None or cur is None:
-        return JoinResult(empty, 0, 0 if ref is None else len(ref), 0 if cur is None else len(cur))
-    ref_codes, cur_codes = _key_codes(ref, cur)
-    _check_unique("reference", ref_codes, ref, spec.id_cols)
-    _check_unique("current", cur_codes, cur, spec.id_cols)
-    _, in_ref, in_cur = np.intersect1d(ref_codes, cur_codes, assume_unique=True, return_indices=True)
-    stats = class_stats_partial(
-        cur.pred[in_cur], cur.labels[in_cur], kind=spec.kind, slice_ids=cur.slice_ids[in_cur], slice_keys=cur.slice_keys,
-        reference=ref.pred[in_ref], reference_kind=spec.kind, n_bins=spec.n_bins,
-    ) if len(in_cur) else empty
-    return JoinResult(ClassStats.merge(stats, empty), len(in_cur), len(ref) - len(in_ref), len(cur) - len(in_cur))
+def join_bucket(scratch: str, bucket: int, *, spec: ReadSpec, pairing: Pairing = KL_PAIRING) -> JoinResult:
+    """Join one bucket's rows of both sides on the key columns; the pairing's state of the matched rows."""
+    first_name, second_name = pairing.names
+    first = _load_bucket(os.path.join(scratch, first_name, f"{bucket:05d}"))
+    second = _load_bucket(os.path.join(scratch, second_name, f"{bucket:05d}"))
+    if first is None or second is None:
+        return JoinResult(pairing.empty(spec), 0, 0 if first is None else len(first), 0 if second is None else len(second))
+    first_codes, second_codes = _key_codes(first, second)
+    _check_unique(first_name, first_codes, first, spec.id_cols, pairing.setting)
+    _check_unique(second_name, second_codes, second, spec.id_cols, pairing.setting)
+    _, in_first, in_second = np.intersect1d(first_codes, second_codes, assume_unique=True, return_indices=True)
+    empty = pairing.empty(spec)
+    stats = pairing.reduce(spec, first.take(in_first), second.take(in_second)) if len(in_second) else empty
+    return JoinResult(type(empty).merge(stats, empty), len(in_second), len(first) - len(in_first),
+                      len(second) - len(in_second))
 
 
 @dataclass
@@ -188,17 +240,18 @@ class JoinSide:
     rows: int
 
 
-def per_sample_kl(config: DriftConfig, sides: dict[str, JoinSide], client: Client) -> JoinResult:
+def join_sides(config: EvalConfig, settings: JoinSettings, sides: dict[str, JoinSide], client: Client,
+               pairing: Pairing = KL_PAIRING) -> JoinResult:
     """Hash both sides' rows by key into buckets spilled to scratch, then join each
-    bucket. In-memory sides' ``data`` lists are emptied once spilled."""
-    settings = config.drift
+    bucket; the spec of the second side (drift: current, compare: candidate) reads
+    the matched rows. In-memory sides' ``data`` lists are emptied once spilled."""
     total_rows = sum(side.rows for side in sides.values())
     n_buckets = max(1, math.ceil(total_rows / settings.bucket_rows))
-    scratch = os.path.join(settings.scratch_dir or tempfile.gettempdir(), f"xent-drift-{uuid.uuid4().hex[:12]}")
+    scratch = os.path.join(settings.scratch_dir or tempfile.gettempdir(), f"xent-join-{uuid.uuid4().hex[:12]}")
     os.makedirs(scratch)
     try:
         spills = [(piece, name, i, sides[name].spec, None if sides[name].data is None else sides[name].data[i])
-                  for name in ("reference", "current") for i, piece in enumerate(sides[name].pieces)]
+                  for name in pairing.names for i, piece in enumerate(sides[name].pieces)]
         pieces, names, indexes, specs, data = zip(*spills) if spills else ((), (), (), (), ())
         map_all(client, spill_piece, pieces, names, indexes, specs, data,
                 scratch=scratch, n_buckets=n_buckets, stall_timeout=config.stall_timeout)
@@ -208,8 +261,86 @@ def per_sample_kl(config: DriftConfig, sides: dict[str, JoinSide], client: Clien
             if side.data is not None:
                 side.data.clear()
         return map_reduce(
-            client, join_bucket, [scratch] * n_buckets, range(n_buckets), spec=sides["current"].spec,
-            merge=JoinResult.merge, split_every=config.split_every, stall_timeout=config.stall_timeout,
+            client, join_bucket, [scratch] * n_buckets, range(n_buckets), spec=sides[pairing.names[1]].spec,
+            pairing=pairing, merge=JoinResult.merge, split_every=config.split_every,
+            stall_timeout=config.stall_timeout,
         )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- both sides, evaluated, to join
+
+
+@dataclass
+class EvaluatedSide:
+    """A side already evaluated: its evaluation, and the in-memory data it read (None: its files)."""
+
+    evaluation: Evaluation
+    data: Any
+
+
+def _comparable_type(arrow_type: pa.DataType) -> str:
+    if pa.types.is_dictionary(arrow_type):
+        arrow_type = arrow_type.value_type
+    if pa.types.is_integer(arrow_type):
+        return "integer"
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+        return "string"
+    return str(arrow_type)
+
+
+def key_spec(spec: ReadSpec, schema: pa.Schema, first: InputFile, key: tuple[str, ...], side: str, setting: str,
+             n_bins: int = 1) -> tuple[ReadSpec, list[str]]:
+    """`spec`, reading the key columns too (hive folder keys from the path of `first`,
+    the side's first file or in-memory stand-in, whose schema is `schema`) with `n_bins`
+    confidence bins, and each key column's type as compared across the two sides."""
+    hive, types = [], []
+    for name in key:
+        if name in schema.names:  # a column wins over a hive key, as for slices
+            types.append(_comparable_type(schema.field(name).type))
+        elif name in first.hive:
+            hive.append(name)
+            types.append("string")
+        else:
+            raise DataError(
+                f"{side} dump {first.url}: no key column '{name}' (neither a column nor a hive folder key "
+                f"{sorted(first.hive)}); columns are {sorted(schema.names)}. Rows are joined on "
+                f"({', '.join(key)}): set {setting} (or --id-cols) to columns both dumps have"
+            )
+    return dataclasses.replace(spec, id_cols=key, hive_ids=tuple(hive), n_bins=n_bins), types
+
+
+def prepare_join(config: EvalConfig, key: tuple[str, ...], sides: dict[str, EvaluatedSide], client: Client,
+                 pairing: Pairing = KL_PAIRING, n_bins: int = 1) -> dict[str, JoinSide]:
+    """Both evaluated sides (named as `pairing` names them) as join sides reading the
+    key columns: the key columns checked to exist and to have one type on both sides."""
+    specs, types, memory = {}, {}, {}
+    for name in pairing.names:
+        side = sides[name]
+        spec = side.evaluation.spec
+        if side.data is None:
+            first = side.evaluation.inputs[0]
+            schema = open_parquet(first.url, spec.storage_options).schema_arrow
+        else:
+            memory[name] = memory_pieces(config, client, side.data)
+            first, schema = memory[name].source, memory[name].schema
+        specs[name], types[name] = key_spec(spec, schema, first, key, name, pairing.setting, n_bins)
+    first_name, second_name = pairing.names
+    first_file, second_file = (sides[name].evaluation.spec.reference_file for name in pairing.names)
+    for column, first_type, second_type in zip(key, types[first_name], types[second_name]):
+        if first_type != second_type:
+            raise DataError(
+                f"key column '{column}' is {first_type} in the {first_name} dump ({first_file}) but "
+                f"{second_type} in the {second_name} dump ({second_file}); the join needs one type on both sides"
+            )
+    joins = {}
+    for name in pairing.names:
+        side = sides[name]
+        if name in memory:
+            # A Dask partition's rows are known only once read: the evaluation counted them.
+            joins[name] = JoinSide(specs[name], memory[name].pieces, memory[name].data, side.evaluation.result.rows_read)
+        else:
+            infos = inspect_files(client, side.evaluation.inputs, specs[name], stall_timeout=config.stall_timeout)
+            joins[name] = JoinSide(specs[name], plan_pieces(infos, config.task_rows), None, sum(i.rows for i in infos))
+    return joins

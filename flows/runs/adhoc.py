@@ -12,7 +12,7 @@ from typing import Any, Callable
 import pyarrow as pa
 from distributed import Client
 
-from ..api import DriftResult, Report, evaluate_config
+from ..api import Report, evaluate_config
 from ..config import EvalConfig
 from ..engine import Progress, dask_client
 from ..inputs.sources import InputFile, list_inputs
@@ -30,8 +30,8 @@ def evaluate_on_cluster(config: EvalConfig, inputs: list[InputFile], client: Cli
     return evaluate_config(config, client=client, progress=progress or False, inputs=inputs)
 
 
-def write_report(report: Report | DriftResult, out: str) -> dict[str, str]:
-    """Write a report (or a drift result) atomically."""
+def write_report(report: Any, out: str) -> dict[str, str]:
+    """Write a report (or a drift or compare result) atomically."""
     return report.write(out)
 
 

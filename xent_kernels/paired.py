@@ -1,0 +1,268 @@
+"""A candidate model against a baseline on the same rows: paired differences with
+jackknife intervals, and per-row cross-entropy wins, ties and losses.
+
+Both models' predictions of a row go into the same jackknife bucket (a hash of the
+row's key), so the K delete-one-bucket totals of the two states leave out the same
+rows. For every statistic with ``interval=True`` in :mod:`xent_kernels.statistics`,
+the difference θ_cand - θ_base is finalized from both states' totals with the
+statistic's own rule, and its interval is the jackknife over the K paired
+differences θ_cand(-k) - θ_base(-k) (:func:`xent_kernels.intervals.jackknife_bounds`).
+The pairing removes the variation the two models share (which rows are hard), so the
+interval of a difference is much narrower than the two intervals side by side.
+
+Pure NumPy: ``PairedStats`` is mergeable like ``ClassStats`` (``empty``/``merge``),
+made of two ``ClassStats`` and a small table of outcome counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Hashable, Literal, Sequence
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from . import _checks as C
+from .hashing import splitmix64
+from .intervals import DEFAULT_BUCKETS, DEFAULT_LEVEL, jackknife_bounds
+from .losses import cross_entropy
+from .statistics import CELL_FIELDS, STATISTICS, Totals
+from .stats import DEFAULT_BINS, ClassStats, _key_order, class_stats_partial
+
+SliceKey = tuple[Hashable, ...]
+OUTCOMES = ("wins", "ties", "losses")  # of the candidate's per-row CE against the baseline's
+
+# Which way each metric improves: +1 higher is better, -1 lower is better. A metric
+# not named here gets differences and intervals but no verdict. This belongs in the
+# statistics table (a `better` field of Statistic); kept here until it is there.
+DIRECTION: dict[str, int] = {
+    "ce_mean": -1, "ce_macro": -1, "ece": -1, "kl_mean": -1, "brier": -1, "brier_mean": -1,
+    "accuracy": +1, "top5_accuracy": +1, "p_true_mean": +1,
+    "precision": +1, "recall": +1, "f1": +1, "auc": +1, "roc_auc": +1,
+}
+VERDICTS = ("better", "worse", "no_significant_difference")
+
+
+def direction(metric: str) -> int:
+    """+1, -1 or 0 (no verdict) for `metric`; an average such as ``f1_macro`` takes
+    the direction of its base metric (``f1``)."""
+    if metric in DIRECTION:
+        return DIRECTION[metric]
+    base, _, average = metric.rpartition("_")
+    return DIRECTION.get(base, 0) if average in ("macro", "weighted", "micro") else 0
+
+# The jackknife bucket of a row from its key's 64-bit hash: remixed with a constant
+# so that it is independent of the join's bucket (the same hash modulo another count).
+# TODO: use the key-hash bucket helper of xent_kernels.hashing once it lands (one
+# bucket rule for evaluations and comparisons).
+_BUCKET_SALT = np.uint64(0x6A09E667F3BCC909)
+
+
+def jackknife_buckets(key_hash: ArrayLike, n_buckets: int = DEFAULT_BUCKETS) -> NDArray[np.int64]:
+    """The jackknife bucket in [0, n_buckets) of each row, from a uint64 hash of its key."""
+    h = np.asarray(key_hash, dtype=np.uint64) ^ _BUCKET_SALT
+    return (splitmix64(h) % np.uint64(n_buckets)).astype(np.int64)
+
+
+@dataclass(frozen=True, eq=False)
+class PairedStats:
+    """Mergeable state of a paired comparison.
+
+    Attributes
+    ----------
+    baseline, candidate : ClassStats
+        Each model's statistics of the same rows, with the same slices and buckets.
+    outcomes : dict of slice key to (C, 3) int64
+        Per slice and true class: rows where the candidate's CE is lower (wins), within
+        the tie tolerance (ties), higher (losses) than the baseline's.
+    """
+
+    baseline: ClassStats
+    candidate: ClassStats
+    outcomes: dict[SliceKey, NDArray[np.int64]]
+
+    @classmethod
+    def empty(cls, n_classes: int, *, n_bins: int = DEFAULT_BINS, n_buckets: int = DEFAULT_BUCKETS) -> "PairedStats":
+        """The identity of :meth:`merge`."""
+        state = ClassStats.empty(n_classes, n_bins=n_bins, n_buckets=n_buckets)
+        return cls(state, state, {})
+
+    @staticmethod
+    def merge(a: "PairedStats", b: "PairedStats") -> "PairedStats":
+        """Combine two states; associative and commutative as ``ClassStats.merge``."""
+        outcomes = dict(a.outcomes)
+        for key, counts in b.outcomes.items():
+            outcomes[key] = outcomes[key] + counts if key in outcomes else counts
+        return PairedStats(ClassStats.merge(a.baseline, b.baseline), ClassStats.merge(a.candidate, b.candidate), outcomes)
+
+    def collapse_slices(self, key: SliceKey = ()) -> "PairedStats":
+        """All slices merged into one slice named `key` (the overall rows)."""
+        total = np.zeros((self.baseline.n_classes, len(OUTCOMES)), np.int64)
+        for counts in self.outcomes.values():
+            total = total + counts
+        return PairedStats(self.baseline.collapse_slices(key), self.candidate.collapse_slices(key), {tuple(key): total})
+
+
+def _finite_rows(pred: np.ndarray, kind: str) -> np.ndarray:
+    if kind == "log_probs":  # -inf is a probability of 0
+        return ~(np.isnan(pred) | (pred == np.inf)).any(axis=1)
+    return np.isfinite(pred).all(axis=1)
+
+
+def paired_partial(
+    baseline: ArrayLike,
+    candidate: ArrayLike,
+    labels: ArrayLike,
+    *,
+    buckets: ArrayLike,
+    n_buckets: int = DEFAULT_BUCKETS,
+    kind: Literal["logits", "probs", "log_probs"] = "logits",
+    weights: ArrayLike | None = None,
+    slice_ids: ArrayLike | None = None,
+    slice_keys: Sequence[SliceKey] | None = None,
+    n_bins: int = DEFAULT_BINS,
+    eps: float | None = None,
+    tie_tolerance: float = 0.0,
+) -> PairedStats:
+    """Both models' statistics of the same rows, in the same jackknife buckets, and the
+    per-row CE outcomes.
+
+    Parameters
+    ----------
+    baseline, candidate : (n, C) float32 or float64
+        The two models' predictions of the same rows, row by row, of one `kind`.
+    labels : (n,) integers
+        True class in [0, C); negative: ignored.
+    buckets : (n,) integers in [0, n_buckets)
+        The jackknife bucket of each row: a function of its key alone
+        (:func:`jackknife_buckets`).
+    weights, slice_ids, slice_keys, n_bins, eps
+        As for :func:`xent_kernels.class_stats_partial`; the same for both models.
+    tie_tolerance : float >= 0
+        |CE_cand - CE_base| <= tie_tolerance (nats) is a tie; 0 means exact equality.
+        Rows ignored or non-finite in either model have no outcome.
+    """
+    if tie_tolerance < 0:
+        raise ValueError(f"tie_tolerance must be >= 0, got {tie_tolerance!r}")
+    base_pred, cand_pred = C.as_predictions(baseline, "baseline"), C.as_predictions(candidate, "candidate")
+    if base_pred.shape != cand_pred.shape:
+        raise ValueError(f"baseline and candidate must have one shape, got {base_pred.shape} and {cand_pred.shape}")
+    common = dict(kind=kind, weights=weights, slice_ids=slice_ids, slice_keys=slice_keys, n_bins=n_bins, eps=eps,
+                  buckets=buckets, n_buckets=n_buckets)
+    base_stats = class_stats_partial(base_pred, labels, **common)
+    cand_stats = class_stats_partial(cand_pred, labels, **common)
+    labels = np.asarray(labels, dtype=np.int64)
+    n, n_classes = cand_pred.shape
+    ids = np.zeros(n, np.int64) if slice_ids is None else np.asarray(slice_ids, dtype=np.int64)
+    keys = ((),) if slice_keys is None else tuple(tuple(k) for k in slice_keys)
+    valid = (labels >= 0) & _finite_rows(base_pred, kind) & _finite_rows(cand_pred, kind)
+    ce = {}
+    for name, pred in (("baseline", base_pred), ("candidate", cand_pred)):
+        ce[name] = cross_entropy(pred[valid], labels[valid], kind=kind, eps=eps) if valid.any() else np.zeros(0)
+    with np.errstate(invalid="ignore"):  # inf - inf: both models give the true class probability 0, a tie
+        delta = ce["candidate"] - ce["baseline"]
+    tie = (np.abs(delta) <= tie_tolerance) | (ce["candidate"] == ce["baseline"])
+    outcome = np.where(tie, 1, np.where(delta < 0, 0, 2))
+    flat = (ids[valid] * n_classes + labels[valid]) * len(OUTCOMES) + outcome
+    counts = np.bincount(flat, minlength=len(keys) * n_classes * len(OUTCOMES)).reshape(len(keys), n_classes, -1)
+    return PairedStats(base_stats, cand_stats, {key: counts[i] for i, key in enumerate(keys)})
+
+
+# --------------------------------------------------------------------------- finalize
+
+
+@dataclass(frozen=True, eq=False)
+class PairedReport:
+    """Columns of a paired comparison, indexed into ``slice_keys`` (as ``ClassReport``).
+
+    ``per_class`` has one entry per (slice, class) with rows on either side,
+    ``per_slice`` one per slice. For each interval metric m of the scope:
+    ``m_baseline``, ``m_candidate``, ``m_diff`` (candidate - baseline), ``m_diff_lo``,
+    ``m_diff_hi`` (paired jackknife interval at `level`) and ``m_verdict`` (None for
+    a metric without a direction). Also ``n`` (the candidate's rows counted) and the
+    outcome counts ``wins``, ``ties``, ``losses``.
+    """
+
+    slice_keys: tuple[SliceKey, ...]
+    units: str
+    per_class: dict[str, np.ndarray]
+    per_slice: dict[str, np.ndarray]
+    metrics: dict[str, tuple[str, ...]]  # scope ("per_class", "per_slice") -> its interval metrics
+    level: float = DEFAULT_LEVEL
+
+
+def verdicts(lo: np.ndarray, hi: np.ndarray, better: int) -> np.ndarray:
+    """better / worse / no_significant_difference per interval of candidate - baseline,
+    for a metric where higher (`better` +1) or lower (-1) is better; None where a bound is NaN."""
+    up, down = (VERDICTS[0], VERDICTS[1]) if better > 0 else (VERDICTS[1], VERDICTS[0])
+    out = np.full(len(lo), VERDICTS[2], dtype=object)
+    out[lo > 0] = up
+    out[hi < 0] = down
+    out[np.isnan(lo) | np.isnan(hi)] = None
+    return out
+
+
+def _aligned(state: ClassStats, keys: tuple[SliceKey, ...]) -> ClassStats:
+    empty = ClassStats.empty(state.n_classes, n_bins=state.n_bins, has_reference=state.has_reference,
+                             n_buckets=state.n_buckets, slice_keys=keys)
+    return ClassStats.merge(state, empty)
+
+
+def paired_finalize(stats: PairedStats, base: Literal["e", 2] = "e", level: float = DEFAULT_LEVEL) -> PairedReport:
+    """The paired differences of every interval metric, with intervals and verdicts,
+    per (slice, class) and per slice, in nats or bits."""
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    divisor = C.log_base(base)
+    keys = tuple(sorted(set(stats.baseline.slice_keys) | set(stats.candidate.slice_keys) | set(stats.outcomes),
+                        key=_key_order))
+    states = {"baseline": _aligned(stats.baseline, keys), "candidate": _aligned(stats.candidate, keys)}
+    n_buckets = states["candidate"].n_buckets
+    buckets = {name: Totals.by_bucket(state) for name, state in states.items()}
+    totals = {name: Totals.of(state, buckets[name]) for name, state in states.items()}
+    # One set of cells for both: those with rows on either side.
+    cells = np.nonzero((totals["baseline"].values["counts"] > 0) | (totals["candidate"].values["counts"] > 0))
+    totals = {name: Totals(t.n_classes, t.values, cells) for name, t in totals.items()}
+    slice_index, class_index = cells
+    n_classes = states["candidate"].n_classes
+    outcomes = np.stack([stats.outcomes.get(k, np.zeros((n_classes, len(OUTCOMES)), np.int64)) for k in keys]) \
+        if keys else np.zeros((0, n_classes, len(OUTCOMES)), np.int64)
+    per_class: dict[str, np.ndarray] = {
+        "slice": slice_index.astype(np.int64), "class": class_index.astype(np.int32),
+        "n": totals["candidate"].values["counts"][cells],
+    }
+    per_slice: dict[str, np.ndarray] = {
+        "slice": np.arange(len(keys), dtype=np.int64), "n": totals["candidate"].values["counts"].sum(axis=1),
+    }
+    for i, name in enumerate(OUTCOMES):
+        per_class[name] = outcomes[slice_index, class_index, i]
+        per_slice[name] = outcomes[..., i].sum(axis=1)
+    used: dict[str, np.ndarray] = {}
+    if n_buckets > 1:
+        left_out = {name: Totals.leave_one_out(states[name], buckets[name], totals[name]) for name in states}
+        weight = sum(b["cell"][..., CELL_FIELDS.index("weight")] for b in buckets.values())  # (S, K, C)
+        used = {"per_class": weight[slice_index, :, class_index] > 0, "per_slice": weight.sum(axis=2) > 0}
+    metrics: dict[str, list[str]] = {"per_class": [], "per_slice": []}
+    for statistic in STATISTICS:
+        if not (statistic.interval and statistic.present(False)):
+            continue
+        scale = divisor if statistic.units == "information" else 1.0
+        for scope, columns in (("per_class", per_class), ("per_slice", per_slice)):
+            rule = getattr(statistic, scope)
+            if rule is None:
+                continue
+            metrics[scope].append(statistic.name)
+            values = {name: rule(totals[name]) / scale for name in states}
+            diff = values["candidate"] - values["baseline"]
+            if n_buckets > 1:
+                theta = (rule(left_out["candidate"]) - rule(left_out["baseline"])).reshape(len(diff), n_buckets) / scale
+                lo, hi = jackknife_bounds(diff, theta, used[scope], level)
+            else:
+                lo = hi = np.full(len(diff), np.nan)
+            prefix = statistic.name
+            columns[f"{prefix}_baseline"], columns[f"{prefix}_candidate"] = values["baseline"], values["candidate"]
+            columns[f"{prefix}_diff"], columns[f"{prefix}_diff_lo"], columns[f"{prefix}_diff_hi"] = diff, lo, hi
+            better = direction(statistic.name)
+            columns[f"{prefix}_verdict"] = verdicts(lo, hi, better) if better else np.full(len(diff), None, object)
+    return PairedReport(keys, "nats" if divisor == 1.0 else "bits", per_class, per_slice,
+                        {scope: tuple(names) for scope, names in metrics.items()}, level)
