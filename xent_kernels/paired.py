@@ -9,6 +9,8 @@ statistic's own rule, and its interval is the jackknife over the K paired
 differences θ_cand(-k) - θ_base(-k) (:func:`xent_kernels.intervals.jackknife_bounds`).
 The pairing removes the variation the two models share (which rows are hard), so the
 interval of a difference is much narrower than the two intervals side by side.
+Statistics whose interval is analytic (AUC: its ROC histograms have no bucket axis)
+get their difference but no paired interval (NaN) and so no verdict.
 
 Pure NumPy: ``PairedStats`` is mergeable like ``ClassStats`` (``empty``/``merge``),
 made of two ``ClassStats`` and a small table of outcome counts.
@@ -26,30 +28,19 @@ from . import _checks as C
 from .hashing import splitmix64
 from .intervals import DEFAULT_BUCKETS, DEFAULT_LEVEL, jackknife_bounds
 from .losses import cross_entropy
-from .statistics import CELL_FIELDS, STATISTICS, Totals
+from .statistics import CELL_FIELDS, STATISTIC, STATISTICS, Totals
 from .stats import DEFAULT_BINS, ClassStats, _key_order, class_stats_partial
 
 SliceKey = tuple[Hashable, ...]
 OUTCOMES = ("wins", "ties", "losses")  # of the candidate's per-row CE against the baseline's
 
-# Which way each metric improves: +1 higher is better, -1 lower is better. A metric
-# not named here gets differences and intervals but no verdict. This belongs in the
-# statistics table (a `better` field of Statistic); kept here until it is there.
-DIRECTION: dict[str, int] = {
-    "ce_mean": -1, "ce_macro": -1, "ece": -1, "kl_mean": -1, "brier": -1, "brier_mean": -1,
-    "accuracy": +1, "top5_accuracy": +1, "p_true_mean": +1,
-    "precision": +1, "recall": +1, "f1": +1, "auc": +1, "roc_auc": +1,
-}
 VERDICTS = ("better", "worse", "no_significant_difference")
 
 
 def direction(metric: str) -> int:
-    """+1, -1 or 0 (no verdict) for `metric`; an average such as ``f1_macro`` takes
-    the direction of its base metric (``f1``)."""
-    if metric in DIRECTION:
-        return DIRECTION[metric]
-    base, _, average = metric.rpartition("_")
-    return DIRECTION.get(base, 0) if average in ("macro", "weighted", "micro") else 0
+    """+1 (higher is better), -1 or 0 (no verdict) for `metric`: its ``better`` in
+    the statistics table."""
+    return STATISTIC[metric].better if metric in STATISTIC else 0
 
 # The jackknife bucket of a row from its key's 64-bit hash: remixed with a constant
 # so that it is independent of the join's bucket (the same hash modulo another count).
@@ -203,8 +194,7 @@ def verdicts(lo: np.ndarray, hi: np.ndarray, better: int) -> np.ndarray:
 
 
 def _aligned(state: ClassStats, keys: tuple[SliceKey, ...]) -> ClassStats:
-    empty = ClassStats.empty(state.n_classes, n_bins=state.n_bins, has_reference=state.has_reference,
-                             n_buckets=state.n_buckets, slice_keys=keys)
+    empty = ClassStats.empty(state.n_classes, slice_keys=keys, **state.options())
     return ClassStats.merge(state, empty)
 
 
@@ -254,7 +244,7 @@ def paired_finalize(stats: PairedStats, base: Literal["e", 2] = "e", level: floa
             metrics[scope].append(statistic.name)
             values = {name: rule(totals[name]) / scale for name in states}
             diff = values["candidate"] - values["baseline"]
-            if n_buckets > 1:
+            if n_buckets > 1 and statistic.standard_error is None:
                 theta = (rule(left_out["candidate"]) - rule(left_out["baseline"])).reshape(len(diff), n_buckets) / scale
                 lo, hi = jackknife_bounds(diff, theta, used[scope], level)
             else:

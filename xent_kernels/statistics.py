@@ -117,6 +117,9 @@ class Statistic:
         bucket axis (AUC: DeLong's); the interval is value ± z·SE, clipped to `clip`.
     clip : (low, high)
         The range of the statistic, to which its bounds are clipped.
+    better : +1, -1 or 0
+        Which way the metric improves (+1: higher is better); 0 for a metric that is
+        not better either way (entropy). Comparisons give verdicts by it.
     headline : frozenset of "class", "slice"
         The tables (per class, per slice) whose short views show this column: the
         terminal report and the Prefect artifacts.
@@ -135,6 +138,7 @@ class Statistic:
     interval: bool = False
     standard_error: tuple[Finalize | None, Finalize | None] | None = None
     clip: tuple[float, float] = (-np.inf, np.inf)
+    better: Literal[-1, 0, 1] = 0
     headline: frozenset[str] = frozenset()
     rtol: float = 1e-11
     atol: float = 1e-13
@@ -436,6 +440,7 @@ STATISTICS: tuple[Statistic, ...] = (
         per_class=_class_mean("ce"), per_slice=_slice_mean("ce"),
         units="information", headline=frozenset({"class", "slice"}),
         interval=True,
+        better=-1,
     ),
     Statistic(
         "ce_std", "weighted population standard deviation of the cross-entropy",
@@ -449,6 +454,7 @@ STATISTICS: tuple[Statistic, ...] = (
         per_slice=_ce_macro,
         units="information", headline=frozenset({"slice"}),
         interval=True,
+        better=-1,
     ),
     Statistic(
         "accuracy", "weighted share of rows whose true class has the top probability (ties: lower index)",
@@ -456,12 +462,14 @@ STATISTICS: tuple[Statistic, ...] = (
         per_class=_class_mean("top1"), per_slice=_slice_mean("top1"),
         headline=frozenset({"class", "slice"}),
         interval=True,
+        better=+1,
     ),
     Statistic(
         "top5_accuracy", "weighted share of rows whose true class is among the 5 most probable (NaN for C <= 5)",
         slots=(Slot("cell", "top5"),),
         per_class=_class_mean("top5", min_classes=6), per_slice=_slice_mean("top5", min_classes=6),
         interval=True,
+        better=+1,
     ),
     Statistic(
         "p_true_mean", "weighted mean probability of the true class",
@@ -469,6 +477,7 @@ STATISTICS: tuple[Statistic, ...] = (
         per_class=_class_mean("p_true"), per_slice=_slice_mean("p_true"),
         headline=frozenset({"class"}),
         interval=True,
+        better=+1,
     ),
     Statistic(
         "entropy_mean", "weighted mean entropy of the prediction",
@@ -483,6 +492,7 @@ STATISTICS: tuple[Statistic, ...] = (
         per_slice=_ece,
         headline=frozenset({"slice"}),
         interval=True,
+        better=-1,
     ),
     Statistic(
         "brier", "weighted mean Brier score Σ_j (q_j - y_j)² (binary models: (q_1 - y)², as sklearn)",
@@ -490,18 +500,21 @@ STATISTICS: tuple[Statistic, ...] = (
         per_class=_brier_class, per_slice=_brier_slice,
         headline=frozenset({"slice"}),
         interval=True,
+        better=-1,
     ),
     Statistic(
         "precision", "weighted share of the rows predicted as the class that are of the class (0 if none)",
         slots=(Slot("cell", "predicted"),),
         per_class=_class_rate("precision"),
         interval=True,
+        better=+1,
     ),
     Statistic(
         "recall", "weighted share of the class's rows predicted as the class (its accuracy)",
         slots=(),
         per_class=_class_rate("recall"),
         interval=True,
+        better=+1,
     ),
     Statistic(
         "f1", "harmonic mean of precision and recall: 2·hits / (predicted + true) (0 if both are 0)",
@@ -509,12 +522,14 @@ STATISTICS: tuple[Statistic, ...] = (
         per_class=_class_rate("f1"),
         headline=frozenset({"class"}),
         interval=True,
+        better=+1,
     ),
     *(
         Statistic(
             f"{name}_{average}", f"{name} averaged over classes, {how} (sklearn average={average!r})",
             slots=(),
             per_slice=_averaged_rate(name, average),
+            better=+1,
             headline=frozenset({"slice"}) if (name, average) == ("f1", "macro") else frozenset(),
             interval=True,
         )
@@ -529,6 +544,7 @@ STATISTICS: tuple[Statistic, ...] = (
         per_class=_roc_class("auc"), per_slice=_roc_slice("auc"),
         headline=frozenset({"slice"}),
         interval=True, standard_error=(_roc_class("se"), _roc_slice("se")), clip=(0.0, 1.0),
+        better=+1,
     ),
     Statistic(
         "auc_error_bound", "worst-case |auc - exact AUC| from the binning: half the share of "
@@ -554,6 +570,7 @@ STATISTICS: tuple[Statistic, ...] = (
         per_class=_class_mean("kl"), per_slice=_slice_mean("kl"),
         units="information", reference_only=True,
         interval=True,
+        better=-1,
     ),
     Statistic(
         "predicted_marginal", "(S, C): the weighted mean predicted distribution per slice",

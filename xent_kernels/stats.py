@@ -202,7 +202,7 @@ class ClassStats:
 
     def collapse_slices(self, key: SliceKey = ()) -> "ClassStats":
         """All slices merged into one slice named `key` (the overall row of a report)."""
-        like = self._like()
+        like = self.options()
         total = ClassStats.empty(self.n_classes, **like)
         for i in range(len(self.slice_keys)):
             total = ClassStats.merge(total, self.slice(i, key))
@@ -213,7 +213,7 @@ class ClassStats:
             )
         return total
 
-    def _like(self) -> dict:
+    def options(self) -> dict:
         """The options of :meth:`empty` that give a state of this one's shape."""
         return dict(n_bins=self.n_bins, has_reference=self.has_reference, n_buckets=self.n_buckets,
                     confusion=self.has_confusion, n_thresholds=self.n_thresholds)
