@@ -293,13 +293,13 @@ def _cells_vertical(W, C, rows, sl, epoch, stamp, touched, n_touched, shift, blk
 
 
 @kernel
-def _roc_narrow(W, C, rows, labels, slice_ids, r0, has_slices, n_thresholds, roc, bins, row_scale, row_weight, row_base):
+def _roc_narrow(W, C, rows, labels, slice_ids, r0, has_slices, n_thresholds, roc, cells, row_scale, row_weight, row_base):
     """The ROC histograms of one block: per class j, every counted row's weight into
     the bin of q_j (ROC_ALL), and into the bin of q_y of its true class y (ROC_POSITIVE,
-    the same bin as its q_j for j = y). First the bins, in loops that vectorize (rows
-    that do not count get weight 0 and bin 0, so the scatter needs no test); then the
-    scatter. `bins` (C·NARROW_ROWS int32), `row_scale`, `row_weight` and `row_base`
-    (NARROW_ROWS) are scratch."""
+    the same bin as its q_j for j = y). First each element's offset within its slice's
+    histograms, in loops that vectorize (rows that do not count get weight 0 and bin 0,
+    so the scatter needs no test); then the scatter. `cells` (C·NARROW_ROWS int32),
+    `row_scale`, `row_weight` and `row_base` (NARROW_ROWS) are scratch."""
     NR = NARROW_ROWS
     E0 = _T0 + C * NR
     T = n_thresholds
@@ -310,21 +310,20 @@ def _roc_narrow(W, C, rows, labels, slice_ids, r0, has_slices, n_thresholds, roc
         row_scale[i] = W[_INV * NR + i] * T if counts else 0.0
         row_weight[i] = w if counts else 0.0
         sl = slice_ids[np.uint64(r0) + np.uint64(i)] if has_slices else 0
-        row_base[i] = sl * C * T
+        row_base[i] = sl * C * T * N_ROC_FIELDS
     for j in range(C):
         for i in range(rows):
             x = W[_ix(E0, j, i)] * row_scale[i]  # q_j·T; NaN for rows that do not count
             x = x if x < top else top
             x = x if x > 0.0 else 0.0
-            bins[j * NR + i] = np.int32(x)
-    for j in range(C):
-        for i in range(rows):
-            k = np.uint64(row_base[i] + j * T + bins[j * NR + i])
-            roc[k * np.uint64(N_ROC_FIELDS) + np.uint64(ROC_ALL)] += row_weight[i]
+            cells[j * NR + i] = (np.int32(j * T) + np.int32(x)) * np.int32(N_ROC_FIELDS)
     for i in range(rows):
+        base = np.uint64(row_base[i])
+        w = row_weight[i]
+        for j in range(C):
+            roc[base + np.uint64(cells[j * NR + i] + ROC_ALL)] += w
         y = max(labels[np.uint64(r0) + np.uint64(i)], 0)
-        k = np.uint64(row_base[i] + y * T + bins[y * NR + i])
-        roc[k * np.uint64(N_ROC_FIELDS) + np.uint64(ROC_POSITIVE)] += row_weight[i]
+        roc[base + np.uint64(cells[y * NR + i] + ROC_POSITIVE)] += w
 
 
 @kernel
@@ -344,6 +343,7 @@ def _class_stats_narrow(
     n, C = z.shape
     NR = NARROW_ROWS
     K = n_buckets
+    min_p_true = np.exp(-max_ce)  # 0 without eps
     W = np.zeros(narrow_scratch_size(C))
     WR = np.zeros(narrow_scratch_size(C) if has_ref else 0)
 
@@ -406,6 +406,7 @@ def _class_stats_narrow(
             q_true = fast_exp(W[_TY * NR + i]) * inv  # e of the true class, as the exp pass computed it
             # Σ_j (q_j - y_j)² = Σ q² - 2 q_y + 1
             W[_ROW_W_BRIER * NR + i] = w * (W[_E2 * NR + i] * inv * inv - 2.0 * q_true + 1.0)
+            W[_ROW_W_P_TRUE * NR + i] = w * max(q_true, min_p_true)  # eps: q_true -> max(q_true, eps)
             W[_ROW_CE * NR + i] = min(lognorm - W[_TY * NR + i], max_ce)  # eps: q_true -> max(q_true, eps)
             W[_ROW_W_ENTROPY * NR + i] = w * (lognorm - inv * W[_ET * NR + i])
             W[_ROW_HIST * NR + i] = np.float64((group * n_bins + b) * N_HIST_FIELDS)
@@ -414,7 +415,6 @@ def _class_stats_narrow(
             w = W[_ROW_WEIGHT * NR + i]
             rank = W[_RANK * NR + i]
             inv = W[_INV * NR + i]
-            W[_ROW_W_P_TRUE * NR + i] = w * fast_exp(-W[_ROW_CE * NR + i])  # p_true = exp(-CE)
             W[_ROW_W_TOP1 * NR + i] = w if rank < 1.0 else 0.0
             W[_ROW_W_TOP5 * NR + i] = w if rank < 5.0 else 0.0
             W[_ROW_W_CONF * NR + i] = w * W[_CONF * NR + i]
