@@ -234,6 +234,7 @@ def test_api_returns_the_bounds_of_the_files(client, tmp_path):
     files = run(client, write_shards(table, tmp_path / "d", 3), slice_by=["model"], n_buckets=10)
     frame = evaluate(table.to_pandas(), client=client, slice_by=["model"], n_buckets=10)
     assert frame.metadata["intervals"]["bucket_key"] == ["id"]
+    assert re.search(r"ce_mean \d\.\d{4} \[\d\.\d{4}, \d\.\d{4}\] nats, accuracy \d\.\d{4} \[", repr(frame)), repr(frame)
     for name, scope in (("per_class", "class"), ("summary", "slice")):
         got = getattr(frame, name)
         for column in interval_columns(scope):
