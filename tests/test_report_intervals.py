@@ -23,10 +23,10 @@ from scipy.special import log_softmax
 from flows import evaluate
 from flows.api import Report
 from flows.cli import main
-from flows.config import EvalConfig
+from flows.config import DriftConfig, EvalConfig
 from flows.engine import dask_client
 from flows.engine import evaluate as evaluate_files
-from flows.errors import UsageError
+from flows.errors import DataError, UsageError
 from flows.runs.nightly import metrics_table
 from xent_kernels import interval_columns
 
@@ -136,10 +136,17 @@ def splitmix64(x: int) -> int:
 SEED = 0x78656E742D6A6B  # JACKKNIFE_SEED, as the README documents it
 
 
-def id_buckets(ids: list, n_buckets: int) -> np.ndarray:
-    """splitmix64(seed ^ code) mod K, code the integer, or the CRC-32 of the text."""
-    codes = [i if isinstance(i, int) else zlib.crc32(str(i).encode()) for i in ids]
-    return np.array([splitmix64(SEED ^ (c & MASK)) % n_buckets for c in codes])
+def id_buckets(*columns: list, n_buckets: int) -> np.ndarray:
+    """h = seed, h = splitmix64(h ^ code) per key column, mod K; code the integer, or the
+    CRC-32 of the text."""
+    out = []
+    for values in zip(*columns):
+        h = SEED
+        for value in values:
+            code = value if isinstance(value, int) else zlib.crc32(str(value).encode())
+            h = splitmix64(h ^ (code & MASK))
+        out.append(h % n_buckets)
+    return np.array(out)
 
 
 def content_buckets_reference(logits: np.ndarray, labels: np.ndarray, n_buckets: int) -> np.ndarray:
@@ -164,18 +171,21 @@ def jackknife(values: np.ndarray, buckets: np.ndarray, level: float) -> tuple[fl
     return values.mean() - half, values.mean() + half
 
 
-@pytest.mark.parametrize("id_type", ["int", "str", None])
+@pytest.mark.parametrize("id_type", ["int", "str", "model,id", None])
 def test_buckets_are_the_documented_hash(client, tmp_path, id_type):
     """K = 7 at level 0.9: the overall and per-slice intervals of mean CE and accuracy
-    are the jackknife over buckets recomputed here from the ids (or the rows' bytes)."""
-    table = make_table(3000, seed=5, id_type=id_type)
-    tables = run(client, write_shards(table, tmp_path / "d", 4, seed=6), slice_by=["model"], n_buckets=7,
-                 interval_level=0.9)
-    assert intervals(tables) == {"method": "jackknife", "level": 0.9, "n_buckets": 7,
-                                 "bucket_key": ["id"] if id_type else "content"}
+    are the jackknife over buckets recomputed here from the ids (or the rows' bytes);
+    "model,id": a drift config's key columns, a string and an integer."""
+    table = make_table(3000, seed=5, id_type={"int": "int", "str": "str", "model,id": "int", None: None}[id_type])
+    source = write_shards(table, tmp_path / "d", 4, seed=6)
+    settings = dict(sources=[source], slice_by=["model"], n_buckets=7, interval_level=0.9)
+    config = DriftConfig(**settings, drift={"id_cols": ["model", "id"]}) if id_type == "model,id" else EvalConfig(**settings)
+    tables = Report(evaluate_files(config, client)).tables
+    key = id_type.split(",") if id_type == "model,id" else ["id"] if id_type else "content"
+    assert intervals(tables) == {"method": "jackknife", "level": 0.9, "n_buckets": 7, "bucket_key": key}
     logits = np.asarray(table.column("logits").combine_chunks().flatten()).reshape(-1, CLASSES)
     labels = table.column("label").to_numpy()
-    buckets = (id_buckets(table.column("id").to_pylist(), 7) if id_type
+    buckets = (id_buckets(*(table.column(name).to_pylist() for name in key), n_buckets=7) if id_type
                else content_buckets_reference(logits, labels, 7))
     ce = -log_softmax(logits.astype(np.float64), axis=1)[np.arange(len(labels)), labels]
     correct = (np.argmax(logits, axis=1) == labels).astype(float)
@@ -185,6 +195,17 @@ def test_buckets_are_the_documented_hash(client, tmp_path, id_type):
         for name, values in (("ce_mean", ce), ("accuracy", correct)):
             lo, hi = jackknife(values[rows], buckets[rows], 0.9)
             assert_allclose([row[f"{name}_lo"], row[f"{name}_hi"]], [lo, hi], rtol=1e-9, err_msg=f"{row['model']} {name}")
+
+
+def test_a_null_id_names_file_column_and_row(client, tmp_path):
+    table = make_table(500, seed=13)
+    ids = table.column("id").to_pylist()
+    ids[321] = None
+    source = write_shards(table.set_column(table.schema.get_field_index("id"), "id", pa.array(ids, pa.int64())),
+                          tmp_path / "d", 1)
+    with pytest.raises(DataError, match=r"part-000.parquet: column 'id', row 321: null key value.*n_buckets: 1"):
+        run(client, source)
+    assert intervals(run(client, source, n_buckets=1))["bucket_key"] is None  # the ids are not read
 
 
 # --------------------------------------------------------------------------- small slices
