@@ -28,7 +28,7 @@ from .engine import evaluate as evaluate_files
 from .errors import UsageError
 from .inputs.memory import is_dask_dataframe, is_in_memory
 from .inputs.sources import InputFile
-from .report.tables import report_tables
+from .report.tables import report_tables, with_interval
 from .report.writing import write_tables_atomically
 
 if TYPE_CHECKING:
@@ -122,7 +122,7 @@ class Report:
         sliced = f", {summary.num_rows - 1} slices by {', '.join(spec.slice_by)}" if spec.slice_by else ""
         bad = f", {len(self.evaluation.result.bad_shards)} bad shards" if self.evaluation.result.bad_shards else ""
         return (f"<xent Report: {overall['n']:,} rows, {spec.n_classes} classes{sliced}{bad}; "
-                f"ce_mean {overall['ce_mean']:.6g} {self.units}, accuracy {overall['accuracy']:.4g}>")
+                f"ce_mean {with_interval(overall, 'ce_mean')} {self.units}, accuracy {with_interval(overall, 'accuracy')}>")
 
 
 def evaluate(source: Any, *, client: "Client | None" = None, progress: bool | Progress = False, **options: Any) -> Report:

@@ -43,7 +43,9 @@ class EvalConfig(StrictModel):
     label_col: str = Field("label", description="True class: integer index or class name; null = ignored row.")
     ignore_index: int | None = Field(None, description="A label value that marks ignored rows (e.g. -100), besides null.")
     weight_col: str | None = Field(None, description="Optional non-negative row weights.")
-    id_col: str = Field("id", description="Row id, used to join dumps for per-sample drift.")
+    id_col: str = Field(
+        "id", description="Row id: picks each row's jackknife bucket when the dump has it, and joins dumps for drift.",
+    )
     slice_by: list[str] = Field(default_factory=list, description="Columns (or hive folder keys) to slice by.")
     classes: list[str] | None = Field(None, description="Class names in index order.")
     n_classes: int | None = Field(None, ge=2, description="Class count, when no class list is given.")
@@ -61,6 +63,13 @@ class EvalConfig(StrictModel):
     task_rows: int = Field(4_000_000, ge=1, description="Rows per Dask task, for files split by row group.")
     batch_logits: int = Field(8_000_000, ge=1, description="Prediction values read at a time within a task.")
     split_every: int = Field(8, ge=2, description="Fan-in of the tree reduction.")
+    n_buckets: int = Field(
+        20, ge=1, le=1000, description="Jackknife buckets K for the <metric>_lo/_hi intervals; 1 = no intervals (NaN).",
+    )
+    interval_level: float = Field(0.95, gt=0, lt=1, description="Two-sided confidence level of the intervals.")
+    min_slice_size: int = Field(
+        0, ge=0, description="Slices with fewer rows are reported with small_slice = true (gates skip them).",
+    )
     stall_timeout: float = Field(
         600, ge=1, description="Seconds without any Dask task finishing before the run fails (exit 4) naming the "
         "cause (workers paused at their memory limit, or gone); must exceed the longest task.",
@@ -72,6 +81,14 @@ class EvalConfig(StrictModel):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    def bucket_columns(self) -> tuple[str, ...]:
+        """The key columns whose hash picks a row's jackknife bucket, when the dump has
+        them all: ``id_col`` (a drift config's ``drift.id_cols`` instead, when set)."""
+        drift = getattr(self, "drift", None)
+        if drift is not None and drift.id_cols:
+            return tuple(drift.id_cols)
+        return (self.id_col,)
 
 
 Model = TypeVar("Model", bound=BaseModel)

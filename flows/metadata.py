@@ -13,5 +13,6 @@ REFERENCE_FINGERPRINT_KEY = b"xent.reference_fingerprint"  # JSON: a drift repor
 CLASSES_KEY = b"xent.classes"  # JSON list of class names in index order
 LAYOUT_KEY = b"xent.layout"  # JSON: kind, layout and prediction columns read
 INTEGRITY_KEY = b"xent.integrity"  # JSON: input files, and how many had their page checksums verified
+INTERVALS_KEY = b"xent.intervals"  # JSON: method, level, n_buckets and bucket_key of the _lo/_hi columns
 RUN_DIGEST_KEY = b"xent.run_digest"  # a nightly run's digest of its config and inputs
 COMPARE_KEY = b"xent.compare"  # JSON: a comparison's join key and counts, buckets, level and tie tolerance

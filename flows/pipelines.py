@@ -27,6 +27,7 @@ from .errors import InfrastructureError, XentError, infrastructure_cause
 from .inputs.sources import InputFile, dump_label, fingerprint
 from .monitor.compare import DriftReport, breach_error, describe_breach
 from .monitor.gates import gate_error
+from .report.tables import with_interval
 from .runs import adhoc, drift, nightly
 from .runs import compare as compare_run
 
@@ -86,9 +87,11 @@ def _dump_artifact_key(kind: str, sources: list[str], inputs: list[InputFile]) -
 
 
 def _class_rows(per_class: pa.Table) -> list[dict]:
-    columns = ["class", "class_name", "n", *class_columns(headline=True)]
-    rows = [r for r in per_class.select([*columns, "overall"]).to_pylist() if r.pop("overall")]
-    return [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()} for row in rows]
+    """The overall per-class rows, headline metrics with their interval as the terminal shows them."""
+    metrics = class_columns(headline=True)
+    rows = [r for r in per_class.to_pylist() if r["overall"]]
+    return [{**{k: row[k] for k in ("class", "class_name", "n")}, **{m: with_interval(row, m, digits=6) for m in metrics}}
+            for row in rows]
 
 
 def _drift_rows(report: DriftReport) -> list[dict]:

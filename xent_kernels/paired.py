@@ -25,7 +25,6 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import _checks as C
-from .hashing import splitmix64
 from .intervals import DEFAULT_BUCKETS, DEFAULT_LEVEL, jackknife_bounds
 from .losses import cross_entropy
 from .statistics import CELL_FIELDS, STATISTIC, STATISTICS, Totals
@@ -41,19 +40,6 @@ def direction(metric: str) -> int:
     """+1 (higher is better), -1 or 0 (no verdict) for `metric`: its ``better`` in
     the statistics table."""
     return STATISTIC[metric].better if metric in STATISTIC else 0
-
-# The jackknife bucket of a row from its key's 64-bit hash: remixed with a constant
-# so that it is independent of the join's bucket (the same hash modulo another count).
-# TODO: use the key-hash bucket helper of xent_kernels.hashing once it lands (one
-# bucket rule for evaluations and comparisons).
-_BUCKET_SALT = np.uint64(0x6A09E667F3BCC909)
-
-
-def jackknife_buckets(key_hash: ArrayLike, n_buckets: int = DEFAULT_BUCKETS) -> NDArray[np.int64]:
-    """The jackknife bucket in [0, n_buckets) of each row, from a uint64 hash of its key."""
-    h = np.asarray(key_hash, dtype=np.uint64) ^ _BUCKET_SALT
-    return (splitmix64(h) % np.uint64(n_buckets)).astype(np.int64)
-
 
 @dataclass(frozen=True, eq=False)
 class PairedStats:
@@ -126,7 +112,7 @@ def paired_partial(
         True class in [0, C); negative: ignored.
     buckets : (n,) integers in [0, n_buckets)
         The jackknife bucket of each row: a function of its key alone
-        (:func:`jackknife_buckets`).
+        (:func:`xent_kernels.hashing.key_buckets`, as evaluations use).
     weights, slice_ids, slice_keys, n_bins, eps
         As for :func:`xent_kernels.class_stats_partial`; the same for both models.
     tie_tolerance : float >= 0

@@ -72,6 +72,9 @@ def _add_eval_arguments(parser: argparse.ArgumentParser, sources: bool = True) -
     parser.add_argument("--scheduler", help="address of an existing Dask scheduler (or $DASK_SCHEDULER_ADDRESS)")
     parser.add_argument("--on-bad-shard", choices=["error", "skip"])
     parser.add_argument("--on-nonfinite", choices=["error", "count"])
+    parser.add_argument("--buckets", type=int, metavar="K", help="jackknife buckets for the intervals (default 20; 1: none)")
+    parser.add_argument("--level", type=float, help="two-sided confidence level of the intervals (default 0.95)")
+    parser.add_argument("--min-slice-size", type=int, metavar="N", help="flag slices of fewer rows small_slice (default 0)")
 
 
 def _eval_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -90,6 +93,9 @@ def _eval_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "scheduler": args.scheduler,
         "on_bad_shard": args.on_bad_shard,
         "on_nonfinite": args.on_nonfinite,
+        "n_buckets": args.buckets,
+        "interval_level": args.level,
+        "min_slice_size": args.min_slice_size,
     }
 
 

@@ -11,14 +11,15 @@ import pyarrow.parquet as pq
 from rich.console import Console
 from rich.table import Table
 
-from xent_kernels import class_columns, report_columns, slice_columns as slice_metrics
+from xent_kernels import class_columns, slice_columns as slice_metrics
 
 from ..config import DRIFT_METRICS
 from ..inputs.sources import filesystem
-from ..metadata import INTEGRITY_KEY, UNITS_KEY
+from ..metadata import INTEGRITY_KEY, INTERVALS_KEY, UNITS_KEY
+from ..report.tables import metric_columns, with_interval
 
 # Every summary column that is not a slice column.
-SUMMARY_COLUMNS = report_columns("slice", has_reference=True)
+SUMMARY_COLUMNS = metric_columns("slice", has_reference=True)
 
 
 def read_report_table(url: str, storage_options: dict[str, Any] | None = None) -> pa.Table:
@@ -54,6 +55,16 @@ def integrity_line(integrity: dict[str, int]) -> str:
     return line
 
 
+def intervals_line(intervals: dict[str, Any]) -> str:
+    """The terminal line for a report's `xent.intervals` metadata."""
+    if intervals["bucket_key"] is None:
+        return "intervals: none (n_buckets = 1)"
+    key = intervals["bucket_key"]
+    by = "the hash of each row's label and prediction" if key == "content" else f"the hash of {', '.join(key)}"
+    return (f"intervals: [lo, hi] at {intervals['level']:g}, jackknife over {intervals['n_buckets']} buckets "
+            f"by {by}")
+
+
 def print_report(
     paths: dict[str, str],
     elapsed: float | None = None,
@@ -71,22 +82,30 @@ def print_report(
     shown = ["class", "class_name", "n", *class_columns(headline=True)]
     for column in shown:
         table.add_column(column, justify="right")
+    metrics = set(class_columns())
     for row in rows:
-        table.add_row(*(_fmt(row[c]) for c in shown))
+        table.add_row(*(with_interval(row, c) if c in metrics else _fmt(row[c]) for c in shown))
     console.print(table)
 
     summary = read_report_table(paths["summary"], storage_options)
-    fixed = {"overall", *SUMMARY_COLUMNS, "n_skipped", "n_bad_shards", "predicted_marginal", "confidence_hist"}
+    fixed = {"overall", *SUMMARY_COLUMNS, "small_slice", "n_skipped", "n_bad_shards", "predicted_marginal",
+             "confidence_hist"}
     slice_columns = [name for name in summary.column_names if name not in fixed]
-    shown = [*slice_columns, "n", *slice_metrics(headline=True), "n_ignored", "n_skipped"]
+    small = "small_slice" in summary.column_names and any(summary.column("small_slice").to_pylist())
+    shown = [*slice_columns, "n", *slice_metrics(headline=True), "n_ignored", "n_skipped", *(["small_slice"] if small else [])]
+    metrics = set(slice_metrics())
     table = Table(title="summary (overall row last)")
     for column in shown:
         table.add_column(column, justify="right")
     for row in summary.to_pylist():
-        cells = [("(all)" if row["overall"] and c in slice_columns else _fmt(row[c])) for c in shown]
+        cells = [("(all)" if row["overall"] and c in slice_columns
+                  else with_interval(row, c) if c in metrics else _fmt(row[c])) for c in shown]
         table.add_row(*cells)
     console.print(table)
-    integrity = (summary.schema.metadata or {}).get(INTEGRITY_KEY)
+    metadata = summary.schema.metadata or {}
+    if INTERVALS_KEY in metadata:
+        console.print(intervals_line(json.loads(metadata[INTERVALS_KEY])), markup=False)
+    integrity = metadata.get(INTEGRITY_KEY)
     if integrity is not None:
         console.print(integrity_line(json.loads(integrity)))
     overall = summary.to_pylist()[-1]

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from xent_kernels import ClassStats, class_stats_partial, find_invalid_row
+from xent_kernels.hashing import content_buckets, key_buckets
 
 from ..config import EvalConfig
 from ..errors import DataError
@@ -104,7 +105,18 @@ def evaluate_piece(piece: Piece, spec: ReadSpec, data: Any = None) -> PieceResul
 
 
 def _empty(spec: ReadSpec) -> ClassStats:
-    return ClassStats.empty(spec.n_classes, n_bins=spec.n_bins)
+    return ClassStats.empty(spec.n_classes, n_bins=spec.n_bins, n_buckets=spec.n_buckets)
+
+
+def batch_buckets(batch: Batch, spec: ReadSpec) -> np.ndarray | None:
+    """Each row's jackknife bucket: a hash of its key columns when the spec reads them,
+    else of its label and prediction bytes; None with one bucket. Never the row's
+    file or position, so intervals do not depend on sharding."""
+    if spec.n_buckets == 1:
+        return None
+    if batch.ids is not None:
+        return key_buckets(batch.ids, spec.n_buckets)
+    return content_buckets(batch.pred, batch.labels, spec.n_buckets)
 
 
 def piece_batches(piece: Piece, spec: ReadSpec, data: Any = None) -> Iterator[Batch]:
@@ -156,6 +168,8 @@ def _batch_stats(batch: Batch, file: InputFile, spec: ReadSpec) -> ClassStats:
         slice_keys=batch.slice_keys,
         n_bins=spec.n_bins,
         eps=spec.eps,
+        buckets=batch_buckets(batch, spec),
+        n_buckets=spec.n_buckets,
     )
     if spec.on_nonfinite == "error" and state.n_nonfinite:
         _reject_invalid_rows(batch.pred[batch.labels >= 0], batch.first_row, file, spec, batch.labels >= 0)

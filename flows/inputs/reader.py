@@ -62,8 +62,17 @@ class ReadSpec:
     eps: float | None = None
     storage_options: dict[str, Any] = field(default_factory=dict)
     reference_file: str = ""  # the shard the layout was taken from, for messages
-    id_cols: tuple[str, ...] = ()  # row key columns, read too for the per-sample drift join
+    id_cols: tuple[str, ...] = ()  # row key columns, read for the drift join or to pick jackknife buckets
     hive_ids: tuple[str, ...] = ()  # the id_cols that come from hive folders
+    n_buckets: int = 1  # jackknife buckets: by a hash of id_cols, else of the row's label and prediction
+
+    @property
+    def bucket_key(self) -> list[str] | str | None:
+        """What picks a row's jackknife bucket: the key columns, "content" (the row's
+        label and prediction bytes), or None with one bucket (no intervals)."""
+        if self.n_buckets == 1:
+            return None
+        return list(self.id_cols) if self.id_cols else "content"
 
     @property
     def pred_label(self) -> str:
@@ -222,6 +231,11 @@ def resolve_spec_from_schema(
 
     if config.weight_col and config.weight_col not in names:
         raise DataError(f"{where}: no weight column '{config.weight_col}'; columns are {sorted(names)}")
+    # Buckets by the key when every key column is there (a column, or a hive folder
+    # key), else by content: decided once, from this schema, for every shard.
+    bucket_cols = config.bucket_columns() if config.n_buckets > 1 else ()
+    if not all(name in names or name in hive for name in bucket_cols):
+        bucket_cols = ()
     hive_slices, slice_types = [], []
     for name in config.slice_by:
         if name in names:
@@ -254,6 +268,9 @@ def resolve_spec_from_schema(
         eps=config.eps,
         storage_options=dict(config.storage_options),
         reference_file=where,
+        id_cols=tuple(bucket_cols),
+        hive_ids=tuple(name for name in bucket_cols if name not in names),
+        n_buckets=config.n_buckets,
     )
 
 
@@ -436,7 +453,11 @@ def _key_values(batch: pa.RecordBatch, name: str, first_row: int, file: InputFil
         return np.full(batch.num_rows, file.hive[name], dtype=object)
     column = batch.column(name)
     if column.null_count:
-        raise DataError(f"{_where(file, name, first_row + _first_null(column))}: null key value (the drift join needs every key)")
+        raise DataError(
+            f"{_where(file, name, first_row + _first_null(column))}: null key value; every row needs its key "
+            f"({', '.join(spec.id_cols)}): it joins the dumps for drift, and picks the row's jackknife bucket. "
+            "Fill it, name a complete id column (id_col, drift.id_cols), or set n_buckets: 1 for no intervals"
+        )
     if pa.types.is_dictionary(column.type):
         column = column.dictionary_decode()
     return column.to_numpy(zero_copy_only=False)

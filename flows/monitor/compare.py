@@ -99,7 +99,8 @@ def compare(config: DriftConfig, client: Client, progress: Progress | None = Non
     ``sources`` (Parquet paths), or that side's in-memory data (a pyarrow Table, a
     pandas or a Dask DataFrame: ``flows.inputs.memory.is_in_memory``).
     """
-    fine = config.model_copy(update={"n_bins": FINE_BINS})
+    # Drift reads no intervals: one jackknife bucket, so no bucket hashing and a small state.
+    fine = config.model_copy(update={"n_bins": FINE_BINS, "n_buckets": 1})
     current_evaluation = evaluate_source(fine, client, current, progress)
     reference_evaluation = evaluate_source(fine.model_copy(update={"sources": config.reference}), client, reference, progress)
     sides = {"reference": EvaluatedSide(reference_evaluation, reference), "current": EvaluatedSide(current_evaluation, current)}

@@ -17,7 +17,6 @@ import pickle
 import shutil
 import tempfile
 import uuid
-import zlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -26,7 +25,7 @@ import pyarrow as pa
 from distributed import Client
 
 from xent_kernels import ClassStats, class_stats_partial
-from xent_kernels.hashing import splitmix64
+from xent_kernels.hashing import key_hash
 
 from ..config import EvalConfig, JoinSettings
 from ..engine import Evaluation, Piece, inspect_files, map_all, map_reduce, memory_pieces, piece_batches, plan_pieces
@@ -56,25 +55,10 @@ class JoinResult:
         )
 
 
-def key_hash(keys: list[np.ndarray]) -> np.ndarray:
-    """A uint64 hash per row of the key columns, the same on every worker and in every
-    process (no salted hashes). Integer columns are hashed vectorized; other values by
-    the CRC-32 of their text, once per distinct value."""
-    h = np.zeros(len(keys[0]), dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for values in keys:
-            if values.dtype.kind in "iub":
-                code = values.astype(np.uint64)
-            else:
-                distinct, inverse = np.unique(values.astype(str), return_inverse=True)
-                crc = np.fromiter((zlib.crc32(v.encode()) for v in distinct), dtype=np.uint64, count=len(distinct))
-                code = crc[inverse]
-            h = splitmix64(h ^ code)
-    return h
-
-
 def bucket_of(keys: list[np.ndarray], n_buckets: int) -> np.ndarray:
-    """The join bucket of each row of the key columns (:func:`key_hash` modulo `n_buckets`)."""
+    """A bucket per row of the key columns, the same on every worker and in every
+    process (no salted hashes): ``key_hash`` with seed 0, so join buckets are
+    independent of the jackknife buckets (``key_buckets``, another seed)."""
     return (key_hash(keys) % np.uint64(n_buckets)).astype(np.int64)
 
 

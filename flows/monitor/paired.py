@@ -22,7 +22,8 @@ import pyarrow as pa
 from distributed import Client
 
 from xent_kernels import STATISTICS
-from xent_kernels.paired import OUTCOMES, PairedStats, jackknife_buckets, paired_finalize, paired_partial
+from xent_kernels.hashing import key_buckets
+from xent_kernels.paired import OUTCOMES, PairedStats, paired_finalize, paired_partial
 
 from ..config import CompareConfig
 from ..engine import Evaluation, Progress, evaluate_source
@@ -31,7 +32,7 @@ from ..inputs.reader import ReadSpec
 from ..metadata import COMPARE_KEY, CONFIG_KEY, REFERENCE_FINGERPRINT_KEY
 from ..report.tables import config_json, report_metadata, report_parts, slice_key_columns
 from .gates import breached_gates
-from .join import EvaluatedSide, JoinResult, Pairing, Rows, describe_key, join_sides, key_hash, prepare_join
+from .join import EvaluatedSide, JoinResult, Pairing, Rows, describe_key, join_sides, prepare_join
 
 SIDES = ("baseline", "candidate")
 
@@ -61,7 +62,7 @@ def _paired_reduce(spec: ReadSpec, baseline: Rows, candidate: Rows, *, n_buckets
     return paired_partial(
         baseline.pred, candidate.pred, candidate.labels, kind=spec.kind, weights=candidate.weights,
         slice_ids=candidate.slice_ids, slice_keys=candidate.slice_keys, n_bins=spec.n_bins, eps=spec.eps,
-        buckets=jackknife_buckets(key_hash(candidate.keys), n_buckets), n_buckets=n_buckets,
+        buckets=key_buckets(candidate.keys, n_buckets), n_buckets=n_buckets,
         tie_tolerance=tie_tolerance,
     )
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from xent_kernels import ClassReport, ClassStats, report_columns
+from xent_kernels import ClassReport, ClassStats, interval_columns, report_columns
 
 from .. import __version__
 from ..engine import Evaluation
@@ -25,6 +26,7 @@ from ..metadata import (
     EPS_KEY,
     FINGERPRINT_KEY,
     INTEGRITY_KEY,
+    INTERVALS_KEY,
     LAYOUT_KEY,
     UNITS_KEY,
     VERSION_KEY,
@@ -55,28 +57,54 @@ def report_parts(stats: ClassStats, slice_by: tuple[str, ...]) -> list[tuple[Cla
     return parts
 
 
+def metric_columns(scope: str, has_reference: bool = False) -> list[str]:
+    """The report columns of `scope` ("class" or "slice") in table order: each metric
+    followed by its ``_lo``/``_hi`` bounds when it has an interval."""
+    bounds = set(interval_columns(scope, has_reference))
+    return [column for name in report_columns(scope, has_reference)
+            for column in (name, f"{name}_lo", f"{name}_hi") if column == name or column in bounds]
+
+
+def with_interval(row: dict, name: str, digits: int = 4) -> str:
+    """A metric of a report row as text, with its interval when the row has finite
+    bounds: ``0.9163 [0.9012, 0.9301]``."""
+    value, lo, hi = row.get(name), row.get(f"{name}_lo"), row.get(f"{name}_hi")
+
+    def text(x) -> str:
+        return "nan" if x is None or math.isnan(x) else f"{x:.{digits}f}"
+
+    if value is None:
+        return ""
+    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
+        return text(value)
+    return f"{text(value)} [{text(lo)}, {text(hi)}]"
+
+
 def build_tables(evaluation: Evaluation) -> dict[str, pa.Table]:
-    spec, result = evaluation.spec, evaluation.result
-    base = 2 if evaluation.config.units == "bits" else "e"
+    spec, result, config = evaluation.spec, evaluation.result, evaluation.config
+    base = 2 if config.units == "bits" else "e"
     names = _class_names(spec.n_classes, spec.class_names)
     per_class, summary = [], []
     for stats, overall in report_parts(result.stats, spec.slice_by):
-        report = stats.finalize(base=base)
+        report = stats.finalize(base=base, level=config.interval_level)
+        small = report.per_slice["n"] < config.min_slice_size  # per slice of this part
         keys = [report.slice_keys[i] if not overall else () for i in report.per_class["slice"]]
         pc_cols = slice_key_columns(keys, spec.slice_by, spec.slice_types)
         pc_cols["overall"] = pa.array(np.full(len(keys), overall))
         pc_cols["class"] = pa.array(report.per_class["class"], type=pa.int32())
         pc_cols["class_name"] = pa.array([names[c] for c in report.per_class["class"]], type=pa.string())
-        for name in report_columns("class"):
+        for name in metric_columns("class"):
             pc_cols[name] = _column(report.per_class[name])
+        pc_cols["small_slice"] = pa.array(small[report.per_class["slice"]], type=pa.bool_())
         per_class.append(pa.table(pc_cols))
 
         keys = [key if not overall else () for key in report.slice_keys]
         ps = report.per_slice
         s_cols = slice_key_columns(keys, spec.slice_by, spec.slice_types)
         s_cols["overall"] = pa.array(np.full(len(keys), overall))
-        for name in report_columns("slice"):
+        for name in metric_columns("slice"):
             s_cols[name] = _column(ps[name])
+        s_cols["small_slice"] = pa.array(small, type=pa.bool_())
         skipped = sum(b.rows for b in result.bad_shards)
         s_cols["n_skipped"] = pa.array([skipped if overall else None] * len(keys), type=pa.int64())
         s_cols["n_bad_shards"] = pa.array([len(result.bad_shards) if overall else None] * len(keys), type=pa.int64())
@@ -129,7 +157,16 @@ def report_metadata(evaluation: Evaluation) -> dict[bytes, bytes]:
         CLASSES_KEY: json.dumps(_class_names(spec.n_classes, spec.class_names)).encode(),
         LAYOUT_KEY: json.dumps({"kind": spec.kind, "layout": spec.layout, "columns": list(spec.pred_columns)}).encode(),
         INTEGRITY_KEY: json.dumps({"files": evaluation.n_files, "page_checksums_verified": evaluation.n_files_verified}).encode(),
+        INTERVALS_KEY: json.dumps(intervals_metadata(evaluation)).encode(),
     }
+
+
+def intervals_metadata(evaluation: Evaluation) -> dict[str, Any]:
+    """How the ``_lo``/``_hi`` columns were made: a jackknife t-interval at `level` over
+    `n_buckets` buckets picked by `bucket_key` (key column names, "content", or None
+    with one bucket, when every bound is NaN)."""
+    return {"method": "jackknife", "level": evaluation.config.interval_level, "n_buckets": evaluation.spec.n_buckets,
+            "bucket_key": evaluation.spec.bucket_key}
 
 
 def report_tables(evaluation: Evaluation) -> dict[str, pa.Table]:

@@ -57,13 +57,16 @@ METRIC_FIELDS = [
     pa.field("class_name", pa.string()),
     pa.field("metric", pa.string()),
     pa.field("value", pa.float64()),
+    pa.field("lo", pa.float64()),  # the metric's interval (its <metric>_lo/_hi columns); null without one
+    pa.field("hi", pa.float64()),
     pa.field("n", pa.int64()),
+    pa.field("small_slice", pa.bool_()),  # the row's slice has fewer rows than min_slice_size
     pa.field("threshold", pa.float64()),
     pa.field("breached", pa.bool_()),
 ]
 HISTORY_COLUMNS = (*PARTITION_KEYS, "scope", *(f.name for f in METRIC_FIELDS))
 # Part of every run digest: a history written in an older layout is rewritten, not skipped.
-HISTORY_LAYOUT = 2
+HISTORY_LAYOUT = 3
 
 
 # --------------------------------------------------------------------------- dates
@@ -113,8 +116,9 @@ def run_folder(root: str, run_date: str, source: str) -> str:
 def metrics_table(tables: dict[str, pa.Table], slice_by: Sequence[str]) -> pa.Table:
     """Every metric of a run in one long table: `scope` (class, slice, drift), the run's
     slice columns with their own types, then `METRIC_FIELDS`. Overall rows have
-    ``overall = true`` and null slice columns; `breached` is false except for drift
-    metrics above their threshold."""
+    ``overall = true`` and null slice columns; `lo` and `hi` are the metric's interval
+    (null for counts and drift metrics); `breached` is false except for drift metrics
+    above their threshold."""
     per_class = tables["per_class"]
     schema = pa.schema([pa.field("scope", pa.string()), *(per_class.schema.field(name) for name in slice_by), *METRIC_FIELDS])
     kept = set(schema.names)
@@ -124,12 +128,16 @@ def metrics_table(tables: dict[str, pa.Table], slice_by: Sequence[str]) -> pa.Ta
         given = {"scope": pa.repeat(scope, rows), "breached": pa.repeat(False, rows)}
         if metric is not None:
             given.update(metric=pa.repeat(metric, rows), value=table.column(metric))
+            if f"{metric}_lo" in table.column_names:
+                given.update(lo=table.column(f"{metric}_lo"), hi=table.column(f"{metric}_hi"))
         given.update({name: table.column(name) for name in table.column_names if name in kept})
         return pa.table([pa.chunked_array(given[f.name]).cast(f.type) if f.name in given else pa.nulls(rows, f.type)
                          for f in schema], schema=schema)
 
     def metrics_of(table: pa.Table) -> list[str]:
-        return [f.name for f in table.schema if f.name not in kept and not pa.types.is_list(f.type)]
+        bounds = {f"{name}_{end}" for name in table.column_names for end in ("lo", "hi")}
+        return [f.name for f in table.schema
+                if f.name not in kept and f.name not in bounds and not pa.types.is_list(f.type)]
 
     pieces = [piece(per_class, "class", m) for m in metrics_of(per_class)]
     pieces += [piece(tables["summary"], "slice", m) for m in metrics_of(tables["summary"])]
