@@ -57,7 +57,7 @@ class Report:
     evaluation
         The merged statistics, read settings and input fingerprint it was built from.
     tables
-        ``{"per_class", "summary"[, "bad_shards"]}``: pyarrow Tables with their report
+        ``{"per_class", "summary"[, "confusion"][, "bad_shards"]}``: pyarrow Tables with their report
         metadata (config, fingerprint, units, classes, version), exactly as written.
     """
 

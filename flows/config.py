@@ -67,6 +67,13 @@ class EvalConfig(StrictModel):
         20, ge=1, le=1000, description="Jackknife buckets K for the <metric>_lo/_hi intervals; 1 = no intervals (NaN).",
     )
     interval_level: float = Field(0.95, gt=0, lt=1, description="Two-sided confidence level of the intervals.")
+    max_confusion_classes: int = Field(
+        256, ge=0, description="Keep the confusion matrix (confusion.parquet) up to this many classes; 0 = never.",
+    )
+    max_auc_classes: int = Field(64, ge=0, description="Compute ROC AUC up to this many classes; 0 = never.")
+    auc_thresholds: int = Field(
+        1000, ge=10, le=100_000, description="Bins of the predicted probability for ROC AUC (error bound in the report).",
+    )
     min_slice_size: int = Field(
         0, ge=0, description="Slices with fewer rows are reported with small_slice = true (gates skip them).",
     )

@@ -305,3 +305,35 @@ def test_cli_exit_codes(tmp_path, capsys, prefect_harness):
     assert main(["eval", dump.root, "--out", str(tmp_path / "o4"), "--on-bad-shard", "skip"]) == 0
     assert (tmp_path / "o4" / "bad_shards.parquet").exists()
     assert not any((tmp_path / name).exists() for name in ("o1", "o2", "o3"))
+
+
+def test_confusion_parquet_equals_sklearn_per_slice(client, tmp_path):
+    from sklearn.metrics import confusion_matrix
+
+    dump = generate_dump(tmp_path / "dump", rows=6000, classes=4, shards=3, slices={"model": ["a", "b"]},
+                         weights=True, string_labels=True, seed=7)
+    tables = run(client, tmp_path / "out", sources=[dump.root], slice_by=["model"], weight_col="weight")
+    arrays = load_arrays(dump)
+    labels, predicted = arrays["label"], np.argmax(arrays["pred"], axis=1)
+    rows = tables["confusion"].to_pylist()
+    assert {r["true_name"] for r in rows} <= set(dump.class_names)
+    for model in ("a", "b", None):
+        keep = np.ones(len(labels), bool) if model is None else arrays["model"] == model
+        expected_n = confusion_matrix(labels[keep], predicted[keep], labels=range(4))
+        expected_w = confusion_matrix(labels[keep], predicted[keep], labels=range(4), sample_weight=arrays["weight"][keep])
+        got_n, got_w = np.zeros((4, 4), np.int64), np.zeros((4, 4))
+        for r in rows:
+            if r["model"] == model and r["overall"] == (model is None):
+                got_n[r["true"], r["predicted"]] = r["n"]
+                got_w[r["true"], r["predicted"]] = r["weight"]
+        np.testing.assert_array_equal(got_n, expected_n)
+        assert_allclose(got_w, expected_w, rtol=1e-12)
+        assert all(r["n"] > 0 for r in rows)  # empty cells are left out
+
+
+def test_confusion_and_auc_can_be_switched_off(client, tmp_path):
+    dump = generate_dump(tmp_path / "dump", rows=2000, classes=4, shards=2, seed=8)
+    tables = run(client, tmp_path / "out", sources=[dump.root], max_confusion_classes=3, max_auc_classes=0)
+    assert "confusion" not in tables
+    assert np.isnan(tables["summary"].column("auc").to_numpy()).all()
+    assert not np.isnan(tables["summary"].column("f1_macro").to_numpy()).any()  # from the per-bucket cells

@@ -116,7 +116,8 @@ class Statistic:
         Rules for an analytic standard error, for statistics whose state has no
         bucket axis (AUC: DeLong's); the interval is value ± z·SE, clipped to `clip`.
     clip : (low, high)
-        The range of the statistic, to which its bounds are clipped.
+        The range of the statistic, to which its bounds are clipped (a jackknife
+        interval of an accuracy near 1 would otherwise reach past 1).
     better : +1, -1 or 0
         Which way the metric improves (+1: higher is better); 0 for a metric that is
         not better either way (entropy). Comparisons give verdicts by it.
@@ -441,6 +442,7 @@ STATISTICS: tuple[Statistic, ...] = (
         units="information", headline=frozenset({"class", "slice"}),
         interval=True,
         better=-1,
+        clip=(0.0, np.inf),
     ),
     Statistic(
         "ce_std", "weighted population standard deviation of the cross-entropy",
@@ -455,6 +457,7 @@ STATISTICS: tuple[Statistic, ...] = (
         units="information", headline=frozenset({"slice"}),
         interval=True,
         better=-1,
+        clip=(0.0, np.inf),
     ),
     Statistic(
         "accuracy", "weighted share of rows whose true class has the top probability (ties: lower index)",
@@ -463,6 +466,7 @@ STATISTICS: tuple[Statistic, ...] = (
         headline=frozenset({"class", "slice"}),
         interval=True,
         better=+1,
+        clip=(0.0, 1.0),
     ),
     Statistic(
         "top5_accuracy", "weighted share of rows whose true class is among the 5 most probable (NaN for C <= 5)",
@@ -470,6 +474,7 @@ STATISTICS: tuple[Statistic, ...] = (
         per_class=_class_mean("top5", min_classes=6), per_slice=_slice_mean("top5", min_classes=6),
         interval=True,
         better=+1,
+        clip=(0.0, 1.0),
     ),
     Statistic(
         "p_true_mean", "weighted mean probability of the true class",
@@ -478,6 +483,7 @@ STATISTICS: tuple[Statistic, ...] = (
         headline=frozenset({"class"}),
         interval=True,
         better=+1,
+        clip=(0.0, 1.0),
     ),
     Statistic(
         "entropy_mean", "weighted mean entropy of the prediction",
@@ -485,6 +491,7 @@ STATISTICS: tuple[Statistic, ...] = (
         per_class=_class_mean("entropy"), per_slice=_slice_mean("entropy"),
         units="information", headline=frozenset({"class"}),
         interval=True,
+        clip=(0.0, np.inf),
     ),
     Statistic(
         "ece", "expected calibration error over the confidence histogram's bins",
@@ -493,6 +500,7 @@ STATISTICS: tuple[Statistic, ...] = (
         headline=frozenset({"slice"}),
         interval=True,
         better=-1,
+        clip=(0.0, 1.0),
     ),
     Statistic(
         "brier", "weighted mean Brier score Σ_j (q_j - y_j)² (binary models: (q_1 - y)², as sklearn)",
@@ -501,6 +509,7 @@ STATISTICS: tuple[Statistic, ...] = (
         headline=frozenset({"slice"}),
         interval=True,
         better=-1,
+        clip=(0.0, 2.0),
     ),
     Statistic(
         "precision", "weighted share of the rows predicted as the class that are of the class (0 if none)",
@@ -508,6 +517,7 @@ STATISTICS: tuple[Statistic, ...] = (
         per_class=_class_rate("precision"),
         interval=True,
         better=+1,
+        clip=(0.0, 1.0),
     ),
     Statistic(
         "recall", "weighted share of the class's rows predicted as the class (its accuracy)",
@@ -515,6 +525,7 @@ STATISTICS: tuple[Statistic, ...] = (
         per_class=_class_rate("recall"),
         interval=True,
         better=+1,
+        clip=(0.0, 1.0),
     ),
     Statistic(
         "f1", "harmonic mean of precision and recall: 2·hits / (predicted + true) (0 if both are 0)",
@@ -523,6 +534,7 @@ STATISTICS: tuple[Statistic, ...] = (
         headline=frozenset({"class"}),
         interval=True,
         better=+1,
+        clip=(0.0, 1.0),
     ),
     *(
         Statistic(
@@ -530,6 +542,7 @@ STATISTICS: tuple[Statistic, ...] = (
             slots=(),
             per_slice=_averaged_rate(name, average),
             better=+1,
+            clip=(0.0, 1.0),
             headline=frozenset({"slice"}) if (name, average) == ("f1", "macro") else frozenset(),
             interval=True,
         )
@@ -571,6 +584,7 @@ STATISTICS: tuple[Statistic, ...] = (
         units="information", reference_only=True,
         interval=True,
         better=-1,
+        clip=(0.0, np.inf),
     ),
     Statistic(
         "predicted_marginal", "(S, C): the weighted mean predicted distribution per slice",

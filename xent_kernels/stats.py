@@ -253,7 +253,8 @@ class ClassStats:
         ``<name>_lo`` and ``<name>_hi``: the jackknife t-interval at `level` over
         the delete-one-bucket totals (:mod:`xent_kernels.intervals`), NaN where
         fewer than 2 buckets hold weight (always, with one bucket). A statistic with a
-        ``standard_error`` rule (AUC) gets value ± z·SE instead, clipped to its range.
+        ``standard_error`` rule (AUC) gets value ± z·SE instead. Bounds are clipped
+        to the statistic's range (``Statistic.clip``).
         """
         if not 0.0 < level < 1.0:
             raise ValueError(f"level must be in (0, 1), got {level!r}")
@@ -297,7 +298,8 @@ class ClassStats:
                 elif statistic.interval and n_buckets > 1:
                     theta = rule(left_out).reshape(len(value), n_buckets) / scale
                     lo, hi = jackknife_bounds(value, theta, used[level_name], level)
-                    columns[f"{statistic.name}_lo"], columns[f"{statistic.name}_hi"] = lo, hi
+                    columns[f"{statistic.name}_lo"] = np.clip(lo, *statistic.clip)
+                    columns[f"{statistic.name}_hi"] = np.clip(hi, *statistic.clip)
                 elif statistic.interval:
                     columns[f"{statistic.name}_lo"] = columns[f"{statistic.name}_hi"] = np.full(len(value), np.nan)
         return ClassReport(

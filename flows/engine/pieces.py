@@ -105,7 +105,7 @@ def evaluate_piece(piece: Piece, spec: ReadSpec, data: Any = None) -> PieceResul
 
 
 def _empty(spec: ReadSpec) -> ClassStats:
-    return ClassStats.empty(spec.n_classes, n_bins=spec.n_bins, n_buckets=spec.n_buckets)
+    return ClassStats.empty(spec.n_classes, **spec.state_options())
 
 
 def batch_buckets(batch: Batch, spec: ReadSpec) -> np.ndarray | None:
@@ -166,10 +166,9 @@ def _batch_stats(batch: Batch, file: InputFile, spec: ReadSpec) -> ClassStats:
         weights=batch.weights,
         slice_ids=batch.slice_ids,
         slice_keys=batch.slice_keys,
-        n_bins=spec.n_bins,
         eps=spec.eps,
         buckets=batch_buckets(batch, spec),
-        n_buckets=spec.n_buckets,
+        **spec.state_options(),
     )
     if spec.on_nonfinite == "error" and state.n_nonfinite:
         _reject_invalid_rows(batch.pred[batch.labels >= 0], batch.first_row, file, spec, batch.labels >= 0)

@@ -65,6 +65,14 @@ class ReadSpec:
     id_cols: tuple[str, ...] = ()  # row key columns, read for the drift join or to pick jackknife buckets
     hive_ids: tuple[str, ...] = ()  # the id_cols that come from hive folders
     n_buckets: int = 1  # jackknife buckets: by a hash of id_cols, else of the row's label and prediction
+    confusion: bool = False  # keep the confusion matrix (C <= max_confusion_classes)
+    n_thresholds: int = 0  # ROC histogram bins for AUC; 0 = off (C > max_auc_classes)
+
+    def state_options(self) -> dict[str, Any]:
+        """The options of every ``ClassStats`` of this read: ``ClassStats.empty`` and
+        ``class_stats_partial`` take them, so all pieces' states merge."""
+        return dict(n_bins=self.n_bins, n_buckets=self.n_buckets, confusion=self.confusion,
+                    n_thresholds=self.n_thresholds)
 
     @property
     def bucket_key(self) -> list[str] | str | None:
@@ -271,6 +279,8 @@ def resolve_spec_from_schema(
         id_cols=tuple(bucket_cols),
         hive_ids=tuple(name for name in bucket_cols if name not in names),
         n_buckets=config.n_buckets,
+        confusion=n_classes <= config.max_confusion_classes,
+        n_thresholds=config.auc_thresholds if n_classes <= config.max_auc_classes else 0,
     )
 
 

@@ -33,6 +33,9 @@ from ..errors import DataError
 from ..inputs.reader import ReadSpec, open_parquet
 from ..inputs.sources import InputFile
 
+# The per-sample KL join reads only the KL sums: no intervals, confusion or AUC.
+KL_OPTIONS = dict(n_bins=1, n_buckets=1, confusion=False, n_thresholds=0)
+
 
 @dataclass(frozen=True)
 class JoinResult:
@@ -98,14 +101,14 @@ class Pairing:
 
 
 def _kl_empty(spec: ReadSpec) -> ClassStats:
-    return ClassStats.empty(spec.n_classes, n_bins=spec.n_bins, has_reference=True)
+    return ClassStats.empty(spec.n_classes, has_reference=True, **KL_OPTIONS)
 
 
 def _kl_reduce(spec: ReadSpec, reference: Rows, current: Rows) -> ClassStats:
     """KL(reference‖current) statistics, sliced by the current side's slices."""
     return class_stats_partial(
         current.pred, current.labels, kind=spec.kind, slice_ids=current.slice_ids, slice_keys=current.slice_keys,
-        reference=reference.pred, reference_kind=spec.kind, n_bins=spec.n_bins,
+        reference=reference.pred, reference_kind=spec.kind, **KL_OPTIONS,
     )
 
 

@@ -84,7 +84,7 @@ def build_tables(evaluation: Evaluation) -> dict[str, pa.Table]:
     spec, result, config = evaluation.spec, evaluation.result, evaluation.config
     base = 2 if config.units == "bits" else "e"
     names = _class_names(spec.n_classes, spec.class_names)
-    per_class, summary = [], []
+    per_class, summary, confusion = [], [], []
     for stats, overall in report_parts(result.stats, spec.slice_by):
         report = stats.finalize(base=base, level=config.interval_level)
         small = report.per_slice["n"] < config.min_slice_size  # per slice of this part
@@ -113,7 +113,11 @@ def build_tables(evaluation: Evaluation) -> dict[str, pa.Table]:
             list(report.confidence_hist[..., 0]), type=pa.list_(pa.float64())
         )
         summary.append(pa.table(s_cols))
+        if report.confusion_n.shape[1]:
+            confusion.append(_confusion_table(report, keys, overall, spec, names))
     tables = {"per_class": pa.concat_tables(per_class), "summary": pa.concat_tables(summary)}
+    if confusion:
+        tables["confusion"] = pa.concat_tables(confusion)
     if evaluation.config.on_bad_shard == "skip":
         tables["bad_shards"] = pa.table(
             {
@@ -123,6 +127,22 @@ def build_tables(evaluation: Evaluation) -> dict[str, pa.Table]:
             }
         )
     return tables
+
+
+def _confusion_table(report: ClassReport, keys: list[tuple], overall: bool, spec, names: list[str]) -> pa.Table:
+    """The confusion matrix in long format, one row per (slice, true, predicted) cell
+    with rows (empty cells are left out): slice columns, overall, true, predicted,
+    their names, n and weight."""
+    slices, true, predicted = np.nonzero(report.confusion_n)
+    columns = slice_key_columns([keys[i] for i in slices], spec.slice_by, spec.slice_types)
+    columns["overall"] = pa.array(np.full(len(slices), overall))
+    columns["true"] = pa.array(true, type=pa.int32())
+    columns["predicted"] = pa.array(predicted, type=pa.int32())
+    columns["true_name"] = pa.array([names[c] for c in true], type=pa.string())
+    columns["predicted_name"] = pa.array([names[c] for c in predicted], type=pa.string())
+    columns["n"] = pa.array(report.confusion_n[slices, true, predicted], type=pa.int64())
+    columns["weight"] = pa.array(report.confusion_weight[slices, true, predicted], type=pa.float64())
+    return pa.table(columns)
 
 
 SECRET_WORDS = ("key", "secret", "token", "password", "credential", "session")
