@@ -375,7 +375,7 @@ def compare(baseline: Any, candidate: Any, *, client: "Client | None" = None, pr
         As for ``evaluate``.
     **options
         ``CompareConfig`` settings: the reading settings of ``evaluate``,
-        ``compare={"id_cols": [...], "n_buckets": 20, "level": 0.95, "tie_tolerance": 0}``
+        ``compare={"id_cols": [...], "tie_tolerance": 0}``, ``n_buckets=20``, ``interval_level=0.95``
         and ``gate={"metric": "ce_mean", "max_increase": 0.01}`` (or a list of gates).
 
     Returns

@@ -271,8 +271,6 @@ class Gate(StrictModel):
 class CompareSettings(JoinSettings):
     """How ``xent compare`` pairs the candidate's rows with the baseline's."""
 
-    n_buckets: int = Field(20, ge=2, le=1000, description="Jackknife buckets K (by a hash of the row key).")
-    level: float = Field(0.95, gt=0, lt=1, description="Two-sided level of the paired intervals and verdicts.")
     tie_tolerance: float = Field(
         0.0, ge=0, description="Per-row CE differences at most this (in the run's units) are ties; 0: exact equality.",
     )
@@ -280,7 +278,8 @@ class CompareSettings(JoinSettings):
 
 class CompareConfig(EvalConfig):
     """`xent compare`: the reading settings of EvalConfig for both dumps (``sources`` is
-    the candidate), the join and interval settings, and the gates."""
+    the candidate; ``n_buckets`` and ``interval_level`` set the paired intervals), the
+    join settings and the gates."""
 
     baseline: list[str] = Field(default_factory=list, description="The baseline dump.")
     compare: CompareSettings = Field(default_factory=CompareSettings)

@@ -169,7 +169,7 @@ def compare_markdown(tables: dict[str, pa.Table], config: CompareConfig, breache
 
     header, cells = compare_view(tables["compare"])
     lines = [f"# {dump_label(config.sources)} against {dump_label(config.baseline)}", "",
-             f"Candidate - baseline with {config.compare.level:.0%} paired intervals; cross-entropy in {config.units}.", "",
+             f"Candidate - baseline with {config.interval_level:.0%} paired intervals; cross-entropy in {config.units}.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in cells]
     gates = ", ".join(g.metric for g in config.gate)

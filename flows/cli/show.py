@@ -58,11 +58,11 @@ def integrity_line(integrity: dict[str, int]) -> str:
 def intervals_line(intervals: dict[str, Any]) -> str:
     """The terminal line for a report's `xent.intervals` metadata."""
     if intervals["bucket_key"] is None:
-        return "intervals: none (n_buckets = 1)"
+        return f"intervals: none but AUC's (n_buckets = 1); auc: DeLong at {intervals['level']:g}"
     key = intervals["bucket_key"]
     by = "the hash of each row's label and prediction" if key == "content" else f"the hash of {', '.join(key)}"
     return (f"intervals: [lo, hi] at {intervals['level']:g}, jackknife over {intervals['n_buckets']} buckets "
-            f"by {by}")
+            f"by {by}; auc: DeLong")
 
 
 def print_report(

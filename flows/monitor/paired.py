@@ -73,8 +73,8 @@ def compare_pairing(config: CompareConfig) -> Pairing:
     nats = settings.tie_tolerance * (math.log(2) if config.units == "bits" else 1.0)
     return Pairing(
         SIDES,
-        functools.partial(_paired_reduce, n_buckets=settings.n_buckets, tie_tolerance=nats),
-        functools.partial(_paired_empty, n_buckets=settings.n_buckets),
+        functools.partial(_paired_reduce, n_buckets=config.n_buckets, tie_tolerance=nats),
+        functools.partial(_paired_empty, n_buckets=config.n_buckets),
         "compare.id_cols",
     )
 
@@ -119,7 +119,7 @@ def compare_models(config: CompareConfig, client: Client, progress: Progress | N
         )
     names = list(cand_spec.class_names) if cand_spec.class_names else [str(i) for i in range(cand_spec.n_classes)]
     rows = compare_rows(joined, cand_spec.slice_by, names, "bits" if config.units == "bits" else "nats",
-                        config.compare.level)
+                        config.interval_level)
     breaches = breached_gates(config.gate, rows, cand_spec.slice_by)
     return CompareReport(joined, key, cand_spec.slice_by, cand_spec.slice_types, names, baseline_evaluation,
                          candidate_evaluation, rows, breaches)
@@ -191,8 +191,8 @@ def compare_tables(report: CompareReport, config: CompareConfig) -> dict[str, pa
     metadata[CONFIG_KEY] = config_json(config)
     metadata[COMPARE_KEY] = json.dumps({
         "key": list(report.key), "matched": report.joined.matched, "only_baseline": report.joined.only_first,
-        "only_candidate": report.joined.only_second, "n_buckets": config.compare.n_buckets,
-        "level": config.compare.level, "tie_tolerance": config.compare.tie_tolerance,
+        "only_candidate": report.joined.only_second, "n_buckets": config.n_buckets,
+        "level": config.interval_level, "tie_tolerance": config.compare.tie_tolerance,
         "gates": [gate.model_dump() for gate in config.gate], "breaches": report.breaches,
     }).encode()
     return {"compare": compare_table(report).replace_schema_metadata(metadata)}
