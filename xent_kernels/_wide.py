@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._fold import FOLD_ROWS, _fold_cell, _fold_slices, _shift_of, _touch
+from ._fold import FOLD_ROWS, _fold_cell, _fold_slices
 from ._layout import (
     BLK_CE_SQ, BLK_COUNT, BRIER, CE, ENTROPY, HIST_CONF, HIST_CORRECT, HIST_WEIGHT, IGNORED, KL, N_BLK_FIELDS,
     N_HIST_FIELDS, N_ROC_FIELDS, N_ROW_COUNT_FIELDS, NONFINITE, P_TRUE, PREDICTED, ROC_ALL, ROC_POSITIVE, TOP1,
@@ -196,8 +196,15 @@ def _class_stats_wide(
             ce = min(lognorm[i] - t_true[i], max_ce)  # eps: q_true -> max(q_true, eps)
             group = sl * K + (bucket_ids[r] if has_buckets else 0)
             cell = group * n_cols + y
-            n_touched = _touch(cell, epoch, stamp, touched, n_touched, shift)
-            k = _shift_of(cell, ce, shift)
+            # Inline, not _touch/_shift_of: calls with array arguments cost more than the work.
+            if stamp[cell] != epoch:
+                stamp[cell] = epoch
+                touched[n_touched] = cell
+                n_touched += 1
+                shift[cell] = ce if np.isfinite(ce) else 0.0
+            elif shift[cell] != shift[cell]:  # touched only as a predicted class so far
+                shift[cell] = ce if np.isfinite(ce) else 0.0
+            k = shift[cell]
             if has_confusion:
                 q = (sl * n_cols + y) * n_cols + predicted[i]
                 conf_n[q] += 1
@@ -220,7 +227,11 @@ def _class_stats_wide(
             blk[cell, BRIER] += w * (e2[i] * inv_sum[i] * inv_sum[i] - 2.0 * q_true + 1.0)
             blk[cell, BLK_COUNT] += 1.0
             pcell = group * n_cols + predicted[i]
-            n_touched = _touch(pcell, epoch, stamp, touched, n_touched, shift)
+            if stamp[pcell] != epoch:
+                stamp[pcell] = epoch
+                touched[n_touched] = pcell
+                n_touched += 1
+                shift[pcell] = np.nan
             blk[pcell, PREDICTED] += w
             b = min(int(conf[i] * n_bins), n_bins - 1)
             s_hist[group, b, HIST_WEIGHT] += w
