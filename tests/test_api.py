@@ -148,7 +148,7 @@ def test_write_reads_back_as_to_arrow_and_evaluate_writes_nothing(cases, client,
     evaluate(source_of("pandas", dump, client), client=client, **options)
     assert (sorted(p for p in tmp_path.rglob("*")), sorted(Path(dump.root).rglob("*"))) == before
     paths = report.write(tmp_path / "out")
-    assert sorted(paths) == ["per_class", "summary"] and (tmp_path / "out" / "_manifest.json").exists()
+    assert sorted(paths) == ["confusion", "per_class", "summary"] and (tmp_path / "out" / "_manifest.json").exists()
     back = {name: pq.read_table(path) for name, path in paths.items()}
     assert_same_report(back, report.to_arrow(), rtol=0)  # NaN where there is no top-5 (4 classes) equals NaN
     for name, table in report.to_arrow().items():
