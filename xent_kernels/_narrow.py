@@ -57,14 +57,9 @@ def prepare_block_narrow(z, labels, r0, rows, kind, W, summarize):
                 W[_ix(_T0, j, i)] = z[np.uint64(r0) + np.uint64(i), j]
         for i in range(rows):
             W[_TOP * NR + i] = W[_T0 + i]
-            W[_ARG * NR + i] = 0.0
         for j in range(1, C):
-            fj = np.float64(j)
             for i in range(rows):
-                v = W[_ix(_T0, j, i)]
-                # the predicted class: the first with the top logit (a later equal one is not above)
-                W[_ARG * NR + i] = fj if v > W[_TOP * NR + i] else W[_ARG * NR + i]
-                W[_TOP * NR + i] = max(W[_TOP * NR + i], v)
+                W[_TOP * NR + i] = max(W[_TOP * NR + i], W[_ix(_T0, j, i)])
         for i in range(rows):
             y = np.uint64(W[_Y * NR + i])
             W[_TY * NR + i] = W[_ix(_T0, y, i)] - W[_TOP * NR + i]
@@ -72,6 +67,7 @@ def prepare_block_narrow(z, labels, r0, rows, kind, W, summarize):
             W[_ET * NR + i] = 0.0
             W[_RANK * NR + i] = 0.0
             W[_E2 * NR + i] = 0.0
+            W[_ARG * NR + i] = C
         # Σ e·t is also the row's finiteness check: every term is finite when the row
         # is, and NaN when it holds NaN or ±inf (t = NaN, or e = 0 with t = -inf; and
         # fast_exp(NaN) = 0). The `summarize` test is loop-invariant: timed as fast as two copies.
@@ -89,6 +85,7 @@ def prepare_block_narrow(z, labels, r0, rows, kind, W, summarize):
                     above = (tj > ty) | ((tj == ty) & (fj < W[_Y * NR + i]))
                     W[_RANK * NR + i] += 1.0 if above else 0.0
                     W[_E2 * NR + i] += ej * ej
+                    W[_ARG * NR + i] = min(W[_ARG * NR + i], fj if tj == 0.0 else C)  # the top has t = 0
         n_nan = 0
         for i in range(rows):
             s = W[_TOT * NR + i]
