@@ -126,9 +126,10 @@ def test_s3_dump_evaluates_like_the_local_one(s3, client, dumps, tmp_path):
     assert [f.url for f in evaluation.inputs] == sorted(remote.files)
     assert evaluation.inputs[0].hive == {"date": "2026-11-22"}
     paths = Report(evaluation).write(f"s3://{BUCKET}/reports/x/", s3.storage_options)
-    assert paths == {name: f"s3://{BUCKET}/reports/x/{name}.parquet" for name in ("per_class", "summary")}
-    assert sorted(s3.fs.ls(f"{BUCKET}/reports/x")) == [f"{BUCKET}/reports/x/{name}" for name in
-                                                       ("_manifest.json", "per_class.parquet", "summary.parquet")]
+    assert paths == {name: f"s3://{BUCKET}/reports/x/{name}.parquet" for name in ("per_class", "summary", "confusion")}
+    assert sorted(s3.fs.ls(f"{BUCKET}/reports/x")) == [
+        f"{BUCKET}/reports/x/{name}" for name in
+        ("_manifest.json", "confusion.parquet", "per_class.parquet", "summary.parquet")]
 
     report = read_s3_report(s3, paths)
     assert_same_report(report, local_report, rtol=1e-12)
@@ -242,7 +243,7 @@ def test_s3_report_is_complete_exactly_when_its_manifest_lists_it(s3, client, du
     tables = report_tables(evaluation)
     write_tables_atomically({**tables, "extra": tables["summary"]}, out, s3.storage_options)
     assert [e["file"] for e in read_manifest(out, s3.storage_options)["files"]] == [
-        "per_class.parquet", "summary.parquet", "extra.parquet"]
+        "per_class.parquet", "summary.parquet", "confusion.parquet", "extra.parquet"]
 
     # A writer that dies after its first upload leaves no manifest: readers know.
     fs = filesystem(out, s3.storage_options)[0]  # fsspec's cached instance, the one the writer gets
@@ -263,7 +264,8 @@ def test_s3_report_is_complete_exactly_when_its_manifest_lists_it(s3, client, du
     write_tables_atomically(tables, out, s3.storage_options)
     manifest = read_manifest(out, s3.storage_options)
     root = f"{BUCKET}/reports/manifest"
-    assert sorted(s3.fs.ls(root, refresh=True)) == [f"{root}/{n}" for n in ("_manifest.json", "per_class.parquet", "summary.parquet")]
+    assert sorted(s3.fs.ls(root, refresh=True)) == [
+        f"{root}/{n}" for n in ("_manifest.json", "confusion.parquet", "per_class.parquet", "summary.parquet")]
     for entry in manifest["files"]:
         data = s3.fs.cat_file(f"{root}/{entry['file']}")
         assert len(data) == entry["bytes"] and hashlib.sha256(data).hexdigest() == entry["sha256"]
