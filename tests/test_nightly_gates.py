@@ -7,6 +7,7 @@ classes, and re-runs that keep a breach."""
 from __future__ import annotations
 
 import io
+import re
 import math
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from scipy.special import log_softmax
 
 from flows.cli import main
 from flows.config import NightlyConfig, build_config
-from flows.errors import GateBreach
+from flows.errors import GateBreach, UsageError
 from flows.generate import generate_dump
 from flows.pipelines import nightly_flow
 from flows.report.state import read_state, state_from_table, state_table
@@ -324,3 +325,16 @@ def test_a_baseline_with_other_classes_is_reported_not_compared(tmp_path, capsys
                              "`baseline:` to a run date made with this run's classes and slices)")
     assert (tables_folder(tmp_path, DAYS[1]) / STATE_FILE).exists()
     assert not (tables_folder(tmp_path, DAYS[1]) / f"{GATE_TABLE}.parquet").exists()
+
+
+@pytest.mark.parametrize("top, expected", [
+    ({"gate": {"metric": "nope", "max_increase": 0.1}}, "key 'gate.0.metric': Value error, unknown gate metric 'nope'"),
+    ({"baseline": "yesterday"}, "key 'baseline"),
+    ({"sources": [{"name": "prod", "paths": ["x"], "gate": {"metric": "ce_mean"}}]},
+     "key 'sources.0.gate.0': Value error, a gate needs exactly one of max_increase or max_decrease"),
+])
+def test_bad_gate_settings_are_config_errors_naming_the_key(tmp_path, top, expected):
+    config = {"report_root": str(tmp_path / "reports"), "sources": [{"name": "prod", "paths": ["x"]}], **top}
+    path = write_yaml(tmp_path / "bad.yaml", config)
+    with pytest.raises(UsageError, match=re.escape(expected)):
+        build_config(NightlyConfig, path)
