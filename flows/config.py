@@ -351,6 +351,15 @@ class NightlySource(StrictModel):
     reference: Literal["previous"] | list[str] | None = Field(
         None, description="Drift reference: 'previous' (the previous date's dump) or fixed paths; none = no drift."
     )
+    gate: list[Gate] | None = Field(None, description="Gates against the baseline run; none = the config's `gate`.")
+    baseline: Literal["previous"] | dt.date | None = Field(
+        None, description="The gates' baseline run: 'previous' or a run date; none = the config's `baseline`.",
+    )
+
+    @field_validator("gate", mode="before")
+    @classmethod
+    def _one_or_many(cls, value):
+        return [value] if isinstance(value, dict) else value
 
     @field_validator("paths")
     @classmethod
@@ -382,6 +391,21 @@ class NightlyConfig(StrictModel):
     drift: DriftSettings = Field(default_factory=DriftSettings)
     scheduler: str | None = None
     deployment_name: str = "xent-nightly"
+    gate: list[Gate] = Field(default_factory=list, description="Gates of every source against its baseline run.")
+    baseline: Literal["previous"] | dt.date = Field(
+        "previous", description="The gates' baseline: 'previous' (the latest earlier run of the source with a stored "
+        "state) or a run date YYYY-MM-DD.",
+    )
+
+    @field_validator("gate", mode="before")
+    @classmethod
+    def _one_or_many(cls, value):
+        return [value] if isinstance(value, dict) else value
+
+    def gates(self, source: NightlySource) -> tuple[list[Gate], str]:
+        """The gates of `source` and their baseline ('previous' or a YYYY-MM-DD date)."""
+        baseline = self.baseline if source.baseline is None else source.baseline
+        return (self.gate if source.gate is None else source.gate), str(baseline)
 
     @property
     def tables_base(self) -> str:

@@ -16,3 +16,4 @@ INTEGRITY_KEY = b"xent.integrity"  # JSON: input files, and how many had their p
 INTERVALS_KEY = b"xent.intervals"  # JSON: method, level, n_buckets and bucket_key of the _lo/_hi columns
 RUN_DIGEST_KEY = b"xent.run_digest"  # a nightly run's digest of its config and inputs
 COMPARE_KEY = b"xent.compare"  # JSON: a comparison's join key and counts, buckets, level and tie tolerance
+GATE_KEY = b"xent.gate"  # JSON: a nightly run's gate verdict against its baseline run

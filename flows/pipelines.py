@@ -198,6 +198,7 @@ def compare_flow(config: CompareConfig, out: str, progress: bool = False) -> Any
 
 
 stored_breaches = task(cache_policy=NONE, **IO_RETRIES)(nightly.stored_breaches)
+load_baseline = task(cache_policy=NONE, **IO_RETRIES)(nightly.load_baseline)
 
 
 def _publish_run(outcome: nightly.Outcome, tables: dict[str, pa.Table], config: EvalConfig) -> None:
@@ -206,8 +207,9 @@ def _publish_run(outcome: nightly.Outcome, tables: dict[str, pa.Table], config: 
                      f"history in {outcome.folder}")
 
 
-NIGHTLY_STEPS = nightly.Steps(find_inputs=find_inputs, stored_breaches=stored_breaches, evaluate=evaluate_on_cluster,
-                              compare=compare_on_cluster, write_tables=write_tables, publish=_publish_run)
+NIGHTLY_STEPS = nightly.Steps(find_inputs=find_inputs, stored_breaches=stored_breaches, load_baseline=load_baseline,
+                              evaluate=evaluate_on_cluster, compare=compare_on_cluster, write_tables=write_tables,
+                              publish=_publish_run)
 
 
 def _nightly_run_name() -> str:
@@ -234,7 +236,7 @@ def nightly_flow(config_path: str, run_date: str | None = None, end_date: str | 
     logger = get_run_logger()
     for outcome in outcomes:
         if outcome.exit_code:
-            logger.warning("%s", outcome.line() + "".join(f"; BREACH {b}" for b in outcome.breaches))
+            logger.warning("%s", outcome.line() + "".join(f"; BREACH {b}" for b in outcome.breach_lines()))
     key = _artifact_key("xent-nightly-summary", dates[0], *(["to", dates[-1]] if len(dates) > 1 else []))
     create_markdown_artifact(key=key, markdown=nightly.summary_markdown(outcomes, dates))
     error = nightly.failure(outcomes)

@@ -23,7 +23,7 @@ from distributed import Client
 
 from xent_kernels import STATISTICS
 from xent_kernels.hashing import key_buckets
-from xent_kernels.paired import OUTCOMES, PairedStats, paired_finalize, paired_partial
+from xent_kernels.paired import OUTCOMES, PairedReport, PairedStats, paired_finalize, paired_partial
 
 from ..config import CompareConfig
 from ..engine import Evaluation, Progress, evaluate_source
@@ -132,25 +132,35 @@ def compare_rows(joined: JoinResult, slice_by: tuple[str, ...], class_names: lis
     rows = []
     for part, overall in report_parts(joined.stats, slice_by):
         report = paired_finalize(part, base=2 if units == "bits" else "e", level=level)
-        for scope, columns in (("per_slice", report.per_slice), ("per_class", report.per_class)):
-            for i in range(len(columns["slice"])):
-                key = () if overall else report.slice_keys[columns["slice"][i]]
-                row = {"key": key, **dict(zip(slice_by, key)), "overall": overall}  # slice values by name for gates
-                if scope == "per_class":
-                    cls = int(columns["class"][i])
-                    row.update({"class": cls, "class_name": class_names[cls]})
-                else:
-                    row.update({"class": None, "class_name": None})
-                for name, values in columns.items():
-                    if name in ("slice", "class"):
-                        continue
-                    value = values[i]
-                    row[name] = value.item() if isinstance(value, np.generic) else value
-                row["verdict"] = row.get("ce_mean_verdict")
-                if overall and scope == "per_slice":
-                    row.update(n_matched=joined.matched, n_only_baseline=joined.only_first,
-                               n_only_candidate=joined.only_second)
-                rows.append(row)
+        rows += difference_rows(report, overall, slice_by, class_names)
+    for row in rows:
+        if row["overall"] and row["class"] is None:
+            row.update(n_matched=joined.matched, n_only_baseline=joined.only_first, n_only_candidate=joined.only_second)
+    return rows
+
+
+def difference_rows(report: PairedReport, overall: bool, slice_by: tuple[str, ...], class_names: list[str]) -> list[dict]:
+    """A finalized comparison (paired or unpaired) as rows that gates read: per slice
+    (all classes, ``class`` None), then per (slice, class); `overall`: the report's one
+    slice is all rows. Each row has ``key`` (its slice key), the slice values by name,
+    ``overall``, ``class``, ``class_name``, the report's columns and ``verdict``."""
+    rows = []
+    for scope, columns in (("per_slice", report.per_slice), ("per_class", report.per_class)):
+        for i in range(len(columns["slice"])):
+            key = () if overall else report.slice_keys[columns["slice"][i]]
+            row = {"key": key, **dict(zip(slice_by, key)), "overall": overall}  # slice values by name for gates
+            if scope == "per_class":
+                cls = int(columns["class"][i])
+                row.update({"class": cls, "class_name": class_names[cls]})
+            else:
+                row.update({"class": None, "class_name": None})
+            for name, values in columns.items():
+                if name in ("slice", "class"):
+                    continue
+                value = values[i]
+                row[name] = value.item() if isinstance(value, np.generic) else value
+            row["verdict"] = row.get("ce_mean_verdict")
+            rows.append(row)
     return rows
 
 

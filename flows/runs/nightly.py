@@ -13,7 +13,8 @@ History layout, one folder per run, replaced atomically::
 
     REPORT_ROOT/run_date=YYYY-MM-DD/source=NAME/metrics.parquet     every metric, one long table
     TABLES_ROOT/run_date=YYYY-MM-DD/source=NAME/per_class.parquet   the wide tables (and summary,
-                                                                    drift, bad_shards)
+                                                                    drift, bad_shards, gate)
+    TABLES_ROOT/run_date=YYYY-MM-DD/source=NAME/state.parquet       the merged state, for later gates
 
 The wide tables live outside REPORT_ROOT, so ``REPORT_ROOT/**/*.parquet`` is the history.
 """
@@ -36,12 +37,17 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from distributed import Client
 
+from xent_kernels import ClassStats
+
 from ..config import DriftConfig, EvalConfig, NightlyConfig, NightlySource, render_path
 from ..engine import Progress, dask_client
-from ..errors import EXIT_BREACH, EXIT_DATA, EXIT_OK, DataError, DriftBreach, UsageError, XentError
+from ..errors import EXIT_BREACH, EXIT_DATA, EXIT_OK, DataError, DriftBreach, GateBreach, UsageError, XentError
 from ..inputs.sources import InputFile, filesystem, fingerprint
-from ..metadata import RUN_DIGEST_KEY
+from ..metadata import CLASSES_KEY, GATE_KEY, RUN_DIGEST_KEY
+from ..monitor.baseline import baseline_rows, comparable, gate_history, gate_table
 from ..monitor.compare import describe_breach
+from ..monitor.gates import breached_gates
+from ..report.state import STATE_KEY, STATE_TABLE, read_state, state_table
 from ..report.tables import report_metadata
 from . import adhoc
 from .drift import compare_on_cluster
@@ -49,6 +55,8 @@ from .drift import compare_on_cluster
 logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.parquet"
+STATE_FILE = f"{STATE_TABLE}.parquet"  # in the tables folder: a later run's gate baseline
+GATE_TABLE = "gate"
 PARTITION_KEYS = ("run_date", "source")
 # Columns of metrics.parquet besides the run's slice columns (which come right after `scope`).
 METRIC_FIELDS = [
@@ -61,12 +69,12 @@ METRIC_FIELDS = [
     pa.field("hi", pa.float64()),
     pa.field("n", pa.int64()),
     pa.field("small_slice", pa.bool_()),  # the row's slice has fewer rows than min_slice_size
-    pa.field("threshold", pa.float64()),
+    pa.field("threshold", pa.float64()),  # drift: the threshold; gate: the signed limit of the difference
     pa.field("breached", pa.bool_()),
 ]
 HISTORY_COLUMNS = (*PARTITION_KEYS, "scope", *(f.name for f in METRIC_FIELDS))
 # Part of every run digest: a history written in an older layout is rewritten, not skipped.
-HISTORY_LAYOUT = 3
+HISTORY_LAYOUT = 4
 
 
 # --------------------------------------------------------------------------- dates
@@ -114,7 +122,8 @@ def run_folder(root: str, run_date: str, source: str) -> str:
 
 
 def metrics_table(tables: dict[str, pa.Table], slice_by: Sequence[str]) -> pa.Table:
-    """Every metric of a run in one long table: `scope` (class, slice, drift), the run's
+    """Every metric of a run in one long table: `scope` (class, slice, drift; gate rows
+    are added by the run, see `gate_history`), the run's
     slice columns with their own types, then `METRIC_FIELDS`. Overall rows have
     ``overall = true`` and null slice columns; `lo` and `hi` are the metric's interval
     (null for counts and drift metrics); `breached` is false except for drift metrics
@@ -147,9 +156,10 @@ def metrics_table(tables: dict[str, pa.Table], slice_by: Sequence[str]) -> pa.Ta
 
 
 def breach_messages(metrics: pa.Table, slice_by: Sequence[str]) -> list[str]:
-    """One line per breached threshold in a metrics table."""
+    """One line per breached drift threshold in a metrics table (gate lines are in its
+    ``xent.gate`` metadata)."""
     messages = []
-    for row in metrics.filter(pc.field("breached")).to_pylist():
+    for row in metrics.filter(pc.field("breached") & (pc.field("scope") != "gate")).to_pylist():
         key = None if row["overall"] else tuple(row[name] for name in slice_by)
         messages.append(describe_breach({**row, "key": key}, tuple(slice_by)))
     return messages
@@ -183,8 +193,9 @@ def reference_paths(source: NightlySource, run_date: str) -> list[str] | None:
 
 
 def run_digest(config: EvalConfig, inputs: list[InputFile], reference: list[str] | None,
-               reference_inputs: list[InputFile] | None, drift: dict) -> str:
-    """What a run's report depends on: settings, inputs, reference (or its absence)."""
+               reference_inputs: list[InputFile] | None, drift: dict, gate: dict | None = None) -> str:
+    """What a run's report depends on: settings, inputs, reference (or its absence), and
+    with gates, the gates and the baseline run (its date and digest, or its absence)."""
     payload = {
         "layout": HISTORY_LAYOUT,
         "config": config.model_dump(mode="json"),
@@ -192,12 +203,16 @@ def run_digest(config: EvalConfig, inputs: list[InputFile], reference: list[str]
         "reference": fingerprint(reference_inputs)["digest"] if reference_inputs else {"missing": reference},
         "drift": drift,
     }
+    if gate is not None:
+        payload["gate"] = gate
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def stored_breaches(folder: str, digest: str, storage_options: dict[str, Any], slice_by: Sequence[str]) -> list[str] | None:
-    """The stored verdict (breach lines, maybe none) when the report in `folder` was made
-    from the run `digest` describes; None when there is no such report."""
+def stored_breaches(folder: str, digest: str, storage_options: dict[str, Any],
+                    slice_by: Sequence[str]) -> "tuple[list[str], GateVerdict | None] | None":
+    """The stored verdict (drift breach lines, maybe none, and the gate verdict) when the
+    report in `folder` was made from the run `digest` describes; None when there is no
+    such report."""
     fs, path = filesystem(f"{folder}/{METRICS_FILE}", storage_options)
     try:
         with fs.open(path, "rb") as handle:
@@ -207,7 +222,98 @@ def stored_breaches(folder: str, digest: str, storage_options: dict[str, Any], s
             metrics = file.read()
     except (FileNotFoundError, pa.ArrowInvalid):  # none yet, or unreadable: it is rewritten
         return None
-    return breach_messages(metrics, slice_by)
+    gate = (metrics.schema.metadata or {}).get(GATE_KEY)
+    return breach_messages(metrics, slice_by), GateVerdict.from_json(gate) if gate else None
+
+
+# --------------------------------------------------------------------------- gates against a baseline run
+
+
+@dataclass
+class GateVerdict:
+    """How a run's gates against its baseline run ended."""
+
+    status: Literal["no baseline", "passed", "breached", "not comparable"]
+    baseline: str | None = None  # the baseline's run date
+    detail: str = ""  # why there is no baseline, or why it is not comparable
+    breaches: list[str] = field(default_factory=list)  # one line per breached (gate, row)
+
+    def text(self) -> str:
+        against = f" against {self.baseline}" if self.baseline else ""
+        if self.status == "breached":
+            return f"gate{against}: {len(self.breaches)} breached"
+        if self.status == "passed":
+            return f"gates passed{against}"
+        return f"gate: {self.status} ({self.detail})"
+
+    def to_json(self) -> bytes:
+        return json.dumps({"status": self.status, "baseline": self.baseline, "detail": self.detail,
+                           "breaches": self.breaches}).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> "GateVerdict":
+        return cls(**json.loads(raw))
+
+
+@dataclass
+class Baseline:
+    """The baseline run of a source's gates: its date and stored state, or why there is none."""
+
+    run_date: str | None
+    detail: str = ""
+    stats: ClassStats | None = None
+    metadata: dict[bytes, bytes] = field(default_factory=dict)  # the state file's schema metadata
+
+    @property
+    def digest(self) -> str | None:
+        return self.metadata[RUN_DIGEST_KEY].decode() if RUN_DIGEST_KEY in self.metadata else None
+
+
+def load_baseline(config: NightlyConfig, source: NightlySource, run_date: str,
+                  storage_options: dict[str, Any]) -> Baseline:
+    """The state of the run `source`'s gates compare `run_date` with: the pinned date's,
+    or ('previous') the latest earlier run date of the source with a stored state."""
+    _, setting = config.gates(source)
+    if setting == run_date:
+        return Baseline(None, f"this run is the pinned baseline {setting}")
+    if setting == "previous":
+        fs, root = filesystem(config.tables_base, storage_options)
+        found = fs.glob(f"{root.rstrip('/')}/run_date=*/source={source.name}/{STATE_FILE}")
+        dates = sorted({m.group(1) for p in found if (m := re.search(r"run_date=(\d{4}-\d{2}-\d{2})/", p))})
+        earlier = [day for day in dates if day < run_date]
+        if not earlier:
+            return Baseline(None, f"no earlier run of {source.name} with a stored {STATE_FILE} "
+                                  f"under {config.tables_base}")
+        setting = earlier[-1]
+    folder = run_folder(config.tables_base, setting, source.name)
+    try:
+        stats, metadata = read_state(folder, storage_options)
+    except FileNotFoundError:
+        return Baseline(None, f"no stored state {folder}/{STATE_FILE}; run that date first")
+    except pa.ArrowInvalid as error:
+        raise DataError(f"{folder}/{STATE_FILE}: unreadable ({error}); re-run xent nightly for {setting}") from None
+    return Baseline(setting, stats=stats, metadata=metadata)
+
+
+def check_gates(gates: list, baseline: Baseline, stats: ClassStats, spec, config: EvalConfig
+                ) -> tuple[GateVerdict, list[dict]]:
+    """The gate verdict of a run's merged `stats` against `baseline`, and the rows of
+    gate.parquet (none without a comparable baseline)."""
+    if baseline.stats is None:
+        return GateVerdict("no baseline", None, baseline.detail), []
+    names = list(spec.class_names) if spec.class_names else [str(i) for i in range(spec.n_classes)]
+    stored = json.loads(baseline.metadata[STATE_KEY])
+    problem = comparable(baseline.stats, stats,
+                         json.loads(baseline.metadata[CLASSES_KEY]) if CLASSES_KEY in baseline.metadata else None,
+                         names, stored["slice_by"], spec.slice_by)
+    if problem:
+        return GateVerdict("not comparable", baseline.run_date,
+                           f"baseline run {baseline.run_date}: {problem}; set `baseline:` to a run date "
+                           "made with this run's classes and slices"), []
+    rows = baseline_rows(baseline.stats, stats, tuple(spec.slice_by), names, config.units, config.interval_level,
+                         config.min_slice_size)
+    lines = breached_gates(gates, rows, spec.slice_by)
+    return GateVerdict("breached" if lines else "passed", baseline.run_date, "", lines), rows
 
 
 # --------------------------------------------------------------------------- outcomes
@@ -224,21 +330,36 @@ class Outcome:
     tables: str  # the wide tables' folder
     drift: Literal["none", "checked", "no reference"] = "none"
     reference_problem: str | None = None  # why there is no reference
-    breaches: list[str] = field(default_factory=list)
+    breaches: list[str] = field(default_factory=list)  # drift thresholds breached
     error: str | None = None
+    gate: GateVerdict | None = None  # None: the source has no gates
+
+    @property
+    def gate_breaches(self) -> list[str]:
+        return self.gate.breaches if self.gate else []
 
     @property
     def exit_code(self) -> int:
         if self.status == "data error":
             return EXIT_DATA
-        return EXIT_BREACH if self.breaches else EXIT_OK
+        if self.breaches or self.gate_breaches:
+            return EXIT_BREACH
+        return EXIT_DATA if self.gate and self.gate.status == "not comparable" else EXIT_OK
 
     def verdict(self) -> str:
+        parts = []
         if self.drift == "no reference":
-            return f"no reference ({self.reference_problem})"
-        if self.drift == "checked":
-            return f"drift: {len(self.breaches)} threshold(s) breached" if self.breaches else "drift within thresholds"
-        return ""
+            parts.append(f"no reference ({self.reference_problem})")
+        elif self.drift == "checked":
+            parts.append(f"drift: {len(self.breaches)} threshold(s) breached" if self.breaches
+                         else "drift within thresholds")
+        if self.gate is not None:
+            parts.append(self.gate.text())
+        return "; ".join(parts)
+
+    def breach_lines(self) -> list[str]:
+        """Every breach of the run, one line each: drift thresholds, then gates."""
+        return self.breaches + [f"gate against {self.gate.baseline}: {b}" for b in self.gate_breaches]
 
     def line(self) -> str:
         head = f"{self.source} {self.run_date}: "
@@ -256,7 +377,7 @@ def print_outcomes(outcomes: Sequence[Outcome], out: TextIO | None = None) -> No
     for outcome in outcomes:
         print(outcome.line(), file=out)
     for outcome in outcomes:
-        for breach in outcome.breaches:
+        for breach in outcome.breach_lines():
             print(f"BREACH {outcome.source} {outcome.run_date}: {breach}", file=out)
 
 
@@ -267,10 +388,15 @@ def failure(outcomes: Sequence[Outcome]) -> XentError | None:
     if code == EXIT_OK:
         return None
     breaches = [f"{o.source} {o.run_date}: {b}" for o in outcomes for b in o.breaches]
+    gates = [f"{o.source} {o.run_date}: against {o.gate.baseline}: {b}" for o in outcomes for b in o.gate_breaches]
     errors = [f"{o.source} {o.run_date}: {o.error}" for o in outcomes if o.status == "data error"]
+    errors += [f"{o.source} {o.run_date}: gate not checked: {o.gate.detail}" for o in outcomes
+               if o.status != "data error" and o.gate and o.gate.status == "not comparable"]
     parts = ([f"drift threshold breached: {'; '.join(breaches)}"] if breaches else []) + (
+        [f"gate breached: {'; '.join(gates)}"] if gates else []) + (
         [f"data error in {len(errors)} of {len(outcomes)} source-date run(s): {'; '.join(errors)}"] if errors else [])
-    error = (DriftBreach if code == EXIT_BREACH else DataError)(" | ".join(parts))
+    kind = DataError if code != EXIT_BREACH else GateBreach if gates else DriftBreach
+    error = kind(" | ".join(parts))
     error.outcomes = list(outcomes)
     return error
 
@@ -279,7 +405,7 @@ def summary_markdown(outcomes: Sequence[Outcome], dates: Sequence[str]) -> str:
     """The run's outcomes as a Markdown list."""
     lines = [f"# xent nightly {dates[0]}" + (f" to {dates[-1]}" if len(dates) > 1 else ""), ""]
     for o in outcomes:
-        lines.append(f"- {o.line()}" + "".join(f"\n  - BREACH {b}" for b in o.breaches))
+        lines.append(f"- {o.line()}" + "".join(f"\n  - BREACH {b}" for b in o.breach_lines()))
     return "\n".join(lines)
 
 
@@ -291,7 +417,8 @@ class Steps:
     """The I/O and cluster steps of a nightly run: plain functions, or their Prefect tasks."""
 
     find_inputs: Callable[[EvalConfig], list[InputFile]] = adhoc.find_inputs
-    stored_breaches: Callable[..., list[str] | None] = stored_breaches
+    stored_breaches: Callable[..., tuple[list[str], GateVerdict | None] | None] = stored_breaches
+    load_baseline: Callable[..., Baseline] = load_baseline
     evaluate: Callable = adhoc.evaluate_on_cluster
     compare: Callable = compare_on_cluster  # (drift config, client, progress) -> flows.api.DriftResult
     write_tables: Callable[..., dict[str, str]] = adhoc.write_tables
@@ -316,10 +443,17 @@ def nightly_source(config: NightlyConfig, source: NightlySource, run_date: str, 
                 outcome.drift = "checked"
             except DataError as error:
                 outcome.drift, outcome.reference_problem = "no reference", str(error)
-        digest = run_digest(eval_config, inputs, reference, reference_inputs, config.drift.model_dump(mode="json"))
+        gates, setting = config.gates(source)
+        baseline, gate_digest = None, None
+        if gates:
+            baseline = steps.load_baseline(config, source, run_date, options)
+            gate_digest = {"gates": [g.model_dump(mode="json") for g in gates], "baseline": setting,
+                           "baseline_run": baseline.run_date, "baseline_digest": baseline.digest}
+        digest = run_digest(eval_config, inputs, reference, reference_inputs, config.drift.model_dump(mode="json"),
+                            gate_digest)
         stored = steps.stored_breaches(outcome.folder, digest, options, slice_by)
         if stored is not None:
-            return replace(outcome, status="unchanged", breaches=stored)
+            return replace(outcome, status="unchanged", breaches=stored[0], gate=stored[1])
         report = steps.evaluate(eval_config, inputs, client, progress)
         tables = dict(report.tables)
         if reference_inputs:
@@ -328,7 +462,17 @@ def nightly_source(config: NightlyConfig, source: NightlySource, run_date: str, 
             )
             tables.update(steps.compare(drift_config, client, progress).tables)
         metrics = metrics_table(tables, slice_by)
-        metrics = metrics.replace_schema_metadata({**report_metadata(report.evaluation), RUN_DIGEST_KEY: digest.encode()})
+        metadata = {**report_metadata(report.evaluation), RUN_DIGEST_KEY: digest.encode()}
+        stats, spec = report.evaluation.result.stats, report.evaluation.spec
+        tables[STATE_TABLE] = state_table(stats, spec.slice_by, spec.slice_types, metadata)
+        if gates:
+            outcome.gate, rows = check_gates(gates, baseline, stats, spec, eval_config)
+            metadata[GATE_KEY] = outcome.gate.to_json()
+            if rows:
+                tables[GATE_TABLE] = gate_table(rows, spec.slice_by, spec.slice_types).replace_schema_metadata(metadata)
+                history = [{**row, "scope": "gate"} for row in gate_history(gates, rows, spec.slice_by)]
+                metrics = pa.concat_tables([metrics, pa.Table.from_pylist(history, schema=metrics.schema)])
+        metrics = metrics.replace_schema_metadata(metadata)
         # The tables first: metrics.parquet carries the digest, so a crash in between is redone.
         steps.write_tables(tables, outcome.tables, options)
         steps.write_tables({METRICS_FILE.removesuffix(".parquet"): metrics}, outcome.folder, options)
