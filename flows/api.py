@@ -276,13 +276,7 @@ def drift(reference: Any, current: Any, *, client: "Client | None" = None, progr
         on the two sides, or not unique.
     """
     config = validated(DriftConfig, options, "drift()", ("sources", "reference"))
-    paths, in_memory = {}, {}
-    for side, source in (("reference", reference), ("current", current)):
-        paths[side] = _paths(source)
-        if paths[side] is None and not is_in_memory(source):
-            raise UsageError(f"drift(): {side} is a {type(source).__module__}.{type(source).__name__}; give Parquet "
-                             "path(s), folder(s), glob(s) or URL(s), a pyarrow Table, a pandas DataFrame or a Dask DataFrame")
-        in_memory[side] = None if paths[side] is not None else source
+    paths, in_memory = _two_sides("drift()", reference=reference, current=current)
     config = config.model_copy(update={"sources": paths["current"] or [], "reference": paths["reference"] or []})
     return drift_config(config, client=client, progress=progress, **in_memory)
 
@@ -389,13 +383,7 @@ def compare(baseline: Any, candidate: Any, *, client: "Client | None" = None, pr
         As for ``drift``; also a DataError when a joined row's label differs between the dumps.
     """
     config = validated(CompareConfig, options, "compare()", ("sources", "baseline"))
-    paths, in_memory = {}, {}
-    for side, source in (("baseline", baseline), ("candidate", candidate)):
-        paths[side] = _paths(source)
-        if paths[side] is None and not is_in_memory(source):
-            raise UsageError(f"compare(): {side} is a {type(source).__module__}.{type(source).__name__}; give Parquet "
-                             "path(s), folder(s), glob(s) or URL(s), a pyarrow Table, a pandas DataFrame or a Dask DataFrame")
-        in_memory[side] = None if paths[side] is not None else source
+    paths, in_memory = _two_sides("compare()", baseline=baseline, candidate=candidate)
     config = config.model_copy(update={"sources": paths["candidate"] or [], "baseline": paths["baseline"] or []})
     return compare_config(config, client=client, progress=progress, **in_memory)
 
@@ -417,6 +405,18 @@ def compare_config(config: CompareConfig, *, client: "Client | None" = None, pro
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _two_sides(function: str, **sides: Any) -> tuple[dict[str, list[str] | None], dict[str, Any]]:
+    """Each side's paths (None for in-memory data) and in-memory data (None for paths)."""
+    paths, in_memory = {}, {}
+    for side, source in sides.items():
+        paths[side] = _paths(source)
+        if paths[side] is None and not is_in_memory(source):
+            raise UsageError(f"{function}: {side} is a {type(source).__module__}.{type(source).__name__}; give Parquet "
+                             "path(s), folder(s), glob(s) or URL(s), a pyarrow Table, a pandas DataFrame or a Dask DataFrame")
+        in_memory[side] = None if paths[side] is not None else source
+    return paths, in_memory
 
 
 def validated(model: type[Model], options: dict[str, Any], where: str, forbidden: Sequence[str] = ()) -> Model:

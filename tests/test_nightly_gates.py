@@ -220,7 +220,7 @@ def test_a_worse_model_breaches_and_a_rerun_cannot_hide_it(tmp_path, capsys):
 
     assert main(["nightly", "--config", str(config_path), "--date", DAYS[1]]) == 3
     lines, breaches = breach_lines(capsys)
-    assert lines[0].startswith(f"prod {DAYS[1]}: written to ") and lines[0].endswith(f"breached"), lines
+    assert lines[0].startswith(f"prod {DAYS[1]}: written to ") and lines[0].endswith("breached"), lines
     assert lines[1].startswith(f"canary {DAYS[1]}: written to ") and lines[1].endswith(f"gates passed against {DAYS[0]}")
     assert breaches and all(line.startswith(f"BREACH prod {DAYS[1]}: gate against {DAYS[0]}: ce_mean max_increase 0.01 "
                                             "(interval): ") for line in breaches)

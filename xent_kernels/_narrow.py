@@ -387,7 +387,6 @@ def _class_stats_narrow(
         # values the scatter adds. The scatter loop then reads W only and does pure adds.
         # Values of rows that do not count (or weigh 0) are never read.
         n_skipped = 0
-        E0 = _T0 + C * NR
         for i in range(rows):
             r = np.uint64(r0) + np.uint64(i)
             y = labels[r]

@@ -27,7 +27,7 @@ from numpy.typing import ArrayLike, NDArray
 from . import _checks as C
 from .intervals import DEFAULT_BUCKETS, DEFAULT_LEVEL, jackknife_bounds
 from .losses import cross_entropy
-from .statistics import CELL_FIELDS, STATISTIC, STATISTICS, Totals
+from .statistics import CELL_FIELDS, STATISTIC, Totals, scoped_rules, used_buckets
 from .stats import DEFAULT_BINS, ClassStats, _key_order, class_stats_partial
 
 SliceKey = tuple[Hashable, ...]
@@ -184,6 +184,17 @@ def _aligned(state: ClassStats, keys: tuple[SliceKey, ...]) -> ClassStats:
     return ClassStats.merge(state, empty)
 
 
+def add_difference(columns: dict[str, np.ndarray], metric: str, values: dict[str, np.ndarray],
+                   lo: np.ndarray, hi: np.ndarray) -> None:
+    """A metric's columns of a comparison: its baseline and candidate values, their
+    difference with its interval [lo, hi], and the verdict by its direction."""
+    diff = values["candidate"] - values["baseline"]
+    columns[f"{metric}_baseline"], columns[f"{metric}_candidate"] = values["baseline"], values["candidate"]
+    columns[f"{metric}_diff"], columns[f"{metric}_diff_lo"], columns[f"{metric}_diff_hi"] = diff, lo, hi
+    better = direction(metric)
+    columns[f"{metric}_verdict"] = verdicts(lo, hi, better) if better else np.full(len(diff), None, object)
+
+
 def paired_finalize(stats: PairedStats, base: Literal["e", 2] = "e", level: float = DEFAULT_LEVEL) -> PairedReport:
     """The paired differences of every interval metric, with intervals and verdicts,
     per (slice, class) and per slice, in nats or bits."""
@@ -216,29 +227,18 @@ def paired_finalize(stats: PairedStats, base: Literal["e", 2] = "e", level: floa
     used: dict[str, np.ndarray] = {}
     if n_buckets > 1:
         left_out = {name: Totals.leave_one_out(states[name], buckets[name], totals[name]) for name in states}
-        weight = sum(b["cell"][..., CELL_FIELDS.index("weight")] for b in buckets.values())  # (S, K, C)
-        used = {"per_class": weight[slice_index, :, class_index] > 0, "per_slice": weight.sum(axis=2) > 0}
+        used = used_buckets(sum(b["cell"][..., CELL_FIELDS.index("weight")] for b in buckets.values()), cells)
     metrics: dict[str, list[str]] = {"per_class": [], "per_slice": []}
-    for statistic in STATISTICS:
-        if not (statistic.interval and statistic.present(False)):
-            continue
-        scale = divisor if statistic.units == "information" else 1.0
-        for scope, columns in (("per_class", per_class), ("per_slice", per_slice)):
-            rule = getattr(statistic, scope)
-            if rule is None:
-                continue
-            metrics[scope].append(statistic.name)
-            values = {name: rule(totals[name]) / scale for name in states}
-            diff = values["candidate"] - values["baseline"]
-            if n_buckets > 1 and statistic.standard_error is None:
-                theta = (rule(left_out["candidate"]) - rule(left_out["baseline"])).reshape(len(diff), n_buckets) / scale
-                lo, hi = jackknife_bounds(diff, theta, used[scope], level)
-            else:
-                lo = hi = np.full(len(diff), np.nan)
-            prefix = statistic.name
-            columns[f"{prefix}_baseline"], columns[f"{prefix}_candidate"] = values["baseline"], values["candidate"]
-            columns[f"{prefix}_diff"], columns[f"{prefix}_diff_lo"], columns[f"{prefix}_diff_hi"] = diff, lo, hi
-            better = direction(statistic.name)
-            columns[f"{prefix}_verdict"] = verdicts(lo, hi, better) if better else np.full(len(diff), None, object)
+    columns_of = {"per_class": per_class, "per_slice": per_slice}
+    for statistic, scope, rule, scale in scoped_rules(False, divisor, intervals_only=True):
+        metrics[scope].append(statistic.name)
+        values = {name: rule(totals[name]) / scale for name in states}
+        diff = values["candidate"] - values["baseline"]
+        if n_buckets > 1 and statistic.standard_error is None:
+            theta = (rule(left_out["candidate"]) - rule(left_out["baseline"])).reshape(len(diff), n_buckets) / scale
+            lo, hi = jackknife_bounds(diff, theta, used[scope], level)
+        else:
+            lo = hi = np.full(len(diff), np.nan)
+        add_difference(columns_of[scope], statistic.name, values, lo, hi)
     return PairedReport(keys, "nats" if divisor == 1.0 else "bits", per_class, per_slice,
                         {scope: tuple(names) for scope, names in metrics.items()}, level)

@@ -260,6 +260,31 @@ class Totals:
         return self.values["hist"][..., HIST_FIELDS.index(field)]
 
 
+Scope = Literal["per_class", "per_slice"]
+
+
+def scoped_rules(has_reference: bool, divisor: float = 1.0, intervals_only: bool = False):
+    """(statistic, scope, rule, scale) for every finalize rule of the statistics present
+    with/without a reference (only those with an interval: `intervals_only`), in table
+    order; `scale` is what the rule's values are divided by: `divisor` (ln 2 for bits)
+    for information, else 1."""
+    for statistic in STATISTICS:
+        if not statistic.present(has_reference) or (intervals_only and not statistic.interval):
+            continue
+        scale = divisor if statistic.units == "information" else 1.0
+        for scope in ("per_class", "per_slice"):
+            rule = getattr(statistic, scope)
+            if rule is not None:
+                yield statistic, scope, rule, scale
+
+
+def used_buckets(weight: np.ndarray, cells: tuple[np.ndarray, np.ndarray]) -> dict[Scope, np.ndarray]:
+    """The buckets that hold weight, per present cell ((cells, K)) and per slice ((S, K)),
+    from the (S, K, C) cell weights: the jackknife skips the others."""
+    slice_index, class_index = cells
+    return {"per_class": weight[slice_index, :, class_index] > 0, "per_slice": weight.sum(axis=2) > 0}
+
+
 def _class_mean(field: str, min_classes: int = 1) -> Finalize:
     """Σw·x / Σw per cell; NaN throughout with fewer than `min_classes` classes."""
 

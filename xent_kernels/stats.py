@@ -22,7 +22,7 @@ from ._layout import NONFINITE
 from scipy.special import ndtri
 
 from .intervals import DEFAULT_BUCKETS, DEFAULT_LEVEL, jackknife_bounds
-from .statistics import CELL_FIELDS, STATE_ARRAYS, STATISTICS, Totals, merge_array, state_shape
+from .statistics import CELL_FIELDS, STATE_ARRAYS, Totals, merge_array, scoped_rules, state_shape, used_buckets
 
 SliceKey = tuple[Hashable, ...]
 DEFAULT_BINS = 15
@@ -271,37 +271,27 @@ class ClassStats:
         n_slices, n_buckets = self.counts.shape[:2]
         if n_buckets > 1:  # with one bucket every bound is NaN: no leave-one-out totals to build
             left_out = Totals.leave_one_out(self, buckets, totals)
-            bucket_weight = buckets["cell"][..., CELL_FIELDS.index("weight")]  # (S, K, C)
-            used = {
-                "per_class": bucket_weight[slice_index, :, class_index] > 0,  # (cells, K)
-                "per_slice": bucket_weight.sum(axis=2) > 0,  # (S, K)
-            }
-        for statistic in STATISTICS:
-            if not statistic.present(self.has_reference):
+            used = used_buckets(buckets["cell"][..., CELL_FIELDS.index("weight")], totals.cells)
+        columns_of = {"per_class": per_class, "per_slice": per_slice}
+        for statistic, scope, rule, scale in scoped_rules(self.has_reference, divisor):
+            value = rule(totals) if scale == 1.0 else rule(totals) / scale
+            if statistic.role == "array":
+                arrays[statistic.name] = value
                 continue
-            scale = 1.0 if statistic.units != "information" else divisor
-            for level_name, rule, columns in (
-                ("per_class", statistic.per_class, per_class), ("per_slice", statistic.per_slice, per_slice),
-            ):
-                if rule is None:
-                    continue
-                value = rule(totals) if scale == 1.0 else rule(totals) / scale
-                if statistic.role == "array":
-                    arrays[statistic.name] = value
-                    continue
-                columns[statistic.name] = value
-                if statistic.interval and statistic.standard_error is not None:
-                    se_rule = statistic.standard_error[0 if level_name == "per_class" else 1]
-                    half = ndtri((1.0 + level) / 2.0) * se_rule(totals)
-                    columns[f"{statistic.name}_lo"] = np.clip(value - half, *statistic.clip)
-                    columns[f"{statistic.name}_hi"] = np.clip(value + half, *statistic.clip)
-                elif statistic.interval and n_buckets > 1:
-                    theta = rule(left_out).reshape(len(value), n_buckets) / scale
-                    lo, hi = jackknife_bounds(value, theta, used[level_name], level)
-                    columns[f"{statistic.name}_lo"] = np.clip(lo, *statistic.clip)
-                    columns[f"{statistic.name}_hi"] = np.clip(hi, *statistic.clip)
-                elif statistic.interval:
-                    columns[f"{statistic.name}_lo"] = columns[f"{statistic.name}_hi"] = np.full(len(value), np.nan)
+            columns = columns_of[scope]
+            columns[statistic.name] = value
+            if statistic.interval and statistic.standard_error is not None:
+                se_rule = statistic.standard_error[0 if scope == "per_class" else 1]
+                half = ndtri((1.0 + level) / 2.0) * se_rule(totals)
+                columns[f"{statistic.name}_lo"] = np.clip(value - half, *statistic.clip)
+                columns[f"{statistic.name}_hi"] = np.clip(value + half, *statistic.clip)
+            elif statistic.interval and n_buckets > 1:
+                theta = rule(left_out).reshape(len(value), n_buckets) / scale
+                lo, hi = jackknife_bounds(value, theta, used[scope], level)
+                columns[f"{statistic.name}_lo"] = np.clip(lo, *statistic.clip)
+                columns[f"{statistic.name}_hi"] = np.clip(hi, *statistic.clip)
+            elif statistic.interval:
+                columns[f"{statistic.name}_lo"] = columns[f"{statistic.name}_hi"] = np.full(len(value), np.nan)
         return ClassReport(
             slice_keys=self.slice_keys,
             units="nats" if divisor == 1.0 else "bits",

@@ -25,8 +25,8 @@ import numpy as np
 
 from . import _checks as C
 from .intervals import DEFAULT_LEVEL, jackknife_se, t_quantile
-from .paired import PairedReport, _aligned, direction, verdicts
-from .statistics import CELL_FIELDS, STATISTICS, Totals
+from .paired import PairedReport, _aligned, add_difference
+from .statistics import CELL_FIELDS, Totals, scoped_rules, used_buckets
 from .stats import ClassStats, SliceKey, _key_order
 
 
@@ -72,34 +72,23 @@ def unpaired_finalize(stats: UnpairedStats, base: Literal["e", 2] = "e", level: 
     for name, state in states.items():
         if state.n_buckets > 1:
             left_out[name] = Totals.leave_one_out(state, buckets[name], totals[name])
-            weight = buckets[name]["cell"][..., CELL_FIELDS.index("weight")]  # (S, K, C)
-            used[name] = {"per_class": weight[slice_index, :, class_index] > 0, "per_slice": weight.sum(axis=2) > 0}
+            used[name] = used_buckets(buckets[name]["cell"][..., CELL_FIELDS.index("weight")], cells)
     metrics: dict[str, list[str]] = {"per_class": [], "per_slice": []}
-    for statistic in STATISTICS:
-        if not (statistic.interval and statistic.present(False)):
-            continue
-        scale = divisor if statistic.units == "information" else 1.0
-        for scope, columns in (("per_class", per_class), ("per_slice", per_slice)):
-            rule = getattr(statistic, scope)
-            if rule is None:
-                continue
-            metrics[scope].append(statistic.name)
-            values = {name: rule(totals[name]) / scale for name in states}
-            diff = values["candidate"] - values["baseline"]
-            if len(left_out) == 2 and statistic.standard_error is None:
-                se, k = {}, {}
-                for name, state in states.items():
-                    theta = rule(left_out[name]).reshape(len(diff), state.n_buckets) / scale
-                    se[name], k[name] = jackknife_se(theta, used[name][scope])
-                half = t_quantile(np.minimum(k["candidate"], k["baseline"]) - 1, level) * np.hypot(
-                    se["candidate"], se["baseline"])
-                lo, hi = diff - half, diff + half
-            else:
-                lo = hi = np.full(len(diff), np.nan)
-            prefix = statistic.name
-            columns[f"{prefix}_baseline"], columns[f"{prefix}_candidate"] = values["baseline"], values["candidate"]
-            columns[f"{prefix}_diff"], columns[f"{prefix}_diff_lo"], columns[f"{prefix}_diff_hi"] = diff, lo, hi
-            better = direction(statistic.name)
-            columns[f"{prefix}_verdict"] = verdicts(lo, hi, better) if better else np.full(len(diff), None, object)
+    columns_of = {"per_class": per_class, "per_slice": per_slice}
+    for statistic, scope, rule, scale in scoped_rules(False, divisor, intervals_only=True):
+        metrics[scope].append(statistic.name)
+        values = {name: rule(totals[name]) / scale for name in states}
+        diff = values["candidate"] - values["baseline"]
+        if len(left_out) == 2 and statistic.standard_error is None:
+            se, k = {}, {}
+            for name, state in states.items():
+                theta = rule(left_out[name]).reshape(len(diff), state.n_buckets) / scale
+                se[name], k[name] = jackknife_se(theta, used[name][scope])
+            half = t_quantile(np.minimum(k["candidate"], k["baseline"]) - 1, level) * np.hypot(
+                se["candidate"], se["baseline"])
+            lo, hi = diff - half, diff + half
+        else:
+            lo = hi = np.full(len(diff), np.nan)
+        add_difference(columns_of[scope], statistic.name, values, lo, hi)
     return PairedReport(keys, "nats" if divisor == 1.0 else "bits", per_class, per_slice,
                         {scope: tuple(names) for scope, names in metrics.items()}, level)
