@@ -109,11 +109,31 @@ class Report:
         """The report tables as pyarrow Tables with their metadata (those ``write`` writes)."""
         return dict(self.tables)
 
-    def write(self, path: str | os.PathLike, storage_options: dict[str, Any] | None = None) -> dict[str, str]:
-        """Write the report folder all-or-nothing (``<name>.parquet`` and ``_manifest.json``);
-        returns {table name: path}. `storage_options` default to the evaluation's."""
+    def write(self, path: str | os.PathLike, storage_options: dict[str, Any] | None = None,
+              html: bool = True) -> dict[str, str]:
+        """Write the report folder all-or-nothing (``<name>.parquet``, ``report.html``
+        unless `html` is False, and ``_manifest.json``); returns {table name: path}.
+        `storage_options` default to the evaluation's."""
+        from .report.html import HTML_FILE
+
         options = self.evaluation.config.storage_options if storage_options is None else storage_options
-        return write_tables_atomically(self.tables, os.fspath(path), options)
+        files = {HTML_FILE: self.to_html().encode()} if html else None
+        paths = write_tables_atomically(self.tables, os.fspath(path), options, files)
+        return {name: paths[name] for name in self.tables}
+
+    def to_html(self, **options: Any) -> str:
+        """The report as one self-contained HTML page (what ``write`` puts in ``report.html``);
+        `options` go to :func:`flows.report.html.render_html`."""
+        from .report.html import render_html
+
+        return render_html(self.tables, **options)
+
+    def _repr_html_(self) -> str:
+        """The page in a notebook, inside an iframe: its scripts and styles stay its own."""
+        from markupsafe import escape
+
+        return (f'<iframe srcdoc="{escape(self.to_html())}" style="width: 100%; height: 900px; border: 0" '
+                'sandbox="allow-scripts"></iframe>')
 
     def __repr__(self) -> str:
         summary = self.tables["summary"]

@@ -115,6 +115,34 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         paths = run_flow(eval_flow, config, args.out, progress=_on_terminal())
     print_report(paths, elapsed=time.perf_counter() - started, storage_options=config.storage_options)
+    print(f"page: {args.out.rstrip('/')}/report.html")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ..inputs.sources import filesystem
+    from ..report.html import HTML_FILE, render_html
+    from ..report.writing import add_file, read_manifest
+    from .show import read_report_table
+
+    folder = args.path.rstrip("/")
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise UsageError(f"{folder}: not a complete report folder (no _manifest.json); give the --out folder of xent eval")
+    names = {entry["file"].removesuffix(".parquet") for entry in manifest["files"] if entry["file"].endswith(".parquet")}
+    if not {"summary", "per_class"} <= names:
+        raise UsageError(f"{folder}: the report has no summary.parquet and per_class.parquet (drift and compare pages "
+                         "are not made yet)")
+    tables = {name: read_report_table(f"{folder}/{name}.parquet")
+              for name in ("summary", "per_class", "confusion", "bad_shards") if name in names}
+    page = render_html(tables).encode()
+    if args.html:
+        fs, path = filesystem(args.html)
+        fs.pipe_file(path, page)
+        written = args.html
+    else:
+        written = add_file(folder, HTML_FILE, page)
+    print(f"page: {written}")
     return 0
 
 
@@ -323,6 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-prefect", action="store_true",
                    help="run the same steps without Prefect (no temporary server: fastest for small ad-hoc dumps)")
     p.set_defaults(handler=cmd_eval)
+
+    p = sub.add_parser("report", help="render a report folder as one self-contained HTML page")
+    p.add_argument("path", help="a report folder (the --out of xent eval)")
+    p.add_argument("--html", metavar="FILE", help="where to write the page (default: PATH/report.html, listed in its manifest)")
+    p.set_defaults(handler=cmd_report)
 
     p = sub.add_parser("drift", help="compare a current dump with a reference: per-sample KL, marginal and confidence drift")
     p.add_argument("--reference", nargs="+", required=True, help="the reference dump")

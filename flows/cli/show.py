@@ -89,7 +89,7 @@ def print_report(
 
     summary = read_report_table(paths["summary"], storage_options)
     fixed = {"overall", *SUMMARY_COLUMNS, "small_slice", "n_skipped", "n_bad_shards", "predicted_marginal",
-             "confidence_hist"}
+             "confidence_hist", "confidence_hist_accuracy", "confidence_hist_confidence"}
     slice_columns = [name for name in summary.column_names if name not in fixed]
     small = "small_slice" in summary.column_names and any(summary.column("small_slice").to_pylist())
     shown = [*slice_columns, "n", *slice_metrics(headline=True), "n_ignored", "n_skipped", *(["small_slice"] if small else [])]

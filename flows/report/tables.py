@@ -109,9 +109,12 @@ def build_tables(evaluation: Evaluation) -> dict[str, pa.Table]:
         s_cols["n_skipped"] = pa.array([skipped if overall else None] * len(keys), type=pa.int64())
         s_cols["n_bad_shards"] = pa.array([len(result.bad_shards) if overall else None] * len(keys), type=pa.int64())
         s_cols["predicted_marginal"] = pa.array(list(report.predicted_marginal), type=pa.list_(pa.float64()))
-        s_cols["confidence_hist"] = pa.array(
-            list(report.confidence_hist[..., 0]), type=pa.list_(pa.float64())
-        )
+        hist = report.confidence_hist  # (S, bins, 3): Σw, Σw·correct, Σw·confidence per bin
+        weight = hist[..., 0]
+        s_cols["confidence_hist"] = pa.array(list(weight), type=pa.list_(pa.float64()))
+        for name, field in (("confidence_hist_accuracy", 1), ("confidence_hist_confidence", 2)):
+            per_bin = np.divide(hist[..., field], weight, out=np.full_like(weight, np.nan), where=weight > 0)
+            s_cols[name] = pa.array(list(per_bin), type=pa.list_(pa.float64()))
         summary.append(pa.table(s_cols))
         if report.confusion_n.shape[1]:
             confusion.append(_confusion_table(report, keys, overall, spec, names))

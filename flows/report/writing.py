@@ -44,10 +44,13 @@ committed: list[str] = []
 
 
 def write_tables_atomically(
-    tables: dict[str, pa.Table], out: str, storage_options: dict[str, Any] | None = None
+    tables: dict[str, pa.Table], out: str, storage_options: dict[str, Any] | None = None,
+    files: dict[str, bytes] | None = None,
 ) -> dict[str, str]:
-    """Write `tables` as ``out/<name>.parquet`` plus ``out/_manifest.json``, replacing
-    whatever report was at `out` all-or-nothing; returns {table name: path}.
+    """Write `tables` as ``out/<name>.parquet``, `files` ({file name: bytes}, such as
+    ``report.html``) as they are, plus ``out/_manifest.json`` listing them all,
+    replacing whatever report was at `out` all-or-nothing; returns {table or file
+    name: path}.
 
     Raises
     ------
@@ -57,8 +60,8 @@ def write_tables_atomically(
     fs, path = filesystem(out, storage_options)
     try:
         if is_local(fs):
-            return _write_local(tables, Path(path).absolute(), out)
-        return _write_object_store(tables, fs, path.rstrip("/"), out)
+            return _write_local(tables, Path(path).absolute(), out, files or {})
+        return _write_object_store(tables, fs, path.rstrip("/"), out, files or {})
     except OSError as error:
         failure = as_infrastructure_error(error, out, "cannot write")
         if failure is None:
@@ -93,13 +96,13 @@ def read_manifest(out: str, storage_options: dict[str, Any] | None = None) -> di
 # --------------------------------------------------------------------------- local folders
 
 
-def _write_local(tables: dict[str, pa.Table], out: Path, label: str) -> dict[str, str]:
+def _write_local(tables: dict[str, pa.Table], out: Path, label: str, extra: dict[str, bytes]) -> dict[str, str]:
     out.parent.mkdir(parents=True, exist_ok=True)
     recover_leftovers(out)
     staging = _sibling(out, _STAGING)
     staging.mkdir()
     try:
-        files = {f"{name}.parquet": _parquet_bytes(table) for name, table in tables.items()}
+        files = {f"{name}.parquet": _parquet_bytes(table) for name, table in tables.items()} | extra
         files[MANIFEST] = _manifest(files)  # last: its presence says the folder is complete
         for name, data in files.items():
             target = staging / name
@@ -119,7 +122,7 @@ def _write_local(tables: dict[str, pa.Table], out: Path, label: str) -> dict[str
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
         raise
-    return {name: str(out / f"{name}.parquet") for name in tables}
+    return {name: str(out / f"{name}.parquet") for name in tables} | {name: str(out / name) for name in extra}
 
 
 def _sibling(out: Path, role: str) -> Path:
@@ -230,18 +233,48 @@ def _interrupts_deferred() -> Iterator[None]:
 # --------------------------------------------------------------------------- object stores
 
 
-def _write_object_store(tables: dict[str, pa.Table], fs, root: str, label: str) -> dict[str, str]:
+def _write_object_store(tables: dict[str, pa.Table], fs, root: str, label: str,
+                        extra: dict[str, bytes]) -> dict[str, str]:
     manifest_path = f"{root}/{MANIFEST}"
     if fs.exists(manifest_path):
         fs.rm(manifest_path)  # from here on, readers see an incomplete report, never a mix
-    files = {f"{name}.parquet": _parquet_bytes(table) for name, table in tables.items()}
+    files = {f"{name}.parquet": _parquet_bytes(table) for name, table in tables.items()} | extra
     for name, data in files.items():
         fs.pipe_file(f"{root}/{name}", data)
     fs.pipe_file(manifest_path, _manifest(files))
     committed.append(label)
-    # Tables of an older report that this one does not have (bad_shards, say) are removed.
-    stale = [p for p in fs.find(root) if p.endswith(".parquet") and p[len(root) + 1 :] not in files]
+    # Files of an older report that this one does not have (bad_shards, say) are removed.
+    stale = [p for p in fs.find(root) if p.endswith((".parquet", ".html")) and p[len(root) + 1 :] not in files]
     if stale:
         fs.rm(stale)
     fs.invalidate_cache(root)
-    return {name: fs.unstrip_protocol(f"{root}/{name}.parquet") for name in tables}
+    return ({name: fs.unstrip_protocol(f"{root}/{name}.parquet") for name in tables}
+            | {name: fs.unstrip_protocol(f"{root}/{name}") for name in extra})
+
+
+def add_file(out: str, name: str, data: bytes, storage_options: dict[str, Any] | None = None) -> str:
+    """Put one file (``report.html``) into the complete report at `out` and list it in
+    its manifest; returns its path. Each of the two writes replaces its file whole
+    (a rename locally); the manifest is written last."""
+    manifest = read_manifest(out, storage_options)
+    if manifest is None:
+        raise FileNotFoundError(f"{out}: no {MANIFEST}, so no complete report here (was it written by xent?)")
+    manifest["files"] = [entry for entry in manifest["files"] if entry["file"] != name] + [
+        {"file": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}]
+    fs, root = filesystem(out, storage_options)
+    root = root.rstrip("/")
+    try:
+        for file, content in ((name, data), (MANIFEST, json.dumps(manifest, indent=1).encode())):
+            if is_local(fs):
+                target = Path(root) / file
+                partial = target.with_name(f".{file}.{os.getpid()}-{uuid.uuid4().hex[:8]}")
+                partial.write_bytes(content)
+                os.replace(partial, target)
+            else:
+                fs.pipe_file(f"{root}/{file}", content)
+    except OSError as error:
+        failure = as_infrastructure_error(error, out, "cannot write")
+        if failure is None:
+            raise
+        raise failure from error
+    return str(Path(root) / name) if is_local(fs) else fs.unstrip_protocol(f"{root}/{name}")

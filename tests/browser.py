@@ -1,0 +1,113 @@
+"""Headless Chromium for report pages: Debian's ``chromium`` and ``chromium-driver``
+driven by selenium. ``python tests/browser.py OUT_DIR`` writes a PNG screenshot of each
+page kind (10 classes by 20 slices, 1,000 classes, data problems with HTML in names)
+into OUT_DIR.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Iterator
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+MISSING = None if CHROMIUM and CHROMEDRIVER else (
+    "needs Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver)")
+
+
+@contextlib.contextmanager
+def chromium(width: int = 1200, height: int = 900) -> Iterator:
+    """A selenium driver for headless Chromium that logs the console and the network."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--no-first-run",
+                 f"--window-size={width},{height}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def open_page(driver, path: Path, charts: int) -> None:
+    """Load `path` and wait until its `charts` Vega charts have drawn their SVG."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(path.absolute().as_uri())
+    WebDriverWait(driver, 30).until(
+        lambda d: d.execute_script("return document.querySelectorAll('.chart svg.marks').length") >= charts)
+
+
+def console_errors(driver) -> list[str]:
+    return [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+def requested_urls(driver) -> list[str]:
+    """Every URL the page asked for (from the DevTools network log)."""
+    urls = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.requestWillBeSent":
+            urls.append(message["params"]["request"]["url"])
+    return urls
+
+
+def screenshot(driver, path: Path, out: Path) -> None:
+    """A full-page PNG of the page at `path`."""
+    charts = len(path.read_text(encoding="utf-8").split('data-chart="')) - 1
+    open_page(driver, path, charts)
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(1200, min(height + 100, 16000))
+    driver.save_screenshot(str(out))
+
+
+def write_screenshots(out: Path) -> list[Path]:
+    """Evaluate three small dumps, render their pages and write a PNG of each into `out`."""
+    import tempfile
+
+    from flows.api import evaluate
+    from flows.engine import dask_client
+    from flows.generate import generate_dump
+
+    out.mkdir(parents=True, exist_ok=True)
+    pages = {}
+    with tempfile.TemporaryDirectory() as tmp, dask_client(None) as client:
+        root = Path(tmp)
+        ten = generate_dump(root / "c10", rows=40_000, classes=10, shards=2,
+                            slices={"model": [f"m{i:02d}" for i in range(20)]}, seed=1)
+        pages["c10-20-slices"] = evaluate(ten.root, client=client, slice_by=["model"])
+        wide = generate_dump(root / "c1000", rows=20_000, classes=1000, shards=2, seed=2)
+        pages["c1000"] = evaluate(wide.root, client=client)
+        bad = generate_dump(root / "bad", rows=4_000, classes=4, shards=4, bad_shards={"truncated": 1},
+                            slices={"model": ["<b>bold</b>", "a&b"]}, seed=3)
+        pages["problems-and-html-names"] = evaluate(
+            bad.root, client=client, slice_by=["model"], on_bad_shard="skip",
+            classes=["<script>window.xss=1</script>", "a&b", '"quoted"', "plain"])
+        written = []
+        with chromium() as driver:
+            for name, report in pages.items():
+                page = root / f"{name}.html"
+                page.write_text(report.to_html(), encoding="utf-8")
+                target = out / f"{name}.png"
+                screenshot(driver, page, target)
+                written.append(target)
+    return written
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python tests/browser.py OUT_DIR")
+    if MISSING:
+        sys.exit(f"tests/browser.py {MISSING}")
+    for png in write_screenshots(Path(sys.argv[1])):
+        print(png)
