@@ -119,7 +119,7 @@ def test_cli_runs_on_the_cluster(cluster, dump, local_report, prefect_home, tmp_
     assert len(records) == len(dump.files), "the CLI did not run its tasks on the given scheduler"
     assert sorted(p.name for p in out.iterdir()) == [
         "_manifest.json", "confusion.parquet", "per_class.parquet", "report.html", "summary.parquet"]
-    report = {name: pq.read_table(out / f"{name}.parquet") for name in ("per_class", "summary")}
+    report = {name: pq.read_table(out / f"{name}.parquet") for name in ("per_class", "summary", "confusion")}
     assert_same_report(report, local_report, rtol=1e-12)
     config = json.loads(report["summary"].schema.metadata[b"xent.config"])
     assert config["scheduler"] == (cluster.address if how == "--scheduler" else None)

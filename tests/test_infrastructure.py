@@ -52,7 +52,7 @@ def assert_infrastructure(result, *words: str) -> None:
 
 @needs_root
 def test_disk_full_keeps_the_old_report_and_exits_4(dump, tmp_path, prefect_home):
-    with tmpfs(tmp_path / "small", "256k") as disk:
+    with tmpfs(tmp_path / "small", "4m") as disk:  # a report (page included) fits twice
         out = disk / "report"
         assert run_cli(["eval", dump.root, "--out", str(out), "--no-prefect"], cli_env(prefect_home)).returncode == 0
         before = read_manifest(str(out))

@@ -31,7 +31,7 @@ from flows.api import Report
 
 pytestmark = pytest.mark.timeout(240)
 
-REPORT_TABLES = ("per_class", "summary")
+REPORT_TABLES = ("per_class", "summary", "confusion")
 
 
 def write_yaml(path: Path, data: dict) -> Path:

@@ -129,7 +129,7 @@ def test_s3_dump_evaluates_like_the_local_one(s3, client, dumps, tmp_path):
     assert paths == {name: f"s3://{BUCKET}/reports/x/{name}.parquet" for name in ("per_class", "summary", "confusion")}
     assert sorted(s3.fs.ls(f"{BUCKET}/reports/x")) == [
         f"{BUCKET}/reports/x/{name}" for name in
-        ("_manifest.json", "confusion.parquet", "per_class.parquet", "summary.parquet")]
+        ("_manifest.json", "confusion.parquet", "per_class.parquet", "report.html", "summary.parquet")]
 
     report = read_s3_report(s3, paths)
     assert_same_report(report, local_report, rtol=1e-12)
