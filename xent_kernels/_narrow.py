@@ -37,13 +37,15 @@ def _ix(row0, j, i):
 
 
 @kernel
-def prepare_block_narrow(z, labels, r0, rows, kind, W, summarize):
+def prepare_block_narrow(z, labels, r0, rows, kind, W, summarize, keep_t=True):
     """``prepare_block`` and the per-row summary of the true class for narrow
     predictions, column-major into the scratch W (layout in ``_layout.py``): with a handful of classes per row, row-wise loops
     are all loop overhead; column-major, every per-row reduction is a vertical vector
     operation across rows. For logits the exp pass also accumulates Σe, Σe·t and the
     rank of the true class, so each element is loaded once after the transpose.
-    `summarize` False (a reference prediction) skips t_true and rank."""
+    `summarize` False (a reference prediction) skips t_true and rank. For logits,
+    `keep_t` False leaves the T rows holding the logits instead of t = z - max (one
+    store less per value: for callers that read only E)."""
     C = z.shape[1]
     NR = NARROW_ROWS
     E0 = _T0 + C * NR
@@ -76,7 +78,8 @@ def prepare_block_narrow(z, labels, r0, rows, kind, W, summarize):
             for i in range(rows):
                 tj = W[_ix(_T0, j, i)] - W[_TOP * NR + i]
                 ej = fast_exp(tj)
-                W[_ix(_T0, j, i)] = tj
+                if keep_t:
+                    W[_ix(_T0, j, i)] = tj
                 W[_ix(E0, j, i)] = ej
                 W[_TOT * NR + i] += ej
                 W[_ET * NR + i] += ej * tj
@@ -103,11 +106,12 @@ def prepare_block_narrow(z, labels, r0, rows, kind, W, summarize):
             # Σ e·t is also NaN for a finite float64 row whose spread overflows (t = -inf,
             # e = 0): such a row counts, with 0·log 0 = 0.
             for i in range(rows):
-                if W[_OK * NR + i] == 0.0 and _all_finite(z, np.uint64(r0) + np.uint64(i)):
+                r = np.uint64(r0) + np.uint64(i)
+                if W[_OK * NR + i] == 0.0 and _all_finite(z, r):
                     et = 0.0
                     for j in range(C):
                         ej = W[_ix(E0, j, i)]
-                        et += ej * W[_ix(_T0, j, i)] if ej > 0.0 else 0.0
+                        et += ej * (np.float64(z[r, j]) - W[_TOP * NR + i]) if ej > 0.0 else 0.0
                     W[_ET * NR + i] = et
                     W[_OK * NR + i] = 1.0
         return
@@ -376,7 +380,7 @@ def _class_stats_narrow(
     for r0 in range(0, n, NR):
         r1 = min(n, r0 + NR)
         rows = r1 - r0
-        prepare_block_narrow(z, labels, r0, rows, kind, W, True)
+        prepare_block_narrow(z, labels, r0, rows, kind, W, True, has_ref)  # KL reads t
         if has_ref:
             prepare_block_narrow(ref, labels, r0, rows, ref_kind, WR, False)
             _kl_narrow(WR, W, C, rows)

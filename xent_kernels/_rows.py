@@ -144,7 +144,7 @@ def ce_hard_rows_narrow(z, labels, smoothing, log_eps, out):
     W = np.zeros(narrow_scratch_size(C))
     for r0 in range(0, n, NR):
         rows = min(n, r0 + NR) - r0
-        prepare_block_narrow(z, labels, r0, rows, LOGITS, W, False)
+        prepare_block_narrow(z, labels, r0, rows, LOGITS, W, False, smoothing > 0.0)
         if smoothing > 0.0:
             for i in range(rows):
                 W[_ROW_SUM_LOG_Q * NR + i] = 0.0
