@@ -166,3 +166,13 @@ def test_tie_tolerance_and_merge_laws():
 def test_a_negative_tie_tolerance_is_refused():
     with pytest.raises(ValueError, match="tie_tolerance"):
         paired_partial(np.zeros((1, 2)), np.zeros((1, 2)), [0], buckets=[0], tie_tolerance=-1)
+
+
+def test_paired_states_keep_no_confusion_matrix_and_take_the_roc_bins():
+    base, cand, labels, _, buckets = two_models(seed=8, n=300)
+    stats = paired_partial(base, cand, labels, buckets=buckets, n_thresholds=0)
+    for state in (stats.baseline, stats.candidate):
+        assert not state.has_confusion and state.n_thresholds == 0
+    report = paired_finalize(PairedStats.merge(stats, PairedStats.empty(C, n_thresholds=0)))
+    assert np.isnan(report.per_slice["auc_diff"]).all()  # AUC off: no value to compare
+    assert np.isfinite(report.per_slice["f1_macro_diff"]).all()  # precision reads the cells, not the matrix
