@@ -16,7 +16,7 @@ from xent_kernels import class_columns, slice_columns as slice_metrics
 from ..config import DRIFT_METRICS
 from ..inputs.sources import filesystem
 from ..metadata import INTEGRITY_KEY, INTERVALS_KEY, UNITS_KEY
-from ..report.tables import metric_columns, with_interval
+from ..report.tables import integrity_line, intervals_line, metric_columns, with_interval
 
 # Every summary column that is not a slice column.
 SUMMARY_COLUMNS = metric_columns("slice", has_reference=True)
@@ -44,25 +44,6 @@ def _fmt(value) -> str:
     if isinstance(value, float):
         return "nan" if math.isnan(value) else f"{value:.4f}"
     return str(value)
-
-
-def integrity_line(integrity: dict[str, int]) -> str:
-    """The terminal line for a report's `xent.integrity` metadata."""
-    files, verified = integrity["files"], integrity["page_checksums_verified"]
-    line = f"inputs: {files} files, {verified} with page checksums verified"
-    if verified < files:
-        line += f"; {files - verified} without: bit flips in them cannot be detected"
-    return line
-
-
-def intervals_line(intervals: dict[str, Any]) -> str:
-    """The terminal line for a report's `xent.intervals` metadata."""
-    if intervals["bucket_key"] is None:
-        return f"intervals: none but AUC's (n_buckets = 1); auc: DeLong at {intervals['level']:g}"
-    key = intervals["bucket_key"]
-    by = "the hash of each row's label and prediction" if key == "content" else f"the hash of {', '.join(key)}"
-    return (f"intervals: [lo, hi] at {intervals['level']:g}, jackknife over {intervals['n_buckets']} buckets "
-            f"by {by}; auc: DeLong")
 
 
 def print_report(

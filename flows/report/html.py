@@ -30,6 +30,7 @@ from xent_kernels import slice_columns as slice_metrics
 from ..metadata import (
     CONFIG_KEY, CREATED_AT_KEY, FINGERPRINT_KEY, INTEGRITY_KEY, INTERVALS_KEY, UNITS_KEY, VERSION_KEY,
 )
+from .tables import integrity_line, intervals_line
 
 HTML_FILE = "report.html"
 MAX_CLASSES = 50  # rows of the per-class table and forest plot (the worst CE first)
@@ -311,7 +312,6 @@ def _confusion_section(confusion: pa.Table, class_rows: list[dict], worst: list[
 
 
 def _footer(metadata: dict[str, Any]) -> dict[str, Any]:
-    from ..cli.show import integrity_line, intervals_line
 
     footer: dict[str, Any] = {
         "version": metadata.get(VERSION_KEY.decode()), "created_at": metadata.get(CREATED_AT_KEY.decode()),

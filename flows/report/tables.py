@@ -80,6 +80,25 @@ def with_interval(row: dict, name: str, digits: int = 4) -> str:
     return f"{text(value)} [{text(lo)}, {text(hi)}]"
 
 
+def integrity_line(integrity: dict[str, int]) -> str:
+    """The line (terminal, report page) for a report's `xent.integrity` metadata."""
+    files, verified = integrity["files"], integrity["page_checksums_verified"]
+    line = f"inputs: {files} files, {verified} with page checksums verified"
+    if verified < files:
+        line += f"; {files - verified} without: bit flips in them cannot be detected"
+    return line
+
+
+def intervals_line(intervals: dict[str, Any]) -> str:
+    """The line (terminal, report page) for a report's `xent.intervals` metadata."""
+    if intervals["bucket_key"] is None:
+        return f"intervals: none but AUC's (n_buckets = 1); auc: DeLong at {intervals['level']:g}"
+    key = intervals["bucket_key"]
+    by = "the hash of each row's label and prediction" if key == "content" else f"the hash of {', '.join(key)}"
+    return (f"intervals: [lo, hi] at {intervals['level']:g}, jackknife over {intervals['n_buckets']} buckets "
+            f"by {by}; auc: DeLong")
+
+
 def build_tables(evaluation: Evaluation) -> dict[str, pa.Table]:
     spec, result, config = evaluation.spec, evaluation.result, evaluation.config
     base = 2 if config.units == "bits" else "e"
