@@ -336,3 +336,17 @@ class ReportRows:
         """Σw·x / Σw over the rows of `mask` (NaN for zero weight)."""
         total = self.w[mask].sum()
         return np.sum(self.w[mask] * x[mask]) / total if total > 0 else np.nan
+
+
+MASK64 = 2**64 - 1
+
+
+def splitmix64_int(x: int) -> int:
+    """splitmix64's mixing function on a Python int, written from the reference C code
+    (Steele et al.; prng.di.unimi.it/splitmix64.c)."""
+    x &= MASK64
+    x ^= x >> 30
+    x = (x * 0xBF58476D1CE4E5B9) & MASK64
+    x ^= x >> 27
+    x = (x * 0x94D049BB133111EB) & MASK64
+    return x ^ (x >> 31)

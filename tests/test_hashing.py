@@ -11,6 +11,8 @@ import pytest
 from numpy.testing import assert_array_equal
 from scipy import stats as sps
 
+from reference import MASK64, splitmix64_int
+
 from flows.monitor.join import bucket_of
 from xent_kernels.hashing import (
     GOLDEN_GAMMA, JACKKNIFE_SEED, content_hash, key_buckets, key_hash, position_keys, splitmix64,
@@ -43,17 +45,8 @@ def test_signed_input_is_taken_modulo_2_64():
 
 # --------------------------------------------------------------------------- row hashes
 
-MASK = 2**64 - 1
-
-
-def mix(x: int) -> int:
-    """splitmix64 on a Python int, written from the reference C code."""
-    x &= MASK
-    x ^= x >> 30
-    x = (x * 0xBF58476D1CE4E5B9) & MASK
-    x ^= x >> 27
-    x = (x * 0x94D049BB133111EB) & MASK
-    return x ^ (x >> 31)
+MASK = MASK64
+mix = splitmix64_int
 
 
 def test_key_hash_chains_splitmix64_over_the_columns():

@@ -20,6 +20,7 @@ from numpy.testing import assert_allclose
 from scipy import stats as sps
 from scipy.special import log_softmax
 
+from reference import splitmix64_int
 from flows import evaluate
 from flows.api import Report
 from flows.cli import main
@@ -124,14 +125,7 @@ def test_one_bucket_gives_nan_bounds(client, tmp_path):
 # --------------------------------------------------------------------------- the documented bucket hash
 
 
-def splitmix64(x: int) -> int:
-    """The splitmix64 mixing function on a Python int (Steele et al.; prng.di.unimi.it)."""
-    x &= MASK
-    x ^= x >> 30
-    x = (x * 0xBF58476D1CE4E5B9) & MASK
-    x ^= x >> 27
-    x = (x * 0x94D049BB133111EB) & MASK
-    return x ^ (x >> 31)
+splitmix64 = splitmix64_int
 
 
 SEED = 0x78656E742D6A6B  # JACKKNIFE_SEED, as the README documents it
