@@ -114,7 +114,7 @@ class Report:
         """Write the report folder all-or-nothing (``<name>.parquet``, ``report.html``
         unless `html` is False, and ``_manifest.json``); returns {table name: path}.
         `storage_options` default to the evaluation's."""
-        from .report.html import HTML_FILE
+        from .report.page import HTML_FILE
 
         options = self.evaluation.config.storage_options if storage_options is None else storage_options
         files = {HTML_FILE: self.to_html().encode()} if html else None
@@ -123,8 +123,8 @@ class Report:
 
     def to_html(self, **options: Any) -> str:
         """The report as one self-contained HTML page (what ``write`` puts in ``report.html``);
-        `options` go to :func:`flows.report.html.render_html`."""
-        from .report.html import render_html
+        `options` go to :func:`flows.report.page.render_html`."""
+        from .report.page import render_html
 
         return render_html(self.tables, **options)
 

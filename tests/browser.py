@@ -1,7 +1,6 @@
 """Headless Chromium for report pages: Debian's ``chromium`` and ``chromium-driver``
 driven by selenium. ``python tests/browser.py OUT_DIR`` writes a PNG screenshot of each
-page kind (10 classes by 20 slices, 1,000 classes, data problems with HTML in names)
-into OUT_DIR.
+page kind (`PAGE_KINDS`) into OUT_DIR.
 """
 
 from __future__ import annotations
@@ -71,33 +70,48 @@ def screenshot(driver, path: Path, out: Path) -> None:
     driver.save_screenshot(str(out))
 
 
-def write_screenshots(out: Path) -> list[Path]:
-    """Evaluate three small dumps, render their pages and write a PNG of each into `out`."""
-    import tempfile
-
+def _evaluation_pages(root: Path, client) -> dict[str, str]:
+    """Three evaluations: 10 classes by 20 slices, 1,000 classes, data problems with HTML in names."""
     from flows.api import evaluate
-    from flows.engine import dask_client
     from flows.generate import generate_dump
 
+    ten = generate_dump(root / "c10", rows=40_000, classes=10, shards=2,
+                        slices={"model": [f"m{i:02d}" for i in range(20)]}, seed=1)
+    wide = generate_dump(root / "c1000", rows=20_000, classes=1000, shards=2, seed=2)
+    bad = generate_dump(root / "bad", rows=4_000, classes=4, shards=4, bad_shards={"truncated": 1},
+                        slices={"model": ["<b>bold</b>", "a&b"]}, seed=3)
+    return {
+        "c10-20-slices": evaluate(ten.root, client=client, slice_by=["model"]).to_html(),
+        "c1000": evaluate(wide.root, client=client).to_html(),
+        "problems-and-html-names": evaluate(
+            bad.root, client=client, slice_by=["model"], on_bad_shard="skip",
+            classes=["<script>window.xss=1</script>", "a&b", '"quoted"', "plain"]).to_html(),
+    }
+
+
+# Each page kind: a function of (scratch folder, Dask client) giving {name: page}.
+PAGE_KINDS = [_evaluation_pages]
+
+
+def write_screenshots(out: Path) -> list[Path]:
+    """Render every page kind from small dumps and write a PNG of each into `out`."""
+    import tempfile
+
+    from flows.engine import dask_client
+
     out.mkdir(parents=True, exist_ok=True)
-    pages = {}
     with tempfile.TemporaryDirectory() as tmp, dask_client(None) as client:
         root = Path(tmp)
-        ten = generate_dump(root / "c10", rows=40_000, classes=10, shards=2,
-                            slices={"model": [f"m{i:02d}" for i in range(20)]}, seed=1)
-        pages["c10-20-slices"] = evaluate(ten.root, client=client, slice_by=["model"])
-        wide = generate_dump(root / "c1000", rows=20_000, classes=1000, shards=2, seed=2)
-        pages["c1000"] = evaluate(wide.root, client=client)
-        bad = generate_dump(root / "bad", rows=4_000, classes=4, shards=4, bad_shards={"truncated": 1},
-                            slices={"model": ["<b>bold</b>", "a&b"]}, seed=3)
-        pages["problems-and-html-names"] = evaluate(
-            bad.root, client=client, slice_by=["model"], on_bad_shard="skip",
-            classes=["<script>window.xss=1</script>", "a&b", '"quoted"', "plain"])
+        pages: dict[str, str] = {}
+        for kind in PAGE_KINDS:
+            folder = root / kind.__name__.strip("_")
+            folder.mkdir()
+            pages.update(kind(folder, client))
         written = []
         with chromium() as driver:
-            for name, report in pages.items():
+            for name, html in pages.items():
                 page = root / f"{name}.html"
-                page.write_text(report.to_html(), encoding="utf-8")
+                page.write_text(html, encoding="utf-8")
                 target = out / f"{name}.png"
                 screenshot(driver, page, target)
                 written.append(target)

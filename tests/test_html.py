@@ -20,7 +20,7 @@ from flows.api import evaluate
 from flows.cli.commands import main
 from flows.engine import dask_client
 from flows.generate import generate_dump
-from flows.report.html import render_html
+from flows.report.page import render_html
 
 from browser import MISSING, chromium, console_errors, open_page, requested_urls, write_screenshots
 

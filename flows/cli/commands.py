@@ -121,20 +121,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from ..inputs.sources import filesystem
-    from ..report.html import HTML_FILE, render_html
+    from ..report.page import HTML_FILE, PAGE_TABLES, render_html
     from ..report.writing import add_file, read_manifest
     from .show import read_report_table
 
     folder = args.path.rstrip("/")
     manifest = read_manifest(folder)
     if manifest is None:
-        raise UsageError(f"{folder}: not a complete report folder (no _manifest.json); give the --out folder of xent eval")
+        raise UsageError(f"{folder}: not a complete report folder (no _manifest.json); give the --out folder of "
+                         "xent eval, drift or compare")
     names = {entry["file"].removesuffix(".parquet") for entry in manifest["files"] if entry["file"].endswith(".parquet")}
-    if not {"summary", "per_class"} <= names:
-        raise UsageError(f"{folder}: the report has no summary.parquet and per_class.parquet (drift and compare pages "
-                         "are not made yet)")
-    tables = {name: read_report_table(f"{folder}/{name}.parquet")
-              for name in ("summary", "per_class", "confusion", "bad_shards") if name in names}
+    shown = [name for name in PAGE_TABLES if name in names]
+    if not shown:
+        raise UsageError(f"{folder}: the report has none of {', '.join(f'{n}.parquet' for n in PAGE_TABLES)}")
+    tables = {name: read_report_table(f"{folder}/{name}.parquet") for name in shown}
     page = render_html(tables).encode()
     if args.html:
         fs, path = filesystem(args.html)
