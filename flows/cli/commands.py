@@ -301,6 +301,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from ..config import NightlyConfig, build_config
     from ..generate.dump import generate_dump
+    from ..report.page import HTML_FILE
     from ..runs.nightly import run_folder
     nightly_flow = _pipelines().nightly_flow
     from .show import print_drift, print_report
@@ -319,22 +320,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "sources": [{"name": "demo", "paths": [str(out / "dumps" / "date={date}")], "reference": [str(out / "dumps" / f"date={baseline}")]}],
         "defaults": {"slice_by": ["model"], "units": "nats"},
         "drift": {"thresholds": {"kl_per_sample": 0.05, "marginal_js": 0.005, "confidence_psi": 0.1}},
+        # Each run against the previous one: a breach where accuracy surely fell by more than 0.1.
+        "gate": [{"metric": "accuracy", "max_decrease": 0.1}],
+        "baseline": "previous",
     }
     config_path = out / "nightly.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    print(f"nightly evaluation of {baseline} and {today} with drift monitoring (config: {config_path})")
-    verdict = "within thresholds"
+    print(f"nightly evaluation of {baseline} and {today} with drift monitoring and gates against the previous run "
+          f"(config: {config_path})")
     try:
-        run_flow(nightly_flow, str(config_path), baseline, today)
+        outcomes = run_flow(nightly_flow, str(config_path), baseline, today)
     except XentError as error:
         if error.exit_code != 3:
             raise
-        verdict = "breached"
+        outcomes = error.outcomes
     tables = Path(run_folder(build_config(NightlyConfig, config_path).tables_base, today, "demo"))
     print_report({"per_class": str(tables / "per_class.parquet"), "summary": str(tables / "summary.parquet")})
     print_drift(str(tables / "drift.parquet"))
+    for outcome in outcomes:  # the drift breaches are listed above; the gates' here
+        print(outcome.line())
+        for breach in outcome.gate_breaches:
+            print(f"GATE BREACH against {outcome.gate.baseline}: {breach}")
     print(f"history: {out / 'reports'} (one read of reports/**/*.parquet gives every metric of every run)")
-    print(f"demo finished in {time.perf_counter() - started:.1f} s; drift {verdict}, as planted")
+    breached = [o for o in outcomes if o.breach_lines()]
+    verdict = f"{sum(len(o.breach_lines()) for o in breached)} breach(es), as planted" if breached else "no breach"
+    print(f"demo finished in {time.perf_counter() - started:.1f} s; {verdict}")
+    print(f"page: {tables / HTML_FILE}")
     return 0
 
 
