@@ -9,6 +9,7 @@ import math
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ...config import Gate
 from ...metadata import COMPARE_KEY, REFERENCE_FINGERPRINT_KEY
@@ -29,7 +30,8 @@ def build(tables: dict[str, pa.Table], page: Page, max_classes: int) -> None:
     table = tables["compare"]
     info = page.metadata.get(COMPARE_KEY.decode())
     info = info if isinstance(info, dict) else {}
-    rows = table.to_pylist()
+    # Per (slice, class) rows are not shown: leave them in Arrow (C x slices of them).
+    rows = table.filter(pc.or_(table.column("overall"), pc.is_null(table.column("class")))).to_pylist()
     slice_by = slice_columns_of(table)
     metrics = [name.removesuffix("_diff") for name in table.column_names if name.endswith("_diff")]
     overall = next(r for r in rows if r["overall"] and r["class"] is None)
