@@ -46,10 +46,41 @@ __all__ = [
 Model = TypeVar("Model", bound=BaseModel)
 
 
+class _PageMixin:
+    """The report page of a result whose ``tables`` it shows: ``to_html``, the notebook
+    view, and writing the tables with ``report.html`` beside them."""
+
+    tables: dict[str, pa.Table]
+
+    def to_html(self, **options: Any) -> str:
+        """The report as one self-contained HTML page (what ``write`` puts in ``report.html``);
+        `options` go to :func:`flows.report.page.render_html`."""
+        from .report.page import render_html
+
+        return render_html(self.tables, **options)
+
+    def _repr_html_(self) -> str:
+        """The page in a notebook, inside an iframe: its scripts and styles stay its own."""
+        from markupsafe import escape
+
+        return (f'<iframe srcdoc="{escape(self.to_html())}" style="width: 100%; height: 900px; border: 0" '
+                'sandbox="allow-scripts"></iframe>')
+
+    def _write_with_page(self, path: str | os.PathLike, storage_options: dict[str, Any],
+                         html: bool) -> dict[str, str]:
+        """The tables, ``report.html`` unless `html` is False, and ``_manifest.json``
+        under `path` all-or-nothing; returns {table name: path}."""
+        from .report.page import HTML_FILE
+
+        files = {HTML_FILE: self.to_html().encode()} if html else None
+        paths = write_tables_atomically(self.tables, os.fspath(path), storage_options, files)
+        return {name: paths[name] for name in self.tables}
+
+
 # --------------------------------------------------------------------------- evaluation
 
 
-class Report:
+class Report(_PageMixin):
     """The report of one evaluation: the tables ``xent eval`` writes, as pandas and Arrow.
 
     Attributes
@@ -114,26 +145,8 @@ class Report:
         """Write the report folder all-or-nothing (``<name>.parquet``, ``report.html``
         unless `html` is False, and ``_manifest.json``); returns {table name: path}.
         `storage_options` default to the evaluation's."""
-        from .report.page import HTML_FILE
-
         options = self.evaluation.config.storage_options if storage_options is None else storage_options
-        files = {HTML_FILE: self.to_html().encode()} if html else None
-        paths = write_tables_atomically(self.tables, os.fspath(path), options, files)
-        return {name: paths[name] for name in self.tables}
-
-    def to_html(self, **options: Any) -> str:
-        """The report as one self-contained HTML page (what ``write`` puts in ``report.html``);
-        `options` go to :func:`flows.report.page.render_html`."""
-        from .report.page import render_html
-
-        return render_html(self.tables, **options)
-
-    def _repr_html_(self) -> str:
-        """The page in a notebook, inside an iframe: its scripts and styles stay its own."""
-        from markupsafe import escape
-
-        return (f'<iframe srcdoc="{escape(self.to_html())}" style="width: 100%; height: 900px; border: 0" '
-                'sandbox="allow-scripts"></iframe>')
+        return self._write_with_page(path, options, html)
 
     def __repr__(self) -> str:
         summary = self.tables["summary"]
@@ -318,7 +331,7 @@ def drift_config(config: DriftConfig, *, client: "Client | None" = None, progres
 # --------------------------------------------------------------------------- compare
 
 
-class CompareResult:
+class CompareResult(_PageMixin):
     """A candidate against a baseline on the same rows: the table ``xent compare`` writes.
 
     Attributes
@@ -361,10 +374,12 @@ class CompareResult:
     def to_arrow(self) -> dict[str, pa.Table]:
         return dict(self.tables)
 
-    def write(self, path: str | os.PathLike, storage_options: dict[str, Any] | None = None) -> dict[str, str]:
-        """Write ``compare.parquet`` (and ``_manifest.json``) under `path` all-or-nothing."""
+    def write(self, path: str | os.PathLike, storage_options: dict[str, Any] | None = None,
+              html: bool = True) -> dict[str, str]:
+        """Write ``compare.parquet``, ``report.html`` unless `html` is False, and
+        ``_manifest.json`` under `path` all-or-nothing; returns {table name: path}."""
         options = self.config.storage_options if storage_options is None else storage_options
-        return write_tables_atomically(self.tables, os.fspath(path), options)
+        return self._write_with_page(path, options, html)
 
     def __repr__(self) -> str:
         row = next(r for r in self.report.rows if r["overall"] and r["class"] is None)

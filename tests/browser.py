@@ -89,8 +89,39 @@ def _evaluation_pages(root: Path, client) -> dict[str, str]:
     }
 
 
+def compare_dumps(root: Path, slices: list[str], classes: int = 4):
+    """A baseline of ids 0..2999 and a drifted candidate (the same labels) of ids
+    100..3099, both sliced by ``model`` into `slices`."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from flows.generate import generate_dump
+
+    common = dict(classes=classes, seed=11, slices={"model": slices})
+    baseline = generate_dump(root / "baseline", rows=3000, shards=2, **common)
+    candidate = generate_dump(root / "candidate", rows=3100, shards=3, drift=0.4, shuffle=True, **common)
+    for path in candidate.files:  # ids 0..99 only in the baseline, 3000..3099 only in the candidate
+        table = pq.read_table(path)
+        pq.write_table(table.filter(np.asarray(table.column("id")) >= 100), path, write_page_checksum=True)
+    return baseline, candidate
+
+
+COMPARE_GATES = [{"metric": "ce_mean", "max_increase": 0.3}, {"metric": "accuracy", "max_decrease": 0.5}]
+
+
+def _compare_pages(root: Path, client) -> dict[str, str]:
+    """A candidate against a baseline (2 slices, 4 classes, ids on one side only, HTML in
+    names) with a breached gate and a passed one."""
+    from flows.api import compare
+
+    baseline, candidate = compare_dumps(root, ["<b>bold</b>", "a&b"])
+    result = compare(baseline.root, candidate.root, client=client, slice_by=["model"], gate=COMPARE_GATES,
+                     classes=["<script>window.xss=1</script>", "a&b", '"quoted"', "plain"])
+    return {"compare-gate-breached": result.to_html()}
+
+
 # Each page kind: a function of (scratch folder, Dask client) giving {name: page}.
-PAGE_KINDS = [_evaluation_pages]
+PAGE_KINDS = [_evaluation_pages, _compare_pages]
 
 
 def write_screenshots(out: Path) -> list[Path]:

@@ -203,20 +203,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
             config.compare.id_cols = args.id_cols
     except ValidationError as error:
         raise UsageError(describe_validation_error(error, "--id-cols")) from None
+    page = f"page: {args.out.rstrip('/')}/report.html"
     if args.no_prefect:
         from ..engine import Progress
         from ..runs.compare import compare_steps
 
         paths, result = compare_steps(config, args.out, progress=Progress.auto())
         print_compare(paths["compare"], storage_options=config.storage_options)
+        print(page)
         result.raise_for_breach()
         return 0
     try:
         paths = run_flow(_pipelines().compare_flow, config, args.out, progress=_on_terminal())["paths"]
-    except GateBreach:  # the failed run wrote its report too
+    except GateBreach:  # the failed run wrote its report and page too
         print_compare(f"{args.out.rstrip('/')}/compare.parquet", storage_options=config.storage_options)
+        print(page)
         raise
     print_compare(paths["compare"], storage_options=config.storage_options)
+    print(page)
     return 0
 
 

@@ -120,10 +120,10 @@ def spec(chart) -> dict:
 
 
 def interval_plot(rows: list[dict], *, value: str, lo: str, hi: str, label: str, axis: str, tooltip_title: str,
-                  zero_rule: bool = False, color: str | None = None) -> dict:
+                  zero_rule: bool = False, color: str | None = None, colors: dict[str, str] | None = None) -> dict:
     """A forest plot: each row's value as a point and its interval as a rule, in the
     order given; with `zero_rule` a dashed line at 0 (for differences); with `color`
-    the points are coloured by that field."""
+    the points are coloured by that field, with `colors` ({value: CSS colour}) fixed."""
     alt = altair()
     values = [{"label": r[label], "value": r[value], "lo": r[lo] if finite(r.get(lo)) else r[value],
                "hi": r[hi] if finite(r.get(hi)) else r[value], "n": r.get("n"),
@@ -134,7 +134,8 @@ def interval_plot(rows: list[dict], *, value: str, lo: str, hi: str, label: str,
                alt.Tooltip("lo:Q", format=".4f"), alt.Tooltip("hi:Q", format=".4f"), alt.Tooltip("n:Q", format=",")]
     point = base.mark_point(filled=True, size=40).encode(x="value:Q", tooltip=tooltip)
     if color:
-        point = point.encode(color=alt.Color("color:N", title=None))
+        scale = alt.Scale(domain=list(colors), range=list(colors.values())) if colors else alt.Undefined
+        point = point.encode(color=alt.Color("color:N", title=None, scale=scale))
     layers = [rule, point]
     if zero_rule:
         layers.insert(0, alt.Chart(alt.Data(values=[{"x": 0}])).mark_rule(strokeDash=[4, 4], color="gray")
