@@ -46,11 +46,22 @@ __all__ = [
 Model = TypeVar("Model", bound=BaseModel)
 
 
-class _PageMixin:
-    """The report page of a result whose ``tables`` it shows: ``to_html``, the notebook
-    view, and writing the tables with ``report.html`` beside them."""
+# --------------------------------------------------------------------------- the page
+
+
+class _Page:
+    """``to_html``, the notebook view and ``write`` with ``report.html``, for a result
+    whose `tables` the page shows (:func:`flows.report.page.render_html`)."""
 
     tables: dict[str, pa.Table]
+
+    def _write(self, path: str | os.PathLike, storage_options: dict[str, Any], html: bool) -> dict[str, str]:
+        """The tables and, unless `html` is False, the page, all-or-nothing; {table name: path}."""
+        from .report.page import HTML_FILE
+
+        files = {HTML_FILE: self.to_html().encode()} if html else None
+        paths = write_tables_atomically(self.tables, os.fspath(path), storage_options, files)
+        return {name: paths[name] for name in self.tables}
 
     def to_html(self, **options: Any) -> str:
         """The report as one self-contained HTML page (what ``write`` puts in ``report.html``);
@@ -66,21 +77,11 @@ class _PageMixin:
         return (f'<iframe srcdoc="{escape(self.to_html())}" style="width: 100%; height: 900px; border: 0" '
                 'sandbox="allow-scripts"></iframe>')
 
-    def _write_with_page(self, path: str | os.PathLike, storage_options: dict[str, Any],
-                         html: bool) -> dict[str, str]:
-        """The tables, ``report.html`` unless `html` is False, and ``_manifest.json``
-        under `path` all-or-nothing; returns {table name: path}."""
-        from .report.page import HTML_FILE
-
-        files = {HTML_FILE: self.to_html().encode()} if html else None
-        paths = write_tables_atomically(self.tables, os.fspath(path), storage_options, files)
-        return {name: paths[name] for name in self.tables}
-
 
 # --------------------------------------------------------------------------- evaluation
 
 
-class Report(_PageMixin):
+class Report(_Page):
     """The report of one evaluation: the tables ``xent eval`` writes, as pandas and Arrow.
 
     Attributes
@@ -146,7 +147,7 @@ class Report(_PageMixin):
         unless `html` is False, and ``_manifest.json``); returns {table name: path}.
         `storage_options` default to the evaluation's."""
         options = self.evaluation.config.storage_options if storage_options is None else storage_options
-        return self._write_with_page(path, options, html)
+        return self._write(path, options, html)
 
     def __repr__(self) -> str:
         summary = self.tables["summary"]
@@ -216,7 +217,7 @@ def evaluate_config(config: EvalConfig, source: Any = None, *, client: "Client |
 # --------------------------------------------------------------------------- drift
 
 
-class DriftResult:
+class DriftResult(_Page):
     """Drift of a current dump against a reference: the table ``xent drift`` writes.
 
     Attributes
@@ -224,7 +225,8 @@ class DriftResult:
     report
         Every metric row and both evaluations (``report.reference``, ``report.current``).
     tables
-        ``{"drift": pyarrow Table}`` with its report metadata, exactly as written.
+        ``{"drift", "drift_distributions"}``: pyarrow Tables with their report metadata,
+        exactly as written.
     """
 
     def __init__(self, report: "DriftReport", config: DriftConfig):
@@ -264,10 +266,13 @@ class DriftResult:
     def to_arrow(self) -> dict[str, pa.Table]:
         return dict(self.tables)
 
-    def write(self, path: str | os.PathLike, storage_options: dict[str, Any] | None = None) -> dict[str, str]:
-        """Write ``drift.parquet`` (and ``_manifest.json``) under `path` all-or-nothing."""
+    def write(self, path: str | os.PathLike, storage_options: dict[str, Any] | None = None,
+              html: bool = True) -> dict[str, str]:
+        """Write ``drift.parquet``, ``drift_distributions.parquet``, ``report.html`` unless
+        `html` is False, and ``_manifest.json`` under `path` all-or-nothing; returns
+        {table name: path}."""
         options = self.config.storage_options if storage_options is None else storage_options
-        return write_tables_atomically(self.tables, os.fspath(path), options)
+        return self._write(path, options, html)
 
     def __repr__(self) -> str:
         overall = {row["metric"]: row["value"] for row in self.report.rows if row["key"] is None and row["class"] is None}
@@ -331,7 +336,7 @@ def drift_config(config: DriftConfig, *, client: "Client | None" = None, progres
 # --------------------------------------------------------------------------- compare
 
 
-class CompareResult(_PageMixin):
+class CompareResult(_Page):
     """A candidate against a baseline on the same rows: the table ``xent compare`` writes.
 
     Attributes
@@ -379,7 +384,7 @@ class CompareResult(_PageMixin):
         """Write ``compare.parquet``, ``report.html`` unless `html` is False, and
         ``_manifest.json`` under `path` all-or-nothing; returns {table name: path}."""
         options = self.config.storage_options if storage_options is None else storage_options
-        return self._write_with_page(path, options, html)
+        return self._write(path, options, html)
 
     def __repr__(self) -> str:
         row = next(r for r in self.report.rows if r["overall"] and r["class"] is None)

@@ -120,8 +120,22 @@ def _compare_pages(root: Path, client) -> dict[str, str]:
     return {"compare-gate-breached": result.to_html()}
 
 
+
+def _drift_pages(root: Path, client) -> dict[str, str]:
+    """A drifted dump against its reference: 5 classes by 2 slices (one named in HTML), a breached threshold."""
+    from flows.api import drift
+    from flows.generate import generate_dump
+
+    common = dict(classes=5, slices={"model": ["a", "<b>bold</b>"]}, seed=7)
+    reference = generate_dump(root / "ref", rows=3000, shards=2, **common)
+    current = generate_dump(root / "cur", rows=2500, shards=2, shuffle=True, drift=1.0, **common)
+    result = drift(reference.root, current.root, client=client, slice_by=["model"],
+                   drift={"thresholds": {"kl_per_sample": 0.05, "marginal_js": 1.0}})
+    return {"drift-breached": result.to_html()}
+
+
 # Each page kind: a function of (scratch folder, Dask client) giving {name: page}.
-PAGE_KINDS = [_evaluation_pages, _compare_pages]
+PAGE_KINDS = [_evaluation_pages, _drift_pages, _compare_pages]
 
 
 def write_screenshots(out: Path) -> list[Path]:

@@ -164,6 +164,7 @@ def cmd_drift(args: argparse.Namespace) -> int:
             config.drift.id_cols = args.id_cols
     except ValidationError as error:
         raise UsageError(describe_validation_error(error, "--id-cols")) from None
+    page = f"page: {args.out.rstrip('/')}/report.html"
     if args.no_prefect:
         from ..monitor.compare import breach_error
         from ..runs.drift import drift_steps
@@ -172,6 +173,7 @@ def cmd_drift(args: argparse.Namespace) -> int:
 
         paths, report = drift_steps(config, args.out, progress=Progress.auto())
         print_drift(paths["drift"], storage_options=config.storage_options)
+        print(page)
         error = breach_error(report)
         if error is not None:
             raise error
@@ -182,8 +184,10 @@ def cmd_drift(args: argparse.Namespace) -> int:
         paths = run_flow(drift_flow, config, args.out, progress=_on_terminal())["paths"]
     except DriftBreach:  # the failed run wrote its report too
         print_drift(f"{args.out.rstrip('/')}/drift.parquet", storage_options=config.storage_options)
+        print(page)
         raise
     print_drift(paths["drift"], storage_options=config.storage_options)
+    print(page)
     return 0
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -39,24 +39,38 @@ FINE_BINS = 200  # confidence histogram resolution before re-binning at referenc
 # --------------------------------------------------------------------------- distribution level
 
 
-def distribution_rows(reference: Evaluation, current: Evaluation, settings: DriftSettings) -> list[dict]:
-    """Metric rows (slice key, metric, value) for marginals and confidence histograms."""
-    rows = []
+def histograms(reference: Evaluation, current: Evaluation, settings: DriftSettings) -> list[dict]:
+    """Per slice key of the current dump (None: overall), what the distribution metrics
+    compare, each side's weights: ``marginal`` (the predicted class marginals, Σ w·p per
+    class) and ``confidence`` (the top-probability histogram re-binned at the
+    reference's quantiles; ``edges`` its bin edges on [0, 1]). Both are None for a
+    slice the reference does not have."""
+    entries = []
     ref_parts = dict(_parts_by_key(reference))
     for key, cur_stats in _parts_by_key(current):
+        entry = {"key": key, "marginal": None, "confidence": None, "edges": None}
         ref_stats = ref_parts.get(key)
-        if ref_stats is None:
-            for metric in ("marginal_kl", "marginal_js", "marginal_psi", "confidence_kl", "confidence_js", "confidence_psi"):
-                rows.append({"key": key, "metric": metric, "value": math.nan})
-            continue
-        ref_totals, cur_totals = Totals.of(ref_stats).values, Totals.of(cur_stats).values  # over buckets
-        marg_ref, marg_cur = ref_totals["marginal"][0], cur_totals["marginal"][0]
-        for name, value in histogram_divergences(marg_ref, marg_cur, settings.smoothing).items():
-            rows.append({"key": key, "metric": f"marginal_{name}", "value": value})
-        fine_ref, fine_cur = ref_totals["hist"][0, :, 0], cur_totals["hist"][0, :, 0]
-        edges = quantile_bin_edges(fine_ref, settings.confidence_bins)
-        for name, value in histogram_divergences(rebin(fine_ref, edges), rebin(fine_cur, edges), settings.smoothing).items():
-            rows.append({"key": key, "metric": f"confidence_{name}", "value": value})
+        if ref_stats is not None:
+            ref_totals, cur_totals = Totals.of(ref_stats).values, Totals.of(cur_stats).values  # over buckets
+            entry["marginal"] = (ref_totals["marginal"][0], cur_totals["marginal"][0])
+            fine_ref, fine_cur = ref_totals["hist"][0, :, 0], cur_totals["hist"][0, :, 0]
+            edges = quantile_bin_edges(fine_ref, settings.confidence_bins)
+            entry["confidence"] = (rebin(fine_ref, edges), rebin(fine_cur, edges))
+            entry["edges"] = edges / fine_ref.size
+        entries.append(entry)
+    return entries
+
+
+def distribution_rows(entries: list[dict], settings: DriftSettings) -> list[dict]:
+    """Metric rows (slice key, metric, value) for marginals and confidence histograms (`histograms`)."""
+    rows = []
+    for entry in entries:
+        for kind in ("marginal", "confidence"):
+            pair = entry[kind]
+            divergences = (histogram_divergences(*pair, settings.smoothing) if pair is not None
+                           else dict.fromkeys(("kl", "js", "psi"), math.nan))
+            rows += [{"key": entry["key"], "metric": f"{kind}_{name}", "value": value}
+                     for name, value in divergences.items()]
     return rows
 
 
@@ -85,6 +99,7 @@ class DriftReport:
     slice_types: tuple[pa.DataType, ...]
     reference: Evaluation
     current: Evaluation
+    histograms: list[dict] = field(default_factory=list)  # what the distribution metrics compare: `histograms`
 
     @property
     def breaches(self) -> list[dict]:
@@ -110,7 +125,8 @@ def compare(config: DriftConfig, client: Client, progress: Progress | None = Non
             f"reference has {reference_spec.n_classes} classes ({reference_spec.reference_file}), "
             f"current has {current_spec.n_classes} ({current_spec.reference_file})"
         )
-    rows = distribution_rows(reference_evaluation, current_evaluation, config.drift)
+    entries = histograms(reference_evaluation, current_evaluation, config.drift)
+    rows = distribution_rows(entries, config.drift)
     if config.drift.per_sample:
         rows += _per_sample_rows(config, sides, client)
     divisor = UNIT_DIVISORS[config.units]
@@ -122,7 +138,8 @@ def compare(config: DriftConfig, client: Client, progress: Progress | None = Non
         threshold = threshold_for(config.drift, config.slice_by, row["key"], row["metric"]) if row["class"] is None else None
         row["threshold"] = threshold
         row["breached"] = bool(threshold is not None and not (row["value"] <= threshold))
-    return DriftReport(rows, current_spec.slice_by, current_spec.slice_types, reference_evaluation, current_evaluation)
+    return DriftReport(rows, current_spec.slice_by, current_spec.slice_types, reference_evaluation, current_evaluation,
+                       entries)
 
 
 def _per_sample_rows(config: DriftConfig, sides: dict[str, EvaluatedSide], client: Client) -> list[dict]:
@@ -170,13 +187,43 @@ def drift_table(report: DriftReport) -> pa.Table:
     return pa.table(columns)
 
 
+def distributions_table(report: DriftReport) -> pa.Table:
+    """What the distribution metrics compare, one row per (slice, side, kind, bin): the
+    slice columns, ``overall``, ``side`` (reference or current), ``kind`` (marginal:
+    ``bin`` is the class; confidence: ``bin`` is the bin, on [``lo``, ``hi``) of the top
+    probability, edges at the reference's quantiles) and ``weight`` (Σ w·p for a class,
+    Σ w for a confidence bin), before smoothing. Slices the reference lacks have no rows."""
+    rows = []
+    for entry in report.histograms:
+        for kind in ("marginal", "confidence"):
+            if entry[kind] is None:
+                continue
+            edges = entry["edges"]
+            for side, weights in zip(("reference", "current"), entry[kind]):
+                for i, weight in enumerate(weights):
+                    lo, hi = (float(edges[i]), float(edges[i + 1])) if kind == "confidence" else (None, None)
+                    rows.append({"key": entry["key"], "side": side, "kind": kind, "bin": i, "lo": lo, "hi": hi,
+                                 "weight": float(weight)})
+    columns = slice_key_columns([row["key"] or () for row in rows], report.slice_by, report.slice_types)
+    columns["overall"] = pa.array([row["key"] is None for row in rows], type=pa.bool_())
+    for name, arrow_type in (("side", pa.string()), ("kind", pa.string()), ("bin", pa.int32()), ("lo", pa.float64()),
+                             ("hi", pa.float64()), ("weight", pa.float64())):
+        columns[name] = pa.array([row[name] for row in rows], type=arrow_type)
+    return pa.table(columns)
+
+
+DISTRIBUTIONS_TABLE = "drift_distributions"
+
+
 def drift_tables(report: DriftReport, config: DriftConfig) -> dict[str, pa.Table]:
-    """The drift table with the current dump's report metadata (units included), the
-    reference's fingerprint and the drift config."""
+    """The drift table and the distributions it compares (``drift_distributions``), with
+    the current dump's report metadata (units included), the reference's fingerprint and
+    the drift config."""
     metadata = report_metadata(report.current)
     metadata[REFERENCE_FINGERPRINT_KEY] = json.dumps(report.reference.fingerprint, sort_keys=True).encode()
     metadata[CONFIG_KEY] = config_json(config)
-    return {"drift": drift_table(report).replace_schema_metadata(metadata)}
+    return {"drift": drift_table(report).replace_schema_metadata(metadata),
+            DISTRIBUTIONS_TABLE: distributions_table(report).replace_schema_metadata(metadata)}
 
 
 def describe_breach(row: dict, slice_by: tuple[str, ...]) -> str:
