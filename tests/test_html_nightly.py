@@ -272,3 +272,16 @@ def test_nightly_and_history_pages_in_headless_chromium(nightly, third_day, tmp_
         assert f"model={XSS_SLICE}" in slices  # shown as text, not run
         changes = driver.find_elements(By.CSS_SELECTOR, "#summary .change.worse")
         assert changes and all(" since 2026-11-22" in c.text for c in changes)
+
+
+def test_report_on_a_run_tables_folder_draws_the_nightly_page(nightly, third_day, tmp_path, capsys):
+    """xent report on a run's tables folder finds its history through the tables'
+    xent.nightly metadata: the same changes, gates and trends up to that run only."""
+    folder = tables_folder(nightly, DAYS[1], "prod")
+    out = tmp_path / "again.html"
+    assert main(["report", str(folder), "--html", str(out)]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"page: {out}"
+    again, written = out.read_text(), (folder / "report.html").read_text()
+    assert cards(again) == cards(written) and any(c["change"] is not None for c in cards(again).values())
+    assert {"gate", "history"} <= set(re.findall(r'<section id="([^"]+)"', again))
+    assert {v["date"] for v in chart_spec(again, "history-chart")["data"]["values"]} == set(DAYS[:2])
