@@ -372,7 +372,7 @@ class NightlySource(StrictModel):
         return [check_path_template(path) for path in value] if isinstance(value, list) else value
 
 
-def _sibling_tables_root(report_root: str) -> str:
+def sibling_tables_root(report_root: str) -> str:
     protocol, sep, path = report_root.rpartition("://")
     path = path.rstrip("/")
     if not path or (sep and "/" not in path):
@@ -410,7 +410,7 @@ class NightlyConfig(StrictModel):
     @property
     def tables_base(self) -> str:
         """Where the wide tables go: `tables_root`, else REPORT_ROOT's sibling REPORT_ROOT-tables."""
-        return self.tables_root or _sibling_tables_root(self.report_root)
+        return self.tables_root or sibling_tables_root(self.report_root)
 
     def eval_config(self, source: NightlySource, run_date: str | dt.date) -> EvalConfig:
         """The evaluation settings of `source` on `run_date`."""

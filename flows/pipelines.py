@@ -199,17 +199,19 @@ def compare_flow(config: CompareConfig, out: str, progress: bool = False) -> Any
 
 stored_breaches = task(cache_policy=NONE, **IO_RETRIES)(nightly.stored_breaches)
 load_baseline = task(cache_policy=NONE, **IO_RETRIES)(nightly.load_baseline)
+read_history = task(cache_policy=NONE, **IO_RETRIES)(nightly.read_history)
+write_history_page = task(cache_policy=NONE, **IO_RETRIES)(nightly.write_history_page)
 
 
 def _publish_run(outcome: nightly.Outcome, tables: dict[str, pa.Table], config: EvalConfig) -> None:
     publish_artifact(_artifact_key("xent-nightly", outcome.source, outcome.run_date), _class_rows(tables["per_class"]),
                      f"{outcome.source} on {outcome.run_date}: per-class cross-entropy ({config.units}); "
-                     f"history in {outcome.folder}")
+                     f"history in {outcome.folder}; page {outcome.page}")
 
 
 NIGHTLY_STEPS = nightly.Steps(find_inputs=find_inputs, stored_breaches=stored_breaches, load_baseline=load_baseline,
                               evaluate=evaluate_on_cluster, compare=compare_on_cluster, write_tables=write_tables,
-                              publish=_publish_run)
+                              read_history=read_history, write_history_page=write_history_page, publish=_publish_run)
 
 
 def _nightly_run_name() -> str:
@@ -238,7 +240,7 @@ def nightly_flow(config_path: str, run_date: str | None = None, end_date: str | 
         if outcome.exit_code:
             logger.warning("%s", outcome.line() + "".join(f"; BREACH {b}" for b in outcome.breach_lines()))
     key = _artifact_key("xent-nightly-summary", dates[0], *(["to", dates[-1]] if len(dates) > 1 else []))
-    create_markdown_artifact(key=key, markdown=nightly.summary_markdown(outcomes, dates))
+    create_markdown_artifact(key=key, markdown=nightly.summary_markdown(outcomes, dates, nightly.history_page_path(config)))
     error = nightly.failure(outcomes)
     if error is not None:
         return Failed(message=str(error), data=error)

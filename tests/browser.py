@@ -134,8 +134,32 @@ def _drift_pages(root: Path, client) -> dict[str, str]:
     return {"drift-breached": result.to_html()}
 
 
+def _nightly_pages(root: Path, client) -> dict[str, str]:
+    """Two nightly dates of two sources with drift and a gate (on the given cluster):
+    the second run's page and the history page."""
+    from flows.config import NightlyConfig
+    from flows.generate import generate_dump
+    from flows.runs.nightly import history_page_path, nightly_steps, run_folder
+
+    days = ("2026-11-22", "2026-11-23")
+    for i, day in enumerate(days):
+        for name in ("prod", "canary"):
+            generate_dump(root / name / f"date={day}", rows=3000, classes=3, shards=2,
+                          slices={"model": ["<b>bold</b>", "a&b"]}, seed=i + 1, drift=1.5 * i if name == "prod" else 0.0)
+    config = NightlyConfig.model_validate({
+        "report_root": str(root / "reports"), "scheduler": client.scheduler.address,
+        "sources": [{"name": n, "paths": [str(root / n / "date={date}")], "reference": "previous"} for n in ("prod", "canary")],
+        "defaults": {"slice_by": ["model"]}, "gate": {"metric": "ce_mean", "max_increase": 0.01},
+        "drift": {"per_sample": True, "id_col": "id", "thresholds": {"marginal_js": 0.01}},
+    })
+    nightly_steps(config, list(days))
+    run = Path(run_folder(config.tables_base, days[1], "prod")) / "report.html"
+    return {"nightly-run": run.read_text(encoding="utf-8"),
+            "nightly-history": Path(history_page_path(config)).read_text(encoding="utf-8")}
+
+
 # Each page kind: a function of (scratch folder, Dask client) giving {name: page}.
-PAGE_KINDS = [_evaluation_pages, _drift_pages, _compare_pages]
+PAGE_KINDS = [_evaluation_pages, _drift_pages, _compare_pages, _nightly_pages]
 
 
 def write_screenshots(out: Path) -> list[Path]:

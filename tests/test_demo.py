@@ -3,6 +3,7 @@ the path of a report page that shows every section the nightly run has data for.
 
 from __future__ import annotations
 
+import html as htmllib
 import os
 import re
 import subprocess
@@ -14,8 +15,10 @@ import pytest
 
 from browser import MISSING, chromium, console_errors, open_page, requested_urls
 
-# Every section of issue 12 that applies to a nightly run with drift and a gate.
-DEMO_SECTIONS = {"verdict", "summary", "per-class", "per-slice", "forest", "reliability", "confusion", "footer"}
+# Every section of issue 12 that applies to a nightly run with drift and a gate
+# (the gate is the run's comparison: against the previous run, not paired).
+DEMO_SECTIONS = {"verdict", "summary", "per-class", "per-slice", "forest", "reliability", "confusion", "drift",
+                 "gate", "history", "footer"}
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +39,18 @@ def test_the_demo_ends_with_its_page(demo):
     assert page.is_file() and page.parent.parent.parent == out / "reports-tables"
     html = page.read_text(encoding="utf-8")
     assert DEMO_SECTIONS <= set(re.findall(r'<(?:section|footer) id="([^"]+)"', html))
-    # The planted drift and the gate breach are on the page, as in the terminal output.
-    assert "GATE BREACH" in done.stdout and "drift verdict: BREACHED" in done.stdout
-    drift = pq.read_table(page.parent / "drift.parquet").to_pylist()
-    assert any(row["breached"] for row in drift)
+    # The planted drift and the gate breaches are in the page's verdict, as in the terminal output.
+    assert "drift verdict: BREACHED" in done.stdout
+    breached = [row for row in pq.read_table(page.parent / "drift.parquet").to_pylist() if row["breached"]]
+    gate_lines = [line.split(": ", 1)[1] for line in lines if line.startswith("GATE BREACH")]
+    verdict = html[html.index('<section id="verdict">'):html.index("</section>")]
+    assert breached and gate_lines
+    assert verdict.count('data-kind="drift"') == len(breached)
+    assert verdict.count('data-kind="gate"') == len(gate_lines)
+    for line in gate_lines:
+        assert htmllib.escape(line, quote=False) in verdict
+    # Each card shows its change since the previous run.
+    assert html.count('class="change') >= 5
 
 
 @pytest.mark.skipif(MISSING is not None and not os.environ.get("CI"), reason=f"headless browser test {MISSING}")

@@ -105,7 +105,7 @@ def test_missing_reference_and_missing_dump_do_not_stop_the_others(tmp_path, cap
     assert lines[1].startswith(f"prod {DAYS[0]}: written to ")
     assert lines[1].endswith(f"; no reference ({dumps / 'date=2026-11-21'}: no such file or folder)")
     assert lines[2].startswith(f"prod {DAYS[1]}: written to ") and lines[2].endswith("; drift within thresholds")
-    assert len(lines) == 3
+    assert lines[3] == f"page: {tmp_path / 'reports-tables' / 'history.html'}" and len(lines) == 4
     reports = tmp_path / "reports"
     assert sorted(p.name for p in reports.iterdir()) == [f"run_date={d}" for d in DAYS]
     assert not (Path(run_folder(str(tmp_path / "reports-tables"), DAYS[0], "prod")) / "drift.parquet").exists()

@@ -197,6 +197,7 @@ def tables_folder(folder: Path, day: str, name: str = "prod") -> Path:
 
 def breach_lines(capsys) -> tuple[list[str], list[str]]:
     lines = capsys.readouterr().out.strip().splitlines()
+    assert lines.pop().startswith("page: ")  # the history page, last
     return [l for l in lines if not l.startswith("BREACH")], [l for l in lines if l.startswith("BREACH")]
 
 

@@ -127,6 +127,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     folder = args.path.rstrip("/")
     manifest = read_manifest(folder)
+    if manifest is None and _nightly_history(folder):
+        return _history_report(folder, args.html)
     if manifest is None:
         raise UsageError(f"{folder}: not a complete report folder (no _manifest.json); give the --out folder of "
                          "xent eval, drift or compare")
@@ -135,7 +137,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not shown:
         raise UsageError(f"{folder}: the report has none of {', '.join(f'{n}.parquet' for n in PAGE_TABLES)}")
     tables = {name: read_report_table(f"{folder}/{name}.parquet") for name in shown}
-    page = render_html(tables).encode()
+    page = render_html(tables, **_nightly_run(tables)).encode()
     if args.html:
         fs, path = filesystem(args.html)
         fs.pipe_file(path, page)
@@ -143,6 +145,45 @@ def cmd_report(args: argparse.Namespace) -> int:
     else:
         written = add_file(folder, HTML_FILE, page)
     print(f"page: {written}")
+    return 0
+
+
+def _nightly_history(folder: str) -> bool:
+    """Whether `folder` is a nightly REPORT_ROOT: it has run_date=... folders."""
+    from ..inputs.sources import filesystem
+
+    fs, path = filesystem(folder)
+    return bool(fs.glob(f"{path.rstrip('/')}/run_date=*/source=*"))
+
+
+def _nightly_run(tables: dict) -> dict:
+    """For a nightly run's tables folder: its title and its source's history up to this
+    run, read from the REPORT_ROOT its ``xent.nightly`` metadata names (if it is there)."""
+    import datetime as dt
+    import json
+
+    from ..metadata import NIGHTLY_KEY
+    from ..runs.nightly import read_history
+
+    raw = (next(iter(tables.values())).schema.metadata or {}).get(NIGHTLY_KEY)
+    if raw is None:
+        return {}
+    run = json.loads(raw)
+    later = (dt.date.fromisoformat(run["run_date"]) + dt.timedelta(days=1)).isoformat()
+    return {"title": f"xent nightly: {run['source']} on {run['run_date']}",
+            "history": read_history(run["report_root"], source=run["source"], before=later)}
+
+
+def _history_report(root: str, html: str | None) -> int:
+    """The history page of a nightly REPORT_ROOT, written to `html`, by default to
+    TABLES_ROOT/history.html (where each nightly run leaves it; TABLES_ROOT from the
+    newest run's ``xent.nightly`` metadata, else the default REPORT_ROOT-tables)."""
+    from ..report.page import render_history_html
+    from ..report.writing import replace_file
+    from ..runs.nightly import HISTORY_PAGE, read_history, tables_root_of
+
+    page = render_history_html(read_history(root), root=root).encode()
+    print(f"page: {replace_file(html or f'{tables_root_of(root)}/{HISTORY_PAGE}', page)}")
     return 0
 
 
@@ -230,7 +271,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_nightly(args: argparse.Namespace) -> int:
     from ..config import NightlyConfig, build_config
-    from ..runs.nightly import nightly_steps, report_outcomes, run_dates
+    from ..runs.nightly import history_page_path, nightly_steps, report_outcomes, run_dates
 
     config = build_config(NightlyConfig, args.config)  # a bad config or date fails before Prefect starts
     if args.date and (args.start or args.end):
@@ -242,7 +283,7 @@ def cmd_nightly(args: argparse.Namespace) -> int:
     if args.no_prefect:
         from ..engine import Progress
 
-        return report_outcomes(nightly_steps(config, dates, progress=Progress.auto()))
+        return report_outcomes(nightly_steps(config, dates, progress=Progress.auto()), page=history_page_path(config))
     nightly_flow = _pipelines().nightly_flow
 
     try:
@@ -252,7 +293,7 @@ def cmd_nightly(args: argparse.Namespace) -> int:
         if getattr(error, "outcomes", None) is None:
             raise
         outcomes = error.outcomes
-    return report_outcomes(outcomes)
+    return report_outcomes(outcomes, page=history_page_path(config))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -372,8 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_eval)
 
     p = sub.add_parser("report", help="render a report folder as one self-contained HTML page")
-    p.add_argument("path", help="a report folder (the --out of xent eval)")
-    p.add_argument("--html", metavar="FILE", help="where to write the page (default: PATH/report.html, listed in its manifest)")
+    p.add_argument("path", help="a report folder (the --out of xent eval), or a nightly REPORT_ROOT (its history page)")
+    p.add_argument("--html", metavar="FILE", help="where to write the page (default: PATH/report.html, listed in its "
+                   "manifest; for a REPORT_ROOT, TABLES_ROOT/history.html)")
     p.set_defaults(handler=cmd_report)
 
     p = sub.add_parser("drift", help="compare a current dump with a reference: per-sample KL, marginal and confidence drift")

@@ -261,20 +261,34 @@ def add_file(out: str, name: str, data: bytes, storage_options: dict[str, Any] |
         raise FileNotFoundError(f"{out}: no {MANIFEST}, so no complete report here (was it written by xent?)")
     manifest["files"] = [entry for entry in manifest["files"] if entry["file"] != name] + [
         {"file": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}]
-    fs, root = filesystem(out, storage_options)
-    root = root.rstrip("/")
+    root = out.rstrip("/")
+    written = replace_file(f"{root}/{name}", data, storage_options)
+    replace_file(f"{root}/{MANIFEST}", json.dumps(manifest, indent=1).encode(), storage_options)
+    return written
+
+
+def replace_file(target: str, data: bytes, storage_options: dict[str, Any] | None = None) -> str:
+    """Write one file whole: locally a hidden sibling renamed over `target` (a reader
+    sees the old file or the new one), on an object store one upload; returns its path.
+
+    Raises
+    ------
+    InfrastructureError
+        The disk or the object store failed (full, read-only, unreachable).
+    """
+    fs, path = filesystem(target, storage_options)
     try:
-        for file, content in ((name, data), (MANIFEST, json.dumps(manifest, indent=1).encode())):
-            if is_local(fs):
-                target = Path(root) / file
-                partial = target.with_name(f".{file}.{os.getpid()}-{uuid.uuid4().hex[:8]}")
-                partial.write_bytes(content)
-                os.replace(partial, target)
-            else:
-                fs.pipe_file(f"{root}/{file}", content)
+        if is_local(fs):
+            local = Path(path)
+            local.parent.mkdir(parents=True, exist_ok=True)
+            partial = local.with_name(f".{local.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}")
+            partial.write_bytes(data)
+            os.replace(partial, local)
+            return str(local)
+        fs.pipe_file(path, data)
+        return fs.unstrip_protocol(path)
     except OSError as error:
-        failure = as_infrastructure_error(error, out, "cannot write")
+        failure = as_infrastructure_error(error, target, "cannot write")
         if failure is None:
             raise
         raise failure from error
-    return str(Path(root) / name) if is_local(fs) else fs.unstrip_protocol(f"{root}/{name}")

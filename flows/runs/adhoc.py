@@ -35,9 +35,10 @@ def write_report(report: Any, out: str) -> dict[str, str]:
     return report.write(out)
 
 
-def write_tables(tables: dict[str, pa.Table], out: str, storage_options: dict[str, Any]) -> dict[str, str]:
-    """Write report tables atomically."""
-    return write_tables_atomically(tables, out, storage_options)
+def write_tables(tables: dict[str, pa.Table], out: str, storage_options: dict[str, Any],
+                 files: dict[str, bytes] | None = None) -> dict[str, str]:
+    """Write report tables (and `files`, such as ``report.html``) atomically."""
+    return write_tables_atomically(tables, out, storage_options, files)
 
 
 Steps = tuple[Callable, Callable, Callable]  # find_inputs, evaluate_on_cluster, write_report or their tasks

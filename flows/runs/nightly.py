@@ -15,8 +15,12 @@ History layout, one folder per run, replaced atomically::
     TABLES_ROOT/run_date=YYYY-MM-DD/source=NAME/per_class.parquet   the wide tables (and summary,
                                                                     drift, bad_shards, gate)
     TABLES_ROOT/run_date=YYYY-MM-DD/source=NAME/state.parquet       the merged state, for later gates
+    TABLES_ROOT/run_date=YYYY-MM-DD/source=NAME/report.html         the run's page (in the same atomic write)
+    TABLES_ROOT/history.html                                        every run's trends, rewritten by each run
 
-The wide tables live outside REPORT_ROOT, so ``REPORT_ROOT/**/*.parquet`` is the history.
+The wide tables and the pages live outside REPORT_ROOT, so ``REPORT_ROOT/**/*.parquet``
+is the history (an HTML file there would break directory reads of it: pyarrow and
+pandas read every file of the folder as Parquet).
 """
 
 from __future__ import annotations
@@ -39,16 +43,20 @@ from distributed import Client
 
 from xent_kernels import ClassStats
 
-from ..config import DriftConfig, EvalConfig, NightlyConfig, NightlySource, render_path
+from ..config import DriftConfig, EvalConfig, NightlyConfig, NightlySource, render_path, sibling_tables_root
 from ..engine import Progress, dask_client
 from ..errors import EXIT_BREACH, EXIT_DATA, EXIT_OK, DataError, DriftBreach, GateBreach, UsageError, XentError
 from ..inputs.sources import InputFile, filesystem, fingerprint
-from ..metadata import CLASSES_KEY, GATE_KEY, RUN_DIGEST_KEY
+from ..metadata import CLASSES_KEY, GATE_KEY, NIGHTLY_KEY, RUN_DIGEST_KEY
 from ..monitor.baseline import baseline_rows, comparable, gate_history, gate_table
 from ..monitor.compare import describe_breach
 from ..monitor.gates import breached_gates
+from ..report.page import HTML_FILE, render_history_html, render_html
+from ..report.page import nightly as run_page
+from ..report.page.history import overall_by_date
 from ..report.state import STATE_KEY, STATE_TABLE, read_state, state_table
-from ..report.tables import report_metadata
+from ..report.tables import report_metadata, with_interval
+from ..report.writing import replace_file
 from . import adhoc
 from .drift import compare_on_cluster
 
@@ -57,6 +65,7 @@ logger = logging.getLogger(__name__)
 METRICS_FILE = "metrics.parquet"
 STATE_FILE = f"{STATE_TABLE}.parquet"  # in the tables folder: a later run's gate baseline
 GATE_TABLE = "gate"
+HISTORY_PAGE = "history.html"  # in the tables root
 PARTITION_KEYS = ("run_date", "source")
 # Columns of metrics.parquet besides the run's slice columns (which come right after `scope`).
 METRIC_FIELDS = [
@@ -165,10 +174,12 @@ def breach_messages(metrics: pa.Table, slice_by: Sequence[str]) -> list[str]:
     return messages
 
 
-def history_table(root: str, storage_options: dict[str, Any] | None = None) -> pa.Table:
+def history_table(root: str, storage_options: dict[str, Any] | None = None,
+                  where: pc.Expression | None = None) -> pa.Table:
     """Every run's metrics under REPORT_ROOT in one table, plus `run_date` (date) and
     `source`. Columns are the union over all runs (pyarrow alone takes them from the
-    first file), so sources sliced by different columns stack, with nulls."""
+    first file), so sources sliced by different columns stack, with nulls. `where`
+    keeps the rows it selects (on `run_date` and `source` it skips whole files)."""
     fs, path = filesystem(root, storage_options)
     options = ds.FileSystemFactoryOptions(
         partition_base_dir=path.rstrip("/"),
@@ -179,7 +190,82 @@ def history_table(root: str, storage_options: dict[str, Any] | None = None) -> p
                                           pafs.FileSelector(path.rstrip("/"), recursive=True),
                                           ds.ParquetFileFormat(), options)
     # Without the first file's metadata: it describes one run, not the history.
-    return factory.finish(factory.inspect(fragments=None).remove_metadata()).to_table()
+    return factory.finish(factory.inspect(fragments=None).remove_metadata()).to_table(filter=where)
+
+
+def read_history(root: str, storage_options: dict[str, Any] | None = None, source: str | None = None,
+                 before: str | None = None) -> pa.Table | None:
+    """`history_table` of the runs of `source` (default: all) before the date `before`
+    (default: all); None when REPORT_ROOT does not exist yet."""
+    fs, path = filesystem(root, storage_options)
+    if not fs.exists(path):
+        return None
+    where = pc.scalar(True)
+    if source is not None:
+        where &= pc.field("source") == source
+    if before is not None:
+        where &= pc.field("run_date") < pc.scalar(dt.date.fromisoformat(before))
+    return history_table(root, storage_options, where)
+
+
+def history_page_path(config: NightlyConfig) -> str:
+    """Where each nightly run leaves the history page: TABLES_ROOT/history.html."""
+    return f"{config.tables_base.rstrip('/')}/{HISTORY_PAGE}"
+
+
+def tables_root_of(report_root: str, storage_options: dict[str, Any] | None = None) -> str:
+    """The tables root of the nightly history at `report_root`: as its newest run
+    recorded it (``xent.nightly`` metadata), else the default REPORT_ROOT-tables."""
+    fs, path = filesystem(report_root, storage_options)
+    for found in sorted(fs.glob(f"{path.rstrip('/')}/run_date=*/source=*/{METRICS_FILE}"), reverse=True):
+        with fs.open(found, "rb") as handle:
+            raw = (pq.ParquetFile(handle).schema_arrow.metadata or {}).get(NIGHTLY_KEY)
+        if raw is not None:
+            return json.loads(raw)["tables_root"].rstrip("/")
+    return sibling_tables_root(report_root)
+
+
+def root_options(config: NightlyConfig) -> dict[str, Any]:
+    """The storage options the history roots are written with (the first source's)."""
+    return config.eval_config(config.sources[0], "2000-01-01").storage_options
+
+
+def write_history_page(config: NightlyConfig) -> tuple[str, pa.Table | None]:
+    """Render the history page from REPORT_ROOT and write it whole; returns its path
+    and the history read."""
+    options = root_options(config)
+    history = read_history(config.report_root, options)
+    page = render_history_html(history if history is not None else pa.table({}), root=config.report_root.rstrip("/"))
+    return replace_file(history_page_path(config), page.encode(), options), history
+
+
+def with_run(history: pa.Table | None, metrics: pa.Table, source: str, run_date: str) -> pa.Table:
+    """The earlier `history` of a source with this run's `metrics` appended, as
+    `history_table` would read them once written."""
+    rows = metrics.num_rows
+    current = metrics.append_column("run_date", pa.array([dt.date.fromisoformat(run_date)] * rows, pa.date32())) \
+        .append_column("source", pa.array([source] * rows, pa.string())).replace_schema_metadata(None)
+    if history is None or not history.num_rows:
+        return current
+    return pa.concat_tables([history, current], promote_options="permissive")
+
+
+def headline(history: pa.Table | None, source: str, run_date: str) -> str | None:
+    """A run's headline numbers from the history: n, mean CE with its interval,
+    accuracy, and their change since the previous run of the source."""
+    now = overall_by_date(history, source).get(run_date) if history is not None else None
+    if not now:
+        return None
+    value = lambda name: {name: now.get(name, {}).get("value"), f"{name}_lo": now.get(name, {}).get("lo"),  # noqa: E731
+                          f"{name}_hi": now.get(name, {}).get("hi")}
+    parts = [f"n {now['n']['value']:,}", f"mean CE {with_interval(value('ce_mean'), 'ce_mean')}",
+             f"accuracy {with_interval(value('accuracy'), 'accuracy')}"]
+    since, before = run_page.changes(history, source, run_date)
+    if since is not None:
+        shown = [f"{label} {change['shown']}" for name, label in (("ce_mean", "mean CE"), ("accuracy", "accuracy"))
+                 if (change := run_page.change(name, now.get(name, {}).get("value"), before.get(name), since))]
+        parts.append(f"change since {since}: {', '.join(shown)}")
+    return "; ".join(parts)
 
 
 def reference_paths(source: NightlySource, run_date: str) -> list[str] | None:
@@ -333,6 +419,8 @@ class Outcome:
     breaches: list[str] = field(default_factory=list)  # drift thresholds breached
     error: str | None = None
     gate: GateVerdict | None = None  # None: the source has no gates
+    page: str | None = None  # the run's report.html, when this run wrote it
+    headline: str | None = None  # n, mean CE, accuracy and their change since the previous run
 
     @property
     def gate_breaches(self) -> list[str]:
@@ -368,17 +456,21 @@ class Outcome:
         verdict = self.verdict()
         if self.status == "unchanged":
             return head + "unchanged, skipped" + (f"; stored verdict: {verdict}" if verdict else "")
-        return head + f"written to {self.folder}/{METRICS_FILE} (tables in {self.tables})" + (f"; {verdict}" if verdict else "")
+        page = f", page {self.page}" if self.page else ""
+        return head + f"written to {self.folder}/{METRICS_FILE} (tables in {self.tables}{page})" + (
+            f"; {verdict}" if verdict else "")
 
 
-def print_outcomes(outcomes: Sequence[Outcome], out: TextIO | None = None) -> None:
-    """One line per (source, date), then one per breached threshold."""
+def print_outcomes(outcomes: Sequence[Outcome], out: TextIO | None = None, page: str | None = None) -> None:
+    """One line per (source, date), then one per breached threshold, then the history page."""
     out = out or sys.stdout
     for outcome in outcomes:
         print(outcome.line(), file=out)
     for outcome in outcomes:
         for breach in outcome.breach_lines():
             print(f"BREACH {outcome.source} {outcome.run_date}: {breach}", file=out)
+    if page:
+        print(f"page: {page}", file=out)
 
 
 def failure(outcomes: Sequence[Outcome]) -> XentError | None:
@@ -401,11 +493,16 @@ def failure(outcomes: Sequence[Outcome]) -> XentError | None:
     return error
 
 
-def summary_markdown(outcomes: Sequence[Outcome], dates: Sequence[str]) -> str:
-    """The run's outcomes as a Markdown list."""
+def summary_markdown(outcomes: Sequence[Outcome], dates: Sequence[str], page: str | None = None) -> str:
+    """The run's outcomes as a Markdown list: per (source, date) its line, headline
+    numbers and breaches; then the history page."""
     lines = [f"# xent nightly {dates[0]}" + (f" to {dates[-1]}" if len(dates) > 1 else ""), ""]
     for o in outcomes:
-        lines.append(f"- {o.line()}" + "".join(f"\n  - BREACH {b}" for b in o.breach_lines()))
+        lines.append(f"- {o.line()}" + (f"\n  - {o.headline}" if o.headline else "")
+                     + (f"\n  - page: {o.page}" if o.page else "")
+                     + "".join(f"\n  - BREACH {b}" for b in o.breach_lines()))
+    if page:
+        lines += ["", f"History page: {page}"]
     return "\n".join(lines)
 
 
@@ -422,6 +519,8 @@ class Steps:
     evaluate: Callable = adhoc.evaluate_on_cluster
     compare: Callable = compare_on_cluster  # (drift config, client, progress) -> flows.api.DriftResult
     write_tables: Callable[..., dict[str, str]] = adhoc.write_tables
+    read_history: Callable[..., pa.Table | None] = read_history
+    write_history_page: Callable[[NightlyConfig], tuple[str, pa.Table | None]] = write_history_page
     publish: Callable[[Outcome, dict[str, pa.Table], EvalConfig], None] | None = None  # after a run is written
 
 
@@ -465,16 +564,26 @@ def nightly_source(config: NightlyConfig, source: NightlySource, run_date: str, 
         metadata = {**report_metadata(report.evaluation), RUN_DIGEST_KEY: digest.encode()}
         stats, spec = report.evaluation.result.stats, report.evaluation.spec
         tables[STATE_TABLE] = state_table(stats, spec.slice_by, spec.slice_types, metadata)
+        run = {NIGHTLY_KEY: json.dumps({"source": source.name, "run_date": run_date, "report_root": config.report_root,
+                                        "tables_root": config.tables_base}).encode()}
+        metadata.update(run)
         if gates:
             outcome.gate, rows = check_gates(gates, baseline, stats, spec, eval_config)
-            metadata[GATE_KEY] = outcome.gate.to_json()
+            metadata[GATE_KEY] = run[GATE_KEY] = outcome.gate.to_json()
             if rows:
                 tables[GATE_TABLE] = gate_table(rows, spec.slice_by, spec.slice_types).replace_schema_metadata(metadata)
                 history = [{**row, "scope": "gate"} for row in gate_history(gates, rows, spec.slice_by)]
                 metrics = pa.concat_tables([metrics, pa.Table.from_pylist(history, schema=metrics.schema)])
         metrics = metrics.replace_schema_metadata(metadata)
+        # The report tables name their run (and its gate verdict): its page, and `xent report` on the folder, read it.
+        for name in set(tables) - {STATE_TABLE, GATE_TABLE}:
+            tables[name] = tables[name].replace_schema_metadata({**(tables[name].schema.metadata or {}), **run})
+        earlier = steps.read_history(config.report_root, options, source.name, run_date)
+        page = render_html(tables, title=f"xent nightly: {source.name} on {run_date}",
+                           history=with_run(earlier, metrics, source.name, run_date))
         # The tables first: metrics.parquet carries the digest, so a crash in between is redone.
-        steps.write_tables(tables, outcome.tables, options)
+        written = steps.write_tables(tables, outcome.tables, options, files={HTML_FILE: page.encode()})
+        outcome.page = written[HTML_FILE]
         steps.write_tables({METRICS_FILE.removesuffix(".parquet"): metrics}, outcome.folder, options)
         outcome.breaches = breach_messages(metrics, slice_by)
         if steps.publish is not None:
@@ -493,12 +602,18 @@ def nightly_steps(config: NightlyConfig, dates: Sequence[str], steps: Steps = St
             for source in config.sources:
                 outcomes.append(nightly_source(config, source, day, client, steps, progress))
                 logger.info("%s", outcomes[-1].line())
+    page, history = steps.write_history_page(config)
+    logger.info("history page: %s", page)
+    for outcome in outcomes:
+        if outcome.status != "data error":
+            outcome.headline = headline(history, outcome.source, outcome.run_date)
     return outcomes
 
 
-def report_outcomes(outcomes: Sequence[Outcome], out: TextIO | None = None) -> int:
-    """Print the outcomes; raise the run's error (exit 1 or 3) if it has one, else return 0."""
-    print_outcomes(outcomes, out)
+def report_outcomes(outcomes: Sequence[Outcome], out: TextIO | None = None, page: str | None = None) -> int:
+    """Print the outcomes and the history `page`; raise the run's error (exit 1 or 3)
+    if it has one, else return 0."""
+    print_outcomes(outcomes, out, page)
     error = failure(outcomes)
     if error is not None:
         raise error

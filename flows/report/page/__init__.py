@@ -9,8 +9,10 @@ network request, opens from disk, an object store or a static server. Tables are
 HTML (readable without JavaScript), sortable by clicking a header.
 
 Each section appears only when its data exists. One module per concern fills the
-`Page`: ``evaluation`` (summary, per_class, confusion, bad_shards), ``drift`` (drift,
-drift_distributions), ``compare`` (compare), then the footer.
+`Page`: ``evaluation`` (summary, per_class, confusion, bad_shards), ``nightly`` (a
+nightly run: changes since the previous run, gates), ``drift`` (drift,
+drift_distributions), ``compare`` (compare), ``history`` (trends over run dates; also
+the history page, `render_history_html`), then the footer.
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ import json
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ...metadata import CONFIG_KEY, CREATED_AT_KEY, FINGERPRINT_KEY, INTEGRITY_KEY, INTERVALS_KEY, UNITS_KEY, VERSION_KEY
 from ..tables import integrity_line, intervals_line
-from . import compare, drift, evaluation
+from . import compare, drift, evaluation, nightly
+from . import history as trends
 from .common import Page, decoded_metadata, template, vega_embed_script
 
-__all__ = ["HTML_FILE", "MAX_CLASSES", "PAGE_TABLES", "render_html", "vega_embed_script"]
+__all__ = ["HTML_FILE", "MAX_CLASSES", "PAGE_TABLES", "render_history_html", "render_html", "vega_embed_script"]
 
 HTML_FILE = "report.html"
 MAX_CLASSES = 50  # rows of the per-class table and forest plot (the worst CE first)
@@ -33,7 +37,8 @@ MAX_CLASSES = 50  # rows of the per-class table and forest plot (the worst CE fi
 PAGE_TABLES = ("summary", "per_class", "confusion", "bad_shards", "drift", "drift_distributions", "compare")
 
 
-def render_html(tables: dict[str, pa.Table], *, title: str | None = None, max_classes: int = MAX_CLASSES) -> str:
+def render_html(tables: dict[str, pa.Table], *, title: str | None = None, max_classes: int = MAX_CLASSES,
+                history: pa.Table | None = None) -> str:
     """The report as one self-contained HTML page.
 
     Parameters
@@ -49,6 +54,12 @@ def render_html(tables: dict[str, pa.Table], *, title: str | None = None, max_cl
     max_classes
         Classes shown in the per-class table and forest plot, the worst mean CE first
         (for a comparison, the largest CE increase); the page says how many are left out.
+    history
+        For a nightly run: its source's history up to and including this run
+        (:func:`flows.runs.nightly.history_table` rows). The cards then show the change
+        since the previous run, the gate section its limits, and a history section the
+        trends. The run is named by the tables' ``xent.nightly`` metadata, else it is the
+        history's latest date.
 
     Returns
     -------
@@ -64,15 +75,47 @@ def render_html(tables: dict[str, pa.Table], *, title: str | None = None, max_cl
     page = Page(title=title or default_title, units=metadata.get(UNITS_KEY.decode(), "nats"), metadata=metadata)
     if "summary" in tables:
         evaluation.build(tables, page, max_classes)
+        nightly.build(tables, page, history)  # a nightly run's changes and gates, if it is one
     if "drift" in tables:
         drift.build(tables, page, max_classes)
     if "compare" in tables:
         compare.build(tables, page, max_classes)
+    if history is not None:
+        source, run_date = nightly.run_of(page, history)
+        trends.build(page, history, source=source, up_to=run_date)
     if "summary" in tables or "compare" in tables:
         page.subtitle.append(f"cross-entropy in {page.units}")
     page.sections["footer"] = _footer(metadata)
     if "summary" not in tables and "compare" not in tables:  # a drift report reads no intervals
         page.sections["footer"].pop("intervals", None)
+    return template().render(page=page, vega_script=vega_embed_script())
+
+
+def render_history_html(history: pa.Table, *, title: str | None = None, root: str | None = None) -> str:
+    """The history page: trends of every source and slice over run dates, breached runs
+    marked, each source's latest verdict at the top.
+
+    Parameters
+    ----------
+    history
+        :func:`flows.runs.nightly.history_table` of a nightly REPORT_ROOT.
+    title
+        The page title (default: "xent nightly history").
+    root
+        The REPORT_ROOT read, named in the footer.
+    """
+    page = Page(title=title or "xent nightly history")
+    if history.num_rows:
+        dates = history.column("run_date")
+        sources = sorted(set(history.column("source").to_pylist()))
+        page.subtitle.append(f"{len(sources)} source(s) from {trends.day(pc.min(dates).as_py())} to "
+                             f"{trends.day(pc.max(dates).as_py())}")
+        trends.latest_verdicts(page, history)
+        trends.build(page, history)
+    else:
+        page.subtitle.append("no runs yet")
+    lines = [f"history: {root}/run_date=*/source=*/metrics.parquet"] if root else []
+    page.sections["footer"] = {"lines": lines + ["CE in each run's units (nats unless a source's config says bits)"]}
     return template().render(page=page, vega_script=vega_embed_script())
 
 
