@@ -300,7 +300,7 @@ def bench_xent(data_dir: Path, quarter: list[str] | None, total_rows: int, quart
 
 def duckdb_queries(classes: int) -> dict[str, str]:
     """Per-class row count and mean CE = max + ln(sum exp(x - max)) - x[label], in float64."""
-    lists = f"""
+    lists = """
         SELECT label, count(*) AS n, avg(m + ln(list_sum(list_transform(x, lambda v: exp(v - m)))) - x[label + 1]) AS ce
         FROM (SELECT label, x, list_max(x) AS m
               FROM (SELECT label, CAST(logits AS DOUBLE[]) AS x FROM read_parquet($files) WHERE label IS NOT NULL))

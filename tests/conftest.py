@@ -356,6 +356,15 @@ def assert_same_report(a: dict[str, pa.Table], b: dict[str, pa.Table], rtol: flo
                                 err_msg=f"{name}.{column}")
 
 
+@pytest.fixture(scope="module")
+def client():
+    """A local Dask cluster for the module's in-process evaluations."""
+    from flows.engine import dask_client
+
+    with dask_client(None) as running:
+        yield running
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     """One temporary Prefect server for the session's in-process flow runs."""

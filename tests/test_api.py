@@ -24,7 +24,7 @@ from conftest import assert_same_report
 from flows import drift, evaluate
 from flows.cli import main
 from flows.config import EvalConfig
-from flows.engine import Progress, dask_client
+from flows.engine import Progress
 from flows.errors import DataError, DriftBreach, UsageError
 from flows.generate import generate_dump
 
@@ -41,12 +41,6 @@ CASES = {
     "wide-probs": (dict(rows=3000, classes=4, shards=3, layout="wide", kind="probs", seed=4), dict(kind="probs")),
 }
 SOURCES = ["files", "folder", "glob", "arrow", "pandas", "dask"]
-
-
-@pytest.fixture(scope="module")
-def client():
-    with dask_client(None) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import reference as ref
 from conftest import assert_same_report, run_cli
 from flows.cli import main
 from flows.config import EvalConfig
-from flows.engine import dask_client, evaluate
+from flows.engine import evaluate
 from flows.errors import DataError
 from flows.generate import generate_dump
 from flows.api import Report
@@ -27,12 +27,6 @@ from oracle import load_arrays
 
 CLASS_COLUMNS = ["n", "weight", "ce_mean", "ce_std", "accuracy", "p_true_mean", "entropy_mean"]
 SLICE_COLUMNS = ["n", "weight", "ce_mean", "ce_macro", "accuracy", "entropy_mean", "ece", "n_ignored"]
-
-
-@pytest.fixture(scope="module")
-def client():
-    with dask_client(None) as client:
-        yield client
 
 
 def run(client, out: Path, **settings) -> dict[str, pa.Table]:

@@ -11,14 +11,12 @@ import math
 import os
 import re
 import time
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 from flows.api import evaluate
 from flows.cli.commands import main
-from flows.engine import dask_client
 from flows.generate import generate_dump
 from flows.report.page import render_html
 
@@ -28,12 +26,6 @@ MB = 1 << 20
 XSS_CLASS = "<script>window.xss=1</script>"
 XSS_SLICE = "<img src=x onerror=\"window.xss=2\">"
 SECTIONS = ("verdict", "summary", "per-class", "per-slice", "forest", "reliability", "confusion", "footer")
-
-
-@pytest.fixture(scope="module")
-def client():
-    with dask_client(None) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")

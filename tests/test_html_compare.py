@@ -21,7 +21,6 @@ import pytest
 
 from flows.api import compare
 from flows.cli.commands import main
-from flows.engine import dask_client
 from flows.report.page import render_html
 
 from browser import COMPARE_GATES, MISSING, chromium, compare_dumps, console_errors, open_page, requested_urls
@@ -32,12 +31,6 @@ XSS_SLICE = "<img src=x onerror=\"window.xss=2\">"
 CLASSES = [XSS_CLASS, "a&b", '"quoted"', "plain"]
 CARDS = ("ce_mean", "ce_macro", "accuracy", "ece", "brier", "f1_macro", "auc")
 GATE_LIMIT = COMPARE_GATES[0]["max_increase"]  # ce_mean, interval mode: breached by some classes
-
-
-@pytest.fixture(scope="module")
-def client():
-    with dask_client(None) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,6 @@ from scipy.special import rel_entr, softmax
 
 from flows.api import drift, evaluate
 from flows.cli.commands import main
-from flows.engine import dask_client
 from flows.generate import generate_dump
 from flows.report.page import render_html
 from oracle import load_arrays
@@ -33,12 +32,6 @@ XSS_SLICE = "<img src=x onerror=\"window.xss=1\">"
 MODELS = ["a", XSS_SLICE]
 SMOOTHING = 1e-4  # DriftSettings' default
 THRESHOLDS = {"kl_per_sample": 0.05, "marginal_js": 1.0}  # per-sample KL breached, marginal JS not
-
-
-@pytest.fixture(scope="module")
-def client():
-    with dask_client(None) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")

@@ -51,7 +51,6 @@ def prob_rows(draw, shape):
             elements=st.one_of(st.just(0.0), st.floats(1e-3, 1.0)),
         )
     )
-    n = shape[0]
     empty = raw.sum(axis=1) == 0
     raw[empty, draw(st.integers(0, shape[1] - 1))] = 1.0
     return raw / raw.sum(axis=1, keepdims=True)

@@ -25,7 +25,6 @@ from flows import evaluate
 from flows.api import Report
 from flows.cli import main
 from flows.config import DriftConfig, EvalConfig
-from flows.engine import dask_client
 from flows.engine import evaluate as evaluate_files
 from flows.errors import DataError, UsageError
 from flows.runs.nightly import metrics_table
@@ -33,12 +32,6 @@ from xent_kernels import STATISTIC, interval_columns
 
 CLASSES = 6
 MASK = 2**64 - 1
-
-
-@pytest.fixture(scope="module")
-def client():
-    with dask_client(None) as client:
-        yield client
 
 
 def make_table(n: int, seed: int, id_type: str | None = "int", sizes: dict[str, int] | None = None) -> pa.Table:
