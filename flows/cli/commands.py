@@ -115,14 +115,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         paths = run_flow(eval_flow, config, args.out, progress=_on_terminal())
     print_report(paths, elapsed=time.perf_counter() - started, storage_options=config.storage_options)
-    print(f"page: {args.out.rstrip('/')}/report.html")
+    print(_page_line(args.out))
     return 0
 
 
+def _page_line(out: str) -> str:
+    """The last line of eval, drift and compare: where the report's page is."""
+    from ..report.page import HTML_FILE
+
+    return f"page: {out.rstrip('/')}/{HTML_FILE}"
+
+
 def cmd_report(args: argparse.Namespace) -> int:
-    from ..inputs.sources import filesystem
     from ..report.page import HTML_FILE, PAGE_TABLES, render_html
-    from ..report.writing import add_file, read_manifest
+    from ..report.writing import add_file, read_manifest, replace_file
     from .show import read_report_table
 
     folder = args.path.rstrip("/")
@@ -138,12 +144,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise UsageError(f"{folder}: the report has none of {', '.join(f'{n}.parquet' for n in PAGE_TABLES)}")
     tables = {name: read_report_table(f"{folder}/{name}.parquet") for name in shown}
     page = render_html(tables, **_nightly_run(tables)).encode()
-    if args.html:
-        fs, path = filesystem(args.html)
-        fs.pipe_file(path, page)
-        written = args.html
-    else:
-        written = add_file(folder, HTML_FILE, page)
+    written = replace_file(args.html, page) if args.html else add_file(folder, HTML_FILE, page)
     print(f"page: {written}")
     return 0
 
@@ -205,12 +206,11 @@ def cmd_drift(args: argparse.Namespace) -> int:
             config.drift.id_cols = args.id_cols
     except ValidationError as error:
         raise UsageError(describe_validation_error(error, "--id-cols")) from None
-    page = f"page: {args.out.rstrip('/')}/report.html"
+    page = _page_line(args.out)
     if args.no_prefect:
+        from ..engine import Progress
         from ..monitor.compare import breach_error
         from ..runs.drift import drift_steps
-
-        from ..engine import Progress
 
         paths, report = drift_steps(config, args.out, progress=Progress.auto())
         print_drift(paths["drift"], storage_options=config.storage_options)
@@ -248,7 +248,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             config.compare.id_cols = args.id_cols
     except ValidationError as error:
         raise UsageError(describe_validation_error(error, "--id-cols")) from None
-    page = f"page: {args.out.rstrip('/')}/report.html"
+    page = _page_line(args.out)
     if args.no_prefect:
         from ..engine import Progress
         from ..runs.compare import compare_steps
@@ -352,8 +352,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ..generate.dump import generate_dump
     from ..report.page import HTML_FILE
     from ..runs.nightly import run_folder
-    nightly_flow = _pipelines().nightly_flow
     from .show import print_drift, print_report
+
+    nightly_flow = _pipelines().nightly_flow
 
     out = Path(args.out).absolute() if args.out else Path(tempfile.mkdtemp(prefix="xent-demo-"))
     print(f"demo folder: {out}")

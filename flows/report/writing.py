@@ -255,7 +255,9 @@ def _write_object_store(tables: dict[str, pa.Table], fs, root: str, label: str,
 def add_file(out: str, name: str, data: bytes, storage_options: dict[str, Any] | None = None) -> str:
     """Put one file (``report.html``) into the complete report at `out` and list it in
     its manifest; returns its path. Each of the two writes replaces its file whole
-    (a rename locally); the manifest is written last."""
+    (a rename locally); the manifest is written last, so a crash between them leaves
+    the new file listed with the old file's hash until the next ``add_file``. The
+    tables are not touched. Not safe against a concurrent rewrite of the same folder."""
     manifest = read_manifest(out, storage_options)
     if manifest is None:
         raise FileNotFoundError(f"{out}: no {MANIFEST}, so no complete report here (was it written by xent?)")
