@@ -14,7 +14,6 @@ disk unless ``write`` is called.
 
 from __future__ import annotations
 
-import json
 import os
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Iterator, Sequence, TypeVar
@@ -28,6 +27,7 @@ from .engine import evaluate as evaluate_files
 from .errors import UsageError
 from .inputs.memory import is_dask_dataframe, is_in_memory
 from .inputs.sources import InputFile
+from .metadata import decoded_metadata
 from .report.tables import report_tables, with_interval
 from .report.writing import write_tables_atomically
 
@@ -126,16 +126,8 @@ class Report(_Page):
     @property
     def metadata(self) -> dict[str, Any]:
         """The report metadata, decoded: version, created_at, units, config, fingerprint, classes..."""
-        decoded = {}
-        for key, value in (self.tables["summary"].schema.metadata or {}).items():
-            name = key.decode()
-            if not name.startswith("xent."):
-                continue
-            try:
-                decoded[name.removeprefix("xent.")] = json.loads(value)
-            except ValueError:
-                decoded[name.removeprefix("xent.")] = value.decode()
-        return decoded
+        metadata = decoded_metadata(self.tables["summary"])
+        return {key.removeprefix("xent."): value for key, value in metadata.items()}
 
     def to_arrow(self) -> dict[str, pa.Table]:
         """The report tables as pyarrow Tables with their metadata (those ``write`` writes)."""

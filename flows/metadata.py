@@ -3,6 +3,14 @@
 Reports carry all of them; a dump (generated or not) may carry ``CLASSES_KEY``.
 """
 
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
 VERSION_KEY = b"xent.version"  # the xent version that wrote the report
 CREATED_AT_KEY = b"xent.created_at"  # ISO 8601, UTC
 UNITS_KEY = b"xent.units"  # "nats" or "bits"
@@ -18,3 +26,16 @@ RUN_DIGEST_KEY = b"xent.run_digest"  # a nightly run's digest of its config and 
 COMPARE_KEY = b"xent.compare"  # JSON: a comparison's join key and counts, buckets, level and tie tolerance
 GATE_KEY = b"xent.gate"  # JSON: a nightly run's gate verdict against its baseline run
 NIGHTLY_KEY = b"xent.nightly"  # JSON: a nightly run's source, run_date, report_root and tables_root
+
+
+def decoded_metadata(table: pa.Table) -> dict[str, Any]:
+    """The ``xent.*`` schema metadata of `table`, keys as written, JSON values decoded
+    (a value that is not JSON as text)."""
+    decoded = {}
+    for key, value in (table.schema.metadata or {}).items():
+        if key.startswith(b"xent."):
+            try:
+                decoded[key.decode()] = json.loads(value)
+            except ValueError:
+                decoded[key.decode()] = value.decode()
+    return decoded

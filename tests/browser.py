@@ -1,4 +1,6 @@
-"""Headless Chromium for report pages: Debian's ``chromium`` and ``chromium-driver``
+"""Report pages in tests: reading a page's sections, cards, tables and chart data back
+(`sections`, `card`, `Tables`, `chart_spec`, `chart_data`), the manifest entry of a
+written page, and headless Chromium: Debian's ``chromium`` and ``chromium-driver``
 driven by selenium. ``python tests/browser.py OUT_DIR`` writes a PNG screenshot of each
 page kind (`PAGE_KINDS`) into OUT_DIR.
 """
@@ -6,9 +8,12 @@ page kind (`PAGE_KINDS`) into OUT_DIR.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import re
 import shutil
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Iterator
 
@@ -16,6 +21,115 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 MISSING = None if CHROMIUM and CHROMEDRIVER else (
     "needs Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver)")
+
+
+# --------------------------------------------------------------------------- reading a page back
+
+
+def sections(page: str) -> set[str]:
+    """The ids of the page's sections and footer."""
+    return set(re.findall(r'<(?:section|footer) id="([^"]+)"', page))
+
+
+def card(page: str, metric: str) -> dict[str, str]:
+    """A summary card's data-value, value class, value text and interval text."""
+    match = re.search(rf'<div class="card" data-metric="{metric}" data-value="([^"]*)">\s*'
+                      r'<div class="label">[^<]*</div>\s*<div class="value ?([^"]*)">([^<]*)</div>\s*'
+                      r'<div class="interval">([^<]*)</div>', page)
+    assert match, metric
+    return dict(zip(("value", "class", "text", "interval"), match.groups()))
+
+
+def chart_spec(page: str, chart_id: str) -> dict:
+    match = re.search(rf'<script type="application/json" data-chart="{chart_id}">(.*?)</script>', page, re.S)
+    assert match, chart_id
+    return json.loads(match.group(1))
+
+
+def chart_data(spec: dict) -> list[list[dict]]:
+    """Every inline data set of a Vega-Lite spec (layers and concatenations included), in spec order."""
+    found = []
+    if isinstance(spec, dict):
+        if isinstance(spec.get("data"), dict) and "values" in spec["data"]:
+            found.append(spec["data"]["values"])
+        for key, value in spec.items():
+            if key != "data":
+                found += chart_data(value)
+    elif isinstance(spec, list):
+        for item in spec:
+            found += chart_data(item)
+    return found
+
+
+class Tables(HTMLParser):
+    """Every table with an id: its header (text, data-metric) and its cells (text,
+    interval text, data-sort, class), text unescaped; and the text of each ``li.breach``."""
+
+    def __init__(self, page: str):
+        super().__init__(convert_charrefs=True)
+        self.tables: dict[str, dict] = {}
+        self.breaches: list[str] = []
+        self._table = self._cell = self._breach = None
+        self._in_interval = False
+        self.feed(page)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "table" and attrs.get("id"):
+            self._table = self.tables.setdefault(attrs["id"], {"header": [], "rows": []})
+        elif self._table is not None and tag == "tr":
+            self._table["rows"].append([])
+        elif self._table is not None and tag in ("th", "td"):
+            self._cell = {"text": "", "interval": "", "sort": attrs.get("data-sort"),
+                          "class": attrs.get("class", ""), "metric": attrs.get("data-metric")}
+        elif self._cell is not None and tag == "span" and attrs.get("class") == "interval":
+            self._in_interval = True
+        elif tag == "li" and "breach" in (attrs.get("class") or ""):
+            self._breach = []
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self._table = None
+        elif tag == "span":
+            self._in_interval = False
+        elif tag in ("th", "td") and self._cell is not None:
+            self._cell["text"] = self._cell["text"].strip()
+            if tag == "th":
+                self._table["header"].append(self._cell)
+            else:
+                self._table["rows"][-1].append(self._cell)
+            self._cell = None
+        elif tag == "li" and self._breach is not None:
+            self.breaches.append("".join(self._breach).strip())
+            self._breach = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell["interval" if self._in_interval else "text"] += data
+        if self._breach is not None:
+            self._breach.append(data)
+
+    def rows(self, table_id: str) -> list[list[dict]]:
+        """The body rows of a table (the header row has no cells here)."""
+        return [row for row in self.tables[table_id]["rows"] if row]
+
+    def header(self, table_id: str) -> list[dict]:
+        return self.tables[table_id]["header"]
+
+
+def manifest_entry(folder: Path, name: str = "report.html") -> dict:
+    """The entry of `name` in ``folder/_manifest.json``."""
+    manifest = json.loads((folder / "_manifest.json").read_text())
+    return next(e for e in manifest["files"] if e["file"] == name)
+
+
+def file_entry(path: Path) -> dict:
+    """What a manifest entry of the file at `path` should be."""
+    data = path.read_bytes()
+    return {"file": path.name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+# --------------------------------------------------------------------------- headless Chromium
 
 
 @contextlib.contextmanager

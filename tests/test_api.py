@@ -104,6 +104,9 @@ def test_every_source_gives_the_cli_report(cases, client, kind, case):
     report = evaluate(source, **options, **extra) if kind == "dask" else evaluate(source, client=client, **options, **extra)
     assert_same_as_cli(report, cli)
     assert report.units == "nats" and report.metadata["units"] == "nats"
+    written = report.tables["summary"].schema.metadata
+    assert set(report.metadata) == {k.decode().removeprefix("xent.") for k in written if k.startswith(b"xent.")}
+    assert report.metadata["version"] == written[b"xent.version"].decode()  # not JSON: kept as text
     overall = report.summary[report.summary["overall"]]
     assert overall["n"].item() == cli["summary"].filter(cli["summary"].column("overall"))["n"][0].as_py()
     assert list(report.per_class.columns) == cli["per_class"].column_names

@@ -7,14 +7,10 @@ network request."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import re
 import time
-from html.parser import HTMLParser
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -23,7 +19,10 @@ from flows.api import compare
 from flows.cli.commands import main
 from flows.report.page import render_html
 
-from browser import COMPARE_GATES, MISSING, chromium, compare_dumps, console_errors, open_page, requested_urls
+from browser import (
+    COMPARE_GATES, MISSING, Tables, card, chart_spec, chromium, compare_dumps, console_errors, file_entry,
+    manifest_entry, open_page, requested_urls, sections,
+)
 
 MB = 1 << 20
 XSS_CLASS = "<script>window.xss=1</script>"
@@ -46,71 +45,6 @@ def result(dumps, client):
 
 
 # --------------------------------------------------------------------------- reading the page back
-
-
-class Tables(HTMLParser):
-    """Every table with an id: its header (text, data-metric) and its cells (text,
-    data-sort, class), text unescaped; and the text of each ``li.breach``."""
-
-    def __init__(self, page: str):
-        super().__init__(convert_charrefs=True)
-        self.tables: dict[str, dict] = {}
-        self.breaches: list[str] = []
-        self._table = self._cell = self._breach = None
-        self.feed(page)
-
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        if tag == "table" and attrs.get("id"):
-            self._table = self.tables.setdefault(attrs["id"], {"header": [], "rows": []})
-        elif self._table is not None and tag == "tr":
-            self._table["rows"].append([])
-        elif self._table is not None and tag in ("th", "td"):
-            self._cell = {"text": "", "sort": attrs.get("data-sort"), "class": attrs.get("class", ""),
-                          "metric": attrs.get("data-metric")}
-        elif tag == "li" and "breach" in (attrs.get("class") or ""):
-            self._breach = []
-
-    def handle_endtag(self, tag):
-        if tag == "table":
-            self._table = None
-        elif tag in ("th", "td") and self._cell is not None:
-            self._cell["text"] = self._cell["text"].strip()
-            if tag == "th":
-                self._table["header"].append(self._cell)
-            else:
-                self._table["rows"][-1].append(self._cell)
-            self._cell = None
-        elif tag == "li" and self._breach is not None:
-            self.breaches.append("".join(self._breach).strip())
-            self._breach = None
-
-    def handle_data(self, data):
-        if self._cell is not None:
-            self._cell["text"] += data
-        if self._breach is not None:
-            self._breach.append(data)
-
-    def rows(self, table_id: str) -> list[list[dict]]:
-        return [row for row in self.tables[table_id]["rows"] if row]
-
-
-def sections(page: str) -> set[str]:
-    return set(re.findall(r'<(?:section|footer) id="([^"]+)"', page))
-
-
-def card(page: str, metric: str) -> dict[str, str]:
-    match = re.search(rf'<div class="card" data-metric="{metric}" data-value="([^"]*)">\s*'
-                      r'<div class="label">[^<]*</div>\s*<div class="value ?([^"]*)">([^<]*)</div>\s*'
-                      r'<div class="interval">([^<]*)</div>', page)
-    assert match, metric
-    return dict(zip(("value", "class", "text", "interval"), match.groups()))
-
-
-def chart_spec(page: str, chart_id: str) -> dict:
-    match = re.search(rf'<script type="application/json" data-chart="{chart_id}">(.*?)</script>', page, re.S)
-    assert match, chart_id
-    return json.loads(match.group(1))
 
 
 def plotted(spec: dict) -> list[dict]:
@@ -149,7 +83,7 @@ def check_table(tables: Tables, table_id: str, rows: list[dict], key) -> None:
                 assert cell["sort"] == "" and cell["text"] == "nan", (table_id, metric, cell)
             if metric.endswith("_diff"):
                 base = metric.removesuffix("_diff")
-                assert interval(row, base) in cell["text"], (table_id, metric)
+                assert cell["interval"] == interval(row, base), (table_id, metric)
                 verdict = row[f"{base}_verdict"]
                 assert (verdict in cell["class"].split()) == (verdict in ("better", "worse")), (table_id, metric)
     assert diffs == sorted(diffs, reverse=True), table_id
@@ -258,16 +192,6 @@ def test_compare_result_writes_its_page_and_shows_in_a_notebook(result, tmp_path
 
 
 # --------------------------------------------------------------------------- the CLI
-
-
-def manifest_entry(folder: Path) -> dict:
-    manifest = json.loads((folder / "_manifest.json").read_text())
-    return next(e for e in manifest["files"] if e["file"] == "report.html")
-
-
-def file_entry(path: Path) -> dict:
-    data = path.read_bytes()
-    return {"file": path.name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def test_xent_compare_writes_the_page_breach_or_not_and_xent_report_renders_it(dumps, tmp_path, capsys):

@@ -6,7 +6,6 @@ no console error and no network request."""
 
 from __future__ import annotations
 
-import hashlib
 import html as html_text
 import json
 import math
@@ -26,7 +25,10 @@ from flows.generate import generate_dump
 from flows.report.page import render_html
 from oracle import load_arrays
 
-from browser import MISSING, chromium, console_errors, open_page, requested_urls
+from browser import (
+    MISSING, Tables, chart_spec, chromium, console_errors, file_entry, manifest_entry, open_page, requested_urls,
+    sections,
+)
 
 XSS_SLICE = "<img src=x onerror=\"window.xss=1\">"
 MODELS = ["a", XSS_SLICE]
@@ -54,21 +56,8 @@ def written(dumps, client, tmp_path_factory):
     return {name: pq.read_table(path) for name, path in paths.items()}, folder, result
 
 
-def sections(page: str) -> set[str]:
-    return set(re.findall(r'<(?:section|footer) id="([^"]+)"', page))
-
-
-def table_rows(page: str, table_id: str) -> list[list[tuple[str, str]]]:
-    """(text, data-sort) of every cell of every body row of a table, unescaped."""
-    body = page.split(f'id="{table_id}"', 1)[1].split("<tbody>", 1)[1].split("</tbody>", 1)[0]
-    return [[(html_text.unescape(text), html_text.unescape(sort))
-             for sort, text in re.findall(r'<td class="[^"]*" data-sort="([^"]*)">(.*?)</td>', row)]
-            for row in re.findall(r"<tr>(.*?)</tr>", body)]
-
-
 def chart_values(page: str, chart_id: str) -> list[dict]:
-    spec = json.loads(page.split(f'data-chart="{chart_id}">', 1)[1].split("</script>", 1)[0])
-    return spec["data"]["values"]
+    return chart_spec(page, chart_id)["data"]["values"]
 
 
 def where(row: dict) -> str:
@@ -123,15 +112,15 @@ def test_the_section_shows_the_numbers_of_drift_parquet(written):
     assert sections(page) == {"verdict", "drift", "footer"}
     assert "<title>xent drift report</title>" in page
     expected = [r for r in tables["drift"].to_pylist() if r["class"] is None]
-    shown = table_rows(page, "drift-table")
+    shown = Tables(page).rows("drift-table")
     assert len(shown) == len(expected)
-    by_key = {(cells[0][0], cells[1][0]): cells for cells in shown}
+    by_key = {(cells[0]["text"], cells[1]["text"]): cells for cells in shown}
     for row in expected:
         cells = by_key[(where(row), row["metric"])]
         value, threshold, breached = cells[2], cells[3], cells[4]
-        assert float(value[1]) == row["value"], row
-        assert (float(threshold[1]) if threshold[1] else None) == row["threshold"], row
-        assert breached[0] == ("BREACHED" if row["breached"] else ""), row
+        assert float(value["sort"]) == row["value"], row
+        assert (float(threshold["sort"]) if threshold["sort"] else None) == row["threshold"], row
+        assert breached["text"] == ("BREACHED" if row["breached"] else ""), row
     # The charts' data: each side's share of its weight, per class and per confidence bin.
     distributions = tables["drift_distributions"].to_pylist()
     for chart, kind in (("drift-marginals", "marginal"), ("drift-confidence", "confidence")):
@@ -171,7 +160,7 @@ def test_within_thresholds_is_a_passing_check_and_html_names_stay_text(written):
     assert '<li class="breach"' not in page
     assert '<div class="verdict ok">Drift: 6 value(s) checked against their threshold, none breached.</div>' in page
     assert XSS_SLICE not in page
-    assert f"model={XSS_SLICE}" in {cells[0][0] for cells in table_rows(page, "drift-table")}  # shown as text
+    assert f"model={XSS_SLICE}" in {cells[0]["text"] for cells in Tables(page).rows("drift-table")}  # shown as text
 
 
 def test_many_slices_and_classes_are_summed_up(tmp_path, client):
@@ -202,16 +191,6 @@ def test_an_evaluation_with_drift_shows_both(dumps, written, client):
 # --------------------------------------------------------------------------- the commands
 
 
-def manifest_entry(folder, name: str) -> dict:
-    manifest = json.loads((folder / "_manifest.json").read_text())
-    return next(e for e in manifest["files"] if e["file"] == name)
-
-
-def file_entry(folder, name: str) -> dict:
-    data = (folder / name).read_bytes()
-    return {"file": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-
-
 @pytest.mark.usefixtures("prefect_harness")
 @pytest.mark.parametrize("mode", ["no-prefect", "flow"])
 def test_xent_drift_writes_the_page_and_ends_with_its_line(dumps, tmp_path, capsys, mode):
@@ -223,7 +202,7 @@ def test_xent_drift_writes_the_page_and_ends_with_its_line(dumps, tmp_path, caps
     assert main(args + (["--no-prefect"] if mode == "no-prefect" else [])) == 3  # breached, and written
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1] == f"page: {out}/report.html"
-    assert manifest_entry(out, "report.html") == file_entry(out, "report.html")
+    assert manifest_entry(out) == file_entry(out / "report.html")
     assert manifest_entry(out, "drift_distributions.parquet")["bytes"] > 0
     page = (out / "report.html").read_text()
     assert "drift" in sections(page) and page.count('<li class="breach" data-kind="drift">') == 3
@@ -234,7 +213,7 @@ def test_xent_report_renders_a_drift_folder(written, tmp_path, capsys):
     (folder / "report.html").unlink()
     assert main(["report", str(folder)]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == f"page: {folder}/report.html"
-    assert manifest_entry(folder, "report.html") == file_entry(folder, "report.html")
+    assert manifest_entry(folder) == file_entry(folder / "report.html")
     page = (folder / "report.html").read_text()
     assert sections(page) == {"verdict", "drift", "footer"}
     assert page.count('data-chart="drift-') == 3
@@ -252,8 +231,13 @@ def test_the_drift_page_in_headless_chromium(written, tmp_path):
     from selenium.webdriver.common.by import By
 
     tables, _, _ = written
+    # One value not a number (the overall marginal JS, not breached): it sorts first.
+    rows = tables["drift"].to_pylist()
+    nan_row = next(i for i, r in enumerate(rows) if r["overall"] and r["class"] is None and r["metric"] == "marginal_js")
+    values = [math.nan if i == nan_row else r["value"] for i, r in enumerate(rows)]
+    drift_table = tables["drift"].set_column(tables["drift"].column_names.index("value"), "value", [values])
     page = tmp_path / "report.html"
-    page.write_text(render_html(tables), encoding="utf-8")
+    page.write_text(render_html({**tables, "drift": drift_table}), encoding="utf-8")
     with chromium() as driver:
         open_page(driver, page, 3)  # marginals, confidence, per-class KL
         assert console_errors(driver) == []
@@ -267,10 +251,16 @@ def test_the_drift_page_in_headless_chromium(written, tmp_path):
         assert f"model={XSS_SLICE}" in cells
         breached = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#breaches li")]
         assert len(breached) == 3 and all("kl_per_sample" in b for b in breached)
-        # a click on the value header sorts the rows by value, NaN first
-        driver.find_element(By.CSS_SELECTOR, "#drift-table th:nth-child(3)").click()
-        values = [float(e.get_attribute("data-sort") or "-inf")
-                  for e in driver.find_elements(By.CSS_SELECTOR, "#drift-table tbody td:nth-child(3)")]
-        assert values == sorted(values) and len(values) == sum(r["class"] is None for r in tables["drift"].to_pylist())
+        # A click on the value header sorts the rows by value ascending, the NaN first; a second click descending.
+        header = driver.find_element(By.CSS_SELECTOR, "#drift-table th:nth-child(3)")
+        column = "#drift-table tbody td:nth-child(3)"
+        expected = sorted(v for i, v in enumerate(values) if rows[i]["class"] is None and i != nan_row)
+        header.click()
+        shown = driver.find_elements(By.CSS_SELECTOR, column)
+        assert shown[0].text == "nan" and shown[0].get_attribute("data-sort") == ""
+        assert [float(e.get_attribute("data-sort")) for e in shown[1:]] == expected
+        header.click()
+        shown = driver.find_elements(By.CSS_SELECTOR, column)
+        assert shown[-1].text == "nan"
+        assert [float(e.get_attribute("data-sort")) for e in shown[:-1]] == expected[::-1]
         assert console_errors(driver) == []
-        assert not math.isnan(values[-1])

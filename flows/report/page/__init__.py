@@ -23,11 +23,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ...metadata import CONFIG_KEY, CREATED_AT_KEY, FINGERPRINT_KEY, INTEGRITY_KEY, INTERVALS_KEY, UNITS_KEY, VERSION_KEY
+from ...metadata import (
+    CONFIG_KEY, CREATED_AT_KEY, FINGERPRINT_KEY, INTEGRITY_KEY, INTERVALS_KEY, UNITS_KEY, VERSION_KEY, decoded_metadata,
+)
 from ..tables import integrity_line, intervals_line
 from . import compare, drift, evaluation, nightly
 from . import history as trends
-from .common import Page, decoded_metadata, template, vega_embed_script
+from .common import Page, template, vega_embed_script
 
 __all__ = ["HTML_FILE", "MAX_CLASSES", "PAGE_TABLES", "render_history_html", "render_html", "vega_embed_script"]
 

@@ -4,7 +4,6 @@ table cells, altair, the template and the inlined vega-embed bundle."""
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -12,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-import pyarrow as pa
 
 LABELS = {"n": "rows", "ce_mean": "mean CE", "ce_macro": "macro CE", "accuracy": "accuracy", "ece": "ECE",
           "brier": "Brier", "auc": "AUC", "f1_macro": "macro F1", "f1": "F1", "ce_std": "CE std",
@@ -39,18 +37,6 @@ class Page:
     def units_of(self, name: str) -> str:
         """' (nats)' for metrics in the report's units, else ''."""
         return f" ({self.units})" if name.startswith(("ce_", "entropy", "kl")) else ""
-
-
-def decoded_metadata(table: pa.Table) -> dict[str, Any]:
-    """The ``xent.*`` schema metadata of `table`, JSON values decoded."""
-    decoded = {}
-    for key, value in (table.schema.metadata or {}).items():
-        if key.startswith(b"xent."):
-            try:
-                decoded[key.decode()] = json.loads(value)
-            except ValueError:
-                decoded[key.decode()] = value.decode()
-    return decoded
 
 
 def finite(value: Any) -> bool:
@@ -86,8 +72,13 @@ def text_cell(value: Any) -> dict[str, Any]:
     return {"text": number(value), "interval": "", "sort": "" if value is None else str(value)}
 
 
+def class_text(index: int, name: str | None) -> str:
+    """A class as shown: its index, then its name unless the name is the index (or unknown)."""
+    return str(index) if name is None or name == str(index) else f"{index} {name}"
+
+
 def class_label(row: dict, number_column: str = "class", name: str = "class_name") -> str:
-    return str(row[number_column]) if row[name] == str(row[number_column]) else f"{row[number_column]} {row[name]}"
+    return class_text(row[number_column], row[name])
 
 
 def slice_label(row: dict, slice_by: list[str]) -> str:

@@ -21,7 +21,6 @@ CARD_METRICS = ("ce_mean", "ce_macro", "accuracy", "ece", "brier", "f1_macro", "
 VERDICT_TEXT = {"better": "better", "worse": "worse", "no_significant_difference": "no significant difference"}
 VERDICT_COLORS = {"better": "#2e7d32", "worse": "#c62828", "no significant difference": "#9e9e9e",
                   "no verdict": "#616161"}
-SUFFIXES = ("_baseline", "_candidate", "_diff", "_diff_lo", "_diff_hi", "_verdict")
 
 
 def build(tables: dict[str, pa.Table], page: Page, max_classes: int) -> None:
@@ -52,7 +51,7 @@ def build(tables: dict[str, pa.Table], page: Page, max_classes: int) -> None:
     section: dict[str, Any] = {
         "cards": _cards(overall, metrics, page),
         "about": _about(info, page.metadata),
-        "classes_shown": len(worst), "classes_left_out": len(classes) - len(worst),
+        "classes_left_out": len(classes) - len(worst),
         "per_class": _table(worst, metrics, page, [("class", "num", ""), ("name", "text", "")],
                             lambda r: [{"text": str(r["class"]), "sort": r["class"], "interval": ""},
                                        text_cell(r["class_name"])]) if classes else None,

@@ -9,8 +9,8 @@ from typing import Any
 import pyarrow as pa
 
 from ...config import DRIFT_METRICS
-from ...metadata import CLASSES_KEY, REFERENCE_FINGERPRINT_KEY
-from .common import Page, altair, cell, decoded_metadata, finite, number, slice_label, spec, text_cell
+from ...metadata import CLASSES_KEY, REFERENCE_FINGERPRINT_KEY, decoded_metadata
+from .common import Page, altair, cell, class_text, finite, number, slice_label, spec, text_cell
 from .evaluation import slice_columns_of
 
 MAX_SLICES_CHARTED = 6  # more slices: the charts show all slices together only
@@ -93,10 +93,8 @@ def _metric_row(row: dict) -> list[dict[str, Any]]:
 
 
 def _class_labeller(names: list[str] | None):
-    def label(index: int) -> str:
-        name = names[index] if names and index < len(names) else str(index)
-        return str(index) if name == str(index) else f"{index} {name}"
-    return label
+    """Class index -> its label, with its name from the ``xent.classes`` metadata when known."""
+    return lambda index: class_text(index, names[index] if names and index < len(names) else None)
 
 
 def _groups(rows: list[dict], slice_by: list[str], shown: set[str]) -> dict[tuple[str, str], list[dict]]:

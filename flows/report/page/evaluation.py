@@ -37,13 +37,16 @@ def build(tables: dict[str, pa.Table], page: Page, max_classes: int) -> None:
     problems = _problems(overall, page.metadata, tables.get("bad_shards"), slices, slice_by)
     page.problems += problems
     if not problems:
-        page.checks.append("No data problems: no bad shards, no non-finite rows, every input file's page checksums "
-                           "verified.")
+        recorded = isinstance(page.metadata.get(INTEGRITY_KEY.decode()), dict)  # older reports lack it
+        verified = ("every input file's page checksums verified" if recorded
+                    else "page checksums were not recorded for this report")
+        page.checks.append(f"No data problems: no bad shards, no non-finite rows; {verified}.")
     page.sections["summary"] = {"cards": _cards(overall, page)}
 
     per_class = tables.get("per_class")
     class_rows = [r for r in per_class.to_pylist() if r["overall"]] if per_class is not None else []
-    page.subtitle.append(f"{len(class_rows)} classes")
+    if per_class is not None:
+        page.subtitle.append(f"{len(class_rows)} classes")
     for row in class_rows:
         row["label"] = class_label(row)
     worst = sorted(class_rows, key=lambda r: -r["ce_mean"] if finite(r["ce_mean"]) else math.inf)[:max_classes]
