@@ -374,3 +374,17 @@ def prefect_harness():
     # The heartbeat costs about a second per flow run; these runs cannot crash unseen.
     with prefect_test_harness(server_startup_timeout=120), temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
+
+
+_SESSION_STARTED = time.time()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """List the page screenshots this run wrote (tests/browser.py), so anyone can look at them."""
+    from browser import SCREENSHOTS
+
+    shots = sorted(p for p in SCREENSHOTS.glob("*.png") if p.stat().st_mtime >= _SESSION_STARTED)
+    if shots:
+        terminalreporter.write_sep("-", f"{len(shots)} report page screenshots")
+        for shot in shots:
+            terminalreporter.write_line(str(shot.relative_to(Path.cwd())) if shot.is_relative_to(Path.cwd()) else str(shot))

@@ -20,7 +20,7 @@ from flows.metadata import INTEGRITY_KEY
 from flows.report.page import render_html
 
 from browser import (
-    MISSING, Tables, card, chart_data, chart_spec, chromium, console_errors, file_entry, manifest_entry, open_page,
+    MISSING, SCREENSHOTS, Tables, card, chart_data, chart_spec, chromium, console_errors, file_entry, manifest_entry, open_page,
     requested_urls, sections, write_screenshots,
 )
 
@@ -279,7 +279,7 @@ def test_eval_writes_the_page_in_its_manifest_and_report_renders_a_folder(report
     assert lines[-1] == f"page: {out}/report.html"
     assert manifest_entry(out) == file_entry(out / "report.html")
 
-    elsewhere = tmp_path / "page.html"
+    elsewhere = tmp_path / "new" / "folder" / "page.html"  # its folder is made
     assert main(["report", str(out), "--html", str(elsewhere)]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == f"page: {elsewhere}"
     assert sections(elsewhere.read_text()) == set(SECTIONS) - {"per-slice"}
@@ -329,9 +329,8 @@ def test_pages_in_headless_chromium(reports, tmp_path):
 
 
 @pytest.mark.skipif(MISSING is not None and not os.environ.get("CI"), reason=f"headless browser test {MISSING}")
-def test_the_screenshot_script_writes_a_png_per_page_kind(tmp_path):
-    written = write_screenshots(tmp_path / "shots")
-    print("screenshots:", *written)
+def test_the_screenshot_script_writes_a_png_per_page_kind():
+    written = write_screenshots(SCREENSHOTS)  # listed at the end of the test run (conftest)
     assert [p.name for p in written][:3] == ["c10-20-slices.png", "c1000.png", "problems-and-html-names.png"]
     assert {"drift-breached.png", "compare-gate-breached.png", "nightly-run.png", "nightly-history.png"} <= {
         p.name for p in written}
