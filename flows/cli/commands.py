@@ -157,8 +157,9 @@ def _nightly_history(folder: str) -> bool:
 
 
 def _nightly_run(tables: dict) -> dict:
-    """For a nightly run's tables folder: its title and its source's history up to this
-    run, read from the REPORT_ROOT its ``xent.nightly`` metadata names (if it is there)."""
+    """For a nightly run's tables folder: its source's history up to this run, read from
+    the REPORT_ROOT its ``xent.nightly`` metadata names (if it is there); the page takes
+    its title from that metadata."""
     import datetime as dt
     import json
 
@@ -170,8 +171,7 @@ def _nightly_run(tables: dict) -> dict:
         return {}
     run = json.loads(raw)
     later = (dt.date.fromisoformat(run["run_date"]) + dt.timedelta(days=1)).isoformat()
-    return {"title": f"xent nightly: {run['source']} on {run['run_date']}",
-            "history": read_history(run["report_root"], source=run["source"], before=later)}
+    return {"history": read_history(run["report_root"], source=run["source"], before=later)}
 
 
 def _history_report(root: str, html: str | None) -> int:
