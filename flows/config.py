@@ -422,7 +422,7 @@ class NightlyConfig(StrictModel):
     def _sources_make_valid_evaluations(self):
         # Fail at load time, not at 2 a.m.: every source's settings must form an EvalConfig
         # whose slice columns do not collide with the history's own columns.
-        from .runs.nightly import HISTORY_COLUMNS
+        from .report.tables import HISTORY_COLUMNS
 
         for i, source in enumerate(self.sources):
             try:

@@ -234,13 +234,13 @@ def nightly_flow(config_path: str, run_date: str | None = None, end_date: str | 
     with the highest exit code among them."""
     config = build_config(NightlyConfig, config_path)
     dates = nightly.run_dates(config, run_date, end_date)
-    outcomes = nightly.nightly_steps(config, dates, NIGHTLY_STEPS, Progress(progress))
+    outcomes, page = nightly.nightly_run(config, dates, NIGHTLY_STEPS, Progress(progress))
     logger = get_run_logger()
     for outcome in outcomes:
         if outcome.exit_code:
             logger.warning("%s", outcome.line() + "".join(f"; BREACH {b}" for b in outcome.breach_lines()))
     key = _artifact_key("xent-nightly-summary", dates[0], *(["to", dates[-1]] if len(dates) > 1 else []))
-    create_markdown_artifact(key=key, markdown=nightly.summary_markdown(outcomes, dates, nightly.history_page_path(config)))
+    create_markdown_artifact(key=key, markdown=nightly.summary_markdown(outcomes, dates, page))
     error = nightly.failure(outcomes)
     if error is not None:
         return Failed(message=str(error), data=error)

@@ -3,12 +3,16 @@ left holding Parquet only), its cards' changes since the previous run against th
 runs' summary.parquet, its gate verdict and rows; the history page from REPORT_ROOT
 against metrics.parquet; the CLI's and the Prefect artifact's page paths and headline
 numbers; headless Chromium; HTML in slice names shown as text; the page size for 60
-dates x 3 sources x 5 slices."""
+dates x 3 sources x 5 slices, and for a year of 2 sources x 20 slices (the latest
+MAX_DATES run dates drawn, only they read); every thresholded drift metric drawn; a
+first run in bits (no baseline, no reference)."""
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import hashlib
+import io
 import json
 import math
 import os
@@ -18,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -27,8 +32,8 @@ from flows.cli import main
 from flows.config import NightlyConfig, build_config
 from flows.generate import generate_dump
 from flows.pipelines import nightly_flow
-from flows.report.page import render_history_html
-from flows.runs.nightly import GATE_TABLE, METRICS_FILE, history_page_path, run_folder
+from flows.report.page import MAX_DATES, render_history_html
+from flows.runs.nightly import GATE_TABLE, METRICS_FILE, history_page_path, nightly_run, read_history, run_folder
 from xent_kernels import STATISTIC
 
 from browser import MISSING, chromium, console_errors, open_page, requested_urls
@@ -87,6 +92,15 @@ def overall(path: Path) -> dict:
 def chart_spec(page: str, chart: str) -> dict:
     raw = re.search(rf'<script type="application/json" data-chart="{chart}">(.*?)</script>', page, re.S).group(1)
     return json.loads(raw)
+
+
+def trend_values(page: str) -> list[dict]:
+    """The history chart's rows (inline CSV), empty fields left out, numbers and flags parsed
+    as the spec's `format.parse` tells Vega to."""
+    data = chart_spec(page, "history-chart")["data"]
+    parse = {"number": float, "boolean": lambda v: v == "true"}
+    return [{k: parse[data["format"]["parse"][k]](v) if k in data["format"]["parse"] else v
+             for k, v in row.items() if v != ""} for row in csv.DictReader(io.StringIO(data["values"]))]
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +170,10 @@ def test_gate_breaches_and_rows_are_on_the_page(nightly, third_day):
     assert "data-kind=\"gate\"" not in passed
     first = (tables_folder(nightly, DAYS[0], "prod") / "report.html").read_text()
     assert 'data-status="no baseline"' in first
+    assert ('<div class="verdict ok">Gates not checked: no earlier run of prod with a stored state.parquet under '
+            f'{nightly["config"].tables_base}.</div>') in first
+    assert "Drift not checked: no reference" in first  # day 1 has no previous day's dump
+    assert "Drift not checked" not in passed
 
 
 def test_history_page_from_the_root_matches_metrics(nightly, third_day, tmp_path, capsys):
@@ -183,7 +201,7 @@ def test_history_page_from_the_root_matches_metrics(nightly, third_day, tmp_path
                 series = "overall" if r["overall"] else f"model={r['model']}"
                 expected[(source, day, series, r["metric"])] = (r["value"], r["lo"], r["hi"], bool(r["breached"]))
     names = {"mean CE": "ce_mean", "accuracy": "accuracy", "ECE": "ece"}
-    values = chart_spec(page, "history-chart")["data"]["values"]
+    values = trend_values(page)
     drawn = {(v["source"], v["date"], v["series"], names.get(v["metric"], v["metric"])):
              (v["value"], v.get("lo"), v.get("hi"), v.get("breached", False)) for v in values}
     assert drawn == expected
@@ -215,9 +233,10 @@ def test_the_artifact_has_headline_numbers_and_page_paths(nightly):
     assert markdown.endswith(f"History page: {history_page_path(nightly['config'])}")
 
 
-def synthetic_history(dates: int, sources: int, slices: int) -> pa.Table:
+def synthetic_history(dates: int, sources: int, slices: int, drift: dict[str, float | None] | None = None) -> pa.Table:
     """A history as `history_table` reads it: per run the summary's CE, accuracy and ECE
-    (with intervals) and three drift metrics, overall and per slice."""
+    (with intervals) and drift metrics (default: three, thresholds 0.09), overall and per slice."""
+    drift = drift or {"kl_per_sample": 0.09, "marginal_js": 0.09, "confidence_psi": 0.09}
     rng = np.random.default_rng(0)
     rows = []
     start = dt.date(2026, 1, 1)
@@ -230,10 +249,10 @@ def synthetic_history(dates: int, sources: int, slices: int) -> pa.Table:
                     v = float(rng.uniform(0.1, 1.0))
                     rows.append({**base, "scope": "slice", "metric": metric, "value": v, "lo": v - 0.01, "hi": v + 0.01,
                                  "threshold": None, "breached": False})
-                for metric in ("kl_per_sample", "marginal_js", "confidence_psi"):
+                for metric, threshold in drift.items():
                     v = float(rng.uniform(0, 0.1))
                     rows.append({**base, "scope": "drift", "metric": metric, "value": v, "lo": None, "hi": None,
-                                 "threshold": 0.09, "breached": v > 0.09})
+                                 "threshold": threshold, "breached": threshold is not None and v > threshold})
     return pa.Table.from_pylist(rows)
 
 
@@ -246,7 +265,87 @@ def test_history_page_of_60_dates_3_sources_5_slices_stays_small():
     size = len(page.encode())
     print(f"history page, 60 dates x 3 sources x 5 slices: {size / MB:.2f} MB in {seconds:.2f} s")
     assert size < 3 * MB
-    assert len(chart_spec(page, "history-chart")["data"]["values"]) == 60 * 3 * 6 * 6
+    assert len(trend_values(page)) == 60 * 3 * 6 * 6
+    assert "history-dates-left-out" not in page
+
+
+def test_a_year_of_history_draws_the_latest_dates_and_reads_only_them(tmp_path):
+    """365 run dates x 2 sources x 20 slices as real metrics.parquet files: the reader
+    reads only the latest MAX_DATES dates (an unreadable older file is never opened), and
+    the page draws them, says how many are left out, and stays under 3 MB."""
+    history = synthetic_history(365, 2, 20)
+    root = tmp_path / "reports"
+    for day, source in {(r["run_date"], r["source"]) for r in history.select(["run_date", "source"]).to_pylist()}:
+        rows = history.filter((pc.field("run_date") == pc.scalar(day)) & (pc.field("source") == source))
+        folder = Path(run_folder(str(root), day.isoformat(), source))
+        folder.mkdir(parents=True)
+        pq.write_table(rows.drop_columns(["run_date", "source"]), folder / METRICS_FILE)
+    (Path(run_folder(str(root), "2026-01-01", "s0")) / METRICS_FILE).write_bytes(b"not parquet")  # outside the window
+
+    read = read_history(str(root))
+    dates = sorted({d.isoformat() for d in read.column("run_date").to_pylist()})
+    last = dt.date(2026, 1, 1) + dt.timedelta(days=364)
+    assert dates == [(last - dt.timedelta(days=MAX_DATES - 1 - i)).isoformat() for i in range(MAX_DATES)]
+    assert json.loads(read.schema.metadata[b"xent.history"]) == {"dates_left_out": 365 - MAX_DATES}
+    assert read_history(str(root), source="s1", before=last.isoformat(), max_dates=2).column("run_date").unique().to_pylist() \
+        == [last - dt.timedelta(days=2), last - dt.timedelta(days=1)]
+
+    render_history_html(read)  # the vega bundle is built or read once
+    started = time.perf_counter()
+    page = render_history_html(read)
+    seconds = time.perf_counter() - started
+    size = len(page.encode())
+    print(f"history page, 365 dates x 2 sources x 20 slices: {size / MB:.2f} MB in {seconds:.2f} s")
+    assert size < 3 * MB
+    assert (f'<span id="history-dates-left-out" data-count="{365 - MAX_DATES}">{365 - MAX_DATES} earlier run date(s) '
+            "are left out") in page
+    assert {v["date"] for v in trend_values(page)} == set(dates)
+    # Given the whole table (as `history_table` reads it), the page windows it the same way.
+    assert render_history_html(history) == page
+
+
+def test_every_drift_metric_with_a_threshold_is_drawn():
+    """Thresholds on marginal_kl and confidence_js (not on the default three): they are
+    drawn with the defaults; a metric without a threshold that is not a default is not."""
+    drift = {"kl_per_sample": None, "marginal_js": None, "confidence_psi": None, "marginal_kl": 0.05,
+             "confidence_js": 0.05, "marginal_psi": None}
+    page = render_history_html(synthetic_history(4, 1, 2, drift))
+    values = trend_values(page)
+    assert {v["metric"] for v in values} == {"mean CE", "accuracy", "ECE", "kl_per_sample", "marginal_js",
+                                             "confidence_psi", "marginal_kl", "confidence_js"}
+    breached = {(v["date"], v["series"]) for v in values if v.get("breached")}
+    assert breached and all(v["metric"] in ("marginal_kl", "confidence_js") for v in values if v.get("breached"))
+    assert {(v["date"], v["series"]) for v in values if v["metric"] == "marginal_kl" and v["value"] > 0.05} <= breached
+    assert chart_spec(page, "history-chart")["facet"]["row"]["sort"] == [
+        "mean CE", "accuracy", "ECE", "kl_per_sample", "marginal_js", "confidence_psi", "confidence_js", "marginal_kl"]
+
+
+def test_first_run_in_bits_without_reference_or_baseline(tmp_path):
+    """A source in bits, first run: its gate has no baseline and its drift no reference;
+    the page says both were not checked, and shows bits on the cards and the trends."""
+    generate_dump(tmp_path / "dumps" / "2026-11-23", rows=2000, classes=3, shards=2, slices={"model": ["a", "b"]}, seed=1)
+    path = tmp_path / "nightly.yaml"
+    path.write_text(yaml.safe_dump({
+        "report_root": str(tmp_path / "reports"),
+        "sources": [{"name": "bitsy", "paths": [str(tmp_path / "dumps" / "{date}")], "reference": "previous"}],
+        "defaults": {"slice_by": ["model"], "units": "bits"},
+        "drift": {"per_sample": False, "thresholds": {"marginal_kl": 0.1}},
+        "gate": {"metric": "ce_mean", "max_increase": 0.01},
+    }))
+    config = build_config(NightlyConfig, path)
+    (outcome,), written = nightly_run(config, ["2026-11-23"])
+    assert written == history_page_path(config)
+    assert (outcome.status, outcome.drift, outcome.gate.status) == ("written", "no reference", "no baseline")
+    page = Path(outcome.page).read_text()
+    assert "<title>xent nightly: bitsy on 2026-11-23</title>" in page
+    assert ('<div class="verdict ok">Gates not checked: no earlier run of bitsy with a stored state.parquet under '
+            f"{config.tables_base}.</div>") in page
+    assert re.search(r'<div class="verdict ok">Drift not checked: no reference \(.*2026-11-22.*\)\.</div>', page)
+    assert re.search(r'id="gate-verdict" data-status="no baseline"><span class="">Gates not checked</span>: '
+                     r"no earlier run of bitsy", page)
+    assert 'id="drift"' not in page
+    assert re.search(r'data-metric="ce_mean" data-value="[^"]*">\s*<div class="label">mean CE \(bits\)</div>', page), "card label"
+    assert {v["metric"] for v in trend_values(page)} == {"mean CE (bits)", "accuracy", "ECE"}
 
 
 @pytest.mark.skipif(MISSING is not None and not os.environ.get("CI"), reason=f"headless browser test {MISSING}")
@@ -284,4 +383,4 @@ def test_report_on_a_run_tables_folder_draws_the_nightly_page(nightly, third_day
     again, written = out.read_text(), (folder / "report.html").read_text()
     assert cards(again) == cards(written) and any(c["change"] is not None for c in cards(again).values())
     assert {"gate", "history"} <= set(re.findall(r'<section id="([^"]+)"', again))
-    assert {v["date"] for v in chart_spec(again, "history-chart")["data"]["values"]} == set(DAYS[:2])
+    assert {v["date"] for v in trend_values(again)} == set(DAYS[:2])

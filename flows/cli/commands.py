@@ -158,8 +158,9 @@ def _nightly_history(folder: str) -> bool:
 
 
 def _nightly_run(tables: dict) -> dict:
-    """For a nightly run's tables folder: its title and its source's history up to this
-    run, read from the REPORT_ROOT its ``xent.nightly`` metadata names (if it is there)."""
+    """For a nightly run's tables folder: its source's history up to this run, read from
+    the REPORT_ROOT its ``xent.nightly`` metadata names (if it is there); the page takes
+    its title from that metadata."""
     import datetime as dt
     import json
 
@@ -171,8 +172,7 @@ def _nightly_run(tables: dict) -> dict:
         return {}
     run = json.loads(raw)
     later = (dt.date.fromisoformat(run["run_date"]) + dt.timedelta(days=1)).isoformat()
-    return {"title": f"xent nightly: {run['source']} on {run['run_date']}",
-            "history": read_history(run["report_root"], source=run["source"], before=later)}
+    return {"history": read_history(run["report_root"], source=run["source"], before=later)}
 
 
 def _history_report(root: str, html: str | None) -> int:
@@ -271,7 +271,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_nightly(args: argparse.Namespace) -> int:
     from ..config import NightlyConfig, build_config
-    from ..runs.nightly import history_page_path, nightly_steps, report_outcomes, run_dates
+    from ..runs.nightly import history_page_path, nightly_run, report_outcomes, run_dates
 
     config = build_config(NightlyConfig, args.config)  # a bad config or date fails before Prefect starts
     if args.date and (args.start or args.end):
@@ -283,7 +283,8 @@ def cmd_nightly(args: argparse.Namespace) -> int:
     if args.no_prefect:
         from ..engine import Progress
 
-        return report_outcomes(nightly_steps(config, dates, progress=Progress.auto()), page=history_page_path(config))
+        outcomes, page = nightly_run(config, dates, progress=Progress.auto())
+        return report_outcomes(outcomes, page=page)
     nightly_flow = _pipelines().nightly_flow
 
     try:
@@ -293,7 +294,7 @@ def cmd_nightly(args: argparse.Namespace) -> int:
         if getattr(error, "outcomes", None) is None:
             raise
         outcomes = error.outcomes
-    return report_outcomes(outcomes, page=history_page_path(config))
+    return report_outcomes(outcomes, page=history_page_path(config))  # where the flow wrote it
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

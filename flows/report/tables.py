@@ -33,6 +33,26 @@ from ..metadata import (
 )
 
 
+# The nightly history (metrics.parquet under REPORT_ROOT, see flows.runs.nightly): its
+# partition keys, and the columns of each file besides the run's slice columns (which
+# come right after `scope`).
+PARTITION_KEYS = ("run_date", "source")
+METRIC_FIELDS = [
+    pa.field("overall", pa.bool_()),
+    pa.field("class", pa.int32()),
+    pa.field("class_name", pa.string()),
+    pa.field("metric", pa.string()),
+    pa.field("value", pa.float64()),
+    pa.field("lo", pa.float64()),  # the metric's interval (its <metric>_lo/_hi columns); null without one
+    pa.field("hi", pa.float64()),
+    pa.field("n", pa.int64()),
+    pa.field("small_slice", pa.bool_()),  # the row's slice has fewer rows than min_slice_size
+    pa.field("threshold", pa.float64()),  # drift: the threshold; gate: the signed limit of the difference
+    pa.field("breached", pa.bool_()),
+]
+HISTORY_COLUMNS = (*PARTITION_KEYS, "scope", *(f.name for f in METRIC_FIELDS))  # all but the slice columns
+
+
 def _column(values: np.ndarray) -> pa.Array:
     return pa.array(values, type=pa.int64() if values.dtype.kind in "iu" else pa.float64())
 

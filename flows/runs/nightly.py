@@ -47,15 +47,15 @@ from ..config import DriftConfig, EvalConfig, NightlyConfig, NightlySource, rend
 from ..engine import Progress, dask_client
 from ..errors import EXIT_BREACH, EXIT_DATA, EXIT_OK, DataError, DriftBreach, GateBreach, UsageError, XentError
 from ..inputs.sources import InputFile, filesystem, fingerprint
-from ..metadata import CLASSES_KEY, GATE_KEY, NIGHTLY_KEY, RUN_DIGEST_KEY
+from ..metadata import CLASSES_KEY, GATE_KEY, HISTORY_KEY, NIGHTLY_KEY, RUN_DIGEST_KEY
 from ..monitor.baseline import baseline_rows, comparable, gate_history, gate_table
 from ..monitor.compare import describe_breach
 from ..monitor.gates import breached_gates
 from ..report.page import HTML_FILE, render_history_html, render_html
 from ..report.page import nightly as run_page
-from ..report.page.history import overall_by_date
+from ..report.page.history import MAX_DATES, overall_by_date
 from ..report.state import STATE_KEY, STATE_TABLE, read_state, state_table
-from ..report.tables import report_metadata, with_interval
+from ..report.tables import METRIC_FIELDS, report_metadata, with_interval
 from ..report.writing import replace_file
 from . import adhoc
 from .drift import compare_on_cluster
@@ -66,22 +66,6 @@ METRICS_FILE = "metrics.parquet"
 STATE_FILE = f"{STATE_TABLE}.parquet"  # in the tables folder: a later run's gate baseline
 GATE_TABLE = "gate"
 HISTORY_PAGE = "history.html"  # in the tables root
-PARTITION_KEYS = ("run_date", "source")
-# Columns of metrics.parquet besides the run's slice columns (which come right after `scope`).
-METRIC_FIELDS = [
-    pa.field("overall", pa.bool_()),
-    pa.field("class", pa.int32()),
-    pa.field("class_name", pa.string()),
-    pa.field("metric", pa.string()),
-    pa.field("value", pa.float64()),
-    pa.field("lo", pa.float64()),  # the metric's interval (its <metric>_lo/_hi columns); null without one
-    pa.field("hi", pa.float64()),
-    pa.field("n", pa.int64()),
-    pa.field("small_slice", pa.bool_()),  # the row's slice has fewer rows than min_slice_size
-    pa.field("threshold", pa.float64()),  # drift: the threshold; gate: the signed limit of the difference
-    pa.field("breached", pa.bool_()),
-]
-HISTORY_COLUMNS = (*PARTITION_KEYS, "scope", *(f.name for f in METRIC_FIELDS))
 # Part of every run digest: a history written in an older layout is rewritten, not skipped.
 HISTORY_LAYOUT = 4
 
@@ -175,11 +159,12 @@ def breach_messages(metrics: pa.Table, slice_by: Sequence[str]) -> list[str]:
 
 
 def history_table(root: str, storage_options: dict[str, Any] | None = None,
-                  where: pc.Expression | None = None) -> pa.Table:
+                  where: pc.Expression | None = None, files: list[str] | None = None) -> pa.Table:
     """Every run's metrics under REPORT_ROOT in one table, plus `run_date` (date) and
     `source`. Columns are the union over all runs (pyarrow alone takes them from the
     first file), so sources sliced by different columns stack, with nulls. `where`
-    keeps the rows it selects (on `run_date` and `source` it skips whole files)."""
+    keeps the rows it selects (on `run_date` and `source` it skips whole files); `files`
+    (paths under the root, as its filesystem names them) are the only files opened."""
     fs, path = filesystem(root, storage_options)
     options = ds.FileSystemFactoryOptions(
         partition_base_dir=path.rstrip("/"),
@@ -187,16 +172,18 @@ def history_table(root: str, storage_options: dict[str, Any] | None = None,
         selector_ignore_prefixes=[".", "_"],
     )
     factory = ds.FileSystemDatasetFactory(pafs.PyFileSystem(pafs.FSSpecHandler(fs)),
-                                          pafs.FileSelector(path.rstrip("/"), recursive=True),
+                                          files if files is not None else pafs.FileSelector(path.rstrip("/"), recursive=True),
                                           ds.ParquetFileFormat(), options)
     # Without the first file's metadata: it describes one run, not the history.
     return factory.finish(factory.inspect(fragments=None).remove_metadata()).to_table(filter=where)
 
 
 def read_history(root: str, storage_options: dict[str, Any] | None = None, source: str | None = None,
-                 before: str | None = None) -> pa.Table | None:
-    """`history_table` of the runs of `source` (default: all) before the date `before`
-    (default: all); None when REPORT_ROOT does not exist yet."""
+                 before: str | None = None, max_dates: int | None = MAX_DATES) -> pa.Table | None:
+    """`history_table` of the runs of `source` (default: all) on the latest `max_dates`
+    run dates (None: all) before the date `before` (default: all); None when REPORT_ROOT
+    does not exist yet. Only those runs' files are read (the dates come from a listing);
+    how many earlier dates are left out is in the ``xent.history`` metadata, for the page."""
     fs, path = filesystem(root, storage_options)
     if not fs.exists(path):
         return None
@@ -205,7 +192,15 @@ def read_history(root: str, storage_options: dict[str, Any] | None = None, sourc
         where &= pc.field("source") == source
     if before is not None:
         where &= pc.field("run_date") < pc.scalar(dt.date.fromisoformat(before))
-    return history_table(root, storage_options, where)
+    # The files of the dates wanted, from a listing: the others are never opened.
+    found = {p: m.group(1) for p in fs.glob(f"{path.rstrip('/')}/run_date=*/source={source or '*'}/{METRICS_FILE}")
+             if (m := re.search(r"run_date=(\d{4}-\d{2}-\d{2})/", p)) and (before is None or m.group(1) < before)}
+    dates = sorted(set(found.values()))
+    left_out = max(0, len(dates) - max_dates) if max_dates is not None else 0
+    files = sorted(p for p, day in found.items() if day >= dates[left_out]) if dates else None
+    history = history_table(root, storage_options, where, files)
+    return history.replace_schema_metadata({HISTORY_KEY: json.dumps({"dates_left_out": left_out}).encode()}) \
+        if left_out else history
 
 
 def history_page_path(config: NightlyConfig) -> str:
@@ -227,27 +222,29 @@ def tables_root_of(report_root: str, storage_options: dict[str, Any] | None = No
 
 def root_options(config: NightlyConfig) -> dict[str, Any]:
     """The storage options the history roots are written with (the first source's)."""
+    # Storage options do not depend on the date: any date renders the source's paths.
     return config.eval_config(config.sources[0], "2000-01-01").storage_options
 
 
-def write_history_page(config: NightlyConfig) -> tuple[str, pa.Table | None]:
-    """Render the history page from REPORT_ROOT and write it whole; returns its path
-    and the history read."""
+def write_history_page(config: NightlyConfig) -> str:
+    """Render the history page from REPORT_ROOT (its latest `MAX_DATES` run dates) and
+    write it whole; returns its path as written (on an object store, with its protocol)."""
     options = root_options(config)
     history = read_history(config.report_root, options)
     page = render_history_html(history if history is not None else pa.table({}), root=config.report_root.rstrip("/"))
-    return replace_file(history_page_path(config), page.encode(), options), history
+    return replace_file(history_page_path(config), page.encode(), options)
 
 
 def with_run(history: pa.Table | None, metrics: pa.Table, source: str, run_date: str) -> pa.Table:
     """The earlier `history` of a source with this run's `metrics` appended, as
-    `history_table` would read them once written."""
+    `read_history` would read them once written (with its metadata)."""
     rows = metrics.num_rows
     current = metrics.append_column("run_date", pa.array([dt.date.fromisoformat(run_date)] * rows, pa.date32())) \
         .append_column("source", pa.array([source] * rows, pa.string())).replace_schema_metadata(None)
     if history is None or not history.num_rows:
         return current
-    return pa.concat_tables([history, current], promote_options="permissive")
+    return pa.concat_tables([history.replace_schema_metadata(None), current], promote_options="permissive") \
+        .replace_schema_metadata(history.schema.metadata)
 
 
 def headline(history: pa.Table | None, source: str, run_date: str) -> str | None:
@@ -520,7 +517,7 @@ class Steps:
     compare: Callable = compare_on_cluster  # (drift config, client, progress) -> flows.api.DriftResult
     write_tables: Callable[..., dict[str, str]] = adhoc.write_tables
     read_history: Callable[..., pa.Table | None] = read_history
-    write_history_page: Callable[[NightlyConfig], tuple[str, pa.Table | None]] = write_history_page
+    write_history_page: Callable[[NightlyConfig], str] = write_history_page
     publish: Callable[[Outcome, dict[str, pa.Table], EvalConfig], None] | None = None  # after a run is written
 
 
@@ -565,7 +562,8 @@ def nightly_source(config: NightlyConfig, source: NightlySource, run_date: str, 
         stats, spec = report.evaluation.result.stats, report.evaluation.spec
         tables[STATE_TABLE] = state_table(stats, spec.slice_by, spec.slice_types, metadata)
         run = {NIGHTLY_KEY: json.dumps({"source": source.name, "run_date": run_date, "report_root": config.report_root,
-                                        "tables_root": config.tables_base}).encode()}
+                                        "tables_root": config.tables_base, "drift": outcome.drift,
+                                        "reference_problem": outcome.reference_problem}).encode()}
         metadata.update(run)
         if gates:
             outcome.gate, rows = check_gates(gates, baseline, stats, spec, eval_config)
@@ -578,9 +576,9 @@ def nightly_source(config: NightlyConfig, source: NightlySource, run_date: str, 
         # The report tables name their run (and its gate verdict): its page, and `xent report` on the folder, read it.
         for name in set(tables) - {STATE_TABLE, GATE_TABLE}:
             tables[name] = tables[name].replace_schema_metadata({**(tables[name].schema.metadata or {}), **run})
-        earlier = steps.read_history(config.report_root, options, source.name, run_date)
-        page = render_html(tables, title=f"xent nightly: {source.name} on {run_date}",
-                           history=with_run(earlier, metrics, source.name, run_date))
+        # The window the page draws: this run and the latest earlier run dates.
+        earlier = steps.read_history(config.report_root, options, source.name, run_date, MAX_DATES - 1)
+        page = render_html(tables, history=with_run(earlier, metrics, source.name, run_date))
         # The tables first: metrics.parquet carries the digest, so a crash in between is redone.
         written = steps.write_tables(tables, outcome.tables, options, files={HTML_FILE: page.encode()})
         outcome.page = written[HTML_FILE]
@@ -593,21 +591,31 @@ def nightly_source(config: NightlyConfig, source: NightlySource, run_date: str, 
         return replace(outcome, status="data error", error=str(error), breaches=[])
 
 
-def nightly_steps(config: NightlyConfig, dates: Sequence[str], steps: Steps = Steps(),
-                  progress: Progress | None = None) -> list[Outcome]:
-    """Every source for every date, on one Dask cluster; one outcome each."""
+def nightly_run(config: NightlyConfig, dates: Sequence[str], steps: Steps = Steps(),
+                progress: Progress | None = None) -> tuple[list[Outcome], str]:
+    """Every source for every date, on one Dask cluster; one outcome each, with its
+    headline numbers; and the history page's path as written."""
     with dask_client(config.scheduler) as client:
         outcomes = []
         for day in dates:
             for source in config.sources:
                 outcomes.append(nightly_source(config, source, day, client, steps, progress))
                 logger.info("%s", outcomes[-1].line())
-    page, history = steps.write_history_page(config)
+    page = steps.write_history_page(config)
     logger.info("history page: %s", page)
+    options = root_options(config)
     for outcome in outcomes:
-        if outcome.status != "data error":
+        if outcome.status != "data error":  # the run and the one before it
+            later = (dt.date.fromisoformat(outcome.run_date) + dt.timedelta(days=1)).isoformat()
+            history = steps.read_history(config.report_root, options, outcome.source, later, 2)
             outcome.headline = headline(history, outcome.source, outcome.run_date)
-    return outcomes
+    return outcomes, page
+
+
+def nightly_steps(config: NightlyConfig, dates: Sequence[str], steps: Steps = Steps(),
+                  progress: Progress | None = None) -> list[Outcome]:
+    """`nightly_run`'s outcomes."""
+    return nightly_run(config, dates, steps, progress)[0]
 
 
 def report_outcomes(outcomes: Sequence[Outcome], out: TextIO | None = None, page: str | None = None) -> int:

@@ -30,8 +30,9 @@ from ..tables import integrity_line, intervals_line
 from . import compare, drift, evaluation, nightly
 from . import history as trends
 from .common import Page, template, vega_embed_script
+from .history import MAX_DATES
 
-__all__ = ["HTML_FILE", "MAX_CLASSES", "PAGE_TABLES", "render_history_html", "render_html", "vega_embed_script"]
+__all__ = ["HTML_FILE", "MAX_CLASSES", "MAX_DATES", "PAGE_TABLES", "render_history_html", "render_html", "vega_embed_script"]
 
 HTML_FILE = "report.html"
 MAX_CLASSES = 50  # rows of the per-class table and forest plot (the worst CE first)
@@ -40,7 +41,7 @@ PAGE_TABLES = ("summary", "per_class", "confusion", "bad_shards", "drift", "drif
 
 
 def render_html(tables: dict[str, pa.Table], *, title: str | None = None, max_classes: int = MAX_CLASSES,
-                history: pa.Table | None = None) -> str:
+                history: pa.Table | None = None, max_dates: int = MAX_DATES) -> str:
     """The report as one self-contained HTML page.
 
     Parameters
@@ -51,17 +52,21 @@ def render_html(tables: dict[str, pa.Table], *, title: str | None = None, max_cl
         and ``confusion`` and ``bad_shards`` when the report has them; ``drift`` (with
         ``drift_distributions``) for a drift report; ``compare`` for ``xent compare``.
     title
-        The page title (default: "xent report"; "xent drift report" or "xent compare
-        report" for those alone).
+        The page title (default: "xent nightly: SOURCE on DATE" for a nightly run, named
+        by the tables' ``xent.nightly`` metadata; else "xent report", or "xent drift
+        report" or "xent compare report" for those alone).
     max_classes
         Classes shown in the per-class table and forest plot, the worst mean CE first
         (for a comparison, the largest CE increase); the page says how many are left out.
     history
         For a nightly run: its source's history up to and including this run
-        (:func:`flows.runs.nightly.history_table` rows). The cards then show the change
+        (:func:`flows.runs.nightly.read_history` rows). The cards then show the change
         since the previous run, the gate section its limits, and a history section the
-        trends. The run is named by the tables' ``xent.nightly`` metadata, else it is the
-        history's latest date.
+        trends over the latest `max_dates` run dates. The run is named by the tables'
+        ``xent.nightly`` metadata, else it is the history's latest date.
+    max_dates
+        Run dates drawn in the history section, the latest; the page says how many
+        earlier ones are left out.
 
     Returns
     -------
@@ -72,8 +77,8 @@ def render_html(tables: dict[str, pa.Table], *, title: str | None = None, max_cl
     if described is None:
         raise ValueError(f"no table to show: expected one of {', '.join(PAGE_TABLES)}, got {', '.join(tables) or 'none'}")
     metadata = decoded_metadata(described)
-    default_title = ("xent report" if "summary" in tables else "xent compare report" if "compare" in tables
-                     else "xent drift report")
+    default_title = (nightly.title(metadata) or "xent report" if "summary" in tables
+                     else "xent compare report" if "compare" in tables else "xent drift report")
     page = Page(title=title or default_title, units=metadata.get(UNITS_KEY.decode(), "nats"), metadata=metadata)
     if "summary" in tables:
         evaluation.build(tables, page, max_classes)
@@ -84,7 +89,7 @@ def render_html(tables: dict[str, pa.Table], *, title: str | None = None, max_cl
         compare.build(tables, page, max_classes)
     if history is not None:
         source, run_date = nightly.run_of(page, history)
-        trends.build(page, history, source=source, up_to=run_date)
+        trends.build(page, history, source=source, up_to=run_date, max_dates=max_dates, units=True)
     if "summary" in tables or "compare" in tables:
         page.subtitle.append(f"cross-entropy in {page.units}")
     page.sections["footer"] = _footer(metadata)
@@ -93,27 +98,32 @@ def render_html(tables: dict[str, pa.Table], *, title: str | None = None, max_cl
     return template().render(page=page, vega_script=vega_embed_script())
 
 
-def render_history_html(history: pa.Table, *, title: str | None = None, root: str | None = None) -> str:
+def render_history_html(history: pa.Table, *, title: str | None = None, root: str | None = None,
+                        max_dates: int = MAX_DATES) -> str:
     """The history page: trends of every source and slice over run dates, breached runs
     marked, each source's latest verdict at the top.
 
     Parameters
     ----------
     history
-        :func:`flows.runs.nightly.history_table` of a nightly REPORT_ROOT.
+        :func:`flows.runs.nightly.read_history` of a nightly REPORT_ROOT.
     title
         The page title (default: "xent nightly history").
     root
         The REPORT_ROOT read, named in the footer.
+    max_dates
+        Run dates drawn, the latest; the page says how many earlier ones are left out.
     """
     page = Page(title=title or "xent nightly history")
     if history.num_rows:
-        dates = history.column("run_date")
+        shown, left_out = trends.window(history, max_dates)
+        dates = shown.column("run_date")
         sources = sorted(set(history.column("source").to_pylist()))
         page.subtitle.append(f"{len(sources)} source(s) from {trends.day(pc.min(dates).as_py())} to "
-                             f"{trends.day(pc.max(dates).as_py())}")
+                             f"{trends.day(pc.max(dates).as_py())}"
+                             + (f" ({left_out} earlier run date(s) left out)" if left_out else ""))
         trends.latest_verdicts(page, history)
-        trends.build(page, history)
+        trends.build(page, history, max_dates=max_dates)
     else:
         page.subtitle.append("no runs yet")
     lines = [f"history: {root}/run_date=*/source=*/metrics.parquet"] if root else []

@@ -35,8 +35,8 @@ class Page:
         self.charts.append({"id": chart_id, "section": section, "title": title, "spec": spec})
 
     def units_of(self, name: str) -> str:
-        """' (nats)' for metrics in the report's units, else ''."""
-        return f" ({self.units})" if name.startswith(("ce_", "entropy", "kl")) else ""
+        """' (nats)' for metrics in the report's units (CE, entropy, divergences), else ''."""
+        return f" ({self.units})" if name.startswith(("ce_", "entropy", "kl")) or name.endswith(("_kl", "_js")) else ""
 
 
 def finite(value: Any) -> bool:

@@ -9,22 +9,32 @@ and ``source``.
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
+import json
+import math
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .common import LABELS, Page, altair, json_safe
+from ...metadata import HISTORY_KEY
+from ..tables import HISTORY_COLUMNS
+from .common import LABELS, Page, altair
 
 # Trends drawn, per scope of metrics.parquet: the summary's overall and per-slice rows,
-# and the drift metrics of all classes together.
+# and the drift metrics of all classes together (these, and every other drift metric
+# with a threshold).
 TREND_METRICS = {"slice": ("ce_mean", "accuracy", "ece"),
                  "drift": ("kl_per_sample", "marginal_js", "confidence_psi")}
+MAX_DATES = 90  # run dates drawn, the latest; the page says how many earlier ones are left out
 OVERALL = "overall"
 BREACHED = "#b71c1c"
-_NOT_SLICES = {"run_date", "source", "scope", "overall", "class", "class_name", "metric", "value", "lo", "hi", "n",
-               "small_slice", "threshold", "breached"}
+# The chart's rows, written as CSV (a third of the size of JSON objects) and parsed by Vega.
+CSV_FIELDS = ("date", "source", "series", "metric", "value", "lo", "hi", "threshold", "breached", "run")
+CSV_PARSE = {"value": "number", "lo": "number", "hi": "number", "threshold": "number", "breached": "boolean",
+             "run": "boolean"}
 
 
 def slice_columns(history: pa.Table, source: str) -> list[str]:
@@ -32,7 +42,7 @@ def slice_columns(history: pa.Table, source: str) -> list[str]:
     per-slice rows (sources sliced by other columns stack with nulls)."""
     rows = history.filter((pc.field("source") == source) & ~pc.field("overall") & (pc.field("scope") == "slice"))
     return [name for name in history.column_names
-            if name not in _NOT_SLICES and rows.num_rows and rows.column(name).null_count < rows.num_rows]
+            if name not in HISTORY_COLUMNS and rows.num_rows and rows.column(name).null_count < rows.num_rows]
 
 
 def series_label(row: dict, columns: list[str]) -> str:
@@ -54,32 +64,66 @@ def breached_runs(history: pa.Table) -> dict[tuple[str, str], dict[str, int]]:
     return runs
 
 
-def trend_rows(history: pa.Table) -> list[dict]:
-    """One row per (source, slice, date, metric) drawn, keys with no value left out."""
-    wanted = None
-    for scope, metrics in TREND_METRICS.items():
-        part = (pc.field("scope") == scope) & pc.field("metric").isin(list(metrics)) & pc.field("class").is_null()
-        wanted = part if wanted is None else wanted | part
-    picked = history.filter(wanted)
+def drift_metrics(history: pa.Table) -> list[str]:
+    """The drift metrics drawn: the defaults, then every other one with a threshold."""
+    drift = history.filter((pc.field("scope") == "drift") & pc.field("class").is_null())
+    present = set(pc.unique(drift.column("metric")).to_pylist()) if drift.num_rows else set()
+    thresholded = drift.filter(pc.field("threshold").is_valid())
+    others = set(pc.unique(thresholded.column("metric")).to_pylist()) if thresholded.num_rows else set()
+    defaults = [m for m in TREND_METRICS["drift"] if m in present]
+    return defaults + sorted(others - set(defaults))
+
+
+def metric_label(name: str, page: Page | None) -> str:
+    """The metric's label, with the run's units when the page knows them."""
+    return LABELS.get(name, name) + (page.units_of(name) if page is not None else "")
+
+
+def trend_rows(history: pa.Table, page: Page | None = None) -> list[dict]:
+    """One row per (source, slice, date, metric) drawn, keys with no value left out;
+    metrics labelled with `page`'s units if given."""
+    wanted = ((pc.field("scope") == "slice") & pc.field("metric").isin(list(TREND_METRICS["slice"]))) | (
+        (pc.field("scope") == "drift") & pc.field("metric").isin(pa.array(drift_metrics(history), pa.string())))
+    picked = history.filter(wanted & pc.field("class").is_null())
     runs = breached_runs(history)
     columns = {source: slice_columns(history, source) for source in pc.unique(picked.column("source")).to_pylist()}
     out = []
     for row in picked.to_pylist():
         date = day(row["run_date"])
         item = {"date": date, "source": row["source"], "series": series_label(row, columns[row["source"]]),
-                "metric": LABELS.get(row["metric"], row["metric"]), "value": row["value"], "lo": row["lo"],
+                "metric": metric_label(row["metric"], page), "value": row["value"], "lo": row["lo"],
                 "hi": row["hi"], "threshold": row["threshold"], "breached": row["breached"] or None,
                 "run": (row["source"], date) in runs or None}
-        out.append({k: v for k, v in json_safe(item).items() if v is not None})
+        out.append({k: v for k, v in item.items() if v is not None and not (isinstance(v, float) and not math.isfinite(v))})
     return sorted(out, key=lambda r: (r["source"], r["metric"], r["series"], r["date"]))
 
 
-def trend_chart(rows: list[dict], n_sources: int) -> dict:
+def rows_csv(rows: list[dict]) -> str:
+    """`rows` as CSV with `CSV_FIELDS`: floats as `repr` (exact), true as ``true``,
+    missing values empty (Vega parses them as null)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_FIELDS)
+    for row in rows:
+        writer.writerow(["true" if (v := row.get(name)) is True else "" if v is None else v for name in CSV_FIELDS])
+    return out.getvalue()
+
+
+def window(history: pa.Table, max_dates: int) -> tuple[pa.Table, int]:
+    """The rows of the latest `max_dates` run dates, and how many earlier dates are left
+    out (also those the reader left out, per the table's ``xent.history`` metadata)."""
+    earlier = json.loads((history.schema.metadata or {}).get(HISTORY_KEY, b"{}")).get("dates_left_out", 0)
+    dates = sorted(pc.unique(history.column("run_date")).to_pylist())
+    if len(dates) <= max_dates:
+        return history, earlier
+    return history.filter(pc.field("run_date") >= pc.scalar(dates[-max_dates])), earlier + len(dates) - max_dates
+
+
+def trend_chart(rows: list[dict], n_sources: int, order: list[str]) -> dict:
     """Each metric a row of panels, each source a column, each slice a colour: the
     value per date with its interval as a rule, breached values ringed and breached runs
     as dashed red rules."""
     alt = altair()
-    order = [LABELS.get(m, m) for metrics in TREND_METRICS.values() for m in metrics]
     x = alt.X("date:T", title=None, axis=alt.Axis(format="%Y-%m-%d", labelAngle=-40, labelOverlap="greedy",
                                                   tickCount={"interval": "day", "step": 1}))
     series = len({r["series"] for r in rows})
@@ -104,30 +148,34 @@ def trend_chart(rows: list[dict], n_sources: int) -> dict:
         column=alt.Column("source:N", title=None),
     ).resolve_scale(y="independent")
     spec = chart.to_dict()
-    spec["data"] = {"values": rows}
+    spec["data"] = {"values": rows_csv(rows), "format": {"type": "csv", "parse": CSV_PARSE}}
     return spec
 
 
-def build(page: Page, history: pa.Table, *, source: str | None = None, up_to: str | None = None) -> None:
-    """Add the "history" section: the trends of `source` (default: every source), run
-    dates up to `up_to` (default: all), and the table of breached runs."""
+def build(page: Page, history: pa.Table, *, source: str | None = None, up_to: str | None = None,
+          max_dates: int = MAX_DATES, units: bool = False) -> None:
+    """Add the "history" section: the trends of `source` (default: every source) over
+    its latest `max_dates` run dates up to `up_to` (default: all), and the table of
+    breached runs; with `units`, CE and divergences are labelled with the page's units."""
     if source is not None:
         history = history.filter(pc.field("source") == source)
     if up_to is not None:
         history = history.filter(pc.field("run_date") <= pc.scalar(dt.date.fromisoformat(up_to)))
     if not history.num_rows:
         return
+    history, left_out = window(history, max_dates)
     dates = sorted({day(d) for d in pc.unique(history.column("run_date")).to_pylist()})
     sources = sorted(pc.unique(history.column("source")).to_pylist())
-    rows = trend_rows(history)
+    rows = trend_rows(history, page if units else None)
     runs = breached_runs(history)
     page.sections["history"] = {
-        "dates": dates, "sources": sources,
+        "dates": dates, "sources": sources, "left_out": left_out,
         "breached": [{"source": s, "date": d, "drift": c["drift"], "gate": c["gate"]}
                      for (s, d), c in sorted(runs.items(), key=lambda item: (item[0][1], item[0][0]), reverse=True)],
     }
     if rows:
-        page.chart("history-chart", "history", trend_chart(rows, len(sources)))
+        order = [metric_label(m, page if units else None) for m in (*TREND_METRICS["slice"], *drift_metrics(history))]
+        page.chart("history-chart", "history", trend_chart(rows, len(sources), order))
 
 
 def latest_verdicts(page: Page, history: pa.Table) -> None:

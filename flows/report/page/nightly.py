@@ -20,6 +20,14 @@ from .history import day, overall_by_date, series_label, slice_columns
 MAX_GATE_ROWS = 40  # rows of the gate table: breached rows first, then overall and per-slice rows
 
 
+def title(metadata: dict[str, Any]) -> str | None:
+    """"xent nightly: SOURCE on DATE" from a nightly run's ``xent.nightly`` metadata, else None."""
+    nightly = metadata.get(NIGHTLY_KEY.decode())
+    if isinstance(nightly, dict) and nightly.get("source") and nightly.get("run_date"):
+        return f"xent nightly: {nightly['source']} on {nightly['run_date']}"
+    return None
+
+
 def run_of(page: Page, history: pa.Table | None) -> tuple[str | None, str | None]:
     """(source, run date) of the page: from its ``xent.nightly`` metadata, else the
     history's only source and latest date."""
@@ -54,7 +62,8 @@ def change(name: str, current: Any, previous: Any, since: str) -> dict[str, Any]
 
 
 def build(tables: dict[str, pa.Table], page: Page, history: pa.Table | None) -> None:
-    """Add the changes since the previous run to the summary cards, and the gate section."""
+    """Add the changes since the previous run to the summary cards, a check line when
+    drift was not checked (no reference), and the gate section."""
     source, run_date = run_of(page, history)
     if run_date:
         page.subtitle.insert(0, f"nightly run of {source} on {run_date}" if source else f"nightly run on {run_date}")
@@ -65,22 +74,31 @@ def build(tables: dict[str, pa.Table], page: Page, history: pa.Table | None) -> 
         for card in summary["cards"]:
             if since is not None:
                 card["change"] = change(card["metric"], overall.get(card["metric"]), previous.get(card["metric"]), since)
-        summary["previous"] = since
+    run = page.metadata.get(NIGHTLY_KEY.decode())
+    if isinstance(run, dict) and run.get("drift") == "no reference":
+        page.checks.append(f"Drift not checked: no reference ({run.get('reference_problem') or 'none found'}).")
     verdict = page.metadata.get(GATE_KEY.decode())
     if isinstance(verdict, dict):
         _gate(page, verdict, history, source, run_date)
 
 
 def _gate(page: Page, verdict: dict, history: pa.Table | None, source: str | None, run_date: str | None) -> None:
-    status, baseline = verdict.get("status"), verdict.get("baseline")
+    status, baseline, detail = verdict.get("status"), verdict.get("baseline"), verdict.get("detail")
+    if status == "no baseline":
+        detail = detail or f"no earlier run of {source} to compare with"
     against = f" against the run of {baseline}" if baseline else ""
-    section: dict[str, Any] = {"status": status, "text": f"gates {status}{against}", "detail": verdict.get("detail")}
+    text = {"breached": f"Gates breached{against}", "passed": f"Gates passed{against}",
+            "no baseline": "Gates not checked",
+            "not comparable": f"Gates not checked{against}"}.get(status, f"Gates {status}{against}")
+    section: dict[str, Any] = {"status": status, "text": text, "detail": detail}
     if status == "breached":
         page.breaches += [{"kind": "gate", "text": f"gate against {baseline}: {line}"} for line in verdict["breaches"]]
     elif status == "passed":
         page.checks.append(f"Gates passed{against}.")
+    elif status == "no baseline":
+        page.checks.append(f"Gates not checked: {detail}.")
     elif status == "not comparable":
-        page.problems.append({"id": "gate", "text": f"gates not checked: {verdict.get('detail')}"})
+        page.problems.append({"id": "gate", "text": f"gates not checked: {detail}"})
     if history is not None and source and run_date:
         rows = history.filter((pc.field("source") == source) & (pc.field("scope") == "gate")
                               & (pc.field("run_date") == pc.scalar(dt.date.fromisoformat(run_date))))
