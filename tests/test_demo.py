@@ -18,7 +18,7 @@ from browser import MISSING, chromium, console_errors, open_page, requested_urls
 # Every section of issue 12 that applies to a nightly run with drift and a gate
 # (the gate is the run's comparison: against the previous run, not paired).
 DEMO_SECTIONS = {"verdict", "summary", "per-class", "per-slice", "forest", "reliability", "confusion", "drift",
-                 "gate", "history", "footer"}
+                 "gate", "class-changes", "history", "footer"}
 
 
 @pytest.fixture(scope="module")

@@ -33,10 +33,11 @@ from flows.config import NightlyConfig, build_config
 from flows.generate import generate_dump
 from flows.pipelines import nightly_flow
 from flows.report.page import MAX_DATES, render_history_html
+from flows.report.page.nightly import MAX_CHANGED_CLASSES
 from flows.runs.nightly import GATE_TABLE, METRICS_FILE, history_page_path, nightly_run, read_history, run_folder
 from xent_kernels import STATISTIC
 
-from browser import MISSING, chromium, console_errors, open_page, requested_urls
+from browser import MISSING, Tables, chromium, console_errors, open_page, requested_urls
 
 DAYS = ("2026-11-21", "2026-11-22", "2026-11-23")
 SOURCES = ("prod", "canary")
@@ -148,6 +149,30 @@ def test_cards_show_the_change_since_the_previous_run(nightly, third_day):
                 assert card["class"] == {1: "better", -1: "worse", 0: ""}[sign], (source, day, metric)
     worse = cards((tables_folder(nightly, DAYS[2], "prod") / "report.html").read_text())
     assert worse["ce_mean"]["class"] == "worse" and worse["ce_mean"]["change"] > 0.1
+
+
+def test_the_classes_that_changed_most_since_the_previous_run(nightly, third_day):
+    """Each run after the first lists the classes whose mean CE (all slices) changed most,
+    with both runs' values from their per_class.parquet and the accuracy change."""
+    for source in SOURCES:
+        assert 'id="class-changes"' not in (tables_folder(nightly, DAYS[0], source) / "report.html").read_text()
+        for previous, day in zip(DAYS, DAYS[1:]):
+            before = {r["class"]: r for r in pq.read_table(tables_folder(nightly, previous, source) / "per_class.parquet")
+                      .to_pylist() if r["overall"]}
+            now = [r for r in pq.read_table(tables_folder(nightly, day, source) / "per_class.parquet").to_pylist()
+                   if r["overall"]]
+            expected = sorted(now, key=lambda r: -abs(r["ce_mean"] - before[r["class"]]["ce_mean"]))[:MAX_CHANGED_CLASSES]
+            table = Tables((tables_folder(nightly, day, source) / "report.html").read_text()).tables["class-changes-table"]
+            rows = [row for row in table["rows"] if row]
+            assert len(rows) == len(expected) == min(3, MAX_CHANGED_CLASSES)
+            for row, want in zip(rows, expected):
+                _, n, ce_before, ce_now, ce_change, accuracy_change = row
+                was = before[want["class"]]
+                assert int(n["sort"]) == want["n"]
+                assert float(ce_before["sort"]) == was["ce_mean"] and float(ce_now["sort"]) == want["ce_mean"]
+                assert float(ce_change["sort"]) == want["ce_mean"] - was["ce_mean"]
+                assert float(accuracy_change["sort"]) == want["accuracy"] - was["accuracy"]
+                assert ("worse" in ce_change["class"]) == (want["ce_mean"] > was["ce_mean"])
 
 
 def test_gate_breaches_and_rows_are_on_the_page(nightly, third_day):

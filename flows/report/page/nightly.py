@@ -18,6 +18,7 @@ from .common import Page, cell, class_label, finite, number, signed, text_cell
 from .history import day, overall_by_date, series_label, slice_columns
 
 MAX_GATE_ROWS = 40  # rows of the gate table: breached rows first, then overall and per-slice rows
+MAX_CHANGED_CLASSES = 10  # rows of the class-changes table: the largest change of mean CE first
 
 
 def title(metadata: dict[str, Any]) -> str | None:
@@ -54,11 +55,15 @@ def change(name: str, current: Any, previous: Any, since: str) -> dict[str, Any]
     if previous is None or current is None or not (finite(current) and finite(previous)):
         return None
     delta = current - previous
+    shown = change_text(delta)
+    return {"text": f"{shown} since {since}", "shown": shown, "class": direction(name, delta), "value": repr(delta)}
+
+
+def direction(name: str, delta: float) -> str:
+    """``better``, ``worse`` or '' for a change of metric `name` by `delta` (its ``Statistic.better``)."""
     statistic = STATISTIC.get(name)
     better = statistic.better if statistic is not None else 0
-    verdict = "better" if delta * better > 0 else "worse" if delta * better < 0 else ""
-    shown = change_text(delta)
-    return {"text": f"{shown} since {since}", "shown": shown, "class": verdict, "value": repr(delta)}
+    return "better" if delta * better > 0 else "worse" if delta * better < 0 else ""
 
 
 def build(tables: dict[str, pa.Table], page: Page, history: pa.Table | None) -> None:
@@ -74,12 +79,52 @@ def build(tables: dict[str, pa.Table], page: Page, history: pa.Table | None) -> 
         for card in summary["cards"]:
             if since is not None:
                 card["change"] = change(card["metric"], overall.get(card["metric"]), previous.get(card["metric"]), since)
+        if since is not None and "per_class" in tables:
+            _class_changes(page, tables["per_class"], history, source, since)
     run = page.metadata.get(NIGHTLY_KEY.decode())
     if isinstance(run, dict) and run.get("drift") == "no reference":
         page.checks.append(f"Drift not checked: no reference ({run.get('reference_problem') or 'none found'}).")
     verdict = page.metadata.get(GATE_KEY.decode())
     if isinstance(verdict, dict):
         _gate(page, verdict, history, source, run_date)
+
+
+def _class_changes(page: Page, per_class: pa.Table, history: pa.Table, source: str, since: str) -> None:
+    """The classes whose mean CE (all slices together) changed most since the previous
+    run, with their accuracy change: the current run's per_class against the previous
+    run's class rows in the history."""
+    previous_rows = history.filter(
+        (pc.field("source") == source) & (pc.field("scope") == "class") & pc.field("overall")
+        & (pc.field("run_date") == pc.scalar(dt.date.fromisoformat(since)))
+        & pc.field("metric").isin(["ce_mean", "accuracy"])).select(["class", "metric", "value"]).to_pylist()
+    before = {(r["class"], r["metric"]): r["value"] for r in previous_rows}
+    rows = []
+    for row in per_class.filter(pc.field("overall")).to_pylist():
+        ce_before = before.get((row["class"], "ce_mean"))
+        if ce_before is None or not (finite(ce_before) and finite(row["ce_mean"])):
+            continue
+        accuracy_before = before.get((row["class"], "accuracy"))
+        rows.append({**row, "ce_before": ce_before, "ce_change": row["ce_mean"] - ce_before,
+                     "accuracy_change": row["accuracy"] - accuracy_before
+                     if accuracy_before is not None and finite(accuracy_before) and finite(row["accuracy"]) else None})
+    if not rows:
+        return
+    rows.sort(key=lambda r: -abs(r["ce_change"]))
+    shown = rows[:MAX_CHANGED_CLASSES]
+
+    def changed(value: Any, name: str) -> dict[str, Any]:
+        shown = cell({"change": value}, "change", text=signed)
+        return {**shown, "class": direction(name, value)} if finite(value) else shown
+
+    units = page.units_of("ce_mean")
+    page.sections["class_changes"] = {
+        "since": since, "total": len(rows), "shown": len(shown),
+        "header": [("class", "text", ""), ("n", "num", ""), (f"mean CE {since}{units}", "num", "ce_before"),
+                   (f"mean CE now{units}", "num", "ce_mean"), (f"change{units}", "num", "ce_change"),
+                   ("accuracy change", "num", "accuracy_change")],
+        "rows": [[text_cell(class_label(r)), cell(r, "n"), cell(r, "ce_before"), cell(r, "ce_mean"),
+                  changed(r["ce_change"], "ce_mean"), changed(r["accuracy_change"], "accuracy")] for r in shown],
+    }
 
 
 def _gate(page: Page, verdict: dict, history: pa.Table | None, source: str | None, run_date: str | None) -> None:
