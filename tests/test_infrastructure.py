@@ -67,6 +67,26 @@ def test_disk_full_keeps_the_old_report_and_exits_4(dump, tmp_path, prefect_home
 
 
 @needs_root
+def test_disk_full_while_redrawing_a_page_leaves_the_report_as_it_was(dump, tmp_path, prefect_home):
+    """`xent report DIR` (the page into the folder, or --html elsewhere) on a full disk:
+    exit 4, the old page and manifest untouched, no partial file left behind."""
+    with tmpfs(tmp_path / "small", "4m") as disk:
+        out = disk / "report"
+        assert run_cli(["eval", dump.root, "--out", str(out), "--no-prefect"], cli_env(prefect_home)).returncode == 0
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+        with contextlib.suppress(OSError), open(disk / "filler", "wb") as filler:
+            while True:
+                filler.write(b"\0" * 4096)
+                filler.flush()
+        result = run_cli(["report", str(out)], cli_env(prefect_home))
+        assert_infrastructure(result, "cannot write", "disk full")
+        result = run_cli(["report", str(out), "--html", str(disk / "pages" / "page.html")], cli_env(prefect_home))
+        assert_infrastructure(result, "cannot write", "disk full")
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+        assert sorted(p for p in disk.rglob("*") if p.is_file()) == sorted([disk / "filler", *(out / n for n in before)])
+
+
+@needs_root
 def test_read_only_output_exits_4(dump, tmp_path, prefect_home):
     with tmpfs(tmp_path / "ro", "1m", read_only=True) as disk:
         out = disk / "report"

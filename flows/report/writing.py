@@ -58,12 +58,20 @@ def write_tables_atomically(
         The disk or the object store failed (full, read-only, unreachable).
     """
     fs, path = filesystem(out, storage_options)
-    try:
+    with _write_failures(out):
         if is_local(fs):
             return _write_local(tables, Path(path).absolute(), out, files or {})
         return _write_object_store(tables, fs, path.rstrip("/"), out, files or {})
+
+
+@contextlib.contextmanager
+def _write_failures(target: str) -> Iterator[None]:
+    """An OSError of the disk or the object store (full, read-only, unreachable) as an
+    InfrastructureError naming `target`; any other error as it is."""
+    try:
+        yield
     except OSError as error:
-        failure = as_infrastructure_error(error, out, "cannot write")
+        failure = as_infrastructure_error(error, target, "cannot write")
         if failure is None:
             raise
         raise failure from error
@@ -279,18 +287,17 @@ def replace_file(target: str, data: bytes, storage_options: dict[str, Any] | Non
         The disk or the object store failed (full, read-only, unreachable).
     """
     fs, path = filesystem(target, storage_options)
-    try:
-        if is_local(fs):
-            local = Path(path)
-            local.parent.mkdir(parents=True, exist_ok=True)
-            partial = local.with_name(f".{local.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    with _write_failures(target):
+        if not is_local(fs):
+            fs.pipe_file(path, data)
+            return fs.unstrip_protocol(path)
+        local = Path(path)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        partial = local.with_name(f".{local.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        try:
             partial.write_bytes(data)
             os.replace(partial, local)
-            return str(local)
-        fs.pipe_file(path, data)
-        return fs.unstrip_protocol(path)
-    except OSError as error:
-        failure = as_infrastructure_error(error, target, "cannot write")
-        if failure is None:
+        except BaseException:
+            partial.unlink(missing_ok=True)  # a full disk leaves nothing half-written behind
             raise
-        raise failure from error
+        return str(local)
