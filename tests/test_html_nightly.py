@@ -329,6 +329,16 @@ def test_a_year_of_history_draws_the_latest_dates_and_reads_only_them(tmp_path):
     assert render_history_html(history) == page
 
 
+def test_a_corrupt_run_in_the_history_is_a_data_error_naming_the_file(tmp_path, capsys):
+    folder = Path(run_folder(str(tmp_path / "reports"), "2026-11-01", "prod"))
+    folder.mkdir(parents=True)
+    (folder / METRICS_FILE).write_bytes(b"junk")
+    assert main(["report", str(tmp_path / "reports")]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("xent: error: ") and str(folder / METRICS_FILE) in line and "not readable Parquet" in line
+    assert not list(tmp_path.rglob("*.html"))
+
+
 def test_every_drift_metric_with_a_threshold_is_drawn():
     """Thresholds on marginal_kl and confidence_js (not on the default three): they are
     drawn with the defaults; a metric without a threshold that is not a default is not."""

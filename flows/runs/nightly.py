@@ -45,7 +45,9 @@ from xent_kernels import ClassStats
 
 from ..config import DriftConfig, EvalConfig, NightlyConfig, NightlySource, render_path, sibling_tables_root
 from ..engine import Progress, dask_client
-from ..errors import EXIT_BREACH, EXIT_DATA, EXIT_OK, DataError, DriftBreach, GateBreach, UsageError, XentError
+from ..errors import (
+    EXIT_BREACH, EXIT_DATA, EXIT_OK, DataError, DriftBreach, GateBreach, UsageError, XentError, as_infrastructure_error,
+)
 from ..inputs.sources import InputFile, filesystem, fingerprint
 from ..metadata import CLASSES_KEY, GATE_KEY, HISTORY_KEY, NIGHTLY_KEY, RUN_DIGEST_KEY
 from ..monitor.baseline import baseline_rows, comparable, gate_history, gate_table
@@ -171,11 +173,18 @@ def history_table(root: str, storage_options: dict[str, Any] | None = None,
         partitioning=ds.partitioning(pa.schema([("run_date", pa.date32()), ("source", pa.string())]), flavor="hive"),
         selector_ignore_prefixes=[".", "_"],
     )
-    factory = ds.FileSystemDatasetFactory(pafs.PyFileSystem(pafs.FSSpecHandler(fs)),
-                                          files if files is not None else pafs.FileSelector(path.rstrip("/"), recursive=True),
-                                          ds.ParquetFileFormat(), options)
-    # Without the first file's metadata: it describes one run, not the history.
-    return factory.finish(factory.inspect(fragments=None).remove_metadata()).to_table(filter=where)
+    try:
+        factory = ds.FileSystemDatasetFactory(
+            pafs.PyFileSystem(pafs.FSSpecHandler(fs)),
+            files if files is not None else pafs.FileSelector(path.rstrip("/"), recursive=True),
+            ds.ParquetFileFormat(), options)
+        # Without the first file's metadata: it describes one run, not the history.
+        return factory.finish(factory.inspect(fragments=None).remove_metadata()).to_table(filter=where)
+    except (OSError, pa.ArrowException) as error:
+        if (failure := as_infrastructure_error(error, root, "cannot read")) is not None:
+            raise failure from error
+        raise DataError(f"{root}: the history holds a file that is not readable Parquet ({error}); move it out of "
+                        "REPORT_ROOT, or rerun that date with xent nightly --date, and retry") from None
 
 
 def read_history(root: str, storage_options: dict[str, Any] | None = None, source: str | None = None,
