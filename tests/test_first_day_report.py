@@ -69,8 +69,8 @@ def truncate(path: Path) -> None:
 def flip_a_data_byte(path: Path, column: str) -> None:
     """Flip a byte inside the first page of `column`'s first chunk (a file written with
     page checksums): its footer stays readable, its page fails its CRC."""
-    chunk = next(pq.ParquetFile(path).metadata.row_group(0).column(i) for i in range(pq.ParquetFile(path).metadata.num_columns)
-                 if pq.ParquetFile(path).metadata.row_group(0).column(i).path_in_schema.startswith(column))
+    group = pq.ParquetFile(path).metadata.row_group(0)
+    chunk = next(group.column(i) for i in range(group.num_columns) if group.column(i).path_in_schema.startswith(column))
     start = min(o for o in (chunk.data_page_offset, chunk.dictionary_page_offset if chunk.has_dictionary_page else None) if o)
     data = bytearray(path.read_bytes())
     header = read_page_header(data, start)
