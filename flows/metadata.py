@@ -26,6 +26,7 @@ RUN_DIGEST_KEY = b"xent.run_digest"  # a nightly run's digest of its config and 
 COMPARE_KEY = b"xent.compare"  # JSON: a comparison's join key and counts, buckets, level and tie tolerance
 GATE_KEY = b"xent.gate"  # JSON: a nightly run's gate verdict against its baseline run
 NIGHTLY_KEY = b"xent.nightly"  # JSON: a nightly run's source, run_date, report_root and tables_root
+WARNINGS_KEY = b"xent.warnings"  # JSON list of the run's warnings, each {"id", "text", ...}; [] when none
 HISTORY_KEY = b"xent.history"  # JSON: a history read of the latest run dates only: {"dates_left_out": earlier dates}
 
 

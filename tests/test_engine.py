@@ -201,7 +201,9 @@ def test_skip_mode_leaves_bad_shards_out_and_lists_them(client, tmp_path):
     cells, slices = expected_report(arrays, "logits")
     assert_report_matches(tables, cells, slices)
     overall = tables["summary"].to_pylist()[-1]
-    assert overall["n_bad_shards"] == 3 and overall["n_skipped"] == sum(r["rows"] for r in listed)
+    # The truncated file's footer is unreadable: its rows, and so the total, are unknown.
+    assert [row["rows"] is None for row in listed].count(True) == 1
+    assert overall["n_bad_shards"] == 3 and overall["n_skipped"] is None
 
 
 @pytest.mark.parametrize("kind", ["truncated", "missing_column", "wrong_classes"])
@@ -220,7 +222,7 @@ def test_skip_mode_skips_a_bad_file_that_sorts_first(client, tmp_path, kind, cap
                        {name: expected[name].select(columns) for name, columns in kept.items()})
     (listed,) = tables["bad_shards"].to_pylist()
     assert listed["file"] == str(first) and listed["reason"]
-    footer_rows = 0 if kind == "truncated" else pq.ParquetFile(first).metadata.num_rows
+    footer_rows = None if kind == "truncated" else pq.ParquetFile(first).metadata.num_rows
     assert listed["rows"] == footer_rows
     overall = tables["summary"].to_pylist()[-1]
     assert overall["n_bad_shards"] == 1 and overall["n_skipped"] == footer_rows

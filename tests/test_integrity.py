@@ -157,8 +157,8 @@ def test_skipped_corrupt_shard_is_listed_and_counted(tmp_path, capsys):
     assert set(bad) == {truncated, str(flipped)}
     assert "page checksum mismatch in row group 0" in bad[str(flipped)]
     # The corrupt shard was verified (that is how it was caught); the truncated one could not be.
-    assert integrity_of(out) == {"files": 4, "page_checksums_verified": 3}
-    assert "inputs: 4 files, 3 with page checksums verified; 1 without" in stdout
+    assert integrity_of(out) == {"files": 4, "page_checksums_verified": 3, "without_page_checksums": 0}
+    assert "inputs: 4 files, 3 with page checksums verified; 1 not inspected (bad shards)\n" in stdout
 
 
 # --------------------------------------------------------------------------- files without checksums
@@ -168,19 +168,20 @@ def test_dump_without_checksums_is_evaluated_and_reported_unverified(tmp_path, c
     dump = generate_dump(tmp_path / "dump", rows=4000, classes=4, shards=2, seed=5)
     assert main(["eval", dump.root, "--out", str(tmp_path / "checked"), "--no-prefect"]) == 0
     assert "inputs: 2 files, 2 with page checksums verified\n" in capsys.readouterr().out
-    assert integrity_of(tmp_path / "checked") == {"files": 2, "page_checksums_verified": 2}
+    assert integrity_of(tmp_path / "checked") == {"files": 2, "page_checksums_verified": 2, "without_page_checksums": 0}
 
     first, second = (Path(f) for f in sorted(dump.files))
     rewrite_without_checksums(second)
     assert main(["eval", dump.root, "--out", str(tmp_path / "mixed"), "--no-prefect"]) == 0
     assert "inputs: 2 files, 1 with page checksums verified; 1 without" in capsys.readouterr().out
-    assert integrity_of(tmp_path / "mixed") == {"files": 2, "page_checksums_verified": 1}
+    assert integrity_of(tmp_path / "mixed") == {"files": 2, "page_checksums_verified": 1, "without_page_checksums": 1}
 
     rewrite_without_checksums(first)
     assert main(["eval", dump.root, "--out", str(tmp_path / "unchecked"), "--no-prefect"]) == 0
     stdout = capsys.readouterr().out
-    assert "inputs: 2 files, 0 with page checksums verified; 2 without: bit flips in them cannot be detected" in stdout
-    assert integrity_of(tmp_path / "unchecked") == {"files": 2, "page_checksums_verified": 0}
+    assert ("inputs: 2 files, 0 with page checksums verified; 2 without (pandas' and pyarrow's default; "
+            "write_page_checksum=True adds them)\n") in stdout
+    assert integrity_of(tmp_path / "unchecked") == {"files": 2, "page_checksums_verified": 0, "without_page_checksums": 2}
 
     # What "cannot be detected" means: a flipped bit in a logit (uncompressed) changes the report, exit 0.
     page = next(p for p in pages(first, "logits") if p["type"] == 0)
@@ -213,7 +214,7 @@ def test_s3_files_are_verified_and_a_flip_is_caught(tmp_path, capsys, monkeypatc
             config.write_text(json.dumps({"storage_options": options}))
             assert main(["eval", dump.root, "--out", str(tmp_path / "out"), "--config", str(config), "--no-prefect"]) == 0
             assert "inputs: 2 files, 2 with page checksums verified" in capsys.readouterr().out
-            assert integrity_of(tmp_path / "out") == {"files": 2, "page_checksums_verified": 2}
+            assert integrity_of(tmp_path / "out") == {"files": 2, "page_checksums_verified": 2, "without_page_checksums": 0}
 
             fs = s3fs.S3FileSystem(**options)
             target = sorted(dump.files)[1]

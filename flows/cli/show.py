@@ -16,7 +16,7 @@ from xent_kernels import class_columns, slice_columns as slice_metrics
 from ..config import DRIFT_METRICS
 from ..inputs.sources import filesystem
 from ..metadata import INTEGRITY_KEY, INTERVALS_KEY, UNITS_KEY
-from ..report.tables import integrity_line, intervals_line, metric_columns, with_interval
+from ..report.tables import bad_shards_summary, integrity_line, intervals_line, metric_columns, with_interval
 
 # Every summary column that is not a slice column.
 SUMMARY_COLUMNS = metric_columns("slice", has_reference=True)
@@ -91,9 +91,9 @@ def print_report(
         console.print(integrity_line(json.loads(integrity)))
     overall = summary.to_pylist()[-1]
     if overall.get("n_bad_shards"):
-        count = overall["n_bad_shards"]
-        console.print(f"{count} bad shard{'s' if count != 1 else ''} skipped ({overall['n_skipped']:,} rows): "
-                      f"see {paths.get('bad_shards', 'bad_shards.parquet')}")
+        bad_shards = read_report_table(paths["bad_shards"], storage_options) if "bad_shards" in paths else None
+        console.print(f"{bad_shards_summary(overall, bad_shards)}: see {paths.get('bad_shards', 'bad_shards.parquet')}",
+                      markup=False)
     for name, path in paths.items():
         console.print(f"{name}: {path}")
     if elapsed is not None:

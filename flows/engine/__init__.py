@@ -15,13 +15,13 @@ from .pieces import (
 from .progress import Progress
 from .run import (
     Evaluation, MemoryPieces, evaluate, evaluate_partitions, evaluate_source, evaluate_table, inspect_files, memory_pieces,
-    reduce_pieces,
+    probability_warning, reduce_pieces,
 )
 
 __all__ = [
     "STALL_TIMEOUT", "BadShard", "Evaluation", "FileInfo", "MemoryPieces", "PartitionInfo", "Piece", "PieceResult",
     "Progress", "dask_client", "evaluate", "evaluate_partitions", "evaluate_piece", "evaluate_source", "evaluate_table",
     "first_readable_spec", "inspect_file", "inspect_files", "inspect_partition", "map_all", "map_reduce", "memory_pieces",
-    "piece_batches", "plan_pieces", "reduce_pieces",
+    "piece_batches", "plan_pieces", "probability_warning", "reduce_pieces",
     "tree_reduce", "wait_all",
 ]

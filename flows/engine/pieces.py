@@ -32,7 +32,7 @@ from ..inputs.sources import InputFile
 class BadShard:
     url: str
     reason: str
-    rows: int  # rows in the file (0 when its footer could not be read)
+    rows: int | None  # rows its footer declares; None (unknown) when the footer could not be read
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class PieceResult:
 @dataclass(frozen=True)
 class FileInfo:
     file: InputFile
-    row_group_rows: tuple[int, ...] = ()
+    row_group_rows: tuple[int, ...] = ()  # a bad file's: (its footer's row count,), or () if unreadable
     error: str | None = None
     checksummed: bool = False  # the pages read carry CRCs, verified as they are read
 
@@ -72,12 +72,16 @@ class FileInfo:
     def rows(self) -> int:
         return sum(self.row_group_rows)
 
+    def bad_shard(self) -> BadShard:
+        """This file, rejected, as a bad shard: its rows unknown when its footer was not read."""
+        return BadShard(self.file.url, self.error or "", self.rows if self.row_group_rows else None)
+
 
 
 def inspect_file(file: InputFile, spec: ReadSpec) -> FileInfo:
     """Read a shard's footer, check its schema against the spec, and see whether its
     pages carry checksums. A bad shard's rows are what its footer declares, if readable."""
-    declared = 0
+    declared = None
     try:
         parquet = open_parquet(file.url, spec.storage_options)
         declared = parquet.metadata.num_rows
@@ -89,7 +93,7 @@ def inspect_file(file: InputFile, spec: ReadSpec) -> FileInfo:
     except DataError as error:
         if spec.on_bad_shard == "error":
             raise
-        return FileInfo(file, (declared,) if declared else (), error=str(error))
+        return FileInfo(file, (declared,) if declared is not None else (), error=str(error))
 
 
 def evaluate_piece(piece: Piece, spec: ReadSpec, data: Any = None) -> PieceResult:
@@ -221,12 +225,12 @@ def first_readable_spec(config: EvalConfig, inputs: list[InputFile]) -> tuple[Re
     raise DataError(f"no file yields the read settings; the first: {skipped[0].reason}")
 
 
-def _footer_rows(file: InputFile, storage_options: dict) -> int:
-    """Rows a file's footer declares; 0 when the footer cannot be read."""
+def _footer_rows(file: InputFile, storage_options: dict) -> int | None:
+    """Rows a file's footer declares; None when the footer cannot be read."""
     try:
         return open_parquet(file.url, storage_options).metadata.num_rows
     except DataError:
-        return 0
+        return None
 
 
 def plan_pieces(infos: list[FileInfo], task_rows: int | None) -> list[Piece]:

@@ -41,6 +41,7 @@ class Evaluation:
     result: PieceResult
     fingerprint: dict = field(default_factory=dict)  # of the shards, or flows.inputs.memory.memory_fingerprint
     n_files_verified: int = 0  # inputs whose pages carry checksums, verified as they are read
+    n_files_without_checksums: int = 0  # inputs inspected whose pages carry none (pandas' and pyarrow's default)
 
     @property
     def n_files(self) -> int:
@@ -69,12 +70,14 @@ def evaluate(
             other = inspect_files(client, readable, other_spec, progress, config.stall_timeout)
             if sum(i.error is None for i in other) > len(infos) - len(rejected):
                 spec, infos = other_spec, other
-    bad = unreadable + tuple(BadShard(i.file.url, i.error, i.rows) for i in infos if i.error is not None)
+    bad = unreadable + tuple(info.bad_shard() for info in infos if info.error is not None)
     # With on_bad_shard='skip' a file is one task: a bad row group must drop its whole file.
     pieces = plan_pieces(infos, config.task_rows if config.on_bad_shard == "error" else None)
     result = reduce_pieces(client, config, spec, pieces, progress, bad=bad)
     verified = sum(info.checksummed for info in infos)
-    return Evaluation(config, spec, inputs, result, fingerprint(inputs), n_files_verified=verified)
+    without = sum(info.error is None and not info.checksummed for info in infos)
+    return Evaluation(config, spec, inputs, result, fingerprint(inputs), n_files_verified=verified,
+                      n_files_without_checksums=without)
 
 
 def evaluate_source(config: EvalConfig, client: Client, source: Any = None, progress: Progress | None = None) -> Evaluation:
@@ -187,11 +190,15 @@ def reduce_pieces(client: Client, config: EvalConfig, spec: ReadSpec, pieces: Se
             )
             result = PieceResult.merge(total, result)
     if result.probability_like:
-        first, more = result.probability_like[0], len(result.probability_like) - 1
-        log.warning("%s%s: every row read as logits is non-negative and sums to 1: these look like probabilities; "
-                    "if they are, pass --kind probs (kind: probs in a config)", first,
-                    f" and {more} more file(s)" if more else "")
+        log.warning("%s", probability_warning(result.probability_like))
     return result
+
+
+def probability_warning(files: Sequence[str]) -> str:
+    """The warning for `files` whose rows, read as logits, look like probabilities."""
+    more = f" and {len(files) - 1} more file(s)" if len(files) > 1 else ""
+    return (f"{files[0]}{more}: every row read as logits is non-negative and sums to 1: these look like "
+            "probabilities: pass --kind probs (kind: probs in a config) if they are")
 
 
 def inspect_files(client: Client, files: list[InputFile], spec: ReadSpec, progress: Progress | None = None,

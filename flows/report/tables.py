@@ -18,7 +18,7 @@ import pyarrow as pa
 from xent_kernels import ClassReport, ClassStats, interval_columns, report_columns
 
 from .. import __version__
-from ..engine import Evaluation
+from ..engine import Evaluation, probability_warning
 from ..metadata import (
     CLASSES_KEY,
     CONFIG_KEY,
@@ -30,6 +30,7 @@ from ..metadata import (
     LAYOUT_KEY,
     UNITS_KEY,
     VERSION_KEY,
+    WARNINGS_KEY,
 )
 
 
@@ -100,12 +101,45 @@ def with_interval(row: dict, name: str, digits: int = 4) -> str:
     return f"{text(value)} [{text(lo)}, {text(hi)}]"
 
 
+def skipped_rows(rows: list[int | None]) -> int | None:
+    """The rows of the bad shards skipped (``n_skipped``): None, unknown, when a shard's is."""
+    return None if None in rows else sum(rows)
+
+
+def bad_shards_line(count: int, known_rows: int, unknown: int) -> str:
+    """The line (terminal, report page) for `count` bad shards skipped, holding
+    `known_rows` rows besides the `unknown` ones whose footer could not be read:
+    "2 bad shards skipped (at least 180 rows; rows of 1 unknown)"."""
+    if not unknown:
+        rows = f"{known_rows:,} rows"
+    elif unknown == count:
+        rows = "rows unknown"
+    else:
+        rows = f"at least {known_rows:,} rows; rows of {unknown} unknown"
+    return f"{count} bad shard{'s' if count != 1 else ''} skipped ({rows})"
+
+
+def bad_shards_summary(overall: dict, bad_shards: pa.Table | None) -> str:
+    """``bad_shards_line`` of a report: from its bad_shards table when there, else from
+    the overall summary row (where one unknown count makes ``n_skipped`` null)."""
+    count = overall["n_bad_shards"]
+    if bad_shards is not None and bad_shards.num_rows == count:
+        rows = bad_shards.column("rows").to_pylist()
+        return bad_shards_line(count, sum(r for r in rows if r is not None), rows.count(None))
+    known = overall.get("n_skipped")
+    return bad_shards_line(count, known or 0, 0 if known is not None else count)
+
+
 def integrity_line(integrity: dict[str, int]) -> str:
-    """The line (terminal, report page) for a report's `xent.integrity` metadata."""
+    """The line (terminal, report page footer) for a report's `xent.integrity` metadata:
+    information, not a problem, as files without page checksums are the writers' default."""
     files, verified = integrity["files"], integrity["page_checksums_verified"]
+    without = integrity.get("without_page_checksums", files - verified)  # older reports count bad shards in it
     line = f"inputs: {files} files, {verified} with page checksums verified"
-    if verified < files:
-        line += f"; {files - verified} without: bit flips in them cannot be detected"
+    if without:
+        line += f"; {without} without (pandas' and pyarrow's default; write_page_checksum=True adds them)"
+    if files - verified - without > 0:
+        line += f"; {files - verified - without} not inspected (bad shards)"
     return line
 
 
@@ -144,7 +178,7 @@ def build_tables(evaluation: Evaluation) -> dict[str, pa.Table]:
         for name in metric_columns("slice"):
             s_cols[name] = _column(ps[name])
         s_cols["small_slice"] = pa.array(small, type=pa.bool_())
-        skipped = sum(b.rows for b in result.bad_shards)
+        skipped = skipped_rows([b.rows for b in result.bad_shards])
         s_cols["n_skipped"] = pa.array([skipped if overall else None] * len(keys), type=pa.int64())
         s_cols["n_bad_shards"] = pa.array([len(result.bad_shards) if overall else None] * len(keys), type=pa.int64())
         s_cols["predicted_marginal"] = pa.array(list(report.predicted_marginal), type=pa.list_(pa.float64()))
@@ -218,9 +252,21 @@ def report_metadata(evaluation: Evaluation) -> dict[bytes, bytes]:
         FINGERPRINT_KEY: json.dumps(evaluation.fingerprint, sort_keys=True).encode(),
         CLASSES_KEY: json.dumps(_class_names(spec.n_classes, spec.class_names)).encode(),
         LAYOUT_KEY: json.dumps({"kind": spec.kind, "layout": spec.layout, "columns": list(spec.pred_columns)}).encode(),
-        INTEGRITY_KEY: json.dumps({"files": evaluation.n_files, "page_checksums_verified": evaluation.n_files_verified}).encode(),
+        INTEGRITY_KEY: json.dumps({"files": evaluation.n_files, "page_checksums_verified": evaluation.n_files_verified,
+                                   "without_page_checksums": evaluation.n_files_without_checksums}).encode(),
         INTERVALS_KEY: json.dumps(intervals_metadata(evaluation)).encode(),
+        WARNINGS_KEY: json.dumps(run_warnings(evaluation)).encode(),
     }
+
+
+def run_warnings(evaluation: Evaluation) -> list[dict[str, Any]]:
+    """The run's warnings (``xent.warnings``; the page's verdict shows them): each an id,
+    a one-line text, and what it concerns. Every warning of a run goes here."""
+    warnings = []
+    if evaluation.result.probability_like:
+        files = list(evaluation.result.probability_like)
+        warnings.append({"id": "probability_like", "text": probability_warning(files), "files": files})
+    return warnings
 
 
 def intervals_metadata(evaluation: Evaluation) -> dict[str, Any]:

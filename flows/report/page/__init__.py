@@ -24,7 +24,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ...metadata import (
-    CONFIG_KEY, CREATED_AT_KEY, FINGERPRINT_KEY, INTEGRITY_KEY, INTERVALS_KEY, UNITS_KEY, VERSION_KEY, decoded_metadata,
+    CONFIG_KEY, CREATED_AT_KEY, FINGERPRINT_KEY, INTEGRITY_KEY, INTERVALS_KEY, UNITS_KEY, VERSION_KEY, WARNINGS_KEY,
+    decoded_metadata,
 )
 from ..tables import integrity_line, intervals_line
 from . import compare, drift, evaluation, nightly
@@ -80,6 +81,7 @@ def render_html(tables: dict[str, pa.Table], *, title: str | None = None, max_cl
     default_title = (nightly.title(metadata) or "xent report" if "summary" in tables
                      else "xent compare report" if "compare" in tables else "xent drift report")
     page = Page(title=title or default_title, units=metadata.get(UNITS_KEY.decode(), "nats"), metadata=metadata)
+    page.warnings = [w for w in metadata.get(WARNINGS_KEY.decode()) or [] if isinstance(w, dict)]  # older: none
     if "summary" in tables:
         evaluation.build(tables, page, max_classes)
         nightly.build(tables, page, history)  # a nightly run's changes and gates, if it is one

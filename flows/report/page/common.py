@@ -28,6 +28,7 @@ class Page:
     problems: list[dict[str, Any]] = field(default_factory=list)  # data problems: {id, text[, header, rows]}
     breaches: list[dict[str, Any]] = field(default_factory=list)  # failed thresholds and gates: {kind, text}
     checks: list[str] = field(default_factory=list)  # what was checked and passed, one line each
+    warnings: list[dict[str, Any]] = field(default_factory=list)  # the report's xent.warnings: {id, text, ...}
     sections: dict[str, Any] = field(default_factory=dict)  # section id -> its template data
     charts: list[dict[str, Any]] = field(default_factory=list)
 

@@ -12,6 +12,7 @@ from xent_kernels import class_columns
 from xent_kernels import slice_columns as slice_metrics
 
 from ...metadata import INTEGRITY_KEY
+from ..tables import bad_shards_summary
 from .common import (
     LABELS, Page, altair, cell, class_label, finite, interval_plot, number, slice_label, spec, text_cell,
 )
@@ -34,13 +35,16 @@ def build(tables: dict[str, pa.Table], page: Page, max_classes: int) -> None:
     slice_by = slice_columns_of(summary)
     overall = next(r for r in summary_rows if r["overall"])
     slices = [r for r in summary_rows if not r["overall"]]
-    problems = _problems(overall, page.metadata, tables.get("bad_shards"), slices, slice_by)
+    problems = _problems(overall, tables.get("bad_shards"), slices, slice_by)
     page.problems += problems
     if not problems:
-        recorded = isinstance(page.metadata.get(INTEGRITY_KEY.decode()), dict)  # older reports lack it
-        verified = ("every input file's page checksums verified" if recorded
-                    else "page checksums were not recorded for this report")
-        page.checks.append(f"No data problems: no bad shards, no non-finite rows; {verified}.")
+        # Files without page checksums are no problem (the footer counts them): only a
+        # verification that ran on every file is claimed here.
+        integrity = page.metadata.get(INTEGRITY_KEY.decode())  # older reports lack it
+        verified = ("; page checksums were not recorded for this report" if not isinstance(integrity, dict)
+                    else "; every input file's page checksums verified"
+                    if 0 < integrity["files"] == integrity["page_checksums_verified"] else "")
+        page.checks.append(f"No data problems: no bad shards, no non-finite rows{verified}.")
     page.sections["summary"] = {"cards": _cards(overall, page)}
 
     per_class = tables.get("per_class")
@@ -145,24 +149,20 @@ def _confusion(cells: list[dict], shown: list[str], units_note: str) -> dict:
     return spec(heat.properties(width=size, height=size))
 
 
-def _problems(overall: dict, metadata: dict, bad_shards: pa.Table | None, slices: list[dict],
+def _problems(overall: dict, bad_shards: pa.Table | None, slices: list[dict],
               slice_by: list[str]) -> list[dict]:
     """Data problems, each as a headline and optional detail rows."""
     problems = []
     if overall.get("n_bad_shards"):
         rows = bad_shards.to_pylist() if bad_shards is not None else []
         problems.append({"id": "bad-shards",
-                         "text": f"{overall['n_bad_shards']} bad shard(s) skipped ({overall.get('n_skipped') or 0:,} rows)",
-                         "rows": [[r["file"], r["reason"], number(r["rows"])] for r in rows],
+                         "text": bad_shards_summary(overall, bad_shards),
+                         "rows": [[r["file"], r["reason"], "unknown" if r["rows"] is None else number(r["rows"])]
+                                  for r in rows],
                          "header": ["file", "reason", "rows"]})
     if overall.get("n_nonfinite"):
         problems.append({"id": "nonfinite", "text": f"{overall['n_nonfinite']:,} row(s) with non-finite predictions "
                          "were counted and left out"})
-    integrity = metadata.get(INTEGRITY_KEY.decode())
-    if isinstance(integrity, dict) and integrity.get("page_checksums_verified", 0) < integrity.get("files", 0):
-        missing = integrity["files"] - integrity["page_checksums_verified"]
-        problems.append({"id": "checksums", "text": f"{missing} of {integrity['files']} input file(s) without page "
-                         "checksums: bit flips in them cannot be detected"})
     small = [slice_label(r, slice_by) for r in slices if r.get("small_slice")]
     if small:
         problems.append({"id": "small-slices", "text": f"{len(small)} small slice(s): {', '.join(small)}"})
