@@ -177,6 +177,95 @@ def requested_urls(driver) -> list[str]:
     return urls
 
 
+# Horizontal overflow, tables whose last column cannot be reached, chart axis labels
+# that overlap or touch (closer than 3 px they read as one number, "0.000.02").
+_LAYOUT_SCRIPT = r"""
+const problems = [], GAP = 3;  // labels closer than 3 px read as one
+const root = document.documentElement, width = root.clientWidth;
+if (root.scrollWidth > width) problems.push(`the document is ${root.scrollWidth} px wide in a ${width} px window`);
+const scrolls = el => ['auto', 'scroll'].includes(getComputedStyle(el).overflowX);
+for (const table of document.querySelectorAll('table')) {
+  let box = table.parentElement;
+  while (box && box !== document.body && !scrolls(box)) box = box.parentElement;
+  const name = table.id || (table.closest('[id]') || {}).id;
+  if (!box || box === document.body) {
+    if (table.getBoundingClientRect().right > width + 1) problems.push(`table ${name} is cut off at ${width} px with no scroll box`);
+    continue;
+  }
+  box.scrollLeft = box.scrollWidth;
+  const last = table.rows[0].cells[table.rows[0].cells.length - 1].getBoundingClientRect();
+  const edge = box.getBoundingClientRect();
+  if (edge.right > width + 1 || last.right > edge.right + 1 || last.left < edge.left - 1)
+    problems.push(`table ${name}: its last column is not reachable by scrolling its box`);
+  box.scrollLeft = 0;
+}
+for (const chart of document.querySelectorAll('.chart')) {
+  for (const axis of chart.querySelectorAll('g.role-axis')) {
+    const labels = Array.from(axis.querySelectorAll('g.role-axis-label text'))
+      .filter(t => Number(getComputedStyle(t).opacity) > 0 && t.getAttribute('opacity') !== '0' && t.textContent)
+      .map(t => [t.textContent, t.getBoundingClientRect()]);
+    for (let i = 0; i < labels.length; i++) for (let j = i + 1; j < labels.length; j++) {
+      const [a, r] = labels[i], [b, s] = labels[j];
+      const x = Math.min(r.right, s.right) - Math.max(r.left, s.left), y = Math.min(r.bottom, s.bottom) - Math.max(r.top, s.top);
+      if (x > -GAP && y > -GAP) problems.push(`chart ${chart.id}: axis labels "${a}" and "${b}" overlap`);
+    }
+  }
+}
+return problems;
+"""
+
+
+def layout_problems(driver) -> list[str]:
+    """What is wrong with the layout of the open page at the window's width: the
+    document wider than the window, a table whose last column is neither shown nor
+    reachable by scrolling its own box, axis labels of a drawn chart that overlap."""
+    return driver.execute_script(_LAYOUT_SCRIPT)
+
+
+def edge_labels(driver, chart_id: str) -> list[str]:
+    """The texts of the marks (not the axes) of a drawn chart that name a non-finite value."""
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll(`#${arguments[0]} g.role-mark text`))"
+        ".map(t => t.textContent).filter(t => ['∞', '−∞', 'nan'].includes(t))", chart_id)
+
+
+GLUED = re.compile(r"[a-z)]\.[A-Z0-9(]")  # "per slice.24 rows": two sentences with no space between
+
+
+def glued_sentences(driver) -> list[str]:
+    """Places in the page's visible text where a sentence ends and the next begins with no space."""
+    text = driver.execute_script("return document.body.innerText")
+    return [text[max(0, m.start() - 30): m.end() + 30] for m in GLUED.finditer(text)]
+
+
+def digits_dumps(root: Path, trees: int = 10) -> dict[str, Path]:
+    """Test predictions of scikit-learn's LogisticRegression and RandomForest (`trees`
+    trees) on load_digits, written with pandas in 4 shards each (``id``, ``segment``,
+    int ``label``, ``probs`` a list of float64) under root/lr and root/rf. The forest
+    gives many classes probability exactly 0, some rows' true class too (with 10 trees:
+    classes 3 and 9), so its CE and KL(lr‖rf) are infinite there."""
+    import numpy as np
+    import pandas as pd
+    from sklearn.datasets import load_digits
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_digits(return_X_y=True)
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.4, random_state=0)
+    models = {"lr": LogisticRegression(max_iter=2000), "rf": RandomForestClassifier(n_estimators=trees, random_state=0)}
+    folders = {}
+    for name, model in models.items():
+        probs = model.fit(x_train, y_train).predict_proba(x_test)
+        frame = pd.DataFrame({"id": np.arange(len(y_test)), "segment": np.where(np.arange(len(y_test)) % 2, "odd", "even"),
+                              "label": y_test.astype(int), "probs": list(probs)})
+        folders[name] = root / name
+        folders[name].mkdir(parents=True, exist_ok=True)
+        for i, rows in enumerate(np.array_split(np.arange(len(frame)), 4)):
+            frame.iloc[rows].to_parquet(folders[name] / f"part-{i}.parquet")
+    return folders
+
+
 def screenshot(driver, path: Path, out: Path) -> None:
     """A full-page PNG of the page at `path`."""
     charts = len(path.read_text(encoding="utf-8").split('data-chart="')) - 1

@@ -20,7 +20,7 @@ from flows.cli.commands import main
 from flows.report.page import render_html
 
 from browser import (
-    COMPARE_GATES, MISSING, Tables, card, chart_spec, chromium, compare_dumps, console_errors, file_entry,
+    COMPARE_GATES, MISSING, Tables, card, chart_data, chart_spec, chromium, compare_dumps, console_errors, file_entry,
     manifest_entry, open_page, requested_urls, sections,
 )
 
@@ -49,7 +49,7 @@ def result(dumps, client):
 
 def plotted(spec: dict) -> list[dict]:
     """The points of a forest plot: the layer data that has labels."""
-    return next(layer["data"]["values"] for layer in spec["layer"] if "label" in str(layer["data"]["values"][:1]))
+    return next(values for values in chart_data(spec) if "label" in str(values[:1]))
 
 
 def interval(row: dict, metric: str) -> str:
@@ -133,8 +133,7 @@ def test_cards_and_tables_are_the_numbers_of_compare_parquet(result):
         row = by_value[point["value"]]
         assert (point["lo"], point["hi"]) == (row["ce_mean_diff_lo"], row["ce_mean_diff_hi"])
         assert point["color"] == row["ce_mean_verdict"].replace("_", " ")
-    assert {"x": 0} in [v for layer in chart_spec(page, "compare-forest-classes")["layer"]
-                        for v in layer["data"]["values"]]
+    assert {"x": 0} in [v for values in chart_data(chart_spec(page, "compare-forest-classes")) for v in values]
     assert len(plotted(chart_spec(page, "compare-forest-slices"))) == 2
 
 

@@ -5,7 +5,6 @@ slice, each with its paired interval and verdict."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import pyarrow as pa
@@ -14,7 +13,9 @@ import pyarrow.compute as pc
 from ...config import Gate
 from ...metadata import COMPARE_KEY, REFERENCE_FINGERPRINT_KEY
 from ...monitor.gates import describe_gate
-from .common import LABELS, Page, cell, class_label, finite, interval_plot, number, signed, slice_label, text_cell
+from .common import (
+    LABELS, Page, cell, class_label, finite, interval_plot, largest_first, number, signed, slice_label, text_cell,
+)
 from .evaluation import slice_columns_of
 
 CARD_METRICS = ("ce_mean", "ce_macro", "accuracy", "ece", "brier", "f1_macro", "auc")
@@ -61,18 +62,19 @@ def build(tables: dict[str, pa.Table], page: Page, max_classes: int) -> None:
     page.sections["compare"] = section
     axis = f"mean CE candidate - baseline ({page.units})"
     if worst:
-        page.chart("compare-forest-classes", "compare", _forest(worst, axis, "class"),
+        chart, named = _forest(worst, axis, "class")
+        page.chart("compare-forest-classes", "compare", chart,
                    f"Mean CE difference per class ({page.units}), the largest increase first"
-                   + (f": {len(worst)} of {len(classes)}" if len(worst) < len(classes) else ""))
+                   + (f": {len(worst)} of {len(classes)}" if len(worst) < len(classes) else ""), named)
     if slices:
-        page.chart("compare-forest-slices", "compare", _forest(sorted(slices, key=_worst_first), axis, "slice"),
-                   f"Mean CE difference per slice ({page.units}), the largest increase first")
+        chart, named = _forest(sorted(slices, key=_worst_first), axis, "slice")
+        page.chart("compare-forest-slices", "compare", chart,
+                   f"Mean CE difference per slice ({page.units}), the largest increase first", named)
 
 
 def _worst_first(row: dict) -> float:
-    """Sort key: the largest CE increase first, NaN last."""
-    value = row.get("ce_mean_diff")
-    return -value if finite(value) else math.inf
+    """Sort key: the largest CE increase first (an infinite one first of all), NaN last."""
+    return largest_first(row.get("ce_mean_diff"))
 
 
 def _verdict(page: Page, info: dict, overall: dict) -> None:
@@ -110,7 +112,7 @@ def _cards(overall: dict, metrics: list[str], page: Page) -> list[dict[str, Any]
               "interval": "", "detail": f"wins/ties/losses {overall['wins']:,}/{overall['ties']:,}/"
                                         f"{overall['losses']:,}", "verdict": "", "verdict_text": ""}]
     for name in CARD_METRICS:
-        if name not in metrics or not finite(overall.get(f"{name}_diff")):
+        if name not in metrics or overall.get(f"{name}_diff") is None:  # an infinite difference shows as ∞
             continue
         shown = cell(overall, f"{name}_diff", text=signed)
         verdict = overall.get(f"{name}_verdict")
@@ -145,7 +147,7 @@ def _table(rows: list[dict], metrics: list[str], page: Page, key_header: list[tu
     return {"header": header, "rows": body}
 
 
-def _forest(rows: list[dict], axis: str, title: str) -> dict:
+def _forest(rows: list[dict], axis: str, title: str) -> tuple[dict, list[str]]:
     """The CE difference with its interval per row, coloured by its verdict, and a dashed line at 0."""
     for row in rows:
         row["verdict_text"] = VERDICT_TEXT.get(row.get("ce_mean_verdict"), "no verdict")

@@ -3,14 +3,16 @@ and confidence histograms of both sides, and the per-sample KL per class."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import pyarrow as pa
 
 from ...config import DRIFT_METRICS
 from ...metadata import CLASSES_KEY, REFERENCE_FINGERPRINT_KEY, decoded_metadata
-from .common import Page, altair, cell, class_text, finite, number, slice_label, spec, text_cell
+from .common import (
+    Page, altair, cell, class_text, edge_marks, finite, largest_first, nonfinite_rows, number, slice_label, spec, text_cell,
+    value_axis,
+)
 from .evaluation import slice_columns_of
 
 MAX_SLICES_CHARTED = 6  # more slices: the charts show all slices together only
@@ -74,10 +76,11 @@ def build(tables: dict[str, pa.Table], page: Page, max_classes: int) -> None:
                        "Confidence (top probability) histograms, bins at the reference's quantiles")
     class_kl = [r for r in rows if r["class"] is not None and r["overall"] and r["metric"] == "kl_per_sample"]
     if class_kl:
-        worst = sorted(class_kl, key=lambda r: -r["value"] if finite(r["value"]) else math.inf)[:max_classes]
+        worst = sorted(class_kl, key=lambda r: largest_first(r["value"]))[:max_classes]
         section["kl_classes"] = {"shown": len(worst), "left_out": len(class_kl) - len(worst)}
-        page.chart("drift-kl-classes", "drift", _class_kl(worst, label, page.units),
-                   f"Per-sample KL(reference‖current) per class ({page.units}), all slices, the largest first")
+        chart, named = _class_kl(worst, label, page.units)
+        page.chart("drift-kl-classes", "drift", chart,
+                   f"Per-sample KL(reference‖current) per class ({page.units}), all slices, the largest first", named)
     page.sections["drift"] = section
 
 
@@ -161,11 +164,18 @@ def _confidence(groups: dict[str, list[dict]]) -> dict:
     return chart
 
 
-def _class_kl(rows: list[dict], label, units: str) -> dict:
+def _class_kl(rows: list[dict], label, units: str) -> tuple[dict, list[str]]:
+    """Bars of the mean per-sample KL per class, and the classes whose KL is not finite."""
     alt = altair()
-    values = [{"class": label(r["class"]), "kl": r["value"], "n": r["n"]} for r in rows if finite(r["value"])]
-    return spec(alt.Chart(alt.Data(values=values)).mark_bar().encode(
-        y=alt.Y("class:N", sort=None, title="class"), x=alt.X("kl:Q", title=f"mean KL ({units})"),
-        tooltip=[alt.Tooltip("class:N"), alt.Tooltip("kl:Q", format=".5f", title=f"mean KL ({units})"),
-                 alt.Tooltip("n:Q", format=",", title="joined rows")],
-    ).properties(width=520, height=alt.Step(16)))
+    values, named = nonfinite_rows([{"class": label(r["class"]), "kl": r["value"], "n": r["n"]} for r in rows], "kl",
+                                   lambda r: f"class {r['class']}")
+    title = f"mean KL ({units})"
+    y = alt.Y("class:N", sort=[r["class"] for r in values], title="class")  # ∞ first, as sorted
+    rows_tooltip = alt.Tooltip("n:Q", format=",", title="joined rows")
+    bars = alt.Chart().mark_bar().encode(
+        y=y, x=alt.X("kl:Q", axis=value_axis(title)),
+        tooltip=[alt.Tooltip("class:N"), alt.Tooltip("kl:Q", format=".5f", title=title), rows_tooltip])
+    edges = edge_marks(values, "x", y=y, tooltip=[alt.Tooltip("class:N"), alt.Tooltip("nonfinite:N", title=title),
+                                                  rows_tooltip])
+    chart = alt.layer(bars, *edges, data=alt.Data(values=values)).properties(width=520, height=alt.Step(16))
+    return spec(chart), named

@@ -14,7 +14,7 @@ from xent_kernels import slice_columns as slice_metrics
 from ...metadata import INTEGRITY_KEY
 from ..tables import bad_shards_summary
 from .common import (
-    LABELS, Page, altair, cell, class_label, finite, interval_plot, number, slice_label, spec, text_cell,
+    LABELS, Page, altair, cell, class_label, finite, interval_plot, largest_first, number, slice_label, spec, text_cell,
 )
 
 MAX_CONFUSION_CLASSES = 30  # rows and columns of the confusion heat map
@@ -53,7 +53,7 @@ def build(tables: dict[str, pa.Table], page: Page, max_classes: int) -> None:
         page.subtitle.append(f"{len(class_rows)} classes")
     for row in class_rows:
         row["label"] = class_label(row)
-    worst = sorted(class_rows, key=lambda r: -r["ce_mean"] if finite(r["ce_mean"]) else math.inf)[:max_classes]
+    worst = sorted(class_rows, key=lambda r: largest_first(r["ce_mean"]))[:max_classes]
     if class_rows:
         metrics = [c for c in class_columns(headline=True) if c in per_class.column_names]
         page.sections["per_class"] = {
@@ -63,8 +63,8 @@ def build(tables: dict[str, pa.Table], page: Page, max_classes: int) -> None:
                       cell(r, "n")] + [cell(r, m) for m in metrics] for r in worst],
             "left_out": len(class_rows) - len(worst),
         }
-        page.chart("forest-classes", "forest", _forest(worst, page.units, "class"),
-                   f"Mean CE per class ({page.units}), the worst {len(worst)}")
+        chart, named = _forest(worst, page.units, "class")
+        page.chart("forest-classes", "forest", chart, f"Mean CE per class ({page.units}), the worst {len(worst)}", named)
     if slices:
         metrics = [c for c in slice_metrics(headline=True) if c in summary.column_names]
         page.sections["per_slice"] = {
@@ -75,8 +75,9 @@ def build(tables: dict[str, pa.Table], page: Page, max_classes: int) -> None:
         }
         for row in slices:
             row["label"] = slice_label(row, slice_by)
-        ranked = sorted(slices, key=lambda r: -r["ce_mean"] if finite(r["ce_mean"]) else math.inf)
-        page.chart("forest-slices", "forest", _forest(ranked, page.units, "slice"), f"Mean CE per slice ({page.units})")
+        ranked = sorted(slices, key=lambda r: largest_first(r["ce_mean"]))
+        chart, named = _forest(ranked, page.units, "slice")
+        page.chart("forest-slices", "forest", chart, f"Mean CE per slice ({page.units})", named)
     if class_rows or slices:
         page.sections["forest"] = True
     if overall.get("confidence_hist") and sum(overall["confidence_hist"]) > 0:
@@ -93,15 +94,15 @@ def build(tables: dict[str, pa.Table], page: Page, max_classes: int) -> None:
 def _cards(overall: dict, page: Page) -> list[dict[str, Any]]:
     cards = [{"metric": "n", "label": "rows", "text": number(overall["n"]), "value": overall["n"], "interval": ""}]
     for name in CARD_METRICS:
-        if name in overall and finite(overall[name]):
+        if overall.get(name) is not None:  # an infinite CE shows as ∞
             shown = cell(overall, name)
             cards.append({"metric": name, "label": LABELS.get(name, name) + page.units_of(name), "text": shown["text"],
                           "value": repr(overall[name]), "interval": shown["interval"]})
     return cards
 
 
-def _forest(rows: list[dict], units: str, title: str) -> dict:
-    """CE with its interval per row (class or slice), in the order given."""
+def _forest(rows: list[dict], units: str, title: str) -> tuple[dict, list[str]]:
+    """CE with its interval per row (class or slice), in the order given, and the rows whose CE is not finite."""
     return interval_plot(rows, value="ce_mean", lo="ce_mean_lo", hi="ce_mean_hi", label="label",
                          axis=f"mean CE ({units})", tooltip_title=title)
 

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from ...metadata import HISTORY_KEY
 from ..tables import HISTORY_COLUMNS
-from .common import LABELS, Page, altair
+from .common import LABELS, Page, altair, edge_marks, nonfinite_rows
 
 # Trends drawn, per scope of metrics.parquet: the summary's overall and per-slice rows,
 # and the drift metrics of all classes together (these, and every other drift metric
@@ -32,7 +32,7 @@ MAX_DATES = 90  # run dates drawn, the latest; the page says how many earlier on
 OVERALL = "overall"
 BREACHED = "#b71c1c"
 # The chart's rows, written as CSV (a third of the size of JSON objects) and parsed by Vega.
-CSV_FIELDS = ("date", "source", "series", "metric", "value", "lo", "hi", "threshold", "breached", "run")
+CSV_FIELDS = ("date", "source", "series", "metric", "value", "lo", "hi", "threshold", "breached", "run", "nonfinite")
 CSV_PARSE = {"value": "number", "lo": "number", "hi": "number", "threshold": "number", "breached": "boolean",
              "run": "boolean"}
 
@@ -79,9 +79,10 @@ def metric_label(name: str, page: Page | None) -> str:
     return LABELS.get(name, name) + (page.units_of(name) if page is not None else "")
 
 
-def trend_rows(history: pa.Table, page: Page | None = None) -> list[dict]:
-    """One row per (source, slice, date, metric) drawn, keys with no value left out;
-    metrics labelled with `page`'s units if given."""
+def trend_rows(history: pa.Table, page: Page | None = None) -> tuple[list[dict], list[str]]:
+    """One row per (source, slice, date, metric) drawn, keys with no value left out, a
+    non-finite value as its text in ``nonfinite``; metrics labelled with `page`'s units
+    if given. And the note's names of the non-finite values."""
     wanted = ((pc.field("scope") == "slice") & pc.field("metric").isin(list(TREND_METRICS["slice"]))) | (
         (pc.field("scope") == "drift") & pc.field("metric").isin(pa.array(drift_metrics(history), pa.string())))
     picked = history.filter(wanted & pc.field("class").is_null())
@@ -94,8 +95,11 @@ def trend_rows(history: pa.Table, page: Page | None = None) -> list[dict]:
                 "metric": metric_label(row["metric"], page), "value": row["value"], "lo": row["lo"],
                 "hi": row["hi"], "threshold": row["threshold"], "breached": row["breached"] or None,
                 "run": (row["source"], date) in runs or None}
-        out.append({k: v for k, v in item.items() if v is not None and not (isinstance(v, float) and not math.isfinite(v))})
-    return sorted(out, key=lambda r: (r["source"], r["metric"], r["series"], r["date"]))
+        out.append(item)
+    out.sort(key=lambda r: (r["source"], r["metric"], r["series"], r["date"]))
+    out, named = nonfinite_rows(out, "value", lambda r: f"{r['metric']} of {r['source']} {r['series']} on {r['date']}")
+    return [{k: v for k, v in r.items() if v is not None and not (isinstance(v, float) and not math.isfinite(v))}
+            for r in out], named
 
 
 def rows_csv(rows: list[dict]) -> str:
@@ -140,9 +144,13 @@ def trend_chart(rows: list[dict], n_sources: int, order: list[str]) -> dict:
         x=x, y=alt.Y("value:Q", title=None, scale=alt.Scale(zero=False)), color=color, tooltip=tooltip)
     rings = alt.Chart().transform_filter("datum.breached").mark_point(
         size=160, filled=False, strokeWidth=2, color=BREACHED).encode(x=x, y="value:Q", tooltip=tooltip)
+    edges = edge_marks(rows, "y", x=x, tooltip=[alt.Tooltip("date:T", format="%Y-%m-%d"), alt.Tooltip("source:N"),
+                                                alt.Tooltip("series:N", title="slice"), alt.Tooltip("metric:N"),
+                                                alt.Tooltip("nonfinite:N", title="value")])
     width = 640 if n_sources == 1 else max(220, 900 // n_sources)
     # The spec is validated without its rows (altair's validation of ~6,000 rows takes seconds); they go in after.
-    layered = alt.layer(runs, intervals, lines, rings, data=alt.Data(name="trends")).properties(width=width, height=130)
+    layered = alt.layer(runs, intervals, lines, rings, *edges, data=alt.Data(name="trends")).properties(
+        width=width, height=130)
     chart = layered.facet(
         row=alt.Row("metric:N", sort=order, title=None, header=alt.Header(labelAngle=0, labelAlign="left")),
         column=alt.Column("source:N", title=None),
@@ -166,7 +174,7 @@ def build(page: Page, history: pa.Table, *, source: str | None = None, up_to: st
     history, left_out = window(history, max_dates)
     dates = sorted({day(d) for d in pc.unique(history.column("run_date")).to_pylist()})
     sources = sorted(pc.unique(history.column("source")).to_pylist())
-    rows = trend_rows(history, page if units else None)
+    rows, named = trend_rows(history, page if units else None)
     runs = breached_runs(history)
     page.sections["history"] = {
         "dates": dates, "sources": sources, "left_out": left_out,
@@ -175,7 +183,7 @@ def build(page: Page, history: pa.Table, *, source: str | None = None, up_to: st
     }
     if rows:
         order = [metric_label(m, page if units else None) for m in (*TREND_METRICS["slice"], *drift_metrics(history))]
-        page.chart("history-chart", "history", trend_chart(rows, len(sources), order))
+        page.chart("history-chart", "history", trend_chart(rows, len(sources), order), nonfinite=named)
 
 
 def latest_verdicts(page: Page, history: pa.Table) -> None:

@@ -52,7 +52,7 @@ def changes(history: pa.Table, source: str, run_date: str) -> tuple[str | None, 
 
 def change(name: str, current: Any, previous: Any, since: str) -> dict[str, Any] | None:
     """A card's change: its text, ``better``/``worse`` by the metric's direction, and the value."""
-    if previous is None or current is None or not (finite(current) and finite(previous)):
+    if previous is None or current is None:  # an infinite value changes by ∞ (or nan), shown as such
         return None
     delta = current - previous
     shown = change_text(delta)
