@@ -489,7 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except XentError as error:
-        _print_error(str(error), args.verbose)
+        _print_error(str(error), args.verbose, getattr(error, "problems", None))
         return error.exit_code
     except KeyboardInterrupt:
         out = getattr(args, "out", None)
@@ -509,14 +509,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERNAL
 
 
-def _print_error(message: str, verbose: bool) -> None:
-    """One line on stderr; the traceback too with --verbose."""
+def _print_error(message: str, verbose: bool, problems: list[str] | None = None) -> None:
+    """One line on stderr (one per problem of a config); the traceback too with --verbose."""
     if verbose:
         import traceback
 
         traceback.print_exc()
-    one_line = " ".join(part.strip() for part in message.splitlines() if part.strip())
-    print(f"xent: error: {one_line}", file=sys.stderr)
+    for line in problems or [message]:
+        one_line = " ".join(part.strip() for part in line.splitlines() if part.strip())
+        print(f"xent: error: {one_line}", file=sys.stderr)
 
 
 def _version() -> str:

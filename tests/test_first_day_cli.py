@@ -1,0 +1,105 @@
+"""A new user's first day at the command line: config typos are one line per problem
+with a "did you mean"; a missing source fails before Prefect starts; the cluster's own
+logs go to a log file, not the terminal; a failing nightly ends with one short line.
+Each runs the real `xent` command on real files."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import cli_env, run_cli
+
+
+@pytest.fixture(scope="module")
+def prefect_home(tmp_path_factory):
+    return tmp_path_factory.mktemp("prefect-home")
+
+
+def error_lines(result) -> list[str]:
+    assert result.returncode == 2, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    lines = result.stderr.strip().splitlines()
+    assert all(line.startswith("xent: error: ") for line in lines), result.stderr
+    return [line.removeprefix("xent: error: ") for line in lines]
+
+
+# --------------------------------------------------------------------------- config typos
+
+NIGHTLY_TYPO = """\
+report_root: reports
+sorces:
+  - name: prod
+    paths: [dump]
+"""
+
+NIGHTLY_NESTED = """\
+report_root: reports
+sources:
+  - name: prod
+    paths: [dump]
+    refrence: previous
+drift:
+  confidence_bin: 5
+  thresholds: {marginal_jss: 0.1}
+gate: {metric: ce_mean, max_increse: 0.01}
+"""
+
+NIGHTLY_SETTINGS = """\
+report_root: reports
+defaults: {kidn: probs}
+sources:
+  - name: prod
+    paths: [dump]
+    settings: {slice_bye: [model]}
+"""
+
+CASES = {
+    "nightly sources": (["nightly"], NIGHTLY_TYPO, [
+        "key 'sources': missing: this key is required",
+        "key 'sorces': unknown key; did you mean 'sources'?",
+    ]),
+    "nightly nested": (["nightly"], NIGHTLY_NESTED, [
+        "key 'sources.0.refrence': unknown key; did you mean 'reference'?",
+        "key 'drift.thresholds': unknown drift metric(s) ['marginal_jss']; known: ['kl_per_sample', 'marginal_kl', "
+        "'marginal_js', 'marginal_psi', 'confidence_kl', 'confidence_js', 'confidence_psi']; did you mean 'marginal_js'?",
+        "key 'drift.confidence_bin': unknown key; did you mean 'confidence_bins'?",
+        "key 'gate.0.max_increse': unknown key; did you mean 'max_increase'?",
+    ]),
+    "nightly settings": (["nightly"], NIGHTLY_SETTINGS, [
+        "key 'defaults.kidn': unknown key; did you mean 'kind'?",
+        "key 'sources.0.settings.slice_bye' (prod): unknown key; did you mean 'slice_by'?",
+    ]),
+    "eval": (["eval", "dump", "--out", "out"], "kidn: probs\nn_bucket: 4\n", [
+        "key 'kidn': unknown key; did you mean 'kind'?",
+        "key 'n_bucket': unknown key; did you mean 'n_buckets'?",
+    ]),
+    "drift": (["drift", "--reference", "a", "--current", "b", "--out", "out"], "drift: {smothing: 0.01}\n", [
+        "key 'drift.smothing': unknown key; did you mean 'smoothing'?",
+    ]),
+    "compare": (["compare", "--baseline", "a", "--candidate", "b", "--out", "out"],
+                "compare: {tie_tolerence: 0.1}\ngate: [{metric: ce_mean, max_decrese: 0.1}]\n", [
+        "key 'compare.tie_tolerence': unknown key; did you mean 'tie_tolerance'?",
+        "key 'gate.0.max_decrese': unknown key; did you mean 'max_decrease'?",
+    ]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_config_typos_are_one_line_each_with_did_you_mean(tmp_path, prefect_home, case):
+    command, text, expected = CASES[case]
+    config = tmp_path / "typo.yaml"
+    config.write_text(text)
+    result = run_cli([*command, "--config", str(config)], cli_env(prefect_home), cwd=tmp_path)
+    assert error_lines(result) == [f"{config}: {line}" for line in expected]
+
+
+def test_an_unknown_key_far_from_any_lists_the_keys_at_its_level(tmp_path, prefect_home):
+    config = tmp_path / "far.yaml"
+    config.write_text("drift: {zzzz: 1}\n")
+    result = run_cli(["drift", "--reference", "a", "--current", "b", "--out", "out", "--config", str(config)],
+                     cli_env(prefect_home), cwd=tmp_path)
+    [line] = error_lines(result)
+    assert line.startswith(f"{config}: key 'drift.zzzz': unknown key; known keys here: bucket_rows, confidence_bins, ")
+    assert "did you mean" not in line
