@@ -9,8 +9,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import cli_env, run_cli
+from flows.config import DRIFT_METRICS
+from flows.generate import generate_dump
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +106,31 @@ def test_an_unknown_key_far_from_any_lists_the_keys_at_its_level(tmp_path, prefe
     [line] = error_lines(result)
     assert line.startswith(f"{config}: key 'drift.zzzz': unknown key; known keys here: bucket_rows, confidence_bins, ")
     assert "did you mean" not in line
+
+
+# --------------------------------------------------------------------------- a failing nightly's last line
+
+
+def test_a_failing_nightly_ends_with_one_short_line_naming_the_count_and_the_page(tmp_path, prefect_home):
+    days = ("2026-11-22", "2026-11-23")
+    for seed, (day, drift) in enumerate(zip(days, (0.0, 1.5))):
+        generate_dump(tmp_path / "dumps" / f"date={day}", rows=2000, classes=4, shards=2,
+                      slices={"model": ["a", "b", "c"]}, seed=seed, drift=drift)
+    config = tmp_path / "nightly.yaml"
+    config.write_text(yaml.safe_dump({
+        "report_root": str(tmp_path / "reports"),
+        "sources": [{"name": "prod", "paths": [str(tmp_path / "dumps" / "date={date}")], "reference": "previous"}],
+        "defaults": {"slice_by": ["model"]},
+        "drift": {"thresholds": {metric: 1e-9 for metric in DRIFT_METRICS}},
+        "gate": [{"metric": metric, "max_increase": 0.0, "mode": "point"} for metric in ("ce_mean", "ece", "brier")],
+    }))
+    result = run_cli(["nightly", "--config", str(config), "--from", days[0], "--to", days[1], "--no-prefect"],
+                     cli_env(prefect_home), timeout=300)
+    assert result.returncode == 3, result.stderr
+    breaches = [line for line in result.stdout.splitlines() if line.startswith("BREACH ")]
+    assert len(breaches) >= 25
+    page = tmp_path / "reports-tables" / "history.html"
+    assert result.stdout.strip().splitlines()[-1] == f"page: {page}"
+    [last] = result.stderr.strip().splitlines()
+    assert last == f"xent: error: {len(breaches)} breach(es) in 2 source-date run(s), listed above; page: {page}"
+    assert len(last) - len(str(page)) < 200
