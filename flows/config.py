@@ -6,16 +6,18 @@ A bad config fails here, before any data is read, naming the file and the key.
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import json
 import re
 import string
+import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import UsageError
+from .errors import ConfigError, UsageError
 from .kinds import KINDS
 
 
@@ -101,12 +103,65 @@ class EvalConfig(StrictModel):
 Model = TypeVar("Model", bound=BaseModel)
 
 
-def describe_validation_error(error: ValidationError, where: str) -> str:
+def did_you_mean(word: str, known) -> str:
+    """``; did you mean 'sources'?`` when `word` is close to one of `known`, else ``""``."""
+    close = difflib.get_close_matches(str(word), [str(k) for k in known], n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+class ConfigProblems(ValueError):
+    """Problems found by a model validator, one line each, with the keys they concern."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def _models(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation holds (``list[Gate] | None`` -> [Gate])."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [model for arg in typing.get_args(annotation) for model in _models(arg)]
+
+
+def _keys_at(model: type[BaseModel] | None, loc: tuple) -> list[str]:
+    """The field names of the model found by following `loc` from `model` (list indexes
+    and pydantic's union tags are passed over); [] when `loc` leads to no model."""
+    models = [model] if model else []
+    for part in loc:
+        fields = [m.model_fields[part] for m in models if isinstance(part, str) and part in m.model_fields]
+        if fields:
+            models = [found for field in fields for found in _models(field.annotation)]
+    return sorted({name for m in models for name in m.model_fields})
+
+
+def _problem(item: dict, model: type[BaseModel] | None) -> str:
+    """One pydantic error item in words; an unknown key close to a known one at its
+    level gets a "did you mean"."""
+    loc = item["loc"]
+    if item["type"] == "extra_forbidden":
+        known = _keys_at(model, loc[:-1])
+        return "unknown key" + (did_you_mean(loc[-1], known) or (f"; known keys here: {', '.join(known)}" if known else ""))
+    if item["type"] == "missing":
+        return "missing: this key is required"
+    return item["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+
+
+def validation_problems(error: ValidationError, where: str, model: type[BaseModel] | None = None) -> list[str]:
+    """One line per problem, each naming `where` and the key."""
     lines = []
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        lines.append(f"{where}: key '{key}': {item['msg']}")
-    return "\n".join(lines)
+        key = ".".join(str(part) for part in item["loc"])
+        cause = (item.get("ctx") or {}).get("error")
+        if isinstance(cause, ConfigProblems):
+            lines += [f"{where}: {problem}" for problem in cause.problems]
+        else:
+            lines.append(f"{where}: key '{key}': {_problem(item, model)}" if key else f"{where}: {_problem(item, model)}")
+    return list(dict.fromkeys(lines))
+
+
+def describe_validation_error(error: ValidationError, where: str, model: type[BaseModel] | None = None) -> str:
+    return "\n".join(validation_problems(error, where, model))
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -135,7 +190,7 @@ def build_config(model: type[Model], path: str | Path | None = None, overrides: 
     try:
         return model.model_validate(data)
     except ValidationError as error:
-        raise UsageError(describe_validation_error(error, where)) from None
+        raise ConfigError(validation_problems(error, where, model)) from None
 
 
 def read_class_names(value: str) -> list[str]:
@@ -176,7 +231,8 @@ class SliceThresholds(StrictModel):
 def _check_metrics(value: dict[str, float]) -> dict[str, float]:
     unknown = sorted(set(value) - set(DRIFT_METRICS))
     if unknown:
-        raise ValueError(f"unknown drift metric(s) {unknown}; known: {list(DRIFT_METRICS)}")
+        hints = "".join(did_you_mean(name, DRIFT_METRICS) for name in unknown)
+        raise ValueError(f"unknown drift metric(s) {unknown}; known: {list(DRIFT_METRICS)}{hints}")
     return value
 
 
@@ -258,7 +314,7 @@ class Gate(StrictModel):
 
         known = [s.name for s in STATISTICS if s.interval]
         if value not in known:
-            raise ValueError(f"unknown gate metric {value!r}; metrics with intervals: {known}")
+            raise ValueError(f"unknown gate metric {value!r}; metrics with intervals: {known}{did_you_mean(value, known)}")
         return value
 
     @model_validator(mode="after")
@@ -424,19 +480,34 @@ class NightlyConfig(StrictModel):
         # whose slice columns do not collide with the history's own columns.
         from .report.tables import HISTORY_COLUMNS
 
+        problems = []
         for i, source in enumerate(self.sources):
             try:
                 config = self.eval_config(source, "2000-01-01")
             except ValidationError as error:
-                problems = "; ".join(
-                    f"key '{'.'.join(str(p) for p in item['loc'])}': {item['msg']}" for item in error.errors()
-                )
-                raise ValueError(f"sources.{i} ({source.name}) with defaults: {problems}") from None
+                problems += self._settings_problems(i, source, error)
+                continue
             clashes = sorted(set(config.slice_by) & set(HISTORY_COLUMNS))
             if clashes:
-                raise ValueError(f"sources.{i} ({source.name}): slice_by {clashes} would clash with the history's "
-                                 f"own columns {list(HISTORY_COLUMNS)}; rename the slice column(s)")
+                problems.append(f"sources.{i} ({source.name}): slice_by {clashes} would clash with the history's "
+                                f"own columns {list(HISTORY_COLUMNS)}; rename the slice column(s)")
+        if problems:
+            raise ConfigProblems(list(dict.fromkeys(problems)))
         return self
+
+    def _settings_problems(self, i: int, source: NightlySource, error: ValidationError) -> list[str]:
+        """`error` of source `i`'s evaluation settings, each naming the key where it was
+        written: ``sources.0.settings.kind``, else ``defaults.kind``."""
+        lines = []
+        for item in error.errors():
+            loc = item["loc"]
+            top = loc[0] if loc else None
+            at = ("defaults" if top in self.defaults and top not in source.settings
+                  else f"sources.{i}.paths" if top == "sources" else f"sources.{i}.settings")
+            key = ".".join(str(part) for part in (loc[1:] if top == "sources" else loc))
+            where = f"key '{at}.{key}'" if key else f"key '{at}'"
+            lines.append(f"{where}{'' if at == 'defaults' else f' ({source.name})'}: {_problem(item, EvalConfig)}")
+        return lines
 
     @model_validator(mode="after")
     def _tables_outside_history(self):

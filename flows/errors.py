@@ -28,6 +28,14 @@ class UsageError(XentError):
     exit_code = EXIT_USAGE
 
 
+class ConfigError(UsageError):
+    """A configuration with one or more problems: `problems` holds one line each."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+
+
 class DataError(XentError):
     """The input data is not what the configuration says it is."""
 

@@ -164,7 +164,7 @@ BAD_CONFIGS = [
     (NightlyConfig, {"report_root": "/r", "sources": [{"name": "a", "paths": ["x"]}], "schedule": {"cron": "61 * * * *"}},
      "key 'schedule.cron'"),
     (NightlyConfig, {"report_root": "/r", "sources": [{"name": "a", "paths": ["x"], "settings": {"kindd": "logits"}}]},
-     "key 'kindd'"),
+     "key 'sources.0.settings.kindd' (a): unknown key; did you mean 'kind'?"),
     (NightlyConfig, {"sources": [{"name": "a", "paths": ["x"]}]}, "key 'report_root'"),
 ]
 

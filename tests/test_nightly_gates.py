@@ -329,10 +329,10 @@ def test_a_baseline_with_other_classes_is_reported_not_compared(tmp_path, capsys
 
 
 @pytest.mark.parametrize("top, expected", [
-    ({"gate": {"metric": "nope", "max_increase": 0.1}}, "key 'gate.0.metric': Value error, unknown gate metric 'nope'"),
+    ({"gate": {"metric": "nope", "max_increase": 0.1}}, "key 'gate.0.metric': unknown gate metric 'nope'"),
     ({"baseline": "yesterday"}, "key 'baseline"),
     ({"sources": [{"name": "prod", "paths": ["x"], "gate": {"metric": "ce_mean"}}]},
-     "key 'sources.0.gate.0': Value error, a gate needs exactly one of max_increase or max_decrease"),
+     "key 'sources.0.gate.0': a gate needs exactly one of max_increase or max_decrease"),
 ])
 def test_bad_gate_settings_are_config_errors_naming_the_key(tmp_path, top, expected):
     config = {"report_root": str(tmp_path / "reports"), "sources": [{"name": "prod", "paths": ["x"]}], **top}

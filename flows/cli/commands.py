@@ -99,11 +99,52 @@ def _eval_overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def check_sources(sources: list[str], storage_options: dict[str, Any]) -> None:
+    """Each source has a known URL scheme and names Parquet files (listing only, no
+    file is opened): a missing folder fails here, before Prefect starts."""
+    import fsspec
+
+    from ..config import did_you_mean
+    from ..inputs.sources import list_inputs
+
+    known = fsspec.available_protocols()
+    for source in sources:
+        scheme, sep, _ = source.partition("://")
+        if sep and scheme not in known:
+            raise UsageError(f"{source}: unknown URL scheme '{scheme}://'{did_you_mean(scheme, known)}")
+    list_inputs(sources, storage_options)
+
+
+def check_output(out: str, flag: str = "--out") -> None:
+    """A local output folder can be created: the nearest existing folder above it is a
+    writable folder (written to, as the report will be). Object stores are not probed."""
+    from ..errors import as_infrastructure_error
+    from ..inputs.sources import filesystem, is_local
+
+    fs, path = filesystem(out)
+    if not is_local(fs):
+        return
+    target = Path(path).absolute()
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"{flag} {out}: is a file, not a folder; give a folder to write the report in")
+    existing = next(folder for folder in target.parents if folder.exists())
+    if not existing.is_dir():
+        raise UsageError(f"{flag} {out}: cannot create it, {existing} is a file; give a folder path")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise as_infrastructure_error(error, out, "cannot write") or UsageError(
+            f"{flag} {out}: cannot write in {existing}: {error.strerror}") from None
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from ..config import EvalConfig, build_config
     from .show import print_report
 
     config = build_config(EvalConfig, args.config, _eval_overrides(args))
+    check_sources(config.sources, config.storage_options)  # before Prefect starts
+    check_output(args.out)
     started = time.perf_counter()
     if args.no_prefect:
         from ..engine import Progress
@@ -206,6 +247,9 @@ def cmd_drift(args: argparse.Namespace) -> int:
             config.drift.id_cols = args.id_cols
     except ValidationError as error:
         raise UsageError(describe_validation_error(error, "--id-cols")) from None
+    for sources in (config.reference, config.sources):  # before Prefect starts
+        check_sources(sources, config.storage_options)
+    check_output(args.out)
     page = _page_line(args.out)
     if args.no_prefect:
         from ..engine import Progress
@@ -248,6 +292,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
             config.compare.id_cols = args.id_cols
     except ValidationError as error:
         raise UsageError(describe_validation_error(error, "--id-cols")) from None
+    for sources in (config.baseline, config.sources):  # before Prefect starts
+        check_sources(sources, config.storage_options)
+    check_output(args.out)
     page = _page_line(args.out)
     if args.no_prefect:
         from ..engine import Progress
@@ -280,6 +327,8 @@ def cmd_nightly(args: argparse.Namespace) -> int:
         raise UsageError("a backfill needs both --from and --to")
     flags = ("--from", "--to") if args.start else ("--date", "--to")
     dates = run_dates(config, args.date or args.start, args.end, flags)  # exit 2 naming the flag and the value
+    check_output(config.report_root, "report_root")  # each source's dump is checked per date, as an outcome
+    check_output(config.tables_base, "tables_root")
     if args.no_prefect:
         from ..engine import Progress
 
@@ -489,7 +538,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except XentError as error:
-        _print_error(str(error), args.verbose)
+        _print_error(str(error), args.verbose, getattr(error, "problems", None))
         return error.exit_code
     except KeyboardInterrupt:
         out = getattr(args, "out", None)
@@ -509,14 +558,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERNAL
 
 
-def _print_error(message: str, verbose: bool) -> None:
-    """One line on stderr; the traceback too with --verbose."""
+def _print_error(message: str, verbose: bool, problems: list[str] | None = None) -> None:
+    """One line on stderr (one per problem of a config); the traceback too with --verbose."""
     if verbose:
         import traceback
 
+        from ..runtime import cluster_log_path
+
         traceback.print_exc()
-    one_line = " ".join(part.strip() for part in message.splitlines() if part.strip())
-    print(f"xent: error: {one_line}", file=sys.stderr)
+        if cluster_log_path().exists():
+            print(f"cluster log: {cluster_log_path()}", file=sys.stderr)
+    for line in problems or [message]:
+        one_line = " ".join(part.strip() for part in line.splitlines() if part.strip())
+        print(f"xent: error: {one_line}", file=sys.stderr)
 
 
 def _version() -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import sys
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -13,6 +14,7 @@ from distributed import Client, LocalCluster
 
 from ..config import EvalConfig
 from ..errors import InfrastructureError, XentError, infrastructure_cause
+from ..runtime import send_cluster_logs_to_file
 
 STALL_TIMEOUT = EvalConfig.model_fields["stall_timeout"].default
 
@@ -114,12 +116,12 @@ def dask_client(address: str | None = None, *, n_workers: int | None = None) -> 
     pyarrow release the GIL, and there is no worker start-up or data transfer to pay.
     """
     # distributed logs every connection at INFO, and a worker logs each failed task
-    # with its traceback; the error reaches the user once, from the client.
-    verbose = logging.getLogger().getEffectiveLevel() < logging.WARNING
-    logging.getLogger("distributed").setLevel(logging.INFO if verbose else logging.WARNING)
-    logging.getLogger("distributed.worker").setLevel(logging.INFO if verbose else logging.CRITICAL)
-    logging.getLogger("distributed.client").setLevel(logging.INFO if verbose else logging.CRITICAL)
-    logging.getLogger("distributed.worker.memory").setLevel(logging.INFO if verbose else logging.WARNING)
+    # with its traceback: all of it goes to the cluster log; the error reaches the
+    # user once, from the client.
+    log = send_cluster_logs_to_file()
+    logging.getLogger("distributed").setLevel(logging.INFO)
+    if logging.getLogger().getEffectiveLevel() < logging.WARNING:  # --verbose
+        print(f"cluster log: {log}", file=sys.stderr)
     address = address or os.environ.get("DASK_SCHEDULER_ADDRESS")
     if address:
         try:
@@ -134,7 +136,7 @@ def dask_client(address: str | None = None, *, n_workers: int | None = None) -> 
         return
     threads = n_workers or os.cpu_count() or 1
     with LocalCluster(
-        n_workers=1, threads_per_worker=threads, processes=False, dashboard_address=":0", silence_logs=logging.WARNING
+        n_workers=1, threads_per_worker=threads, processes=False, dashboard_address=":0", silence_logs=False
     ) as cluster, Client(cluster) as client, _cluster_failures_named(cluster.scheduler_address):
         yield client
 

@@ -629,9 +629,23 @@ def nightly_steps(config: NightlyConfig, dates: Sequence[str], steps: Steps = St
 
 def report_outcomes(outcomes: Sequence[Outcome], out: TextIO | None = None, page: str | None = None) -> int:
     """Print the outcomes and the history `page`; raise the run's error (exit 1 or 3)
-    if it has one, else return 0."""
+    if it has one, else return 0. The error's message is short: every breach and
+    error was printed above it."""
     print_outcomes(outcomes, out, page)
     error = failure(outcomes)
     if error is not None:
-        raise error
+        short = type(error)(failure_summary(outcomes, page))
+        short.outcomes = error.outcomes
+        raise short
     return EXIT_OK
+
+
+def failure_summary(outcomes: Sequence[Outcome], page: str | None = None) -> str:
+    """``3 breach(es) and 1 data error(s) in 4 source-date run(s), listed above; page: PATH``."""
+    breaches = sum(len(o.breach_lines()) for o in outcomes)
+    errors = sum(o.status == "data error" for o in outcomes)
+    unchecked = sum(o.status != "data error" and o.gate is not None and o.gate.status == "not comparable"
+                    for o in outcomes)
+    counts = [f"{n} {what}" for n, what in ((breaches, "breach(es)"), (errors, "data error(s)"),
+                                              (unchecked, "gate(s) not checked")) if n]
+    return f"{' and '.join(counts)} in {len(outcomes)} source-date run(s), listed above" + (f"; page: {page}" if page else "")
