@@ -57,6 +57,14 @@ class EvalConfig(StrictModel):
     )
     scheduler: str | None = Field(None, description="Address of an existing Dask scheduler.")
     on_bad_shard: Literal["error", "skip"] = "error"
+    prob_tolerance: float | None = Field(
+        None, gt=0, lt=1, description="probs: how far a row's sum may be from 1 (log_probs: its logsumexp from 0); "
+        "none = 1e-4 (xent_kernels.SUM_TOLERANCE).",
+    )
+    renormalize: bool = Field(
+        False, description="probs: divide each row by its sum (log_probs: subtract its logsumexp) before the checks; "
+        "recorded in the report's xent.layout metadata.",
+    )
     on_nonfinite: Literal["error", "count"] = Field(
         "error", description="NaN/inf predictions: fail, or count the rows and leave them out."
     )
@@ -90,6 +98,12 @@ class EvalConfig(StrictModel):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _renormalize_needs_probabilities(self):
+        if self.renormalize and self.kind == "logits":
+            raise ValueError("renormalize applies to kind probs or log_probs; logits need no normalising")
+        return self
 
     def bucket_columns(self) -> tuple[str, ...]:
         """The key columns whose hash picks a row's jackknife bucket, when the dump has

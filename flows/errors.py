@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import errno
+import re
 
 EXIT_OK, EXIT_DATA, EXIT_USAGE, EXIT_BREACH, EXIT_INFRASTRUCTURE, EXIT_INTERNAL = 0, 1, 2, 3, 4, 5
 EXIT_CODES_HELP = (
@@ -16,10 +17,23 @@ EXIT_CODES_HELP = (
 )
 
 
+# The user:password@ of a URL (http://alice:secret@host/...).
+_URL_CREDENTIALS = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@'\"]+@")
+
+
+def without_credentials(text: str) -> str:
+    """`text` with the user:password@ of every URL in it removed: what is shown, logged
+    or stored wherever a source is named (the credentials stay in the URL that is read)."""
+    return _URL_CREDENTIALS.sub(r"\1", text)
+
+
 class XentError(Exception):
-    """Base class: a message for the user and an exit code."""
+    """Base class: a message for the user (URL credentials removed) and an exit code."""
 
     exit_code = EXIT_DATA
+
+    def __init__(self, message: str = "", *args):
+        super().__init__(without_credentials(str(message)), *args)
 
 
 class UsageError(XentError):

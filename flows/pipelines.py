@@ -23,7 +23,7 @@ from xent_kernels import class_columns
 
 from .config import CompareConfig, DriftConfig, EvalConfig, NightlyConfig, build_config
 from .engine import Progress
-from .errors import InfrastructureError, XentError, infrastructure_cause
+from .errors import InfrastructureError, XentError, infrastructure_cause, without_credentials
 from .inputs.sources import InputFile, dump_label, fingerprint
 from .monitor.compare import DriftReport, breach_error, describe_breach
 from .monitor.gates import gate_error
@@ -64,7 +64,7 @@ compare_models = task(cache_policy=NONE)(compare_run.compare_on_cluster)
 @task(cache_policy=NONE)
 def publish_artifact(key: str, rows: list[dict], description: str) -> None:
     """Attach a table to the flow run in Prefect's UI."""
-    create_table_artifact(key=key, table=rows, description=description)
+    create_table_artifact(key=key, table=rows, description=without_credentials(description))
 
 
 # --------------------------------------------------------------------------- helpers

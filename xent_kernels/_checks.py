@@ -17,8 +17,9 @@ SUM_TOLERANCE = 1e-4
 _REASONS = {
     1: "a NaN or infinite value",
     2: "a negative probability",
-    3: "values that do not sum to 1 (tolerance {tol:g})",
+    3: "a sum of {total:.9g}, not 1 (tolerance {tol:g})",
 }
+_LOG_SUM_REASON = "a logsumexp of {total:.9g}, not 0 (tolerance {tol:g})"
 
 
 def kind_code(kind: str) -> int:
@@ -58,15 +59,20 @@ def check_values(pred: np.ndarray, kind: str, name: str) -> None:
         )
 
 
-def find_invalid_row(pred: np.ndarray, kind: str) -> tuple[int, str]:
+def find_invalid_row(pred: np.ndarray, kind: str, tol: float = SUM_TOLERANCE) -> tuple[int, str]:
     """First row of a 2-D prediction array that is not valid for `kind`, with the
-    reason in words; (-1, "") when every row is valid."""
+    reason in words (a row that does not sum to 1 gives its sum and `tol`); (-1, "")
+    when every row is valid."""
     if pred.shape[0] == 0:
         return -1, ""
-    row, code = first_invalid_row(pred, kind_code(kind), SUM_TOLERANCE)
+    row, code = first_invalid_row(pred, kind_code(kind), tol)
     if row < 0:
         return -1, ""
-    return int(row), _REASONS[code].format(tol=SUM_TOLERANCE)
+    values = pred[row].astype(np.float64)
+    if code == 3 and kind == "log_probs":
+        top = values.max()
+        return int(row), _LOG_SUM_REASON.format(total=top + np.log(np.sum(np.exp(values - top))), tol=tol)
+    return int(row), _REASONS[code].format(total=np.sum(values), tol=tol)
 
 
 def find_bad_label(labels: np.ndarray, n_classes: int, ignore_index: int | None = None) -> int:

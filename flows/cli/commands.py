@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import EXIT_CODES_HELP, EXIT_INFRASTRUCTURE, EXIT_INTERNAL, UsageError, XentError, infrastructure_cause
+from ..errors import (EXIT_CODES_HELP, EXIT_INFRASTRUCTURE, EXIT_INTERNAL, UsageError, XentError, infrastructure_cause,
+                      without_credentials)
 from ..kinds import KINDS
 
 
@@ -72,6 +73,10 @@ def _add_eval_arguments(parser: argparse.ArgumentParser, sources: bool = True) -
     parser.add_argument("--scheduler", help="address of an existing Dask scheduler (or $DASK_SCHEDULER_ADDRESS)")
     parser.add_argument("--on-bad-shard", choices=["error", "skip"])
     parser.add_argument("--on-nonfinite", choices=["error", "count"])
+    parser.add_argument("--prob-tolerance", type=float, metavar="TOL",
+                        help="probs: how far a row's sum may be from 1 (default 1e-4)")
+    parser.add_argument("--renormalize", action="store_true", default=None,
+                        help="probs: divide each row by its sum (log_probs: subtract its logsumexp)")
     parser.add_argument("--buckets", type=int, metavar="K", help="jackknife buckets for the intervals (default 20; 1: none)")
     parser.add_argument("--level", type=float, help="two-sided confidence level of the intervals (default 0.95)")
     parser.add_argument("--min-slice-size", type=int, metavar="N", help="flag slices of fewer rows small_slice (default 0)")
@@ -93,6 +98,8 @@ def _eval_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "scheduler": args.scheduler,
         "on_bad_shard": args.on_bad_shard,
         "on_nonfinite": args.on_nonfinite,
+        "prob_tolerance": args.prob_tolerance,
+        "renormalize": args.renormalize,
         "n_buckets": args.buckets,
         "interval_level": args.level,
         "min_slice_size": args.min_slice_size,
@@ -530,6 +537,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _WithoutCredentials) for f in handler.filters):
+            handler.addFilter(_WithoutCredentials())
     # Prefect's per-run INFO lines would bury the report; -v brings them back.
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if args.verbose else "WARNING")
     from ..report.writing import committed
@@ -558,6 +568,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERNAL
 
 
+class _WithoutCredentials(logging.Filter):
+    """Log lines name sources without the user:password@ of their URLs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "@" in message:
+            record.msg, record.args = without_credentials(message), ()
+        return True
+
+
 def _print_error(message: str, verbose: bool, problems: list[str] | None = None) -> None:
     """One line on stderr (one per problem of a config); the traceback too with --verbose."""
     if verbose:
@@ -569,7 +589,7 @@ def _print_error(message: str, verbose: bool, problems: list[str] | None = None)
         if cluster_log_path().exists():
             print(f"cluster log: {cluster_log_path()}", file=sys.stderr)
     for line in problems or [message]:
-        one_line = " ".join(part.strip() for part in line.splitlines() if part.strip())
+        one_line = without_credentials(" ".join(part.strip() for part in line.splitlines() if part.strip()))
         print(f"xent: error: {one_line}", file=sys.stderr)
 
 

@@ -22,7 +22,7 @@ from xent_kernels.hashing import content_buckets, key_buckets
 
 from ..config import EvalConfig
 from ..errors import DataError
-from ..inputs.integrity import inspect_integrity
+from ..inputs.integrity import inspect_integrity, skipped_reason
 from ..inputs.memory import as_arrow
 from ..inputs.reader import Batch, ReadSpec, check_arrow_schema, check_schema, iter_batches, open_parquet, resolve_spec, table_batches
 from ..inputs.sources import InputFile
@@ -93,7 +93,7 @@ def inspect_file(file: InputFile, spec: ReadSpec) -> FileInfo:
     except DataError as error:
         if spec.on_bad_shard == "error":
             raise
-        return FileInfo(file, (declared,) if declared is not None else (), error=str(error))
+        return FileInfo(file, (declared,) if declared is not None else (), error=skipped_reason(error))
 
 
 def evaluate_piece(piece: Piece, spec: ReadSpec, data: Any = None) -> PieceResult:
@@ -105,7 +105,7 @@ def evaluate_piece(piece: Piece, spec: ReadSpec, data: Any = None) -> PieceResul
     except DataError as error:
         if spec.on_bad_shard == "error":
             raise
-        return PieceResult(_empty(spec), (BadShard(piece.file.url, str(error), piece.rows),))
+        return PieceResult(_empty(spec), (BadShard(piece.file.url, skipped_reason(error), piece.rows),))
 
 
 def _empty(spec: ReadSpec) -> ClassStats:
@@ -189,9 +189,13 @@ def _reject_invalid_rows(
     if spec.on_nonfinite == "count":
         finite = np.isfinite(pred).all(axis=1) if spec.kind != "log_probs" else ~np.isnan(pred).any(axis=1)
         pred, index = pred[finite], index[finite]
-    row, reason = find_invalid_row(pred, spec.kind)
+    row, reason = find_invalid_row(pred, spec.kind, spec.prob_tolerance)
     if row >= 0:
-        raise DataError(f"{file.url}: column '{spec.pred_label}', row {first_row + index[row]}: {spec.kind} with {reason}")
+        settings = ("; to accept such rows, raise --prob-tolerance (prob_tolerance: in a config), or divide each row by "
+                    "its sum with --renormalize (renormalize: true)") if "tolerance" in reason else ""
+        raise DataError(
+            f"{file.url}: column '{spec.pred_label}', row {first_row + index[row]}: {spec.kind} with {reason}{settings}"
+        )
 
 
 
@@ -221,7 +225,7 @@ def first_readable_spec(config: EvalConfig, inputs: list[InputFile]) -> tuple[Re
         try:
             return resolve_spec(config, file), tuple(skipped)
         except DataError as error:
-            skipped.append(BadShard(file.url, str(error), _footer_rows(file, config.storage_options)))
+            skipped.append(BadShard(file.url, skipped_reason(error), _footer_rows(file, config.storage_options)))
     raise DataError(f"no file yields the read settings; the first: {skipped[0].reason}")
 
 

@@ -170,8 +170,18 @@ def first_page_offset(column: dict[int, Any]) -> int:
     return min(offset for offset in (column.get(DATA_PAGE_OFFSET), column.get(DICTIONARY_PAGE_OFFSET)) if offset)
 
 
+# Ends the message of a file that cannot be read; `skipped_reason` drops it from the
+# reason a skipped file is listed with.
+SKIP_HINT = "; to leave out such files and list them in bad_shards.parquet, pass --on-bad-shard skip"
+
+
+def skipped_reason(error: BaseException) -> str:
+    """Why a file was left out with --on-bad-shard skip: its error, without SKIP_HINT."""
+    return str(error).replace(SKIP_HINT, "")
+
+
 def _corrupt(url: str, what: str) -> DataError:
-    return DataError(f"{url}: {what}: the file is corrupt; re-write it from its source")
+    return DataError(f"{url}: {what}: the file is corrupt; re-write it from its source{SKIP_HINT}")
 
 
 # What decoding bytes that are not what they should be raises (UnicodeDecodeError is a
@@ -253,5 +263,5 @@ def inspect_integrity(parquet: pq.ParquetFile, url: str, columns: list[str], sto
 def read_error_message(url: str, where: str, error: BaseException) -> str:
     """One line for an error raised while reading `where` (e.g. "row group 3") of `url`."""
     if CRC_FAILURE in str(error):
-        return f"{url}: page checksum mismatch in {where} ({error}): the file is corrupt; re-write it from its source"
-    return f"{url}: cannot read {where} ({error})"
+        return f"{url}: page checksum mismatch in {where} ({error}): the file is corrupt; re-write it from its source{SKIP_HINT}"
+    return f"{url}: cannot read {where} ({error}){SKIP_HINT}"

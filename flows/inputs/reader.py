@@ -21,13 +21,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from xent_kernels import find_bad_label
+from xent_kernels import SUM_TOLERANCE, find_bad_label
 
 from ..config import BINARY_COL, DEFAULT_PRED_COL, WIDE_PREFIX, EvalConfig
 from ..errors import DataError, XentError, as_infrastructure_error
 from ..metadata import CLASSES_KEY
-from .integrity import read_error_message
-from .sources import InputFile, filesystem, is_local
+from .integrity import SKIP_HINT, read_error_message
+from .sources import InputFile, filesystem, is_local, range_ignored, range_ignored_error
 
 
 # Bytes read from a file at a time, over all the columns read (each column has its
@@ -67,6 +67,8 @@ class ReadSpec:
     n_buckets: int = 1  # jackknife buckets: by a hash of id_cols, else of the row's label and prediction
     confusion: bool = False  # keep the confusion matrix (C <= max_confusion_classes)
     n_thresholds: int = 0  # ROC histogram bins for AUC; 0 = off (C > max_auc_classes)
+    prob_tolerance: float = SUM_TOLERANCE  # probs: largest |row sum - 1| (log_probs: |logsumexp|)
+    renormalize: bool = False  # probs: rows divided by their sums (log_probs: logsumexp subtracted) as read
 
     def state_options(self) -> dict[str, Any]:
         """The options of every ``ClassStats`` of this read: ``ClassStats.empty`` and
@@ -108,6 +110,10 @@ def open_parquet(url: str, storage_options: dict[str, Any], buffer_size: int = C
     Pages that carry a CRC are verified as they are read (see flows.integrity)."""
     fs, path = filesystem(url, storage_options)
     options = dict(pre_buffer=False, buffer_size=buffer_size, page_checksum_verification=True)
+    # An HTTP server that ignores Range requests fails the first read past the file's
+    # start (fsspec: ValueError), wherever it happens: one 2-byte request tells first.
+    if range_ignored(fs, path):
+        raise range_ignored_error(url)
     try:
         if is_local(fs):
             return pq.ParquetFile(path, **options)
@@ -117,7 +123,7 @@ def open_parquet(url: str, storage_options: dict[str, Any], buffer_size: int = C
     except (OSError, pa.ArrowException, UnicodeDecodeError) as error:  # a name in a corrupt footer may not decode
         if (failure := as_infrastructure_error(error, url, "cannot read")) is not None:
             raise failure from error
-        raise DataError(f"{url}: not a readable Parquet file ({error})") from None
+        raise DataError(f"{url}: not a readable Parquet file ({error}){SKIP_HINT}") from None
 
 
 def read_failure(url: str, where: str, error: BaseException) -> XentError:
@@ -134,6 +140,45 @@ def _list_value_type(arrow_type: pa.DataType) -> pa.DataType | None:
     if pa.types.is_fixed_size_list(arrow_type) or pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
         return arrow_type.value_type
     return None
+
+
+def _number_type(arrow_type: pa.DataType) -> bool:
+    """Labels may be integers, or floats holding whole numbers (see ``_integral_labels``)."""
+    return pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type)
+
+
+def _prediction_hint(config: EvalConfig, schema: pa.Schema, wide_columns: Callable[[str], tuple[str, ...]]) -> str:
+    """What to pass when the prediction column is not found: fits what was given and
+    what the schema holds."""
+    other_kinds = [other for other in DEFAULT_PRED_COL if other != config.kind and (
+        DEFAULT_PRED_COL[other] in schema.names or BINARY_COL[other] in schema.names
+        or len(wide_columns(WIDE_PREFIX[other])) >= 2)]
+    if other_kinds:
+        return f"the dump looks like --kind {other_kinds[0]}: pass it, or name the prediction column with --pred-col."
+    lists = sorted(f.name for f in schema if (_list_value_type(f.type) is not None and _float_type(_list_value_type(f.type))))
+    floats = sorted(f.name for f in schema if _float_type(f.type) and f.name != config.label_col)
+    if lists:
+        hint = f"name the prediction column with --pred-col {lists[0]} (list columns found: {lists})"
+    elif floats:
+        hint = (f"name the prediction column with --pred-col: a binary model's float column (float columns found: "
+                f"{floats}), or the prefix of wide columns such as logit_")
+    else:
+        hint = ("name the prediction column with --pred-col (a list column, a float column, or a wide-column prefix "
+                "such as logit_); this file has no list or float column")
+    if "kind" not in config.model_fields_set:
+        hint += ", and say what its numbers are with --kind logits, probs or log_probs (default logits)"
+    return hint + "."
+
+
+def _label_hint(config: EvalConfig, schema: pa.Schema, pred_columns: tuple[str, ...]) -> str:
+    """Name the true-class column with --label-col, suggesting the number columns that
+    could be it (string labels need a class list, so a lone number column comes first)."""
+    taken = {*pred_columns, config.id_col, config.weight_col, *config.slice_by}
+    numbers = sorted(f.name for f in schema if f.name not in taken and _number_type(f.type))
+    if len(numbers) == 1:
+        return f"Name the true-class column with --label-col {numbers[0]} (label_col: in a config)."
+    listed = f" (number columns: {numbers})" if numbers else ""
+    return f"Name the true-class column with --label-col NAME (label_col: in a config){listed}."
 
 
 def resolve_spec(config: EvalConfig, first: InputFile) -> ReadSpec:
@@ -191,14 +236,9 @@ def resolve_spec_from_schema(
     elif config.pred_col is not None and len(wide_columns(requested)) >= 2:
         layout, pred_columns = "wide", wide_columns(requested)
     else:
-        other_kinds = [other for other in DEFAULT_PRED_COL if other != kind and (
-            DEFAULT_PRED_COL[other] in names or BINARY_COL[other] in names or len(wide_columns(WIDE_PREFIX[other])) >= 2)]
-        kind_hint = (f"the dump looks like --kind {other_kinds[0]}; pass it, or " if other_kinds
-                     else "pass --kind probs or --kind log_probs if the predictions are (log-)probabilities, or ")
         raise DataError(
             f"{where}: no prediction column '{requested}' (kind {kind}); columns are {sorted(names)}. "
-            f"To fix it, {kind_hint}name the column with --pred-col (a list column, a float column, or a "
-            "wide-column prefix such as logit_)."
+            f"To fix it, {_prediction_hint(config, schema, wide_columns)}"
         )
 
     class_names = tuple(config.classes) if config.classes else None
@@ -224,7 +264,8 @@ def resolve_spec_from_schema(
             )
 
     if config.label_col not in names:
-        raise DataError(f"{where}: no label column '{config.label_col}'; columns are {sorted(names)}")
+        raise DataError(f"{where}: no label column '{config.label_col}'; columns are {sorted(names)}. "
+                        f"{_label_hint(config, schema, pred_columns)}")
     label_type = schema.field(config.label_col).type
     if pa.types.is_dictionary(label_type):
         label_type = label_type.value_type
@@ -234,8 +275,9 @@ def resolve_spec_from_schema(
             f"{where}: labels in '{config.label_col}' are strings but no class list is known: "
             f"give --classes, or store it as JSON under the schema metadata key {CLASSES_KEY.decode()}"
         )
-    if not label_is_string and not pa.types.is_integer(label_type):
-        raise DataError(f"{where}: label column '{config.label_col}' is {label_type}, expected integers or strings")
+    if not (label_is_string or _number_type(label_type)):
+        raise DataError(f"{where}: label column '{config.label_col}' is {label_type}, expected integers (floats "
+                        "holding whole numbers, NaN for none, are read as integers) or strings")
 
     if config.weight_col and config.weight_col not in names:
         raise DataError(f"{where}: no weight column '{config.weight_col}'; columns are {sorted(names)}")
@@ -281,6 +323,8 @@ def resolve_spec_from_schema(
         n_buckets=config.n_buckets,
         confusion=n_classes <= config.max_confusion_classes,
         n_thresholds=config.auc_thresholds if n_classes <= config.max_auc_classes else 0,
+        prob_tolerance=config.prob_tolerance or SUM_TOLERANCE,
+        renormalize=config.renormalize,
     )
 
 
@@ -442,6 +486,8 @@ def _where(file: InputFile, column: str, row: int) -> str:
 def to_arrays(batch: pa.RecordBatch, first_row: int, file: InputFile, spec: ReadSpec) -> Batch:
     n = batch.num_rows
     pred = _predictions(batch, first_row, file, spec)
+    if spec.renormalize:
+        pred = renormalized(pred, spec.kind)
     labels = _labels(batch.column(spec.label_col), first_row, file, spec)
     weights = None
     if spec.weight_col:
@@ -482,6 +528,22 @@ def _as_float_matrix(values: pa.Array, n: int, n_classes: int) -> np.ndarray:
     if array.dtype not in (np.float32, np.float64):
         array = array.astype(np.float32 if array.dtype.itemsize <= 4 else np.float64)
     return array.reshape(n, n_classes)
+
+
+def renormalized(pred: np.ndarray, kind: str) -> np.ndarray:
+    """probs: each row divided by its sum; log_probs: its logsumexp subtracted. A row whose
+    sum is 0 or not finite is left as it is, for the checks to name."""
+    from scipy.special import logsumexp
+
+    wide = pred.astype(np.float64, copy=False)
+    if kind == "probs":
+        total = wide.sum(axis=1, keepdims=True)
+        usable = np.isfinite(total) & (total > 0)
+        return np.where(usable, wide / np.where(usable, total, 1.0), wide).astype(pred.dtype, copy=False)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        total = logsumexp(wide, axis=1, keepdims=True)
+    usable = np.isfinite(total)
+    return np.where(usable, wide - np.where(usable, total, 0.0), wide).astype(pred.dtype, copy=False)
 
 
 def _predictions(batch: pa.RecordBatch, first_row: int, file: InputFile, spec: ReadSpec) -> np.ndarray:
@@ -535,8 +597,10 @@ def _labels(column: pa.Array, first_row: int, file: InputFile, spec: ReadSpec) -
             value = column[int(unknown[0])].as_py()
             raise DataError(f"{_where(file, name, first_row + unknown[0])}: label {value!r} is not one of the classes {list(spec.class_names)[:10]}")
         return pc.fill_null(index, -1).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-    if not pa.types.is_integer(column.type):
+    if not _number_type(column.type):
         raise DataError(f"{file.url}: label column '{name}' is {column.type}, expected integers (as in {spec.reference_file})")
+    if pa.types.is_floating(column.type):
+        column = _integral_labels(column, first_row, file, name)
     values = pc.fill_null(column, 0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)  # 0: a valid class
     row = find_bad_label(values, spec.n_classes, spec.ignore_index)
     if row >= 0:
@@ -546,6 +610,23 @@ def _labels(column: pa.Array, first_row: int, file: InputFile, spec: ReadSpec) -
     if spec.ignore_index is not None:
         counted &= values != spec.ignore_index
     return np.where(counted, values, -1)
+
+
+def _integral_labels(column: pa.Array, first_row: int, file: InputFile, name: str) -> pa.Array:
+    """Float labels as int64: pandas writes integer labels as float64 once a NaN is among
+    them (after a merge, say). Whole numbers are class indices, NaN is a missing label
+    (an ignored row, as null is); anything else is an error naming its row."""
+    values = column.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)  # null -> NaN
+    missing = np.isnan(values)
+    with np.errstate(invalid="ignore"):
+        bad = np.flatnonzero(~missing & ~(np.isfinite(values) & (values == np.round(values))))
+    if bad.size:
+        raise DataError(
+            f"{_where(file, name, first_row + bad[0])}: label {values[bad[0]]:g} is not a whole number; float labels "
+            "must hold class indices (NaN or null: an ignored row)"
+        )
+    whole = np.clip(np.where(missing, 0.0, values), -(2.0**62), 2.0**62).astype(np.int64)
+    return pa.array(whole, mask=missing)
 
 
 def _slices(batch: pa.RecordBatch, n: int, file: InputFile, spec: ReadSpec) -> tuple[np.ndarray | None, list[tuple]]:

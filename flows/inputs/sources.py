@@ -17,7 +17,7 @@ from typing import Any
 import fsspec
 from fsspec.core import url_to_fs
 
-from ..errors import DataError, UsageError, as_infrastructure_error
+from ..errors import DataError, InfrastructureError, UsageError, as_infrastructure_error, without_credentials
 
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 
@@ -36,8 +36,49 @@ class InputFile:
         return posixpath.basename(self.url.rstrip("/"))
 
 
+# The extra of pyproject.toml that brings each protocol's fsspec implementation.
+PROTOCOL_EXTRAS = {"http": "http", "https": "http", "s3": "s3", "s3a": "s3"}
+
+
 def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    return url_to_fs(url, **(storage_options or {}))
+    """The fsspec file system of `url` and the path in it.
+
+    Raises
+    ------
+    UsageError
+        The protocol's implementation is not installed (naming the extra to install).
+    """
+    try:
+        return url_to_fs(url, **(storage_options or {}))
+    except ImportError as error:
+        protocol = url.split("://", 1)[0].lower() if "://" in url else "file"
+        extra = PROTOCOL_EXTRAS.get(protocol)
+        install = f"pip install 'xent[{extra}]'" if extra else f"install the fsspec implementation of {protocol}://"
+        raise UsageError(f"{without_credentials(url)}: reading {protocol}:// URLs needs a package that is not "
+                         f"installed ({error}); {install}") from None
+
+
+def range_ignored(fs: fsspec.AbstractFileSystem, path: str) -> bool:
+    """Whether an HTTP server answers a request for 2 bytes with more (the whole file):
+    it ignores HTTP Range, and Parquet cannot be read from it a part at a time. False
+    for other file systems, and when the request fails (the read that follows says why)."""
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    if not {"http", "https"} & set(protocols):
+        return False
+    try:
+        return len(fs.cat_file(path, start=0, end=2)) > 2
+    except Exception:  # noqa: BLE001 - the caller reports its own error
+        return False
+
+
+def range_ignored_error(url: str) -> InfrastructureError:
+    """The server of `url` returned the whole file for a range request."""
+    server = "/".join(without_credentials(url).split("/")[:3])
+    return InfrastructureError(
+        f"{server} returned the whole file for a range request (reading {without_credentials(url)}): Parquet is read "
+        "a part at a time; serve the files with a server that supports HTTP Range requests (nginx, Apache, Caddy; "
+        "not Python's http.server) or copy them locally"
+    )
 
 
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:
@@ -118,7 +159,7 @@ def list_inputs(sources: list[str], storage_options: dict[str, Any] | None = Non
 
 def fingerprint(inputs: list[InputFile]) -> dict[str, Any]:
     """Identity of the input: per-file URL, size and version, and one digest of them all."""
-    files = [{"url": f.url, "size": f.size, "version": f.version} for f in inputs]
+    files = [{"url": without_credentials(f.url), "size": f.size, "version": f.version} for f in inputs]
     digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
     return {"digest": digest, "files": files, "n_files": len(files), "bytes": sum(f.size for f in inputs)}
 
@@ -126,7 +167,7 @@ def fingerprint(inputs: list[InputFile]) -> dict[str, Any]:
 def dump_label(sources: list[str]) -> str:
     """A short name for a dump: the last folder (or file) name of its first source,
     before any glob, with ``+N`` when there are N more sources."""
-    first = sources[0] if sources else ""
+    first = without_credentials(sources[0]) if sources else ""
     glob = re.search(r"[*?\[]", first)
     name = posixpath.basename(posixpath.dirname(first[: glob.start()])) if glob else posixpath.basename(first.rstrip("/"))
     return f"{name or 'dump'}+{len(sources) - 1}" if len(sources) > 1 else name or "dump"

@@ -19,6 +19,7 @@ from xent_kernels import ClassReport, ClassStats, interval_columns, report_colum
 
 from .. import __version__
 from ..engine import Evaluation, probability_warning
+from ..errors import without_credentials
 from ..metadata import (
     CLASSES_KEY,
     CONFIG_KEY,
@@ -197,7 +198,7 @@ def build_tables(evaluation: Evaluation) -> dict[str, pa.Table]:
     if evaluation.config.on_bad_shard == "skip":
         tables["bad_shards"] = pa.table(
             {
-                "file": pa.array([b.url for b in result.bad_shards], type=pa.string()),
+                "file": pa.array([without_credentials(b.url) for b in result.bad_shards], type=pa.string()),
                 "reason": pa.array([b.reason for b in result.bad_shards], type=pa.string()),
                 "rows": pa.array([b.rows for b in result.bad_shards], type=pa.int64()),
             }
@@ -225,7 +226,8 @@ SECRET_WORDS = ("key", "secret", "token", "password", "credential", "session")
 
 
 def redacted(value: Any) -> Any:
-    """`value` with every entry whose name suggests a credential replaced by '***'."""
+    """`value` with every entry whose name suggests a credential replaced by '***', and
+    the user:password@ of every URL removed."""
     if isinstance(value, dict):
         return {
             k: "***" if any(word in str(k).lower() for word in SECRET_WORDS) and v is not None else redacted(v)
@@ -233,7 +235,7 @@ def redacted(value: Any) -> Any:
         }
     if isinstance(value, list):
         return [redacted(v) for v in value]
-    return value
+    return without_credentials(value) if isinstance(value, str) else value
 
 
 def config_json(config) -> bytes:
@@ -251,7 +253,8 @@ def report_metadata(evaluation: Evaluation) -> dict[bytes, bytes]:
         CONFIG_KEY: config_json(evaluation.config),
         FINGERPRINT_KEY: json.dumps(evaluation.fingerprint, sort_keys=True).encode(),
         CLASSES_KEY: json.dumps(_class_names(spec.n_classes, spec.class_names)).encode(),
-        LAYOUT_KEY: json.dumps({"kind": spec.kind, "layout": spec.layout, "columns": list(spec.pred_columns)}).encode(),
+        LAYOUT_KEY: json.dumps({"kind": spec.kind, "layout": spec.layout, "columns": list(spec.pred_columns),
+                                "prob_tolerance": spec.prob_tolerance, "renormalized": spec.renormalize}).encode(),
         INTEGRITY_KEY: json.dumps({"files": evaluation.n_files, "page_checksums_verified": evaluation.n_files_verified,
                                    "without_page_checksums": evaluation.n_files_without_checksums}).encode(),
         INTERVALS_KEY: json.dumps(intervals_metadata(evaluation)).encode(),
