@@ -118,3 +118,152 @@ def test_compare_clips_a_difference_to_its_own_range(client, tmp_path):
             if statistic.interval and finite(row.get(f"{statistic.name}_diff_lo")):
                 low, high = statistic.clip
                 assert low - high <= row[f"{statistic.name}_diff_lo"] <= row[f"{statistic.name}_diff_hi"] <= high - low
+
+
+# --------------------------------------------------------------------------- drift: per-sample smoothing
+
+
+def smoothed(p: np.ndarray, eps: float) -> np.ndarray:
+    return (p + eps) / (1.0 + p.shape[1] * eps)
+
+
+def random_rows(seed: int, n: int = 300, classes: int = 5):
+    """Probability rows with hard zeros on both sides, labels and 3 slices."""
+    rng = np.random.default_rng(seed)
+    ref, cur = (rng.dirichlet(np.ones(classes), n) for _ in range(2))
+    for p in (ref, cur):
+        p[rng.random((n, classes)) < 0.15] = 0.0
+        p[p.sum(axis=1) == 0, 0] = 1.0
+        p /= p.sum(axis=1, keepdims=True)
+    return ref, cur, rng.integers(0, classes, n), rng.integers(0, 3, n)
+
+
+@pytest.mark.parametrize("eps", [None, 1e-6, 1e-2])
+@pytest.mark.parametrize("kind", ["probs", "log_probs"])
+def test_per_sample_kl_against_scipy(eps, kind):
+    """Mean KL per (slice, class) and per slice against scipy's rel_entr of the smoothed
+    rows, and the infinite rows (of the exact KL) counted per slice and class."""
+    from scipy.special import rel_entr
+
+    from xent_kernels.drift import per_sample_kl_partial
+
+    ref, cur, labels, slices = random_rows(0)
+    with np.errstate(divide="ignore"):
+        given = (ref, cur) if kind == "probs" else (np.log(ref), np.log(cur))
+    state = per_sample_kl_partial(*given, labels, kind=kind, slice_ids=slices, slice_keys=[(0,), (1,), (2,)],
+                                  smoothing=eps)
+    report = state.stats.finalize()
+    exact = rel_entr(ref, cur).sum(axis=1)
+    kl = exact if eps is None else rel_entr(smoothed(ref, eps), smoothed(cur, eps)).sum(axis=1)
+    infinite = state.infinite_counts(report.slice_keys)
+    for s in range(3):
+        rows = slices == s
+        np.testing.assert_allclose(report.per_slice["kl_mean"][s], kl[rows].mean(), rtol=1e-12)
+        for c in range(5):
+            assert infinite[s, c] == np.isinf(exact[rows & (labels == c)]).sum()
+    pc = report.per_class
+    for j in range(len(pc["class"])):
+        rows = (slices == pc["slice"][j]) & (labels == pc["class"][j])
+        np.testing.assert_allclose(pc["kl_mean"][j], kl[rows].mean(), rtol=1e-12)
+    assert infinite.sum() == np.isinf(exact).sum() > 0
+    assert np.isfinite(report.per_slice["kl_mean"]).all() == (eps is not None)
+
+
+def test_per_sample_kl_merges_like_one_pass_in_any_order():
+    """Merge is associative and commutative with empty() as identity: any split of the
+    rows gives the one-pass state (KL to 1e-12, infinite counts exactly)."""
+    from xent_kernels.drift import PerSampleKL, per_sample_kl_partial
+
+    ref, cur, labels, slices = random_rows(1)
+    keys = [(0,), (1,), (2,)]
+
+    def part(rows):
+        present = sorted(set(slices[rows]))
+        local = np.searchsorted(present, slices[rows])
+        return per_sample_kl_partial(ref[rows], cur[rows], labels[rows], kind="probs", slice_ids=local,
+                                     slice_keys=[keys[s] for s in present], smoothing=1e-4)
+
+    whole = part(np.arange(300))
+    a, b, c = (part(rows) for rows in np.array_split(np.random.default_rng(2).permutation(300), 3))
+    empty = PerSampleKL.empty(5)
+    for merged in (PerSampleKL.merge(PerSampleKL.merge(a, b), c), PerSampleKL.merge(c, PerSampleKL.merge(b, a)),
+                   PerSampleKL.merge(empty, PerSampleKL.merge(PerSampleKL.merge(a, empty), PerSampleKL.merge(b, c)))):
+        got, want = merged.stats.finalize(), whole.stats.finalize()
+        assert got.slice_keys == want.slice_keys
+        np.testing.assert_allclose(got.per_slice["kl_mean"], want.per_slice["kl_mean"], rtol=1e-12)
+        np.testing.assert_array_equal(merged.infinite_counts(keys), whole.infinite_counts(keys))
+        np.testing.assert_array_equal(merged.collapse_slices().infinite_counts([()]),
+                                      whole.infinite_counts(keys).sum(axis=0, keepdims=True))
+
+
+@pytest.fixture(scope="module")
+def digits_dumps(tmp_path_factory) -> dict[str, str]:
+    """The trial's two models on sklearn's load_digits (test split of 450 rows): a
+    LogisticRegression reference and a RandomForest current whose predict_proba has hard
+    zeros, each written with pandas in four shards (id, segment, label, probs)."""
+    from sklearn.datasets import load_digits
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_digits(return_X_y=True)
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.25, random_state=0)
+    root = tmp_path_factory.mktemp("digits")
+    segment = np.where(np.arange(len(y_test)) % 2 == 0, "even", "odd")
+    out = {"labels": y_test}
+    for name, model in (("lr", LogisticRegression(max_iter=2000)),
+                        ("rf", RandomForestClassifier(n_estimators=100, random_state=0))):
+        probs = model.fit(x_train, y_train).predict_proba(x_test)
+        out[f"{name}_probs"] = probs
+        out[name] = write_pandas_shards(probs_frame(probs, y_test, segment), root / name)
+    return out
+
+
+def test_drift_counts_infinite_rows_and_smoothing_lets_a_threshold_pass(client, digits_dumps, tmp_path, capsys):
+    """Exact per-sample KL of a RandomForest against a LogisticRegression is inf, so any
+    threshold breaches (exit 3): the terminal, drift.parquet and the page say how many
+    rows are infinite. With --per-sample-smoothing 1e-6 the KL is scipy's of the smoothed
+    rows, below the threshold (exit 0), the count is still said and eps is in the metadata."""
+    from scipy.special import rel_entr
+
+    import yaml
+
+    ref, cur = digits_dumps["lr_probs"], digits_dumps["rf_probs"]
+    exact = rel_entr(ref, cur).sum(axis=1)
+    n_infinite = int(np.isinf(exact).sum())
+    assert 0 < n_infinite < len(exact)
+    config = tmp_path / "drift.yaml"
+    config.write_text(yaml.safe_dump({"drift": {"thresholds": {"kl_per_sample": 0.5}}}))
+    args = ["drift", "--reference", digits_dumps["lr"], "--current", digits_dumps["rf"], "--kind", "probs",
+            "--slice-by", "segment", "--config", str(config), "--no-prefect", *on(client)]
+
+    assert main([*args, "--out", str(tmp_path / "exact")]) == 3
+    printed = capsys.readouterr().out
+    assert f"per-sample KL: {n_infinite:,} of 450 joined rows infinite" in printed
+    assert "--per-sample-smoothing" in printed
+    rows = pq.read_table(tmp_path / "exact" / "drift.parquet").to_pylist()
+    counts = {(r["segment"], r["class"]): r["value"] for r in rows if r["metric"] == "n_infinite_kl"}
+    assert counts[(None, None)] == n_infinite
+    labels = digits_dumps["labels"]
+    for s, name in enumerate(("even", "odd")):
+        in_slice = np.arange(450) % 2 == s
+        assert counts[(name, None)] == np.isinf(exact[in_slice]).sum()
+    for c in range(10):
+        assert counts[(None, c)] == np.isinf(exact[labels == c]).sum()
+    page = html.unescape((tmp_path / "exact" / "report.html").read_text())
+    assert f"{n_infinite:,} of 450 joined rows infinite" in page
+
+    assert main([*args, "--out", str(tmp_path / "smooth"), "--per-sample-smoothing", "1e-6"]) == 0
+    printed = capsys.readouterr().out
+    assert f"both sides smoothed with eps = 1e-06 (drift.per_sample_smoothing); {n_infinite:,} of 450" in printed
+    table = pq.read_table(tmp_path / "smooth" / "drift.parquet")
+    overall = {r["metric"]: r for r in table.to_pylist() if r["segment"] is None and r["class"] is None}
+    want = rel_entr(smoothed(ref, 1e-6), smoothed(cur, 1e-6)).sum(axis=1).mean()
+    np.testing.assert_allclose(overall["kl_per_sample"]["value"], want, rtol=1e-10)
+    assert overall["kl_per_sample"]["value"] < 0.5 and not overall["kl_per_sample"]["breached"]
+    assert overall["n_infinite_kl"]["value"] == n_infinite
+    recorded = json.loads(table.schema.metadata[b"xent.config"])
+    assert recorded["drift"]["per_sample_smoothing"] == 1e-6
+    page = html.unescape((tmp_path / "smooth" / "report.html").read_text())
+    assert f"both sides smoothed with eps = 1e-06" in page
+
