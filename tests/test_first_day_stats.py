@@ -267,3 +267,56 @@ def test_drift_counts_infinite_rows_and_smoothing_lets_a_threshold_pass(client, 
     page = html.unescape((tmp_path / "smooth" / "report.html").read_text())
     assert f"both sides smoothed with eps = 1e-06" in page
 
+
+# --------------------------------------------------------------------------- AUC: the binning's bound
+
+SUPERSCRIPT = str.maketrans("⁻⁰¹²³⁴⁵⁶⁷⁸⁹", "-0123456789")
+
+
+def _readme_auc_claim() -> list[float]:
+    """The four numbers of the README's measured claim on the trial's logistic regression."""
+    text = " ".join(README.read_text().split())
+    number = r"([\d.]+)·10([⁻⁰¹²³⁴⁵⁶⁷⁸⁹]+)"
+    match = re.search(rf"summary AUC is off by {number} under a bound of {number} and the worst class by "
+                      rf"{number} under {number}", text)
+    assert match, "the README states no measured AUC error for logistic regression"
+    parts = match.groups()
+    return [float(parts[i]) * 10.0 ** int(parts[i + 1].translate(SUPERSCRIPT)) for i in range(0, 8, 2)]
+
+
+def test_auc_error_of_the_trials_logistic_regression_is_as_the_readme_says(client, digits_dumps, tmp_path):
+    """The README's figure for logistic regression is measured here, through the CLI on
+    the pandas dump: the summary and worst class errors against sklearn's
+    roc_auc_score and their bounds, to the two digits the README gives."""
+    from sklearn.metrics import roc_auc_score
+
+    out = tmp_path / "lr"
+    assert main(["eval", digits_dumps["lr"], "--out", str(out), "--kind", "probs", "--no-prefect", *on(client)]) == 0
+    labels, probs = digits_dumps["labels"], digits_dumps["lr_probs"]
+    overall = pq.read_table(out / "summary.parquet").to_pylist()[-1]
+    classes = [r for r in pq.read_table(out / "per_class.parquet").to_pylist() if r["overall"]]
+    summary_error = abs(overall["auc"] - roc_auc_score(labels, probs, multi_class="ovr"))
+    class_errors = [abs(r["auc"] - roc_auc_score(labels == r["class"], probs[:, r["class"]])) for r in classes]
+    measured = [summary_error, overall["auc_error_bound"], max(class_errors), max(r["auc_error_bound"] for r in classes)]
+    assert measured[0] <= measured[1] and measured[2] <= measured[3]
+    for claimed, got in zip(_readme_auc_claim(), measured):
+        assert float(f"{got:.1e}") == pytest.approx(claimed, rel=1e-9), (claimed, got)
+
+
+@pytest.mark.skipif(__import__("browser").MISSING is not None, reason="needs chromium and chromium-driver")
+def test_the_auc_card_shows_the_binning_bound_in_chromium(client, digits_dumps, tmp_path):
+    """The evaluation page's AUC card says its binning bound (from summary.parquet) as
+    Chromium shows it, and no other card does."""
+    from selenium.webdriver.common.by import By
+
+    from browser import chromium, open_page
+
+    out = tmp_path / "lr"
+    assert main(["eval", digits_dumps["lr"], "--out", str(out), "--kind", "probs", "--no-prefect", *on(client)]) == 0
+    bound = pq.read_table(out / "summary.parquet").to_pylist()[-1]["auc_error_bound"]
+    mantissa, exponent = f"{bound:.1e}".split("e")
+    with chromium(1280, 900) as driver:
+        open_page(driver, out / "report.html", charts=1)
+        auc = driver.find_element(By.CSS_SELECTOR, '.card[data-metric="auc"]')
+        assert f"± binning ≤ {mantissa}e{int(exponent)}" in auc.text
+        assert "binning" not in driver.find_element(By.CSS_SELECTOR, '.card[data-metric="accuracy"]').text
