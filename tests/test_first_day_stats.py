@@ -265,7 +265,7 @@ def test_drift_counts_infinite_rows_and_smoothing_lets_a_threshold_pass(client, 
     recorded = json.loads(table.schema.metadata[b"xent.config"])
     assert recorded["drift"]["per_sample_smoothing"] == 1e-6
     page = html.unescape((tmp_path / "smooth" / "report.html").read_text())
-    assert f"both sides smoothed with eps = 1e-06" in page
+    assert "both sides smoothed with eps = 1e-06" in page
 
 
 # --------------------------------------------------------------------------- AUC: the binning's bound
