@@ -108,7 +108,7 @@ def print_drift(path: str, console: Console | None = None, storage_options: dict
     table_data = read_report_table(path, storage_options)
     units = (table_data.schema.metadata or {}).get(UNITS_KEY, b"nats").decode()
     rows = [r for r in table_data.to_pylist() if r["class"] is None]
-    fixed = {"overall", "metric", "class", "n", "value", "kl_mean", "threshold", "breached"}
+    fixed = {"overall", "metric", "class", "n", "value", "kl_mean", "n_infinite_kl", "threshold", "breached"}
     slice_columns = tuple(c for c in table_data.column_names if c not in fixed)
     table = Table(title=f"drift against the reference (divergences in {units})")
     for column in ("slice", "metric", "value", "threshold", "breached"):

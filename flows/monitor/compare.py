@@ -155,28 +155,28 @@ def _per_sample_rows(config: DriftConfig, sides: dict[str, EvaluatedSide], clien
         report = part.stats.finalize()
         infinite = part.infinite_counts(report.slice_keys)  # rows whose exact KL is inf, smoothed or not
         for i, slice_key in enumerate(report.slice_keys):
-            key, n = None if overall else slice_key, int(report.per_slice["n"][i])
-            rows.append({"key": key, "metric": "kl_per_sample", "value": float(report.per_slice["kl_mean"][i]), "n": n})
-            rows.append({"key": key, "metric": INFINITE_KL, "value": float(infinite[i].sum()), "n": n})
+            rows.append({"key": None if overall else slice_key, "metric": "kl_per_sample",
+                         "value": float(report.per_slice["kl_mean"][i]), "n": int(report.per_slice["n"][i]),
+                         INFINITE_KL: int(infinite[i].sum())})
         pc = report.per_class
         for j in range(len(pc["class"])):
             slice_key = None if overall else report.slice_keys[pc["slice"][j]]
-            common = {"key": slice_key, "class": int(pc["class"][j]), "n": int(pc["n"][j])}
-            rows.append({**common, "metric": "kl_per_sample", "value": float(pc["kl_mean"][j])})
-            rows.append({**common, "metric": INFINITE_KL, "value": float(infinite[pc["slice"][j], pc["class"][j]])})
+            rows.append({"key": slice_key, "metric": "kl_per_sample", "value": float(pc["kl_mean"][j]),
+                         "class": int(pc["class"][j]), "n": int(pc["n"][j]),
+                         INFINITE_KL: int(infinite[pc["slice"][j], pc["class"][j]])})
     return rows
 
 
-INFINITE_KL = "n_infinite_kl"  # joined rows whose exact per-sample KL is infinite
+INFINITE_KL = "n_infinite_kl"  # column of kl_per_sample rows: joined rows whose exact KL is infinite
 
 
 def infinite_kl_note(drift: pa.Table) -> str | None:
     """How many joined rows had infinite per-sample KL, and whether smoothing made them
     finite (the terminal and the page); None without per-sample KL."""
-    rows = {r["metric"]: r["value"] for r in drift.to_pylist() if r["overall"] and r["class"] is None}
-    if INFINITE_KL not in rows:
+    rows = {r["metric"]: r for r in drift.to_pylist() if r["overall"] and r["class"] is None}
+    if rows.get("kl_per_sample", {}).get(INFINITE_KL) is None:
         return None
-    infinite, matched = int(rows[INFINITE_KL]), int(rows.get("n_matched") or 0)
+    infinite, matched = rows["kl_per_sample"][INFINITE_KL], int(rows["n_matched"]["value"])
     config = json.loads((drift.schema.metadata or {}).get(CONFIG_KEY, b"{}"))
     smoothing = (config.get("drift") or {}).get("per_sample_smoothing")
     if smoothing is not None:
@@ -208,6 +208,7 @@ def drift_table(report: DriftReport) -> pa.Table:
     columns["n"] = pa.array([row["n"] for row in report.rows], type=pa.int64())
     columns["value"] = pa.array([row["value"] for row in report.rows], type=pa.float64())
     columns["kl_mean"] = pa.array([row["value"] if row["class"] is not None else None for row in report.rows], type=pa.float64())
+    columns[INFINITE_KL] = pa.array([row.get(INFINITE_KL) for row in report.rows], type=pa.int64())
     columns["threshold"] = pa.array([row["threshold"] for row in report.rows], type=pa.float64())
     columns["breached"] = pa.array([row["breached"] for row in report.rows], type=pa.bool_())
     return pa.table(columns)
