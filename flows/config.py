@@ -294,6 +294,10 @@ class DriftSettings(JoinSettings):
     confidence_bins: int = Field(10, ge=2, le=100, description="Confidence bins, at reference quantiles.")
     smoothing: float = Field(1e-4, gt=0, lt=1, description="Added to every bin's share before KL/JS/PSI.")
     per_sample: bool = Field(True, description="Join rows on the key columns for per-sample KL.")
+    per_sample_smoothing: float | None = Field(
+        None, gt=0, lt=1, description="eps: both sides' probabilities become (q + eps) / (1 + C·eps) before "
+        "per-sample KL. Default: exact (a class with probability 0 where the reference has mass makes a row infinite).",
+    )
 
     @field_validator("thresholds")
     @classmethod

@@ -10,7 +10,8 @@ differences θ_cand(-k) - θ_base(-k) (:func:`xent_kernels.intervals.jackknife_b
 The pairing removes the variation the two models share (which rows are hard), so the
 interval of a difference is much narrower than the two intervals side by side.
 Statistics whose interval is analytic (AUC: its ROC histograms have no bucket axis)
-get their difference but no paired interval (NaN) and so no verdict.
+get their difference but no paired interval (NaN) and so no verdict. Bounds are
+clipped to the difference's range, as a report's to the metric's.
 
 Pure NumPy: ``PairedStats`` is mergeable like ``ClassStats`` (``empty``/``merge``),
 made of two ``ClassStats`` and a small table of outcome counts.
@@ -193,8 +194,12 @@ def _aligned(state: ClassStats, keys: tuple[SliceKey, ...]) -> ClassStats:
 def add_difference(columns: dict[str, np.ndarray], metric: str, values: dict[str, np.ndarray],
                    lo: np.ndarray, hi: np.ndarray) -> None:
     """A metric's columns of a comparison: its baseline and candidate values, their
-    difference with its interval [lo, hi], and the verdict by its direction."""
+    difference with its interval [lo, hi] clipped to the difference's range (the
+    metric's ``clip`` range minus itself: [-1, 1] for an accuracy), and the verdict by
+    its direction."""
     diff = values["candidate"] - values["baseline"]
+    low, high = STATISTIC[metric].clip
+    lo, hi = np.clip(lo, low - high, high - low), np.clip(hi, low - high, high - low)
     columns[f"{metric}_baseline"], columns[f"{metric}_candidate"] = values["baseline"], values["candidate"]
     columns[f"{metric}_diff"], columns[f"{metric}_diff_lo"], columns[f"{metric}_diff_hi"] = diff, lo, hi
     better = direction(metric)

@@ -254,6 +254,11 @@ def cmd_drift(args: argparse.Namespace) -> int:
             config.drift.id_cols = args.id_cols
     except ValidationError as error:
         raise UsageError(describe_validation_error(error, "--id-cols")) from None
+    try:
+        if args.per_sample_smoothing is not None:
+            config.drift.per_sample_smoothing = args.per_sample_smoothing
+    except ValidationError as error:
+        raise UsageError(describe_validation_error(error, "--per-sample-smoothing")) from None
     for sources in (config.reference, config.sources):  # before Prefect starts
         check_sources(sources, config.storage_options)
     check_output(args.out)
@@ -482,6 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id-col", help="row id column; the per-sample join key is it plus the slice columns (default: id)")
     p.add_argument("--id-cols", metavar="COL[,COL...]",
                    help="the whole per-sample join key, e.g. model,id (columns or hive folder keys)")
+    p.add_argument("--per-sample-smoothing", type=float, metavar="EPS",
+                   help="smooth both sides' probabilities, (q + EPS) / (1 + C·EPS), before per-sample KL "
+                   "(default: exact; a probability of 0 makes a row's KL infinite)")
     _add_eval_arguments(p, sources=False)
     p.add_argument("--no-prefect", action="store_true", help="run the same steps without Prefect (no run history, no artifact)")
     p.set_defaults(handler=cmd_drift)

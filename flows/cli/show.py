@@ -102,13 +102,13 @@ def print_report(
 
 def print_drift(path: str, console: Console | None = None, storage_options: dict[str, Any] | None = None) -> None:
     """The drift metrics per slice with thresholds, every breach, the verdict, and where the report is."""
-    from ..monitor.compare import describe_breach
+    from ..monitor.compare import describe_breach, infinite_kl_note
 
     console = console or terminal()
     table_data = read_report_table(path, storage_options)
     units = (table_data.schema.metadata or {}).get(UNITS_KEY, b"nats").decode()
     rows = [r for r in table_data.to_pylist() if r["class"] is None]
-    fixed = {"overall", "metric", "class", "n", "value", "kl_mean", "threshold", "breached"}
+    fixed = {"overall", "metric", "class", "n", "value", "kl_mean", "n_infinite_kl", "threshold", "breached"}
     slice_columns = tuple(c for c in table_data.column_names if c not in fixed)
     table = Table(title=f"drift against the reference (divergences in {units})")
     for column in ("slice", "metric", "value", "threshold", "breached"):
@@ -118,6 +118,9 @@ def print_drift(path: str, console: Console | None = None, storage_options: dict
         value = row["value"] if row["metric"] in DRIFT_METRICS else int(row["value"])  # n_matched, ...: counts
         table.add_row(where, row["metric"], _fmt(value), _fmt(row["threshold"]), "BREACH" if row["breached"] else "")
     console.print(table)
+    note = infinite_kl_note(table_data)
+    if note:
+        console.print(note, soft_wrap=True, markup=False)
     breached = [r for r in rows if r["breached"]]
     for row in breached:
         key = None if row["overall"] else tuple(row[c] for c in slice_columns)

@@ -31,7 +31,7 @@ from ..engine import Evaluation, Progress, evaluate_source
 from ..errors import DataError, DriftBreach
 from ..metadata import CONFIG_KEY, REFERENCE_FINGERPRINT_KEY
 from ..report.tables import config_json, report_metadata, report_parts, slice_key_columns
-from .join import KL_PAIRING, EvaluatedSide, join_sides, prepare_join
+from .join import EvaluatedSide, join_sides, kl_pairing, prepare_join
 
 FINE_BINS = 200  # confidence histogram resolution before re-binning at reference quantiles
 
@@ -143,24 +143,50 @@ def compare(config: DriftConfig, client: Client, progress: Progress | None = Non
 
 
 def _per_sample_rows(config: DriftConfig, sides: dict[str, EvaluatedSide], client: Client) -> list[dict]:
-    joins = prepare_join(config, config.drift.join_key(config.slice_by), sides, client, KL_PAIRING)
-    joined = join_sides(config, config.drift, joins, client, KL_PAIRING)
+    pairing = kl_pairing(config.drift.per_sample_smoothing)
+    joins = prepare_join(config, config.drift.join_key(config.slice_by), sides, client, pairing)
+    joined = join_sides(config, config.drift, joins, client, pairing)
     rows = [
         {"key": None, "metric": "n_matched", "value": float(joined.matched)},
         {"key": None, "metric": "n_only_reference", "value": float(joined.only_first)},
         {"key": None, "metric": "n_only_current", "value": float(joined.only_second)},
     ]
     for part, overall in report_parts(joined.stats, sides["current"].evaluation.spec.slice_by):
-        report = part.finalize()
+        report = part.stats.finalize()
+        infinite = part.infinite_counts(report.slice_keys)  # rows whose exact KL is inf, smoothed or not
         for i, slice_key in enumerate(report.slice_keys):
             rows.append({"key": None if overall else slice_key, "metric": "kl_per_sample",
-                         "value": float(report.per_slice["kl_mean"][i]), "n": int(report.per_slice["n"][i])})
+                         "value": float(report.per_slice["kl_mean"][i]), "n": int(report.per_slice["n"][i]),
+                         INFINITE_KL: int(infinite[i].sum())})
         pc = report.per_class
         for j in range(len(pc["class"])):
             slice_key = None if overall else report.slice_keys[pc["slice"][j]]
             rows.append({"key": slice_key, "metric": "kl_per_sample", "value": float(pc["kl_mean"][j]),
-                         "class": int(pc["class"][j]), "n": int(pc["n"][j])})
+                         "class": int(pc["class"][j]), "n": int(pc["n"][j]),
+                         INFINITE_KL: int(infinite[pc["slice"][j], pc["class"][j]])})
     return rows
+
+
+INFINITE_KL = "n_infinite_kl"  # column of kl_per_sample rows: joined rows whose exact KL is infinite
+
+
+def infinite_kl_note(drift: pa.Table) -> str | None:
+    """How many joined rows had infinite per-sample KL, and whether smoothing made them
+    finite (the terminal and the page); None without per-sample KL."""
+    rows = {r["metric"]: r for r in drift.to_pylist() if r["overall"] and r["class"] is None}
+    if rows.get("kl_per_sample", {}).get(INFINITE_KL) is None:
+        return None
+    infinite, matched = rows["kl_per_sample"][INFINITE_KL], int(rows["n_matched"]["value"])
+    config = json.loads((drift.schema.metadata or {}).get(CONFIG_KEY, b"{}"))
+    smoothing = (config.get("drift") or {}).get("per_sample_smoothing")
+    if smoothing is not None:
+        return (f"per-sample KL: both sides smoothed with eps = {smoothing:g} (drift.per_sample_smoothing); "
+                f"{infinite:,} of {matched:,} joined rows are infinite without it")
+    if not infinite:
+        return f"per-sample KL: 0 of {matched:,} joined rows infinite (exact, no smoothing)"
+    return (f"per-sample KL: {infinite:,} of {matched:,} joined rows infinite (the current side gives probability 0 "
+            "to a class the reference gives mass); set drift.per_sample_smoothing (--per-sample-smoothing) to "
+            "smooth both sides")
 
 
 def threshold_for(settings: DriftSettings, slice_by: list[str], key: tuple | None, metric: str) -> float | None:
@@ -182,6 +208,7 @@ def drift_table(report: DriftReport) -> pa.Table:
     columns["n"] = pa.array([row["n"] for row in report.rows], type=pa.int64())
     columns["value"] = pa.array([row["value"] for row in report.rows], type=pa.float64())
     columns["kl_mean"] = pa.array([row["value"] if row["class"] is not None else None for row in report.rows], type=pa.float64())
+    columns[INFINITE_KL] = pa.array([row.get(INFINITE_KL) for row in report.rows], type=pa.int64())
     columns["threshold"] = pa.array([row["threshold"] for row in report.rows], type=pa.float64())
     columns["breached"] = pa.array([row["breached"] for row in report.rows], type=pa.bool_())
     return pa.table(columns)

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 from distributed import Client
 
-from xent_kernels import ClassStats, class_stats_partial
+from xent_kernels.drift import PerSampleKL, per_sample_kl_partial
 from xent_kernels.hashing import key_hash
 
 from ..config import EvalConfig, JoinSettings
@@ -33,16 +33,12 @@ from ..errors import DataError
 from ..inputs.reader import ReadSpec, open_parquet
 from ..inputs.sources import InputFile
 
-# The per-sample KL join reads only the KL sums: no intervals, confusion or AUC.
-KL_OPTIONS = dict(n_bins=1, n_buckets=1, confusion=False, n_thresholds=0)
-
-
 @dataclass(frozen=True)
 class JoinResult:
     """A pairing's merged state of the matched rows, and the row counts of the join:
     `only_first`/`only_second` are rows whose key the other side lacks."""
 
-    stats: Any  # the pairing's state: a ClassStats for drift
+    stats: Any  # the pairing's state: a PerSampleKL for drift
     matched: int = 0
     only_first: int = 0
     only_second: int = 0
@@ -100,19 +96,23 @@ class Pairing:
     setting: str
 
 
-def _kl_empty(spec: ReadSpec) -> ClassStats:
-    return ClassStats.empty(spec.n_classes, has_reference=True, **KL_OPTIONS)
+def _kl_empty(spec: ReadSpec) -> PerSampleKL:
+    return PerSampleKL.empty(spec.n_classes)
 
 
-def _kl_reduce(spec: ReadSpec, reference: Rows, current: Rows) -> ClassStats:
+def _kl_reduce(spec: ReadSpec, reference: Rows, current: Rows, smoothing: float | None = None) -> PerSampleKL:
     """KL(reference‖current) statistics, sliced by the current side's slices."""
-    return class_stats_partial(
-        current.pred, current.labels, kind=spec.kind, slice_ids=current.slice_ids, slice_keys=current.slice_keys,
-        reference=reference.pred, reference_kind=spec.kind, **KL_OPTIONS,
-    )
+    return per_sample_kl_partial(reference.pred, current.pred, current.labels, kind=spec.kind,
+                                 slice_ids=current.slice_ids, slice_keys=current.slice_keys, smoothing=smoothing)
 
 
-KL_PAIRING = Pairing(("reference", "current"), _kl_reduce, _kl_empty, "drift.id_cols")
+def kl_pairing(smoothing: float | None = None) -> Pairing:
+    """The drift join's pairing: per-sample KL, both sides smoothed by `smoothing` (None: exact)."""
+    return Pairing(("reference", "current"), functools.partial(_kl_reduce, smoothing=smoothing), _kl_empty,
+                   "drift.id_cols")
+
+
+KL_PAIRING = kl_pairing()
 
 
 def spill_piece(piece: Piece, side: str, index: int, spec: ReadSpec, data: Any = None, *, scratch: str,

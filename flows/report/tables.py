@@ -146,12 +146,13 @@ def integrity_line(integrity: dict[str, int]) -> str:
 
 def intervals_line(intervals: dict[str, Any]) -> str:
     """The line (terminal, report page) for a report's `xent.intervals` metadata."""
+    clipped = "bounds clipped to each metric's range"  # Statistic.clip
     if intervals["bucket_key"] is None:
-        return f"intervals: none but AUC's (n_buckets = 1); auc: DeLong at {intervals['level']:g}"
+        return f"intervals: none but AUC's (n_buckets = 1); auc: DeLong at {intervals['level']:g}; {clipped}"
     key = intervals["bucket_key"]
     by = "the hash of each row's label and prediction" if key == "content" else f"the hash of {', '.join(key)}"
     return (f"intervals: [lo, hi] at {intervals['level']:g}, jackknife over {intervals['n_buckets']} buckets "
-            f"by {by}; auc: DeLong")
+            f"by {by}; auc: DeLong; {clipped}")
 
 
 def build_tables(evaluation: Evaluation) -> dict[str, pa.Table]:

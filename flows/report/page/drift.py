@@ -24,7 +24,7 @@ ALL = "all slices"
 def build(tables: dict[str, pa.Table], page: Page, max_classes: int) -> None:
     """Add the drift section for ``drift`` (with its charts when ``drift_distributions``
     is there), its breaches to the verdict, and a check line when none is breached."""
-    from ...monitor.compare import describe_breach
+    from ...monitor.compare import describe_breach, infinite_kl_note
 
     drift = tables["drift"]
     slice_by = slice_columns_of(drift)
@@ -54,6 +54,7 @@ def build(tables: dict[str, pa.Table], page: Page, max_classes: int) -> None:
         },
         "checked": len(checked), "breached": len(breached), "slices": len(slices),
         "charted_slices": len(slices) <= MAX_SLICES_CHARTED,
+        "infinite_kl": infinite_kl_note(drift),
     }
     metadata = decoded_metadata(drift)  # the page's may be an evaluation's (a nightly run's tables)
     reference = metadata.get(REFERENCE_FINGERPRINT_KEY.decode())
