@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
-from .errors import ConfigError, UsageError
+from .errors import ConfigError, UsageError, without_credentials
 from .kinds import KINDS
 
 
@@ -25,6 +25,22 @@ Kind = Literal[tuple(KINDS)]  # type: ignore[valid-type]  # Literal["logits", "p
 DEFAULT_PRED_COL = {kind: columns.list_column for kind, columns in KINDS.items()}
 WIDE_PREFIX = {kind: columns.wide_prefix for kind, columns in KINDS.items()}
 BINARY_COL = {kind: columns.binary_column for kind, columns in KINDS.items()}
+
+
+SECRET_WORDS = ("key", "secret", "token", "password", "credential", "session")
+
+
+def redacted(value: Any) -> Any:
+    """`value` with every entry whose name suggests a credential replaced by '***', and
+    the user:password@ of every URL removed."""
+    if isinstance(value, dict):
+        return {
+            k: "***" if any(word in str(k).lower() for word in SECRET_WORDS) and v is not None else redacted(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [redacted(v) for v in value]
+    return without_credentials(value) if isinstance(value, str) else value
 
 
 class StrictModel(BaseModel):
@@ -112,6 +128,12 @@ class EvalConfig(StrictModel):
         if drift is not None and drift.id_cols:
             return tuple(drift.id_cols)
         return (self.id_col,)
+
+    @model_serializer(mode="wrap", when_used="json")
+    def _json_without_credentials(self, to_dict):
+        """The JSON form (Prefect's stored flow-run parameters, report metadata) never holds
+        credentials; the config object itself keeps them for reading."""
+        return redacted(to_dict(self))
 
 
 Model = TypeVar("Model", bound=BaseModel)

@@ -295,7 +295,7 @@ def test_url_credentials_never_stored_in_report_page_or_output(tmp_path, capsys)
     assert pq.read_table(out / "bad_shards.parquet").column("file").to_pylist() == [f"{url}/part-2.parquet"]
 
 
-def test_url_credentials_not_in_prefect_artifacts_or_run_names(tmp_path, prefect_harness):
+def test_url_credentials_not_in_prefect_artifacts_run_names_or_parameters(tmp_path, prefect_harness):
     from prefect.client.orchestration import get_client
 
     from flows.cli.commands import run_flow
@@ -305,8 +305,10 @@ def test_url_credentials_not_in_prefect_artifacts_or_run_names(tmp_path, prefect
     dump = write_dump(tmp_path / "dump", predictions())
     with http_server(dump, credentials=f"xuser7:{SECRET}") as url:
         source = url.replace("http://", f"http://xuser7:{SECRET}@")
-        config = EvalConfig(sources=[source + "/"], kind="probs")
+        # A storage option named like a credential is kept out of the stored parameters too.
+        config = EvalConfig(sources=[source + "/"], kind="probs", storage_options={"headers": {"X-Api-Token": SECRET}})
         run_flow(eval_flow, config, str(tmp_path / "out"))
+        assert config.sources == [source + "/"]  # the run itself read with the credentials
 
     async def artifacts_and_runs():
         async with get_client() as client:
@@ -316,6 +318,8 @@ def test_url_credentials_not_in_prefect_artifacts_or_run_names(tmp_path, prefect
 
     artifacts, runs = asyncio.run(artifacts_and_runs())
     shown = [a.key or "" for a in artifacts] + [a.description or "" for a in artifacts] + [r.name for r in runs]
+    shown += [json.dumps(r.parameters) for r in runs]  # what the Prefect UI shows as the run's parameters
+    assert runs and any(url.removeprefix("http://") in text for text in shown)
     assert shown and not any(SECRET in text or "xuser7" in text for text in shown), shown
 
 
