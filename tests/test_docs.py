@@ -117,6 +117,7 @@ def test_the_nightly_gate_example_is_a_valid_config(tmp_path):
 
 def test_readme_fits_on_a_screen():
     assert len(README.read_text().splitlines()) <= 250
+    assert [p.name for p in (ROOT / "docs" / "images").iterdir() if p.stat().st_size > 200_000] == []
 
 
 def test_relative_links_lead_to_files():
