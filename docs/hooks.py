@@ -60,8 +60,7 @@ def statistics_markdown() -> str:
         rows.append([f"`{s.name}`", where, s.description, units, interval, _range(*s.clip), better[s.better],
                      "with a reference prediction only" if s.reference_only else ""])
     statistics = _table(["column", "table", "meaning", "units", "interval `_lo`/`_hi`", "range", "better", "note"], rows)
-    drift = _table(["metric", "units"], [[f"`{name}`", "count" if name.startswith("n_") else "nats or bits (`units`)"]
-                                         for name in DRIFT_METRICS])
+    drift = _table(["metric", "units"], [[f"`{name}`", "nats or bits (`units`)"] for name in DRIFT_METRICS])
     return (
         "### Report columns\n\nFrom `xent_kernels.statistics.STATISTICS`: one row per statistic. "
         "A metric with an interval also has the columns `<name>_lo` and `<name>_hi`, clipped to its range.\n\n"

@@ -21,6 +21,7 @@ from scipy.special import log_softmax, softmax
 
 from doc_blocks import MARKERS, README, ROOT, doc_files, fenced_blocks, marked_blocks
 from flows import config as config_module
+from flows import errors
 from flows.cli import main
 from flows.cli.commands import build_parser
 from flows.config import CompareSettings, DriftSettings, EvalConfig, NightlyConfig, NightlySource, Schedule, build_config
@@ -85,6 +86,14 @@ def test_the_readmes_uses_run(tmp_path, monkeypatch, capsys):
     summary = pq.read_table(tmp_path / "report" / "summary.parquet").to_pandas()
     np.testing.assert_allclose(summary[summary["overall"]]["ce_mean"].iloc[0], expected, rtol=1e-12)
     assert namespace["report"].summary["ce_mean"].tolist() == summary["ce_mean"].tolist()
+
+    # As the README says: the same ids on both days (every row joins), and a drifted model.
+    compare = pq.read_table(tmp_path / "cmp" / "compare.parquet").to_pandas()
+    joined = compare[compare["overall"] & compare["class"].isna()].iloc[0]
+    assert (joined["n_matched"], joined["n_only_baseline"], joined["n_only_candidate"]) == (20000, 0, 0)
+    drift = pq.read_table(tmp_path / "drift" / "drift.parquet").to_pandas()
+    kl = drift[drift["overall"] & (drift["metric"] == "kl_per_sample") & drift["class"].isna()]["value"]
+    assert len(kl) == 1 and 0 < kl.iloc[0] < np.inf
 
 
 def test_the_kernel_library_example_runs():
@@ -218,6 +227,15 @@ def test_cli_reference_has_every_command_option_and_exit_code():
                     assert f"`{flag}`" in section, (name, flag)
     for code in range(6):
         assert f"\n- {code} " in text
+
+
+def test_the_exit_code_table_has_every_code():
+    """The hand-written table of causes and examples on the command-line page lists every
+    exit code of flows.errors, and 130 (interrupted)."""
+    text = (ROOT / "docs" / "reference" / "cli.md").read_text()
+    listed = [int(code) for code in re.findall(r"^\| (\d+) \|", text, re.M)]
+    codes = {value for name, value in vars(errors).items() if name.startswith("EXIT_") and isinstance(value, int)}
+    assert listed == sorted(codes | {130})
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None,
