@@ -20,7 +20,8 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-MARKER = re.compile(r"<!-- xent:generate (\w+) -->")
+# A marker stands alone on its line (one quoted in a sentence is left as it is).
+MARKER = re.compile(r"^<!-- xent:generate (\w+) -->$", re.M)
 
 
 def _cell(text: Any) -> str:
@@ -190,4 +191,11 @@ GENERATORS = {"statistics": statistics_markdown, "config": config_markdown, "cli
 
 def on_page_markdown(markdown: str, page, config, files) -> str:
     """Replace each ``<!-- xent:generate NAME -->`` marker with its generated Markdown."""
-    return MARKER.sub(lambda match: GENERATORS[match.group(1)](), markdown)
+
+    def generate(match: re.Match) -> str:
+        name = match.group(1)
+        if name not in GENERATORS:
+            raise ValueError(f"{page.file.src_uri}: unknown generated section {name!r}; known: {sorted(GENERATORS)}")
+        return GENERATORS[name]()
+
+    return MARKER.sub(generate, markdown)
