@@ -176,7 +176,8 @@ def cli_markdown() -> str:
     from flows.errors import EXIT_CODES_HELP
 
     parser = build_parser()
-    parts = [f"### xent\n\n{parser.description}\n\n```text\n{parser.format_usage().strip()}\n```\n\n{_options(parser)}"]
+    usage = parser.format_usage().strip().removeprefix("usage: ")
+    parts = [f"### xent\n\n{parser.description}\n\n```text\n{usage}\n```\n\n{_options(parser)}"]
     for name, (summary, sub) in _subcommands(parser).items():
         usage = sub.format_usage().strip().removeprefix("usage: ")
         parts.append(f"### xent {name}\n\n{summary}\n\n```text\n{usage}\n```\n\n{_options(sub)}")

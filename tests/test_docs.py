@@ -27,8 +27,10 @@ from flows.cli.commands import build_parser
 from flows.config import CompareSettings, DriftSettings, EvalConfig, NightlyConfig, NightlySource, Schedule, build_config
 from xent_kernels import STATISTICS
 
-sys.path.insert(0, str(ROOT / "docs"))
-import hooks  # noqa: E402  (docs/hooks.py: the generator of the reference pages)
+# docs/hooks.py, the generator of the reference pages (loaded by path: docs/ is no package).
+_spec = importlib.util.spec_from_file_location("xent_docs_hooks", ROOT / "docs" / "hooks.py")
+hooks = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(hooks)
 
 CONFIGS = ROOT / "configs"
 
