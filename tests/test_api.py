@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 import sys
 import subprocess
 from pathlib import Path
@@ -21,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import assert_same_report
+from doc_blocks import marked_blocks
 from flows import drift, evaluate
 from flows.cli import main
 from flows.config import EvalConfig
@@ -277,8 +277,7 @@ def test_drift_of_in_memory_sources_is_drift_of_their_files(drift_dumps, client,
 
 
 def test_the_readme_example_runs(tmp_path, monkeypatch):
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    (block,) = re.findall(r"<!-- tested: API -->\n```python\n(.*?)```", text, flags=re.S)
+    ((_, block),) = marked_blocks("API", "python")
     common = dict(rows=1500, classes=4, shards=2, slices={"model": ["a", "b"]}, seed=11)
     generate_dump(tmp_path / "dumps" / "date=2026-11-22", **common)
     generate_dump(tmp_path / "dumps" / "date=2026-11-23", shuffle=True, **common)  # same rows: no drift

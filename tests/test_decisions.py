@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 from functools import cache
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,6 +24,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from doc_blocks import doc_text
 from xent_kernels import CELL_FIELDS, HIST_FIELDS, STATISTICS, class_stats_partial
 from xent_kernels.statistics import STATE_ARRAYS
 from xent_kernels.stats import DEFAULT_BINS, DEFAULT_THRESHOLDS, MAX_AUC_CLASSES, MAX_CONFUSION_CLASSES
@@ -303,12 +303,9 @@ def test_state_size_at_the_defaults_stays_under_4_mib():
     assert sizes[worst] < 4 * 2**20, (worst, sizes[worst])
 
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-
-
 def test_readme_state_size_table_is_the_formula():
     """The README's table of bytes per slice at the defaults is what the formula gives."""
-    rows = re.findall(r"^\| ([\d,]+) \| (on|off) \| (on|off) \| ([\d,]+) \(", README.read_text(), re.MULTILINE)
+    rows = re.findall(r"^\| ([\d,]+) \| (on|off) \| (on|off) \| ([\d,]+) \(", doc_text(), re.MULTILINE)
     assert len(rows) >= 3
     for classes, confusion, auc, size in rows:
         c = int(classes.replace(",", ""))
@@ -317,5 +314,5 @@ def test_readme_state_size_table_is_the_formula():
 
 
 def test_readme_names_every_report_column():
-    text = README.read_text()
+    text = doc_text()
     assert [s.name for s in STATISTICS if f"`{s.name}`" not in text] == []

@@ -34,6 +34,7 @@ from flows.metadata import INTEGRITY_KEY
 
 from browser import MISSING, chromium, open_page
 from conftest import run_cli
+from doc_blocks import marked_blocks
 
 SHARDS, SHARD_ROWS = 4, 180
 WARNING_TEXT = "these look like probabilities: pass --kind probs"
@@ -189,8 +190,7 @@ def test_a_pandas_dump_is_not_a_data_problem_for_its_checksums(plain_run, frame)
 
 
 def test_the_readme_shows_how_to_write_shards_with_checksums(tmp_path, monkeypatch):
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    blocks = re.findall(r"<!-- tested: CHECKSUMS -->\n```python\n(.*?)```", text, flags=re.S)
+    blocks = [body for _, body in marked_blocks("CHECKSUMS", "python")]
     assert len(blocks) == 1
     monkeypatch.chdir(tmp_path)
     exec(compile(blocks[0], "README.md", "exec"), {})

@@ -16,10 +16,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from doc_blocks import doc_text
 from flows.cli import main
 from xent_kernels import STATISTICS
 
-README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def write_pandas_shards(frame: pd.DataFrame, folder: Path, shards: int = 4) -> str:
@@ -51,7 +51,7 @@ def probs_frame(probs: np.ndarray, labels: np.ndarray, segment: np.ndarray | Non
 
 
 def _intervals_paragraph() -> str:
-    text = README.read_text()
+    text = doc_text()
     start = text.index("**Intervals.**")
     return text[start:text.index("\n\n", start)]
 
@@ -276,7 +276,7 @@ SUPERSCRIPT = str.maketrans("⁻⁰¹²³⁴⁵⁶⁷⁸⁹", "-0123456789")
 
 def _readme_auc_claim() -> list[float]:
     """The four numbers of the README's measured claim on the trial's logistic regression."""
-    text = " ".join(README.read_text().split())
+    text = " ".join(doc_text().split())
     number = r"([\d.]+)·10([⁻⁰¹²³⁴⁵⁶⁷⁸⁹]+)"
     match = re.search(rf"summary AUC is off by {number} under a bound of {number} and the worst class by "
                       rf"{number} under {number}", text)

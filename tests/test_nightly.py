@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from conftest import run_without_prefect
+from doc_blocks import marked_blocks
 from flows.cli import main
 from flows.config import EvalConfig, NightlyConfig, build_config, render_path
 from flows.errors import DataError, DriftBreach, UsageError
@@ -22,7 +23,6 @@ from flows.generate import generate_dump
 from flows.runs.nightly import METRICS_FILE, Outcome, failure, history_table, nightly_steps, run_folder
 from flows.pipelines import eval_flow, nightly_flow
 
-ROOT = Path(__file__).resolve().parents[1]
 DAYS = ("2026-11-22", "2026-11-23")
 
 
@@ -255,9 +255,8 @@ def test_history_reads_with_pandas(history):
 
 
 def readme_blocks(language: str) -> list[str]:
-    """The README's code blocks in `language` that are marked to run in the tests."""
-    text = (ROOT / "README.md").read_text()
-    return re.findall(rf"<!-- tested: REPORT_ROOT -->\n```{language}\n(.*?)```", text, flags=re.S)
+    """The docs' code blocks in `language` that are marked to run in the tests."""
+    return [body for _, body in marked_blocks("REPORT_ROOT", language)]
 
 
 def test_readme_snippets_run(history, capsys):

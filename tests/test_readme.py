@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import re
 import shlex
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 from sklearn.metrics import accuracy_score, log_loss
 
+from doc_blocks import marked_blocks
 from flows.cli import main
-
-README = Path(__file__).resolve().parents[1] / "README.md"
-
-
-def _blocks(marker: str) -> list[tuple[str, str]]:
-    return re.findall(rf"<!-- tested: {marker} -->\n```(\w+)\n(.*?)```", README.read_text(), flags=re.S)
 
 
 def test_own_predictions_snippets(tmp_path, monkeypatch, capsys):
-    (_, python), (language, command) = _blocks("OWN")
+    (_, python), (language, command) = marked_blocks("OWN")
     assert language == "bash"
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
