@@ -239,7 +239,7 @@ class DriftResult(_Page):
     @property
     def breaches(self) -> list[str]:
         """Each breached threshold, described: metric, value, threshold and slice."""
-        from .monitor.compare import describe_breach
+        from .report.text import describe_breach
 
         return [describe_breach(row, self.report.slice_by) for row in self.report.breaches]
 

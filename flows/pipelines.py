@@ -25,9 +25,10 @@ from .config import CompareConfig, DriftConfig, EvalConfig, NightlyConfig, build
 from .engine import Progress
 from .errors import InfrastructureError, XentError, infrastructure_cause, without_credentials
 from .inputs.sources import InputFile, dump_label, fingerprint
-from .monitor.compare import DriftReport, breach_error, describe_breach
+from .monitor.compare import DriftReport, breach_error
 from .monitor.gates import gate_error
 from .report.tables import with_interval
+from .report.text import compare_view, describe_breach
 from .runs import adhoc, drift, nightly
 from .runs import compare as compare_run
 
@@ -165,8 +166,6 @@ def _compare_run_name() -> str:
 
 def compare_markdown(tables: dict[str, pa.Table], config: CompareConfig, breaches: list[str]) -> str:
     """The compare artifact: the terminal's short table, the gates' verdict and every breach."""
-    from .cli.show import compare_view
-
     header, cells = compare_view(tables["compare"])
     lines = [f"# {dump_label(config.sources)} against {dump_label(config.baseline)}", "",
              f"Candidate - baseline with {config.interval_level:.0%} paired intervals; cross-entropy in {config.units}.", "",

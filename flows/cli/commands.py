@@ -602,9 +602,9 @@ def _print_error(message: str, verbose: bool, problems: list[str] | None = None)
 
 
 def _version() -> str:
-    from .. import __version__
+    from ..metadata import VERSION
 
-    return __version__
+    return VERSION
 
 
 def entry_point() -> None:

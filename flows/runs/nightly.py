@@ -51,13 +51,13 @@ from ..errors import (
 from ..inputs.sources import InputFile, filesystem, fingerprint
 from ..metadata import CLASSES_KEY, GATE_KEY, HISTORY_KEY, NIGHTLY_KEY, RUN_DIGEST_KEY
 from ..monitor.baseline import baseline_rows, comparable, gate_history, gate_table
-from ..monitor.compare import describe_breach
 from ..monitor.gates import breached_gates
 from ..report.page import HTML_FILE, render_history_html, render_html
 from ..report.page import nightly as run_page
 from ..report.page.history import MAX_DATES, overall_by_date
 from ..report.state import STATE_KEY, STATE_TABLE, read_state, state_table
 from ..report.tables import METRIC_FIELDS, report_metadata, with_interval
+from ..report.text import describe_breach
 from ..report.writing import replace_file
 from . import adhoc
 from .drift import compare_on_cluster
