@@ -135,3 +135,13 @@ def test_no_import_cycle_between_the_packages_of_flows():
             if top(imported) not in (top(name), "flows"):
                 packages.setdefault(top(name), {}).setdefault(top(imported), where)
     assert _cycles(packages) == []
+
+
+def test_a_bad_option_to_evaluate_is_caught_by_except_value_error(tmp_path):
+    import pandas as pd
+    import pytest
+
+    path = tmp_path / "part-0000.parquet"
+    pd.DataFrame({"logits": [[0.1, 0.9], [0.8, 0.2]], "label": [1, 0]}).to_parquet(path)
+    with pytest.raises(ValueError, match="kind"):
+        flows.evaluate(str(path), kind="scores")

@@ -621,12 +621,6 @@ def nightly_run(config: NightlyConfig, dates: Sequence[str], steps: Steps = Step
     return outcomes, page
 
 
-def nightly_steps(config: NightlyConfig, dates: Sequence[str], steps: Steps = Steps(),
-                  progress: Progress | None = None) -> list[Outcome]:
-    """`nightly_run`'s outcomes."""
-    return nightly_run(config, dates, steps, progress)[0]
-
-
 def report_outcomes(outcomes: Sequence[Outcome], out: TextIO | None = None, page: str | None = None) -> int:
     """Print the outcomes and the history `page`; raise the run's error (exit 1 or 3)
     if it has one, else return 0. The error's message is short: every breach and
