@@ -145,3 +145,16 @@ def test_a_bad_option_to_evaluate_is_caught_by_except_value_error(tmp_path):
     pd.DataFrame({"logits": [[0.1, 0.9], [0.8, 0.2]], "label": [1, 0]}).to_parquet(path)
     with pytest.raises(ValueError, match="kind"):
         flows.evaluate(str(path), kind="scores")
+
+
+MAX_MODULE_LINES = 700
+# Above the limit until it is split; that waits for the exact-AUC work, which edits it.
+OVERSIZED = {"xent_kernels/statistics.py"}
+
+
+def test_no_module_above_700_lines():
+    root = FLOWS.parent
+    sizes = {str(path.relative_to(root)): len(path.read_text().splitlines())
+             for package in ("flows", "xent_kernels") for path in (root / package).rglob("*.py")}
+    assert {name: n for name, n in sizes.items() if n > MAX_MODULE_LINES and name not in OVERSIZED} == {}
+    assert {name for name in OVERSIZED if sizes.get(name, 0) > MAX_MODULE_LINES} == OVERSIZED  # drop it once split
