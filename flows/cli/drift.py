@@ -37,7 +37,7 @@ def cmd_drift(args: argparse.Namespace) -> int:
     page = page_line(args.out)
     if args.no_prefect:
         from ..engine import Progress
-        from ..monitor.compare import breach_error
+        from ..monitor.drift import breach_error
         from ..runs.drift import drift_steps
 
         paths, report = drift_steps(config, args.out, progress=Progress.auto())

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 from rich.console import Console
 from rich.table import Table
 
-from xent_kernels import class_columns, slice_columns as slice_metrics
+from xent_kernels import class_columns, summary_columns
 
 from ..config import DRIFT_METRICS
 from ..inputs.sources import filesystem
@@ -74,8 +74,8 @@ def print_report(
              "confidence_hist", "confidence_hist_accuracy", "confidence_hist_confidence"}
     slice_columns = [name for name in summary.column_names if name not in fixed]
     small = "small_slice" in summary.column_names and any(summary.column("small_slice").to_pylist())
-    shown = [*slice_columns, "n", *slice_metrics(headline=True), "n_ignored", "n_skipped", *(["small_slice"] if small else [])]
-    metrics = set(slice_metrics())
+    shown = [*slice_columns, "n", *summary_columns(headline=True), "n_ignored", "n_skipped", *(["small_slice"] if small else [])]
+    metrics = set(summary_columns())
     table = Table(title="summary (overall row last)")
     for column in shown:
         table.add_column(column, justify="right")

@@ -23,7 +23,7 @@ from ...report.page.history import MAX_DATES
 from ...report.state import STATE_TABLE, state_table
 from ...report.tables import report_metadata
 from .. import adhoc
-from ..drift import compare_on_cluster
+from ..drift import drift_on_cluster
 from .digest import run_digest, stored_breaches
 from .gates import GATE_TABLE, Baseline, GateVerdict, check_gates, load_baseline
 from .history import (
@@ -52,7 +52,7 @@ class Steps:
     stored_breaches: Callable[..., tuple[list[str], GateVerdict | None] | None] = stored_breaches
     load_baseline: Callable[..., Baseline] = load_baseline
     evaluate: Callable = adhoc.evaluate_on_cluster
-    compare: Callable = compare_on_cluster  # (drift config, client, progress) -> flows.api.DriftResult
+    drift: Callable = drift_on_cluster  # (drift config, client, progress) -> flows.api.DriftResult
     write_tables: Callable[..., dict[str, str]] = adhoc.write_tables
     read_history: Callable[..., pa.Table | None] = read_history
     write_history_page: Callable[[NightlyConfig], str] = write_history_page
@@ -94,7 +94,7 @@ def nightly_source(config: NightlyConfig, source: NightlySource, run_date: str, 
             drift_config = DriftConfig.model_validate(
                 {**eval_config.model_dump(), "reference": reference, "drift": config.drift.model_dump()}
             )
-            tables.update(steps.compare(drift_config, client, progress).tables)
+            tables.update(steps.drift(drift_config, client, progress).tables)
         metrics = metrics_table(tables, slice_by)
         metadata = {**report_metadata(report.evaluation), RUN_DIGEST_KEY: digest.encode()}
         stats, spec = report.evaluation.result.stats, report.evaluation.spec

@@ -107,8 +107,8 @@ class DriftReport:
         return [row for row in self.rows if row["breached"]]
 
 
-def compare(config: DriftConfig, client: Client, progress: Progress | None = None, *, reference: Any = None,
-            current: Any = None) -> DriftReport:
+def measure_drift(config: DriftConfig, client: Client, progress: Progress | None = None, *, reference: Any = None,
+                  current: Any = None) -> DriftReport:
     """Evaluate both sides and compute every drift metric, in the config's units, with its threshold.
 
     `reference` and `current` are each None, for the config's ``reference`` and
