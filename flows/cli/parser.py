@@ -6,6 +6,7 @@ import argparse
 
 from ..errors import EXIT_CODES_HELP
 from ..kinds import KINDS
+from ..metadata import VERSION
 from .compare import cmd_compare
 from .demo import cmd_demo, cmd_generate
 from .drift import cmd_drift
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xent", description="Exact cross-entropy reports for classifier predictions.", epilog=EXIT_CODES_HELP
     )
-    parser.add_argument("--version", action="version", version=f"xent {_version()}")
+    parser.add_argument("--version", action="version", version=f"xent {VERSION}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details and show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -116,9 +117,3 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for dumps and reports (default: a new temporary folder)")
     p.set_defaults(handler=cmd_demo)
     return parser
-
-
-def _version() -> str:
-    from ..metadata import VERSION
-
-    return VERSION
