@@ -7,12 +7,7 @@ kernels on a Dask cluster, and writes reports.
 imported on first use, so ``import flows`` stays cheap.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("xent")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0+unknown"
+from .metadata import VERSION as __version__
 
 
 _API = ("evaluate", "drift", "compare", "Report", "DriftResult", "CompareResult")

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from distributed import Client
 
-    from .monitor.compare import DriftReport
+    from .monitor.drift import DriftReport
     from .monitor.paired import CompareReport
 
 __all__ = [
@@ -222,7 +222,7 @@ class DriftResult(_Page):
     """
 
     def __init__(self, report: "DriftReport", config: DriftConfig):
-        from .monitor.compare import drift_tables
+        from .monitor.drift import drift_tables
 
         self.report = report
         self.config = config
@@ -239,7 +239,7 @@ class DriftResult(_Page):
     @property
     def breaches(self) -> list[str]:
         """Each breached threshold, described: metric, value, threshold and slice."""
-        from .monitor.compare import describe_breach
+        from .report.text import describe_breach
 
         return [describe_breach(row, self.report.slice_by) for row in self.report.breaches]
 
@@ -249,7 +249,7 @@ class DriftResult(_Page):
 
     def raise_for_breach(self) -> None:
         """Raise ``DriftBreach`` (exit code 3 in the CLI) naming every breach, if any."""
-        from .monitor.compare import breach_error
+        from .monitor.drift import breach_error
 
         error = breach_error(self.report)
         if error is not None:
@@ -315,13 +315,13 @@ def drift_config(config: DriftConfig, *, client: "Client | None" = None, progres
                  reference: Any = None, current: Any = None) -> DriftResult:
     """``drift`` from a validated config (current dump in ``sources``, and ``reference``);
     `reference` or `current`, when given, is that side's in-memory data instead."""
-    from .monitor.compare import compare
+    from .monitor.drift import measure_drift
 
     if reference is None and not config.reference:
         raise UsageError("no reference dump given (--reference or 'reference' in the config)")
     dask_side = is_dask_dataframe(reference) or is_dask_dataframe(current)
     with _cluster(client, config.scheduler, current=dask_side) as running:
-        report = compare(config, running, Progress.of(progress), reference=reference, current=current)
+        report = measure_drift(config, running, Progress.of(progress), reference=reference, current=current)
         return DriftResult(report, config)
 
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError, UsageError, without_credentials
 from .kinds import KINDS
+from .metadata import HISTORY_COLUMNS
 
 
 Kind = Literal[tuple(KINDS)]  # type: ignore[valid-type]  # Literal["logits", "probs", "log_probs"]
@@ -518,8 +519,6 @@ class NightlyConfig(StrictModel):
     def _sources_make_valid_evaluations(self):
         # Fail at load time, not at 2 a.m.: every source's settings must form an EvalConfig
         # whose slice columns do not collide with the history's own columns.
-        from .report.tables import HISTORY_COLUMNS
-
         problems = []
         for i, source in enumerate(self.sources):
             try:

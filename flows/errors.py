@@ -36,8 +36,9 @@ class XentError(Exception):
         super().__init__(without_credentials(str(message)), *args)
 
 
-class UsageError(XentError):
-    """Bad command line or configuration: nothing was read."""
+class UsageError(XentError, ValueError):
+    """Bad command line or configuration: nothing was read. A ValueError too, so
+    ``except ValueError`` around :func:`flows.evaluate` catches a bad option."""
 
     exit_code = EXIT_USAGE
 
@@ -50,8 +51,8 @@ class ConfigError(UsageError):
         self.problems = list(problems)
 
 
-class DataError(XentError):
-    """The input data is not what the configuration says it is."""
+class DataError(XentError, ValueError):
+    """The input data is not what the configuration says it is (a ValueError too)."""
 
     exit_code = EXIT_DATA
 

@@ -1,15 +1,22 @@
-"""Keys of the Parquet schema metadata that xent writes and reads.
+"""Keys of the Parquet schema metadata that xent writes and reads, xent's version, and
+the nightly history's columns: the names every layer shares, importing nothing of xent.
 
-Reports carry all of them; a dump (generated or not) may carry ``CLASSES_KEY``.
+Reports carry all the keys; a dump (generated or not) may carry ``CLASSES_KEY``.
 """
 
 from __future__ import annotations
 
 import json
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pyarrow as pa
+
+try:
+    VERSION = version("xent")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    VERSION = "0+unknown"
 
 VERSION_KEY = b"xent.version"  # the xent version that wrote the report
 CREATED_AT_KEY = b"xent.created_at"  # ISO 8601, UTC
@@ -28,6 +35,25 @@ GATE_KEY = b"xent.gate"  # JSON: a nightly run's gate verdict against its baseli
 NIGHTLY_KEY = b"xent.nightly"  # JSON: a nightly run's source, run_date, report_root and tables_root
 WARNINGS_KEY = b"xent.warnings"  # JSON list of the run's warnings, each {"id", "text", ...}; [] when none
 HISTORY_KEY = b"xent.history"  # JSON: a history read of the latest run dates only: {"dates_left_out": earlier dates}
+
+# The nightly history (metrics.parquet under REPORT_ROOT, see flows.runs.nightly): its
+# partition keys, and the columns of each file besides the run's slice columns (which
+# come right after `scope`), with their Arrow types (flows.report.tables.METRIC_FIELDS).
+PARTITION_KEYS = ("run_date", "source")
+METRIC_COLUMNS = {
+    "overall": "bool_",
+    "class": "int32",
+    "class_name": "string",
+    "metric": "string",
+    "value": "float64",
+    "lo": "float64",  # the metric's interval (its <metric>_lo/_hi columns); null without one
+    "hi": "float64",
+    "n": "int64",
+    "small_slice": "bool_",  # the row's slice has fewer rows than min_slice_size
+    "threshold": "float64",  # drift: the threshold; gate: the signed limit of the difference
+    "breached": "bool_",
+}
+HISTORY_COLUMNS = (*PARTITION_KEYS, "scope", *METRIC_COLUMNS)  # all but the slice columns
 
 
 def decoded_metadata(table: pa.Table) -> dict[str, Any]:

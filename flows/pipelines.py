@@ -25,9 +25,10 @@ from .config import CompareConfig, DriftConfig, EvalConfig, NightlyConfig, build
 from .engine import Progress
 from .errors import InfrastructureError, XentError, infrastructure_cause, without_credentials
 from .inputs.sources import InputFile, dump_label, fingerprint
-from .monitor.compare import DriftReport, breach_error, describe_breach
+from .monitor.drift import DriftReport, breach_error
 from .monitor.gates import gate_error
 from .report.tables import with_interval
+from .report.text import compare_view, describe_breach
 from .runs import adhoc, drift, nightly
 from .runs import compare as compare_run
 
@@ -57,8 +58,8 @@ find_inputs = task(cache_policy=NONE, **IO_RETRIES)(adhoc.find_inputs)
 evaluate_on_cluster = task(cache_policy=NONE)(adhoc.evaluate_on_cluster)
 write_report = task(cache_policy=NONE, **IO_RETRIES)(adhoc.write_report)
 write_tables = task(cache_policy=NONE, **IO_RETRIES)(adhoc.write_tables)
-compare_on_cluster = task(cache_policy=NONE)(drift.compare_on_cluster)
-compare_models = task(cache_policy=NONE)(compare_run.compare_on_cluster)
+drift_on_cluster = task(cache_policy=NONE)(drift.drift_on_cluster)
+compare_on_cluster = task(cache_policy=NONE)(compare_run.compare_on_cluster)
 
 
 @task(cache_policy=NONE)
@@ -147,7 +148,7 @@ def _drift_run_name() -> str:
 @flow(name="xent-drift", flow_run_name=_drift_run_name, log_prints=False)
 def drift_flow(config: DriftConfig, out: str, progress: bool = False) -> Any:
     """Compare the current dump with the reference; a breached threshold fails the run."""
-    paths, report = drift.drift_steps(config, out, (compare_on_cluster, write_report), Progress(progress))
+    paths, report = drift.drift_steps(config, out, (drift_on_cluster, write_report), Progress(progress))
     # One artifact key per current dump (its name and content digest): runs on other
     # dumps never replace this one's latest table.
     key = _dump_artifact_key("drift", config.sources, report.current.inputs)
@@ -165,8 +166,6 @@ def _compare_run_name() -> str:
 
 def compare_markdown(tables: dict[str, pa.Table], config: CompareConfig, breaches: list[str]) -> str:
     """The compare artifact: the terminal's short table, the gates' verdict and every breach."""
-    from .cli.show import compare_view
-
     header, cells = compare_view(tables["compare"])
     lines = [f"# {dump_label(config.sources)} against {dump_label(config.baseline)}", "",
              f"Candidate - baseline with {config.interval_level:.0%} paired intervals; cross-entropy in {config.units}.", "",
@@ -181,7 +180,7 @@ def compare_markdown(tables: dict[str, pa.Table], config: CompareConfig, breache
 @flow(name="xent-compare", flow_run_name=_compare_run_name, log_prints=False)
 def compare_flow(config: CompareConfig, out: str, progress: bool = False) -> Any:
     """Compare the candidate dump with the baseline on the same rows; a breached gate fails the run."""
-    paths, result = compare_run.compare_steps(config, out, (compare_models, write_report), Progress(progress))
+    paths, result = compare_run.compare_steps(config, out, (compare_on_cluster, write_report), Progress(progress))
     key = _dump_artifact_key("compare", config.sources, result.report.candidate.inputs)
     create_markdown_artifact(key=key, markdown=compare_markdown(result.tables, config, result.breaches),
                              description=f"{config.sources} against {config.baseline}")
@@ -210,7 +209,7 @@ def _publish_run(outcome: nightly.Outcome, tables: dict[str, pa.Table], config: 
 
 
 NIGHTLY_STEPS = nightly.Steps(find_inputs=find_inputs, stored_breaches=stored_breaches, load_baseline=load_baseline,
-                              evaluate=evaluate_on_cluster, compare=compare_on_cluster, write_tables=write_tables,
+                              evaluate=evaluate_on_cluster, drift=drift_on_cluster, write_tables=write_tables,
                               read_history=read_history, write_history_page=write_history_page, publish=_publish_run)
 
 

@@ -344,7 +344,7 @@ def _nightly_pages(root: Path, client) -> dict[str, str]:
     the second run's page and the history page."""
     from flows.config import NightlyConfig
     from flows.generate import generate_dump
-    from flows.runs.nightly import history_page_path, nightly_steps, run_folder
+    from flows.runs.nightly import history_page_path, nightly_run, run_folder
 
     days = ("2026-11-22", "2026-11-23")
     for i, day in enumerate(days):
@@ -357,7 +357,7 @@ def _nightly_pages(root: Path, client) -> dict[str, str]:
         "defaults": {"slice_by": ["model"]}, "gate": {"metric": "ce_mean", "max_increase": 0.01},
         "drift": {"per_sample": True, "id_col": "id", "thresholds": {"marginal_js": 0.01}},
     })
-    nightly_steps(config, list(days))
+    nightly_run(config, list(days))
     run = Path(run_folder(config.tables_base, days[1], "prod")) / "report.html"
     return {"nightly-run": run.read_text(encoding="utf-8"),
             "nightly-history": Path(history_page_path(config)).read_text(encoding="utf-8")}

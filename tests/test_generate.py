@@ -15,7 +15,7 @@ import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 from scipy.special import expit, log_softmax, logsumexp, rel_entr, softmax
 
-from flows.generate import BAD_KINDS, BadShard, GeneratedDump, generate_dump
+from flows.generate import BAD_KINDS, GeneratedDump, PlantedDefect, generate_dump
 from oracle import load_arrays
 
 LAYOUT_KINDS = [
@@ -298,7 +298,7 @@ def test_bad_shard_choice_is_deterministic(tmp_path):
     b = gen(tmp_path, "b", shards=6, bad_shards={"nan": 2, "truncated": 1}, seed=5)
     rel = lambda dump: {os.path.basename(p): v for p, v in dump.bad.items()}  # noqa: E731
     assert rel(a) == rel(b)
-    assert all(isinstance(v, BadShard) for v in a.bad.values())
+    assert all(isinstance(v, PlantedDefect) for v in a.bad.values())
 
 
 @pytest.mark.parametrize(

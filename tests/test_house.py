@@ -73,3 +73,88 @@ def test_every_kind_flows_offers_is_a_kind_the_kernels_take():
         assert class_stats_partial(np.log(probs) if "log" in kind else probs, [1], kind=kind).counts.sum() == 1
     with pytest.raises(ValueError, match="kind must be one of"):
         class_stats_partial(probs, [1], kind="scores")
+
+
+def _import_graph() -> dict[str, dict[str, str]]:
+    """Module -> {imported flows module: "file:line"}, from every import statement in
+    flows/, at module level or inside a function, with the packages an import runs first."""
+    files = {}
+    for path in FLOWS.rglob("*.py"):
+        parts = ["flows", *path.relative_to(FLOWS).with_suffix("").parts]
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, dict[str, str]] = {name: {} for name in files}
+    for name, path in files.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join([*package.split(".")[:len(package.split(".")) - node.level + 1], *filter(None, [base])])
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in files else base for a in node.names]
+            else:
+                continue
+            for target in targets:
+                parts = target.split(".")
+                for i in range(1, len(parts) + 1):  # importing a.b.c runs a and a.b first
+                    imported = ".".join(parts[:i])
+                    if imported in files and not (name + ".").startswith(imported + "."):
+                        graph[name].setdefault(imported, f"{path.relative_to(FLOWS.parent)}:{node.lineno}")
+    return graph
+
+
+def _cycles(graph: dict[str, dict[str, str]]) -> list[str]:
+    """Each cycle of `graph` found by graphlib, as its import statements."""
+    import graphlib
+
+    cycles = []
+    graph = {a: dict(b) for a, b in graph.items()}
+    while True:
+        try:
+            graphlib.TopologicalSorter(graph).prepare()
+            return cycles
+        except graphlib.CycleError as error:
+            cycle = error.args[1][::-1]  # [a, ..., a], each importing the next
+            cycles.append(" -> ".join(f"{a} ({graph[a][b]})" for a, b in zip(cycle, cycle[1:])) + f" -> {cycle[0]}")
+            del graph[cycle[0]][cycle[1]]  # break it and look for the next
+
+
+def test_no_import_cycle_between_modules_lazy_imports_included():
+    assert _cycles(_import_graph()) == []
+
+
+def test_no_import_cycle_between_the_packages_of_flows():
+    # flows.report and flows.monitor, flows.cli and flows.pipelines: one imports the other, never both ways.
+    def top(name: str) -> str:
+        return ".".join(name.split(".")[:2])
+
+    packages: dict[str, dict[str, str]] = {}
+    for name, imports in _import_graph().items():
+        for imported, where in imports.items():
+            if top(imported) not in (top(name), "flows"):
+                packages.setdefault(top(name), {}).setdefault(top(imported), where)
+    assert _cycles(packages) == []
+
+
+def test_a_bad_option_to_evaluate_is_caught_by_except_value_error(tmp_path):
+    import pandas as pd
+    import pytest
+
+    path = tmp_path / "part-0000.parquet"
+    pd.DataFrame({"logits": [[0.1, 0.9], [0.8, 0.2]], "label": [1, 0]}).to_parquet(path)
+    with pytest.raises(ValueError, match="kind"):
+        flows.evaluate(str(path), kind="scores")
+
+
+MAX_MODULE_LINES = 700
+# Above the limit until it is split; that waits for the exact-AUC work, which edits it.
+OVERSIZED = {"xent_kernels/statistics.py"}
+
+
+def test_no_module_above_700_lines():
+    root = FLOWS.parent
+    sizes = {str(path.relative_to(root)): len(path.read_text().splitlines())
+             for package in ("flows", "xent_kernels") for path in (root / package).rglob("*.py")}
+    assert {name: n for name, n in sizes.items() if n > MAX_MODULE_LINES and name not in OVERSIZED} == {}
+    assert {name for name in OVERSIZED if sizes.get(name, 0) > MAX_MODULE_LINES} == OVERSIZED  # drop it once split

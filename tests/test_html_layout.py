@@ -20,7 +20,7 @@ from scipy.special import rel_entr
 
 from flows.cli.commands import main
 from flows.config import NightlyConfig
-from flows.runs.nightly import history_page_path, nightly_steps, run_folder
+from flows.runs.nightly import history_page_path, nightly_run, run_folder
 
 from browser import (
     MISSING, SCREENSHOTS, chromium, console_errors, digits_dumps, edge_labels, glued_sentences, layout_problems,
@@ -59,7 +59,7 @@ def pages(tmp_path_factory, client) -> dict[str, Path]:
         "defaults": {"kind": "probs", "slice_by": ["segment"]}, "gate": {"metric": "ce_mean", "max_increase": 0.01},
         "drift": {"per_sample": True, "id_col": "id"},
     })
-    nightly_steps(config, list(DAYS))
+    nightly_run(config, list(DAYS))
     return {"evaluation": out / "eval" / "report.html", "drift": out / "drift" / "report.html",
             "compare": out / "compare" / "report.html", "evaluation-50-trees": out / "eval-50" / "report.html",
             "compare-50-trees": out / "compare-50" / "report.html",

@@ -20,7 +20,7 @@ from flows.cli import main
 from flows.config import EvalConfig, NightlyConfig, build_config, render_path
 from flows.errors import DataError, DriftBreach, UsageError
 from flows.generate import generate_dump
-from flows.runs.nightly import METRICS_FILE, Outcome, failure, history_table, nightly_steps, run_folder
+from flows.runs.nightly import METRICS_FILE, Outcome, failure, history_table, nightly_run, run_folder
 from flows.pipelines import eval_flow, nightly_flow
 
 DAYS = ("2026-11-22", "2026-11-23")
@@ -207,7 +207,7 @@ def history(tmp_path_factory):
         "drift": {"per_sample": False, "thresholds": {"marginal_js": 1e-9}},
     }
     config = build_config(NightlyConfig, write_yaml(folder / "nightly.yaml", config))
-    outcomes = nightly_steps(config, list(DAYS))
+    outcomes = nightly_run(config, list(DAYS))[0]
     assert [(o.status, o.drift) for o in outcomes] == [("written", "no reference")] * 2 + [("written", "checked")] * 2
     assert all(o.breaches for o in outcomes[2:])
     return folder / "reports"

@@ -27,7 +27,7 @@ from flows.generate import generate_dump
 from flows.pipelines import nightly_flow
 from flows.report.state import read_state, state_from_table, state_table
 from flows.report.tables import metric_columns, report_parts
-from flows.runs.nightly import GATE_TABLE, METRICS_FILE, STATE_FILE, nightly_steps, run_folder
+from flows.runs.nightly import GATE_TABLE, METRICS_FILE, STATE_FILE, nightly_run, run_folder
 from xent_kernels import ClassStats, class_stats_partial
 from xent_kernels.stats import STATE_ATTRIBUTES
 from xent_kernels.unpaired import UnpairedStats, unpaired_finalize
@@ -292,13 +292,13 @@ def test_pinned_baseline_date_against_previous(tmp_path, capsys):
     make_day(tmp_path, DAYS[0], seed=1)
     make_same_model_days(tmp_path, DAYS[1:], drift=3.0)
     config = build_config(NightlyConfig, gate_config(tmp_path, CE_GATE))
-    outcomes = nightly_steps(config, list(DAYS))
+    outcomes = nightly_run(config, list(DAYS))[0]
     assert [(o.gate.status, o.gate.baseline) for o in outcomes] == [
         ("no baseline", None), ("breached", DAYS[0]), ("passed", DAYS[1])]
 
     config = build_config(NightlyConfig, gate_config(tmp_path, CE_GATE, baseline=DAYS[0]))
     assert str(config.baseline) == DAYS[0]
-    outcomes = nightly_steps(config, list(DAYS))
+    outcomes = nightly_run(config, list(DAYS))[0]
     assert [(o.status, o.gate.status, o.gate.baseline) for o in outcomes] == [
         ("written", "no baseline", None), ("written", "breached", DAYS[0]), ("written", "breached", DAYS[0])]
     assert outcomes[0].gate.detail == f"this run is the pinned baseline {DAYS[0]}"
@@ -306,11 +306,11 @@ def test_pinned_baseline_date_against_previous(tmp_path, capsys):
     data = yaml.safe_load((tmp_path / "nightly.yaml").read_text())
     data["sources"][0].update(baseline="previous", gate=[{"metric": "ce_mean", "max_increase": 5.0}])
     config = build_config(NightlyConfig, write_yaml(tmp_path / "nightly.yaml", data))
-    (outcome,) = nightly_steps(config, [DAYS[2]])
+    (outcome,) = nightly_run(config, [DAYS[2]])[0]
     assert (outcome.gate.status, outcome.gate.baseline) == ("passed", DAYS[1])
     # A pinned date without a stored state: no baseline, said so.
     config = build_config(NightlyConfig, gate_config(tmp_path, CE_GATE, baseline="2026-11-01"))
-    (outcome,) = nightly_steps(config, [DAYS[2]])
+    (outcome,) = nightly_run(config, [DAYS[2]])[0]
     assert outcome.gate.status == "no baseline" and outcome.exit_code == 0
     assert outcome.gate.detail.startswith("no stored state ") and STATE_FILE in outcome.gate.detail
 

@@ -23,7 +23,7 @@ from scipy.special import log_softmax
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 import reference as ref
-from xent_kernels import INFORMATION_COLUMNS, STATISTICS, ClassStats, class_columns, class_stats_partial, slice_columns
+from xent_kernels import INFORMATION_COLUMNS, STATISTICS, ClassStats, class_columns, class_stats_partial, summary_columns
 
 KEYS = [("a",), ("b",), ("c",)]
 N_BINS = 15
@@ -250,12 +250,12 @@ def test_column_lists_for_report_writers():
     assert class_columns() == ["ce_mean", "ce_std", "accuracy", "top5_accuracy", "p_true_mean", "entropy_mean",
                                "brier", "precision", "recall", "f1", "auc", "auc_error_bound"]
     assert class_columns(has_reference=True) == [*class_columns(), "kl_mean"]
-    assert slice_columns() == [
+    assert summary_columns() == [
         "ce_mean", "ce_macro", "accuracy", "top5_accuracy", "p_true_mean", "entropy_mean", "ece", "brier",
         "precision_macro", "precision_weighted", "recall_macro", "recall_weighted", "f1_macro", "f1_weighted",
         "auc", "auc_error_bound",
     ]
-    assert slice_columns(has_reference=True) == [*slice_columns(), "kl_mean"]
+    assert summary_columns(has_reference=True) == [*summary_columns(), "kl_mean"]
     assert INFORMATION_COLUMNS == {"ce_mean", "ce_std", "ce_macro", "entropy_mean", "kl_mean"}
 
 

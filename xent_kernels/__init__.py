@@ -16,7 +16,7 @@ from .statistics import (
     class_columns,
     interval_columns,
     report_columns,
-    slice_columns,
+    summary_columns,
 )
 from .stats import ClassReport, ClassStats, class_stats_partial
 
@@ -32,7 +32,7 @@ __all__ = [
     "report_columns",
     "DEFAULT_BUCKETS",
     "DEFAULT_LEVEL",
-    "slice_columns",
+    "summary_columns",
     "ClassReport",
     "ClassStats",
     "class_stats_partial",

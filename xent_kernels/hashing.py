@@ -127,9 +127,9 @@ _WORD_MUL = np.uint64(0xFF51AFD7ED558CCD)  # MurmurHash3's 64-bit finalizer cons
 @kernel
 def _mix(x):
     x ^= x >> np.uint64(30)
-    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x *= _MUL1
     x ^= x >> np.uint64(27)
-    x *= np.uint64(0x94D049BB133111EB)
+    x *= _MUL2
     x ^= x >> np.uint64(31)
     return x
 

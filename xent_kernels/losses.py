@@ -26,7 +26,6 @@ from . import _rows as R
 from ._narrow import NARROW_CLASSES
 from ._prepare import LOGITS, Buffers
 
-FloatArray = NDArray[np.float32] | NDArray[np.float64]
 Kind = Literal["logits", "probs", "log_probs"]
 Reduction = Literal["none", "sum", "mean"]
 

@@ -5,7 +5,7 @@ merge, how its report column(s) are finalized, whether the column is in nats (bi
 with ``base=2``) or unitless, and how closely it must match a float64 reference. Everything else
 reads this table: the state layout (``CELL_FIELDS``... and the index constants the
 Numba kernels use, in ``_layout.py``), ``ClassStats.empty``/``merge``/``finalize``,
-the column lists downstream (:func:`class_columns`, :func:`slice_columns`) and the
+the column lists downstream (:func:`class_columns`, :func:`summary_columns`) and the
 generic tests (``tests/test_statistics.py``). The steps follow flox's ``Aggregation``
 (chunk, combine, finalize): the chunk step is the kernel, which writes the slots.
 
@@ -730,7 +730,7 @@ def class_columns(has_reference: bool = False, headline: bool = False) -> list[s
     ]
 
 
-def slice_columns(has_reference: bool = False, headline: bool = False) -> list[str]:
+def summary_columns(has_reference: bool = False, headline: bool = False) -> list[str]:
     """The metric columns of ``ClassReport.per_slice``, in report order (without the
     counts ``n``, ``weight``, ``n_ignored``, ``n_nonfinite``); with `headline`, only
     those of the short views."""

@@ -1,5 +1,6 @@
-"""The ``xent`` command (``commands``) and its terminal output (``show``)."""
+"""The ``xent`` command (``commands``; its parser in ``parser``, one module per command
+family) and its terminal output (``show``)."""
 
-from .commands import entry_point, main
+from .commands import build_parser, entry_point, main
 
-__all__ = ["entry_point", "main"]
+__all__ = ["build_parser", "entry_point", "main"]

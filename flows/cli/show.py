@@ -11,12 +11,13 @@ import pyarrow.parquet as pq
 from rich.console import Console
 from rich.table import Table
 
-from xent_kernels import class_columns, slice_columns as slice_metrics
+from xent_kernels import class_columns, summary_columns
 
 from ..config import DRIFT_METRICS
 from ..inputs.sources import filesystem
 from ..metadata import INTEGRITY_KEY, INTERVALS_KEY, UNITS_KEY
 from ..report.tables import bad_shards_summary, integrity_line, intervals_line, metric_columns, with_interval
+from ..report.text import compare_view
 
 # Every summary column that is not a slice column.
 SUMMARY_COLUMNS = metric_columns("slice", has_reference=True)
@@ -73,8 +74,8 @@ def print_report(
              "confidence_hist", "confidence_hist_accuracy", "confidence_hist_confidence"}
     slice_columns = [name for name in summary.column_names if name not in fixed]
     small = "small_slice" in summary.column_names and any(summary.column("small_slice").to_pylist())
-    shown = [*slice_columns, "n", *slice_metrics(headline=True), "n_ignored", "n_skipped", *(["small_slice"] if small else [])]
-    metrics = set(slice_metrics())
+    shown = [*slice_columns, "n", *summary_columns(headline=True), "n_ignored", "n_skipped", *(["small_slice"] if small else [])]
+    metrics = set(summary_columns())
     table = Table(title="summary (overall row last)")
     for column in shown:
         table.add_column(column, justify="right")
@@ -102,7 +103,7 @@ def print_report(
 
 def print_drift(path: str, console: Console | None = None, storage_options: dict[str, Any] | None = None) -> None:
     """The drift metrics per slice with thresholds, every breach, the verdict, and where the report is."""
-    from ..monitor.compare import describe_breach, infinite_kl_note
+    from ..report.text import describe_breach, infinite_kl_note
 
     console = console or terminal()
     table_data = read_report_table(path, storage_options)
@@ -133,39 +134,6 @@ def print_drift(path: str, console: Console | None = None, storage_options: dict
         verdict = "within thresholds"
     console.print(f"drift verdict: {verdict}")
     console.print(f"drift: {path}", soft_wrap=True)
-
-
-COMPARE_FIXED = {"overall", "class", "class_name", "n", "wins", "ties", "losses", "verdict", "n_matched",
-                 "n_only_baseline", "n_only_candidate"}
-
-
-def _interval(row: dict, metric: str) -> str:
-    value = row.get(f"{metric}_diff")
-    if value is None or math.isnan(value):
-        return ""
-    return f"{value:+.4f} [{row[f'{metric}_diff_lo']:+.4f}, {row[f'{metric}_diff_hi']:+.4f}]"
-
-
-def compare_view(table: pa.Table, worst: int = 5) -> tuple[list[str], list[list[str]]]:
-    """The short view of compare.parquet: the overall row, each slice's row, and the
-    `worst` classes overall by CE difference (largest first), as header and text cells."""
-    slice_columns = [c for c in table.column_names if c not in COMPARE_FIXED and not c.endswith(
-        ("_baseline", "_candidate", "_diff", "_diff_lo", "_diff_hi", "_verdict"))]
-    rows = table.to_pylist()
-    overall = [r for r in rows if r["overall"] and r["class"] is None]
-    slices = [r for r in rows if not r["overall"] and r["class"] is None]
-    classes = sorted((r for r in rows if r["overall"] and r["class"] is not None),
-                     key=lambda r: -(r["ce_mean_diff"] if r["ce_mean_diff"] == r["ce_mean_diff"] else -math.inf))[:worst]
-    metrics = [m for m in ("ce_mean", "accuracy", "ece") if f"{m}_diff" in table.column_names]
-    header = ["slice", "class", "n", *(f"{m} diff [interval]" for m in metrics), "wins/ties/losses", "verdict"]
-    cells = []
-    for row in [*overall, *slices, *classes]:
-        where = "(all)" if row["overall"] else ",".join(f"{c}={row[c]}" for c in slice_columns)
-        cls = "(all)" if row["class"] is None else f"{row['class']}" + (
-            f" {row['class_name']}" if row["class_name"] != str(row["class"]) else "")
-        cells.append([where, cls, f"{row['n']:,}", *(_interval(row, m) for m in metrics),
-                      f"{row['wins']:,}/{row['ties']:,}/{row['losses']:,}", row["verdict"] or ""])
-    return header, cells
 
 
 def print_compare(path: str, console: Console | None = None, storage_options: dict[str, Any] | None = None) -> None:

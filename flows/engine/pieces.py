@@ -24,8 +24,9 @@ from ..config import EvalConfig
 from ..errors import DataError
 from ..inputs.integrity import inspect_integrity, skipped_reason
 from ..inputs.memory import as_arrow
-from ..inputs.reader import Batch, ReadSpec, check_arrow_schema, check_schema, iter_batches, open_parquet, resolve_spec, table_batches
+from ..inputs.reader import Batch, iter_batches, open_parquet, resolve_spec, table_batches
 from ..inputs.sources import InputFile
+from ..inputs.spec import ReadSpec, check_arrow_schema, check_schema
 
 
 @dataclass(frozen=True)

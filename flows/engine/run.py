@@ -19,8 +19,9 @@ from ..errors import DataError
 from ..inputs.memory import (
     DASK_LABEL, as_arrow, is_dask_dataframe, memory_fingerprint, memory_label, memory_source, partition_label,
 )
-from ..inputs.reader import ReadSpec, resolve_spec, resolve_table_spec
+from ..inputs.reader import resolve_spec
 from ..inputs.sources import InputFile, fingerprint, list_inputs
+from ..inputs.spec import ReadSpec, resolve_table_spec
 from .cluster import STALL_TIMEOUT, map_all, map_reduce
 from .pieces import (
     BadShard, FileInfo, Piece, PieceResult, _empty, evaluate_piece, first_readable_spec, inspect_file, inspect_partition,

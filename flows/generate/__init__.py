@@ -1,5 +1,5 @@
 """Synthetic prediction dumps for demos, tests and benchmarks (see :mod:`flows.generate.dump`)."""
 
-from .dump import BAD_KINDS, BadShard, GeneratedDump, generate_dump
+from .dump import BAD_KINDS, GeneratedDump, PlantedDefect, generate_dump
 
-__all__ = ["BAD_KINDS", "BadShard", "GeneratedDump", "generate_dump"]
+__all__ = ["BAD_KINDS", "GeneratedDump", "PlantedDefect", "generate_dump"]

@@ -54,11 +54,11 @@ from typing import Any
 
 import fsspec
 
-from .plan import BAD_KINDS, BadShard, plan_dump
+from .plan import BAD_KINDS, PlantedDefect, plan_dump
 from .shards import ShardBuilder
 from .write import clear_existing, write_shard
 
-__all__ = ["BAD_KINDS", "BadShard", "GeneratedDump", "generate_dump"]
+__all__ = ["BAD_KINDS", "GeneratedDump", "PlantedDefect", "generate_dump"]
 
 
 @dataclass(frozen=True)
@@ -71,8 +71,8 @@ class GeneratedDump:
         The output folder, as given (local path or fsspec URL).
     files : list of str
         Every shard written, in shard order, as ``root + "/" + relative path``.
-    bad : dict of str to BadShard
-        Deliberately broken shards: path -> ``BadShard(kind, row)``.
+    bad : dict of str to PlantedDefect
+        Deliberately broken shards: path -> ``PlantedDefect(kind, row)``.
     classes : int
         Number of classes ``C``.
     class_names : list of str or None
@@ -102,7 +102,7 @@ class GeneratedDump:
 
     root: str
     files: list[str]
-    bad: dict[str, BadShard]
+    bad: dict[str, PlantedDefect]
     classes: int
     class_names: list[str] | None
     pred_column: str

@@ -23,7 +23,7 @@ ROW_DEFECTS = ("nan", "bad_label", "unnormalized")  # defects placed in one know
 _RESERVED = ("id", "label", "weight")
 
 
-class BadShard(NamedTuple):
+class PlantedDefect(NamedTuple):
     """What is wrong with a deliberately broken shard.
 
     Attributes
@@ -49,7 +49,7 @@ class ShardPlan:
     stop: int
     rel: str  # path below the dump's root
     partition: dict[str, Any]  # hive key -> value; empty without hive
-    bad: BadShard | None
+    bad: PlantedDefect | None
 
     @property
     def rows(self) -> int:
@@ -127,7 +127,7 @@ def plan_dump(*, rows, classes, shards, layout, kind, dtype, slices, hive, weigh
         bad_row = mix_int(stream_key(seed, "bad_row") + k) % (stop - start) if bad_kind in ROW_DEFECTS else None
         plans.append(ShardPlan(
             index=k, start=start, stop=stop, rel=f"{folder}/{name}" if folder else name,
-            partition=dict(zip(hive, combo)), bad=BadShard(bad_kind, bad_row) if bad_kind else None,
+            partition=dict(zip(hive, combo)), bad=PlantedDefect(bad_kind, bad_row) if bad_kind else None,
         ))
     return DumpPlan(
         rows=rows, classes=classes, layout=layout, kind=kind, dtype=dtype, slices=slices, hive=hive,

@@ -19,6 +19,7 @@ from typing import Iterable, Sequence
 
 from ..config import Gate
 from ..errors import GateBreach
+from ..report.text import describe_gate
 
 
 def _where(row: dict, slice_by: Sequence[str]) -> str:
@@ -35,11 +36,6 @@ def _breached(gate: Gate, value: float, lo: float, hi: float) -> bool:
         return past > gate.max_increase  # NaN compares false: never a breach
     past = value if gate.mode == "point" else hi
     return past < -gate.max_decrease
-
-
-def describe_gate(gate: Gate) -> str:
-    limit = f"max_increase {gate.max_increase:g}" if gate.max_increase is not None else f"max_decrease {gate.max_decrease:g}"
-    return f"{gate.metric} {limit} ({gate.mode})"
 
 
 def breached_gates(gates: Iterable[Gate], rows: Iterable[dict], slice_by: Sequence[str]) -> list[str]:

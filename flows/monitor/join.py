@@ -30,8 +30,9 @@ from xent_kernels.hashing import key_hash
 from ..config import EvalConfig, JoinSettings
 from ..engine import Evaluation, Piece, inspect_files, map_all, map_reduce, memory_pieces, piece_batches, plan_pieces
 from ..errors import DataError
-from ..inputs.reader import ReadSpec, open_parquet
+from ..inputs.reader import open_parquet
 from ..inputs.sources import InputFile
+from ..inputs.spec import ReadSpec
 
 @dataclass(frozen=True)
 class JoinResult:

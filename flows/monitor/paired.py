@@ -28,7 +28,7 @@ from xent_kernels.paired import OUTCOMES, PairedReport, PairedStats, paired_fina
 from ..config import CompareConfig
 from ..engine import Evaluation, Progress, evaluate_source
 from ..errors import DataError
-from ..inputs.reader import ReadSpec
+from ..inputs.spec import ReadSpec
 from ..metadata import COMPARE_KEY, CONFIG_KEY, REFERENCE_FINGERPRINT_KEY
 from ..report.tables import config_json, report_metadata, report_parts, slice_key_columns
 from .gates import breached_gates

@@ -17,7 +17,6 @@ import pyarrow as pa
 
 from xent_kernels import ClassReport, ClassStats, interval_columns, report_columns
 
-from .. import __version__
 from ..engine import Evaluation, probability_warning
 from ..errors import without_credentials
 from ..metadata import (
@@ -29,30 +28,16 @@ from ..metadata import (
     INTEGRITY_KEY,
     INTERVALS_KEY,
     LAYOUT_KEY,
+    METRIC_COLUMNS,
     UNITS_KEY,
+    VERSION,
     VERSION_KEY,
     WARNINGS_KEY,
 )
 
 
-# The nightly history (metrics.parquet under REPORT_ROOT, see flows.runs.nightly): its
-# partition keys, and the columns of each file besides the run's slice columns (which
-# come right after `scope`).
-PARTITION_KEYS = ("run_date", "source")
-METRIC_FIELDS = [
-    pa.field("overall", pa.bool_()),
-    pa.field("class", pa.int32()),
-    pa.field("class_name", pa.string()),
-    pa.field("metric", pa.string()),
-    pa.field("value", pa.float64()),
-    pa.field("lo", pa.float64()),  # the metric's interval (its <metric>_lo/_hi columns); null without one
-    pa.field("hi", pa.float64()),
-    pa.field("n", pa.int64()),
-    pa.field("small_slice", pa.bool_()),  # the row's slice has fewer rows than min_slice_size
-    pa.field("threshold", pa.float64()),  # drift: the threshold; gate: the signed limit of the difference
-    pa.field("breached", pa.bool_()),
-]
-HISTORY_COLUMNS = (*PARTITION_KEYS, "scope", *(f.name for f in METRIC_FIELDS))  # all but the slice columns
+# The history's metric fields as Arrow types (their names and meanings: flows.metadata).
+METRIC_FIELDS = [pa.field(name, getattr(pa, arrow_type)()) for name, arrow_type in METRIC_COLUMNS.items()]
 
 
 def _column(values: np.ndarray) -> pa.Array:
@@ -231,7 +216,7 @@ def config_json(config) -> bytes:
 def report_metadata(evaluation: Evaluation) -> dict[bytes, bytes]:
     spec = evaluation.spec
     return {
-        VERSION_KEY: __version__.encode(),
+        VERSION_KEY: VERSION.encode(),
         CREATED_AT_KEY: dt.datetime.now(dt.timezone.utc).isoformat().encode(),
         UNITS_KEY: evaluation.config.units.encode(),
         EPS_KEY: json.dumps(evaluation.config.eps).encode(),

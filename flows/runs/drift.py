@@ -1,8 +1,8 @@
 """The drift run as plain steps, free of Prefect.
 
 ``xent drift --no-prefect`` runs them directly; the xent-drift flow in
-``flows.pipelines`` runs the same steps as tasks. Both compare through the Python
-API (:func:`flows.api.drift_config`).
+``flows.pipelines`` runs the same steps as tasks. Both measure drift through the
+Python API (:func:`flows.api.drift_config`).
 """
 
 from __future__ import annotations
@@ -15,22 +15,22 @@ from ..api import DriftResult, drift_config
 from ..config import DriftConfig
 from ..engine import Progress, dask_client
 from ..errors import UsageError
-from ..monitor.compare import DriftReport
+from ..monitor.drift import DriftReport
 from .adhoc import write_report
 
 
-def compare_on_cluster(config: DriftConfig, client: Client, progress: Progress | None = None) -> DriftResult:
+def drift_on_cluster(config: DriftConfig, client: Client, progress: Progress | None = None) -> DriftResult:
     """Drift metrics of the current dump against the reference."""
     return drift_config(config, client=client, progress=progress or False)
 
 
-DriftSteps = tuple[Callable, Callable]  # compare, write; or their Prefect tasks
-PLAIN_STEPS: DriftSteps = (compare_on_cluster, write_report)
+DriftSteps = tuple[Callable, Callable]  # measure drift, write; or their Prefect tasks
+PLAIN_STEPS: DriftSteps = (drift_on_cluster, write_report)
 
 
 def drift_steps(config: DriftConfig, out: str, steps: DriftSteps = PLAIN_STEPS,
                 progress: Progress | None = None) -> tuple[dict[str, str], DriftReport]:
-    """Compare the current dump with the reference and write ``drift.parquet`` under
+    """Measure the current dump's drift from the reference and write ``drift.parquet`` under
     `out`; returns (paths, report). ``xent drift --no-prefect`` runs this directly,
     the xent-drift flow with its steps as tasks; neither imports Prefect here."""
     if not config.reference:

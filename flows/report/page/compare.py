@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 
 from ...config import Gate
 from ...metadata import COMPARE_KEY, REFERENCE_FINGERPRINT_KEY
-from ...monitor.gates import describe_gate
+from ..text import describe_gate
 from .common import (
     LABELS, Page, cell, class_label, finite, interval_plot, largest_first, number, signed, slice_label, text_cell,
 )

@@ -9,6 +9,7 @@ import pyarrow as pa
 
 from ...config import DRIFT_METRICS
 from ...metadata import CLASSES_KEY, REFERENCE_FINGERPRINT_KEY, decoded_metadata
+from ..text import describe_breach, infinite_kl_note
 from .common import (
     Page, altair, cell, class_text, edge_marks, finite, largest_first, nonfinite_rows, number, slice_label, spec, text_cell,
     value_axis,
@@ -24,8 +25,6 @@ ALL = "all slices"
 def build(tables: dict[str, pa.Table], page: Page, max_classes: int) -> None:
     """Add the drift section for ``drift`` (with its charts when ``drift_distributions``
     is there), its breaches to the verdict, and a check line when none is breached."""
-    from ...monitor.compare import describe_breach, infinite_kl_note
-
     drift = tables["drift"]
     slice_by = slice_columns_of(drift)
     rows = drift.to_pylist()

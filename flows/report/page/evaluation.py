@@ -9,7 +9,7 @@ from typing import Any
 import pyarrow as pa
 
 from xent_kernels import class_columns
-from xent_kernels import slice_columns as slice_metrics
+from xent_kernels import summary_columns
 
 from ...metadata import INTEGRITY_KEY
 from ..tables import bad_shards_summary
@@ -66,7 +66,7 @@ def build(tables: dict[str, pa.Table], page: Page, max_classes: int) -> None:
         chart, named = _forest(worst, page.units, "class")
         page.chart("forest-classes", "forest", chart, f"Mean CE per class ({page.units}), the worst {len(worst)}", named)
     if slices:
-        metrics = [c for c in slice_metrics(headline=True) if c in summary.column_names]
+        metrics = [c for c in summary_columns(headline=True) if c in summary.column_names]
         page.sections["per_slice"] = {
             "header": [(c, "text", "") for c in slice_by] + [("n", "num", "")]
                       + [(LABELS.get(m, m) + page.units_of(m), "num", m) for m in metrics],

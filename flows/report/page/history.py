@@ -19,8 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ...metadata import HISTORY_KEY
-from ..tables import HISTORY_COLUMNS
+from ...metadata import HISTORY_COLUMNS, HISTORY_KEY
 from .common import LABELS, Page, altair, edge_marks, nonfinite_rows
 
 # Trends drawn, per scope of metrics.parquet: the summary's overall and per-slice rows,

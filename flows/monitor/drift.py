@@ -31,6 +31,7 @@ from ..engine import Evaluation, Progress, evaluate_source
 from ..errors import DataError, DriftBreach
 from ..metadata import CONFIG_KEY, REFERENCE_FINGERPRINT_KEY
 from ..report.tables import config_json, report_metadata, report_parts, slice_key_columns
+from ..report.text import INFINITE_KL, describe_breach
 from .join import EvaluatedSide, join_sides, kl_pairing, prepare_join
 
 FINE_BINS = 200  # confidence histogram resolution before re-binning at reference quantiles
@@ -106,8 +107,8 @@ class DriftReport:
         return [row for row in self.rows if row["breached"]]
 
 
-def compare(config: DriftConfig, client: Client, progress: Progress | None = None, *, reference: Any = None,
-            current: Any = None) -> DriftReport:
+def measure_drift(config: DriftConfig, client: Client, progress: Progress | None = None, *, reference: Any = None,
+                  current: Any = None) -> DriftReport:
     """Evaluate both sides and compute every drift metric, in the config's units, with its threshold.
 
     `reference` and `current` are each None, for the config's ``reference`` and
@@ -165,28 +166,6 @@ def _per_sample_rows(config: DriftConfig, sides: dict[str, EvaluatedSide], clien
                          "class": int(pc["class"][j]), "n": int(pc["n"][j]),
                          INFINITE_KL: int(infinite[pc["slice"][j], pc["class"][j]])})
     return rows
-
-
-INFINITE_KL = "n_infinite_kl"  # column of kl_per_sample rows: joined rows whose exact KL is infinite
-
-
-def infinite_kl_note(drift: pa.Table) -> str | None:
-    """How many joined rows had infinite per-sample KL, and whether smoothing made them
-    finite (the terminal and the page); None without per-sample KL."""
-    rows = {r["metric"]: r for r in drift.to_pylist() if r["overall"] and r["class"] is None}
-    if rows.get("kl_per_sample", {}).get(INFINITE_KL) is None:
-        return None
-    infinite, matched = rows["kl_per_sample"][INFINITE_KL], int(rows["n_matched"]["value"])
-    config = json.loads((drift.schema.metadata or {}).get(CONFIG_KEY, b"{}"))
-    smoothing = (config.get("drift") or {}).get("per_sample_smoothing")
-    if smoothing is not None:
-        return (f"per-sample KL: both sides smoothed with eps = {smoothing:g} (drift.per_sample_smoothing); "
-                f"{infinite:,} of {matched:,} joined rows are infinite without it")
-    if not infinite:
-        return f"per-sample KL: 0 of {matched:,} joined rows infinite (exact, no smoothing)"
-    return (f"per-sample KL: {infinite:,} of {matched:,} joined rows infinite (the current side gives probability 0 "
-            "to a class the reference gives mass); set drift.per_sample_smoothing (--per-sample-smoothing) to "
-            "smooth both sides")
 
 
 def threshold_for(settings: DriftSettings, slice_by: list[str], key: tuple | None, metric: str) -> float | None:
@@ -251,11 +230,6 @@ def drift_tables(report: DriftReport, config: DriftConfig) -> dict[str, pa.Table
     metadata[CONFIG_KEY] = config_json(config)
     return {"drift": drift_table(report).replace_schema_metadata(metadata),
             DISTRIBUTIONS_TABLE: distributions_table(report).replace_schema_metadata(metadata)}
-
-
-def describe_breach(row: dict, slice_by: tuple[str, ...]) -> str:
-    where = "overall" if row["key"] is None else ", ".join(f"{k}={v}" for k, v in zip(slice_by, row["key"]))
-    return f"{row['metric']} = {row['value']:.6g} exceeds threshold {row['threshold']:.6g} ({where})"
 
 
 def breach_error(report: DriftReport) -> DriftBreach | None:
