@@ -69,7 +69,7 @@ def print_report(
     console.print(table)
 
     summary = read_report_table(paths["summary"], storage_options)
-    fixed = {"overall", *SUMMARY_COLUMNS, "small_slice", "n_skipped", "n_bad_shards", "predicted_marginal",
+    fixed = {"overall", *SUMMARY_COLUMNS, "small_slice", "auc_exact", "n_skipped", "n_bad_shards", "predicted_marginal",
              "confidence_hist", "confidence_hist_accuracy", "confidence_hist_confidence"}
     slice_columns = [name for name in summary.column_names if name not in fixed]
     small = "small_slice" in summary.column_names and any(summary.column("small_slice").to_pylist())

@@ -180,6 +180,8 @@ def build_tables(evaluation: Evaluation) -> dict[str, pa.Table]:
         for name in metric_columns("slice"):
             s_cols[name] = _column(ps[name])
         s_cols["small_slice"] = pa.array(small, type=pa.bool_())
+        # Exact (auc_error_bound 0) or binned AUC per slice; null with AUC off.
+        s_cols["auc_exact"] = pa.array(report.auc_exact, type=pa.bool_(), mask=np.full(len(keys), not spec.n_thresholds))
         skipped = skipped_rows([b.rows for b in result.bad_shards])
         s_cols["n_skipped"] = pa.array([skipped if overall else None] * len(keys), type=pa.int64())
         s_cols["n_bad_shards"] = pa.array([len(result.bad_shards) if overall else None] * len(keys), type=pa.int64())
