@@ -197,6 +197,28 @@ def test_the_report_does_not_depend_on_sharding_even_across_the_cap(models, shar
                 np.testing.assert_allclose(got.per_class[name], want.per_class[name], rtol=1e-13)
 
 
+@given(
+    n=st.integers(0, 80),
+    n_classes=st.sampled_from([2, 4]),
+    cap_rows=st.integers(0, 60),  # the cap in rows of a slice: crossed by some merges, not others
+    cuts=st.lists(st.integers(0, 80), max_size=6),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_drawn_shardings_give_the_state_of_the_whole(n, n_classes, cap_rows, cuts, seed):
+    rng = np.random.default_rng(seed)
+    probs = np.round(rng.dirichlet(np.ones(n_classes), n) * 20) / 20
+    probs = np.where(probs.sum(axis=1, keepdims=True) > 0, probs, 1.0 / n_classes)
+    labels, weights = rng.integers(0, n_classes, n), rng.uniform(0.0, 2.0, n)
+    segment = rng.integers(0, 2, n)
+    options = dict(exact_auc_max_values=cap_rows * (n_classes + 2))
+    whole = shard_states(probs, labels, weights, segment, [np.arange(n)], **options)[0]
+    parts = np.split(rng.permutation(n), sorted(c for c in cuts if c <= n))
+    merged = tree_merge(shard_states(probs, labels, weights, segment, parts, **options), random.Random(seed))
+    assert same_rows(merged, whole)
+    assert merged.auc_exact.tolist() == [0 < cap_rows and (segment == s).sum() <= cap_rows for s in range(2)]
+    np.testing.assert_allclose(merged.finalize().per_class["auc"], whole.finalize().per_class["auc"], rtol=1e-13)
+
+
 def test_a_slice_past_the_cap_is_binned_with_its_bound(models):
     probs, labels = models["digits_lr"]
     n_values = len(labels) * 12
