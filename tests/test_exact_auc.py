@@ -318,12 +318,16 @@ def lr_dump(models, tmp_path_factory) -> str:
     return str(folder)
 
 
-def test_the_trials_logistic_regression_gets_sklearns_auc_through_the_cli(client, models, lr_dump, tmp_path):
+def test_the_trials_logistic_regression_gets_sklearns_auc_through_the_cli(client, models, lr_dump, tmp_path, capsys):
+    """The slices (225 rows) and the overall row (450) are exact at the default cap; with
+    a cap of 0 every row is binned, and with 3,000 values the slices are exact, the
+    overall row binned: summary.parquet's auc_exact and the terminal say which."""
     probs, labels = models["digits_lr"]
     out = tmp_path / "exact"
     args = ["eval", lr_dump, "--kind", "probs", "--slice-by", "segment", "--no-prefect",
             "--scheduler", client.scheduler.address]
     assert main([*args, "--out", str(out)]) == 0
+    assert "auc: exact (sklearn's roc_auc_score) in every summary row" in capsys.readouterr().out
     summary = pq.read_table(out / "summary.parquet").to_pylist()
     overall = summary[-1]
     assert overall["auc"] == pytest.approx(roc_auc_score(labels, probs, multi_class="ovr"), abs=TOL)
@@ -343,6 +347,13 @@ def test_the_trials_logistic_regression_gets_sklearns_auc_through_the_cli(client
     binned = pq.read_table(tmp_path / "binned" / "summary.parquet").to_pylist()[-1]
     assert binned["auc_exact"] is False and binned["auc_error_bound"] > 0
     assert abs(binned["auc"] - overall["auc"]) <= binned["auc_error_bound"]
+    assert "auc: binned in every summary row, within auc_error_bound" in capsys.readouterr().out
+
+    config.write_text(yaml.safe_dump({"exact_auc_max_values": 3_000}))
+    assert main([*args, "--out", str(tmp_path / "mixed"), "--config", str(config)]) == 0
+    mixed = pq.read_table(tmp_path / "mixed" / "summary.parquet").to_pylist()
+    assert [row["auc_exact"] for row in mixed] == [True, True, False]
+    assert "auc: exact in 2 of 3 summary rows, binned in the others" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(__import__("browser").MISSING is not None, reason="needs chromium and chromium-driver")

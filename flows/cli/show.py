@@ -16,7 +16,9 @@ from xent_kernels import class_columns, slice_columns as slice_metrics
 from ..config import DRIFT_METRICS
 from ..inputs.sources import filesystem
 from ..metadata import INTEGRITY_KEY, INTERVALS_KEY, UNITS_KEY
-from ..report.tables import bad_shards_summary, integrity_line, intervals_line, metric_columns, with_interval
+from ..report.tables import (
+    auc_line, bad_shards_summary, integrity_line, intervals_line, metric_columns, with_interval,
+)
 
 # Every summary column that is not a slice column.
 SUMMARY_COLUMNS = metric_columns("slice", has_reference=True)
@@ -86,6 +88,8 @@ def print_report(
     metadata = summary.schema.metadata or {}
     if INTERVALS_KEY in metadata:
         console.print(intervals_line(json.loads(metadata[INTERVALS_KEY])), markup=False)
+    if (line := auc_line(summary.to_pylist())) is not None:
+        console.print(line, markup=False)
     integrity = metadata.get(INTEGRITY_KEY)
     if integrity is not None:
         console.print(integrity_line(json.loads(integrity)))

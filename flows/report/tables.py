@@ -155,6 +155,20 @@ def intervals_line(intervals: dict[str, Any]) -> str:
             f"by {by}; auc: DeLong; {clipped}")
 
 
+def auc_line(summary: list[dict]) -> str | None:
+    """The terminal's line on how a report's AUC was computed, from its summary rows
+    (``auc_exact``); None with AUC off (or a report written before exact AUC)."""
+    flags = [row.get("auc_exact") for row in summary]
+    if not flags or None in flags:
+        return None
+    if all(flags):
+        return "auc: exact (sklearn's roc_auc_score) in every summary row"
+    why = "rows × (classes + 2) past exact_auc_max_values, or it is 0"
+    if not any(flags):
+        return f"auc: binned in every summary row, within auc_error_bound ({why})"
+    return f"auc: exact in {sum(flags)} of {len(flags)} summary rows, binned in the others, within auc_error_bound ({why})"
+
+
 def build_tables(evaluation: Evaluation) -> dict[str, pa.Table]:
     spec, result, config = evaluation.spec, evaluation.result, evaluation.config
     base = 2 if config.units == "bits" else "e"
