@@ -101,6 +101,10 @@ class EvalConfig(StrictModel):
     auc_thresholds: int = Field(
         1000, ge=10, le=100_000, description="Bins of the predicted probability for ROC AUC (error bound in the report).",
     )
+    exact_auc_max_values: int = Field(
+        196_608, ge=0, description="Exact ROC AUC (sklearn's) for a slice whose rows × (classes + 2) are at most this "
+        "(1.5 MiB of float64 a slice); larger slices are binned (auc_thresholds); 0 = always binned.",
+    )
     min_slice_size: int = Field(
         0, ge=0, description="Slices with fewer rows are reported with small_slice = true (gates skip them).",
     )

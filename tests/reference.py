@@ -350,3 +350,24 @@ def splitmix64_int(x: int) -> int:
     x ^= x >> 27
     x = (x * 0x94D049BB133111EB) & MASK64
     return x ^ (x >> 31)
+
+
+def delong(scores, positive, weights=None):
+    """AUC and DeLong's (1988) standard error of `scores` for the `positive` rows,
+    pair by pair: ψ = 1 for a positive above a negative, ½ for a tie (midranks). With
+    `weights`, each row counts as that many rows (frequency weights: the sums P and N of
+    the positives' and negatives' weights replace their counts)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    positive = np.asarray(positive, dtype=bool)
+    weights = np.ones(len(scores)) if weights is None else np.asarray(weights, dtype=np.float64)
+    x, y = scores[positive], scores[~positive]
+    wx, wy = weights[positive], weights[~positive]
+    psi = (x[:, None] > y[None, :]) + 0.5 * (x[:, None] == y[None, :])
+    p, n = wx.sum(), wy.sum()
+    v10 = psi @ wy / n  # per positive: the weighted share of negatives below it
+    v01 = wx @ psi / p  # per negative: the weighted share of positives above it
+    auc = wx @ v10 / p
+    s10 = wx @ (v10 - auc) ** 2 / (p - 1.0)
+    s01 = wy @ (v01 - auc) ** 2 / (n - 1.0)
+    with np.errstate(invalid="ignore"):  # weights summing below 1: no SE (NaN), as xent gives
+        return auc, np.sqrt(s10 / p + s01 / n)

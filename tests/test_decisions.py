@@ -27,7 +27,9 @@ from threadpoolctl import threadpool_limits
 from doc_blocks import doc_text
 from xent_kernels import CELL_FIELDS, HIST_FIELDS, STATISTICS, class_stats_partial
 from xent_kernels.statistics import STATE_ARRAYS
-from xent_kernels.stats import DEFAULT_BINS, DEFAULT_THRESHOLDS, MAX_AUC_CLASSES, MAX_CONFUSION_CLASSES
+from xent_kernels.stats import (
+    DEFAULT_BINS, DEFAULT_EXACT_AUC_VALUES, DEFAULT_THRESHOLDS, MAX_AUC_CLASSES, MAX_CONFUSION_CLASSES,
+)
 
 Z = ndtri(0.975)  # the DeLong interval is value ± Z·SE at the default level 0.95
 
@@ -173,7 +175,7 @@ def delong_se(auc, lo, hi):
 def test_auc_within_its_bound_of_sklearn(dataset, model, record_property):
     y, proba = predictions(dataset, model)
     n_classes = proba.shape[1]
-    rep = report(proba, y, kind="probs")
+    rep = report(proba, y, kind="probs", exact_auc_max_values=0)
     assert rep.per_slice["n"][0] == len(y)
     auc, bound = per_class(rep, "auc"), per_class(rep, "auc_error_bound")
     errors = []
@@ -198,7 +200,7 @@ def test_auc_within_its_bound_of_sklearn(dataset, model, record_property):
 def test_weighted_auc_within_its_bound_of_sklearn():
     y, proba = predictions("digits", "logistic")
     w = np.random.default_rng(4).exponential(size=len(y))
-    rep = report(proba, y, kind="probs", weights=w)
+    rep = report(proba, y, kind="probs", exact_auc_max_values=0, weights=w)
     auc, bound = per_class(rep, "auc"), per_class(rep, "auc_error_bound")
     for c in range(proba.shape[1]):
         exact = roc_auc_score(y == c, proba[:, c], sample_weight=w)
@@ -213,7 +215,7 @@ def test_delong_on_binned_scores_is_textbook_delong():
     y, proba = predictions("breast_cancer", "naive_bayes")
     T = 50  # coarse, so that many pairs share a bin
     q1 = (np.minimum(np.floor(proba[:, 1] * T), T - 1) + 0.5) / T
-    rep = report(np.column_stack([1.0 - q1, q1]), y, kind="probs", n_thresholds=T)
+    rep = report(np.column_stack([1.0 - q1, q1]), y, kind="probs", n_thresholds=T, exact_auc_max_values=0)
     exact, se = delong(q1, y == 1)
     ties = (q1[y == 1][:, None] == q1[y == 0][None, :]).mean()
     s = rep.per_slice
@@ -228,7 +230,7 @@ def test_delong_interval_agrees_with_exact_delong():
     checked, worst = 0, 0.0
     for dataset, model in CASES:
         y, proba = predictions(dataset, model)
-        rep = report(proba, y, kind="probs")
+        rep = report(proba, y, kind="probs", exact_auc_max_values=0)
         auc, lo, hi, bound = (per_class(rep, c) for c in ("auc", "auc_lo", "auc_hi", "auc_error_bound"))
         for c in range(proba.shape[1]):
             exact, se = delong(proba[:, c], y == c)
@@ -250,7 +252,7 @@ def test_delong_interval_covers_the_true_auc():
     labels = np.tile(np.repeat([0, 1], half), repeats)
     q1 = 1.0 / (1.0 + np.exp(-(rng.standard_normal(len(labels)) + shift * labels)))
     slice_ids = np.repeat(np.arange(repeats), 2 * half)
-    rep = report(np.column_stack([1.0 - q1, q1]), labels, kind="probs", n_thresholds=200,
+    rep = report(np.column_stack([1.0 - q1, q1]), labels, kind="probs", n_thresholds=200, exact_auc_max_values=0,
                  slice_ids=slice_ids, slice_keys=[(i,) for i in range(repeats)])
     truth = ndtr(shift / np.sqrt(2.0))
     covered = (rep.per_slice["auc_lo"] <= truth) & (truth <= rep.per_slice["auc_hi"])
@@ -262,55 +264,67 @@ def test_delong_interval_covers_the_true_auc():
 # --------------------------------------------------------------------------- state size per slice
 
 
-def state_bytes(n_classes, *, n_buckets=20, n_bins=DEFAULT_BINS, confusion=None, n_thresholds=None) -> int:
-    """The README's "State size per slice", in bytes (defaults as class_stats_partial's)."""
+def state_bytes(n_classes, *, n_buckets=20, n_bins=DEFAULT_BINS, confusion=None, n_thresholds=None, rows=0,
+                exact_auc_max_values=DEFAULT_EXACT_AUC_VALUES) -> int:
+    """The README's "State size per slice", in bytes (defaults as class_stats_partial's),
+    for a slice of `rows` counted rows (its exact-AUC rows, when within the cap)."""
     C, K, F, T = n_classes, n_buckets, len(CELL_FIELDS), n_thresholds
     if confusion is None:
         confusion = C <= MAX_CONFUSION_CLASSES
     if T is None:
         T = DEFAULT_THRESHOLDS if C <= MAX_AUC_CLASSES else 0
+    kept = T and rows * (C + 2) <= exact_auc_max_values
     return (K * C * 8 + K * C * F * 16 + K * C * 8 + K * n_bins * 3 * 16 + C * 16 + 16
-            + (C * C * 24 if confusion else 0) + (C * T * 2 * 16 if T else 0))
+            + (C * C * 24 if confusion else 0) + (C * T * 2 * 16 if T else 0) + (rows * (C + 2) * 8 if kept else 0))
+
+
+def largest_bytes(n_classes) -> int:
+    """At the defaults, a slice's largest state: with as many exact-AUC rows as the cap allows."""
+    return state_bytes(n_classes, rows=DEFAULT_EXACT_AUC_VALUES // (n_classes + 2))
 
 
 def measured_bytes(n_classes, n_slices=3, n_buckets=20, **options) -> float:
-    """nbytes of a real state of `n_slices` slices, per slice."""
+    """nbytes of a real state of `n_slices` slices of 21 rows each, per slice."""
     rng = np.random.default_rng(6)
-    n = 64
+    n = 21 * n_slices
     state = class_stats_partial(
         rng.normal(size=(n, n_classes)), rng.integers(0, n_classes, size=n),
-        slice_ids=rng.integers(0, n_slices, size=n), slice_keys=[(s,) for s in range(n_slices)],
+        slice_ids=np.arange(n) % n_slices, slice_keys=[(s,) for s in range(n_slices)],
         buckets=rng.integers(0, n_buckets, size=n), n_buckets=n_buckets, **options,
     )
     arrays = [getattr(state, name) for array in STATE_ARRAYS for name in array.attributes]
+    arrays += [rows for rows in state.auc_rows if rows is not None]
     return sum(a.nbytes for a in arrays) / n_slices
 
 
 @pytest.mark.parametrize("n_classes, options", [
     (2, {}), (10, {}), (64, {}), (65, {}), (100, {}), (256, {}), (257, {}), (1000, {}),
     (10, {"confusion": False, "n_thresholds": 0}), (100, {"n_thresholds": 100}), (300, {"confusion": True}),
+    (10, {"exact_auc_max_values": 0}), (10, {"exact_auc_max_values": 21 * 12}), (10, {"exact_auc_max_values": 21 * 12 - 1}),
 ])
 def test_state_size_formula(n_classes, options):
     assert len(HIST_FIELDS) == 3  # the formula's 3 histogram fields
-    assert measured_bytes(n_classes, **options) == state_bytes(n_classes, **options)
+    assert measured_bytes(n_classes, **options) == state_bytes(n_classes, rows=21, **options)
 
 
 def test_state_size_at_the_defaults_stays_under_4_mib():
-    sizes = {c: state_bytes(c) for c in range(1, 1001)}
-    for c in (10, 100, 1000):
-        print(f"C = {c}: {sizes[c]:,} bytes ({sizes[c] / 2**20:.2f} MiB) per slice")
+    sizes = {c: largest_bytes(c) for c in range(1, 1001)}
+    for c in (10, 64, 100, 1000):
+        print(f"C = {c}: {sizes[c]:,} bytes ({sizes[c] / 2**20:.2f} MiB) per slice at most")
     worst = max(sizes, key=sizes.get)
     assert sizes[worst] < 4 * 2**20, (worst, sizes[worst])
 
 
 def test_readme_state_size_table_is_the_formula():
     """The README's table of bytes per slice at the defaults is what the formula gives."""
-    rows = re.findall(r"^\| ([\d,]+) \| (on|off) \| (on|off) \| ([\d,]+) \(", doc_text(), re.MULTILINE)
+    rows = re.findall(r"^\| ([\d,]+) \| (on|off) \| (on|off) \| ([\d,]+) \([^|]*\| ([\d,]+) \(",
+                      doc_text(), re.MULTILINE)
     assert len(rows) >= 3
-    for classes, confusion, auc, size in rows:
+    for classes, confusion, auc, size, largest in rows:
         c = int(classes.replace(",", ""))
         assert (confusion == "on", auc == "on") == (c <= MAX_CONFUSION_CLASSES, c <= MAX_AUC_CLASSES), c
         assert int(size.replace(",", "")) == state_bytes(c), c
+        assert int(largest.replace(",", "")) == largest_bytes(c), c
 
 
 def test_readme_names_every_report_column():

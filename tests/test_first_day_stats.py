@@ -285,14 +285,24 @@ def _readme_auc_claim() -> list[float]:
     return [float(parts[i]) * 10.0 ** int(parts[i + 1].translate(SUPERSCRIPT)) for i in range(0, 8, 2)]
 
 
+def binned_only(tmp_path: Path) -> list[str]:
+    """CLI flags for a config with exact AUC off: the binned AUC even for 450 rows."""
+    import yaml
+
+    config = tmp_path / "binned.yaml"
+    config.write_text(yaml.safe_dump({"exact_auc_max_values": 0}))
+    return ["--config", str(config)]
+
+
 def test_auc_error_of_the_trials_logistic_regression_is_as_the_readme_says(client, digits_dumps, tmp_path):
     """The README's figure for logistic regression is measured here, through the CLI on
-    the pandas dump: the summary and worst class errors against sklearn's
-    roc_auc_score and their bounds, to the two digits the README gives."""
+    the pandas dump with exact AUC off: the summary and worst class errors against
+    sklearn's roc_auc_score and their bounds, to the two digits the README gives."""
     from sklearn.metrics import roc_auc_score
 
     out = tmp_path / "lr"
-    assert main(["eval", digits_dumps["lr"], "--out", str(out), "--kind", "probs", "--no-prefect", *on(client)]) == 0
+    assert main(["eval", digits_dumps["lr"], "--out", str(out), "--kind", "probs", "--no-prefect", *on(client),
+                 *binned_only(tmp_path)]) == 0
     labels, probs = digits_dumps["labels"], digits_dumps["lr_probs"]
     overall = pq.read_table(out / "summary.parquet").to_pylist()[-1]
     classes = [r for r in pq.read_table(out / "per_class.parquet").to_pylist() if r["overall"]]
@@ -306,14 +316,15 @@ def test_auc_error_of_the_trials_logistic_regression_is_as_the_readme_says(clien
 
 @pytest.mark.skipif(__import__("browser").MISSING is not None, reason="needs chromium and chromium-driver")
 def test_the_auc_card_shows_the_binning_bound_in_chromium(client, digits_dumps, tmp_path):
-    """The evaluation page's AUC card says its binning bound (from summary.parquet) as
-    Chromium shows it, and no other card does."""
+    """With exact AUC off, the evaluation page's AUC card says its binning bound (from
+    summary.parquet) as Chromium shows it, and no other card does."""
     from selenium.webdriver.common.by import By
 
     from browser import chromium, open_page
 
     out = tmp_path / "lr"
-    assert main(["eval", digits_dumps["lr"], "--out", str(out), "--kind", "probs", "--no-prefect", *on(client)]) == 0
+    assert main(["eval", digits_dumps["lr"], "--out", str(out), "--kind", "probs", "--no-prefect", *on(client),
+                 *binned_only(tmp_path)]) == 0
     bound = pq.read_table(out / "summary.parquet").to_pylist()[-1]["auc_error_bound"]
     mantissa, exponent = f"{bound:.1e}".split("e")
     with chromium(1280, 900) as driver:

@@ -135,9 +135,16 @@ def _confusion(weighted: bool):
     return Ref(per_slice=per_slice)
 
 
-def _roc(r, mask, c, thresholds=1000):
-    """Class c's binned one-vs-rest AUC, its error bound and DeLong's SE, the obvious
-    way: every (positive, negative) pair over the bins, pairs in the same bin as 1/2."""
+def _roc(r, mask, c, thresholds=None):
+    """Class c's one-vs-rest AUC and its error bound, the obvious way: every (positive,
+    negative) pair over the bins, pairs in the same bin as 1/2; exact (every distinct
+    score its own bin, bound 0) without `thresholds`, as slices within the exact-AUC cap."""
+    if thresholds is None:
+        scores = r.q[mask, c]
+        is_pos = r.label[mask] == c
+        if not is_pos.any() or is_pos.all():
+            return np.nan, np.nan
+        return ref.delong(scores, is_pos, r.w[mask])[0], 0.0
     bins = np.minimum((r.q[mask, c] * thresholds).astype(int), thresholds - 1)
     is_pos = r.label[mask] == c
     pos = np.bincount(bins[is_pos], weights=r.w[mask][is_pos], minlength=thresholds)
@@ -150,15 +157,15 @@ def _roc(r, mask, c, thresholds=1000):
     return (pairs * score).sum() / pairs.sum(), 0.5 * np.trace(pairs) / pairs.sum()
 
 
-def _roc_ref(part: int) -> Ref:
+def _roc_ref(part: int, thresholds: int | None = None) -> Ref:
     def per_class(r, m):
         s, c = _cell(r, m)
-        return _roc(r, _in_slice(r, s), c)[part]
+        return _roc(r, _in_slice(r, s), c, thresholds)[part]
 
     def per_slice(r, s):
         if r.n_classes == 2:
-            return _roc(r, _in_slice(r, s), 1)[part]
-        values = [_roc(r, _in_slice(r, s), c)[part] for c in range(r.n_classes)]
+            return _roc(r, _in_slice(r, s), 1, thresholds)[part]
+        values = [_roc(r, _in_slice(r, s), c, thresholds)[part] for c in range(r.n_classes)]
         return np.nanmean(values) if np.isfinite(values).any() else np.nan
 
     return Ref(per_class=per_class, per_slice=per_slice)
@@ -212,9 +219,9 @@ def make_inputs(kind: str, n_classes: int, n: int, seed: int):
     return inputs
 
 
-def partial(inputs, rows=slice(None)):
+def partial(inputs, rows=slice(None), **options):
     per_row = {k: v[rows] for k, v in inputs.items() if isinstance(v, np.ndarray)}
-    return class_stats_partial(kind=inputs["kind"], slice_keys=KEYS, n_bins=N_BINS, **per_row)
+    return class_stats_partial(kind=inputs["kind"], slice_keys=KEYS, n_bins=N_BINS, **per_row, **options)
 
 
 def columns(report, statistic) -> dict[str, np.ndarray]:
@@ -291,6 +298,23 @@ def test_statistic_matches_its_reference(statistic, kind, n_classes):
         expected = np.array([reference.per_slice(rows, s) for s in range(len(KEYS))])
         assert_allclose(got["array" if statistic.role == "array" else "per_slice"], expected, **tolerance,
                         err_msg=statistic.name)
+
+
+@pytest.mark.parametrize("n_classes", [3, 10, 50])
+@pytest.mark.parametrize("kind", ["logits", "probs", "log_probs"])
+def test_binned_auc_matches_its_reference(kind, n_classes):
+    """The reference cases' slices are within the exact-AUC cap (the generic test checks
+    the exact AUC); with exact AUC off, the binned AUC and its bound against the pairs over bins."""
+    inputs = make_inputs(kind, n_classes, n=2000 if n_classes <= 10 else 600, seed=1)
+    report = partial(inputs, exact_auc_max_values=0).finalize()
+    _, rows = reference_case(kind, n_classes)
+    for part, name in enumerate(("auc", "auc_error_bound")):
+        reference = _roc_ref(part, thresholds=1000)
+        expected = [reference.per_class(rows, rows.kept & (rows.slice == s) & (rows.label == c))
+                    for s, c in zip(report.per_class["slice"], report.per_class["class"])]
+        assert_allclose(report.per_class[name], expected, rtol=1e-11, atol=1e-13, err_msg=name)
+        expected = [reference.per_slice(rows, s) for s in range(len(KEYS))]
+        assert_allclose(report.per_slice[name], expected, rtol=1e-11, atol=1e-13, err_msg=name)
 
 
 @pytest.mark.parametrize("statistic", [s for s in STATISTICS if s.reference_only], ids=lambda s: s.name)

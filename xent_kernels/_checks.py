@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numpy.typing import NDArray
+from scipy.special import softmax
 
 from ._prepare import KIND_CODES
 from ._validate import first_bad_label, first_invalid_row
@@ -132,3 +134,21 @@ def reduce(losses: np.ndarray, weights: np.ndarray | None, keep: np.ndarray | No
     if reduction == "sum":
         return total
     return total / denominator if denominator > 0 else math.nan
+
+
+def counted_rows(pred: np.ndarray, kind: str) -> NDArray[np.bool_]:
+    """Rows the statistics kernel counts (others are non-finite): no NaN, no +inf, no
+    -inf but in log-probabilities (a probability of 0, not in every class), no negative
+    probability."""
+    if kind == "log_probs":
+        return ~(np.isnan(pred) | (pred == np.inf)).any(axis=1) & (pred > -np.inf).any(axis=1)
+    ok = np.isfinite(pred).all(axis=1)
+    return ok & (pred >= 0).all(axis=1) if kind == "probs" else ok
+
+
+def probabilities(pred: np.ndarray, kind: str) -> NDArray[np.float64]:
+    """float64 probabilities of rows of `kind` (probabilities as given)."""
+    pred = np.asarray(pred, dtype=np.float64)
+    if kind == "logits":
+        return softmax(pred, axis=1)
+    return np.exp(pred) if kind == "log_probs" else pred

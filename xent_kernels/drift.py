@@ -21,9 +21,9 @@ from typing import Hashable, Literal, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy.special import softmax
 
 from . import _checks as C
+from ._checks import counted_rows, probabilities
 from .stats import ClassStats, class_stats_partial
 
 SliceKey = tuple[Hashable, ...]
@@ -79,23 +79,6 @@ def rebin(fine: NDArray[np.float64], edges: NDArray[np.int64]) -> NDArray[np.flo
 
 
 # --------------------------------------------------------------------------- per-sample KL
-
-
-def _usable(pred: np.ndarray, kind: str) -> np.ndarray:
-    """Rows the statistics kernel counts (others are non-finite): no NaN, no +inf, no
-    -inf but in log-probabilities (a probability of 0), no negative probability."""
-    if kind == "log_probs":
-        return ~(np.isnan(pred) | (pred == np.inf)).any(axis=1)
-    ok = np.isfinite(pred).all(axis=1)
-    return ok & (pred >= 0).all(axis=1) if kind == "probs" else ok
-
-
-def probabilities(pred: np.ndarray, kind: str) -> NDArray[np.float64]:
-    """float64 probabilities of rows of `kind`."""
-    pred = np.asarray(pred, dtype=np.float64)
-    if kind == "logits":
-        return softmax(pred, axis=1)
-    return np.exp(pred) if kind == "log_probs" else pred
 
 
 def infinite_kl_rows(reference: np.ndarray, current: np.ndarray, kind: str) -> NDArray[np.bool_]:
@@ -183,7 +166,7 @@ def per_sample_kl_partial(
     n, n_classes = cur.shape
     ids = np.zeros(n, np.int64) if slice_ids is None else np.asarray(slice_ids, dtype=np.int64)
     keys = ((),) if slice_keys is None else tuple(tuple(k) for k in slice_keys)
-    usable = _usable(ref, kind) & _usable(cur, kind)
+    usable = counted_rows(ref, kind) & counted_rows(cur, kind)
     counted = usable & (labels >= 0)
     infinite = counted.copy()
     infinite[counted] = infinite_kl_rows(ref[counted], cur[counted], kind)

@@ -61,10 +61,10 @@ class PairedStats:
 
     @classmethod
     def empty(cls, n_classes: int, *, n_bins: int = DEFAULT_BINS, n_buckets: int = DEFAULT_BUCKETS,
-              n_thresholds: int | None = None) -> "PairedStats":
+              n_thresholds: int | None = None, exact_auc_max_values: int | None = None) -> "PairedStats":
         """The identity of :meth:`merge` (of states made with the same options)."""
         state = ClassStats.empty(n_classes, n_bins=n_bins, n_buckets=n_buckets, confusion=False,
-                                 n_thresholds=n_thresholds)
+                                 n_thresholds=n_thresholds, exact_auc_max_values=exact_auc_max_values)
         return cls(state, state, {})
 
     @staticmethod
@@ -104,6 +104,7 @@ def paired_partial(
     eps: float | None = None,
     tie_tolerance: float = 0.0,
     n_thresholds: int | None = None,
+    exact_auc_max_values: int | None = None,
 ) -> PairedStats:
     """Both models' statistics of the same rows, in the same jackknife buckets, and the
     per-row CE outcomes.
@@ -122,9 +123,9 @@ def paired_partial(
     tie_tolerance : float >= 0
         |CE_cand - CE_base| <= tie_tolerance (nats) is a tie; 0 means exact equality.
         Rows ignored or non-finite in either model have no outcome.
-    n_thresholds : int, optional
-        ROC bins (AUC), as for ``class_stats_partial``. No confusion matrix is kept:
-        no difference reads it.
+    n_thresholds, exact_auc_max_values : int, optional
+        ROC bins and the exact-AUC cap, as for ``class_stats_partial``. No confusion
+        matrix is kept: no difference reads it.
     """
     if tie_tolerance < 0:
         raise ValueError(f"tie_tolerance must be >= 0, got {tie_tolerance!r}")
@@ -132,7 +133,8 @@ def paired_partial(
     if base_pred.shape != cand_pred.shape:
         raise ValueError(f"baseline and candidate must have one shape, got {base_pred.shape} and {cand_pred.shape}")
     common = dict(kind=kind, weights=weights, slice_ids=slice_ids, slice_keys=slice_keys, n_bins=n_bins, eps=eps,
-                  buckets=buckets, n_buckets=n_buckets, confusion=False, n_thresholds=n_thresholds)
+                  buckets=buckets, n_buckets=n_buckets, confusion=False, n_thresholds=n_thresholds,
+                  exact_auc_max_values=exact_auc_max_values)
     base_stats = class_stats_partial(base_pred, labels, **common)
     cand_stats = class_stats_partial(cand_pred, labels, **common)
     labels = np.asarray(labels, dtype=np.int64)

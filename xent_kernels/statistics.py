@@ -184,7 +184,8 @@ class Totals:
     """A state's merged sums, as the finalize rules read them.
 
     ``values`` maps each state array's name to its totals over buckets, without the
-    bucket axis: (S, C, fields) for ``cell`` and so on. ``cells`` are the present
+    bucket axis: (S, C, fields) for ``cell`` and so on; ``auc_rows`` holds the state's
+    rows kept for an exact AUC (``ClassStats.auc_rows``: per slice, or None). ``cells`` are the present
     (slice, class) cells, in row-major order for :meth:`of`; per-class columns have
     one value per cell, per-slice columns one per slice.
     """
@@ -213,6 +214,7 @@ class Totals:
         :meth:`by_bucket`, if already computed)."""
         buckets = cls.by_bucket(state) if buckets is None else buckets
         values = {name: value.sum(axis=1) if cls.has_buckets(name) else value for name, value in buckets.items()}
+        values["auc_rows"] = state.auc_rows
         if state.n_buckets > 1:
             values["ce_m2"] = _chan_m2_buckets(buckets)
         return cls(state.n_classes, values, np.nonzero(values["counts"] > 0))
@@ -394,17 +396,12 @@ def _averaged_rate(name: str, average: Literal["macro", "weighted"]) -> Finalize
     return rule
 
 
-def _roc_parts(t: Totals) -> dict[str, np.ndarray]:
-    """(S, C) one-vs-rest ROC AUC of each class from its histograms (pairs in the same
-    bin count one half), the worst-case error of the binning (half the share of
-    positive-negative pairs that share a bin) and DeLong's standard error over the bins.
-    NaN where a class has no positives or no negatives (or AUC is off)."""
-    roc = t.values["roc"]  # (S, C, T, fields)
-    if roc.shape[1] == 0:  # AUC off
-        nan = np.full(t.values["marginal"].shape, np.nan)
-        return {"auc": nan, "bound": nan, "se": nan}
-    positive = roc[..., ROC_FIELDS.index("positive")]
-    negative = roc[..., ROC_FIELDS.index("all")] - positive
+def _auc_of_histograms(positive: np.ndarray, negative: np.ndarray) -> dict[str, np.ndarray]:
+    """AUC, the binning's worst-case error and DeLong's standard error from the Σw of
+    positives and of negatives per bin along the last axis, bins in increasing score
+    (pairs in the same bin count one half); NaN without positives or negatives. With one
+    bin per distinct score this is the exact AUC (ties ½) and textbook DeLong with
+    midranks, weights as frequency weights."""
     n_pos, n_neg = positive.sum(axis=-1), negative.sum(axis=-1)
     below = np.cumsum(negative, axis=-1) - negative  # negatives in lower bins
     above = n_pos[..., None] - np.cumsum(positive, axis=-1)  # positives in higher bins
@@ -419,6 +416,41 @@ def _roc_parts(t: Totals) -> dict[str, np.ndarray]:
     valid = (n_pos > 0) & (n_neg > 0)
     return {name: np.where(valid, value, np.nan) for name, value in
             (("auc", auc), ("bound", bound), ("se", se))}
+
+
+def _exact_auc(rows: np.ndarray, n_classes: int) -> dict[str, np.ndarray]:
+    """(C,) exact one-vs-rest AUC, bound 0 and DeLong's SE of one slice's AUC rows
+    (q_0 .. q_{C-1}, true class, weight): the histogram rule over the distinct scores."""
+    labels, weights = rows[:, -2], rows[:, -1]
+    parts: dict[str, list] = {"auc": [], "bound": [], "se": []}
+    for j in range(n_classes):
+        values, bins = np.unique(rows[:, j], return_inverse=True)
+        positive = np.bincount(bins, np.where(labels == j, weights, 0.0), len(values))
+        negative = np.bincount(bins, np.where(labels == j, 0.0, weights), len(values))
+        for name, value in _auc_of_histograms(positive, negative).items():
+            parts[name].append(value)
+    out = {name: np.array(value, dtype=np.float64) for name, value in parts.items()}
+    out["bound"] = np.where(np.isnan(out["auc"]), np.nan, 0.0)
+    return out
+
+
+def _roc_parts(t: Totals) -> dict[str, np.ndarray]:
+    """(S, C) one-vs-rest ROC AUC of each class, the worst-case error of its binning and
+    DeLong's standard error: exact (bound 0) for slices that kept their rows
+    (``auc_rows``), else from the class's histograms (pairs in the same bin count one
+    half; the bound is half the share of positive-negative pairs that share a bin).
+    NaN where a class has no positives or no negatives (or AUC is off)."""
+    roc = t.values["roc"]  # (S, C, T, fields)
+    if roc.shape[1] == 0:  # AUC off
+        nan = np.full(t.values["marginal"].shape, np.nan)
+        return {"auc": nan, "bound": nan, "se": nan}
+    positive = roc[..., ROC_FIELDS.index("positive")]
+    parts = _auc_of_histograms(positive, roc[..., ROC_FIELDS.index("all")] - positive)
+    for s, rows in enumerate(t.values.get("auc_rows") or ()):
+        if rows is not None:
+            for name, value in _exact_auc(rows, t.n_classes).items():
+                parts[name][s] = value
+    return parts
 
 
 def _roc_class(part: str) -> Finalize:
@@ -576,8 +608,8 @@ STATISTICS: tuple[Statistic, ...] = (
                              ("weighted", "weighted by the classes' true weight"))
     ),
     Statistic(
-        "auc", "one-vs-rest ROC AUC of the class from binned probabilities (slice: class 1 if binary, "
-        "else the macro mean); interval from DeLong's standard error",
+        "auc", "one-vs-rest ROC AUC of the class, exact for slices within exact_auc_max_values, else from "
+        "binned probabilities (slice: class 1 if binary, else the macro mean); interval from DeLong's standard error",
         slots=(Slot("roc", "positive"), Slot("roc", "all")),
         per_class=_roc_class("auc"), per_slice=_roc_slice("auc"),
         headline=frozenset({"slice"}),
@@ -586,7 +618,7 @@ STATISTICS: tuple[Statistic, ...] = (
     ),
     Statistic(
         "auc_error_bound", "worst-case |auc - exact AUC| from the binning: half the share of "
-        "(positive, negative) pairs in the same bin",
+        "(positive, negative) pairs in the same bin; 0 where the AUC is exact",
         slots=(),
         per_class=_roc_class("bound"), per_slice=_roc_slice("bound"),
     ),

@@ -10,13 +10,14 @@ compensation term (TwoSum), so the report does not depend on how rows were split
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Hashable, Literal, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import _checks as C
+from ._checks import counted_rows, probabilities
 from ._class_stats import class_stats_kernel
 from ._layout import NONFINITE
 from scipy.special import ndtri
@@ -32,6 +33,11 @@ DEFAULT_THRESHOLDS = 1000
 # many classes (C² cells), ROC histograms (C × thresholds bins) up to this many.
 MAX_CONFUSION_CLASSES = 256
 MAX_AUC_CLASSES = 64
+# Exact AUC: a slice keeps its rows' AUC inputs (C scores, true class and weight: C + 2
+# float64 values a row) while rows × (C + 2) is at most this many values: 1.5 MiB, so the
+# largest default state (C = 64 with AUC, 2.26 MiB) stays under 4 MiB a slice with its
+# rows; 16,384 rows of 10 classes, 49,152 binary rows. 0 turns exact AUC off.
+DEFAULT_EXACT_AUC_VALUES = 196_608
 
 
 def resolve_options(n_classes: int, confusion: bool | None, n_thresholds: int | None) -> tuple[bool, int]:
@@ -45,6 +51,25 @@ def resolve_options(n_classes: int, confusion: bool | None, n_thresholds: int | 
     if n_thresholds < 0:
         raise ValueError(f"n_thresholds must be >= 0 (0 turns AUC off), got {n_thresholds}")
     return bool(confusion), int(n_thresholds)
+
+
+def resolve_exact_auc(n_thresholds: int, exact_auc_max_values: int | None) -> int:
+    """The exact-AUC cap: `exact_auc_max_values` (None: DEFAULT_EXACT_AUC_VALUES), 0
+    when AUC is off (`n_thresholds` = 0)."""
+    if exact_auc_max_values is None:
+        exact_auc_max_values = DEFAULT_EXACT_AUC_VALUES
+    if exact_auc_max_values < 0:
+        raise ValueError(f"exact_auc_max_values must be >= 0 (0 turns exact AUC off), got {exact_auc_max_values}")
+    return int(exact_auc_max_values) if n_thresholds else 0
+
+
+def _canonical(rows: NDArray[np.float64]) -> NDArray[np.float64]:
+    """AUC rows in one order whatever order they came in (sorted by every column; -0.0
+    made 0.0), so the exact AUC's float sums do not depend on sharding or merge order."""
+    rows = rows + 0.0
+    return rows[np.lexsort(rows.T[::-1])]
+
+
 STATE_ATTRIBUTES = tuple(name for array in STATE_ARRAYS for name in array.attributes)
 
 
@@ -83,6 +108,14 @@ class ClassStats:
     roc_sum, roc_comp : (S, C, T, 2) float64
         Per class j: Σw of the rows of class j and of all rows, binned by q_j in T
         bins of width 1/T; (S, 0, 0, 2) when AUC is off.
+    exact_auc_max_values : int
+        The exact-AUC cap (0: off). A slice whose rows × (C + 2) is at most the cap
+        keeps its rows for an exact AUC; the outcome depends only on the slice's total
+        row count, so it does not depend on sharding or merge order.
+    auc_rows : tuple of ((n, C + 2) float64 or None), one per slice
+        A slice's counted rows (q_0 .. q_{C-1}, true class, weight) in a canonical
+        order, or None: the slice is past the cap (or exact AUC is off) and its AUC is
+        binned. Not given: every slice binned (a state stored before exact AUC).
     """
 
     n_classes: int
@@ -103,6 +136,14 @@ class ClassStats:
     confusion_comp: NDArray[np.float64]
     roc_sum: NDArray[np.float64]
     roc_comp: NDArray[np.float64]
+    exact_auc_max_values: int = 0
+    auc_rows: tuple[NDArray[np.float64] | None, ...] = ()
+
+    def __post_init__(self):
+        if not self.auc_rows and self.slice_keys:
+            object.__setattr__(self, "auc_rows", (None,) * len(self.slice_keys))
+        if len(self.auc_rows) != len(self.slice_keys):
+            raise ValueError(f"auc_rows has {len(self.auc_rows)} entries for {len(self.slice_keys)} slices")
 
     @classmethod
     def empty(
@@ -115,16 +156,19 @@ class ClassStats:
         n_buckets: int = 1,
         confusion: bool | None = None,
         n_thresholds: int | None = None,
+        exact_auc_max_values: int | None = None,
     ) -> "ClassStats":
         """A state with the given slices and `n_buckets` jackknife buckets, all sums
         zero; with no slices, the identity of :meth:`merge` (of states of the same
         shape). `confusion` keeps the confusion matrix; `n_thresholds` > 0 keeps ROC
-        histograms of that many bins (AUC); defaults as in :func:`class_stats_partial`."""
+        histograms of that many bins (AUC); `exact_auc_max_values` caps the rows kept
+        for an exact AUC; defaults as in :func:`class_stats_partial`."""
         if n_classes < 1 or n_bins < 1 or n_buckets < 1:
             raise ValueError(
                 f"n_classes, n_bins and n_buckets must be >= 1, got {n_classes}, {n_bins} and {n_buckets}"
             )
         confusion, n_thresholds = resolve_options(n_classes, confusion, n_thresholds)
+        cap = resolve_exact_auc(n_thresholds, exact_auc_max_values)
         keys = tuple(tuple(k) for k in slice_keys)
         if len(set(keys)) != len(keys):
             raise ValueError("slice_keys must be distinct")
@@ -137,8 +181,10 @@ class ClassStats:
             for array in STATE_ARRAYS
             for name in array.attributes
         }
+        no_rows = np.zeros((0, n_classes + 2)) if cap else None
         return cls(
-            n_classes=int(n_classes), n_bins=int(n_bins), has_reference=bool(has_reference), slice_keys=keys, **arrays
+            n_classes=int(n_classes), n_bins=int(n_bins), has_reference=bool(has_reference), slice_keys=keys, **arrays,
+            exact_auc_max_values=cap, auc_rows=(no_rows,) * len(keys),
         )
 
     @property
@@ -156,7 +202,18 @@ class ClassStats:
         return self.roc_sum.shape[2]
 
     def _shape(self) -> tuple:
-        return (self.n_classes, self.n_bins, self.has_reference, self.n_buckets, self.has_confusion, self.n_thresholds)
+        return (self.n_classes, self.n_bins, self.has_reference, self.n_buckets, self.has_confusion, self.n_thresholds,
+                self.exact_auc_max_values)
+
+    def keeps_auc_rows(self, n_rows: NDArray[np.int64]) -> NDArray[np.bool_]:
+        """Whether slices of `n_rows` counted rows keep them for an exact AUC."""
+        cap = self.exact_auc_max_values
+        return (cap > 0) & (np.asarray(n_rows, np.int64) * (self.n_classes + 2) <= cap)
+
+    @property
+    def auc_exact(self) -> NDArray[np.bool_]:
+        """(S,): whether each slice's AUC is exact (its rows kept), else binned."""
+        return np.array([rows is not None for rows in self.auc_rows], dtype=bool)
 
     @property
     def n_nonfinite(self) -> int:
@@ -188,7 +245,8 @@ class ClassStats:
         if a._shape() != b._shape():
             raise ValueError(
                 "cannot merge statistics of different shape: "
-                f"(classes, bins, reference, buckets, confusion, thresholds) = {a._shape()} and {b._shape()}; "
+                f"(classes, bins, reference, buckets, confusion, thresholds, exact AUC values) = {a._shape()} and "
+                f"{b._shape()}; "
                 "states to merge must be made with the same options"
             )
         keys = tuple(sorted(set(a.slice_keys) | set(b.slice_keys), key=_key_order))
@@ -196,9 +254,23 @@ class ClassStats:
         arrays: dict[str, np.ndarray] = {}
         for array in STATE_ARRAYS:
             arrays.update(merge_array(array, x, y))
-        return ClassStats(
-            n_classes=a.n_classes, n_bins=a.n_bins, has_reference=a.has_reference, slice_keys=keys, **arrays
+        # A slice keeps its rows while its merged total is within the cap (then so were
+        # both parts); past it, or with a part stored without rows, its AUC is binned.
+        keep = a.keeps_auc_rows(arrays["counts"].sum(axis=(1, 2)))
+        rows = tuple(
+            _canonical(np.concatenate([ra, rb])) if kept and ra is not None and rb is not None else None
+            for kept, ra, rb in zip(keep, a._auc_rows_on(keys), b._auc_rows_on(keys))
         )
+        return ClassStats(
+            n_classes=a.n_classes, n_bins=a.n_bins, has_reference=a.has_reference, slice_keys=keys, **arrays,
+            exact_auc_max_values=a.exact_auc_max_values, auc_rows=rows,
+        )
+
+    def _auc_rows_on(self, keys: tuple[SliceKey, ...]) -> list[NDArray[np.float64] | None]:
+        """This state's AUC rows laid out on `keys`: no rows for a slice it lacks."""
+        mine = dict(zip(self.slice_keys, self.auc_rows))
+        no_rows = np.zeros((0, self.n_classes + 2)) if self.exact_auc_max_values else None
+        return [mine.get(k, no_rows) for k in keys]
 
     def collapse_slices(self, key: SliceKey = ()) -> "ClassStats":
         """All slices merged into one slice named `key` (the overall row of a report)."""
@@ -216,7 +288,8 @@ class ClassStats:
     def options(self) -> dict:
         """The options of :meth:`empty` that give a state of this one's shape."""
         return dict(n_bins=self.n_bins, has_reference=self.has_reference, n_buckets=self.n_buckets,
-                    confusion=self.has_confusion, n_thresholds=self.n_thresholds)
+                    confusion=self.has_confusion, n_thresholds=self.n_thresholds,
+                    exact_auc_max_values=self.exact_auc_max_values)
 
     def slice(self, i: int, key: SliceKey | None = None) -> "ClassStats":
         """The state of slice `i` alone, named `key` (default: its own key).
@@ -238,6 +311,8 @@ class ClassStats:
             has_reference=self.has_reference,
             slice_keys=(self.slice_keys[i] if key is None else tuple(key),),
             **arrays,
+            exact_auc_max_values=self.exact_auc_max_values,
+            auc_rows=(self.auc_rows[i],),
         )
 
     # ------------------------------------------------------------------ finalize
@@ -298,6 +373,7 @@ class ClassStats:
             per_class=per_class,
             per_slice=per_slice,
             level=level,
+            auc_exact=self.auc_exact,
             **arrays,
         )
 
@@ -311,7 +387,8 @@ class ClassReport:
     ``confidence_hist`` is (S, n_bins, 3): Σw, Σw·correct, Σw·confidence per bin of
     the top probability (bins of width 1/n_bins over [0, 1]); ``confusion_n`` and
     ``confusion_weight`` are (S, C, C) rows and Σw per (true, predicted) class, or
-    (S, 0, 0) when the confusion matrix is off. Interval columns
+    (S, 0, 0) when the confusion matrix is off; ``auc_exact`` (S,) says which slices'
+    AUC is exact (``auc_error_bound`` 0) rather than binned. Interval columns
     (``<metric>_lo``, ``<metric>_hi``: :func:`xent_kernels.interval_columns`) are
     two-sided at `level`.
     """
@@ -325,6 +402,7 @@ class ClassReport:
     confusion_n: np.ndarray = field(repr=False)
     confusion_weight: np.ndarray = field(repr=False)
     level: float = DEFAULT_LEVEL
+    auc_exact: np.ndarray = field(default_factory=lambda: np.zeros(0, bool), repr=False)
 
 
 def class_stats_partial(
@@ -343,6 +421,7 @@ def class_stats_partial(
     n_buckets: int | None = None,
     confusion: bool | None = None,
     n_thresholds: int | None = None,
+    exact_auc_max_values: int | None = None,
 ) -> ClassStats:
     """Per-class statistics of one partition, in one fused pass.
 
@@ -377,6 +456,10 @@ def class_stats_partial(
     n_thresholds : int, optional
         Bins of the ROC histograms (AUC); 0 turns AUC off. Default
         DEFAULT_THRESHOLDS when C <= MAX_AUC_CLASSES, else 0.
+    exact_auc_max_values : int, optional
+        A slice whose counted rows × (C + 2) are at most this keeps them (q_j as
+        float64, true class, weight) for an exact AUC (``ClassStats.auc_rows``); 0
+        turns exact AUC off. Default DEFAULT_EXACT_AUC_VALUES (0 with AUC off).
     """
     pred = C.as_predictions(pred, "pred")
     if eps is not None and not 0.0 < eps < 1.0:
@@ -433,7 +516,7 @@ def class_stats_partial(
             raise ValueError(f"buckets: row {row} has bucket {bucket_ids[row]}, expected a bucket in [0, {n_buckets})")
         bucket_ids = np.ascontiguousarray(bucket_ids, dtype=np.int64)
     like = dict(n_bins=n_bins, has_reference=reference is not None, n_buckets=n_buckets, confusion=confusion,
-                n_thresholds=n_thresholds)
+                n_thresholds=n_thresholds, exact_auc_max_values=exact_auc_max_values)
     state = ClassStats.empty(n_classes, slice_keys=keys, **like)
     if n:
         class_stats_kernel(
@@ -442,5 +525,36 @@ def class_stats_partial(
             buckets is not None, reference is not None,
             *(getattr(state, name).reshape(-1) for name in STATE_ATTRIBUTES),
         )
+        state = replace(state, auc_rows=_partial_auc_rows(
+            state, pred, kind, labels, weights_arr, ids if slice_ids is not None else np.zeros(n, np.int64),
+            None if reference is None else ref, reference_kind or kind,
+        ))
     # Merging with the identity lays the slices out in the canonical (sorted) order.
     return ClassStats.merge(state, ClassStats.empty(n_classes, **like))
+
+
+def _partial_auc_rows(
+    state: ClassStats, pred: np.ndarray, kind: str, labels: NDArray[np.int64], weights: NDArray[np.float64] | None,
+    slice_ids: NDArray[np.int64], reference: np.ndarray | None, reference_kind: str,
+) -> tuple[NDArray[np.float64] | None, ...]:
+    """The AUC rows of each slice of a partition's `state` (filled by the kernel): the
+    counted rows of the slices within the exact-AUC cap, None for the others."""
+    n_rows = state.counts.sum(axis=(1, 2))
+    keep = state.keeps_auc_rows(n_rows)
+    if not keep.any():  # a piece past the cap never materialises its rows
+        return (None,) * len(keep)
+    counted = (labels >= 0) & counted_rows(pred, kind) & keep[slice_ids]
+    if reference is not None:
+        counted &= counted_rows(reference, reference_kind)
+    ids = slice_ids[counted]
+    per_slice = np.bincount(ids, minlength=len(keep))
+    # A slice whose rows the checks here count otherwise than the kernel (a row of huge
+    # logits whose sum overflows) stays binned rather than have an AUC of other rows.
+    keep &= per_slice == n_rows
+    rows = np.empty((len(ids), state.n_classes + 2))
+    rows[:, :-2] = probabilities(pred[counted], kind)
+    rows[:, -2] = labels[counted]
+    rows[:, -1] = 1.0 if weights is None else weights[counted]
+    order = np.argsort(ids, kind="stable")
+    parts = np.split(rows[order], np.cumsum(per_slice)[:-1])
+    return tuple(_canonical(part) if kept else None for kept, part in zip(keep, parts))

@@ -16,7 +16,9 @@ from xent_kernels import class_columns, summary_columns
 from ..config import DRIFT_METRICS
 from ..inputs.sources import filesystem
 from ..metadata import INTEGRITY_KEY, INTERVALS_KEY, UNITS_KEY
-from ..report.tables import bad_shards_summary, integrity_line, intervals_line, metric_columns, with_interval
+from ..report.tables import (
+    auc_line, bad_shards_summary, integrity_line, intervals_line, metric_columns, with_interval,
+)
 from ..report.text import compare_view
 
 # Every summary column that is not a slice column.
@@ -70,7 +72,7 @@ def print_report(
     console.print(table)
 
     summary = read_report_table(paths["summary"], storage_options)
-    fixed = {"overall", *SUMMARY_COLUMNS, "small_slice", "n_skipped", "n_bad_shards", "predicted_marginal",
+    fixed = {"overall", *SUMMARY_COLUMNS, "small_slice", "auc_exact", "n_skipped", "n_bad_shards", "predicted_marginal",
              "confidence_hist", "confidence_hist_accuracy", "confidence_hist_confidence"}
     slice_columns = [name for name in summary.column_names if name not in fixed]
     small = "small_slice" in summary.column_names and any(summary.column("small_slice").to_pylist())
@@ -87,6 +89,8 @@ def print_report(
     metadata = summary.schema.metadata or {}
     if INTERVALS_KEY in metadata:
         console.print(intervals_line(json.loads(metadata[INTERVALS_KEY])), markup=False)
+    if (line := auc_line(summary.to_pylist())) is not None:
+        console.print(line, markup=False)
     integrity = metadata.get(INTEGRITY_KEY)
     if integrity is not None:
         console.print(integrity_line(json.loads(integrity)))

@@ -56,6 +56,7 @@ class ReadSpec:
     n_buckets: int = 1  # jackknife buckets: by a hash of id_cols, else of the row's label and prediction
     confusion: bool = False  # keep the confusion matrix (C <= max_confusion_classes)
     n_thresholds: int = 0  # ROC histogram bins for AUC; 0 = off (C > max_auc_classes)
+    exact_auc_max_values: int = 0  # exact AUC for slices with rows × (C + 2) <= this; 0 = binned only
     prob_tolerance: float = SUM_TOLERANCE  # probs: largest |row sum - 1| (log_probs: |logsumexp|)
     renormalize: bool = False  # probs: rows divided by their sums (log_probs: logsumexp subtracted) as read
 
@@ -63,7 +64,7 @@ class ReadSpec:
         """The options of every ``ClassStats`` of this read: ``ClassStats.empty`` and
         ``class_stats_partial`` take them, so all pieces' states merge."""
         return dict(n_bins=self.n_bins, n_buckets=self.n_buckets, confusion=self.confusion,
-                    n_thresholds=self.n_thresholds)
+                    n_thresholds=self.n_thresholds, exact_auc_max_values=self.exact_auc_max_values)
 
     @property
     def bucket_key(self) -> list[str] | str | None:
@@ -195,6 +196,7 @@ def resolve_spec_from_schema(
         n_buckets=config.n_buckets,
         confusion=n_classes <= config.max_confusion_classes,
         n_thresholds=config.auc_thresholds if n_classes <= config.max_auc_classes else 0,
+        exact_auc_max_values=config.exact_auc_max_values,
         prob_tolerance=config.prob_tolerance or SUM_TOLERANCE,
         renormalize=config.renormalize,
     )

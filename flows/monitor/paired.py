@@ -41,7 +41,8 @@ SIDES = ("baseline", "candidate")
 
 
 def _paired_empty(spec: ReadSpec, *, n_buckets: int) -> PairedStats:
-    return PairedStats.empty(spec.n_classes, n_bins=spec.n_bins, n_buckets=n_buckets, n_thresholds=spec.n_thresholds)
+    return PairedStats.empty(spec.n_classes, n_bins=spec.n_bins, n_buckets=n_buckets, n_thresholds=spec.n_thresholds,
+                             exact_auc_max_values=spec.exact_auc_max_values)
 
 
 def _paired_reduce(spec: ReadSpec, baseline: Rows, candidate: Rows, *, n_buckets: int, tie_tolerance: float) -> PairedStats:
@@ -63,7 +64,7 @@ def _paired_reduce(spec: ReadSpec, baseline: Rows, candidate: Rows, *, n_buckets
         baseline.pred, candidate.pred, candidate.labels, kind=spec.kind, weights=candidate.weights,
         slice_ids=candidate.slice_ids, slice_keys=candidate.slice_keys, n_bins=spec.n_bins, eps=spec.eps,
         buckets=key_buckets(candidate.keys, n_buckets), n_buckets=n_buckets,
-        tie_tolerance=tie_tolerance, n_thresholds=spec.n_thresholds,
+        tie_tolerance=tie_tolerance, n_thresholds=spec.n_thresholds, exact_auc_max_values=spec.exact_auc_max_values,
     )
 
 

@@ -4,10 +4,13 @@ One row per slice: the slice columns with their own types, then one ``large_list
 column per state array attribute (``xent_kernels.stats.STATE_ATTRIBUTES``: counts,
 cell_sum, cell_comp, ...) holding that slice's part of the array, flattened in C
 order. Every state array has the slice axis first, so the slice's row is the whole
-of its state. The schema metadata key ``xent.state`` (JSON) holds the shape options
-(n_classes, n_bins, has_reference, n_buckets, confusion, n_thresholds) and the slice
+of its state. A ``large_list`` column ``auc_rows`` holds the rows a slice kept for an
+exact AUC (``ClassStats.auc_rows``, flattened; null for a binned slice). The schema
+metadata key ``xent.state`` (JSON) holds the shape options (n_classes, n_bins,
+has_reference, n_buckets, confusion, n_thresholds, exact_auc_max_values) and the slice
 column names. Integers and float64 round-trip exactly (the compensation terms too),
-so the loaded state finalizes to the very report it was written with.
+so the loaded state finalizes to the very report it was written with. States of
+format 1 (before exact AUC) load with every slice binned.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from ..inputs.sources import filesystem
 from .tables import slice_key_columns
 
 STATE_KEY = b"xent.state"
-STATE_FORMAT = 1
+STATE_FORMAT = 2
+READ_FORMATS = (1, 2)  # 1: no auc_rows column, no exact_auc_max_values option
 STATE_TABLE = "state"  # written as state.parquet beside the report tables
 
 
@@ -46,6 +50,8 @@ def state_table(stats: ClassStats, slice_by: Sequence[str], slice_types: Sequenc
         size = int(np.prod(array.shape[1:]))
         offsets = pa.array(np.arange(n_slices + 1, dtype=np.int64) * size, pa.int64())
         columns[name] = pa.LargeListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(array).reshape(-1)))
+    columns["auc_rows"] = pa.array([None if rows is None else rows.reshape(-1) for rows in stats.auc_rows],
+                                   pa.large_list(pa.float64()))
     options = {"n_classes": stats.n_classes, "slice_by": list(slice_by), "format": STATE_FORMAT, **stats.options()}
     return pa.table(columns).replace_schema_metadata({**(metadata or {}), STATE_KEY: json.dumps(options).encode()})
 
@@ -63,8 +69,10 @@ def state_from_table(table: pa.Table, where: str = "state table") -> ClassStats:
     if raw is None:
         raise DataError(f"{where}: no {STATE_KEY.decode()} metadata; not a state written by xent")
     options = json.loads(raw)
-    if options.pop("format") != STATE_FORMAT:
-        raise DataError(f"{where}: state format {json.loads(raw)['format']}, this xent reads {STATE_FORMAT}")
+    if options.pop("format") not in READ_FORMATS:
+        raise DataError(f"{where}: state format {json.loads(raw)['format']}, this xent reads formats "
+                        f"{', '.join(map(str, READ_FORMATS))}")
+    options.setdefault("exact_auc_max_values", 0)  # format 1: every slice binned
     n_classes, slice_by = options.pop("n_classes"), options.pop("slice_by")
     rows = {name: table.column(name).to_pylist() for name in slice_by}
     keys = [tuple(rows[name][i] for name in slice_by) for i in range(table.num_rows)] if slice_by else \
@@ -78,8 +86,14 @@ def state_from_table(table: pa.Table, where: str = "state table") -> ClassStats:
             raise DataError(f"{where}: column {name} holds {values.size} values, expected {int(np.prod(shape))} "
                             f"for shape {shape}")
         arrays[name] = values.astype(getattr(like, name).dtype, copy=False).reshape(shape)
+    auc_rows = like.auc_rows
+    if "auc_rows" in table.column_names:
+        width = n_classes + 2
+        auc_rows = tuple(None if rows is None else np.asarray(rows, dtype=np.float64).reshape(-1, width)
+                         for rows in table.column("auc_rows").to_pylist())
     return ClassStats(n_classes=like.n_classes, n_bins=like.n_bins, has_reference=like.has_reference,
-                      slice_keys=like.slice_keys, **arrays)
+                      slice_keys=like.slice_keys, **arrays, exact_auc_max_values=like.exact_auc_max_values,
+                      auc_rows=auc_rows)
 
 
 def read_state(folder: str, storage_options: dict[str, Any] | None = None) -> tuple[ClassStats, dict[bytes, bytes]]:

@@ -140,6 +140,20 @@ def intervals_line(intervals: dict[str, Any]) -> str:
             f"by {by}; auc: DeLong; {clipped}")
 
 
+def auc_line(summary: list[dict]) -> str | None:
+    """The terminal's line on how a report's AUC was computed, from its summary rows
+    (``auc_exact``); None with AUC off (or a report written before exact AUC)."""
+    flags = [row.get("auc_exact") for row in summary]
+    if not flags or None in flags:
+        return None
+    if all(flags):
+        return "auc: exact (sklearn's roc_auc_score) in every summary row"
+    why = "rows × (classes + 2) past exact_auc_max_values, or it is 0"
+    if not any(flags):
+        return f"auc: binned in every summary row, within auc_error_bound ({why})"
+    return f"auc: exact in {sum(flags)} of {len(flags)} summary rows, binned in the others, within auc_error_bound ({why})"
+
+
 def build_tables(evaluation: Evaluation) -> dict[str, pa.Table]:
     spec, result, config = evaluation.spec, evaluation.result, evaluation.config
     base = 2 if config.units == "bits" else "e"
@@ -165,6 +179,8 @@ def build_tables(evaluation: Evaluation) -> dict[str, pa.Table]:
         for name in metric_columns("slice"):
             s_cols[name] = _column(ps[name])
         s_cols["small_slice"] = pa.array(small, type=pa.bool_())
+        # Exact (auc_error_bound 0) or binned AUC per slice; null with AUC off.
+        s_cols["auc_exact"] = pa.array(report.auc_exact, type=pa.bool_(), mask=np.full(len(keys), not spec.n_thresholds))
         skipped = skipped_rows([b.rows for b in result.bad_shards])
         s_cols["n_skipped"] = pa.array([skipped if overall else None] * len(keys), type=pa.int64())
         s_cols["n_bad_shards"] = pa.array([len(result.bad_shards) if overall else None] * len(keys), type=pa.int64())

@@ -99,7 +99,9 @@ def _cards(overall: dict, page: Page) -> list[dict[str, Any]]:
             cards.append({"metric": name, "label": LABELS.get(name, name) + page.units_of(name), "text": shown["text"],
                           "value": repr(overall[name]), "interval": shown["interval"]})
     auc, bound = next((c for c in cards if c["metric"] == "auc"), None), overall.get("auc_error_bound")
-    if auc is not None and finite(bound) and bound > 0:  # the binned AUC's worst case; 0 when no pair shares a bin
+    if auc is not None and overall.get("auc_exact"):
+        auc["detail"] = "exact"
+    elif auc is not None and finite(bound) and bound > 0:  # the binned AUC's worst case; 0 when no pair shares a bin
         mantissa, exponent = f"{bound:.1e}".split("e")
         auc["detail"] = f"± binning ≤ {mantissa}e{int(exponent)}"
     return cards

@@ -58,7 +58,8 @@ def metrics_table(tables: dict[str, pa.Table], slice_by: Sequence[str]) -> pa.Ta
     def metrics_of(table: pa.Table) -> list[str]:
         bounds = {f"{name}_{end}" for name in table.column_names for end in ("lo", "hi")}
         return [f.name for f in table.schema
-                if f.name not in kept and f.name not in bounds and not pa.types.is_list(f.type)]
+                if f.name not in kept and f.name not in bounds and not pa.types.is_list(f.type)
+                and not pa.types.is_boolean(f.type)]  # auc_exact: a flag, not a metric
 
     pieces = [piece(per_class, "class", m) for m in metrics_of(per_class)]
     pieces += [piece(tables["summary"], "slice", m) for m in metrics_of(tables["summary"])]
