@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import assert_same_report
+from support import assert_same_report
 from flows import drift, evaluate
 from flows.cli import main
 from flows.config import EvalConfig

@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import child_env, wait_until
+from support import child_env, wait_until
 from flows.report import writing
 from flows.generate import generate_dump
 

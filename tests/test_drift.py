@@ -15,7 +15,7 @@ import yaml
 from numpy.testing import assert_allclose
 from scipy.special import log_softmax, rel_entr
 
-from conftest import run_without_prefect
+from support import run_without_prefect
 from flows.cli import main
 from flows.config import DRIFT_METRICS, DriftConfig
 from flows.runs.drift import drift_steps

@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 from numpy.testing import assert_allclose
 
 import reference as ref
-from conftest import assert_same_report, run_cli
 from flows.cli import main
 from flows.config import EvalConfig
 from flows.engine import evaluate
@@ -24,48 +23,13 @@ from flows.errors import DataError
 from flows.generate import generate_dump
 from flows.api import Report
 from oracle import load_arrays
-
-CLASS_COLUMNS = ["n", "weight", "ce_mean", "ce_std", "accuracy", "p_true_mean", "entropy_mean"]
-SLICE_COLUMNS = ["n", "weight", "ce_mean", "ce_macro", "accuracy", "entropy_mean", "ece", "n_ignored"]
+from support import CLASS_COLUMNS, assert_report_matches, assert_same_report, expected_report, run_cli
 
 
 def run(client, out: Path, **settings) -> dict[str, pa.Table]:
     config = EvalConfig(**settings)
     paths = Report(evaluate(config, client)).write(str(out))
     return {name: pq.read_table(path) for name, path in paths.items()}
-
-
-def expected_report(arrays, kind, slice_by=(), weighted=False):
-    """Reference cells and slices keyed by slice tuple, from the raw arrays."""
-    n = len(arrays["label"])
-    keys = list(zip(*(arrays[name] for name in slice_by))) if slice_by else [()] * n
-    distinct = sorted(set(keys), key=lambda k: tuple((v is None, "" if v is None else v) for v in k))
-    index = {k: i for i, k in enumerate(distinct)}
-    ids = np.array([index[k] for k in keys], dtype=np.int64)
-    cells, slices = ref.class_report(
-        arrays["pred"], arrays["label"], kind, weights=arrays.get("weight") if weighted else None,
-        slice_ids=ids, n_slices=len(distinct),
-    )
-    return {(distinct[s], c): v for (s, c), v in cells.items()}, {distinct[s]: v for s, v in slices.items()}
-
-
-def assert_report_matches(tables, cells, slices, slice_by=(), rtol=1e-10):
-    per_class = tables["per_class"].to_pylist()
-    summary = tables["summary"].to_pylist()
-    sliced_rows = [r for r in per_class if not r["overall"]] if slice_by else per_class
-    assert len(sliced_rows) == len(cells)
-    for row in sliced_rows:
-        key = tuple(row[name] for name in slice_by)
-        expected = cells[(key, row["class"])]
-        for column in CLASS_COLUMNS:
-            assert_allclose(row[column], expected[column], rtol=rtol, atol=1e-12, err_msg=f"{key} {row['class']} {column}")
-    for row in summary:
-        if slice_by and row["overall"]:
-            continue
-        expected = slices[tuple(row[name] for name in slice_by)]
-        for column in SLICE_COLUMNS:
-            assert_allclose(row[column], expected[column], rtol=rtol, atol=1e-12, err_msg=f"summary {column}")
-        assert_allclose(row["predicted_marginal"], expected["marginal"], rtol=rtol, atol=1e-13)
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import cli_env, moto_server, run_cli, run_without_prefect, start_process, wait_until, xent_command
+from support import cli_env, moto_server, run_cli, run_without_prefect, start_process, wait_until, xent_command
 from flows.config import DRIFT_METRICS
 from flows.generate import generate_dump
 

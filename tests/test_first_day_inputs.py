@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import child_env
+from support import child_env
 from flows.cli import main
 
 N, C = 200, 4

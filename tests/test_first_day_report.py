@@ -33,7 +33,7 @@ from flows.inputs.integrity import read_page_header
 from flows.metadata import INTEGRITY_KEY
 
 from browser import MISSING, chromium, open_page
-from conftest import run_cli
+from support import run_cli
 
 SHARDS, SHARD_ROWS = 4, 180
 WARNING_TEXT = "these look like probabilities: pass --kind probs"

@@ -12,7 +12,7 @@ import yaml
 from numpy.testing import assert_allclose
 from scipy.special import log_softmax, rel_entr
 
-from conftest import run_without_prefect
+from support import run_without_prefect
 from flows.runs.adhoc import eval_steps
 from flows.cli import main
 from flows.config import DriftConfig, EvalConfig, NightlyConfig, build_config

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from distributed import Client
 
-from conftest import cli_env, dask_cluster, free_port, run_cli, start_process, wait_until, xent_command
+from support import cli_env, dask_cluster, free_port, run_cli, start_process, wait_until, xent_command
 from flows.generate import generate_dump
 from flows.report.writing import read_manifest
 

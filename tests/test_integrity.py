@@ -28,7 +28,7 @@ from flows.inputs.integrity import (
 from flows.inputs.sources import filesystem
 from flows.metadata import INTEGRITY_KEY
 
-from conftest import RecordingHTTPServer, assert_same_report, child_env, moto_server, run_cli
+from support import RecordingHTTPServer, assert_same_report, child_env, moto_server, run_cli
 
 
 # --------------------------------------------------------------------------- helpers

@@ -22,7 +22,7 @@ import pytest
 import yaml
 from distributed import Client
 
-from conftest import assert_same_report, cli_env, dask_cluster, run_cli, wait_until
+from support import assert_same_report, cli_env, dask_cluster, run_cli, wait_until
 from flows.config import EvalConfig, build_config
 from flows.engine import wait_all, dask_client, evaluate
 from flows.errors import InfrastructureError, UsageError

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import run_without_prefect
+from support import run_without_prefect
 from flows.cli import main
 from flows.config import EvalConfig, NightlyConfig, build_config, render_path
 from flows.errors import DataError, DriftBreach, UsageError

@@ -22,7 +22,7 @@ s3fs = pytest.importorskip("s3fs")
 boto3 = pytest.importorskip("boto3")
 pytest.importorskip("flask", reason="moto's standalone server needs moto[server]")
 
-from conftest import RecordingHTTPServer, assert_same_report, cli_env, moto_server, run_cli  # noqa: E402
+from support import RecordingHTTPServer, assert_report_matches, assert_same_report, cli_env, expected_report, moto_server, run_cli  # noqa: E402
 from flows.config import EvalConfig  # noqa: E402
 from flows.engine import dask_client, evaluate  # noqa: E402
 from flows.generate import generate_dump  # noqa: E402
@@ -32,7 +32,6 @@ from flows.api import Report  # noqa: E402
 from flows.report.writing import read_manifest, write_tables_atomically  # noqa: E402
 from flows.inputs.sources import filesystem, list_inputs  # noqa: E402
 from oracle import load_arrays  # noqa: E402
-from test_engine import assert_report_matches, expected_report  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import LOOPBACK, ServerProcess, cli_env, free_port, run_cli, start_process, wait_until
+from support import LOOPBACK, ServerProcess, cli_env, free_port, run_cli, start_process, wait_until
 from flows.generate import generate_dump
 
 RUN_DATE = "2026-11-23"
