@@ -263,6 +263,7 @@ def test_a_nightly_run_flags_probabilities_read_as_logits(dumps, tmp_path):
 # --------------------------------------------------------------------------- as a person sees the pages
 
 
+@pytest.mark.browser
 @pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
 def test_the_pages_read_right_in_chromium(truncated_run, plain_run, logits_run):
     with chromium(1280, 900) as driver:

@@ -304,6 +304,7 @@ def test_auc_error_of_the_trials_logistic_regression_is_as_the_readme_says(clien
         assert float(f"{got:.1e}") == pytest.approx(claimed, rel=1e-9), (claimed, got)
 
 
+@pytest.mark.browser
 @pytest.mark.skipif(__import__("browser").MISSING is not None, reason="needs chromium and chromium-driver")
 def test_the_auc_card_shows_the_binning_bound_in_chromium(client, digits_dumps, tmp_path):
     """The evaluation page's AUC card says its binning bound (from summary.parquet) as

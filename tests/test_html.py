@@ -296,6 +296,7 @@ def test_notebooks_get_the_page_in_an_iframe(reports):
     assert shown.startswith("<iframe srcdoc=") and "<script>" not in shown
 
 
+@pytest.mark.browser
 @pytest.mark.skipif(MISSING is not None and not os.environ.get("CI"), reason=f"headless browser test {MISSING}")
 def test_pages_in_headless_chromium(reports, tmp_path):
     with chromium() as driver:
@@ -329,6 +330,7 @@ def test_pages_in_headless_chromium(reports, tmp_path):
             assert console_errors(driver) == [], name
 
 
+@pytest.mark.browser
 @pytest.mark.skipif(MISSING is not None and not os.environ.get("CI"), reason=f"headless browser test {MISSING}")
 def test_the_screenshot_script_writes_a_png_per_page_kind():
     written = write_screenshots(SCREENSHOTS)  # listed at the end of the test run (conftest)

@@ -246,6 +246,7 @@ def test_xent_compare_through_the_flow_writes_the_page_when_a_gate_is_breached(d
 # --------------------------------------------------------------------------- in the browser
 
 
+@pytest.mark.browser
 @pytest.mark.skipif(MISSING is not None and not os.environ.get("CI"), reason=f"headless browser test {MISSING}")
 def test_the_compare_page_in_headless_chromium(result, tmp_path):
     from selenium.webdriver.common.by import By

@@ -226,6 +226,7 @@ def test_notebooks_get_the_drift_page_in_an_iframe(written):
     assert shown.startswith("<iframe srcdoc=") and "<script>" not in shown and "drift-table" in shown
 
 
+@pytest.mark.browser
 @pytest.mark.skipif(MISSING is not None and not os.environ.get("CI"), reason=f"headless browser test {MISSING}")
 def test_the_drift_page_in_headless_chromium(written, tmp_path):
     from selenium.webdriver.common.by import By

@@ -27,7 +27,8 @@ from browser import (
     open_page,
 )
 
-pytestmark = pytest.mark.skipif(MISSING is not None and not os.environ.get("CI"), reason=f"headless browser test {MISSING}")
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(MISSING is not None and not os.environ.get("CI"), reason=f"headless browser test {MISSING}")]
 
 DAYS = ("2026-11-22", "2026-11-23")
 WIDTHS = (1280, 800)

@@ -383,6 +383,7 @@ def test_first_run_in_bits_without_reference_or_baseline(tmp_path):
     assert {v["metric"] for v in trend_values(page)} == {"mean CE (bits)", "accuracy", "ECE"}
 
 
+@pytest.mark.browser
 @pytest.mark.skipif(MISSING is not None and not os.environ.get("CI"), reason=f"headless browser test {MISSING}")
 def test_nightly_and_history_pages_in_headless_chromium(nightly, third_day, tmp_path):
     from selenium.webdriver.common.by import By

@@ -116,6 +116,7 @@ def test_unreachable_scheduler_exits_4(dump, tmp_path, prefect_home):
     assert_infrastructure(result, f"cannot reach the Dask scheduler at {address}")
 
 
+@pytest.mark.cluster
 def test_scheduler_lost_mid_run_exits_4(tmp_path, prefect_home):
     dump = generate_dump(tmp_path / "dump", rows=400_000, classes=10, shards=64, seed=5)
     config = tmp_path / "small-batches.yaml"
