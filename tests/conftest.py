@@ -29,9 +29,19 @@ def pytest_configure(config):
     config.stash[_SESSION_STARTED] = time.time()
 
 
-@pytest.fixture(scope="module")
+
+def pytest_collection_modifyitems(config, items):
+    # Starting the Prefect test server takes 11 s or more (measured with --durations),
+    # so every test that needs it is slow.
+    for item in items:
+        if "prefect_harness" in item.fixturenames:
+            item.add_marker(pytest.mark.slow)
+
+@pytest.fixture(scope="session")
 def client():
-    """A local Dask cluster for the module's in-process evaluations."""
+    """One local Dask cluster (worker threads in this process) for the session's
+    in-process evaluations. Tests that kill workers, cap their memory or block them
+    start their own (support.dask_cluster, or dask_client inside the test)."""
     from flows.engine import dask_client
 
     with dask_client(None) as running:

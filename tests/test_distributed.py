@@ -24,7 +24,7 @@ from flows.generate import generate_dump
 from flows.api import Report
 from oracle import load_arrays
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(300)]
 
 SLICE_BY = ("model",)
 PIECE = "evaluate_piece-"  # key prefix of the per-piece tasks (pure=False keys: name-uuid)

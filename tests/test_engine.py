@@ -84,6 +84,7 @@ def test_report_metadata_and_units(client, tmp_path):
     assert bits["per_class"].schema.field("class").type == pa.int32()
 
 
+@pytest.mark.slow
 def test_row_group_pieces_and_file_order_do_not_change_the_report(client, tmp_path):
     dump = generate_dump(tmp_path / "dump", rows=20000, classes=4, shards=3, row_group_rows=1000, slices={"s": ["x", "y"]}, seed=6)
     whole = run(client, tmp_path / "a", sources=[dump.root], slice_by=["s"])
@@ -100,6 +101,7 @@ def test_row_group_pieces_and_file_order_do_not_change_the_report(client, tmp_pa
                 assert_allclose(np.array(a[column], float), np.array(b[column], float), rtol=1e-12, err_msg=column)
 
 
+@pytest.mark.slow
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(cuts=st.lists(st.integers(1, 999), max_size=5, unique=True), seed=st.integers(0, 1000))
 def test_random_shardings_give_the_same_report(client, tmp_path_factory, cuts, seed):
@@ -194,6 +196,7 @@ def test_skip_mode_skips_a_bad_file_that_sorts_first(client, tmp_path, kind, cap
     assert "1 bad shard skipped" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_probabilities_read_as_logits_are_flagged(tmp_path, capsys):
     dump = generate_dump(tmp_path / "probs", rows=3000, classes=4, shards=3, kind="probs", seed=20)
     out = str(tmp_path / "out")
@@ -213,6 +216,7 @@ def test_probabilities_read_as_logits_are_flagged(tmp_path, capsys):
     assert result.returncode == 0 and "look like probabilities" not in result.stderr, result.stderr
 
 
+@pytest.mark.slow
 def test_eps_clips_only_when_asked_and_is_recorded(tmp_path):
     dump = generate_dump(tmp_path / "dump", rows=4000, classes=5, shards=2, seed=21)
     arrays = load_arrays(dump)
@@ -248,6 +252,7 @@ def test_failed_run_keeps_the_previous_report(client, tmp_path):
 # --------------------------------------------------------------------------- the command line
 
 
+@pytest.mark.slow
 def test_cli_exit_codes(tmp_path, capsys, prefect_harness):
     dump = generate_dump(tmp_path / "dump", rows=2000, classes=3, shards=2, bad_shards={"bad_label": 1}, seed=12)
     assert main(["eval", str(tmp_path / "nothing-here"), "--out", str(tmp_path / "o1")]) == 1
@@ -267,6 +272,7 @@ def test_cli_exit_codes(tmp_path, capsys, prefect_harness):
     assert not any((tmp_path / name).exists() for name in ("o1", "o2", "o3"))
 
 
+@pytest.mark.slow
 def test_confusion_parquet_equals_sklearn_per_slice(client, tmp_path):
     from sklearn.metrics import confusion_matrix
 

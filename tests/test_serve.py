@@ -130,6 +130,7 @@ def write_nightly_config(folder: Path) -> tuple[Path, Path]:
     return path, report_root
 
 
+@pytest.mark.slow
 def test_serve_needs_prefect_api_url(tmp_path):
     config, _ = write_nightly_config(tmp_path)
     home = tmp_path / "prefect-home"
@@ -141,6 +142,7 @@ def test_serve_needs_prefect_api_url(tmp_path):
     assert "Traceback" not in result.stderr, result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_serve_schedules_and_runs_nightly_flow(tmp_path):
     from prefect.client.orchestration import get_client
