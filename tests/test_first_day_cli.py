@@ -99,7 +99,6 @@ def test_config_typos_are_one_line_each_with_did_you_mean(tmp_path, prefect_home
     assert error_lines(result) == [f"{config}: {line}" for line in expected]
 
 
-@pytest.mark.slow
 def test_an_unknown_key_far_from_any_lists_the_keys_at_its_level(tmp_path, prefect_home):
     config = tmp_path / "far.yaml"
     config.write_text("drift: {zzzz: 1}\n")

@@ -241,7 +241,6 @@ def test_report_metadata_holds_no_credentials(s3, client, dumps):
             assert SECRET.encode() not in value, key
 
 
-@pytest.mark.slow
 def test_s3_report_is_complete_exactly_when_its_manifest_lists_it(s3, client, dumps, monkeypatch):
     """Object stores have no rename: the old manifest goes first, the new one comes last,
     and tables of an older report that the new one lacks are removed."""

@@ -130,7 +130,6 @@ def write_nightly_config(folder: Path) -> tuple[Path, Path]:
     return path, report_root
 
 
-@pytest.mark.slow
 def test_serve_needs_prefect_api_url(tmp_path):
     config, _ = write_nightly_config(tmp_path)
     home = tmp_path / "prefect-home"
