@@ -54,7 +54,7 @@ import pyarrow.parquet as pq  # noqa: E402
 from distributed import Client  # noqa: E402
 
 from bench_eval import count_rows, ensure_dump  # noqa: E402
-from conftest import assert_same_report, dask_cluster, run_cli  # noqa: E402
+from support import assert_same_report, dask_cluster, run_cli  # noqa: E402
 from flows.config import EvalConfig  # noqa: E402
 from flows.generate import generate_dump  # noqa: E402
 from test_memory import task_peak  # noqa: E402

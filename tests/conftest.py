@@ -1,364 +1,47 @@
-"""Shared helpers for tests that run real servers: free loopback ports, child
-processes that are always stopped (terminate, then kill), a Dask cluster made of
-real `dask scheduler` / `dask worker` processes, a moto S3 server, and a report
-comparison.
-
-Every server listens on 127.0.0.1 only, is started by the test session itself and
-is stopped when its context exits, whatever happened inside.
-"""
+"""Fixtures and hooks shared by the test modules; the helpers they use live in
+support.py. Importing this module sets nothing up: Prefect's environment and the
+Hypothesis profile are applied when pytest configures the session, and every server
+or cluster starts when a test first asks for it."""
 
 from __future__ import annotations
 
-import contextlib
-import http.server
-import json
 import os
-import signal
-import socket
-import subprocess
-import sys
-import threading
 import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
 
-import numpy as np
-import pyarrow as pa
 import pytest
 from hypothesis import settings
-from numpy.testing import assert_allclose
 
-from flows.runtime import prefect_environment
+# When this session started: the summary lists the screenshots written since.
+_SESSION_STARTED = pytest.StashKey[float]()
 
-# In-process flow runs get the environment the xent command sets before Prefect starts.
-prefect_environment()
 
-# Hypothesis profiles, chosen with HYPOTHESIS_PROFILE: "ci" (default) is reproducible
-# and modest, "dev" searches harder. Tests set no max_examples of their own.
-settings.register_profile("ci", max_examples=30, deadline=None, derandomize=True, print_blob=True)
-settings.register_profile("dev", max_examples=300, deadline=None)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+def pytest_configure(config):
+    from flows.runtime import prefect_environment
 
-LOOPBACK = "127.0.0.1"
-T = TypeVar("T")
+    # In-process flow runs get the environment the xent command sets before Prefect starts.
+    prefect_environment()
+    # Hypothesis profiles, chosen with HYPOTHESIS_PROFILE: "ci" (default) is reproducible
+    # and modest, "dev" searches harder. Tests set no max_examples of their own.
+    settings.register_profile("ci", max_examples=30, deadline=None, derandomize=True, print_blob=True)
+    settings.register_profile("dev", max_examples=300, deadline=None)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+    config.stash[_SESSION_STARTED] = time.time()
 
-# Report columns compared exactly; every other numeric column to a relative tolerance.
-EXACT_COLUMNS = {"n", "class", "class_name", "overall", "n_ignored", "n_nonfinite", "n_skipped", "n_bad_shards"}
 
 
-# --------------------------------------------------------------------------- ports and waiting
+def pytest_collection_modifyitems(config, items):
+    # Starting the Prefect test server takes 11 s or more (measured with --durations),
+    # so every test that needs it is slow.
+    for item in items:
+        if "prefect_harness" in item.fixturenames:
+            item.add_marker(pytest.mark.slow)
 
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the caller retries on a race)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
-
-
-def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
-    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
-
-
-# --------------------------------------------------------------------------- child processes
-
-
-@dataclass
-class ServerProcess:
-    """A child process in its own process group, its output in a log file."""
-
-    name: str
-    process: subprocess.Popen
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def log_tail(self, chars: int = 4000) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-    def check_alive(self) -> None:
-        if not self.alive():
-            raise RuntimeError(f"{self.name} exited with code {self.process.returncode}:\n{self.log_tail()}")
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM, wait up to `timeout`, then SIGKILL; last, SIGKILL whatever is left of
-        its process group (a nanny's worker, say)."""
-        if self.alive():
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)  # the group this process leads
-
-
-def child_env(**overrides: str | None) -> dict[str, str]:
-    """The test's environment for a child process; a None override removes the variable."""
-    return _overridden({**os.environ, "PYTHONUNBUFFERED": "1"}, overrides)
-
-
-def cli_env(prefect_home: Path, **overrides: str | None) -> dict[str, str]:
-    """The environment for an `xent` child process: no ambient Dask scheduler, no
-    ambient Prefect setting (API URL, profile...), Prefect's state in `prefect_home`,
-    no telemetry and no UI; then `overrides` (None removes a variable)."""
-    env = {k: v for k, v in child_env(DASK_SCHEDULER_ADDRESS=None).items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(prefect_home), DO_NOT_TRACK="1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_UI_ENABLED="false")
-    return _overridden(env, overrides)
-
-
-def _overridden(env: dict[str, str], overrides: dict[str, str | None]) -> dict[str, str]:
-    for key, value in overrides.items():
-        if value is None:
-            env.pop(key, None)
-        else:
-            env[key] = value
-    return env
-
-
-def start_process(name: str, args: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> ServerProcess:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
-        process = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            env=env if env is not None else child_env(), cwd=cwd, start_new_session=True,
-        )
-    return ServerProcess(name, process, log)
-
-
-@contextlib.contextmanager
-def stopping(servers: list[ServerProcess]) -> Iterator[list[ServerProcess]]:
-    """Stop every server in `servers` (also ones appended inside the block), last first."""
-    try:
-        yield servers
-    finally:
-        for server in reversed(servers):
-            server.stop()
-
-
-def xent_command() -> list[str]:
-    """The installed `xent` command beside this interpreter, else `python -m flows.cli`."""
-    script = Path(sys.executable).parent / "xent"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "flows.cli"]
-
-
-def run_without_prefect(runs: list[list[str]], cwd: Path) -> tuple[list[int], list[str], subprocess.CompletedProcess]:
-    """Run `flows.cli.main` on each argument list in one fresh interpreter; returns the
-    exit codes, the Prefect modules that got imported, and the process.
-
-    The interpreter ends with os._exit, as the `xent` command does: pyarrow can abort
-    at native teardown after all work is done (apache/arrow#34314)."""
-    code = (
-        "import os, sys; from flows import cli; "
-        f"codes = [cli.main(run) for run in {runs!r}]; "
-        "print(codes, sorted(m for m in sys.modules if m == 'prefect' or m.startswith('prefect.'))); "
-        "sys.stdout.flush(); sys.stderr.flush(); os._exit(0)"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                            env=child_env(DASK_SCHEDULER_ADDRESS=None), cwd=cwd)
-    assert result.returncode == 0, result.stderr
-    codes, modules = result.stdout.strip().splitlines()[-1].split("] [")
-    return json.loads(codes + "]"), json.loads("[" + modules.replace("'", '"')), result
-
-
-def run_cli(args: list[str], env: dict[str, str] | None = None, timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run the installed `xent` command (beside this interpreter), or `python -m flows.cli`."""
-    return subprocess.run(
-        [*xent_command(), *args], stdin=subprocess.DEVNULL, capture_output=True, text=True,
-        env=env if env is not None else child_env(DASK_SCHEDULER_ADDRESS=None), timeout=timeout, cwd=cwd,
-    )
-
-
-# --------------------------------------------------------------------------- a Dask cluster of real processes
-
-
-@dataclass
-class DaskCluster:
-    address: str
-    scheduler: ServerProcess
-    workers: list[ServerProcess] = field(default_factory=list)
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {s.name}\n{s.log_tail(2000)}" for s in [self.scheduler, *self.workers])
-
-
-@contextlib.contextmanager
-def dask_cluster(folder: Path, n_workers: int = 2, nanny: bool = True, memory_limit: str = "2GiB",
-                 start_timeout: float = 60) -> Iterator[DaskCluster]:
-    """`dask scheduler` on 127.0.0.1 (a port the OS picks, read back from its scheduler
-    file) and `n_workers` `dask worker` processes of one thread each; yields once the
-    scheduler has them all, and stops them all on exit."""
-    from distributed import Client
-
-    folder.mkdir(parents=True, exist_ok=True)
-    env = child_env(DASK_SCHEDULER_ADDRESS=None)
-    scheduler_file = folder / "scheduler.json"
-    with stopping([]) as servers:
-        scheduler = start_process(
-            "scheduler",
-            [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", LOOPBACK, "--port", "0",
-             "--no-dashboard", "--scheduler-file", str(scheduler_file), "--idle-timeout", "600"],
-            folder / "scheduler.log", env, cwd=folder,
-        )
-        servers.append(scheduler)
-
-        def read_address() -> str | None:
-            scheduler.check_alive()
-            if not scheduler_file.exists():
-                return None
-            with contextlib.suppress(ValueError):  # half-written
-                return json.loads(scheduler_file.read_text()).get("address")
-            return None
-
-        address = wait_until(read_address, start_timeout, "the scheduler's address")
-        assert address.startswith(f"tcp://{LOOPBACK}:"), address
-        cluster = DaskCluster(address, scheduler)
-        for i in range(n_workers):
-            worker = start_process(
-                f"worker-{i}",
-                [sys.executable, "-m", "distributed.cli.dask_worker", address, "--host", LOOPBACK,
-                 "--nthreads", "1", "--nworkers", "1", "--memory-limit", memory_limit, "--no-dashboard",
-                 "--name", f"w{i}", "--local-directory", str(folder / f"w{i}"), "--death-timeout", "60",
-                 "--nanny" if nanny else "--no-nanny"],
-                folder / f"worker-{i}.log", env, cwd=folder,
-            )
-            servers.append(worker)
-            cluster.workers.append(worker)
-        try:
-            with Client(address, timeout="20s") as client:
-                client.wait_for_workers(n_workers, timeout=start_timeout)
-        except Exception as error:
-            raise RuntimeError(f"the Dask cluster did not come up: {error}\n{cluster.logs()}") from error
-        yield cluster
-
-
-# --------------------------------------------------------------------------- S3: moto and a decoy endpoint
-
-
-@dataclass
-class MotoServer:
-    url: str
-    server: ServerProcess
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-@contextlib.contextmanager
-def moto_server(folder: Path, start_timeout: float = 30, attempts: int = 3) -> Iterator[MotoServer]:
-    """moto's standalone S3 server on a free 127.0.0.1 port (tried again on a port race)."""
-    last_error = ""
-    for attempt in range(attempts):
-        port = free_port()
-        with stopping([]) as servers:
-            server = start_process(
-                "moto", [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(port)],
-                folder / f"moto-{attempt}.log", child_env(), cwd=folder,
-            )
-            servers.append(server)
-            url = f"http://{LOOPBACK}:{port}"
-            try:
-                wait_until(lambda: server.check_alive() or _http_ok(f"{url}/moto-api/"), start_timeout, "moto")
-            except RuntimeError as error:  # exited: most likely the port was taken meanwhile
-                last_error = str(error)
-                continue
-            yield MotoServer(url, server)
-            return
-    raise RuntimeError(f"moto server did not start in {attempts} attempts:\n{last_error}")
-
-
-class RecordingHTTPServer:
-    """A loopback HTTP endpoint that denies every request (403) and records it.
-
-    Pointed to by the ambient AWS_ENDPOINT_URL, it catches any S3 access that ignores
-    the configured storage_options, instead of letting it reach for the real AWS.
-    """
-
-    def __init__(self) -> None:
-        requests: list[str] = []
-        self.requests = requests
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def _deny(self) -> None:
-                requests.append(f"{self.command} {self.path}")
-                body = b"<?xml version='1.0'?><Error><Code>AccessDenied</Code><Message>decoy endpoint</Message></Error>"
-                self.send_response(403)
-                self.send_header("Content-Type", "application/xml")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(body)
-
-            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _deny
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self._server = http.server.ThreadingHTTPServer((LOOPBACK, 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://{LOOPBACK}:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-
-    def __enter__(self) -> "RecordingHTTPServer":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(10)
-
-
-# --------------------------------------------------------------------------- reports
-
-
-def assert_same_report(a: dict[str, pa.Table], b: dict[str, pa.Table], rtol: float = 1e-12) -> None:
-    """Two reports with the same tables, rows and columns: counts, classes and slice
-    keys exactly equal, every other number to `rtol`."""
-    assert sorted(a) == sorted(b)
-    for name in a:
-        left, right = a[name].to_pydict(), b[name].to_pydict()
-        assert list(left) == list(right), name
-        for column, values in left.items():
-            other = right[column]
-            assert len(values) == len(other), f"{name}.{column}: {len(values)} rows vs {len(other)}"
-            numeric = values and all(isinstance(v, (int, float, list)) and not isinstance(v, bool) for v in values if v is not None)
-            if column in EXACT_COLUMNS or not numeric or any(v is None for v in values):
-                assert values == other, f"{name}.{column}"
-            else:
-                assert_allclose(np.array(values, dtype=float), np.array(other, dtype=float), rtol=rtol, atol=0,
-                                err_msg=f"{name}.{column}")
-
-
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def client():
-    """A local Dask cluster for the module's in-process evaluations."""
+    """One local Dask cluster (worker threads in this process) for the session's
+    in-process evaluations. Tests that kill workers, cap their memory or block them
+    start their own (support.dask_cluster, or dask_client inside the test)."""
     from flows.engine import dask_client
 
     with dask_client(None) as running:
@@ -376,14 +59,11 @@ def prefect_harness():
         yield
 
 
-_SESSION_STARTED = time.time()
-
-
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     """List the page screenshots this run wrote (tests/browser.py), so anyone can look at them."""
     from browser import SCREENSHOTS
 
-    shots = sorted(p for p in SCREENSHOTS.glob("*.png") if p.stat().st_mtime >= _SESSION_STARTED)
+    shots = sorted(p for p in SCREENSHOTS.glob("*.png") if p.stat().st_mtime >= config.stash[_SESSION_STARTED])
     if shots:
         terminalreporter.write_sep("-", f"{len(shots)} report page screenshots")
         for shot in shots:

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import assert_same_report
+from support import assert_same_report
 from doc_blocks import marked_blocks
 from flows import drift, evaluate
 from flows.cli import main
@@ -127,6 +127,7 @@ def test_class_names_from_pandas_attrs(cases, client):
     assert report.per_class["class_name"].tolist() == cli["per_class"].column("class_name").to_pylist()
 
 
+@pytest.mark.slow
 def test_the_prefect_flow_writes_the_same_tables(cases, prefect_harness, tmp_path):
     from flows.pipelines import eval_flow
 
@@ -195,6 +196,7 @@ def test_progress_bar_counts_rows(cases, client):
     assert quiet.getvalue() == ""
 
 
+@pytest.mark.slow
 def test_the_cli_draws_progress_only_on_a_terminal(cases, tmp_path):
     dump, _, _ = cases["wide-probs"]
     args = [sys.executable, "-m", "flows.cli", "eval", dump.root, "--kind", "probs", "--no-prefect"]
@@ -224,6 +226,7 @@ def test_the_cli_draws_progress_only_on_a_terminal(cases, tmp_path):
 # --------------------------------------------------------------------------- drift
 
 
+@pytest.mark.slow
 def test_drift_matches_the_cli(tmp_path, client, capsys):
     common = dict(classes=4, slices={"model": ["a", "b"]}, seed=9)
     reference = generate_dump(tmp_path / "ref", rows=2000, shards=2, **common)
@@ -276,6 +279,7 @@ def test_drift_of_in_memory_sources_is_drift_of_their_files(drift_dumps, client,
     assert result.breaches == on_files.breaches and any("kl_per_sample" in b for b in result.breaches)
 
 
+@pytest.mark.slow
 def test_the_readme_example_runs(tmp_path, monkeypatch):
     ((_, block),) = marked_blocks("API", "python")
     common = dict(rows=1500, classes=4, shards=2, slices={"model": ["a", "b"]}, seed=11)

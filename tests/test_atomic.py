@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import child_env, wait_until
+from support import child_env, wait_until
 from flows.report import writing
 from flows.generate import generate_dump
 
@@ -128,6 +128,7 @@ PAUSE = 0.15
 DELAYS = {"exchange": [0.0, 0.15, 0.3, 0.5, 0.7, 0.9], "fallback": [0.0, 0.2, 0.45, 0.7, 0.95, 1.2]}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["exchange", "fallback"])
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
 def test_report_path_survives_signals_at_every_instant(tmp_path, dumps, sig, strategy):

@@ -95,6 +95,7 @@ def test_paired_differences_match_numpy_and_one_sided_ids_are_counted(dumps, tmp
     assert {r["verdict"] for r in rows} >= {"better", "worse"}  # the drifted model gains on some classes, loses on others
 
 
+@pytest.mark.slow
 def test_resharded_candidate_gives_the_same_table(dumps, tmp_path):
     _, one = compare_steps(config(dumps), str(tmp_path / "one"))
     _, other = compare_steps(config(dumps, "resharded", compare={"bucket_rows": 400}), str(tmp_path / "other"))
@@ -119,6 +120,7 @@ def test_the_same_model_on_both_sides_differs_by_exactly_zero(dumps, tmp_path):
         assert row["ties"] == row["n"] and row["wins"] == row["losses"] == 0
 
 
+@pytest.mark.slow
 def test_gates_point_and_interval_and_exit_code_3(dumps, tmp_path, capsys):
     _, result = compare_steps(config(dumps), str(tmp_path / "plain"))
     rows = rows_of(result)
@@ -177,6 +179,7 @@ def test_bad_gates_are_config_errors(tmp_path, capsys):
         assert expected in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("prefect_harness")
 def test_compare_flow_fails_on_a_breach_and_completes_without(dumps, tmp_path, capsys):
     from flows.pipelines import compare_flow

@@ -171,7 +171,8 @@ def delong_se(auc, lo, hi):
     return (auc - lo) / Z if lo > 0.0 else (hi - auc) / Z
 
 
-@pytest.mark.parametrize("dataset, model", CASES, ids=[f"{d}-{m}" for d, m in CASES])
+@pytest.mark.parametrize("dataset, model", [pytest.param(d, m, id=f"{d}-{m}", marks=[pytest.mark.slow] * (m == "gradient_boosting"))
+                                            for d, m in CASES])
 def test_auc_within_its_bound_of_sklearn(dataset, model, record_property):
     y, proba = predictions(dataset, model)
     n_classes = proba.shape[1]

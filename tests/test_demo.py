@@ -30,6 +30,7 @@ def demo(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     return done, out
 
 
+@pytest.mark.slow
 def test_the_demo_ends_with_its_page(demo):
     done, out = demo
     assert done.returncode == 0, done.stderr
@@ -53,6 +54,8 @@ def test_the_demo_ends_with_its_page(demo):
     assert html.count('class="change') >= 5
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 @pytest.mark.skipif(MISSING is not None and not os.environ.get("CI"), reason=f"headless browser test {MISSING}")
 def test_the_demo_page_draws_in_chromium(demo):
     page = Path(demo[0].stdout.strip().splitlines()[-1].removeprefix("page: "))

@@ -17,15 +17,14 @@ import pyarrow.parquet as pq
 import pytest
 from distributed import Client
 
-from conftest import assert_same_report, cli_env, dask_cluster, run_cli, wait_until
+from support import assert_report_matches, assert_same_report, cli_env, dask_cluster, expected_report, run_cli, wait_until
 from flows.config import EvalConfig
 from flows.engine import dask_client, evaluate
 from flows.generate import generate_dump
 from flows.api import Report
 from oracle import load_arrays
-from test_engine import assert_report_matches, expected_report
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(300)]
 
 SLICE_BY = ("model",)
 PIECE = "evaluate_piece-"  # key prefix of the per-piece tasks (pure=False keys: name-uuid)

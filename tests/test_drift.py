@@ -15,7 +15,7 @@ import yaml
 from numpy.testing import assert_allclose
 from scipy.special import log_softmax, rel_entr
 
-from conftest import run_without_prefect
+from support import run_without_prefect
 from flows.cli import main
 from flows.config import DRIFT_METRICS, DriftConfig
 from flows.runs.drift import drift_steps
@@ -82,6 +82,7 @@ def rows_by_key(report) -> dict:
     return {(row["key"], row["metric"]): row["value"] for row in report.rows if row["class"] is None}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout, string_ids, key", [
     ("column", False, None),  # default key: id plus the slice column model
     ("column", True, ["model", "id"]),  # string ids, the key named, no slicing
@@ -107,6 +108,7 @@ def test_models_scoring_the_same_ids_join_model_with_model(tmp_path, layout, str
             assert_allclose(values[((model,), "kl_per_sample")], per_model[model].mean(), rtol=1e-10)
 
 
+@pytest.mark.slow
 def test_duplicate_keys_name_the_key_columns_and_suggest_id_cols(tmp_path, capsys):
     model_dumps(tmp_path, "column")
     args = ["drift", "--reference", str(tmp_path / "reference"), "--current", str(tmp_path / "current"),
@@ -149,6 +151,7 @@ def drift_dumps(tmp_path, drift=1.0):
     return reference, current
 
 
+@pytest.mark.slow
 def test_bits_divide_every_divergence_and_thresholds_are_in_bits(tmp_path):
     reference, current = drift_dumps(tmp_path)
 
@@ -189,6 +192,7 @@ def write_yaml(path: Path, data) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_without_thresholds_says_so_and_lists_the_values(tmp_path, capsys):
     reference, current = drift_dumps(tmp_path, drift=0.5)
     common = ["drift", "--reference", reference.root, "--current", current.root, "--slice-by", "model", "--no-prefect"]
@@ -205,6 +209,7 @@ def test_without_thresholds_says_so_and_lists_the_values(tmp_path, capsys):
     assert "within thresholds" in out and "no thresholds set" not in out, out
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("prefect_harness")
 @pytest.mark.parametrize("mode", ["flow", "no-prefect"])
 def test_every_breach_is_printed_and_exits_3(tmp_path, capsys, mode):
@@ -226,6 +231,7 @@ def test_every_breach_is_printed_and_exits_3(tmp_path, capsys, mode):
     assert "drift.parquet" in captured.out
 
 
+@pytest.mark.slow
 def test_no_prefect_never_imports_it(tmp_path):
     """`xent drift --no-prefect` runs the same steps without importing Prefect at all."""
     reference, current = drift_dumps(tmp_path)
@@ -241,6 +247,7 @@ def test_no_prefect_never_imports_it(tmp_path):
 # --------------------------------------------------------------------------- the flow: artifact keys and run names
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("prefect_harness")
 def test_drift_runs_on_other_dumps_keep_their_own_artifacts(tmp_path):
     from prefect.client.orchestration import get_client

@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 from numpy.testing import assert_allclose
 
 import reference as ref
-from conftest import assert_same_report, run_cli
 from flows.cli import main
 from flows.config import EvalConfig
 from flows.engine import evaluate
@@ -24,48 +23,13 @@ from flows.errors import DataError
 from flows.generate import generate_dump
 from flows.api import Report
 from oracle import load_arrays
-
-CLASS_COLUMNS = ["n", "weight", "ce_mean", "ce_std", "accuracy", "p_true_mean", "entropy_mean"]
-SLICE_COLUMNS = ["n", "weight", "ce_mean", "ce_macro", "accuracy", "entropy_mean", "ece", "n_ignored"]
+from support import CLASS_COLUMNS, assert_report_matches, assert_same_report, expected_report, run_cli
 
 
 def run(client, out: Path, **settings) -> dict[str, pa.Table]:
     config = EvalConfig(**settings)
     paths = Report(evaluate(config, client)).write(str(out))
     return {name: pq.read_table(path) for name, path in paths.items()}
-
-
-def expected_report(arrays, kind, slice_by=(), weighted=False):
-    """Reference cells and slices keyed by slice tuple, from the raw arrays."""
-    n = len(arrays["label"])
-    keys = list(zip(*(arrays[name] for name in slice_by))) if slice_by else [()] * n
-    distinct = sorted(set(keys), key=lambda k: tuple((v is None, "" if v is None else v) for v in k))
-    index = {k: i for i, k in enumerate(distinct)}
-    ids = np.array([index[k] for k in keys], dtype=np.int64)
-    cells, slices = ref.class_report(
-        arrays["pred"], arrays["label"], kind, weights=arrays.get("weight") if weighted else None,
-        slice_ids=ids, n_slices=len(distinct),
-    )
-    return {(distinct[s], c): v for (s, c), v in cells.items()}, {distinct[s]: v for s, v in slices.items()}
-
-
-def assert_report_matches(tables, cells, slices, slice_by=(), rtol=1e-10):
-    per_class = tables["per_class"].to_pylist()
-    summary = tables["summary"].to_pylist()
-    sliced_rows = [r for r in per_class if not r["overall"]] if slice_by else per_class
-    assert len(sliced_rows) == len(cells)
-    for row in sliced_rows:
-        key = tuple(row[name] for name in slice_by)
-        expected = cells[(key, row["class"])]
-        for column in CLASS_COLUMNS:
-            assert_allclose(row[column], expected[column], rtol=rtol, atol=1e-12, err_msg=f"{key} {row['class']} {column}")
-    for row in summary:
-        if slice_by and row["overall"]:
-            continue
-        expected = slices[tuple(row[name] for name in slice_by)]
-        for column in SLICE_COLUMNS:
-            assert_allclose(row[column], expected[column], rtol=rtol, atol=1e-12, err_msg=f"summary {column}")
-        assert_allclose(row["predicted_marginal"], expected["marginal"], rtol=rtol, atol=1e-13)
 
 
 @pytest.mark.parametrize(
@@ -120,6 +84,7 @@ def test_report_metadata_and_units(client, tmp_path):
     assert bits["per_class"].schema.field("class").type == pa.int32()
 
 
+@pytest.mark.slow
 def test_row_group_pieces_and_file_order_do_not_change_the_report(client, tmp_path):
     dump = generate_dump(tmp_path / "dump", rows=20000, classes=4, shards=3, row_group_rows=1000, slices={"s": ["x", "y"]}, seed=6)
     whole = run(client, tmp_path / "a", sources=[dump.root], slice_by=["s"])
@@ -136,6 +101,7 @@ def test_row_group_pieces_and_file_order_do_not_change_the_report(client, tmp_pa
                 assert_allclose(np.array(a[column], float), np.array(b[column], float), rtol=1e-12, err_msg=column)
 
 
+@pytest.mark.slow
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(cuts=st.lists(st.integers(1, 999), max_size=5, unique=True), seed=st.integers(0, 1000))
 def test_random_shardings_give_the_same_report(client, tmp_path_factory, cuts, seed):
@@ -230,6 +196,7 @@ def test_skip_mode_skips_a_bad_file_that_sorts_first(client, tmp_path, kind, cap
     assert "1 bad shard skipped" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_probabilities_read_as_logits_are_flagged(tmp_path, capsys):
     dump = generate_dump(tmp_path / "probs", rows=3000, classes=4, shards=3, kind="probs", seed=20)
     out = str(tmp_path / "out")
@@ -249,6 +216,7 @@ def test_probabilities_read_as_logits_are_flagged(tmp_path, capsys):
     assert result.returncode == 0 and "look like probabilities" not in result.stderr, result.stderr
 
 
+@pytest.mark.slow
 def test_eps_clips_only_when_asked_and_is_recorded(tmp_path):
     dump = generate_dump(tmp_path / "dump", rows=4000, classes=5, shards=2, seed=21)
     arrays = load_arrays(dump)
@@ -284,6 +252,7 @@ def test_failed_run_keeps_the_previous_report(client, tmp_path):
 # --------------------------------------------------------------------------- the command line
 
 
+@pytest.mark.slow
 def test_cli_exit_codes(tmp_path, capsys, prefect_harness):
     dump = generate_dump(tmp_path / "dump", rows=2000, classes=3, shards=2, bad_shards={"bad_label": 1}, seed=12)
     assert main(["eval", str(tmp_path / "nothing-here"), "--out", str(tmp_path / "o1")]) == 1
@@ -303,6 +272,7 @@ def test_cli_exit_codes(tmp_path, capsys, prefect_harness):
     assert not any((tmp_path / name).exists() for name in ("o1", "o2", "o3"))
 
 
+@pytest.mark.slow
 def test_confusion_parquet_equals_sklearn_per_slice(client, tmp_path):
     from sklearn.metrics import confusion_matrix
 

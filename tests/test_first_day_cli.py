@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import cli_env, moto_server, run_cli, run_without_prefect, start_process, wait_until, xent_command
+from support import cli_env, moto_server, run_cli, run_without_prefect, start_process, wait_until, xent_command
 from flows.config import DRIFT_METRICS
 from flows.generate import generate_dump
 
@@ -89,6 +89,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_config_typos_are_one_line_each_with_did_you_mean(tmp_path, prefect_home, case):
     command, text, expected = CASES[case]
@@ -111,6 +112,7 @@ def test_an_unknown_key_far_from_any_lists_the_keys_at_its_level(tmp_path, prefe
 # --------------------------------------------------------------------------- a failing nightly's last line
 
 
+@pytest.mark.slow
 def test_a_failing_nightly_ends_with_one_short_line_naming_the_count_and_the_page(tmp_path, prefect_home):
     days = ("2026-11-22", "2026-11-23")
     for seed, (day, drift) in enumerate(zip(days, (0.0, 1.5))):
@@ -139,6 +141,7 @@ def test_a_failing_nightly_ends_with_one_short_line_naming_the_count_and_the_pag
 # --------------------------------------------------------------------------- fail before Prefect
 
 
+@pytest.mark.slow
 def test_bad_sources_and_outputs_fail_before_prefect_is_imported(tmp_path):
     """Without --no-prefect: a missing folder, an unknown URL scheme, an output folder
     that cannot be created fail with their exit code and one line, Prefect never imported."""
@@ -172,6 +175,7 @@ def test_bad_sources_and_outputs_fail_before_prefect_is_imported(tmp_path):
 # --------------------------------------------------------------------------- the cluster's logs
 
 
+@pytest.mark.slow
 def test_an_object_store_outage_mid_run_is_one_line_and_the_cluster_log_holds_the_rest(tmp_path, prefect_home):
     """moto's S3 server stops while an eval on a LocalCluster reads from it: exit 4 and
     exactly one stderr line, nothing from distributed, tornado or asyncio on the terminal;

@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import child_env
+from support import child_env
 from flows.cli import main
 
 N, C = 200, 4
@@ -89,6 +89,7 @@ def test_missing_prediction_column_without_kind_asks_for_both(tmp_path, capsys):
 # --------------------------------------------------------------------------- labels
 
 
+@pytest.mark.slow
 def test_float_labels_holding_whole_numbers_are_read_nan_ignored(tmp_path, capsys):
     """pandas writes int labels as float64 once a merge leaves a NaN among them."""
     frame = predictions()
@@ -295,6 +296,7 @@ def test_url_credentials_never_stored_in_report_page_or_output(tmp_path, capsys)
     assert pq.read_table(out / "bad_shards.parquet").column("file").to_pylist() == [f"{url}/part-2.parquet"]
 
 
+@pytest.mark.slow
 def test_url_credentials_not_in_prefect_artifacts_run_names_or_parameters(tmp_path, prefect_harness):
     from prefect.client.orchestration import get_client
 
@@ -339,6 +341,7 @@ sys.stdout.flush(); sys.stderr.flush(); os._exit(code)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("blocked, source, extra", [
     (["aiohttp"], "http://127.0.0.1:9/dump/part-0.parquet", "http"),
     (["s3fs"], "s3://bucket/dump/", "s3"),

@@ -33,7 +33,7 @@ from flows.inputs.integrity import read_page_header
 from flows.metadata import INTEGRITY_KEY
 
 from browser import MISSING, chromium, open_page
-from conftest import run_cli
+from support import run_cli
 from doc_blocks import marked_blocks
 
 SHARDS, SHARD_ROWS = 4, 180
@@ -125,6 +125,7 @@ def truncated_run(dumps):
     return out, result
 
 
+@pytest.mark.slow
 def test_a_truncated_shard_has_unknown_rows_in_the_tables(truncated_run):
     out, _ = truncated_run
     (bad,) = pq.read_table(out / "bad_shards.parquet").to_pylist()
@@ -135,6 +136,7 @@ def test_a_truncated_shard_has_unknown_rows_in_the_tables(truncated_run):
     assert overall["n"] == (SHARDS - 1) * SHARD_ROWS
 
 
+@pytest.mark.slow
 def test_a_truncated_shard_says_rows_unknown_on_the_terminal_and_the_page(truncated_run):
     out, result = truncated_run
     assert "1 bad shard skipped (rows unknown): see " in result.stdout, result.stdout
@@ -144,6 +146,7 @@ def test_a_truncated_shard_says_rows_unknown_on_the_terminal_and_the_page(trunca
     assert re.search(r"part-0\.parquet</td><td class=\"text\">[^<]+</td><td class=\"text\">unknown</td>", shown), shown
 
 
+@pytest.mark.slow
 def test_a_shard_with_a_readable_footer_keeps_its_rows_and_a_partial_total_is_a_lower_bound(dumps):
     out = dumps["root"] / "out-mixed"
     result = eval_cli(dumps["mixed"], out, "--kind", "probs", "--on-bad-shard", "skip")
@@ -171,6 +174,7 @@ def plain_run(dumps):
     return out, result
 
 
+@pytest.mark.slow
 def test_a_pandas_dump_is_not_a_data_problem_for_its_checksums(plain_run, frame):
     out, result = plain_run
     page = (out / "report.html").read_text()
@@ -189,6 +193,7 @@ def test_a_pandas_dump_is_not_a_data_problem_for_its_checksums(plain_run, frame)
     assert overall["ce_mean"] == pytest.approx(log_loss(frame["label"], probs, labels=range(10)), rel=1e-12)
 
 
+@pytest.mark.slow
 def test_the_readme_shows_how_to_write_shards_with_checksums(tmp_path, monkeypatch):
     blocks = [body for _, body in marked_blocks("CHECKSUMS", "python")]
     assert len(blocks) == 1
@@ -221,6 +226,7 @@ def logits_run(dumps):
     return out, result
 
 
+@pytest.mark.slow
 def test_probabilities_read_as_logits_are_flagged_in_metadata_and_on_the_page(logits_run, dumps):
     out, result = logits_run
     assert "look like probabilities" in result.stderr
@@ -232,6 +238,7 @@ def test_probabilities_read_as_logits_are_flagged_in_metadata_and_on_the_page(lo
     assert 'id="warning-probability_like"' in shown and WARNING_TEXT in shown
 
 
+@pytest.mark.slow
 def test_xent_report_redraws_the_warning_from_the_tables(logits_run, tmp_path):
     out, _ = logits_run
     html = tmp_path / "again.html"
@@ -240,6 +247,7 @@ def test_xent_report_redraws_the_warning_from_the_tables(logits_run, tmp_path):
     assert WARNING_TEXT in verdict(html.read_text())
 
 
+@pytest.mark.slow
 def test_a_report_read_with_the_right_kind_has_no_warning(plain_run):
     out, _ = plain_run
     metadata = pq.read_schema(out / "summary.parquet").metadata
@@ -247,6 +255,7 @@ def test_a_report_read_with_the_right_kind_has_no_warning(plain_run):
     assert "look like probabilities" not in (out / "report.html").read_text()
 
 
+@pytest.mark.slow
 def test_a_nightly_run_flags_probabilities_read_as_logits(dumps, tmp_path):
     shutil.copytree(dumps["plain"], tmp_path / "dumps" / "date=2026-01-02")
     config = {"report_root": str(tmp_path / "reports"),
@@ -263,6 +272,8 @@ def test_a_nightly_run_flags_probabilities_read_as_logits(dumps, tmp_path):
 # --------------------------------------------------------------------------- as a person sees the pages
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 @pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
 def test_the_pages_read_right_in_chromium(truncated_run, plain_run, logits_run):
     with chromium(1280, 900) as driver:

@@ -95,6 +95,7 @@ def test_accuracy_near_one_has_its_upper_bound_clipped_at_one(client, tmp_path, 
     assert "bounds clipped to each metric's range" in html.unescape((out / "report.html").read_text())
 
 
+@pytest.mark.slow
 def test_compare_clips_a_difference_to_its_own_range(client, tmp_path):
     """An accuracy difference lies in [-1, 1]: a candidate right on every row against a
     baseline right on 3 of 100 has a paired t-interval past 1, reported as 1.0."""
@@ -219,6 +220,7 @@ def digits_dumps(tmp_path_factory) -> dict[str, str]:
     return out
 
 
+@pytest.mark.slow
 def test_drift_counts_infinite_rows_and_smoothing_lets_a_threshold_pass(client, digits_dumps, tmp_path, capsys):
     """Exact per-sample KL of a RandomForest against a LogisticRegression is inf, so any
     threshold breaches (exit 3): the terminal, drift.parquet and the page say how many
@@ -314,6 +316,8 @@ def test_auc_error_of_the_trials_logistic_regression_is_as_the_readme_says(clien
         assert float(f"{got:.1e}") == pytest.approx(claimed, rel=1e-9), (claimed, got)
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 @pytest.mark.skipif(__import__("browser").MISSING is not None, reason="needs chromium and chromium-driver")
 def test_the_auc_card_shows_the_binning_bound_in_chromium(client, digits_dumps, tmp_path):
     """With exact AUC off, the evaluation page's AUC card says its binning bound (from

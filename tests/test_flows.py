@@ -12,7 +12,7 @@ import yaml
 from numpy.testing import assert_allclose
 from scipy.special import log_softmax, rel_entr
 
-from conftest import run_without_prefect
+from support import run_without_prefect
 from flows.runs.adhoc import eval_steps
 from flows.cli import main
 from flows.config import DriftConfig, EvalConfig, NightlyConfig, build_config
@@ -33,6 +33,7 @@ def probabilities(arrays):
 # --------------------------------------------------------------------------- ad hoc
 
 
+@pytest.mark.slow
 def test_eval_flow_matches_the_plain_steps(tmp_path):
     dump = generate_dump(tmp_path / "dump", rows=3000, classes=4, shards=3, slices={"model": ["a", "b"]}, seed=1)
     config = EvalConfig(sources=[dump.root], slice_by=["model"])
@@ -50,6 +51,7 @@ def test_eval_flow_matches_the_plain_steps(tmp_path):
                 assert_allclose(a.column(column).to_numpy(), b.column(column).to_numpy(), rtol=1e-13)
 
 
+@pytest.mark.slow
 def test_eval_without_prefect_never_imports_it(tmp_path):
     """`xent eval --no-prefect` runs the same steps without importing Prefect at all."""
     dump = generate_dump(tmp_path / "dump", rows=500, classes=3, shards=2, seed=2)
@@ -94,6 +96,7 @@ def drift_rows(path):
     return {(r["model"], r["metric"], r["class"]): r for r in pq.read_table(path).to_pylist()}
 
 
+@pytest.mark.slow
 def test_no_drift_gives_zero_and_completes(tmp_path):
     reference, current = drift_dumps(tmp_path, drift=0.0)
     config = drift_config(reference, current, kl_per_sample=1e-9, marginal_js=1e-9, confidence_psi=1e-9)
@@ -107,6 +110,7 @@ def test_no_drift_gives_zero_and_completes(tmp_path):
     assert rows[(None, "n_matched", None)]["value"] == 6000
 
 
+@pytest.mark.slow
 def test_drift_matches_numpy_and_breaches(tmp_path, capsys):
     reference, current = drift_dumps(tmp_path, drift=1.0, current_rows=5000)  # ids 5000..5999 only in the reference
     config = drift_config(reference, current, kl_per_sample=0.05)

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import flows
 
 FLOWS = Path(flows.__file__).resolve().parent
@@ -23,6 +25,7 @@ def _modules() -> list[str]:
     return sorted(names)
 
 
+@pytest.mark.slow
 def test_importing_any_module_sets_no_environment_and_creates_no_folder_of_its_own(tmp_path):
     home, tmp = tmp_path / "home", tmp_path / "tmp"
     home.mkdir()

@@ -64,6 +64,7 @@ def overall(report) -> dict:
     return next(r for r in report.tables["summary"].to_pylist() if r["overall"])
 
 
+@pytest.mark.slow
 def test_every_section_of_a_sliced_report_with_its_numbers(reports):
     report = reports["c10"]
     render_html(report.tables)  # the vega bundle is built or read once
@@ -205,6 +206,7 @@ def test_a_report_in_bits_says_bits(reports):
     assert overall(bits)["accuracy"] == overall(nats)["accuracy"]
 
 
+@pytest.mark.slow
 def test_a_report_without_integrity_metadata_claims_no_checksums(reports):
     """An old report folder, written before ``xent.integrity``: no problem to list, and
     no claim that checksums were verified."""
@@ -272,6 +274,7 @@ def test_names_are_escaped_and_problems_listed(reports):
         [bad[0]["file"], bad[0]["reason"], "unknown"]]  # a truncated file: its footer is unreadable
 
 
+@pytest.mark.slow
 def test_eval_writes_the_page_in_its_manifest_and_report_renders_a_folder(reports, tmp_path, capsys):
     dump = generate_dump(tmp_path / "dump", rows=3_000, classes=3, shards=2, seed=4)
     out = tmp_path / "report"
@@ -296,6 +299,8 @@ def test_notebooks_get_the_page_in_an_iframe(reports):
     assert shown.startswith("<iframe srcdoc=") and "<script>" not in shown
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 @pytest.mark.skipif(MISSING is not None and not os.environ.get("CI"), reason=f"headless browser test {MISSING}")
 def test_pages_in_headless_chromium(reports, tmp_path):
     with chromium() as driver:
@@ -329,6 +334,8 @@ def test_pages_in_headless_chromium(reports, tmp_path):
             assert console_errors(driver) == [], name
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 @pytest.mark.skipif(MISSING is not None and not os.environ.get("CI"), reason=f"headless browser test {MISSING}")
 def test_the_screenshot_script_writes_a_png_per_page_kind():
     written = write_screenshots(SCREENSHOTS)  # listed at the end of the test run (conftest)

@@ -178,6 +178,7 @@ def test_many_classes_show_the_largest_increases_and_count_the_rest(result):
         r["ce_mean_diff"] for r in classes[:2]]
 
 
+@pytest.mark.slow
 def test_compare_result_writes_its_page_and_shows_in_a_notebook(result, tmp_path):
     paths = result.write(tmp_path / "out")
     assert set(paths) == {"compare"}
@@ -193,6 +194,7 @@ def test_compare_result_writes_its_page_and_shows_in_a_notebook(result, tmp_path
 # --------------------------------------------------------------------------- the CLI
 
 
+@pytest.mark.slow
 def test_xent_compare_writes_the_page_breach_or_not_and_xent_report_renders_it(dumps, tmp_path, capsys):
     baseline, candidate = dumps
     gate_file = tmp_path / "gate.yaml"
@@ -228,6 +230,7 @@ def test_xent_compare_writes_the_page_breach_or_not_and_xent_report_renders_it(d
     assert "compare-slice-table" not in page  # not sliced
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("prefect_harness")
 def test_xent_compare_through_the_flow_writes_the_page_when_a_gate_is_breached(dumps, tmp_path, capsys):
     baseline, candidate = dumps
@@ -246,6 +249,8 @@ def test_xent_compare_through_the_flow_writes_the_page_when_a_gate_is_breached(d
 # --------------------------------------------------------------------------- in the browser
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 @pytest.mark.skipif(MISSING is not None and not os.environ.get("CI"), reason=f"headless browser test {MISSING}")
 def test_the_compare_page_in_headless_chromium(result, tmp_path):
     from selenium.webdriver.common.by import By

@@ -163,6 +163,7 @@ def test_within_thresholds_is_a_passing_check_and_html_names_stay_text(written):
     assert f"model={XSS_SLICE}" in {cells[0]["text"] for cells in Tables(page).rows("drift-table")}  # shown as text
 
 
+@pytest.mark.slow
 def test_many_slices_and_classes_are_summed_up(tmp_path, client):
     """8 slices (> 6) are charted together only; 40 classes (> 30) in the marginals and
     the per-class KL (max_classes) are cut, saying how many are left out."""
@@ -226,6 +227,8 @@ def test_notebooks_get_the_drift_page_in_an_iframe(written):
     assert shown.startswith("<iframe srcdoc=") and "<script>" not in shown and "drift-table" in shown
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 @pytest.mark.skipif(MISSING is not None and not os.environ.get("CI"), reason=f"headless browser test {MISSING}")
 def test_the_drift_page_in_headless_chromium(written, tmp_path):
     from selenium.webdriver.common.by import By

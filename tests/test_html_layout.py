@@ -27,7 +27,8 @@ from browser import (
     open_page,
 )
 
-pytestmark = pytest.mark.skipif(MISSING is not None and not os.environ.get("CI"), reason=f"headless browser test {MISSING}")
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(MISSING is not None and not os.environ.get("CI"), reason=f"headless browser test {MISSING}")]
 
 DAYS = ("2026-11-22", "2026-11-23")
 WIDTHS = (1280, 800)
@@ -71,6 +72,7 @@ def charts_of(path: Path) -> int:
     return path.read_text(encoding="utf-8").count('data-chart="')
 
 
+@pytest.mark.slow
 def test_infinite_values_are_marked_and_named_on_every_chart(pages):
     """The classes whose CE or KL is infinite (checked with numpy on the dumps' rows) get
     an ∞ mark at the axis edge of each chart that draws them, and a note naming them."""
@@ -117,6 +119,7 @@ def test_infinite_values_are_marked_and_named_on_every_chart(pages):
                 assert ce.text == "∞", kind
 
 
+@pytest.mark.slow
 def test_no_sentence_is_glued_to_the_next(pages):
     """"…all classes per slice.24 per-class rows…" (the gate section) and the like on every page."""
     with chromium(1280, 900) as driver:
@@ -125,6 +128,7 @@ def test_no_sentence_is_glued_to_the_next(pages):
             assert glued_sentences(driver) == [], kind
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("width", WIDTHS)
 def test_every_page_fits_its_window(pages, width):
     """No horizontal overflow of the document, every table's last column reachable by

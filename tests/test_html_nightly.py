@@ -117,6 +117,7 @@ def third_day(nightly):
     return out.getvalue().strip().splitlines()
 
 
+@pytest.mark.slow
 def test_each_run_page_is_in_its_manifest_and_report_root_stays_parquet(nightly, third_day):
     for day in DAYS:
         for source in SOURCES:
@@ -281,6 +282,7 @@ def synthetic_history(dates: int, sources: int, slices: int, drift: dict[str, fl
     return pa.Table.from_pylist(rows)
 
 
+@pytest.mark.slow
 def test_history_page_of_60_dates_3_sources_5_slices_stays_small():
     history = synthetic_history(60, 3, 5)
     render_history_html(history)  # the vega bundle is built or read once
@@ -294,6 +296,7 @@ def test_history_page_of_60_dates_3_sources_5_slices_stays_small():
     assert "history-dates-left-out" not in page
 
 
+@pytest.mark.slow
 def test_a_year_of_history_draws_the_latest_dates_and_reads_only_them(tmp_path):
     """365 run dates x 2 sources x 20 slices as real metrics.parquet files: the reader
     reads only the latest MAX_DATES dates (an unreadable older file is never opened), and
@@ -355,6 +358,7 @@ def test_every_drift_metric_with_a_threshold_is_drawn():
         "mean CE", "accuracy", "ECE", "kl_per_sample", "marginal_js", "confidence_psi", "confidence_js", "marginal_kl"]
 
 
+@pytest.mark.slow
 def test_first_run_in_bits_without_reference_or_baseline(tmp_path):
     """A source in bits, first run: its gate has no baseline and its drift no reference;
     the page says both were not checked, and shows bits on the cards and the trends."""
@@ -383,6 +387,8 @@ def test_first_run_in_bits_without_reference_or_baseline(tmp_path):
     assert {v["metric"] for v in trend_values(page)} == {"mean CE (bits)", "accuracy", "ECE"}
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 @pytest.mark.skipif(MISSING is not None and not os.environ.get("CI"), reason=f"headless browser test {MISSING}")
 def test_nightly_and_history_pages_in_headless_chromium(nightly, third_day, tmp_path):
     from selenium.webdriver.common.by import By

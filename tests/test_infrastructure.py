@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from distributed import Client
 
-from conftest import cli_env, dask_cluster, free_port, run_cli, start_process, wait_until, xent_command
+from support import cli_env, dask_cluster, free_port, run_cli, start_process, wait_until, xent_command
 from flows.generate import generate_dump
 from flows.report.writing import read_manifest
 
@@ -50,6 +50,7 @@ def assert_infrastructure(result, *words: str) -> None:
         assert word in lines[0], (word, lines[0])
 
 
+@pytest.mark.slow
 @needs_root
 def test_disk_full_keeps_the_old_report_and_exits_4(dump, tmp_path, prefect_home):
     with tmpfs(tmp_path / "small", "4m") as disk:  # a report (page included) fits twice
@@ -66,6 +67,7 @@ def test_disk_full_keeps_the_old_report_and_exits_4(dump, tmp_path, prefect_home
         assert sorted(p.name for p in disk.iterdir()) == ["filler", "report"]
 
 
+@pytest.mark.slow
 @needs_root
 def test_disk_full_while_redrawing_a_page_leaves_the_report_as_it_was(dump, tmp_path, prefect_home):
     """`xent report DIR` (the page into the folder, or --html elsewhere) on a full disk:
@@ -86,6 +88,7 @@ def test_disk_full_while_redrawing_a_page_leaves_the_report_as_it_was(dump, tmp_
         assert sorted(p for p in disk.rglob("*") if p.is_file()) == sorted([disk / "filler", *(out / n for n in before)])
 
 
+@pytest.mark.slow
 @needs_root
 def test_read_only_output_exits_4(dump, tmp_path, prefect_home):
     with tmpfs(tmp_path / "ro", "1m", read_only=True) as disk:
@@ -94,6 +97,7 @@ def test_read_only_output_exits_4(dump, tmp_path, prefect_home):
         assert_infrastructure(result, f"cannot write {out}", "read-only file system")
 
 
+@pytest.mark.slow
 def test_unreachable_object_store_exits_4(tmp_path, prefect_home):
     endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     config = tmp_path / "s3.yaml"
@@ -109,6 +113,7 @@ def test_unreachable_object_store_exits_4(tmp_path, prefect_home):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_unreachable_scheduler_exits_4(dump, tmp_path, prefect_home):
     address = f"tcp://127.0.0.1:{free_port()}"
     result = run_cli(["eval", dump.root, "--out", str(tmp_path / "out"), "--no-prefect", "--scheduler", address],
@@ -116,6 +121,8 @@ def test_unreachable_scheduler_exits_4(dump, tmp_path, prefect_home):
     assert_infrastructure(result, f"cannot reach the Dask scheduler at {address}")
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_scheduler_lost_mid_run_exits_4(tmp_path, prefect_home):
     dump = generate_dump(tmp_path / "dump", rows=400_000, classes=10, shards=64, seed=5)
     config = tmp_path / "small-batches.yaml"

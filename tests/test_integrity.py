@@ -28,7 +28,7 @@ from flows.inputs.integrity import (
 from flows.inputs.sources import filesystem
 from flows.metadata import INTEGRITY_KEY
 
-from conftest import RecordingHTTPServer, assert_same_report, child_env, moto_server, run_cli
+from support import RecordingHTTPServer, assert_same_report, child_env, moto_server, run_cli
 
 
 # --------------------------------------------------------------------------- helpers
@@ -88,6 +88,7 @@ def inspect(path: Path, columns: list[str] | None = None) -> bool:
 # --------------------------------------------------------------------------- flipped bytes are caught
 
 
+@pytest.mark.slow
 def test_flipped_bytes_in_logits_pages_fail_the_evaluation_every_time(tmp_path, capsys):
     dump = generate_dump(tmp_path / "dump", rows=8000, classes=10, shards=2, row_group_rows=1000, seed=1)
     logits_pages = [(Path(f), p) for f in dump.files for p in pages(Path(f), "logits") if p["type"] == 0]
@@ -112,6 +113,7 @@ def test_flipped_bytes_in_logits_pages_fail_the_evaluation_every_time(tmp_path, 
     assert not (tmp_path / "cli-out").exists()
 
 
+@pytest.mark.slow
 def test_flipped_dictionary_page_and_unread_column(tmp_path, capsys):
     """A flip in a dictionary page is caught when the column is read; a column that is
     not read is not checked and does not change the report."""
@@ -164,6 +166,7 @@ def test_skipped_corrupt_shard_is_listed_and_counted(tmp_path, capsys):
 # --------------------------------------------------------------------------- files without checksums
 
 
+@pytest.mark.slow
 def test_dump_without_checksums_is_evaluated_and_reported_unverified(tmp_path, capsys):
     dump = generate_dump(tmp_path / "dump", rows=4000, classes=4, shards=2, seed=5)
     assert main(["eval", dump.root, "--out", str(tmp_path / "checked"), "--no-prefect"]) == 0
@@ -192,6 +195,7 @@ def test_dump_without_checksums_is_evaluated_and_reported_unverified(tmp_path, c
     assert ce[0] != ce[1]
 
 
+@pytest.mark.slow
 def test_s3_files_are_verified_and_a_flip_is_caught(tmp_path, capsys, monkeypatch):
     """The footer and page-header reads are ranged reads through fsspec: S3 works too."""
     s3fs = pytest.importorskip("s3fs")
@@ -267,6 +271,7 @@ def test_footer_row_count_flipped_lower_is_a_data_error(tmp_path, capsys):
     assert f"{file}: its footer says 4000 rows but its row groups hold {4000 - (1 << (bit - 1))}" in err
 
 
+@pytest.mark.slow
 def test_footer_flip_that_aborts_pyarrow_metadata_is_a_data_error(tmp_path):
     """A label column flipped from optional to required in the footer's schema makes
     pyarrow's RowGroupMetaData.column() abort the process (a C++ exception it does not

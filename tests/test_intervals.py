@@ -56,6 +56,7 @@ def truth():
     return float(np.concatenate(ce).mean()), float(np.concatenate(correct).mean())
 
 
+@pytest.mark.slow
 def test_intervals_cover_the_true_value():
     """500 repetitions of 2,000 rows (one slice each, buckets from the row id): the
     95% interval of mean CE and of accuracy covers the truth in 92-98% of them."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -83,6 +84,7 @@ def dist_pair(draw, allow_zeros=True):
 # --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(dist_pair())
 def test_kl_nonnegative(case):
@@ -108,6 +110,7 @@ def test_kl_self_is_zero(case):
     assert_allclose(out, 0.0, atol=1e-12, rtol=0)
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(dist_pair())
 def test_cross_entropy_is_entropy_plus_kl(case):
@@ -137,6 +140,7 @@ def logits_with_shift(draw):
     return logits, shift, labels, target
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(logits_with_shift())
 def test_ce_invariant_to_row_constant(case):
@@ -204,6 +208,7 @@ def test_reductions_consistent_with_rows(case):
 # --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(dist_pair())
 def test_js_symmetric_and_bounded(case):
@@ -246,6 +251,7 @@ def test_uniform_entropy_is_log_c(n, c):
 # --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(
     hnp.arrays(np.float64, st.integers(1, 20), elements=st.floats(-50, 50)),

@@ -22,7 +22,7 @@ import pytest
 import yaml
 from distributed import Client
 
-from conftest import assert_same_report, cli_env, dask_cluster, run_cli, wait_until
+from support import assert_same_report, cli_env, dask_cluster, run_cli, wait_until
 from flows.config import EvalConfig, build_config
 from flows.engine import wait_all, dask_client, evaluate
 from flows.errors import InfrastructureError, UsageError
@@ -90,6 +90,7 @@ def task_peak(warm: str, folder: str, batch_logits: int) -> dict:
     return json.loads(result.stdout)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc to measure peak RSS")
 def test_a_task_peak_is_set_by_batch_logits_not_by_the_row_group(tmp_path):
     # One row group per file, of 250k and 2M rows of 20 float32 logits (20 MB and
@@ -110,6 +111,8 @@ def test_a_task_peak_is_set_by_batch_logits_not_by_the_row_group(tmp_path):
 # --------------------------------------------------------------------------- capped workers finish
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_workers_capped_in_memory_finish_with_the_local_report(tmp_path, prefect_home):
     """500 MiB workers pause at 400 MiB. An xent worker holds about 300 MiB before it
     reads anything (Numba's compiled kernel, pyarrow); reading 2 M values at a time
@@ -131,6 +134,8 @@ def test_workers_capped_in_memory_finish_with_the_local_report(tmp_path, prefect
     assert_same_report(read_report(tmp_path / "out"), {name: pq.read_table(path) for name, path in local.items()})
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_workers_killed_at_their_memory_limit_fail_the_run_with_exit_4(tmp_path, prefect_home):
     """A worker holds about 300 MiB once it has loaded the kernel: capped at 256 MiB, its
     nanny restarts it on every try, and Dask gives up on the piece (KilledWorker)."""
@@ -150,6 +155,8 @@ def test_workers_killed_at_their_memory_limit_fail_the_run_with_exit_4(tmp_path,
 STALL = 3  # seconds
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_paused_workers_fail_the_run_with_exit_4_naming_the_memory_limit(tmp_path, prefect_home, monkeypatch):
     # Workers pause at 15% of 1 GiB (154 MiB): idle they run (about 60 MiB), but after
     # their first task has loaded xent they stay paused for good.
@@ -170,6 +177,8 @@ def test_paused_workers_fail_the_run_with_exit_4_naming_the_memory_limit(tmp_pat
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_a_cluster_without_workers_fails_naming_it(tmp_path):
     dump = generate_dump(tmp_path / "dump", rows=2_000, classes=3, shards=2, seed=8)
     with dask_cluster(tmp_path / "cluster", n_workers=1, nanny=False) as cluster:
@@ -190,6 +199,7 @@ def blocked_task() -> None:
     RELEASE.wait(60)
 
 
+@pytest.mark.slow
 def test_a_blocked_task_fails_the_wait_and_is_cancelled():
     with dask_client(None) as client:
         try:

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import run_without_prefect
+from support import run_without_prefect
 from doc_blocks import marked_blocks
 from flows.cli import main
 from flows.config import EvalConfig, NightlyConfig, build_config, render_path
@@ -54,6 +54,7 @@ def stdout_lines(capsys) -> list[str]:
 # --------------------------------------------------------------------------- flow, history, re-runs
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("prefect_harness")
 def test_nightly_history_rerun_and_replace(tmp_path):
     make_dumps(tmp_path)
@@ -75,6 +76,7 @@ def test_nightly_history_rerun_and_replace(tmp_path):
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no staging left
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("prefect_harness")
 def test_rerun_of_a_breached_date_exits_3_again(tmp_path, capsys):
     make_dumps(tmp_path)
@@ -93,6 +95,7 @@ def test_rerun_of_a_breached_date_exits_3_again(tmp_path, capsys):
     assert main([*args, "--no-prefect"]) == 3 and stdout_lines(capsys) == second
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("prefect_harness")
 def test_missing_reference_and_missing_dump_do_not_stop_the_others(tmp_path, capsys):
     """21st: no dump (data error); 22nd: no previous dump (no reference); 23rd: drift."""
@@ -129,6 +132,7 @@ def test_exit_code_is_the_highest_among_outcomes():
     assert "js too high" in str(worst) and "bad shard" in str(worst) and len(worst.outcomes) == 3
 
 
+@pytest.mark.slow
 def test_nightly_without_prefect_never_imports_it(tmp_path):
     """`xent nightly --no-prefect` runs the same steps without importing Prefect, and
     bad dates fail (exit 2) before anything is imported or read."""
@@ -217,6 +221,7 @@ def metrics_files(root: Path) -> list[Path]:
     return sorted(root.rglob("*.parquet"))
 
 
+@pytest.mark.slow
 def test_history_reads_with_duckdb(history):
     files = metrics_files(history)
     assert [f.name for f in files] == [METRICS_FILE] * 4  # the wide tables live elsewhere
@@ -282,6 +287,7 @@ def artifacts_and_name(state) -> tuple[list[str], str]:
         return sorted(a.key for a in artifacts), client.read_flow_run(run_id).name
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("prefect_harness")
 def test_two_dumps_with_the_same_shard_names_publish_under_different_keys(tmp_path):
     keys = []
@@ -296,6 +302,7 @@ def test_two_dumps_with_the_same_shard_names_publish_under_different_keys(tmp_pa
     assert keys[0] != keys[1]
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("prefect_harness")
 def test_nightly_artifacts_and_run_name_name_source_and_date(tmp_path):
     make_dumps(tmp_path)

@@ -204,6 +204,7 @@ def breach_lines(capsys) -> tuple[list[str], list[str]]:
 CE_GATE = {"metric": "ce_mean", "max_increase": 0.01, "mode": "interval"}
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_worse_model_breaches_and_a_rerun_cannot_hide_it(tmp_path, capsys):
     """Day 1: no baseline, passes. Day 2: a clearly worse model for prod (exit 3, naming
@@ -265,6 +266,7 @@ def test_a_worse_model_breaches_and_a_rerun_cannot_hide_it(tmp_path, capsys):
             assert np.array_equal(got, want, equal_nan=True), name
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("prefect_harness")
 def test_same_model_passes_in_interval_mode_point_mode_flags_every_increase(tmp_path, capsys):
     make_same_model_days(tmp_path)
@@ -286,6 +288,7 @@ def test_same_model_passes_in_interval_mode_point_mode_flags_every_increase(tmp_
     assert all("(point): " in line and "the difference is above +0" in line for line in breaches)
 
 
+@pytest.mark.slow
 def test_pinned_baseline_date_against_previous(tmp_path, capsys):
     """Day 1 good, days 2 and 3 the same worse model: against the previous run day 3
     passes; against day 1 pinned, days 2 and 3 breach and day 1 is the baseline itself."""
@@ -315,6 +318,7 @@ def test_pinned_baseline_date_against_previous(tmp_path, capsys):
     assert outcome.gate.detail.startswith("no stored state ") and STATE_FILE in outcome.gate.detail
 
 
+@pytest.mark.slow
 def test_a_baseline_with_other_classes_is_reported_not_compared(tmp_path, capsys):
     make_day(tmp_path, DAYS[0], seed=1, classes=3)
     make_day(tmp_path, DAYS[1], seed=2, classes=4)

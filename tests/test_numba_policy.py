@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 from numba import njit
 
 import xent_kernels
@@ -29,6 +30,7 @@ def run_python(code: str, env_extra: dict[str, str], cwd: Path) -> str:
     return result.stdout
 
 
+@pytest.mark.slow
 def test_kernels_import_no_dask_prefect_or_pyarrow(tmp_path):
     out = run_python(
         """
@@ -62,6 +64,7 @@ def test_fastmath_policy_keeps_nan_and_inf_meaningful():
     assert first_nonfinite_row(z) == 2
 
 
+@pytest.mark.slow
 def test_cache_works_from_a_read_only_install(tmp_path):
     """A copy of the package in a read-only folder compiles once into the cache
     folder and loads from it in a second process."""

@@ -22,7 +22,7 @@ s3fs = pytest.importorskip("s3fs")
 boto3 = pytest.importorskip("boto3")
 pytest.importorskip("flask", reason="moto's standalone server needs moto[server]")
 
-from conftest import RecordingHTTPServer, assert_same_report, cli_env, moto_server, run_cli  # noqa: E402
+from support import RecordingHTTPServer, assert_report_matches, assert_same_report, cli_env, expected_report, moto_server, run_cli  # noqa: E402
 from flows.config import EvalConfig  # noqa: E402
 from flows.engine import dask_client, evaluate  # noqa: E402
 from flows.generate import generate_dump  # noqa: E402
@@ -32,7 +32,6 @@ from flows.api import Report  # noqa: E402
 from flows.report.writing import read_manifest, write_tables_atomically  # noqa: E402
 from flows.inputs.sources import filesystem, list_inputs  # noqa: E402
 from oracle import load_arrays  # noqa: E402
-from test_engine import assert_report_matches, expected_report  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -114,6 +113,7 @@ def config(sources: list[str], **settings) -> EvalConfig:
     return EvalConfig(sources=sources, slice_by=list(SLICE_BY), weight_col="weight", **settings)
 
 
+@pytest.mark.slow
 def test_s3_dump_evaluates_like_the_local_one(s3, client, dumps, tmp_path):
     local, remote = dumps
     relative = sorted(f.removeprefix(local.root).lstrip("/") for f in local.files)
@@ -140,6 +140,7 @@ def test_s3_dump_evaluates_like_the_local_one(s3, client, dumps, tmp_path):
     assert json.loads(report["summary"].schema.metadata[b"xent.config"])["sources"] == [remote.root]
 
 
+@pytest.mark.slow
 def test_fingerprint_carries_the_objects_etags(s3, client, dumps):
     _, remote = dumps
     evaluation = evaluate(config([remote.root], storage_options=s3.storage_options), client)
@@ -156,6 +157,7 @@ def test_fingerprint_carries_the_objects_etags(s3, client, dumps):
     assert fingerprint["bytes"] == sum(f["size"] for f in fingerprint["files"])
 
 
+@pytest.mark.slow
 def test_fingerprint_changes_with_the_content(s3):
     url = f"s3://{BUCKET}/rewritten/"
     small = dict(rows=2000, classes=3, shards=2, storage_options=s3.storage_options)
@@ -170,6 +172,7 @@ def test_fingerprint_changes_with_the_content(s3):
     assert [f.version for f in second] == [f.version for f in third]  # same bytes, same ETag
 
 
+@pytest.mark.slow
 def test_single_file_source_sees_an_object_replaced_by_another_writer(s3, client):
     url = f"s3://{BUCKET}/replaced/"
     generate_dump(url, rows=2000, classes=3, shards=2, seed=1, storage_options=s3.storage_options)
@@ -190,6 +193,7 @@ def prefect_home(tmp_path_factory):
     return tmp_path_factory.mktemp("prefect-home")
 
 
+@pytest.mark.slow
 def test_cli_reads_s3_with_storage_options_from_config(s3, dumps, prefect_home, tmp_path):
     local, remote = dumps
     out = tmp_path / "report"
@@ -203,6 +207,7 @@ def test_cli_reads_s3_with_storage_options_from_config(s3, dumps, prefect_home, 
 
 
 # A missing source through the Prefect flow (the default; ~15 s) and through the plain steps.
+@pytest.mark.slow
 @pytest.mark.parametrize("where, prefect", [("missing prefix", True), ("missing prefix", False), ("missing bucket", False)])
 def test_cli_missing_s3_source_is_a_data_error(s3, prefect_home, tmp_path, where, prefect):
     url = f"s3://{BUCKET}/no-such-dump/" if where == "missing prefix" else "s3://xent-no-such-bucket/dump/"
@@ -215,6 +220,7 @@ def test_cli_missing_s3_source_is_a_data_error(s3, prefect_home, tmp_path, where
     assert not (tmp_path / "report").exists()
 
 
+@pytest.mark.slow
 def test_cli_writes_the_report_to_s3(s3, dumps, prefect_home, tmp_path):
     _, remote = dumps
     out = f"s3://{BUCKET}/reports/cli/"
@@ -225,6 +231,7 @@ def test_cli_writes_the_report_to_s3(s3, dumps, prefect_home, tmp_path):
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stderr[-2000:]}"
 
 
+@pytest.mark.slow
 def test_report_metadata_holds_no_credentials(s3, client, dumps):
     _, remote = dumps
     evaluation = evaluate(config([remote.root], storage_options=s3.storage_options), client)

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import LOOPBACK, ServerProcess, cli_env, free_port, run_cli, start_process, wait_until
+from support import LOOPBACK, ServerProcess, cli_env, free_port, run_cli, start_process, wait_until
 from flows.generate import generate_dump
 
 RUN_DATE = "2026-11-23"
@@ -141,6 +141,7 @@ def test_serve_needs_prefect_api_url(tmp_path):
     assert "Traceback" not in result.stderr, result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_serve_schedules_and_runs_nightly_flow(tmp_path):
     from prefect.client.orchestration import get_client

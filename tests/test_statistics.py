@@ -279,7 +279,7 @@ def reference_case(kind: str, n_classes: int):
     return partial(inputs).finalize(), rows
 
 
-@pytest.mark.parametrize("n_classes", [3, 10, 50])  # narrow (vertical and scatter) and wide
+@pytest.mark.parametrize("n_classes", [3, pytest.param(10, marks=pytest.mark.slow), pytest.param(50, marks=pytest.mark.slow)])  # narrow (vertical and scatter) and wide
 @pytest.mark.parametrize("kind", ["logits", "probs", "log_probs"])
 @pytest.mark.parametrize("statistic", STATISTICS, ids=IDS)
 def test_statistic_matches_its_reference(statistic, kind, n_classes):
@@ -358,6 +358,7 @@ def inputs_and_cuts(draw):
     return inputs, [0, *cuts, n]
 
 
+@pytest.mark.slow
 @settings(suppress_health_check=[HealthCheck.too_slow])
 @given(inputs_and_cuts(), st.randoms(use_true_random=False))
 def test_every_statistic_is_independent_of_sharding(data, random):

@@ -43,7 +43,7 @@ def assert_matches_reference(report, cells, slices, rtol):
         assert_allclose(report.predicted_marginal[s], expected["marginal"], rtol=rtol, atol=1e-14)
 
 
-@pytest.mark.parametrize("n_classes", [2, 10, 33, 1000])
+@pytest.mark.parametrize("n_classes", [2, 10, 33, pytest.param(1000, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("kind", ["logits", "probs", "log_probs"])
 def test_against_float64_reference(n_classes, kind):
     rng = np.random.default_rng(n_classes)
@@ -64,7 +64,7 @@ def test_against_float64_reference(n_classes, kind):
     assert report.per_slice["n_nonfinite"].sum() == (labels[5] >= 0)
 
 
-@pytest.mark.parametrize("n_classes", [2, 10, 33, 1000])
+@pytest.mark.parametrize("n_classes", [2, 10, 33, pytest.param(1000, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("kind", ["logits", "probs"])
 def test_eps_clips_the_true_class_probability(n_classes, kind):
     rng = np.random.default_rng(n_classes + 7)
@@ -207,6 +207,7 @@ def data_and_cuts(draw):
     return pred, labels, weights, slice_ids, [0, *cuts, n]
 
 
+@pytest.mark.slow
 @settings(suppress_health_check=[HealthCheck.too_slow])
 @given(data_and_cuts(), st.randoms(use_true_random=False))
 def test_any_sharding_gives_the_same_report(data, random):
@@ -225,6 +226,7 @@ def test_any_sharding_gives_the_same_report(data, random):
     assert np.array_equal(whole.row_counts, parts[0].row_counts)
 
 
+@pytest.mark.slow
 @given(data_and_cuts())
 def test_merge_is_commutative_associative_with_identity(data):
     pred, labels, weights, slice_ids, cuts = data

@@ -70,7 +70,7 @@ CASES = [make_case(seed, n_classes, kind)
          for seed in range(4) for n_classes in (3, 10, 50) for kind in ("logits", "probs", "log_probs")]
 
 
-@pytest.mark.parametrize("workers", [4, 8])
+@pytest.mark.parametrize("workers", [4, pytest.param(8, marks=pytest.mark.slow)])
 def test_threads_give_the_serial_results(workers):
     serial = [run_all(case) for case in CASES]  # also compiles every path first
     order = list(range(len(CASES))) * 3
