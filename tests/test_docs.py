@@ -59,6 +59,7 @@ def test_each_marker_has_blocks_and_a_test_that_runs_them(marker):
     assert f'marked_blocks("{marker}"' in (ROOT / MARKERS[marker]).read_text()
 
 
+@pytest.mark.slow  # about 6 s warm, 2 min with a cold Numba cache
 def test_the_readmes_uses_run(tmp_path, monkeypatch, capsys):
     """The README's "The uses" blocks, in order, in an empty folder: each command exits 0
     and the Python block prints the report; the numbers are NumPy's on the dump."""
@@ -240,6 +241,7 @@ def test_the_exit_code_table_has_every_code():
     assert listed == sorted(codes | {130})
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None,
                     reason="mkdocs is not installed: pip install -e '.[docs]' (the test extra includes it)")
 def test_mkdocs_build_strict(tmp_path):

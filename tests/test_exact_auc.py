@@ -356,6 +356,8 @@ def test_the_trials_logistic_regression_gets_sklearns_auc_through_the_cli(client
     assert "auc: exact in 2 of 3 summary rows, binned in the others" in capsys.readouterr().out
 
 
+@pytest.mark.browser
+@pytest.mark.slow
 @pytest.mark.skipif(__import__("browser").MISSING is not None, reason="needs chromium and chromium-driver")
 def test_the_auc_card_says_exact_in_chromium(client, lr_dump, tmp_path):
     from selenium.webdriver.common.by import By

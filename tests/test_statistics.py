@@ -300,7 +300,7 @@ def test_statistic_matches_its_reference(statistic, kind, n_classes):
                         err_msg=statistic.name)
 
 
-@pytest.mark.parametrize("n_classes", [3, 10, 50])
+@pytest.mark.parametrize("n_classes", [3, pytest.param(10, marks=pytest.mark.slow), pytest.param(50, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("kind", ["logits", "probs", "log_probs"])
 def test_binned_auc_matches_its_reference(kind, n_classes):
     """The reference cases' slices are within the exact-AUC cap (the generic test checks
