@@ -32,7 +32,7 @@ def cmd_drift(args: argparse.Namespace) -> int:
     except ValidationError as error:
         raise UsageError(describe_validation_error(error, "--per-sample-smoothing")) from None
     for sources in (config.reference, config.sources):  # before Prefect starts
-        check_sources(sources, config.storage_options)
+        check_sources(sources, config.storage_options, list_files=not args.no_prefect)
     check_output(args.out)
     page = page_line(args.out)
     if args.no_prefect:

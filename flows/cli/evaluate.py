@@ -15,7 +15,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .show import print_report
 
     config = build_config(EvalConfig, args.config, eval_overrides(args))
-    check_sources(config.sources, config.storage_options)  # before Prefect starts
+    check_sources(config.sources, config.storage_options, list_files=not args.no_prefect)  # before Prefect starts
     check_output(args.out)
     started = time.perf_counter()
     if args.no_prefect:

@@ -73,9 +73,11 @@ def eval_overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def check_sources(sources: list[str], storage_options: dict[str, Any]) -> None:
-    """Each source has a known URL scheme and names Parquet files (listing only, no
-    file is opened): a missing folder fails here, before Prefect starts."""
+def check_sources(sources: list[str], storage_options: dict[str, Any], list_files: bool = True) -> None:
+    """Each source has a known URL scheme and, with `list_files`, names Parquet files
+    (listing only, no file is opened): a missing folder fails here, before Prefect
+    starts. Without Prefect the run's own listing fails as fast, so a large bucket is
+    not listed twice."""
     import fsspec
 
     from ..config import did_you_mean
@@ -86,7 +88,8 @@ def check_sources(sources: list[str], storage_options: dict[str, Any]) -> None:
         scheme, sep, _ = source.partition("://")
         if sep and scheme not in known:
             raise UsageError(f"{source}: unknown URL scheme '{scheme}://'{did_you_mean(scheme, known)}")
-    list_inputs(sources, storage_options)
+    if list_files:
+        list_inputs(sources, storage_options)
 
 
 def check_output(out: str, flag: str = "--out") -> None:

@@ -58,17 +58,26 @@ def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple
                          f"installed ({error}); {install}") from None
 
 
+# HTTP servers (scheme://host:port) seen to answer a range request with the range: asked
+# once per process, not at every open of every file.
+_SERVERS_WITH_RANGE: set[str] = set()
+
+
 def range_ignored(fs: fsspec.AbstractFileSystem, path: str) -> bool:
     """Whether an HTTP server answers a request for 2 bytes with more (the whole file):
     it ignores HTTP Range, and Parquet cannot be read from it a part at a time. False
     for other file systems, and when the request fails (the read that follows says why)."""
     protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    if not {"http", "https"} & set(protocols):
+    server = "/".join(path.split("/")[:3])
+    if not {"http", "https"} & set(protocols) or server in _SERVERS_WITH_RANGE:
         return False
     try:
-        return len(fs.cat_file(path, start=0, end=2)) > 2
+        ignored = len(fs.cat_file(path, start=0, end=2)) > 2
     except Exception:  # noqa: BLE001 - the caller reports its own error
         return False
+    if not ignored:
+        _SERVERS_WITH_RANGE.add(server)
+    return ignored
 
 
 def range_ignored_error(url: str) -> InfrastructureError:
