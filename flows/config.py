@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import json
+import math
 import re
 import string
 import typing
@@ -44,6 +45,19 @@ def redacted(value: Any) -> Any:
     return without_credentials(value) if isinstance(value, str) else value
 
 
+Units = Literal["nats", "bits"]
+
+
+def log_base(units: Units) -> Literal["e", 2]:
+    """The kernels' ``base`` argument for a report in `units`."""
+    return 2 if units == "bits" else "e"
+
+
+def nats_per_unit(units: Units) -> float:
+    """One unit in nats: 1, or ln 2 for bits (divergences are computed in nats)."""
+    return math.log(2) if units == "bits" else 1.0
+
+
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -68,7 +82,7 @@ class EvalConfig(StrictModel):
     slice_by: list[str] = Field(default_factory=list, description="Columns (or hive folder keys) to slice by.")
     classes: list[str] | None = Field(None, description="Class names in index order.")
     n_classes: int | None = Field(None, ge=2, description="Class count, when no class list is given.")
-    units: Literal["nats", "bits"] = "nats"
+    units: Units = "nats"
     eps: float | None = Field(
         None, gt=0, lt=1, description="Clip the true class's probability to at least eps (CE <= -log eps); none = exact."
     )

@@ -66,6 +66,10 @@ class ReadSpec:
         return dict(n_bins=self.n_bins, n_buckets=self.n_buckets, confusion=self.confusion,
                     n_thresholds=self.n_thresholds, exact_auc_max_values=self.exact_auc_max_values)
 
+    def names(self) -> list[str]:
+        """The class names, the class indices as text where the dump has none."""
+        return list(self.class_names) if self.class_names else [str(i) for i in range(self.n_classes)]
+
     @property
     def bucket_key(self) -> list[str] | str | None:
         """What picks a row's jackknife bucket: the key columns, "content" (the row's

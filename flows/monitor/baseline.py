@@ -17,7 +17,7 @@ import pyarrow as pa
 from xent_kernels import STATISTICS, ClassStats
 from xent_kernels.unpaired import UnpairedStats, unpaired_finalize
 
-from ..config import Gate
+from ..config import Gate, log_base
 from ..report.tables import report_parts, slice_key_columns
 from .gates import breached_gates
 from .paired import difference_rows
@@ -31,7 +31,7 @@ def baseline_rows(baseline: ClassStats, current: ClassStats, slice_by: tuple[str
     ``small_slice``: the slice has fewer than `min_slice_size` rows in either run."""
     rows = []
     for part, overall in report_parts(UnpairedStats(baseline, current), slice_by):
-        report = unpaired_finalize(part, base=2 if units == "bits" else "e", level=level)
+        report = unpaired_finalize(part, base=log_base(units), level=level)
         small = (report.per_slice["n"] < min_slice_size) | (report.per_slice["n_baseline"] < min_slice_size)
         position = {key: i for i, key in enumerate(report.slice_keys)}
         for row in difference_rows(report, overall, slice_by, class_names):

@@ -26,7 +26,7 @@ from distributed import Client
 from xent_kernels.drift import histogram_divergences, quantile_bin_edges, rebin
 from xent_kernels.statistics import Totals
 
-from ..config import DRIFT_METRICS, DriftConfig, DriftSettings
+from ..config import DRIFT_METRICS, DriftConfig, DriftSettings, nats_per_unit
 from ..engine import Evaluation, Progress, evaluate_source
 from ..errors import DataError, DriftBreach
 from ..metadata import CONFIG_KEY, REFERENCE_FINGERPRINT_KEY
@@ -90,7 +90,6 @@ def _parts_by_key(evaluation: Evaluation):
 # --------------------------------------------------------------------------- the whole comparison
 
 
-UNIT_DIVISORS = {"nats": 1.0, "bits": math.log(2)}  # divergences are computed in nats
 
 
 @dataclass
@@ -130,7 +129,7 @@ def measure_drift(config: DriftConfig, client: Client, progress: Progress | None
     rows = distribution_rows(entries, config.drift)
     if config.drift.per_sample:
         rows += _per_sample_rows(config, sides, client)
-    divisor = UNIT_DIVISORS[config.units]
+    divisor = nats_per_unit(config.units)
     for row in rows:
         if row["metric"] in DRIFT_METRICS:  # divergences; counts stay counts
             row["value"] /= divisor

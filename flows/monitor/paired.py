@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +24,7 @@ from xent_kernels import STATISTICS
 from xent_kernels.hashing import key_buckets
 from xent_kernels.paired import OUTCOMES, PairedReport, PairedStats, paired_finalize, paired_partial
 
-from ..config import CompareConfig
+from ..config import CompareConfig, log_base, nats_per_unit
 from ..engine import Evaluation, Progress, evaluate_source
 from ..errors import DataError
 from ..inputs.spec import ReadSpec
@@ -71,7 +70,7 @@ def _paired_reduce(spec: ReadSpec, baseline: Rows, candidate: Rows, *, n_buckets
 def compare_pairing(config: CompareConfig) -> Pairing:
     """The join's pairing for `config`: its buckets and tie tolerance (in nats)."""
     settings = config.compare
-    nats = settings.tie_tolerance * (math.log(2) if config.units == "bits" else 1.0)
+    nats = settings.tie_tolerance * nats_per_unit(config.units)
     return Pairing(
         SIDES,
         functools.partial(_paired_reduce, n_buckets=config.n_buckets, tie_tolerance=nats),
@@ -118,8 +117,8 @@ def compare_models(config: CompareConfig, client: Client, progress: Progress | N
             f"no row of the candidate dump ({cand_spec.reference_file}) has its key ({', '.join(key)}) in the baseline "
             f"dump ({base_spec.reference_file}): set compare.id_cols (or --id-cols) to columns both dumps share"
         )
-    names = list(cand_spec.class_names) if cand_spec.class_names else [str(i) for i in range(cand_spec.n_classes)]
-    rows = compare_rows(joined, cand_spec.slice_by, names, "bits" if config.units == "bits" else "nats",
+    names = cand_spec.names()
+    rows = compare_rows(joined, cand_spec.slice_by, names, config.units,
                         config.interval_level)
     breaches = breached_gates(config.gate, rows, cand_spec.slice_by)
     return CompareReport(joined, key, cand_spec.slice_by, cand_spec.slice_types, names, baseline_evaluation,
@@ -132,7 +131,7 @@ def compare_rows(joined: JoinResult, slice_by: tuple[str, ...], class_names: lis
     same across slices (``overall``). Join counts go on the overall all-classes row."""
     rows = []
     for part, overall in report_parts(joined.stats, slice_by):
-        report = paired_finalize(part, base=2 if units == "bits" else "e", level=level)
+        report = paired_finalize(part, base=log_base(units), level=level)
         rows += difference_rows(report, overall, slice_by, class_names)
     for row in rows:
         if row["overall"] and row["class"] is None:

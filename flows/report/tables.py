@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from xent_kernels import ClassReport, ClassStats, interval_columns, report_columns
 
+from ..config import log_base
 from ..engine import Evaluation, probability_warning
 from ..errors import without_credentials
 from ..metadata import (
@@ -49,10 +50,6 @@ def slice_key_columns(keys: list[tuple], names: tuple[str, ...], types: tuple[pa
         name: pa.array([key[i] if key else None for key in keys], type=arrow_type)
         for i, (name, arrow_type) in enumerate(zip(names, types))
     }
-
-
-def _class_names(n_classes: int, names: tuple[str, ...] | None) -> list[str]:
-    return list(names) if names else [str(i) for i in range(n_classes)]
 
 
 def report_parts(stats: ClassStats, slice_by: tuple[str, ...]) -> list[tuple[ClassReport, bool]]:
@@ -156,8 +153,8 @@ def auc_line(summary: list[dict]) -> str | None:
 
 def build_tables(evaluation: Evaluation) -> dict[str, pa.Table]:
     spec, result, config = evaluation.spec, evaluation.result, evaluation.config
-    base = 2 if config.units == "bits" else "e"
-    names = _class_names(spec.n_classes, spec.class_names)
+    base = log_base(config.units)
+    names = spec.names()
     per_class, summary, confusion = [], [], []
     for stats, overall in report_parts(result.stats, spec.slice_by):
         report = stats.finalize(base=base, level=config.interval_level)
@@ -238,7 +235,7 @@ def report_metadata(evaluation: Evaluation) -> dict[bytes, bytes]:
         EPS_KEY: json.dumps(evaluation.config.eps).encode(),
         CONFIG_KEY: config_json(evaluation.config),
         FINGERPRINT_KEY: json.dumps(evaluation.fingerprint, sort_keys=True).encode(),
-        CLASSES_KEY: json.dumps(_class_names(spec.n_classes, spec.class_names)).encode(),
+        CLASSES_KEY: json.dumps(spec.names()).encode(),
         LAYOUT_KEY: json.dumps({"kind": spec.kind, "layout": spec.layout, "columns": list(spec.pred_columns),
                                 "prob_tolerance": spec.prob_tolerance, "renormalized": spec.renormalize}).encode(),
         INTEGRITY_KEY: json.dumps({"files": evaluation.n_files, "page_checksums_verified": evaluation.n_files_verified,

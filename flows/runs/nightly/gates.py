@@ -96,7 +96,7 @@ def check_gates(gates: list, baseline: Baseline, stats: ClassStats, spec, config
     gate.parquet (none without a comparable baseline)."""
     if baseline.stats is None:
         return GateVerdict("no baseline", None, baseline.detail), []
-    names = list(spec.class_names) if spec.class_names else [str(i) for i in range(spec.n_classes)]
+    names = spec.names()
     stored = json.loads(baseline.metadata[STATE_KEY])
     problem = comparable(baseline.stats, stats,
                          json.loads(baseline.metadata[CLASSES_KEY]) if CLASSES_KEY in baseline.metadata else None,
