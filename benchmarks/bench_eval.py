@@ -118,6 +118,7 @@ class Outcome:
     targets: list[tuple[str, str, bool | None]] = field(default_factory=list)  # (what, measured, passed)
     failures: list[str] = field(default_factory=list)  # correctness problems: exit status 1
     notes: list[str] = field(default_factory=list)
+    phases: dict[str, tuple[float, float]] = field(default_factory=dict)  # name: (summed over tasks, wall)
 
     def find(self, name: str) -> Timing | None:
         return next((t for t in self.timings if t.name == name), None)
@@ -283,6 +284,7 @@ def bench_xent(data_dir: Path, quarter: list[str] | None, total_rows: int, quart
         if evaluation.result.rows_read != total_rows:
             out.failures.append(f"xent read {evaluation.result.rows_read:,} rows, expected {total_rows:,}")
         reference = per_class_of(evaluation)
+        bench_phases(config, client, out)
 
         if quarter is not None:
             config_q = EvalConfig(sources=quarter)
@@ -293,6 +295,48 @@ def bench_xent(data_dir: Path, quarter: list[str] | None, total_rows: int, quart
                 out.failures.append(f"xent read {evaluation_q.result.rows_read:,} rows of the quarter, "
                                     f"expected {quarter_rows:,}")
     return reference
+
+
+def bench_phases(config, client, out: Outcome) -> None:
+    """One more evaluation with ``flows.phases`` recording on the workers, then the
+    client's steps of ``Report(evaluation).write`` timed one by one: where the time goes, summed over tasks and as wall
+    time (the span during which at least one task was in the phase)."""
+    from flows import phases
+    from flows.engine import evaluate
+    from flows.report.page import render_html
+    from flows.report.tables import report_tables
+    from flows.report.writing import write_tables_atomically
+
+    client.run(phases.record)
+    started = time.perf_counter()
+    evaluation = evaluate(config, client)
+    total = time.perf_counter() - started
+    recorded = client.run(phases.stop).values()
+    summary = phases.summarize(*recorded)
+    started = time.perf_counter()
+    tables = report_tables(evaluation)
+    finalize = time.perf_counter() - started
+    started = time.perf_counter()
+    html = render_html(tables)
+    page = time.perf_counter() - started
+    with tempfile.TemporaryDirectory() as folder:
+        started = time.perf_counter()
+        write_tables_atomically(tables, folder, {}, {"report.html": html.encode()})
+        write = time.perf_counter() - started
+    out.phases = {name: summary.get(name, (0.0, 0.0)) for name in phases.PHASES}
+    out.phases.update({"evaluate() in all, wall": (total, total), "finalize (report tables)": (finalize, finalize),
+                       "page (render_html)": (page, page), "write (tables + page)": (write, write)})
+
+
+def print_phases(out: Outcome) -> None:
+    if not out.phases:
+        return
+    print(f"{'phase':<40} {'summed over tasks s':>20} {'wall s':>8}")
+    for name, (summed, wall) in out.phases.items():
+        print(f"{name:<40} {summed:>20.3f} {wall:>8.3f}")
+    print("(read: pyarrow decoding a batch; convert: Arrow to NumPy and label checks; buckets: jackknife bucket ids; "
+          "kernel: the fused statistics pass; merge: not yet timed apart, inside the kernel and tree-reduce steps)")
+    print()
 
 
 # --------------------------------------------------------------------------- 3. and 4. peers
@@ -681,6 +725,7 @@ def main(argv: list[str] | None = None) -> int:
             out.failures.append(f"command section: {error}")
 
     print_table(out)
+    print_phases(out)
     floor = out.find("read floor: pyarrow dataset, 2 threads")
     xent = out.find("xent evaluate (warm cluster)")
     ratio = xent.median / floor.median

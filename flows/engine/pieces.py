@@ -27,6 +27,7 @@ from ..inputs.memory import as_arrow
 from ..inputs.reader import Batch, iter_batches, open_parquet, resolve_spec, table_batches
 from ..inputs.sources import InputFile
 from ..inputs.spec import ReadSpec, check_arrow_schema, check_schema
+from ..phases import phase
 
 
 @dataclass(frozen=True)
@@ -164,17 +165,20 @@ def _looks_like_probabilities(pred: np.ndarray, rows: int = 4096) -> bool:
 def _batch_stats(batch: Batch, file: InputFile, spec: ReadSpec) -> ClassStats:
     if spec.kind != "logits":  # probabilities must also be normalised
         _reject_invalid_rows(batch.pred, batch.first_row, file, spec)
-    state = class_stats_partial(
-        batch.pred,
-        batch.labels,
-        kind=spec.kind,
-        weights=batch.weights,
-        slice_ids=batch.slice_ids,
-        slice_keys=batch.slice_keys,
-        eps=spec.eps,
-        buckets=batch_buckets(batch, spec),
-        **spec.state_options(),
-    )
+    with phase("buckets"):
+        buckets = batch_buckets(batch, spec)
+    with phase("kernel"):
+        state = class_stats_partial(
+            batch.pred,
+            batch.labels,
+            kind=spec.kind,
+            weights=batch.weights,
+            slice_ids=batch.slice_ids,
+            slice_keys=batch.slice_keys,
+            eps=spec.eps,
+            buckets=buckets,
+            **spec.state_options(),
+        )
     if spec.on_nonfinite == "error" and state.n_nonfinite:
         _reject_invalid_rows(batch.pred[batch.labels >= 0], batch.first_row, file, spec, batch.labels >= 0)
     return state

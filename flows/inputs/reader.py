@@ -24,6 +24,7 @@ from xent_kernels import find_bad_label
 
 from ..config import EvalConfig
 from ..errors import DataError, XentError, as_infrastructure_error
+from ..phases import phase
 from .integrity import SKIP_HINT, read_error_message
 from .sources import InputFile, filesystem, is_local, range_ignored, range_ignored_error
 from .spec import COLUMN_BUFFER_BYTES, ReadSpec, number_type, resolve_spec_from_schema
@@ -138,8 +139,13 @@ def iter_batches(parquet: pq.ParquetFile, file: InputFile, spec: ReadSpec, row_g
         first_row = int(group_start[group])
         try:
             batches = parquet.iter_batches(batch_size=spec.batch_rows, row_groups=[group], columns=columns)
-            for record_batch in batches:
-                batch = to_arrays(record_batch, first_row, file, spec)
+            while True:
+                with phase("read"):
+                    record_batch = next(batches, None)
+                if record_batch is None:
+                    break
+                with phase("convert"):
+                    batch = to_arrays(record_batch, first_row, file, spec)
                 first_row += record_batch.num_rows
                 del record_batch
                 yield batch
