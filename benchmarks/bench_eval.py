@@ -1,7 +1,8 @@
 """End-to-end benchmark of ``xent eval``: sharded Parquet -> per-class statistics.
 
 Measures, on one synthetic dump (``flows.generate.generate_dump``: ``--rows`` x
-``--classes`` float32 logits in a FixedSizeList column, ``--shards`` zstd files):
+``--classes`` float32 logits in a FixedSizeList column, or with ``--layout binary``
+one float32 ``logit`` column of a binary model, in ``--shards`` zstd files):
 
 1. the read floor: pyarrow's dataset reader with 2 threads reading only ``logits``
    and ``label`` and viewing the predictions as a 2-D numpy array (no compute); and,
@@ -179,12 +180,24 @@ def parquet_files(folder: Path) -> list[Path]:
                   and not p.name.startswith((".", "_")))
 
 
-def ensure_dump(folder: Path, rows: int, classes: int, shards: int) -> tuple[list[str], bool]:
+def pred_column(layout: str) -> str:
+    """The prediction column of a dump of `layout` (flows.generate's names)."""
+    return "logit" if layout == "binary" else "logits"
+
+
+def as_matrix(column: pa.Array, classes: int, layout: str) -> np.ndarray:
+    """Predictions as NumPy without compute: (n, C) for a list column, (n,) for binary."""
+    if layout == "binary":
+        return column.to_numpy()
+    return column.flatten().to_numpy().reshape(len(column), classes)
+
+
+def ensure_dump(folder: Path, rows: int, classes: int, shards: int, layout: str) -> tuple[list[str], bool]:
     """The dump's files (sorted), generating it unless ``folder`` already holds one made
     with the same parameters. Returns (files, reused)."""
     from flows.generate import generate_dump
 
-    params = {"rows": rows, "classes": classes, "shards": shards, "layout": "fixed_size_list",
+    params = {"rows": rows, "classes": classes, "shards": shards, "layout": layout,
               "kind": "logits", "dtype": "float32", "compression": "zstd", "seed": 0}
     marker = folder / MARKER
     if marker.exists():
@@ -206,7 +219,7 @@ def ensure_dump(folder: Path, rows: int, classes: int, shards: int) -> tuple[lis
     # Mark the folder as ours before writing, so an interrupted run can be regenerated.
     marker.write_text(json.dumps({"params": params, "complete": False}))
     started = time.perf_counter()
-    dump = generate_dump(folder, rows=rows, classes=classes, shards=shards, layout="fixed_size_list",
+    dump = generate_dump(folder, rows=rows, classes=classes, shards=shards, layout=layout,
                          kind="logits", dtype="float32", compression="zstd", seed=0, overwrite=True)
     print(f"generated {rows:,} rows x {classes} classes in {shards} shards under {folder} "
           f"in {time.perf_counter() - started:.1f} s")
@@ -223,35 +236,35 @@ def count_rows(files: list[str]) -> int:
 # --------------------------------------------------------------------------- 1. read floor
 
 
-def read_dataset(files: list[str], classes: int) -> int:
+def read_dataset(files: list[str], classes: int, layout: str) -> int:
     """pyarrow dataset scan of the two columns, predictions viewed as (n, C) numpy."""
     rows = 0
     dataset = pads.dataset(files, format="parquet")
-    for batch in dataset.to_batches(columns=["logits", "label"], use_threads=True):
-        pred = batch.column(0).flatten().to_numpy().reshape(batch.num_rows, classes)
+    for batch in dataset.to_batches(columns=[pred_column(layout), "label"], use_threads=True):
+        pred = as_matrix(batch.column(0), classes, layout)
         labels = batch.column(1).to_numpy()
         rows += pred.shape[0] if labels.shape[0] == pred.shape[0] else -1
     return rows
 
 
-def read_files_single_thread(files: list[str], classes: int) -> int:
+def read_files_single_thread(files: list[str], classes: int, layout: str) -> int:
     rows = 0
     for path in files:
-        table = pq.read_table(path, columns=["logits", "label"], use_threads=False)
-        for pred_chunk, label_chunk in zip(table.column("logits").chunks, table.column("label").chunks):
-            pred = pred_chunk.flatten().to_numpy().reshape(len(pred_chunk), classes)
+        table = pq.read_table(path, columns=[pred_column(layout), "label"], use_threads=False)
+        for pred_chunk, label_chunk in zip(table.column(0).chunks, table.column("label").chunks):
+            pred = as_matrix(pred_chunk, classes, layout)
             labels = label_chunk.to_numpy()
             rows += pred.shape[0] if labels.shape[0] == pred.shape[0] else -1
     return rows
 
 
-def bench_floor(files: list[str], classes: int, total_rows: int, repeats: int, out: Outcome) -> None:
+def bench_floor(files: list[str], classes: int, layout: str, total_rows: int, repeats: int, out: Outcome) -> None:
     with arrow_threads(PEER_THREADS):
-        times, rows = time_runs(lambda: read_dataset(files, classes), repeats)
+        times, rows = time_runs(lambda: read_dataset(files, classes, layout), repeats)
     out.timings.append(Timing("read floor: pyarrow dataset, 2 threads", "floor", times, total_rows))
     if rows != total_rows:
         out.failures.append(f"read floor read {rows:,} rows, expected {total_rows:,}")
-    times, rows = time_runs(lambda: read_files_single_thread(files, classes), repeats)
+    times, rows = time_runs(lambda: read_files_single_thread(files, classes, layout), repeats)
     out.timings.append(Timing("read: pq.read_table file by file, 1 thread", "floor", times, total_rows))
     if rows != total_rows:
         out.failures.append(f"single-thread read read {rows:,} rows, expected {total_rows:,}")
@@ -342,8 +355,17 @@ def print_phases(out: Outcome) -> None:
 # --------------------------------------------------------------------------- 3. and 4. peers
 
 
-def duckdb_queries(classes: int) -> dict[str, str]:
-    """Per-class row count and mean CE = max + ln(sum exp(x - max)) - x[label], in float64."""
+BINARY_CE = "greatest(x, 0) - x * label + ln(1 + exp(-abs(x)))"  # -log sigmoid(x) for label 1, -log(1 - sigmoid(x)) for 0
+
+
+def duckdb_queries(classes: int, layout: str) -> dict[str, str]:
+    """Per-class row count and mean CE = max + ln(sum exp(x - max)) - x[label], in float64;
+    for a binary logit x, the same CE written for one column."""
+    if layout == "binary":
+        return {"duckdb: binary CE of one logit column": f"""
+            SELECT label, count(*) AS n, avg({BINARY_CE}) AS ce
+            FROM (SELECT label, CAST(logit AS DOUBLE) AS x FROM read_parquet($files) WHERE label IS NOT NULL)
+            GROUP BY label ORDER BY label"""}
     lists = """
         SELECT label, count(*) AS n, avg(m + ln(list_sum(list_transform(x, lambda v: exp(v - m)))) - x[label + 1]) AS ce
         FROM (SELECT label, x, list_max(x) AS m
@@ -361,7 +383,15 @@ def duckdb_queries(classes: int) -> dict[str, str]:
     return {"duckdb: list_max + list_transform lambda": lists, "duckdb: one column per class (x[j])": wide}
 
 
-def polars_queries(files: list[str], classes: int) -> dict[str, Callable[[], object]]:
+def polars_queries(files: list[str], classes: int, layout: str) -> dict[str, Callable[[], object]]:
+    if layout == "binary":
+        def binary():
+            x, label = pl.col("logit").cast(pl.Float64), pl.col("label")
+            ce = pl.max_horizontal(x, pl.lit(0.0)) - x * label + (-x.abs()).exp().log1p()
+            return (pl.scan_parquet(files).filter(label.is_not_null()).select("label", ce.alias("ce"))
+                    .group_by("label").agg(pl.len().alias("n"), pl.col("ce").mean()).sort("label").collect())
+
+        return {"polars: binary CE of one logit column": binary}
     x = pl.col("logits")
 
     def wide():
@@ -400,19 +430,21 @@ def check_agreement(name: str, rows: list[tuple], reference: dict[int, tuple[int
     return worst
 
 
-def bench_duckdb(files: list[str], classes: int, total_rows: int, reference, repeats: int, out: Outcome) -> None:
+def bench_duckdb(files: list[str], classes: int, layout: str, total_rows: int, reference, repeats: int,
+                 out: Outcome) -> None:
     con = duckdb.connect()
     con.execute(f"SET threads={PEER_THREADS}")
     params = {"files": files}
-    for name, query in duckdb_queries(classes).items():
+    for name, query in duckdb_queries(classes, layout).items():
         times, rows = time_runs(lambda: con.execute(query, params).fetchall(), repeats)
         worst = check_agreement(name, rows, reference, out)
         out.timings.append(Timing(name, "duckdb", times, total_rows, f"max rel diff vs xent {worst:.1e}"))
     con.close()
 
 
-def bench_polars(files: list[str], classes: int, total_rows: int, reference, repeats: int, out: Outcome) -> None:
-    for name, query in polars_queries(files, classes).items():
+def bench_polars(files: list[str], classes: int, layout: str, total_rows: int, reference, repeats: int,
+                 out: Outcome) -> None:
+    for name, query in polars_queries(files, classes, layout).items():
         times, frame = time_runs(query, repeats)
         worst = check_agreement(name, frame.select("label", "n", "ce").rows(), reference, out)
         out.timings.append(Timing(name, "polars", times, total_rows, f"max rel diff vs xent {worst:.1e}"))
@@ -602,7 +634,7 @@ def print_header(args: argparse.Namespace) -> None:
     print(f"machine: {platform.platform()}, os.cpu_count()={os.cpu_count()}, pyarrow cpu_count={pa.cpu_count()}"
           + (f", polars threads={pl.thread_pool_size()}" if pl and hasattr(pl, "thread_pool_size") else ""))
     print(f"XENT_CACHE_DIR={os.environ.get('XENT_CACHE_DIR', '(unset)')}")
-    print(f"parameters: rows={args.rows:,} classes={args.classes} shards={args.shards} repeats={args.repeats} "
+    print(f"parameters: rows={args.rows:,} classes={args.classes} layout={args.layout} shards={args.shards} repeats={args.repeats} "
           f"skip={','.join(sorted(args.skip)) or '-'}")
     if hasattr(os, "getloadavg"):
         load = os.getloadavg()[0]
@@ -644,7 +676,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, help=f"rows in the dump (default 20,000,000; --quick {QUICK_ROWS:,})")
-    parser.add_argument("--classes", type=int, default=10, help="classes (default 10)")
+    parser.add_argument("--classes", type=int, default=10, help="classes (default 10; 2 with --layout binary)")
+    parser.add_argument("--layout", choices=["fixed_size_list", "binary"], default="fixed_size_list",
+                        help="a FixedSizeList column of C logits (default), or one logit column of a binary model")
     parser.add_argument("--shards", type=int, default=16, help="Parquet files (default 16)")
     parser.add_argument("--repeats", type=int, help=f"timed runs per method (default 5; --quick {QUICK_REPEATS})")
     parser.add_argument("--data", help="folder for the dump; reused when it holds a dump made with the same "
@@ -661,6 +695,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--skip: unknown section(s) {sorted(unknown)}; choose from {','.join(SKIPPABLE)}")
     if args.rows < args.shards or args.shards < 1:
         parser.error("need --shards >= 1 and --rows >= --shards")
+    if args.layout == "binary":
+        args.classes = 2
     if args.classes < 2:
         parser.error("need --classes >= 2")
     if args.repeats < 1:
@@ -683,12 +719,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.data:
         data_dir = Path(args.data).expanduser().absolute()
     else:
-        data_dir = Path(tempfile.gettempdir()) / f"xent-bench-r{args.rows}-c{args.classes}-s{args.shards}"
-    files, reused = ensure_dump(data_dir, args.rows, args.classes, args.shards)
+        data_dir = Path(tempfile.gettempdir()) / (f"xent-bench-r{args.rows}-c{args.classes}-s{args.shards}"
+                                                  + ("-binary" if args.layout == "binary" else ""))
+    files, reused = ensure_dump(data_dir, args.rows, args.classes, args.shards, args.layout)
     total_rows = count_rows(files)
     size = sum(Path(f).stat().st_size for f in files)
     print(f"dump: {data_dir} ({'reused' if reused else 'generated'}): {len(files)} files, {total_rows:,} rows, "
-          f"{size / 2**20:.1f} MiB on disk, {total_rows * args.classes * 4 / 2**20:.1f} MiB of float32 logits")
+          f"{size / 2**20:.1f} MiB on disk, {total_rows * (1 if args.layout == 'binary' else args.classes) * 4 / 2**20:.1f} MiB of float32 logits")
 
     quarter = None
     quarter_rows = 0
@@ -702,12 +739,12 @@ def main(argv: list[str] | None = None) -> int:
     print()
 
     out = Outcome()
-    bench_floor(files, args.classes, total_rows, args.repeats, out)
+    bench_floor(files, args.classes, args.layout, total_rows, args.repeats, out)
     reference = bench_xent(data_dir, quarter, total_rows, quarter_rows, args.repeats, out)
     for section, bench in (("duckdb", bench_duckdb), ("polars", bench_polars)):
         if section not in args.skip:
             try:
-                bench(files, args.classes, total_rows, reference, args.repeats, out)
+                bench(files, args.classes, args.layout, total_rows, reference, args.repeats, out)
             except Exception as error:  # a peer that cannot run is reported, the rest goes on
                 out.failures.append(f"{section} section: {type(error).__name__}: {error}")
 
