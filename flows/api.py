@@ -372,17 +372,18 @@ class CompareResult(TwoSidedResult):
 @dataclass(frozen=True)
 class TwoSided:
     """A kind of run of the dump in ``sources`` against another dump: what the API, the
-    plain steps (:mod:`flows.runs.two_sided`), the flows and the CLI read of it."""
+    plain steps (:mod:`flows.runs.two_sided`), the flows and the CLI read of it. A new
+    kind is one more declaration and its result class."""
 
     name: str  # the command (xent drift), the function (drift()), the flow (xent-drift)
-    config: type[BaseModel]
-    other: str  # the other dump (the first side): its name, its config field and its CLI flag (--reference)
-    this: str  # the dump in ``sources`` (the second side): its name and CLI flag (--current)
+    config_model: type[BaseModel]
+    first: str  # the other dump, first side of the join: its name, config field and CLI flag (--reference)
+    second: str  # the dump in ``sources``, second side of the join: its name and CLI flag (--current)
     result: type[TwoSidedResult]
 
     def check_dumps(self, config: Any, first: Any = None, second: Any = None) -> None:
         """Both dumps are given: as in-memory data (`first`, `second`) or in `config`."""
-        for side, field, data in ((self.other, self.other, first), (self.this, "sources", second)):
+        for side, field, data in ((self.first, self.first, first), (self.second, "sources", second)):
             if data is None and not getattr(config, field):
                 raise UsageError(f"no {side} dump given (--{side} or '{field}' in the config)")
 
@@ -479,11 +480,11 @@ def _two_sided(kind: TwoSided, first: Any, second: Any, client: "Client | None",
     """``drift()`` or ``compare()``: `options` validated, each side's paths in the config
     or its in-memory data passed on."""
     where = f"{kind.name}()"
-    config = validated(kind.config, options, where, ("sources", kind.other))
-    paths, in_memory = _two_sides(where, **{kind.other: first, kind.this: second})
-    config = config.model_copy(update={"sources": paths[kind.this] or [], kind.other: paths[kind.other] or []})
-    return _measured(kind, config, client=client, progress=progress, first=in_memory[kind.other],
-                    second=in_memory[kind.this])
+    config = validated(kind.config_model, options, where, ("sources", kind.first))
+    paths, in_memory = _two_sides(where, **{kind.first: first, kind.second: second})
+    config = config.model_copy(update={"sources": paths[kind.second] or [], kind.first: paths[kind.first] or []})
+    return _measured(kind, config, client=client, progress=progress, first=in_memory[kind.first],
+                    second=in_memory[kind.second])
 
 
 def _measured(kind: TwoSided, config: Any, *, client: "Client | None" = None, progress: bool | Progress = False,

@@ -112,8 +112,8 @@ def _two_sided_run_name(kind: TwoSided):
     """The run name of `kind`'s flow: xent-<kind> <the dump's folder name> vs <the other dump's>."""
 
     def run_name() -> str:
-        config = kind.config.model_validate(flow_run.parameters["config"])
-        return f"xent-{kind.name} {dump_label(config.sources)} vs {dump_label(getattr(config, kind.other))}"
+        config = kind.config_model.model_validate(flow_run.parameters["config"])
+        return f"xent-{kind.name} {dump_label(config.sources)} vs {dump_label(getattr(config, kind.first))}"
 
     return run_name
 

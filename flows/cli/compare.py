@@ -11,5 +11,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from ..api import COMPARE
     from .show import print_compare
 
-    return run_two_sided(args, COMPARE, lambda config: set_option(config.compare, "id_cols", args.id_cols, "--id-cols"),
-                         print_compare)
+    def set_options(config) -> None:
+        set_option(config.compare, "id_cols", args.id_cols, "--id-cols")
+
+    return run_two_sided(args, COMPARE, set_options, print_compare)

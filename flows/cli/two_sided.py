@@ -37,11 +37,11 @@ def run_two_sided(args: argparse.Namespace, kind: TwoSided, set_options: Callabl
     from ..config import build_config
 
     overrides = eval_overrides(args)
-    overrides["sources"] = getattr(args, kind.this)
-    overrides[kind.other] = getattr(args, kind.other)
-    config = build_config(kind.config, args.config, overrides)
+    overrides["sources"] = getattr(args, kind.second)
+    overrides[kind.first] = getattr(args, kind.first)
+    config = build_config(kind.config_model, args.config, overrides)
     set_options(config)
-    for sources in (getattr(config, kind.other), config.sources):  # before Prefect starts
+    for sources in (getattr(config, kind.first), config.sources):  # before Prefect starts
         check_sources(sources, config.storage_options, list_files=not args.no_prefect)
     check_output(args.out)
     page = page_line(args.out)
