@@ -477,11 +477,17 @@ def compare_config(config: CompareConfig, *, client: "Client | None" = None, pro
 
 def _two_sided(kind: TwoSided, first: Any, second: Any, client: "Client | None", progress: bool | Progress,
                options: dict[str, Any]) -> Any:
-    """``drift()`` or ``compare()``: `options` validated, each side's paths in the config
-    or its in-memory data passed on."""
+    """``drift()`` or ``compare()``: `options` validated, each side's paths put in the
+    config or its in-memory data passed on."""
     where = f"{kind.name}()"
     config = validated(kind.config_model, options, where, ("sources", kind.first))
-    paths, in_memory = _two_sides(where, **{kind.first: first, kind.second: second})
+    paths, in_memory = {}, {}
+    for side, source in ((kind.first, first), (kind.second, second)):
+        paths[side] = _paths(source)
+        if paths[side] is None and not is_in_memory(source):
+            raise UsageError(f"{where}: {side} is a {type(source).__module__}.{type(source).__name__}; give Parquet "
+                             "path(s), folder(s), glob(s) or URL(s), a pyarrow Table, a pandas DataFrame or a Dask DataFrame")
+        in_memory[side] = None if paths[side] is not None else source
     config = config.model_copy(update={"sources": paths[kind.second] or [], kind.first: paths[kind.first] or []})
     return _measured(kind, config, client=client, progress=progress, first=in_memory[kind.first],
                     second=in_memory[kind.second])
@@ -498,18 +504,6 @@ def _measured(kind: TwoSided, config: Any, *, client: "Client | None" = None, pr
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _two_sides(function: str, **sides: Any) -> tuple[dict[str, list[str] | None], dict[str, Any]]:
-    """Each side's paths (None for in-memory data) and in-memory data (None for paths)."""
-    paths, in_memory = {}, {}
-    for side, source in sides.items():
-        paths[side] = _paths(source)
-        if paths[side] is None and not is_in_memory(source):
-            raise UsageError(f"{function}: {side} is a {type(source).__module__}.{type(source).__name__}; give Parquet "
-                             "path(s), folder(s), glob(s) or URL(s), a pyarrow Table, a pandas DataFrame or a Dask DataFrame")
-        in_memory[side] = None if paths[side] is not None else source
-    return paths, in_memory
 
 
 def validated(model: type[Model], options: dict[str, Any], where: str, forbidden: Sequence[str] = ()) -> Model:
