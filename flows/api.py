@@ -15,8 +15,10 @@ disk unless ``write`` is called.
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator, Sequence, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Sequence, TypeVar
 
 import pyarrow as pa
 from pydantic import BaseModel, ValidationError
@@ -24,7 +26,7 @@ from pydantic import BaseModel, ValidationError
 from .config import CompareConfig, DriftConfig, EvalConfig, describe_validation_error
 from .engine import Evaluation, Progress, dask_client, evaluate_source
 from .engine import evaluate as evaluate_files
-from .errors import UsageError
+from .errors import UsageError, XentError
 from .inputs.memory import is_dask_dataframe, is_in_memory
 from .inputs.sources import InputFile
 from .metadata import decoded_metadata
@@ -206,10 +208,74 @@ def evaluate_config(config: EvalConfig, source: Any = None, *, client: "Client |
     )
 
 
-# --------------------------------------------------------------------------- drift
+# --------------------------------------------------------------------------- two-sided runs
 
 
-class DriftResult(_Page):
+class TwoSidedResult(_Page, ABC):
+    """What a result of a dump against another (drift, compare) holds: the report, its
+    config and the tables written; each kind builds them and says what a breach is."""
+
+    TABLE: ClassVar[str]  # the table `table` shows, and the terminal prints
+
+    def __init__(self, report: Any, config: BaseModel):
+        self.report = report
+        self.config = config
+        self.tables: dict[str, pa.Table] = self._tables(report, config)
+        self._frame: pd.DataFrame | None = None
+
+    @staticmethod
+    @abstractmethod
+    def _tables(report: Any, config: Any) -> dict[str, pa.Table]:
+        """The tables written, with their report metadata."""
+
+    @staticmethod
+    @abstractmethod
+    def _measure(config: Any, client: "Client", progress: Progress, first: Any, second: Any) -> Any:
+        """The report of both sides: the other dump (`first`) and the config's ``sources``
+        (`second`), each in-memory data or None for its paths."""
+
+    @property
+    def table(self) -> "pd.DataFrame":
+        """The main table (``drift`` or ``compare``) as pandas."""
+        if self._frame is None:
+            self._frame = self.tables[self.TABLE].to_pandas()
+        return self._frame
+
+    @property
+    @abstractmethod
+    def breaches(self) -> list[str]:
+        """Each breach, described in one line."""
+
+    @property
+    def units(self) -> str:
+        """'nats' or 'bits': the units of every divergence and cross-entropy column."""
+        return self.config.units
+
+    @abstractmethod
+    def breach_error(self) -> "XentError | None":
+        """The error a breach ends the run with (exit code 3), naming every breach; None without one."""
+
+    def raise_for_breach(self) -> None:
+        """Raise ``breach_error()`` (``DriftBreach`` or ``GateBreach``, exit code 3 in the
+        CLI) naming every breach, if any."""
+        error = self.breach_error()
+        if error is not None:
+            raise error
+
+    def to_arrow(self) -> dict[str, pa.Table]:
+        """The tables as pyarrow Tables with their metadata (those ``write`` writes)."""
+        return dict(self.tables)
+
+    def write(self, path: str | os.PathLike, storage_options: dict[str, Any] | None = None,
+              html: bool = True) -> dict[str, str]:
+        """Write the tables (``<name>.parquet``), ``report.html`` unless `html` is False,
+        and ``_manifest.json`` under `path` all-or-nothing; returns {table name: path}.
+        `storage_options` default to the config's."""
+        options = self.config.storage_options if storage_options is None else storage_options
+        return self._write(path, options, html)
+
+
+class DriftResult(TwoSidedResult):
     """Drift of a current dump against a reference: the table ``xent drift`` writes.
 
     Attributes
@@ -218,23 +284,23 @@ class DriftResult(_Page):
         Every metric row and both evaluations (``report.reference``, ``report.current``).
     tables
         ``{"drift", "drift_distributions"}``: pyarrow Tables with their report metadata,
-        exactly as written.
+        exactly as written; ``table`` is ``drift``, one row per (slice, metric[, class]):
+        value, threshold, breached.
     """
 
-    def __init__(self, report: "DriftReport", config: DriftConfig):
+    TABLE = "drift"
+
+    @staticmethod
+    def _tables(report: "DriftReport", config: DriftConfig) -> dict[str, pa.Table]:
         from .monitor.drift import drift_tables
 
-        self.report = report
-        self.config = config
-        self.tables: dict[str, pa.Table] = drift_tables(report, config)
-        self._frame: pd.DataFrame | None = None
+        return drift_tables(report, config)
 
-    @property
-    def table(self) -> "pd.DataFrame":
-        """One row per (slice, metric[, class]): value, threshold, breached."""
-        if self._frame is None:
-            self._frame = self.tables["drift"].to_pandas()
-        return self._frame
+    @staticmethod
+    def _measure(config: DriftConfig, client: "Client", progress: Progress, first: Any, second: Any) -> "DriftReport":
+        from .monitor.drift import measure_drift
+
+        return measure_drift(config, client, progress, reference=first, current=second)
 
     @property
     def breaches(self) -> list[str]:
@@ -243,28 +309,11 @@ class DriftResult(_Page):
 
         return [describe_breach(row, self.report.slice_by) for row in self.report.breaches]
 
-    @property
-    def units(self) -> str:
-        return self.config.units
-
-    def raise_for_breach(self) -> None:
-        """Raise ``DriftBreach`` (exit code 3 in the CLI) naming every breach, if any."""
+    def breach_error(self) -> "XentError | None":
+        """``DriftBreach`` naming every breached threshold; None without one."""
         from .monitor.drift import breach_error
 
-        error = breach_error(self.report)
-        if error is not None:
-            raise error
-
-    def to_arrow(self) -> dict[str, pa.Table]:
-        return dict(self.tables)
-
-    def write(self, path: str | os.PathLike, storage_options: dict[str, Any] | None = None,
-              html: bool = True) -> dict[str, str]:
-        """Write ``drift.parquet``, ``drift_distributions.parquet``, ``report.html`` unless
-        `html` is False, and ``_manifest.json`` under `path` all-or-nothing; returns
-        {table name: path}."""
-        options = self.config.storage_options if storage_options is None else storage_options
-        return self._write(path, options, html)
+        return breach_error(self.report)
 
     def __repr__(self) -> str:
         overall = {row["metric"]: row["value"] for row in self.report.rows if row["key"] is None and row["class"] is None}
@@ -272,6 +321,79 @@ class DriftResult(_Page):
                           if name in overall)
         verdict = f"{len(self.report.breaches)} breaches" if self.report.breaches else "no breach"
         return f"<xent DriftResult: {shown} ({self.units}); {verdict}>"
+
+
+class CompareResult(TwoSidedResult):
+    """A candidate against a baseline on the same rows: the table ``xent compare`` writes.
+
+    Attributes
+    ----------
+    report
+        The rows, join counts, breaches and both evaluations (``report.baseline``, ``report.candidate``).
+    tables
+        ``{"compare": pyarrow Table}`` with its report metadata, exactly as written; ``table``
+        is it, one row per slice and per (slice, class), and the same across slices (``overall``).
+    """
+
+    TABLE = "compare"
+
+    @staticmethod
+    def _tables(report: "CompareReport", config: CompareConfig) -> dict[str, pa.Table]:
+        from .monitor.paired import compare_tables
+
+        return compare_tables(report, config)
+
+    @staticmethod
+    def _measure(config: CompareConfig, client: "Client", progress: Progress, first: Any,
+                 second: Any) -> "CompareReport":
+        from .monitor.paired import compare_models
+
+        return compare_models(config, client, progress, baseline=first, candidate=second)
+
+    @property
+    def breaches(self) -> list[str]:
+        """Each breached (gate, row), described: gate, slice, class, difference and interval."""
+        return list(self.report.breaches)
+
+    def breach_error(self) -> "XentError | None":
+        """``GateBreach`` naming every breached (gate, row); None without one."""
+        from .monitor.gates import gate_error
+
+        return gate_error(self.report.breaches)
+
+    def __repr__(self) -> str:
+        row = next(r for r in self.report.rows if r["overall"] and r["class"] is None)
+        verdict = f"{len(self.report.breaches)} gate breaches" if self.report.breaches else "no gate breached"
+        return (f"<xent CompareResult: {row['n_matched']:,} rows joined; ce_mean candidate - baseline "
+                f"{row['ce_mean_diff']:+.4g} [{row['ce_mean_diff_lo']:+.4g}, {row['ce_mean_diff_hi']:+.4g}] "
+                f"{self.units}: {row['verdict']}; {verdict}>")
+
+
+@dataclass(frozen=True)
+class TwoSided:
+    """A kind of run of the dump in ``sources`` against another dump: what the API, the
+    plain steps (:mod:`flows.runs.two_sided`), the flows and the CLI read of it. A new
+    kind is one more declaration and its result class."""
+
+    name: str  # the command (xent drift), the function (drift()), the flow (xent-drift)
+    config_model: type[BaseModel]
+    first: str  # the other dump, first side of the join: its name, config field and CLI flag (--reference)
+    second: str  # the dump in ``sources``, second side of the join: its name and CLI flag (--current)
+    result: type[TwoSidedResult]
+
+    def check_dumps(self, config: Any, first: Any = None, second: Any = None) -> None:
+        """Both dumps are given: as in-memory data (`first`, `second`) or in `config`."""
+        for side, field, data in ((self.first, self.first, first), (self.second, "sources", second)):
+            if data is None and not getattr(config, field):
+                raise UsageError(f"no {side} dump given (--{side} or '{field}' in the config)")
+
+    def on_cluster(self, config: Any, client: "Client", progress: Progress | None = None) -> TwoSidedResult:
+        """The result of `config`'s two dumps on `client` (a step of the plain runs and of the flows)."""
+        return _measured(self, config, client=client, progress=progress or False)
+
+
+DRIFT = TwoSided("drift", DriftConfig, "reference", "current", DriftResult)
+COMPARE = TwoSided("compare", CompareConfig, "baseline", "candidate", CompareResult)
 
 
 def drift(reference: Any, current: Any, *, client: "Client | None" = None, progress: bool | Progress = False,
@@ -305,85 +427,14 @@ def drift(reference: Any, current: Any, *, client: "Client | None" = None, progr
         Bad data, as for ``evaluate``; or join key columns missing, of different types
         on the two sides, or not unique.
     """
-    config = validated(DriftConfig, options, "drift()", ("sources", "reference"))
-    paths, in_memory = _two_sides("drift()", reference=reference, current=current)
-    config = config.model_copy(update={"sources": paths["current"] or [], "reference": paths["reference"] or []})
-    return drift_config(config, client=client, progress=progress, **in_memory)
+    return _two_sided(DRIFT, reference, current, client, progress, options)
 
 
 def drift_config(config: DriftConfig, *, client: "Client | None" = None, progress: bool | Progress = False,
                  reference: Any = None, current: Any = None) -> DriftResult:
     """``drift`` from a validated config (current dump in ``sources``, and ``reference``);
     `reference` or `current`, when given, is that side's in-memory data instead."""
-    from .monitor.drift import measure_drift
-
-    if reference is None and not config.reference:
-        raise UsageError("no reference dump given (--reference or 'reference' in the config)")
-    dask_side = is_dask_dataframe(reference) or is_dask_dataframe(current)
-    with _cluster(client, config.scheduler, current=dask_side) as running:
-        report = measure_drift(config, running, Progress.of(progress), reference=reference, current=current)
-        return DriftResult(report, config)
-
-
-# --------------------------------------------------------------------------- compare
-
-
-class CompareResult(_Page):
-    """A candidate against a baseline on the same rows: the table ``xent compare`` writes.
-
-    Attributes
-    ----------
-    report
-        The rows, join counts, breaches and both evaluations (``report.baseline``, ``report.candidate``).
-    tables
-        ``{"compare": pyarrow Table}`` with its report metadata, exactly as written.
-    """
-
-    def __init__(self, report: "CompareReport", config: CompareConfig):
-        from .monitor.paired import compare_tables
-
-        self.report = report
-        self.config = config
-        self.tables: dict[str, pa.Table] = compare_tables(report, config)
-
-    @property
-    def table(self) -> "pd.DataFrame":
-        """One row per slice and per (slice, class), and the same across slices (``overall``)."""
-        return self.tables["compare"].to_pandas()
-
-    @property
-    def breaches(self) -> list[str]:
-        """Each breached (gate, row), described: gate, slice, class, difference and interval."""
-        return list(self.report.breaches)
-
-    @property
-    def units(self) -> str:
-        return self.config.units
-
-    def raise_for_breach(self) -> None:
-        """Raise ``GateBreach`` (exit code 3 in the CLI) naming every breach, if any."""
-        from .monitor.gates import gate_error
-
-        error = gate_error(self.report.breaches)
-        if error is not None:
-            raise error
-
-    def to_arrow(self) -> dict[str, pa.Table]:
-        return dict(self.tables)
-
-    def write(self, path: str | os.PathLike, storage_options: dict[str, Any] | None = None,
-              html: bool = True) -> dict[str, str]:
-        """Write ``compare.parquet``, ``report.html`` unless `html` is False, and
-        ``_manifest.json`` under `path` all-or-nothing; returns {table name: path}."""
-        options = self.config.storage_options if storage_options is None else storage_options
-        return self._write(path, options, html)
-
-    def __repr__(self) -> str:
-        row = next(r for r in self.report.rows if r["overall"] and r["class"] is None)
-        verdict = f"{len(self.report.breaches)} gate breaches" if self.report.breaches else "no gate breached"
-        return (f"<xent CompareResult: {row['n_matched']:,} rows joined; ce_mean candidate - baseline "
-                f"{row['ce_mean_diff']:+.4g} [{row['ce_mean_diff_lo']:+.4g}, {row['ce_mean_diff_hi']:+.4g}] "
-                f"{self.units}: {row['verdict']}; {verdict}>")
+    return _measured(DRIFT, config, client=client, progress=progress, first=reference, second=current)
 
 
 def compare(baseline: Any, candidate: Any, *, client: "Client | None" = None, progress: bool | Progress = False,
@@ -414,41 +465,45 @@ def compare(baseline: Any, candidate: Any, *, client: "Client | None" = None, pr
     UsageError, DataError
         As for ``drift``; also a DataError when a joined row's label differs between the dumps.
     """
-    config = validated(CompareConfig, options, "compare()", ("sources", "baseline"))
-    paths, in_memory = _two_sides("compare()", baseline=baseline, candidate=candidate)
-    config = config.model_copy(update={"sources": paths["candidate"] or [], "baseline": paths["baseline"] or []})
-    return compare_config(config, client=client, progress=progress, **in_memory)
+    return _two_sided(COMPARE, baseline, candidate, client, progress, options)
 
 
 def compare_config(config: CompareConfig, *, client: "Client | None" = None, progress: bool | Progress = False,
                    baseline: Any = None, candidate: Any = None) -> CompareResult:
     """``compare`` from a validated config (candidate dump in ``sources``, and ``baseline``);
     `baseline` or `candidate`, when given, is that side's in-memory data instead."""
-    from .monitor.paired import compare_models
+    return _measured(COMPARE, config, client=client, progress=progress, first=baseline, second=candidate)
 
-    if baseline is None and not config.baseline:
-        raise UsageError("no baseline dump given (--baseline or 'baseline' in the config)")
-    if candidate is None and not config.sources:
-        raise UsageError("no candidate dump given (--candidate or 'sources' in the config)")
-    dask_side = is_dask_dataframe(baseline) or is_dask_dataframe(candidate)
+
+def _two_sided(kind: TwoSided, first: Any, second: Any, client: "Client | None", progress: bool | Progress,
+               options: dict[str, Any]) -> Any:
+    """``drift()`` or ``compare()``: `options` validated, each side's paths put in the
+    config or its in-memory data passed on."""
+    where = f"{kind.name}()"
+    config = validated(kind.config_model, options, where, ("sources", kind.first))
+    paths, in_memory = {}, {}
+    for side, source in ((kind.first, first), (kind.second, second)):
+        paths[side] = _paths(source)
+        if paths[side] is None and not is_in_memory(source):
+            raise UsageError(f"{where}: {side} is a {type(source).__module__}.{type(source).__name__}; give Parquet "
+                             "path(s), folder(s), glob(s) or URL(s), a pyarrow Table, a pandas DataFrame or a Dask DataFrame")
+        in_memory[side] = None if paths[side] is not None else source
+    config = config.model_copy(update={"sources": paths[kind.second] or [], kind.first: paths[kind.first] or []})
+    return _measured(kind, config, client=client, progress=progress, first=in_memory[kind.first],
+                    second=in_memory[kind.second])
+
+
+def _measured(kind: TwoSided, config: Any, *, client: "Client | None" = None, progress: bool | Progress = False,
+             first: Any = None, second: Any = None) -> Any:
+    """The `kind` result of `config`: the other dump (`first`) against the config's
+    ``sources`` (`second`), each in-memory data or None for its paths."""
+    kind.check_dumps(config, first, second)
+    dask_side = is_dask_dataframe(first) or is_dask_dataframe(second)
     with _cluster(client, config.scheduler, current=dask_side) as running:
-        report = compare_models(config, running, Progress.of(progress), baseline=baseline, candidate=candidate)
-        return CompareResult(report, config)
+        return kind.result(kind.result._measure(config, running, Progress.of(progress), first, second), config)
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _two_sides(function: str, **sides: Any) -> tuple[dict[str, list[str] | None], dict[str, Any]]:
-    """Each side's paths (None for in-memory data) and in-memory data (None for paths)."""
-    paths, in_memory = {}, {}
-    for side, source in sides.items():
-        paths[side] = _paths(source)
-        if paths[side] is None and not is_in_memory(source):
-            raise UsageError(f"{function}: {side} is a {type(source).__module__}.{type(source).__name__}; give Parquet "
-                             "path(s), folder(s), glob(s) or URL(s), a pyarrow Table, a pandas DataFrame or a Dask DataFrame")
-        in_memory[side] = None if paths[side] is not None else source
-    return paths, in_memory
 
 
 def validated(model: type[Model], options: dict[str, Any], where: str, forbidden: Sequence[str] = ()) -> Model:

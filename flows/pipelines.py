@@ -21,16 +21,15 @@ from prefect.states import Completed, Failed
 
 from xent_kernels import class_columns
 
+from .api import COMPARE, DRIFT, TwoSided, TwoSidedResult
 from .config import CompareConfig, DriftConfig, EvalConfig, NightlyConfig, build_config
 from .engine import Progress
 from .errors import InfrastructureError, XentError, infrastructure_cause, without_credentials
 from .inputs.sources import InputFile, dump_label, fingerprint
-from .monitor.drift import DriftReport, breach_error
-from .monitor.gates import gate_error
+from .monitor.drift import DriftReport
 from .report.tables import with_interval
-from .report.text import compare_view, describe_breach
-from .runs import adhoc, drift, nightly
-from .runs import compare as compare_run
+from .report.text import compare_view
+from .runs import adhoc, nightly, two_sided
 
 
 def _transient(task, task_run, state) -> bool:
@@ -58,8 +57,8 @@ find_inputs = task(cache_policy=NONE, **IO_RETRIES)(adhoc.find_inputs)
 evaluate_on_cluster = task(cache_policy=NONE)(adhoc.evaluate_on_cluster)
 write_report = task(cache_policy=NONE, **IO_RETRIES)(adhoc.write_report)
 write_tables = task(cache_policy=NONE, **IO_RETRIES)(adhoc.write_tables)
-drift_on_cluster = task(cache_policy=NONE)(drift.drift_on_cluster)
-compare_on_cluster = task(cache_policy=NONE)(compare_run.compare_on_cluster)
+drift_on_cluster = task(cache_policy=NONE, name="drift_on_cluster")(DRIFT.on_cluster)
+compare_on_cluster = task(cache_policy=NONE, name="compare_on_cluster")(COMPARE.on_cluster)
 
 
 @task(cache_policy=NONE)
@@ -109,16 +108,25 @@ def _drift_rows(report: DriftReport) -> list[dict]:
     ]
 
 
-def _breach_state(report: DriftReport, result: Any) -> Any:
-    error = breach_error(report)
+def _two_sided_run_name(kind: TwoSided):
+    """The run name of `kind`'s flow: xent-<kind> <the dump's folder name> vs <the other dump's>."""
+
+    def run_name() -> str:
+        config = kind.config_model.model_validate(flow_run.parameters["config"])
+        return f"xent-{kind.name} {dump_label(config.sources)} vs {dump_label(getattr(config, kind.first))}"
+
+    return run_name
+
+
+def _two_sided_end(result: TwoSidedResult, paths: dict[str, str], what: str) -> Any:
+    """The flow's return: the paths, or a failed state naming every breach, each logged as `what`: <breach>."""
+    error = result.breach_error()
     if error is None:
-        return result
+        return {"paths": paths, "breaches": []}
     logger = get_run_logger()
-    for row in report.breaches:
-        logger.warning("drift: %s", describe_breach(row, report.slice_by))
+    for message in result.breaches:
+        logger.warning("%s: %s", what, message)
     return Failed(message=str(error), data=error)
-
-
 
 
 # --------------------------------------------------------------------------- ad hoc
@@ -138,30 +146,19 @@ def eval_flow(config: EvalConfig, out: str, progress: bool = False) -> dict[str,
 # --------------------------------------------------------------------------- drift
 
 
-def _drift_run_name() -> str:
-    from prefect.runtime import flow_run
-
-    config = DriftConfig.model_validate(flow_run.parameters["config"])
-    return f"xent-drift {dump_label(config.sources)} vs {dump_label(config.reference)}"
-
-
-@flow(name="xent-drift", flow_run_name=_drift_run_name, log_prints=False)
+@flow(name="xent-drift", flow_run_name=_two_sided_run_name(DRIFT), log_prints=False)
 def drift_flow(config: DriftConfig, out: str, progress: bool = False) -> Any:
     """Compare the current dump with the reference; a breached threshold fails the run."""
-    paths, report = drift.drift_steps(config, out, (drift_on_cluster, write_report), Progress(progress))
+    paths, result = two_sided.two_sided_steps(DRIFT, config, out, (drift_on_cluster, write_report), Progress(progress))
     # One artifact key per current dump (its name and content digest): runs on other
     # dumps never replace this one's latest table.
-    key = _dump_artifact_key("drift", config.sources, report.current.inputs)
-    publish_artifact(key, _drift_rows(report), f"Drift ({config.units}) of {config.sources} against {config.reference}")
-    return _breach_state(report, {"paths": paths, "breaches": [describe_breach(r, report.slice_by) for r in report.breaches]})
+    key = _dump_artifact_key("drift", config.sources, result.report.current.inputs)
+    publish_artifact(key, _drift_rows(result.report),
+                     f"Drift ({config.units}) of {config.sources} against {config.reference}")
+    return _two_sided_end(result, paths, "drift")
 
 
 # --------------------------------------------------------------------------- compare
-
-
-def _compare_run_name() -> str:
-    config = CompareConfig.model_validate(flow_run.parameters["config"])
-    return f"xent-compare {dump_label(config.sources)} vs {dump_label(config.baseline)}"
 
 
 def compare_markdown(tables: dict[str, pa.Table], config: CompareConfig, breaches: list[str]) -> str:
@@ -177,20 +174,18 @@ def compare_markdown(tables: dict[str, pa.Table], config: CompareConfig, breache
     return "\n".join(lines)
 
 
-@flow(name="xent-compare", flow_run_name=_compare_run_name, log_prints=False)
+@flow(name="xent-compare", flow_run_name=_two_sided_run_name(COMPARE), log_prints=False)
 def compare_flow(config: CompareConfig, out: str, progress: bool = False) -> Any:
     """Compare the candidate dump with the baseline on the same rows; a breached gate fails the run."""
-    paths, result = compare_run.compare_steps(config, out, (compare_on_cluster, write_report), Progress(progress))
+    paths, result = two_sided.two_sided_steps(COMPARE, config, out, (compare_on_cluster, write_report),
+                                              Progress(progress))
     key = _dump_artifact_key("compare", config.sources, result.report.candidate.inputs)
     create_markdown_artifact(key=key, markdown=compare_markdown(result.tables, config, result.breaches),
                              description=f"{config.sources} against {config.baseline}")
-    error = gate_error(result.breaches)
-    if error is not None:
-        logger = get_run_logger()
-        for message in result.breaches:
-            logger.warning("gate: %s", message)
-        return Failed(message=str(error), data=error)
-    return {"paths": paths, "breaches": []}
+    return _two_sided_end(result, paths, "gate")
+
+
+TWO_SIDED_FLOWS = {DRIFT.name: drift_flow, COMPARE.name: compare_flow}  # the CLI runs a kind's flow by its name
 
 
 # --------------------------------------------------------------------------- nightly

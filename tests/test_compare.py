@@ -16,12 +16,13 @@ from numpy.testing import assert_allclose
 from scipy import stats as sps
 from scipy.special import log_softmax
 
+from flows.api import COMPARE
 from flows.cli import main
 from flows.config import CompareConfig, Gate
 from flows.errors import DataError, GateBreach
 from flows.generate import generate_dump
 from flows.monitor.gates import breached_gates
-from flows.runs.compare import compare_steps
+from flows.runs.two_sided import two_sided_steps
 from oracle import load_arrays
 from xent_kernels.hashing import JACKKNIFE_SEED, splitmix64
 
@@ -58,7 +59,7 @@ def rows_of(result) -> list[dict]:
 
 
 def test_paired_differences_match_numpy_and_one_sided_ids_are_counted(dumps, tmp_path):
-    _, result = compare_steps(config(dumps, compare={"bucket_rows": 700}), str(tmp_path / "out"))
+    _, result = two_sided_steps(COMPARE, config(dumps, compare={"bucket_rows": 700}), str(tmp_path / "out"))
     rows = rows_of(result)
     top = next(r for r in rows if r["overall"] and r["class"] is None)
     assert (top["n_matched"], top["n_only_baseline"], top["n_only_candidate"]) == (2900, 100, 100)
@@ -97,8 +98,8 @@ def test_paired_differences_match_numpy_and_one_sided_ids_are_counted(dumps, tmp
 
 @pytest.mark.slow
 def test_resharded_candidate_gives_the_same_table(dumps, tmp_path):
-    _, one = compare_steps(config(dumps), str(tmp_path / "one"))
-    _, other = compare_steps(config(dumps, "resharded", compare={"bucket_rows": 400}), str(tmp_path / "other"))
+    _, one = two_sided_steps(COMPARE, config(dumps), str(tmp_path / "one"))
+    _, other = two_sided_steps(COMPARE, config(dumps, "resharded", compare={"bucket_rows": 400}), str(tmp_path / "other"))
     left, right = one.tables["compare"], other.tables["compare"]
     assert left.schema == right.schema and left.num_rows == right.num_rows
     for name in left.column_names:
@@ -111,7 +112,7 @@ def test_resharded_candidate_gives_the_same_table(dumps, tmp_path):
 
 
 def test_the_same_model_on_both_sides_differs_by_exactly_zero(dumps, tmp_path):
-    _, result = compare_steps(config(dumps, "same"), str(tmp_path / "out"))
+    _, result = two_sided_steps(COMPARE, config(dumps, "same"), str(tmp_path / "out"))
     for row in rows_of(result):
         for name, value in row.items():
             if name.endswith(("_diff", "_diff_lo", "_diff_hi")) and not name.startswith(("top5", "auc")):
@@ -122,7 +123,7 @@ def test_the_same_model_on_both_sides_differs_by_exactly_zero(dumps, tmp_path):
 
 @pytest.mark.slow
 def test_gates_point_and_interval_and_exit_code_3(dumps, tmp_path, capsys):
-    _, result = compare_steps(config(dumps), str(tmp_path / "plain"))
+    _, result = two_sided_steps(COMPARE, config(dumps), str(tmp_path / "plain"))
     rows = rows_of(result)
     # A limit between the largest lower bound and the largest difference: the point
     # value of some row lies past it, no whole interval does.
@@ -165,7 +166,7 @@ def test_rows_must_agree_on_their_labels(dumps, tmp_path):
     other = generate_dump(dumps["root"] / "other-labels", rows=300, classes=CLASSES, shards=1, seed=99,
                           slices={"model": ["a", "b"]})
     with pytest.raises(DataError, match=r"has label .* in the baseline dump but .* in the candidate dump"):
-        compare_steps(CompareConfig(sources=[other.root], baseline=[dumps["baseline"].root]), str(tmp_path / "out"))
+        two_sided_steps(COMPARE, CompareConfig(sources=[other.root], baseline=[dumps["baseline"].root]), str(tmp_path / "out"))
 
 
 def test_bad_gates_are_config_errors(tmp_path, capsys):

@@ -16,11 +16,12 @@ from numpy.testing import assert_allclose
 from scipy.special import log_softmax, rel_entr
 
 from support import run_without_prefect
+from flows.api import DRIFT
 from flows.cli import main
 from flows.config import DRIFT_METRICS, DriftConfig
-from flows.runs.drift import drift_steps
 from flows.errors import DataError
 from flows.generate import generate_dump
+from flows.runs.two_sided import two_sided_steps
 from oracle import load_arrays
 
 MODELS = ("a", "b", "c")
@@ -96,7 +97,7 @@ def test_models_scoring_the_same_ids_join_model_with_model(tmp_path, layout, str
         sources=[str(tmp_path / "current")], reference=[str(tmp_path / "reference")],
         slice_by=["model"] if sliced else [], drift={"bucket_rows": 1000, "id_cols": key},
     )
-    _, report = drift_steps(config, str(tmp_path / "out"))
+    report = two_sided_steps(DRIFT, config, str(tmp_path / "out"))[1].report
     values = rows_by_key(report)
     per_model = expected_kl(arrays)
     assert values[(None, "n_matched")] == 3 * 800
@@ -131,14 +132,14 @@ def test_key_columns_of_different_types_are_a_data_error(tmp_path):
                    tmp_path / "current" / "part-0.parquet")
     config = DriftConfig(sources=[str(tmp_path / "current")], reference=[reference.root])
     with pytest.raises(DataError, match="key column 'id' is integer in the reference dump .* but string in the current"):
-        drift_steps(config, str(tmp_path / "out"))
+        two_sided_steps(DRIFT, config, str(tmp_path / "out"))
 
 
 def test_a_missing_key_column_is_named(tmp_path):
     dump = generate_dump(tmp_path / "dump", rows=300, classes=3, shards=1, seed=1)
     config = DriftConfig(sources=[dump.root], reference=[dump.root], drift={"id_cols": "model,id"})
     with pytest.raises(DataError, match=r"no key column 'model'.*joined on \(model, id\).*id_cols"):
-        drift_steps(config, str(tmp_path / "out"))
+        two_sided_steps(DRIFT, config, str(tmp_path / "out"))
 
 
 # --------------------------------------------------------------------------- units
@@ -158,8 +159,8 @@ def test_bits_divide_every_divergence_and_thresholds_are_in_bits(tmp_path):
     def run(units, thresholds):
         config = DriftConfig(sources=[current.root], reference=[reference.root], slice_by=["model"], units=units,
                              drift={"thresholds": thresholds, "bucket_rows": 1000})
-        paths, report = drift_steps(config, str(tmp_path / units))
-        return pq.read_table(paths["drift"]), report
+        paths, result = two_sided_steps(DRIFT, config, str(tmp_path / units))
+        return pq.read_table(paths["drift"]), result.report
 
     nats, nats_report = run("nats", {})
     kl_nats = rows_by_key(nats_report)[(None, "kl_per_sample")]

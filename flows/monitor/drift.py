@@ -27,14 +27,16 @@ from xent_kernels.drift import histogram_divergences, quantile_bin_edges, rebin
 from xent_kernels.statistics import Totals
 
 from ..config import DRIFT_METRICS, DriftConfig, DriftSettings, nats_per_unit
-from ..engine import Evaluation, Progress, evaluate_source
-from ..errors import DataError, DriftBreach
+from ..engine import Evaluation, Progress
+from ..errors import DriftBreach
 from ..metadata import CONFIG_KEY, REFERENCE_FINGERPRINT_KEY
 from ..report.tables import config_json, report_metadata, report_parts, slice_key_columns
 from ..report.text import INFINITE_KL, describe_breach
-from .join import EvaluatedSide, join_sides, kl_pairing, prepare_join
+from .join import EvaluatedSide, kl_pairing
+from .sides import evaluate_sides, join_evaluated
 
 FINE_BINS = 200  # confidence histogram resolution before re-binning at reference quantiles
+SIDES = ("reference", "current")  # as the per-sample join's pairing names them
 
 
 # --------------------------------------------------------------------------- distribution level
@@ -116,15 +118,9 @@ def measure_drift(config: DriftConfig, client: Client, progress: Progress | None
     """
     # Drift reads no intervals: one jackknife bucket, so no bucket hashing and a small state.
     fine = config.model_copy(update={"n_bins": FINE_BINS, "n_buckets": 1})
-    current_evaluation = evaluate_source(fine, client, current, progress)
-    reference_evaluation = evaluate_source(fine.model_copy(update={"sources": config.reference}), client, reference, progress)
-    sides = {"reference": EvaluatedSide(reference_evaluation, reference), "current": EvaluatedSide(current_evaluation, current)}
-    reference_spec, current_spec = reference_evaluation.spec, current_evaluation.spec
-    if reference_spec.n_classes != current_spec.n_classes:
-        raise DataError(
-            f"reference has {reference_spec.n_classes} classes ({reference_spec.reference_file}), "
-            f"current has {current_spec.n_classes} ({current_spec.reference_file})"
-        )
+    sides = evaluate_sides(fine, client, progress, SIDES, config.reference, {"reference": reference, "current": current})
+    reference_evaluation, current_evaluation = (sides[name].evaluation for name in SIDES)
+    current_spec = current_evaluation.spec
     entries = histograms(reference_evaluation, current_evaluation, config.drift)
     rows = distribution_rows(entries, config.drift)
     if config.drift.per_sample:
@@ -143,9 +139,7 @@ def measure_drift(config: DriftConfig, client: Client, progress: Progress | None
 
 
 def _per_sample_rows(config: DriftConfig, sides: dict[str, EvaluatedSide], client: Client) -> list[dict]:
-    pairing = kl_pairing(config.drift.per_sample_smoothing)
-    joins = prepare_join(config, config.drift.join_key(config.slice_by), sides, client, pairing)
-    joined = join_sides(config, config.drift, joins, client, pairing)
+    _, joined = join_evaluated(config, config.drift, sides, client, kl_pairing(config.drift.per_sample_smoothing))
     rows = [
         {"key": None, "metric": "n_matched", "value": float(joined.matched)},
         {"key": None, "metric": "n_only_reference", "value": float(joined.only_first)},

@@ -19,15 +19,14 @@ from typing import Iterable, Sequence
 
 from ..config import Gate
 from ..errors import GateBreach
-from ..report.text import describe_gate
+from ..report.text import class_text, describe_gate
 
 
 def _where(row: dict, slice_by: Sequence[str]) -> str:
     scope = "overall" if row.get("overall") or not slice_by else ", ".join(f"{k}={row.get(k)}" for k in slice_by)
     if row.get("class") is None:
         return f"{scope}, all classes"
-    name = row.get("class_name")
-    return f"{scope}, class {row['class']}" + (f" ({name})" if name is not None and name != str(row["class"]) else "")
+    return f"{scope}, class {class_text(row['class'], row.get('class_name'), parenthesized=True)}"
 
 
 def _breached(gate: Gate, value: float, lo: float, hi: float) -> bool:

@@ -25,13 +25,14 @@ from xent_kernels.hashing import key_buckets
 from xent_kernels.paired import OUTCOMES, PairedReport, PairedStats, paired_finalize, paired_partial
 
 from ..config import CompareConfig, log_base, nats_per_unit
-from ..engine import Evaluation, Progress, evaluate_source
+from ..engine import Evaluation, Progress
 from ..errors import DataError
 from ..inputs.spec import ReadSpec
 from ..metadata import COMPARE_KEY, CONFIG_KEY, REFERENCE_FINGERPRINT_KEY
 from ..report.tables import config_json, report_metadata, report_parts, slice_key_columns
 from .gates import breached_gates
-from .join import EvaluatedSide, JoinResult, Pairing, Rows, describe_key, join_sides, prepare_join
+from .join import JoinResult, Pairing, Rows, describe_key
+from .sides import evaluate_sides, join_evaluated
 
 SIDES = ("baseline", "candidate")
 
@@ -99,24 +100,11 @@ def compare_models(config: CompareConfig, client: Client, progress: Progress | N
                    baseline: Any = None, candidate: Any = None) -> CompareReport:
     """Evaluate both dumps, join their rows on the key columns and compute every paired
     difference; `baseline`/`candidate` are in-memory data, or None for the config's paths."""
-    candidate_evaluation = evaluate_source(config, client, candidate, progress)
-    baseline_evaluation = evaluate_source(config.model_copy(update={"sources": config.baseline}), client, baseline,
-                                          progress)
-    base_spec, cand_spec = baseline_evaluation.spec, candidate_evaluation.spec
-    if base_spec.n_classes != cand_spec.n_classes:
-        raise DataError(f"baseline has {base_spec.n_classes} classes ({base_spec.reference_file}), "
-                        f"candidate has {cand_spec.n_classes} ({cand_spec.reference_file})")
-    sides = {"baseline": EvaluatedSide(baseline_evaluation, baseline),
-             "candidate": EvaluatedSide(candidate_evaluation, candidate)}
-    key = config.compare.join_key(config.slice_by)
-    pairing = compare_pairing(config)
-    joins = prepare_join(config, key, sides, client, pairing, n_bins=config.n_bins)
-    joined = join_sides(config, config.compare, joins, client, pairing)
-    if joined.matched == 0:
-        raise DataError(
-            f"no row of the candidate dump ({cand_spec.reference_file}) has its key ({', '.join(key)}) in the baseline "
-            f"dump ({base_spec.reference_file}): set compare.id_cols (or --id-cols) to columns both dumps share"
-        )
+    sides = evaluate_sides(config, client, progress, SIDES, config.baseline, {"baseline": baseline, "candidate": candidate})
+    baseline_evaluation, candidate_evaluation = (sides[name].evaluation for name in SIDES)
+    cand_spec = candidate_evaluation.spec
+    key, joined = join_evaluated(config, config.compare, sides, client, compare_pairing(config), n_bins=config.n_bins,
+                                 require_match=True)
     names = cand_spec.names()
     rows = compare_rows(joined, cand_spec.slice_by, names, config.units,
                         config.interval_level)

@@ -33,6 +33,14 @@ def infinite_kl_note(drift: pa.Table) -> str | None:
             "smooth both sides")
 
 
+def class_text(index: int, name: str | None, parenthesized: bool = False) -> str:
+    """A class as shown: its index, then its name (in parentheses if `parenthesized`)
+    unless the name is the index or unknown."""
+    if name is None or name == str(index):
+        return str(index)
+    return f"{index} ({name})" if parenthesized else f"{index} {name}"
+
+
 def describe_breach(row: dict, slice_by: tuple[str, ...]) -> str:
     where = "overall" if row["key"] is None else ", ".join(f"{k}={v}" for k, v in zip(slice_by, row["key"]))
     return f"{row['metric']} = {row['value']:.6g} exceeds threshold {row['threshold']:.6g} ({where})"
@@ -69,8 +77,7 @@ def compare_view(table: pa.Table, worst: int = 5) -> tuple[list[str], list[list[
     cells = []
     for row in [*overall, *slices, *classes]:
         where = "(all)" if row["overall"] else ",".join(f"{c}={row[c]}" for c in slice_columns)
-        cls = "(all)" if row["class"] is None else f"{row['class']}" + (
-            f" {row['class_name']}" if row["class_name"] != str(row["class"]) else "")
+        cls = "(all)" if row["class"] is None else class_text(row["class"], row["class_name"])
         cells.append([where, cls, f"{row['n']:,}", *(_interval(row, m) for m in metrics),
                       f"{row['wins']:,}/{row['ties']:,}/{row['losses']:,}", row["verdict"] or ""])
     return header, cells

@@ -1,2 +1,3 @@
-"""Each command's steps, free of Prefect: ``adhoc`` (xent eval), ``drift`` and
-``nightly``. The Prefect flows in :mod:`flows.pipelines` run the same steps as tasks."""
+"""Each command's steps, free of Prefect: ``adhoc`` (xent eval), ``two_sided`` (xent
+drift and xent compare) and ``nightly``. The Prefect flows in :mod:`flows.pipelines`
+run the same steps as tasks."""

@@ -12,6 +12,8 @@ from typing import Any
 
 import jinja2
 
+from ..text import class_text
+
 LABELS = {"n": "rows", "ce_mean": "mean CE", "ce_macro": "macro CE", "accuracy": "accuracy", "ece": "ECE",
           "brier": "Brier", "auc": "AUC", "f1_macro": "macro F1", "f1": "F1", "ce_std": "CE std",
           "p_true_mean": "mean p(true)", "entropy_mean": "mean entropy"}
@@ -85,11 +87,6 @@ def cell(row: dict, name: str, lo: str | None = None, hi: str | None = None, tex
 
 def text_cell(value: Any) -> dict[str, Any]:
     return {"text": number(value), "interval": "", "sort": "" if value is None else str(value)}
-
-
-def class_text(index: int, name: str | None) -> str:
-    """A class as shown: its index, then its name unless the name is the index (or unknown)."""
-    return str(index) if name is None or name == str(index) else f"{index} {name}"
 
 
 def class_label(row: dict, number_column: str = "class", name: str = "class_name") -> str:

@@ -9,9 +9,9 @@ import pyarrow as pa
 
 from ...config import DRIFT_METRICS
 from ...metadata import CLASSES_KEY, REFERENCE_FINGERPRINT_KEY, decoded_metadata
-from ..text import describe_breach, infinite_kl_note
+from ..text import class_text, describe_breach, infinite_kl_note
 from .common import (
-    Page, altair, cell, class_text, edge_marks, finite, largest_first, nonfinite_rows, number, slice_label, spec, text_cell,
+    Page, altair, cell, edge_marks, finite, largest_first, nonfinite_rows, number, slice_label, spec, text_cell,
     value_axis,
 )
 from .evaluation import slice_columns_of

@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 import pyarrow as pa
 from distributed import Client
 
+from ...api import DRIFT
 from ...config import DriftConfig, EvalConfig, NightlyConfig, NightlySource, render_path
 from ...engine import Progress, dask_client
 from ...errors import DataError
@@ -23,7 +24,6 @@ from ...report.page.history import MAX_DATES
 from ...report.state import STATE_TABLE, state_table
 from ...report.tables import report_metadata
 from .. import adhoc
-from ..drift import drift_on_cluster
 from .digest import run_digest, stored_breaches
 from .gates import GATE_TABLE, Baseline, GateVerdict, check_gates, load_baseline
 from .history import (
@@ -52,7 +52,7 @@ class Steps:
     stored_breaches: Callable[..., tuple[list[str], GateVerdict | None] | None] = stored_breaches
     load_baseline: Callable[..., Baseline] = load_baseline
     evaluate: Callable = adhoc.evaluate_on_cluster
-    drift: Callable = drift_on_cluster  # (drift config, client, progress) -> flows.api.DriftResult
+    drift: Callable = DRIFT.on_cluster  # (drift config, client, progress) -> flows.api.DriftResult
     write_tables: Callable[..., dict[str, str]] = adhoc.write_tables
     read_history: Callable[..., pa.Table | None] = read_history
     write_history_page: Callable[[NightlyConfig], str] = write_history_page
