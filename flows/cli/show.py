@@ -13,7 +13,7 @@ from rich.table import Table
 
 from xent_kernels import class_columns, summary_columns
 
-from ..config import DRIFT_METRICS
+from ..monitor.drift_statistics import DRIFT_COLUMNS, DRIFT_STATISTIC
 from ..inputs.sources import filesystem
 from ..metadata import INTEGRITY_KEY, INTERVALS_KEY, UNITS_KEY
 from ..report.tables import (
@@ -113,14 +113,13 @@ def print_drift(path: str, console: Console | None = None, storage_options: dict
     table_data = read_report_table(path, storage_options)
     units = (table_data.schema.metadata or {}).get(UNITS_KEY, b"nats").decode()
     rows = [r for r in table_data.to_pylist() if r["class"] is None]
-    fixed = {"overall", "metric", "class", "n", "value", "kl_mean", "n_infinite_kl", "threshold", "breached"}
-    slice_columns = tuple(c for c in table_data.column_names if c not in fixed)
+    slice_columns = tuple(c for c in table_data.column_names if c not in DRIFT_COLUMNS)
     table = Table(title=f"drift against the reference (divergences in {units})")
     for column in ("slice", "metric", "value", "threshold", "breached"):
         table.add_column(column, justify="right")
     for row in rows:
         where = "(all)" if row["overall"] else ",".join(f"{c}={row[c]}" for c in slice_columns)
-        value = row["value"] if row["metric"] in DRIFT_METRICS else int(row["value"])  # n_matched, ...: counts
+        value = row["value"] if DRIFT_STATISTIC[row["metric"]].role == "metric" else int(row["value"])
         table.add_row(where, row["metric"], _fmt(value), _fmt(row["threshold"]), "BREACH" if row["breached"] else "")
     console.print(table)
     note = infinite_kl_note(table_data)

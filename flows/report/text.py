@@ -9,9 +9,9 @@ import pyarrow as pa
 
 from ..config import Gate
 from ..metadata import CONFIG_KEY
+from ..monitor.drift_statistics import INFINITE_KL
 
 
-INFINITE_KL = "n_infinite_kl"  # column of kl_per_sample rows: joined rows whose exact KL is infinite
 
 
 def infinite_kl_note(drift: pa.Table) -> str | None:

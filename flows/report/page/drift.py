@@ -7,7 +7,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from ...config import DRIFT_METRICS
+from ...monitor.drift_statistics import DRIFT_STATISTIC
 from ...metadata import CLASSES_KEY, REFERENCE_FINGERPRINT_KEY, decoded_metadata
 from ..text import describe_breach, infinite_kl_note
 from .common import (
@@ -86,7 +86,7 @@ def build(tables: dict[str, pa.Table], page: Page, max_classes: int) -> None:
 
 def _metric_row(row: dict) -> list[dict[str, Any]]:
     value = row["value"]
-    shown = cell(row, "value", text=number if row["metric"] in DRIFT_METRICS or not finite(value)
+    shown = cell(row, "value", text=number if DRIFT_STATISTIC[row["metric"]].role == "metric" or not finite(value)
                  else lambda v: number(int(v)))
     if row["breached"]:
         shown["class"] = "breached-cell"
