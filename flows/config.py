@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import ConfigError, UsageError, without_credentials
 from .kinds import KINDS
 from .metadata import HISTORY_COLUMNS
-from .monitor.drift_statistics import DRIFT_METRICS
+from .drift_statistics import DRIFT_METRICS
 
 
 Kind = Literal[tuple(KINDS)]  # type: ignore[valid-type]  # Literal["logits", "probs", "log_probs"]

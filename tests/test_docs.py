@@ -24,7 +24,7 @@ from flows import config as config_module
 from flows import errors
 from flows.cli import main
 from flows.cli.commands import build_parser
-from flows.monitor.drift_statistics import DRIFT_COLUMNS, DRIFT_STATISTICS
+from flows.drift_statistics import DRIFT_COLUMNS, DRIFT_STATISTICS
 from flows.config import CompareSettings, DriftSettings, EvalConfig, NightlyConfig, NightlySource, Schedule, build_config
 from xent_kernels import STATISTICS
 

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from xent_kernels import class_columns, summary_columns
 
-from ..monitor.drift_statistics import DRIFT_COLUMNS, DRIFT_STATISTIC
+from ..drift_statistics import DRIFT_COLUMNS, DRIFT_STATISTIC
 from ..inputs.sources import filesystem
 from ..metadata import INTEGRITY_KEY, INTERVALS_KEY, UNITS_KEY
 from ..report.tables import (
@@ -107,6 +107,7 @@ def print_report(
 
 def print_drift(path: str, console: Console | None = None, storage_options: dict[str, Any] | None = None) -> None:
     """The drift metrics per slice with thresholds, every breach, the verdict, and where the report is."""
+    from ..report.metric_values import MetricValue
     from ..report.text import describe_breach, infinite_kl_note
 
     console = console or terminal()
@@ -127,8 +128,7 @@ def print_drift(path: str, console: Console | None = None, storage_options: dict
         console.print(note, soft_wrap=True, markup=False)
     breached = [r for r in rows if r["breached"]]
     for row in breached:
-        key = None if row["overall"] else tuple(row[c] for c in slice_columns)
-        console.print(f"BREACH {describe_breach({**row, 'key': key}, slice_columns)}", soft_wrap=True)
+        console.print(f"BREACH {describe_breach(MetricValue.from_row(row, slice_columns), slice_columns)}", soft_wrap=True)
     if breached:
         verdict = f"BREACHED ({len(breached)} threshold(s))"
     elif all(r["threshold"] is None for r in rows):

@@ -9,7 +9,8 @@ import pyarrow as pa
 
 from ..config import Gate
 from ..metadata import CONFIG_KEY
-from ..monitor.drift_statistics import INFINITE_KL
+from ..drift_statistics import INFINITE_KL
+from .metric_values import MetricValue
 
 
 
@@ -33,9 +34,9 @@ def infinite_kl_note(drift: pa.Table) -> str | None:
             "smooth both sides")
 
 
-def describe_breach(row: dict, slice_by: tuple[str, ...]) -> str:
-    where = "overall" if row["key"] is None else ", ".join(f"{k}={v}" for k, v in zip(slice_by, row["key"]))
-    return f"{row['metric']} = {row['value']:.6g} exceeds threshold {row['threshold']:.6g} ({where})"
+def describe_breach(value: MetricValue, slice_by: tuple[str, ...]) -> str:
+    return (f"{value.key.column} = {value.value:.6g} exceeds threshold {value.threshold:.6g} "
+            f"({value.key.where(slice_by)})")
 
 
 def describe_gate(gate: Gate) -> str:

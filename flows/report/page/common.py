@@ -14,7 +14,7 @@ import jinja2
 
 from xent_kernels import STATISTIC
 
-from ...monitor.drift_statistics import DRIFT_STATISTIC
+from ...drift_statistics import DRIFT_STATISTIC
 
 LABELS = {"n": "rows", "ce_mean": "mean CE", "ce_macro": "macro CE", "accuracy": "accuracy", "ece": "ECE",
           "brier": "Brier", "auc": "AUC", "f1_macro": "macro F1", "f1": "F1", "ce_std": "CE std",

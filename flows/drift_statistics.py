@@ -84,15 +84,15 @@ DRIFT_METRICS = tuple(s.name for s in DRIFT_STATISTICS if s.role == "metric")
 
 INFINITE_KL = "n_infinite_kl"
 
-# The columns of drift.parquet after the slice columns, with their meaning.
-DRIFT_COLUMNS: dict[str, str] = {
-    "overall": "true on the rows over all slices (the slice columns are null there)",
-    "metric": "a drift statistic (the table above)",
-    "class": "the class of a per-class row of `kl_per_sample`; null elsewhere",
-    "n": "joined rows of a `kl_per_sample` row; null elsewhere",
-    "value": "the statistic: information in the config's `units`, counts as floats",
-    "kl_mean": "`value` again on per-class rows (null on the others)",
-    INFINITE_KL: "joined rows whose exact KL is infinite (smoothed or not), on `kl_per_sample` rows",
-    "threshold": "the threshold that applied (a matching slice override, else the global one); null: none",
-    "breached": "`value` is above `threshold` (NaN breaches too)",
+# The columns of drift.parquet after the slice columns: their Arrow types and meaning.
+DRIFT_COLUMNS: dict[str, tuple[str, str]] = {
+    "overall": ("bool_", "true on the rows over all slices (the slice columns are null there)"),
+    "metric": ("string", "a drift statistic (the table above)"),
+    "class": ("int32", "the class of a per-class row of `kl_per_sample`; null elsewhere"),
+    "n": ("int64", "joined rows of a `kl_per_sample` row; null elsewhere"),
+    "value": ("float64", "the statistic: information in the config's `units`, counts as floats"),
+    "kl_mean": ("float64", "`value` again on per-class rows (null on the others)"),
+    INFINITE_KL: ("int64", "joined rows whose exact KL is infinite (smoothed or not), on `kl_per_sample` rows"),
+    "threshold": ("float64", "the threshold that applied (a matching slice override, else the global one); null: none"),
+    "breached": ("bool_", "`value` is above `threshold` (NaN breaches too)"),
 }
