@@ -20,7 +20,6 @@ import pyarrow as pa
 SliceKey = tuple[Hashable, ...]
 
 DIFF = "diff"  # a difference's spelling in a column name: <metric>_diff, <metric>_diff_lo
-INTERVAL_ENDS = ("lo", "hi")
 
 
 @dataclass(frozen=True)
