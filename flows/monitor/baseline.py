@@ -9,7 +9,6 @@ run being checked, "baseline" the earlier run.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Sequence
 
 import pyarrow as pa
@@ -39,7 +38,7 @@ def baseline_values(baseline: ClassStats, current: ClassStats, slice_by: tuple[s
             values.append(value)
             if value.key.metric == "n":  # once per (slice, class)
                 flag = small[0 if overall else position[value.key.slice]]
-                values.append(MetricValue(replace(value.key, metric="small_slice"), bool(flag)))
+                values.append(MetricValue(value.key._replace(metric="small_slice"), bool(flag)))
     return values
 
 

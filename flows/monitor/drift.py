@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -140,14 +140,14 @@ def in_units(value: MetricValue, units: str) -> MetricValue:
     """`value` (in nats) in `units` if it is information (`DRIFT_STATISTICS`); counts stay counts."""
     if DRIFT_STATISTIC[value.key.metric].units != "information":
         return value
-    return replace(value, value=value.value / nats_per_unit(units))
+    return value._replace(value=value.value / nats_per_unit(units))
 
 
 def checked(config: DriftConfig, value: MetricValue) -> MetricValue:
     """`value` with its threshold (none per class) and whether it is breached (NaN is)."""
     key = value.key
     threshold = threshold_for(config.drift, config.slice_by, key.slice, key.metric) if key.cls is None else None
-    return replace(value, threshold=threshold, breached=bool(threshold is not None and not (value.value <= threshold)))
+    return value._replace(threshold=threshold, breached=bool(threshold is not None and not (value.value <= threshold)))
 
 
 def _per_sample_values(config: DriftConfig, sides: dict[str, EvaluatedSide], client: Client) -> list[MetricValue]:
@@ -187,7 +187,7 @@ def drift_table(report: DriftReport) -> pa.Table:
     per-class value repeats in ``kl_mean``."""
     schema = pa.schema([*slice_fields(report.slice_by, report.slice_types),
                         *(pa.field(name, getattr(pa, arrow_type)()) for name, (arrow_type, _) in DRIFT_COLUMNS.items())])
-    values = [v if v.key.cls is None else replace(v, extra={**v.extra, "kl_mean": v.value}) for v in report.values]
+    values = [v if v.key.cls is None else v._replace(extra={**(v.extra or {}), "kl_mean": v.value}) for v in report.values]
     return long_table(values, schema, report.slice_by)
 
 

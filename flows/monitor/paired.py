@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -95,10 +95,16 @@ class CompareReport:
     values: list[MetricValue]  # the values of compare.parquet
     breaches: list[str]  # one line per breached (gate, row)
 
+    @functools.cached_property
+    def table(self) -> pa.Table:
+        """compare.parquet without its metadata (`difference_table`), the join's counts last."""
+        return difference_table(self.values, COMPARE_LEADING, self.slice_by, self.slice_types, self.class_names,
+                                dict.fromkeys(JOIN_COUNTS, pa.int64()))
+
     @property
     def rows(self) -> list[dict]:
         """compare.parquet's rows, as gates read them."""
-        return compare_table(self).to_pylist()
+        return self.table.to_pylist()
 
 
 def compare_models(config: CompareConfig, client: Client, progress: Progress | None = None, *,
@@ -156,22 +162,19 @@ def difference_values(report: PairedReport, overall: bool) -> list[MetricValue]:
         metrics = [s.name for s in STATISTICS if f"{s.name}_diff" in columns]
         parts = {f"{m}_{part}" for m in metrics for part in DIFFERENCE_PARTS}
         counts = [name for name in columns if name not in ("slice", "class") and name not in parts]
-        for i in range(len(columns["slice"])):
-            key = MetricKey("", None if overall else report.slice_keys[columns["slice"][i]],
-                            int(columns["class"][i]) if scope == "per_class" else None)
-
-            def at(name: str) -> Any:
-                value = columns[name][i]
-                return value.item() if isinstance(value, np.generic) else value
-
-            values += [MetricValue(replace(key, metric=name), at(name)) for name in counts]
-            values.append(MetricValue(replace(key, metric="verdict"), at("ce_mean_verdict") if "ce_mean" in metrics
-                                      else None))
-            for m in metrics:
-                values += [MetricValue(replace(key, metric=m, sub_key=side), at(f"{m}_{side}")) for side in SIDES]
-                values.append(MetricValue(replace(key, metric=m, is_diff=True), at(f"{m}_diff"), lo=at(f"{m}_diff_lo"),
-                                          hi=at(f"{m}_diff_hi")))
-                values.append(MetricValue(replace(key, metric=m, sub_key="verdict"), at(f"{m}_verdict")))
+        listed = {name: column.tolist() for name, column in columns.items()}  # numpy scalars as Python's
+        per_metric = [(m, *(listed[f"{m}_{part}"] for part in DIFFERENCE_PARTS)) for m in metrics]
+        verdict = listed["ce_mean_verdict"] if "ce_mean" in metrics else [None] * len(listed["slice"])
+        for i, slice_index in enumerate(listed["slice"]):
+            where = None if overall else report.slice_keys[slice_index]
+            cls = listed["class"][i] if scope == "per_class" else None
+            values += [MetricValue(MetricKey(name, where, cls), listed[name][i]) for name in counts]
+            values.append(MetricValue(MetricKey("verdict", where, cls), verdict[i]))
+            for m, baseline, candidate, diff, lo, hi, verdicts in per_metric:
+                values += (MetricValue(MetricKey(m, where, cls, "baseline"), baseline[i]),
+                           MetricValue(MetricKey(m, where, cls, "candidate"), candidate[i]),
+                           MetricValue(MetricKey(m, where, cls, None, True), diff[i], lo[i], hi[i]),
+                           MetricValue(MetricKey(m, where, cls, "verdict"), verdicts[i]))
     return values
 
 
@@ -190,12 +193,6 @@ def difference_table(values: list[MetricValue], leading: dict[str, pa.DataType],
     return wide_table(values, columns, slice_by, slice_types, class_names)
 
 
-def compare_table(report: CompareReport) -> pa.Table:
-    """compare.parquet (`difference_table`), the join's counts last."""
-    return difference_table(report.values, COMPARE_LEADING, report.slice_by, report.slice_types, report.class_names,
-                            dict.fromkeys(JOIN_COUNTS, pa.int64()))
-
-
 def compare_tables(report: CompareReport, config: CompareConfig) -> dict[str, pa.Table]:
     """compare.parquet with the candidate's report metadata (units, fingerprint, ...),
     the baseline's fingerprint, the config and the join's settings and counts."""
@@ -208,4 +205,4 @@ def compare_tables(report: CompareReport, config: CompareConfig) -> dict[str, pa
         "level": config.interval_level, "tie_tolerance": config.compare.tie_tolerance,
         "gates": [gate.model_dump() for gate in config.gate], "breaches": report.breaches,
     }).encode()
-    return {"compare": compare_table(report).replace_schema_metadata(metadata)}
+    return {"compare": report.table.replace_schema_metadata(metadata)}

@@ -12,8 +12,8 @@ metrics.parquet included, gets its columns' types.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import Any, Hashable, Mapping, Sequence
+import functools
+from typing import Any, Hashable, Mapping, NamedTuple, Sequence
 
 import pyarrow as pa
 
@@ -22,8 +22,7 @@ SliceKey = tuple[Hashable, ...]
 DIFF = "diff"  # a difference's spelling in a column name: <metric>_diff, <metric>_diff_lo
 
 
-@dataclass(frozen=True)
-class MetricKey:
+class MetricKey(NamedTuple):  # a tuple: tables of a thousand classes make hundreds of thousands of keys
     """Which value: `metric` of slice `slice` (None: all rows), class `cls` (None: all
     classes), part `sub_key` (None: the metric itself), a difference if `is_diff`."""
 
@@ -41,19 +40,23 @@ class MetricKey:
     def column(self) -> str:
         """The key's column (wide tables) or ``metric`` (long tables): ``ce_mean``,
         ``ce_mean_diff``, ``ce_mean_baseline``, ``ce_mean_verdict``."""
-        return "_".join(part for part in (self.metric, DIFF if self.is_diff else None, self.sub_key) if part)
+        return column_name(self.metric, self.is_diff, self.sub_key)
 
     def diff(self) -> "MetricKey":
         """The key of the difference candidate − baseline of this metric (TFMA's make_diff_key)."""
-        return replace(self, is_diff=True)
+        return self._replace(is_diff=True)
 
     def where(self, slice_by: Sequence[str], separator: str = ", ") -> str:
         """``overall`` or ``model=a, region=eu``."""
         return "overall" if self.slice is None else separator.join(f"{k}={v}" for k, v in zip(slice_by, self.slice))
 
 
-@dataclass(frozen=True)
-class MetricValue:
+@functools.lru_cache(maxsize=4096)
+def column_name(metric: str, is_diff: bool, sub_key: str | None) -> str:
+    return "_".join(part for part in (metric, DIFF if is_diff else None, sub_key) if part)
+
+
+class MetricValue(NamedTuple):
     """A value with its key: `value` (a float, a count, a flag or a verdict), its
     interval [`lo`, `hi`], the rows `n` it is over, the `threshold` it was checked
     against and whether it `breached` it; `extra` holds the other columns of its row
@@ -66,7 +69,7 @@ class MetricValue:
     n: int | None = None
     threshold: float | None = None
     breached: bool = False
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    extra: Mapping[str, Any] | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any], slice_by: Sequence[str]) -> "MetricValue":
@@ -89,7 +92,7 @@ class MetricValue:
             return self.key.column
         if name in ("value", "lo", "hi", "n", "threshold", "breached"):
             return getattr(self, name)
-        return self.extra.get(name)
+        return None if self.extra is None else self.extra.get(name)
 
 
 def assemble(schema: pa.Schema, columns: Mapping[str, Any], n_rows: int) -> pa.Table:
