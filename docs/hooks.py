@@ -48,7 +48,7 @@ def _range(low: float, high: float) -> str:
 def statistics_markdown() -> str:
     """Every column of ``per_class.parquet`` and ``summary.parquet`` (and every
     ``ClassReport`` array), from the statistics table."""
-    from flows.config import DRIFT_METRICS
+    from flows.drift_statistics import DRIFT_COLUMNS, DRIFT_STATISTICS
     from xent_kernels.statistics import STATISTICS
 
     better = {1: "higher", -1: "lower", 0: ""}
@@ -61,13 +61,19 @@ def statistics_markdown() -> str:
         rows.append([f"`{s.name}`", where, s.description, units, interval, _range(*s.clip), better[s.better],
                      "with a reference prediction only" if s.reference_only else ""])
     statistics = _table(["column", "table", "meaning", "units", "interval `_lo`/`_hi`", "range", "better", "note"], rows)
-    drift = _table(["metric", "units"], [[f"`{name}`", "nats or bits (`units`)"] for name in DRIFT_METRICS])
+    drift = _table(["metric", "meaning", "units", "rows", "note"], [
+        [f"`{s.name}`", s.description, "nats or bits (`units`)" if s.units == "information" else "count",
+         "overall" if s.overall_only else "per slice and overall" + (", per class" if s.per_class else ""),
+         "; ".join(note for note, applies in (("thresholds apply", s.role == "metric"),
+                                              ("with `drift.per_sample` only", s.per_sample)) if applies)]
+        for s in DRIFT_STATISTICS])
+    columns = _table(["column", "meaning"], [[f"`{name}`", text] for name, (_, text) in DRIFT_COLUMNS.items()])
     return (
         "### Report columns\n\nFrom `xent_kernels.statistics.STATISTICS`: one row per statistic. "
         "A metric with an interval also has the columns `<name>_lo` and `<name>_hi`, clipped to its range.\n\n"
-        f"{statistics}\n\n### Drift metrics\n\nFrom `flows.config.DRIFT_METRICS`, the metrics of `drift.parquet` "
-        "that thresholds apply to (see the drift guide for their definitions).\n\n"
-        f"{drift}\n"
+        f"{statistics}\n\n### Drift metrics\n\nFrom `flows.drift_statistics.DRIFT_STATISTICS`, the values "
+        "of the `metric` column of `drift.parquet`; thresholds apply to the divergences (see the drift guide for "
+        f"their definitions).\n\n{drift}\n\nThe columns of `drift.parquet` after the slice columns:\n\n{columns}\n"
     )
 
 

@@ -316,7 +316,7 @@ class DriftResult(TwoSidedResult):
         return breach_error(self.report)
 
     def __repr__(self) -> str:
-        overall = {row["metric"]: row["value"] for row in self.report.rows if row["key"] is None and row["class"] is None}
+        overall = {v.key.metric: v.value for v in self.report.values if v.key.overall and v.key.cls is None}
         shown = ", ".join(f"{name} {overall[name]:.4g}" for name in ("kl_per_sample", "marginal_js", "confidence_psi")
                           if name in overall)
         verdict = f"{len(self.report.breaches)} breaches" if self.report.breaches else "no breach"

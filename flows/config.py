@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import ConfigError, UsageError, without_credentials
 from .kinds import KINDS
 from .metadata import HISTORY_COLUMNS
+from .drift_statistics import DRIFT_METRICS
 
 
 Kind = Literal[tuple(KINDS)]  # type: ignore[valid-type]  # Literal["logits", "probs", "log_probs"]
@@ -262,13 +263,6 @@ def read_class_names(value: str) -> list[str]:
     if len(names) < 2 or len(set(names)) != len(names):
         raise UsageError(f"--classes needs at least two distinct class names, got {names!r}")
     return [str(name) for name in names]
-
-
-DRIFT_METRICS = (
-    "kl_per_sample",  # mean KL(reference‖current) over rows joined on the key columns
-    "marginal_kl", "marginal_js", "marginal_psi",  # predicted class marginals
-    "confidence_kl", "confidence_js", "confidence_psi",  # confidence histograms
-)
 
 
 class SliceThresholds(StrictModel):

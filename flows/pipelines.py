@@ -95,16 +95,12 @@ def _class_rows(per_class: pa.Table) -> list[dict]:
 
 
 def _drift_rows(report: DriftReport) -> list[dict]:
+    """The artifact's rows: each value over all classes, its slice in words."""
     return [
-        {
-            "slice": "overall" if row["key"] is None else ",".join(f"{k}={v}" for k, v in zip(report.slice_by, row["key"])),
-            "metric": row["metric"],
-            "value": round(row["value"], 6),
-            "threshold": row["threshold"],
-            "breached": row["breached"],
-        }
-        for row in report.rows
-        if row["class"] is None
+        {"slice": value.key.where(report.slice_by, ","), "metric": value.key.column,
+         "value": round(value.value, 6), "threshold": value.threshold, "breached": value.breached}
+        for value in report.values
+        if value.key.cls is None
     ]
 
 

@@ -80,7 +80,7 @@ def expected_kl(arrays) -> dict[str, np.ndarray]:
 
 
 def rows_by_key(report) -> dict:
-    return {(row["key"], row["metric"]): row["value"] for row in report.rows if row["class"] is None}
+    return {(v.key.slice, v.key.metric): v.value for v in report.values if v.key.cls is None}
 
 
 @pytest.mark.slow
@@ -179,10 +179,10 @@ def test_bits_divide_every_divergence_and_thresholds_are_in_bits(tmp_path):
     assert_allclose(bits.column("kl_mean").to_numpy()[kl_class], nats.column("kl_mean").to_numpy()[kl_class] / math.log(2),
                     rtol=1e-12)
     threshold = 1.2 * kl_nats
-    breached = {(row["key"], row["metric"]) for row in bits_report.breaches}
+    breached = {(v.key.slice, v.key.metric) for v in bits_report.breaches}
     assert (None, "kl_per_sample") in breached and kl_nats < threshold
-    assert breached == {(row["key"], row["metric"]) for row in bits_report.rows
-                        if row["metric"] == "kl_per_sample" and row["class"] is None and row["value"] > threshold}
+    assert breached == {(v.key.slice, v.key.metric) for v in bits_report.values
+                        if v.key.metric == "kl_per_sample" and v.key.cls is None and v.value > threshold}
 
 
 # --------------------------------------------------------------------------- the CLI: verdict, breaches, --no-prefect

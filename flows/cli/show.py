@@ -13,7 +13,7 @@ from rich.table import Table
 
 from xent_kernels import class_columns, summary_columns
 
-from ..config import DRIFT_METRICS
+from ..drift_statistics import DRIFT_COLUMNS, DRIFT_STATISTIC
 from ..inputs.sources import filesystem
 from ..metadata import INTEGRITY_KEY, INTERVALS_KEY, UNITS_KEY
 from ..report.tables import (
@@ -107,20 +107,20 @@ def print_report(
 
 def print_drift(path: str, console: Console | None = None, storage_options: dict[str, Any] | None = None) -> None:
     """The drift metrics per slice with thresholds, every breach, the verdict, and where the report is."""
+    from ..report.metric_values import MetricValue
     from ..report.text import describe_breach, infinite_kl_note
 
     console = console or terminal()
     table_data = read_report_table(path, storage_options)
     units = (table_data.schema.metadata or {}).get(UNITS_KEY, b"nats").decode()
     rows = [r for r in table_data.to_pylist() if r["class"] is None]
-    fixed = {"overall", "metric", "class", "n", "value", "kl_mean", "n_infinite_kl", "threshold", "breached"}
-    slice_columns = tuple(c for c in table_data.column_names if c not in fixed)
+    slice_columns = tuple(c for c in table_data.column_names if c not in DRIFT_COLUMNS)
     table = Table(title=f"drift against the reference (divergences in {units})")
     for column in ("slice", "metric", "value", "threshold", "breached"):
         table.add_column(column, justify="right")
     for row in rows:
         where = "(all)" if row["overall"] else ",".join(f"{c}={row[c]}" for c in slice_columns)
-        value = row["value"] if row["metric"] in DRIFT_METRICS else int(row["value"])  # n_matched, ...: counts
+        value = row["value"] if DRIFT_STATISTIC[row["metric"]].role == "metric" else int(row["value"])
         table.add_row(where, row["metric"], _fmt(value), _fmt(row["threshold"]), "BREACH" if row["breached"] else "")
     console.print(table)
     note = infinite_kl_note(table_data)
@@ -128,8 +128,7 @@ def print_drift(path: str, console: Console | None = None, storage_options: dict
         console.print(note, soft_wrap=True, markup=False)
     breached = [r for r in rows if r["breached"]]
     for row in breached:
-        key = None if row["overall"] else tuple(row[c] for c in slice_columns)
-        console.print(f"BREACH {describe_breach({**row, 'key': key}, slice_columns)}", soft_wrap=True)
+        console.print(f"BREACH {describe_breach(MetricValue.from_row(row, slice_columns), slice_columns)}", soft_wrap=True)
     if breached:
         verdict = f"BREACHED ({len(breached)} threshold(s))"
     elif all(r["threshold"] is None for r in rows):

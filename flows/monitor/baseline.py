@@ -1,10 +1,9 @@
 """A nightly run against an earlier run of the same source: unpaired differences and gates.
 
 The two runs evaluated different rows, so each side's interval comes from its own
-jackknife buckets (:func:`xent_kernels.unpaired.unpaired_finalize`); the rows have the
-columns of ``compare.parquet`` rows (``<metric>_diff``, ``_diff_lo``, ``_diff_hi``,
-slice columns, ``overall``, ``class``/``class_name``, ``small_slice``), so
-:func:`flows.monitor.gates.breached_gates` checks them unchanged. "candidate" is the
+jackknife buckets (:func:`xent_kernels.unpaired.unpaired_finalize`); gate.parquet is
+built as compare.parquet is (:func:`flows.monitor.paired.difference_table`), so
+:func:`flows.monitor.gates.breached_gates` checks its rows unchanged. "candidate" is the
 run being checked, "baseline" the earlier run.
 """
 
@@ -14,53 +13,47 @@ from typing import Sequence
 
 import pyarrow as pa
 
-from xent_kernels import STATISTICS, ClassStats
+from xent_kernels import ClassStats
 from xent_kernels.unpaired import UnpairedStats, unpaired_finalize
 
 from ..config import Gate, log_base
-from ..report.tables import report_parts, slice_key_columns
+from ..report.metric_values import MetricKey, MetricValue
+from ..report.tables import report_parts
 from .gates import breached_gates
-from .paired import difference_rows
+from .paired import difference_table, difference_values
 
-SUFFIXES = ("baseline", "candidate", "diff", "diff_lo", "diff_hi", "verdict")
+GATE_LEADING = {"n": pa.int64(), "n_baseline": pa.int64(), "small_slice": pa.bool_(), "verdict": pa.string()}
 
 
-def baseline_rows(baseline: ClassStats, current: ClassStats, slice_by: tuple[str, ...], class_names: list[str],
-                  units: str, level: float, min_slice_size: int = 0) -> list[dict]:
-    """The rows of gate.parquet: per slice (all classes, then each class), then overall.
+def baseline_values(baseline: ClassStats, current: ClassStats, slice_by: tuple[str, ...], units: str, level: float,
+                    min_slice_size: int = 0) -> list[MetricValue]:
+    """The values of gate.parquet: per slice (all classes, then each class), then overall.
     ``small_slice``: the slice has fewer than `min_slice_size` rows in either run."""
-    rows = []
+    values = []
     for part, overall in report_parts(UnpairedStats(baseline, current), slice_by):
         report = unpaired_finalize(part, base=log_base(units), level=level)
         small = (report.per_slice["n"] < min_slice_size) | (report.per_slice["n_baseline"] < min_slice_size)
         position = {key: i for i, key in enumerate(report.slice_keys)}
-        for row in difference_rows(report, overall, slice_by, class_names):
-            row["small_slice"] = bool(small[0 if overall else position[row["key"]]])
-            rows.append(row)
-    return rows
+        for value in difference_values(report, overall):
+            values.append(value)
+            if value.key.metric == "n":  # once per (slice, class)
+                flag = small[0 if overall else position[value.key.slice]]
+                values.append(MetricValue(value.key._replace(metric="small_slice"), bool(flag)))
+    return values
 
 
-def gate_table(rows: list[dict], slice_by: tuple[str, ...], slice_types: tuple[pa.DataType, ...]) -> pa.Table:
-    """gate.parquet: slice columns, overall, class, class_name, n, n_baseline,
-    small_slice, verdict (of ce_mean), then per interval metric its baseline,
-    candidate, diff, diff_lo, diff_hi and verdict."""
-    columns = slice_key_columns([row["key"] for row in rows], slice_by, slice_types)
-    columns["overall"] = pa.array([row["overall"] for row in rows], type=pa.bool_())
-    columns["class"] = pa.array([row["class"] for row in rows], type=pa.int32())
-    columns["class_name"] = pa.array([row["class_name"] for row in rows], type=pa.string())
-    present = {name for row in rows for name in row}
-    metrics = [s.name for s in STATISTICS if f"{s.name}_diff" in present]
-    types = {"n": pa.int64(), "n_baseline": pa.int64(), "small_slice": pa.bool_(), "verdict": pa.string()}
-    for name in (*types, *(f"{m}_{s}" for m in metrics for s in SUFFIXES)):
-        arrow_type = types.get(name, pa.string() if name.endswith("verdict") else pa.float64())
-        columns[name] = pa.array([row.get(name) for row in rows], type=arrow_type)
-    return pa.table(columns)
+def gate_table(values: list[MetricValue], slice_by: tuple[str, ...], slice_types: tuple[pa.DataType, ...],
+               class_names: list[str]) -> pa.Table:
+    """gate.parquet (`difference_table`): n, n_baseline, small_slice and verdict (of
+    ce_mean) first."""
+    return difference_table(values, GATE_LEADING, slice_by, slice_types, class_names)
 
 
-def gate_history(gates: Sequence[Gate], rows: list[dict], slice_by: tuple[str, ...]) -> list[dict]:
-    """The gated rows for the history (metrics.parquet, scope ``gate``): per gate and
-    row with a difference, `metric` ``<metric>_diff``, `value`, `lo`, `hi`, `threshold`
-    (the signed limit: +max_increase or -max_decrease) and `breached`."""
+def gate_history(gates: Sequence[Gate], rows: list[dict], slice_by: tuple[str, ...]) -> list[MetricValue]:
+    """The gated values for the history (metrics.parquet, scope ``gate``): per gate and
+    row of gate.parquet with a difference, the difference ``<metric>_diff`` with its
+    interval, `threshold` (the signed limit: +max_increase or -max_decrease) and whether
+    the gate is `breached` there."""
     out = []
     for gate in gates:
         limit = gate.max_increase if gate.max_increase is not None else -gate.max_decrease
@@ -68,13 +61,11 @@ def gate_history(gates: Sequence[Gate], rows: list[dict], slice_by: tuple[str, .
             value = row.get(f"{gate.metric}_diff")
             if value is None:
                 continue
-            out.append({
-                **{name: row.get(name) for name in slice_by}, "overall": row["overall"], "class": row["class"],
-                "class_name": row["class_name"], "metric": f"{gate.metric}_diff", "value": value,
-                "lo": row.get(f"{gate.metric}_diff_lo"), "hi": row.get(f"{gate.metric}_diff_hi"), "n": row["n"],
-                "small_slice": row["small_slice"], "threshold": float(limit),
-                "breached": bool(breached_gates([gate], [row], slice_by)),
-            })
+            key = MetricKey(gate.metric, None if row["overall"] else tuple(row[name] for name in slice_by), row["class"],
+                            is_diff=True)
+            out.append(MetricValue(key, value, row.get(f"{gate.metric}_diff_lo"), row.get(f"{gate.metric}_diff_hi"),
+                                   row["n"], float(limit), bool(breached_gates([gate], [row], slice_by)),
+                                   {"small_slice": row["small_slice"]}))
     return out
 
 

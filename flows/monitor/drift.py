@@ -26,12 +26,14 @@ from distributed import Client
 from xent_kernels.drift import histogram_divergences, quantile_bin_edges, rebin
 from xent_kernels.statistics import Totals
 
-from ..config import DRIFT_METRICS, DriftConfig, DriftSettings, nats_per_unit
+from ..config import DriftConfig, DriftSettings, nats_per_unit
 from ..engine import Evaluation, Progress
 from ..errors import DriftBreach
 from ..metadata import CONFIG_KEY, REFERENCE_FINGERPRINT_KEY
+from ..report.metric_values import MetricKey, MetricValue, long_table, slice_fields
 from ..report.tables import config_json, report_metadata, report_parts, slice_key_columns
-from ..report.text import INFINITE_KL, describe_breach
+from ..report.text import describe_breach
+from ..drift_statistics import DRIFT_COLUMNS, DRIFT_STATISTIC, INFINITE_KL
 from .join import EvaluatedSide, kl_pairing
 from .sides import evaluate_sides, join_evaluated
 
@@ -64,17 +66,17 @@ def histograms(reference: Evaluation, current: Evaluation, settings: DriftSettin
     return entries
 
 
-def distribution_rows(entries: list[dict], settings: DriftSettings) -> list[dict]:
-    """Metric rows (slice key, metric, value) for marginals and confidence histograms (`histograms`)."""
-    rows = []
+def distribution_values(entries: list[dict], settings: DriftSettings) -> list[MetricValue]:
+    """The divergences of the marginals and confidence histograms (`histograms`), in nats."""
+    values = []
     for entry in entries:
         for kind in ("marginal", "confidence"):
             pair = entry[kind]
             divergences = (histogram_divergences(*pair, settings.smoothing) if pair is not None
                            else dict.fromkeys(("kl", "js", "psi"), math.nan))
-            rows += [{"key": entry["key"], "metric": f"{kind}_{name}", "value": value}
-                     for name, value in divergences.items()]
-    return rows
+            values += [MetricValue(MetricKey(f"{kind}_{name}", entry["key"]), value)
+                       for name, value in divergences.items()]
+    return values
 
 
 def _parts_by_key(evaluation: Evaluation):
@@ -96,7 +98,7 @@ def _parts_by_key(evaluation: Evaluation):
 
 @dataclass
 class DriftReport:
-    rows: list[dict]  # key (slice tuple or None), metric, value, threshold, breached, class, n
+    values: list[MetricValue]  # the rows of drift.parquet, in the config's units, with their thresholds
     slice_by: tuple[str, ...]
     slice_types: tuple[pa.DataType, ...]
     reference: Evaluation
@@ -104,8 +106,8 @@ class DriftReport:
     histograms: list[dict] = field(default_factory=list)  # what the distribution metrics compare: `histograms`
 
     @property
-    def breaches(self) -> list[dict]:
-        return [row for row in self.rows if row["breached"]]
+    def breaches(self) -> list[MetricValue]:
+        return [value for value in self.values if value.breached]
 
 
 def measure_drift(config: DriftConfig, client: Client, progress: Progress | None = None, *, reference: Any = None,
@@ -122,43 +124,46 @@ def measure_drift(config: DriftConfig, client: Client, progress: Progress | None
     reference_evaluation, current_evaluation = (sides[name].evaluation for name in SIDES)
     current_spec = current_evaluation.spec
     entries = histograms(reference_evaluation, current_evaluation, config.drift)
-    rows = distribution_rows(entries, config.drift)
+    values = distribution_values(entries, config.drift)
     if config.drift.per_sample:
-        rows += _per_sample_rows(config, sides, client)
-    divisor = nats_per_unit(config.units)
-    for row in rows:
-        if row["metric"] in DRIFT_METRICS:  # divergences; counts stay counts
-            row["value"] /= divisor
-        row.setdefault("class", None)
-        row.setdefault("n", None)
-        threshold = threshold_for(config.drift, config.slice_by, row["key"], row["metric"]) if row["class"] is None else None
-        row["threshold"] = threshold
-        row["breached"] = bool(threshold is not None and not (row["value"] <= threshold))
-    return DriftReport(rows, current_spec.slice_by, current_spec.slice_types, reference_evaluation, current_evaluation,
+        values += _per_sample_values(config, sides, client)
+    values = [checked(config, in_units(value, config.units)) for value in values]
+    return DriftReport(values, current_spec.slice_by, current_spec.slice_types, reference_evaluation, current_evaluation,
                        entries)
 
 
-def _per_sample_rows(config: DriftConfig, sides: dict[str, EvaluatedSide], client: Client) -> list[dict]:
+def in_units(value: MetricValue, units: str) -> MetricValue:
+    """`value` (in nats) in `units` if it is information (`DRIFT_STATISTICS`); counts stay counts."""
+    if DRIFT_STATISTIC[value.key.metric].units != "information":
+        return value
+    return value._replace(value=value.value / nats_per_unit(units))
+
+
+def checked(config: DriftConfig, value: MetricValue) -> MetricValue:
+    """`value` with its threshold (none per class) and whether it is breached (NaN is)."""
+    key = value.key
+    threshold = threshold_for(config.drift, config.slice_by, key.slice, key.metric) if key.cls is None else None
+    return value._replace(threshold=threshold, breached=bool(threshold is not None and not (value.value <= threshold)))
+
+
+def _per_sample_values(config: DriftConfig, sides: dict[str, EvaluatedSide], client: Client) -> list[MetricValue]:
+    """The join's counts and the per-sample KL per slice and per (slice, class), in nats."""
     _, joined = join_evaluated(config, config.drift, sides, client, kl_pairing(config.drift.per_sample_smoothing))
-    rows = [
-        {"key": None, "metric": "n_matched", "value": float(joined.matched)},
-        {"key": None, "metric": "n_only_reference", "value": float(joined.only_first)},
-        {"key": None, "metric": "n_only_current", "value": float(joined.only_second)},
-    ]
+    values = [MetricValue(MetricKey(name), float(count)) for name, count in (
+        ("n_matched", joined.matched), ("n_only_reference", joined.only_first), ("n_only_current", joined.only_second))]
     for part, overall in report_parts(joined.stats, sides["current"].evaluation.spec.slice_by):
         report = part.stats.finalize()
         infinite = part.infinite_counts(report.slice_keys)  # rows whose exact KL is inf, smoothed or not
         for i, slice_key in enumerate(report.slice_keys):
-            rows.append({"key": None if overall else slice_key, "metric": "kl_per_sample",
-                         "value": float(report.per_slice["kl_mean"][i]), "n": int(report.per_slice["n"][i]),
-                         INFINITE_KL: int(infinite[i].sum())})
+            values.append(MetricValue(MetricKey("kl_per_sample", None if overall else slice_key),
+                                      float(report.per_slice["kl_mean"][i]), n=int(report.per_slice["n"][i]),
+                                      extra={INFINITE_KL: int(infinite[i].sum())}))
         pc = report.per_class
         for j in range(len(pc["class"])):
             slice_key = None if overall else report.slice_keys[pc["slice"][j]]
-            rows.append({"key": slice_key, "metric": "kl_per_sample", "value": float(pc["kl_mean"][j]),
-                         "class": int(pc["class"][j]), "n": int(pc["n"][j]),
-                         INFINITE_KL: int(infinite[pc["slice"][j], pc["class"][j]])})
-    return rows
+            values.append(MetricValue(MetricKey("kl_per_sample", slice_key, int(pc["class"][j])), float(pc["kl_mean"][j]),
+                                      n=int(pc["n"][j]), extra={INFINITE_KL: int(infinite[pc["slice"][j], pc["class"][j]])}))
+    return values
 
 
 def threshold_for(settings: DriftSettings, slice_by: list[str], key: tuple | None, metric: str) -> float | None:
@@ -172,18 +177,12 @@ def threshold_for(settings: DriftSettings, slice_by: list[str], key: tuple | Non
 
 
 def drift_table(report: DriftReport) -> pa.Table:
-    keys = [row["key"] or () for row in report.rows]
-    columns = slice_key_columns(keys, report.slice_by, report.slice_types)
-    columns["overall"] = pa.array([row["key"] is None for row in report.rows])
-    columns["metric"] = pa.array([row["metric"] for row in report.rows], type=pa.string())
-    columns["class"] = pa.array([row["class"] for row in report.rows], type=pa.int32())
-    columns["n"] = pa.array([row["n"] for row in report.rows], type=pa.int64())
-    columns["value"] = pa.array([row["value"] for row in report.rows], type=pa.float64())
-    columns["kl_mean"] = pa.array([row["value"] if row["class"] is not None else None for row in report.rows], type=pa.float64())
-    columns[INFINITE_KL] = pa.array([row.get(INFINITE_KL) for row in report.rows], type=pa.int64())
-    columns["threshold"] = pa.array([row["threshold"] for row in report.rows], type=pa.float64())
-    columns["breached"] = pa.array([row["breached"] for row in report.rows], type=pa.bool_())
-    return pa.table(columns)
+    """drift.parquet: the slice columns, then `DRIFT_COLUMNS`, one row per value; a
+    per-class value repeats in ``kl_mean``."""
+    schema = pa.schema([*slice_fields(report.slice_by, report.slice_types),
+                        *(pa.field(name, getattr(pa, arrow_type)()) for name, (arrow_type, _) in DRIFT_COLUMNS.items())])
+    values = [v if v.key.cls is None else v._replace(extra={**(v.extra or {}), "kl_mean": v.value}) for v in report.values]
+    return long_table(values, schema, report.slice_by)
 
 
 def distributions_table(report: DriftReport) -> pa.Table:
@@ -227,5 +226,5 @@ def drift_tables(report: DriftReport, config: DriftConfig) -> dict[str, pa.Table
 
 def breach_error(report: DriftReport) -> DriftBreach | None:
     """The error a breached threshold ends the run with (exit code 3), naming every breach."""
-    messages = [describe_breach(row, report.slice_by) for row in report.breaches]
+    messages = [describe_breach(value, report.slice_by) for value in report.breaches]
     return DriftBreach("drift threshold breached: " + "; ".join(messages)) if messages else None

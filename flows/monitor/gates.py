@@ -7,9 +7,10 @@ its whole interval lies past the limit, so noise never fails a run; in ``point``
 when the difference itself does. A NaN difference or bound never breaches, and rows
 flagged ``small_slice`` are skipped.
 
-The rows are plain dicts with ``<metric>_diff``, ``<metric>_diff_lo`` and
-``<metric>_diff_hi``, the slice columns, ``overall`` and ``class``/``class_name``
-(the rows of ``compare.parquet``), so any paired difference table can be gated.
+The rows are those of a difference table (``compare.parquet``, ``gate.parquet``:
+:func:`flows.monitor.paired.difference_table`), read as dicts: ``<metric>_diff``,
+``<metric>_diff_lo`` and ``<metric>_diff_hi``, the slice columns, ``overall`` and
+``class``/``class_name``, so any paired difference table can be gated.
 """
 
 from __future__ import annotations

@@ -29,7 +29,8 @@ from ..engine import Evaluation, Progress
 from ..errors import DataError
 from ..inputs.spec import ReadSpec
 from ..metadata import COMPARE_KEY, CONFIG_KEY, REFERENCE_FINGERPRINT_KEY
-from ..report.tables import config_json, report_metadata, report_parts, slice_key_columns
+from ..report.metric_values import MetricKey, MetricValue, wide_table
+from ..report.tables import config_json, report_metadata, report_parts
 from .gates import breached_gates
 from .join import JoinResult, Pairing, Rows, describe_key
 from .sides import evaluate_sides, join_evaluated
@@ -92,8 +93,19 @@ class CompareReport:
     class_names: list[str]
     baseline: Evaluation
     candidate: Evaluation
-    rows: list[dict]  # the rows of compare.parquet
+    values: list[MetricValue]  # the values of compare.parquet
     breaches: list[str]  # one line per breached (gate, row)
+
+    @functools.cached_property
+    def table(self) -> pa.Table:
+        """compare.parquet without its metadata (`difference_table`), the join's counts last."""
+        return difference_table(self.values, COMPARE_LEADING, self.slice_by, self.slice_types, self.class_names,
+                                dict.fromkeys(JOIN_COUNTS, pa.int64()))
+
+    @property
+    def rows(self) -> list[dict]:
+        """compare.parquet's rows, as gates read them."""
+        return self.table.to_pylist()
 
 
 def compare_models(config: CompareConfig, client: Client, progress: Progress | None = None, *,
@@ -105,80 +117,68 @@ def compare_models(config: CompareConfig, client: Client, progress: Progress | N
     cand_spec = candidate_evaluation.spec
     key, joined = join_evaluated(config, config.compare, sides, client, compare_pairing(config), n_bins=config.n_bins,
                                  require_match=True)
-    names = cand_spec.names()
-    rows = compare_rows(joined, cand_spec.slice_by, names, config.units,
-                        config.interval_level)
-    breaches = breached_gates(config.gate, rows, cand_spec.slice_by)
-    return CompareReport(joined, key, cand_spec.slice_by, cand_spec.slice_types, names, baseline_evaluation,
-                         candidate_evaluation, rows, breaches)
+    report = CompareReport(joined, key, cand_spec.slice_by, cand_spec.slice_types, cand_spec.names(),
+                           baseline_evaluation, candidate_evaluation,
+                           compare_values(joined, cand_spec.slice_by, config.units, config.interval_level), [])
+    report.breaches = breached_gates(config.gate, report.rows, cand_spec.slice_by)
+    return report
 
 
-def compare_rows(joined: JoinResult, slice_by: tuple[str, ...], class_names: list[str], units: str,
-                 level: float) -> list[dict]:
-    """The rows of compare.parquet: per slice (all classes, then each class), then the
-    same across slices (``overall``). Join counts go on the overall all-classes row."""
-    rows = []
+COMPARE_LEADING = {"n": pa.int64(), **dict.fromkeys(OUTCOMES, pa.int64()), "verdict": pa.string()}
+JOIN_COUNTS = ("n_matched", "n_only_baseline", "n_only_candidate")  # on the overall all-classes row
+DIFFERENCE_PARTS = ("baseline", "candidate", "diff", "diff_lo", "diff_hi", "verdict")  # per metric, in this order
+
+
+def compare_values(joined: JoinResult, slice_by: tuple[str, ...], units: str, level: float) -> list[MetricValue]:
+    """The values of compare.parquet: per slice (all classes, then each class), then the
+    same across slices (overall), then the join's counts."""
+    values = []
     for part, overall in report_parts(joined.stats, slice_by):
         report = paired_finalize(part, base=log_base(units), level=level)
-        rows += difference_rows(report, overall, slice_by, class_names)
-    for row in rows:
-        if row["overall"] and row["class"] is None:
-            row.update(n_matched=joined.matched, n_only_baseline=joined.only_first, n_only_candidate=joined.only_second)
-    return rows
+        values += difference_values(report, overall)
+    counts = (joined.matched, joined.only_first, joined.only_second)
+    return values + [MetricValue(MetricKey(name), count) for name, count in zip(JOIN_COUNTS, counts)]
 
 
-def difference_rows(report: PairedReport, overall: bool, slice_by: tuple[str, ...], class_names: list[str]) -> list[dict]:
-    """A finalized comparison (paired or unpaired) as rows that gates read: per slice
-    (all classes, ``class`` None), then per (slice, class); `overall`: the report's one
-    slice is all rows. Each row has ``key`` (its slice key), the slice values by name,
-    ``overall``, ``class``, ``class_name``, the report's columns and ``verdict``."""
-    rows = []
+def difference_values(report: PairedReport, overall: bool) -> list[MetricValue]:
+    """A finalized comparison (paired or unpaired) as values: per slice (all classes),
+    then per (slice, class); `overall`: the report's one slice is all rows. Per interval
+    metric its baseline, candidate, difference (with its interval) and verdict; the
+    report's counts; and ``verdict``, the verdict of ce_mean."""
+    values = []
     for scope, columns in (("per_slice", report.per_slice), ("per_class", report.per_class)):
-        for i in range(len(columns["slice"])):
-            key = () if overall else report.slice_keys[columns["slice"][i]]
-            row = {"key": key, **dict(zip(slice_by, key)), "overall": overall}  # slice values by name for gates
-            if scope == "per_class":
-                cls = int(columns["class"][i])
-                row.update({"class": cls, "class_name": class_names[cls]})
-            else:
-                row.update({"class": None, "class_name": None})
-            for name, values in columns.items():
-                if name in ("slice", "class"):
-                    continue
-                value = values[i]
-                row[name] = value.item() if isinstance(value, np.generic) else value
-            row["verdict"] = row.get("ce_mean_verdict")
-            rows.append(row)
-    return rows
+        metrics = [s.name for s in STATISTICS if f"{s.name}_diff" in columns]
+        parts = {f"{m}_{part}" for m in metrics for part in DIFFERENCE_PARTS}
+        counts = [name for name in columns if name not in ("slice", "class") and name not in parts]
+        listed = {name: column.tolist() for name, column in columns.items()}  # numpy scalars as Python's
+        per_metric = [(m, *(listed[f"{m}_{part}"] for part in DIFFERENCE_PARTS)) for m in metrics]
+        verdict = listed["ce_mean_verdict"] if "ce_mean" in metrics else [None] * len(listed["slice"])
+        for i, slice_index in enumerate(listed["slice"]):
+            where = None if overall else report.slice_keys[slice_index]
+            cls = listed["class"][i] if scope == "per_class" else None
+            values += [MetricValue(MetricKey(name, where, cls), listed[name][i]) for name in counts]
+            values.append(MetricValue(MetricKey("verdict", where, cls), verdict[i]))
+            for m, baseline, candidate, diff, lo, hi, verdicts in per_metric:
+                values += (MetricValue(MetricKey(m, where, cls, "baseline"), baseline[i]),
+                           MetricValue(MetricKey(m, where, cls, "candidate"), candidate[i]),
+                           MetricValue(MetricKey(m, where, cls, None, True), diff[i], lo[i], hi[i]),
+                           MetricValue(MetricKey(m, where, cls, "verdict"), verdicts[i]))
+    return values
 
 
-def compare_columns(rows: list[dict]) -> list[str]:
-    """The metric columns of compare.parquet, in order: n, outcomes, verdict, then per
-    interval metric (table order) its baseline, candidate, diff, diff_lo, diff_hi and
-    verdict, then the join's counts."""
-    present = {name for row in rows for name in row}
-    metrics = [s.name for s in STATISTICS if f"{s.name}_diff" in present]
-    suffixes = ("baseline", "candidate", "diff", "diff_lo", "diff_hi", "verdict")
-    return ["n", *OUTCOMES, "verdict", *(f"{m}_{s}" for m in metrics for s in suffixes),
-            "n_matched", "n_only_baseline", "n_only_candidate"]
-
-
-def compare_table(report: CompareReport) -> pa.Table:
-    rows = report.rows
-    columns = slice_key_columns([row["key"] for row in rows], report.slice_by, report.slice_types)
-    columns["overall"] = pa.array([row["overall"] for row in rows], type=pa.bool_())
-    columns["class"] = pa.array([row["class"] for row in rows], type=pa.int32())
-    columns["class_name"] = pa.array([row["class_name"] for row in rows], type=pa.string())
-    for name in compare_columns(rows):
-        values = [row.get(name) for row in rows]
-        if name.endswith("verdict"):
-            arrow_type = pa.string()
-        elif name in ("n", *OUTCOMES) or name.startswith("n_"):
-            arrow_type = pa.int64()
-        else:
-            arrow_type = pa.float64()
-        columns[name] = pa.array(values, type=arrow_type)
-    return pa.table(columns)
+def difference_table(values: list[MetricValue], leading: dict[str, pa.DataType], slice_by: tuple[str, ...],
+                     slice_types: tuple[pa.DataType, ...], class_names: list[str],
+                     trailing: dict[str, pa.DataType] | None = None) -> pa.Table:
+    """compare.parquet or gate.parquet: one row per (slice, class) of `values`, the slice
+    columns, overall, class, class_name, the `leading` columns, then per interval metric
+    (table order) its baseline, candidate, diff, diff_lo, diff_hi and verdict, then the
+    `trailing` columns."""
+    present = {v.key.metric for v in values if v.key.is_diff}
+    columns = [*leading.items(),
+               *((f"{s.name}_{part}", pa.string() if part == "verdict" else pa.float64())
+                 for s in STATISTICS if s.name in present for part in DIFFERENCE_PARTS),
+               *(trailing or {}).items()]
+    return wide_table(values, columns, slice_by, slice_types, class_names)
 
 
 def compare_tables(report: CompareReport, config: CompareConfig) -> dict[str, pa.Table]:
@@ -193,4 +193,4 @@ def compare_tables(report: CompareReport, config: CompareConfig) -> dict[str, pa
         "level": config.interval_level, "tie_tolerance": config.compare.tie_tolerance,
         "gates": [gate.model_dump() for gate in config.gate], "breaches": report.breaches,
     }).encode()
-    return {"compare": compare_table(report).replace_schema_metadata(metadata)}
+    return {"compare": report.table.replace_schema_metadata(metadata)}

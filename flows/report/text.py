@@ -9,9 +9,10 @@ import pyarrow as pa
 
 from ..config import Gate
 from ..metadata import CONFIG_KEY
+from ..drift_statistics import INFINITE_KL
+from .metric_values import MetricValue
 
 
-INFINITE_KL = "n_infinite_kl"  # column of kl_per_sample rows: joined rows whose exact KL is infinite
 
 
 def infinite_kl_note(drift: pa.Table) -> str | None:
@@ -41,9 +42,9 @@ def class_text(index: int, name: str | None, parenthesized: bool = False) -> str
     return f"{index} ({name})" if parenthesized else f"{index} {name}"
 
 
-def describe_breach(row: dict, slice_by: tuple[str, ...]) -> str:
-    where = "overall" if row["key"] is None else ", ".join(f"{k}={v}" for k, v in zip(slice_by, row["key"]))
-    return f"{row['metric']} = {row['value']:.6g} exceeds threshold {row['threshold']:.6g} ({where})"
+def describe_breach(value: MetricValue, slice_by: tuple[str, ...]) -> str:
+    return (f"{value.key.column} = {value.value:.6g} exceeds threshold {value.threshold:.6g} "
+            f"({value.key.where(slice_by)})")
 
 
 def describe_gate(gate: Gate) -> str:

@@ -12,11 +12,21 @@ from typing import Any
 
 import jinja2
 
+from xent_kernels import STATISTIC
+
+from ...drift_statistics import DRIFT_STATISTIC
 from ..text import class_text
 
 LABELS = {"n": "rows", "ce_mean": "mean CE", "ce_macro": "macro CE", "accuracy": "accuracy", "ece": "ECE",
           "brier": "Brier", "auc": "AUC", "f1_macro": "macro F1", "f1": "F1", "ce_std": "CE std",
-          "p_true_mean": "mean p(true)", "entropy_mean": "mean entropy"}
+          "p_true_mean": "mean p(true)", "entropy_mean": "mean entropy",
+          **{name: s.label for name, s in DRIFT_STATISTIC.items()}}
+
+
+def in_information_units(name: str) -> bool:
+    """Whether the statistic or drift statistic `name` is in the report's units (nats or bits)."""
+    declared = STATISTIC.get(name) or DRIFT_STATISTIC.get(name)
+    return declared is not None and declared.units == "information"
 
 
 @dataclass
@@ -41,7 +51,7 @@ class Page:
 
     def units_of(self, name: str) -> str:
         """' (nats)' for metrics in the report's units (CE, entropy, divergences), else ''."""
-        return f" ({self.units})" if name.startswith(("ce_", "entropy", "kl")) or name.endswith(("_kl", "_js")) else ""
+        return f" ({self.units})" if in_information_units(name) else ""
 
 
 def finite(value: Any) -> bool:

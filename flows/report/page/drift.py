@@ -7,8 +7,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from ...config import DRIFT_METRICS
+from ...drift_statistics import DRIFT_STATISTIC
 from ...metadata import CLASSES_KEY, REFERENCE_FINGERPRINT_KEY, decoded_metadata
+from ..metric_values import MetricValue
 from ..text import class_text, describe_breach, infinite_kl_note
 from .common import (
     Page, altair, cell, edge_marks, finite, largest_first, nonfinite_rows, number, slice_label, spec, text_cell,
@@ -32,9 +33,8 @@ def build(tables: dict[str, pa.Table], page: Page, max_classes: int) -> None:
     for row in metrics:
         row["where"] = ALL if row["overall"] else slice_label(row, slice_by)
     metrics.sort(key=lambda r: not r["overall"])  # overall first, then the slices in table order
-    key = lambda r: None if r["overall"] else tuple(r[c] for c in slice_by)  # noqa: E731
     breached = [r for r in metrics if r["breached"]]
-    page.breaches += [{"kind": "drift", "text": "drift: " + describe_breach({**r, "key": key(r)}, tuple(slice_by))}
+    page.breaches += [{"kind": "drift", "text": "drift: " + describe_breach(MetricValue.from_row(r, slice_by), tuple(slice_by))}
                       for r in breached]
     checked = [r for r in metrics if r["threshold"] is not None]
     if not checked:
@@ -86,7 +86,7 @@ def build(tables: dict[str, pa.Table], page: Page, max_classes: int) -> None:
 
 def _metric_row(row: dict) -> list[dict[str, Any]]:
     value = row["value"]
-    shown = cell(row, "value", text=number if row["metric"] in DRIFT_METRICS or not finite(value)
+    shown = cell(row, "value", text=number if DRIFT_STATISTIC[row["metric"]].role == "metric" or not finite(value)
                  else lambda v: number(int(v)))
     if row["breached"]:
         shown["class"] = "breached-cell"

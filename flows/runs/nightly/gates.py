@@ -15,7 +15,7 @@ from ...config import EvalConfig, NightlyConfig, NightlySource
 from ...errors import DataError
 from ...inputs.sources import filesystem
 from ...metadata import CLASSES_KEY, RUN_DIGEST_KEY
-from ...monitor.baseline import baseline_rows, comparable
+from ...monitor.baseline import baseline_values, comparable, gate_table
 from ...monitor.gates import breached_gates
 from ...report.state import STATE_KEY, STATE_TABLE, read_state
 from .history import run_folder
@@ -91,11 +91,11 @@ def load_baseline(config: NightlyConfig, source: NightlySource, run_date: str,
 
 
 def check_gates(gates: list, baseline: Baseline, stats: ClassStats, spec, config: EvalConfig
-                ) -> tuple[GateVerdict, list[dict]]:
-    """The gate verdict of a run's merged `stats` against `baseline`, and the rows of
-    gate.parquet (none without a comparable baseline)."""
+                ) -> tuple[GateVerdict, pa.Table | None]:
+    """The gate verdict of a run's merged `stats` against `baseline`, and gate.parquet
+    (None without a comparable baseline)."""
     if baseline.stats is None:
-        return GateVerdict("no baseline", None, baseline.detail), []
+        return GateVerdict("no baseline", None, baseline.detail), None
     names = spec.names()
     stored = json.loads(baseline.metadata[STATE_KEY])
     problem = comparable(baseline.stats, stats,
@@ -104,8 +104,9 @@ def check_gates(gates: list, baseline: Baseline, stats: ClassStats, spec, config
     if problem:
         return GateVerdict("not comparable", baseline.run_date,
                            f"baseline run {baseline.run_date}: {problem}; set `baseline:` to a run date "
-                           "made with this run's classes and slices"), []
-    rows = baseline_rows(baseline.stats, stats, tuple(spec.slice_by), names, config.units, config.interval_level,
-                         config.min_slice_size)
-    lines = breached_gates(gates, rows, spec.slice_by)
-    return GateVerdict("breached" if lines else "passed", baseline.run_date, "", lines), rows
+                           "made with this run's classes and slices"), None
+    values = baseline_values(baseline.stats, stats, tuple(spec.slice_by), config.units, config.interval_level,
+                             config.min_slice_size)
+    table = gate_table(values, tuple(spec.slice_by), tuple(spec.slice_types), names)
+    lines = breached_gates(gates, table.to_pylist(), spec.slice_by)
+    return GateVerdict("breached" if lines else "passed", baseline.run_date, "", lines), table

@@ -20,6 +20,7 @@ from ...inputs.sources import filesystem
 from ...metadata import HISTORY_KEY, NIGHTLY_KEY
 from ...report.page import render_history_html
 from ...report.page.history import MAX_DATES
+from ...report.metric_values import MetricValue, assemble
 from ...report.tables import METRIC_FIELDS
 from ...report.text import describe_breach
 from ...report.writing import replace_file
@@ -52,8 +53,7 @@ def metrics_table(tables: dict[str, pa.Table], slice_by: Sequence[str]) -> pa.Ta
             if f"{metric}_lo" in table.column_names:
                 given.update(lo=table.column(f"{metric}_lo"), hi=table.column(f"{metric}_hi"))
         given.update({name: table.column(name) for name in table.column_names if name in kept})
-        return pa.table([pa.chunked_array(given[f.name]).cast(f.type) if f.name in given else pa.nulls(rows, f.type)
-                         for f in schema], schema=schema)
+        return assemble(schema, given, rows)
 
     def metrics_of(table: pa.Table) -> list[str]:
         bounds = {f"{name}_{end}" for name in table.column_names for end in ("lo", "hi")}
@@ -73,8 +73,7 @@ def breach_messages(metrics: pa.Table, slice_by: Sequence[str]) -> list[str]:
     ``xent.gate`` metadata)."""
     messages = []
     for row in metrics.filter(pc.field("breached") & (pc.field("scope") != "gate")).to_pylist():
-        key = None if row["overall"] else tuple(row[name] for name in slice_by)
-        messages.append(describe_breach({**row, "key": key}, tuple(slice_by)))
+        messages.append(describe_breach(MetricValue.from_row(row, slice_by), tuple(slice_by)))
     return messages
 
 

@@ -18,10 +18,11 @@ from ...engine import Progress, dask_client
 from ...errors import DataError
 from ...inputs.sources import InputFile
 from ...metadata import GATE_KEY, NIGHTLY_KEY, RUN_DIGEST_KEY
-from ...monitor.baseline import gate_history, gate_table
+from ...monitor.baseline import gate_history
 from ...report.page import HTML_FILE, render_html
 from ...report.page.history import MAX_DATES
 from ...report.state import STATE_TABLE, state_table
+from ...report.metric_values import long_table
 from ...report.tables import report_metadata
 from .. import adhoc
 from .digest import run_digest, stored_breaches
@@ -104,12 +105,13 @@ def nightly_source(config: NightlyConfig, source: NightlySource, run_date: str, 
                                         "reference_problem": outcome.reference_problem}).encode()}
         metadata.update(run)
         if gates:
-            outcome.gate, rows = check_gates(gates, baseline, stats, spec, eval_config)
+            outcome.gate, gate = check_gates(gates, baseline, stats, spec, eval_config)
             metadata[GATE_KEY] = run[GATE_KEY] = outcome.gate.to_json()
-            if rows:
-                tables[GATE_TABLE] = gate_table(rows, spec.slice_by, spec.slice_types).replace_schema_metadata(metadata)
-                history = [{**row, "scope": "gate"} for row in gate_history(gates, rows, spec.slice_by)]
-                metrics = pa.concat_tables([metrics, pa.Table.from_pylist(history, schema=metrics.schema)])
+            if gate is not None:
+                tables[GATE_TABLE] = gate.replace_schema_metadata(metadata)
+                history = gate_history(gates, gate.to_pylist(), spec.slice_by)
+                metrics = pa.concat_tables([metrics, long_table(history, metrics.schema, spec.slice_by, spec.names(),
+                                                                {"scope": "gate"})])
         metrics = metrics.replace_schema_metadata(metadata)
         # The report tables name their run (and its gate verdict): its page, and `xent report` on the folder, read it.
         for name in set(tables) - {STATE_TABLE, GATE_TABLE}:
