@@ -23,7 +23,8 @@ from ._layout import NONFINITE
 from scipy.special import ndtri
 
 from .intervals import DEFAULT_BUCKETS, DEFAULT_LEVEL, jackknife_bounds
-from .statistics import CELL_FIELDS, STATE_ARRAYS, Totals, merge_array, scoped_rules, state_shape, used_buckets
+from .merge_rules import merge_array
+from .statistics import CELL_FIELDS, STATE_ARRAYS, Totals, scoped_rules, state_shape, used_buckets
 
 SliceKey = tuple[Hashable, ...]
 DEFAULT_BINS = 15
