@@ -1,7 +1,7 @@
 """A nightly run against an earlier run of the same source: unpaired differences and gates.
 
 The two runs evaluated different rows, so each side's interval comes from its own
-jackknife buckets (:func:`xent_kernels.unpaired.unpaired_finalize`); the rows have the
+jackknife buckets (:meth:`xent_kernels.unpaired.UnpairedStats.finalize`); the rows have the
 columns of ``compare.parquet`` rows (``<metric>_diff``, ``_diff_lo``, ``_diff_hi``,
 slice columns, ``overall``, ``class``/``class_name``, ``small_slice``), so
 :func:`flows.monitor.gates.breached_gates` checks them unchanged. "candidate" is the
@@ -15,7 +15,7 @@ from typing import Sequence
 import pyarrow as pa
 
 from xent_kernels import STATISTICS, ClassStats
-from xent_kernels.unpaired import UnpairedStats, unpaired_finalize
+from xent_kernels.unpaired import UnpairedStats
 
 from ..config import Gate, log_base
 from ..report.tables import report_parts, slice_key_columns
@@ -31,7 +31,7 @@ def baseline_rows(baseline: ClassStats, current: ClassStats, slice_by: tuple[str
     ``small_slice``: the slice has fewer than `min_slice_size` rows in either run."""
     rows = []
     for part, overall in report_parts(UnpairedStats(baseline, current), slice_by):
-        report = unpaired_finalize(part, base=log_base(units), level=level)
+        report = part.finalize(base=log_base(units), level=level)
         small = (report.per_slice["n"] < min_slice_size) | (report.per_slice["n_baseline"] < min_slice_size)
         position = {key: i for i, key in enumerate(report.slice_keys)}
         for row in difference_rows(report, overall, slice_by, class_names):
