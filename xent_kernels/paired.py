@@ -200,7 +200,8 @@ def paired_partial(
     outcome = np.where(tie, 1, np.where(delta < 0, 0, 2))
     flat = (ids[valid] * n_classes + labels[valid]) * len(OUTCOMES) + outcome
     # the outcome axis spelled out: with no slice keys (no rows) -1 cannot be inferred
-    counts = np.bincount(flat, minlength=len(keys) * n_classes * len(OUTCOMES)).reshape(len(keys), n_classes, -1)
+    counts = np.bincount(flat, minlength=len(keys) * n_classes * len(OUTCOMES))
+    counts = counts.reshape(len(keys), n_classes, len(OUTCOMES))
     return PairedStats(base_stats, cand_stats, {key: counts[i] for i, key in enumerate(keys)})
 
 
