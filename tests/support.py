@@ -382,3 +382,31 @@ def assert_report_matches(tables, cells, slices, slice_by=(), rtol=1e-10):
         for column in SLICE_COLUMNS:
             assert_allclose(row[column], expected[column], rtol=rtol, atol=1e-12, err_msg=f"summary {column}")
         assert_allclose(row["predicted_marginal"], expected["marginal"], rtol=rtol, atol=1e-13)
+
+
+# --------------------------------------------------------------------------- Parquet page headers
+
+
+@dataclass(frozen=True)
+class PageHeader:
+    """The top-level fields of a Parquet page header, and its encoded length."""
+
+    type: int  # 0 data page, 1 index page, 2 dictionary page, 3 data page v2
+    uncompressed_size: int
+    compressed_size: int
+    crc: int | None
+    header_size: int  # bytes of the header; the page's data follows it
+
+
+def read_page_header(data: bytes | memoryview, offset: int = 0) -> PageHeader:
+    """Decode the page header that starts at `data[offset]` with the product's Thrift
+    decoder (page type, sizes and crc: field ids 1 to 4 of parquet.thrift's PageHeader);
+    tests use it to find the bytes of each page. ValueError if the bytes are not a page
+    header, or `data` ends inside it."""
+    from flows.inputs.integrity import _Compact  # here, so that importing support imports no flows module
+
+    reader = _Compact(data, offset)
+    fields = reader.struct()
+    if not all(isinstance(fields.get(i), int) for i in (1, 2, 3)):
+        raise ValueError(f"not a Parquet page header at byte {offset}: fields {sorted(fields)}")
+    return PageHeader(fields[1], fields[2], fields[3], fields.get(4), reader.pos - offset)

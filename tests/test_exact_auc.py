@@ -23,7 +23,7 @@ import reference as ref
 from flows.cli import main
 from flows.report.state import STATE_KEY, state_from_table, state_table
 from xent_kernels import STATISTIC, ClassStats, class_stats_partial
-from xent_kernels.paired import paired_finalize, paired_partial
+from xent_kernels.paired import paired_partial
 from xent_kernels.statistics import Totals
 from xent_kernels.stats import DEFAULT_EXACT_AUC_VALUES
 
@@ -296,7 +296,7 @@ def _parquet_bytes(table) -> bytes:
 def test_a_comparison_reports_both_models_exact_auc(models):
     (lr, labels), (rf, _) = models["digits_lr"], models["digits_rf"]
     stats = paired_partial(lr, rf, labels, kind="probs", buckets=np.arange(len(labels)) % 20)
-    report = paired_finalize(stats)
+    report = stats.finalize()
     for side, probs in (("baseline", lr), ("candidate", rf)):
         per_class, overall = sklearn_auc(probs, labels)
         np.testing.assert_allclose(report.per_class[f"auc_{side}"], per_class, rtol=0, atol=TOL)

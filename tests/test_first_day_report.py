@@ -29,11 +29,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 from sklearn.model_selection import train_test_split
 
-from flows.inputs.integrity import read_page_header
 from flows.metadata import INTEGRITY_KEY
 
 from browser import MISSING, chromium, open_page
-from support import run_cli
+from support import read_page_header, run_cli
 from doc_blocks import marked_blocks
 
 SHARDS, SHARD_ROWS = 4, 180

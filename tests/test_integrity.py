@@ -23,12 +23,11 @@ from flows.inputs.integrity import (
     first_row_group_chunks,
     header_has_crc,
     inspect_integrity,
-    read_page_header,
 )
 from flows.inputs.sources import filesystem
 from flows.metadata import INTEGRITY_KEY
 
-from support import RecordingHTTPServer, assert_same_report, child_env, moto_server, run_cli
+from support import RecordingHTTPServer, assert_same_report, child_env, moto_server, read_page_header, run_cli
 
 
 # --------------------------------------------------------------------------- helpers

@@ -30,7 +30,7 @@ from flows.report.tables import metric_columns, report_parts
 from flows.runs.nightly import GATE_TABLE, METRICS_FILE, STATE_FILE, nightly_run, run_folder
 from xent_kernels import ClassStats, class_stats_partial
 from xent_kernels.stats import STATE_ATTRIBUTES
-from xent_kernels.unpaired import UnpairedStats, unpaired_finalize
+from xent_kernels.unpaired import UnpairedStats
 
 DAYS = ("2026-11-21", "2026-11-22", "2026-11-23")
 
@@ -76,7 +76,7 @@ def test_unpaired_interval_matches_a_brute_force_recomputation():
                                    buckets=buckets, n_buckets=k)
 
     stats = UnpairedStats(state(base, base_buckets, 20), state(cand, cand_buckets, 13))
-    report = unpaired_finalize(stats, level=level)
+    report = stats.finalize(level=level)
 
     def expected(cls, sl, what):
         vb, sb, kb = _brute(*base, base_buckets, 20, cls, sl, what)
@@ -95,7 +95,7 @@ def test_unpaired_interval_matches_a_brute_force_recomputation():
             got = [report.per_slice[f"{metric}_diff{s}"][sl] for s in ("", "_lo", "_hi")]
             np.testing.assert_allclose(got, expected(None, sl, what), rtol=1e-9)
     # Across slices (the overall rows), and the verdict the interval gives.
-    overall = unpaired_finalize(stats.collapse_slices(), level=level).per_slice
+    overall = stats.collapse_slices().finalize(level=level).per_slice
     want = expected(None, None, "ce")
     np.testing.assert_allclose([overall[f"ce_mean_diff{s}"][0] for s in ("", "_lo", "_hi")], want, rtol=1e-9)
     assert overall["ce_mean_verdict"][0] == "worse" and want[1] > 0
@@ -111,13 +111,13 @@ def test_unpaired_without_buckets_or_rows_on_one_side_gives_nan_intervals():
     logits, labels, weights, _ = _rows(rng, 400, 3, 1.0)
     with_buckets = class_stats_partial(logits, labels, buckets=rng.integers(0, 20, 400), n_buckets=20)
     one_bucket = class_stats_partial(logits, labels)
-    report = unpaired_finalize(UnpairedStats(one_bucket, with_buckets))
+    report = UnpairedStats(one_bucket, with_buckets).finalize()
     assert np.allclose(report.per_slice["ce_mean_diff"], 0.0)
     assert np.isnan(report.per_slice["ce_mean_diff_lo"]).all()
     # A class seen on one side only: present, with a NaN difference (never a breach).
     only_two = class_stats_partial(logits[labels < 2], labels[labels < 2], buckets=np.zeros((labels < 2).sum(), int),
                                    n_buckets=20)
-    report = unpaired_finalize(UnpairedStats(only_two, with_buckets))
+    report = UnpairedStats(only_two, with_buckets).finalize()
     assert list(report.per_class["class"]) == [0, 1, 2]
     assert np.isnan(report.per_class["ce_mean_diff"][2]) and report.per_class["n_baseline"][2] == 0
 

@@ -1,12 +1,10 @@
-"""ClassStats: the fused kernel against the obvious float64 computation, and the
-merge laws that make the distributed report independent of sharding."""
+"""ClassStats: the fused kernel against the obvious float64 computation, and merges of
+states with different slices (the merge laws themselves: tests/test_merge_laws.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from numpy.testing import assert_allclose
 from scipy.special import log_softmax
 
@@ -189,60 +187,6 @@ def assert_same_report(a, b, rtol=1e-12):
     for column in ps_a:
         assert_allclose(ps_a[column], ps_b[column], rtol=rtol, atol=0, err_msg=column)
     assert_allclose(m_a, m_b, rtol=rtol, atol=0)
-
-
-@st.composite
-def data_and_cuts(draw):
-    n = draw(st.integers(0, 400))
-    n_classes = draw(st.sampled_from([2, 3, 10, 40]))
-    seed = draw(st.integers(0, 2**32 - 1))
-    rng = np.random.default_rng(seed)
-    pred = rng.normal(scale=draw(st.sampled_from([0.1, 3.0, 30.0])), size=(n, n_classes)).astype(
-        draw(st.sampled_from([np.float32, np.float64]))
-    )
-    labels = rng.integers(-1, n_classes, n)
-    weights = rng.uniform(0, 3, n)
-    slice_ids = rng.integers(0, 3, n)
-    cuts = sorted(draw(st.lists(st.integers(0, n), max_size=6)))
-    return pred, labels, weights, slice_ids, [0, *cuts, n]
-
-
-@pytest.mark.slow
-@settings(suppress_health_check=[HealthCheck.too_slow])
-@given(data_and_cuts(), st.randoms(use_true_random=False))
-def test_any_sharding_gives_the_same_report(data, random):
-    pred, labels, weights, slice_ids, cuts = data
-    whole = stats_of(pred, labels, weights, slice_ids)
-    parts = [
-        stats_of(pred[a:b], labels[a:b], weights[a:b], slice_ids[a:b]) for a, b in zip(cuts[:-1], cuts[1:])
-    ]
-    random.shuffle(parts)
-    # a random tree of merges: repeatedly merge two random neighbours
-    while len(parts) > 1:
-        i = random.randrange(len(parts) - 1)
-        parts[i : i + 2] = [ClassStats.merge(parts[i], parts[i + 1])]
-    assert_same_report(whole, parts[0])
-    assert np.array_equal(whole.counts, parts[0].counts)
-    assert np.array_equal(whole.row_counts, parts[0].row_counts)
-
-
-@pytest.mark.slow
-@given(data_and_cuts())
-def test_merge_is_commutative_associative_with_identity(data):
-    pred, labels, weights, slice_ids, cuts = data
-    third = len(labels) // 3
-    a = stats_of(pred[:third], labels[:third], weights[:third], slice_ids[:third])
-    b = stats_of(pred[third : 2 * third], labels[third : 2 * third], weights[third : 2 * third], slice_ids[third : 2 * third])
-    c = stats_of(pred[2 * third :], labels[2 * third :], weights[2 * third :], slice_ids[2 * third :])
-    merge = ClassStats.merge
-    assert_same_report(merge(a, b), merge(b, a), rtol=0)  # TwoSum is symmetric: exactly equal
-    assert_same_report(merge(merge(a, b), c), merge(a, merge(b, c)))
-    empty = ClassStats.empty(a.n_classes)
-    for x in (a, b):
-        identity = merge(x, empty)
-        assert identity.slice_keys == x.slice_keys
-        for name, array in x._arrays().items():
-            assert np.array_equal(getattr(identity, name), array), name
 
 
 def test_merging_states_with_different_slices():

@@ -24,6 +24,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from . import _checks as C
 from ._checks import counted_rows, probabilities
+from .mergeable import add_counts
 from .stats import ClassStats, class_stats_partial
 
 SliceKey = tuple[Hashable, ...]
@@ -93,7 +94,8 @@ def infinite_kl_rows(reference: np.ndarray, current: np.ndarray, kind: str) -> N
 
 @dataclass(frozen=True, eq=False)
 class PerSampleKL:
-    """Mergeable state of per-sample KL(reference‖current) on joined rows.
+    """Mergeable state of per-sample KL(reference‖current) on joined rows
+    (:mod:`xent_kernels.mergeable`).
 
     Attributes
     ----------
@@ -112,13 +114,10 @@ class PerSampleKL:
         """The identity of :meth:`merge`."""
         return cls(ClassStats.empty(n_classes, has_reference=True, **KL_OPTIONS), {})
 
-    @staticmethod
-    def merge(a: "PerSampleKL", b: "PerSampleKL") -> "PerSampleKL":
-        """Combine two states; associative and commutative as ``ClassStats.merge``."""
-        infinite = dict(a.infinite)
-        for key, counts in b.infinite.items():
-            infinite[key] = infinite[key] + counts if key in infinite else counts
-        return PerSampleKL(ClassStats.merge(a.stats, b.stats), infinite)
+    @classmethod
+    def merge(cls, *states: "PerSampleKL") -> "PerSampleKL":
+        """One state of all `states`; associative and commutative as ``ClassStats.merge``."""
+        return cls(ClassStats.merge(*(state.stats for state in states)), add_counts(state.infinite for state in states))
 
     def collapse_slices(self, key: SliceKey = ()) -> "PerSampleKL":
         """All slices merged into one slice named `key` (the overall rows)."""

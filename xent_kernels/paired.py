@@ -13,8 +13,9 @@ Statistics whose interval is analytic (AUC: its ROC histograms have no bucket ax
 get their difference but no paired interval (NaN) and so no verdict. Bounds are
 clipped to the difference's range, as a report's to the metric's.
 
-Pure NumPy: ``PairedStats`` is mergeable like ``ClassStats`` (``empty``/``merge``),
-made of two ``ClassStats`` and a small table of outcome counts.
+Pure NumPy: ``PairedStats`` speaks the contract of :mod:`xent_kernels.mergeable`
+(``empty``/``merge``/``finalize``), made of two ``ClassStats`` and a small table of
+outcome counts.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from numpy.typing import ArrayLike, NDArray
 from . import _checks as C
 from .intervals import DEFAULT_BUCKETS, DEFAULT_LEVEL, jackknife_bounds
 from .losses import cross_entropy
+from .mergeable import add_counts
 from .statistics import CELL_FIELDS, STATISTIC, Totals, scoped_rules, used_buckets
 from .stats import DEFAULT_BINS, ClassStats, _key_order, class_stats_partial
 
@@ -67,13 +69,12 @@ class PairedStats:
                                  n_thresholds=n_thresholds, exact_auc_max_values=exact_auc_max_values)
         return cls(state, state, {})
 
-    @staticmethod
-    def merge(a: "PairedStats", b: "PairedStats") -> "PairedStats":
-        """Combine two states; associative and commutative as ``ClassStats.merge``."""
-        outcomes = dict(a.outcomes)
-        for key, counts in b.outcomes.items():
-            outcomes[key] = outcomes[key] + counts if key in outcomes else counts
-        return PairedStats(ClassStats.merge(a.baseline, b.baseline), ClassStats.merge(a.candidate, b.candidate), outcomes)
+    @classmethod
+    def merge(cls, *states: "PairedStats") -> "PairedStats":
+        """One state of all `states`; associative and commutative as ``ClassStats.merge``."""
+        outcomes = add_counts(state.outcomes for state in states)
+        return cls(ClassStats.merge(*(s.baseline for s in states)), ClassStats.merge(*(s.candidate for s in states)),
+                   outcomes)
 
     def collapse_slices(self, key: SliceKey = ()) -> "PairedStats":
         """All slices merged into one slice named `key` (the overall rows)."""
@@ -81,6 +82,54 @@ class PairedStats:
         for counts in self.outcomes.values():
             total = total + counts
         return PairedStats(self.baseline.collapse_slices(key), self.candidate.collapse_slices(key), {tuple(key): total})
+
+    def finalize(self, base: Literal["e", 2] = "e", level: float = DEFAULT_LEVEL) -> "PairedReport":
+        """The paired differences of every interval metric, with intervals and verdicts,
+        per (slice, class) and per slice, in nats or bits."""
+        if not 0.0 < level < 1.0:
+            raise ValueError(f"level must be in (0, 1), got {level!r}")
+        divisor = C.log_base(base)
+        keys = tuple(sorted(set(self.baseline.slice_keys) | set(self.candidate.slice_keys) | set(self.outcomes),
+                            key=_key_order))
+        states = {"baseline": _aligned(self.baseline, keys), "candidate": _aligned(self.candidate, keys)}
+        n_buckets = states["candidate"].n_buckets
+        buckets = {name: Totals.by_bucket(state) for name, state in states.items()}
+        totals = {name: Totals.of(state, buckets[name]) for name, state in states.items()}
+        # One set of cells for both: those with rows on either side.
+        cells = np.nonzero((totals["baseline"].values["counts"] > 0) | (totals["candidate"].values["counts"] > 0))
+        totals = {name: Totals(t.n_classes, t.values, cells) for name, t in totals.items()}
+        slice_index, class_index = cells
+        n_classes = states["candidate"].n_classes
+        outcomes = np.stack([self.outcomes.get(k, np.zeros((n_classes, len(OUTCOMES)), np.int64)) for k in keys]) \
+            if keys else np.zeros((0, n_classes, len(OUTCOMES)), np.int64)
+        per_class: dict[str, np.ndarray] = {
+            "slice": slice_index.astype(np.int64), "class": class_index.astype(np.int32),
+            "n": totals["candidate"].values["counts"][cells],
+        }
+        per_slice: dict[str, np.ndarray] = {
+            "slice": np.arange(len(keys), dtype=np.int64), "n": totals["candidate"].values["counts"].sum(axis=1),
+        }
+        for i, name in enumerate(OUTCOMES):
+            per_class[name] = outcomes[slice_index, class_index, i]
+            per_slice[name] = outcomes[..., i].sum(axis=1)
+        used: dict[str, np.ndarray] = {}
+        if n_buckets > 1:
+            left_out = {name: Totals.leave_one_out(states[name], buckets[name], totals[name]) for name in states}
+            used = used_buckets(sum(b["cell"][..., CELL_FIELDS.index("weight")] for b in buckets.values()), cells)
+        metrics: dict[str, list[str]] = {"per_class": [], "per_slice": []}
+        columns_of = {"per_class": per_class, "per_slice": per_slice}
+        for statistic, scope, rule, scale in scoped_rules(False, divisor, intervals_only=True):
+            metrics[scope].append(statistic.name)
+            values = {name: rule(totals[name]) / scale for name in states}
+            diff = values["candidate"] - values["baseline"]
+            if n_buckets > 1 and statistic.standard_error is None:
+                theta = (rule(left_out["candidate"]) - rule(left_out["baseline"])).reshape(len(diff), n_buckets) / scale
+                lo, hi = jackknife_bounds(diff, theta, used[scope], level)
+            else:
+                lo = hi = np.full(len(diff), np.nan)
+            add_difference(columns_of[scope], statistic.name, values, lo, hi)
+        return PairedReport(keys, "nats" if divisor == 1.0 else "bits", per_class, per_slice,
+                            {scope: tuple(names) for scope, names in metrics.items()}, level)
 
 
 def _finite_rows(pred: np.ndarray, kind: str) -> np.ndarray:
@@ -150,7 +199,9 @@ def paired_partial(
     tie = (np.abs(delta) <= tie_tolerance) | (ce["candidate"] == ce["baseline"])
     outcome = np.where(tie, 1, np.where(delta < 0, 0, 2))
     flat = (ids[valid] * n_classes + labels[valid]) * len(OUTCOMES) + outcome
-    counts = np.bincount(flat, minlength=len(keys) * n_classes * len(OUTCOMES)).reshape(len(keys), n_classes, -1)
+    # the outcome axis spelled out: with no slice keys (no rows) -1 cannot be inferred
+    counts = np.bincount(flat, minlength=len(keys) * n_classes * len(OUTCOMES))
+    counts = counts.reshape(len(keys), n_classes, len(OUTCOMES))
     return PairedStats(base_stats, cand_stats, {key: counts[i] for i, key in enumerate(keys)})
 
 
@@ -206,52 +257,3 @@ def add_difference(columns: dict[str, np.ndarray], metric: str, values: dict[str
     columns[f"{metric}_diff"], columns[f"{metric}_diff_lo"], columns[f"{metric}_diff_hi"] = diff, lo, hi
     better = direction(metric)
     columns[f"{metric}_verdict"] = verdicts(lo, hi, better) if better else np.full(len(diff), None, object)
-
-
-def paired_finalize(stats: PairedStats, base: Literal["e", 2] = "e", level: float = DEFAULT_LEVEL) -> PairedReport:
-    """The paired differences of every interval metric, with intervals and verdicts,
-    per (slice, class) and per slice, in nats or bits."""
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level!r}")
-    divisor = C.log_base(base)
-    keys = tuple(sorted(set(stats.baseline.slice_keys) | set(stats.candidate.slice_keys) | set(stats.outcomes),
-                        key=_key_order))
-    states = {"baseline": _aligned(stats.baseline, keys), "candidate": _aligned(stats.candidate, keys)}
-    n_buckets = states["candidate"].n_buckets
-    buckets = {name: Totals.by_bucket(state) for name, state in states.items()}
-    totals = {name: Totals.of(state, buckets[name]) for name, state in states.items()}
-    # One set of cells for both: those with rows on either side.
-    cells = np.nonzero((totals["baseline"].values["counts"] > 0) | (totals["candidate"].values["counts"] > 0))
-    totals = {name: Totals(t.n_classes, t.values, cells) for name, t in totals.items()}
-    slice_index, class_index = cells
-    n_classes = states["candidate"].n_classes
-    outcomes = np.stack([stats.outcomes.get(k, np.zeros((n_classes, len(OUTCOMES)), np.int64)) for k in keys]) \
-        if keys else np.zeros((0, n_classes, len(OUTCOMES)), np.int64)
-    per_class: dict[str, np.ndarray] = {
-        "slice": slice_index.astype(np.int64), "class": class_index.astype(np.int32),
-        "n": totals["candidate"].values["counts"][cells],
-    }
-    per_slice: dict[str, np.ndarray] = {
-        "slice": np.arange(len(keys), dtype=np.int64), "n": totals["candidate"].values["counts"].sum(axis=1),
-    }
-    for i, name in enumerate(OUTCOMES):
-        per_class[name] = outcomes[slice_index, class_index, i]
-        per_slice[name] = outcomes[..., i].sum(axis=1)
-    used: dict[str, np.ndarray] = {}
-    if n_buckets > 1:
-        left_out = {name: Totals.leave_one_out(states[name], buckets[name], totals[name]) for name in states}
-        used = used_buckets(sum(b["cell"][..., CELL_FIELDS.index("weight")] for b in buckets.values()), cells)
-    metrics: dict[str, list[str]] = {"per_class": [], "per_slice": []}
-    columns_of = {"per_class": per_class, "per_slice": per_slice}
-    for statistic, scope, rule, scale in scoped_rules(False, divisor, intervals_only=True):
-        metrics[scope].append(statistic.name)
-        values = {name: rule(totals[name]) / scale for name in states}
-        diff = values["candidate"] - values["baseline"]
-        if n_buckets > 1 and statistic.standard_error is None:
-            theta = (rule(left_out["candidate"]) - rule(left_out["baseline"])).reshape(len(diff), n_buckets) / scale
-            lo, hi = jackknife_bounds(diff, theta, used[scope], level)
-        else:
-            lo = hi = np.full(len(diff), np.nan)
-        add_difference(columns_of[scope], statistic.name, values, lo, hi)
-    return PairedReport(keys, "nats" if divisor == 1.0 else "bits", per_class, per_slice,
-                        {scope: tuple(names) for scope, names in metrics.items()}, level)

@@ -1,10 +1,11 @@
 """Mergeable per-(slice, class) statistics: the partial aggregate of the pipeline.
 
 ``class_stats_partial`` turns one partition into a small :class:`ClassStats`
-(O(slices × classes), never per row); ``ClassStats.merge`` combines two of them and is
-associative and commutative with ``ClassStats.empty`` as identity; ``finalize`` turns
-the sums into report columns. Every float is a float64 sum carried with its
-compensation term (TwoSum), so the report does not depend on how rows were split.
+(O(slices × classes), never per row); ``ClassStats.merge`` combines any number of them
+and is associative and commutative with ``ClassStats.empty`` as identity; ``finalize``
+turns the sums into report columns (the contract of :mod:`xent_kernels.mergeable`).
+Every float is a float64 sum carried with its compensation term (TwoSum), so the
+report does not depend on how rows were split.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from ._layout import NONFINITE
 from scipy.special import ndtri
 
 from .intervals import DEFAULT_BUCKETS, DEFAULT_LEVEL, jackknife_bounds
-from .statistics import CELL_FIELDS, STATE_ARRAYS, Totals, merge_array, scoped_rules, state_shape, used_buckets
+from .merge_rules import merge_array
+from .statistics import CELL_FIELDS, STATE_ARRAYS, Totals, scoped_rules, state_shape, used_buckets
 
 SliceKey = tuple[Hashable, ...]
 DEFAULT_BINS = 15
@@ -238,32 +240,38 @@ class ClassStats:
             out[name] = wide
         return out
 
-    @staticmethod
-    def merge(a: "ClassStats", b: "ClassStats") -> "ClassStats":
-        """Combine two states (any slices). Associative and commutative up to
-        float64 rounding of the compensated sums; ``empty()`` is the identity."""
-        if a._shape() != b._shape():
-            raise ValueError(
-                "cannot merge statistics of different shape: "
-                f"(classes, bins, reference, buckets, confusion, thresholds, exact AUC values) = {a._shape()} and "
-                f"{b._shape()}; "
-                "states to merge must be made with the same options"
-            )
-        keys = tuple(sorted(set(a.slice_keys) | set(b.slice_keys), key=_key_order))
-        x, y = a._aligned(keys), b._aligned(keys)
-        arrays: dict[str, np.ndarray] = {}
-        for array in STATE_ARRAYS:
-            arrays.update(merge_array(array, x, y))
+    @classmethod
+    def merge(cls, *states: "ClassStats") -> "ClassStats":
+        """One state of all `states` (any slices, one shape). Associative and
+        commutative up to float64 rounding of the compensated sums (two states merge to
+        the same bits either way round); ``empty()`` is the identity. States are added
+        left to right on the union of their slices."""
+        if not states:
+            raise ValueError("ClassStats.merge needs at least one state; ClassStats.empty(...) is the identity")
+        first = states[0]
+        for other in states[1:]:
+            if other._shape() != first._shape():
+                raise ValueError(
+                    "cannot merge statistics of different shape: "
+                    f"(classes, bins, reference, buckets, confusion, thresholds, exact AUC values) = {first._shape()} "
+                    f"and {other._shape()}; states to merge must be made with the same options"
+                )
+        keys = tuple(sorted(set().union(*(state.slice_keys for state in states)), key=_key_order))
+        arrays = first._aligned(keys)
+        for other in states[1:]:
+            y = other._aligned(keys)
+            arrays = {name: value for array in STATE_ARRAYS for name, value in merge_array(array, arrays, y).items()}
         # A slice keeps its rows while its merged total is within the cap (then so were
-        # both parts); past it, or with a part stored without rows, its AUC is binned.
-        keep = a.keeps_auc_rows(arrays["counts"].sum(axis=(1, 2)))
+        # all parts); past it, or with a part stored without rows, its AUC is binned.
+        keep = first.keeps_auc_rows(arrays["counts"].sum(axis=(1, 2)))
+        parts = zip(*(state._auc_rows_on(keys) for state in states))
         rows = tuple(
-            _canonical(np.concatenate([ra, rb])) if kept and ra is not None and rb is not None else None
-            for kept, ra, rb in zip(keep, a._auc_rows_on(keys), b._auc_rows_on(keys))
+            _canonical(np.concatenate(part)) if kept and all(r is not None for r in part) else None
+            for kept, part in zip(keep, parts)
         )
-        return ClassStats(
-            n_classes=a.n_classes, n_bins=a.n_bins, has_reference=a.has_reference, slice_keys=keys, **arrays,
-            exact_auc_max_values=a.exact_auc_max_values, auc_rows=rows,
+        return cls(
+            n_classes=first.n_classes, n_bins=first.n_bins, has_reference=first.has_reference, slice_keys=keys,
+            **arrays, exact_auc_max_values=first.exact_auc_max_values, auc_rows=rows,
         )
 
     def _auc_rows_on(self, keys: tuple[SliceKey, ...]) -> list[NDArray[np.float64] | None]:
@@ -275,15 +283,9 @@ class ClassStats:
     def collapse_slices(self, key: SliceKey = ()) -> "ClassStats":
         """All slices merged into one slice named `key` (the overall row of a report)."""
         like = self.options()
-        total = ClassStats.empty(self.n_classes, **like)
-        for i in range(len(self.slice_keys)):
-            total = ClassStats.merge(total, self.slice(i, key))
-        if not total.slice_keys:
-            total = ClassStats.merge(
-                total,
-                ClassStats.empty(self.n_classes, slice_keys=[key], **like),
-            )
-        return total
+        slices = [self.slice(i, key) for i in range(len(self.slice_keys))]
+        named = [] if slices else [ClassStats.empty(self.n_classes, slice_keys=[key], **like)]
+        return ClassStats.merge(ClassStats.empty(self.n_classes, **like), *slices, *named)
 
     def options(self) -> dict:
         """The options of :meth:`empty` that give a state of this one's shape."""

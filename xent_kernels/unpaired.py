@@ -32,7 +32,8 @@ from .stats import ClassStats, SliceKey, _key_order
 
 @dataclass(frozen=True, eq=False)
 class UnpairedStats:
-    """The states of two evaluations of different rows, each with its own buckets."""
+    """The states of two evaluations of different rows, each with its own buckets: each
+    side is merged on its own, so this pair only finalizes (:mod:`xent_kernels.mergeable`)."""
 
     baseline: ClassStats
     candidate: ClassStats
@@ -41,54 +42,53 @@ class UnpairedStats:
         """Each side's slices merged into one slice named `key` (the overall rows)."""
         return UnpairedStats(self.baseline.collapse_slices(key), self.candidate.collapse_slices(key))
 
+    def finalize(self, base: Literal["e", 2] = "e", level: float = DEFAULT_LEVEL) -> PairedReport:
+        """The differences candidate - baseline of every interval metric, with unpaired
+        intervals and verdicts, per (slice, class) and per slice, in nats or bits.
 
-def unpaired_finalize(stats: UnpairedStats, base: Literal["e", 2] = "e", level: float = DEFAULT_LEVEL) -> PairedReport:
-    """The differences candidate - baseline of every interval metric, with unpaired
-    intervals and verdicts, per (slice, class) and per slice, in nats or bits.
-
-    The columns are those of :func:`xent_kernels.paired.paired_finalize` without the
-    outcome counts, plus ``n_baseline``: cells and slices with rows on either side,
-    NaN differences where one side has none.
-    """
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level!r}")
-    if stats.baseline.n_classes != stats.candidate.n_classes:
-        raise ValueError(f"baseline has {stats.baseline.n_classes} classes, candidate {stats.candidate.n_classes}")
-    divisor = C.log_base(base)
-    keys = tuple(sorted(set(stats.baseline.slice_keys) | set(stats.candidate.slice_keys), key=_key_order))
-    states = {"baseline": _aligned(stats.baseline, keys), "candidate": _aligned(stats.candidate, keys)}
-    buckets = {name: Totals.by_bucket(state) for name, state in states.items()}
-    totals = {name: Totals.of(state, buckets[name]) for name, state in states.items()}
-    cells = np.nonzero((totals["baseline"].values["counts"] > 0) | (totals["candidate"].values["counts"] > 0))
-    totals = {name: Totals(t.n_classes, t.values, cells) for name, t in totals.items()}
-    slice_index, class_index = cells
-    per_class: dict[str, np.ndarray] = {"slice": slice_index.astype(np.int64), "class": class_index.astype(np.int32)}
-    per_slice: dict[str, np.ndarray] = {"slice": np.arange(len(keys), dtype=np.int64)}
-    for name, column in (("candidate", "n"), ("baseline", "n_baseline")):
-        per_class[column] = totals[name].values["counts"][cells]
-        per_slice[column] = totals[name].values["counts"].sum(axis=1)
-    # Per side: its leave-one-bucket-out totals and the buckets that hold weight.
-    left_out, used = {}, {}
-    for name, state in states.items():
-        if state.n_buckets > 1:
-            left_out[name] = Totals.leave_one_out(state, buckets[name], totals[name])
-            used[name] = used_buckets(buckets[name]["cell"][..., CELL_FIELDS.index("weight")], cells)
-    metrics: dict[str, list[str]] = {"per_class": [], "per_slice": []}
-    columns_of = {"per_class": per_class, "per_slice": per_slice}
-    for statistic, scope, rule, scale in scoped_rules(False, divisor, intervals_only=True):
-        metrics[scope].append(statistic.name)
-        values = {name: rule(totals[name]) / scale for name in states}
-        diff = values["candidate"] - values["baseline"]
-        if len(left_out) == 2 and statistic.standard_error is None:
-            se, k = {}, {}
-            for name, state in states.items():
-                theta = rule(left_out[name]).reshape(len(diff), state.n_buckets) / scale
-                se[name], k[name] = jackknife_se(theta, used[name][scope])
-            half = t_quantile(np.minimum(k["candidate"], k["baseline"]) - 1, level) * np.hypot(
-                se["candidate"], se["baseline"])
-            lo, hi = diff - half, diff + half
-        else:
-            lo = hi = np.full(len(diff), np.nan)
-        add_difference(columns_of[scope], statistic.name, values, lo, hi)
-    return PairedReport(keys, "nats" if divisor == 1.0 else "bits", per_class, per_slice,
-                        {scope: tuple(names) for scope, names in metrics.items()}, level)
+        The columns are those of :meth:`xent_kernels.paired.PairedStats.finalize` without the
+        outcome counts, plus ``n_baseline``: cells and slices with rows on either side,
+        NaN differences where one side has none.
+        """
+        if not 0.0 < level < 1.0:
+            raise ValueError(f"level must be in (0, 1), got {level!r}")
+        if self.baseline.n_classes != self.candidate.n_classes:
+            raise ValueError(f"baseline has {self.baseline.n_classes} classes, candidate {self.candidate.n_classes}")
+        divisor = C.log_base(base)
+        keys = tuple(sorted(set(self.baseline.slice_keys) | set(self.candidate.slice_keys), key=_key_order))
+        states = {"baseline": _aligned(self.baseline, keys), "candidate": _aligned(self.candidate, keys)}
+        buckets = {name: Totals.by_bucket(state) for name, state in states.items()}
+        totals = {name: Totals.of(state, buckets[name]) for name, state in states.items()}
+        cells = np.nonzero((totals["baseline"].values["counts"] > 0) | (totals["candidate"].values["counts"] > 0))
+        totals = {name: Totals(t.n_classes, t.values, cells) for name, t in totals.items()}
+        slice_index, class_index = cells
+        per_class: dict[str, np.ndarray] = {"slice": slice_index.astype(np.int64), "class": class_index.astype(np.int32)}
+        per_slice: dict[str, np.ndarray] = {"slice": np.arange(len(keys), dtype=np.int64)}
+        for name, column in (("candidate", "n"), ("baseline", "n_baseline")):
+            per_class[column] = totals[name].values["counts"][cells]
+            per_slice[column] = totals[name].values["counts"].sum(axis=1)
+        # Per side: its leave-one-bucket-out totals and the buckets that hold weight.
+        left_out, used = {}, {}
+        for name, state in states.items():
+            if state.n_buckets > 1:
+                left_out[name] = Totals.leave_one_out(state, buckets[name], totals[name])
+                used[name] = used_buckets(buckets[name]["cell"][..., CELL_FIELDS.index("weight")], cells)
+        metrics: dict[str, list[str]] = {"per_class": [], "per_slice": []}
+        columns_of = {"per_class": per_class, "per_slice": per_slice}
+        for statistic, scope, rule, scale in scoped_rules(False, divisor, intervals_only=True):
+            metrics[scope].append(statistic.name)
+            values = {name: rule(totals[name]) / scale for name in states}
+            diff = values["candidate"] - values["baseline"]
+            if len(left_out) == 2 and statistic.standard_error is None:
+                se, k = {}, {}
+                for name, state in states.items():
+                    theta = rule(left_out[name]).reshape(len(diff), state.n_buckets) / scale
+                    se[name], k[name] = jackknife_se(theta, used[name][scope])
+                half = t_quantile(np.minimum(k["candidate"], k["baseline"]) - 1, level) * np.hypot(
+                    se["candidate"], se["baseline"])
+                lo, hi = diff - half, diff + half
+            else:
+                lo = hi = np.full(len(diff), np.nan)
+            add_difference(columns_of[scope], statistic.name, values, lo, hi)
+        return PairedReport(keys, "nats" if divisor == 1.0 else "bits", per_class, per_slice,
+                            {scope: tuple(names) for scope, names in metrics.items()}, level)

@@ -12,6 +12,8 @@ from typing import Callable, Iterator
 
 from distributed import Client, LocalCluster
 
+from xent_kernels.mergeable import merge_states
+
 from ..config import EvalConfig
 from ..errors import InfrastructureError, XentError, infrastructure_cause
 from ..runtime import send_cluster_logs_to_file
@@ -28,12 +30,13 @@ def map_all(client: Client, function: Callable, *iterables, stall_timeout: float
     return [future.result() for future in futures]
 
 
-def map_reduce(client: Client, function: Callable, *iterables, merge: Callable, split_every: int,
-               stall_timeout: float = STALL_TIMEOUT, on_done: Callable[[int], None] | None = None, **kwargs):
-    """``merge`` over ``function(*args, **kwargs)`` for args in zip(*iterables), merged on the
-    cluster in a tree of fan-in `split_every`: only the merged result reaches the client."""
+def map_reduce(client: Client, function: Callable, *iterables, split_every: int, stall_timeout: float = STALL_TIMEOUT,
+               on_done: Callable[[int], None] | None = None, **kwargs):
+    """The merge of ``function(*args, **kwargs)`` for args in zip(*iterables): states that
+    speak :mod:`xent_kernels.mergeable`, merged on the cluster in a tree of fan-in
+    `split_every`; only the merged state reaches the client."""
     futures = client.map(function, *iterables, pure=False, **kwargs)
-    total = tree_reduce(client, futures, split_every, merge)
+    total = tree_reduce(client, futures, split_every)
     wait_all(futures, _by_index(futures, on_done), stall_timeout)
     wait_all([total], lambda future: None, stall_timeout)
     return total.result()
@@ -45,11 +48,13 @@ def _by_index(futures: list, on_done: Callable[[int], None] | None) -> Callable[
     return (lambda future: None) if on_done is None else (lambda future: on_done(index[future.key]))
 
 
-def tree_reduce(client: Client, futures: list, split_every: int, merge: Callable) -> object:
-    """One future for `merge` applied over `futures` in a tree of fan-in `split_every`."""
+def tree_reduce(client: Client, futures: list, split_every: int) -> object:
+    """One future for the merge of the states of `futures` (at least one), in a tree of
+    fan-in `split_every`: each node is ``merge_states``, the combine step of every state type."""
     level = futures
     while len(level) > 1:
-        level = [client.submit(merge, *level[i : i + split_every], pure=False) for i in range(0, len(level), split_every)]
+        level = [client.submit(merge_states, *level[i : i + split_every], pure=False)
+                 for i in range(0, len(level), split_every)]
     return level[0]
 
 

@@ -48,19 +48,27 @@ class Piece:
 
 @dataclass(frozen=True)
 class PieceResult:
-    """The mergeable outcome of some pieces: statistics plus the shards left out."""
+    """The mergeable outcome of some pieces: statistics plus the shards left out
+    (``empty``/``merge`` as in :mod:`xent_kernels.mergeable`)."""
 
     stats: ClassStats
     bad_shards: tuple[BadShard, ...] = ()
     rows_read: int = 0
     probability_like: tuple[str, ...] = ()  # files read as logits whose rows look like probabilities
 
-    @staticmethod
-    def merge(*results: "PieceResult") -> "PieceResult":
-        stats = functools.reduce(ClassStats.merge, (r.stats for r in results))
+    @classmethod
+    def empty(cls, n_classes: int, **options) -> "PieceResult":
+        """No pieces read: the identity of :meth:`merge`; `options` as for ``ClassStats.empty``
+        (a read's are ``ReadSpec.state_options()``)."""
+        return cls(ClassStats.empty(n_classes, **options))
+
+    @classmethod
+    def merge(cls, *results: "PieceResult") -> "PieceResult":
+        """One result of all `results`, as :mod:`xent_kernels.mergeable` says a merge is."""
+        stats = ClassStats.merge(*(r.stats for r in results))
         bad = tuple(sorted((b for r in results for b in r.bad_shards), key=lambda b: b.url))
         suspicious = tuple(sorted({url for r in results for url in r.probability_like}))
-        return PieceResult(stats, bad, sum(r.rows_read for r in results), suspicious)
+        return cls(stats, bad, sum(r.rows_read for r in results), suspicious)
 
 
 @dataclass(frozen=True)

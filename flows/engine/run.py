@@ -8,7 +8,7 @@ file order or on which worker ran what (merge is associative and commutative).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import pyarrow as pa
@@ -24,7 +24,7 @@ from ..inputs.sources import InputFile, fingerprint, list_inputs
 from ..inputs.spec import ReadSpec, resolve_table_spec
 from .cluster import STALL_TIMEOUT, map_all, map_reduce
 from .pieces import (
-    BadShard, FileInfo, Piece, PieceResult, _empty, evaluate_piece, first_readable_spec, inspect_file, inspect_partition,
+    BadShard, FileInfo, Piece, PieceResult, evaluate_piece, first_readable_spec, inspect_file, inspect_partition,
     plan_pieces,
 )
 from .progress import Progress
@@ -171,7 +171,7 @@ def reduce_pieces(client: Client, config: EvalConfig, spec: ReadSpec, pieces: Se
     future per piece); each entry is dropped as its piece is done, so that the cluster
     can forget those rows. Progress counts `unit`: rows, or pieces."""
     progress = progress or Progress.quiet()
-    result = PieceResult(_empty(spec), bad)
+    result = replace(PieceResult.empty(spec.n_classes, **spec.state_options()), bad_shards=bad)
     if pieces:
         # The spec as an argument per piece when data follows it: client.map's keyword
         # arguments are constants, and evaluate_piece takes (piece, spec, data).
@@ -186,7 +186,7 @@ def reduce_pieces(client: Client, config: EvalConfig, spec: ReadSpec, pieces: Se
                     data[i] = None
 
             total = map_reduce(
-                client, evaluate_piece, *iterables, merge=PieceResult.merge, split_every=config.split_every,
+                client, evaluate_piece, *iterables, split_every=config.split_every,
                 stall_timeout=config.stall_timeout, on_done=done, **constants,
             )
             result = PieceResult.merge(total, result)

@@ -21,7 +21,6 @@ the decoder below turns one into nested dicts keyed by field id.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from typing import Any, Iterator
 
 import fsspec
@@ -34,7 +33,7 @@ from .sources import filesystem
 _STOP, _TRUE, _FALSE, _BYTE, _I16, _I32, _I64, _DOUBLE, _BINARY, _LIST, _SET, _MAP, _STRUCT = range(13)
 
 # Field ids in parquet.thrift.
-PAGE_TYPE, PAGE_UNCOMPRESSED_SIZE, PAGE_COMPRESSED_SIZE, PAGE_CRC = 1, 2, 3, 4  # PageHeader
+PAGE_CRC = 4  # PageHeader
 FILE_ROW_GROUPS = 4  # FileMetaData
 GROUP_COLUMNS = 1  # RowGroup
 CHUNK_META_DATA = 3  # ColumnChunk
@@ -121,33 +120,6 @@ class _Compact:
         if kind == _STRUCT:
             return self.struct()
         raise ValueError(f"not a Thrift compact-protocol type: {kind}")
-
-
-@dataclass(frozen=True)
-class PageHeader:
-    """The top-level fields of a Parquet page header, and its encoded length."""
-
-    type: int  # 0 data page, 1 index page, 2 dictionary page, 3 data page v2
-    uncompressed_size: int
-    compressed_size: int
-    crc: int | None
-    header_size: int  # bytes of the header; the page's data follows it
-
-
-def read_page_header(data: bytes | memoryview, offset: int = 0) -> PageHeader:
-    """Decode the page header that starts at `data[offset]`.
-
-    Raises
-    ------
-    ValueError
-        If the bytes are not a page header, or `data` ends inside it.
-    """
-    reader = _Compact(data, offset)
-    fields = reader.struct()
-    if not all(isinstance(fields.get(i), int) for i in (PAGE_TYPE, PAGE_UNCOMPRESSED_SIZE, PAGE_COMPRESSED_SIZE)):
-        raise ValueError(f"not a Parquet page header at byte {offset}: fields {sorted(fields)}")
-    return PageHeader(fields[PAGE_TYPE], fields[PAGE_UNCOMPRESSED_SIZE], fields[PAGE_COMPRESSED_SIZE],
-                      fields.get(PAGE_CRC), reader.pos - offset)
 
 
 def header_has_crc(data: bytes | memoryview) -> bool:

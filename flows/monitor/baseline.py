@@ -1,7 +1,7 @@
 """A nightly run against an earlier run of the same source: unpaired differences and gates.
 
 The two runs evaluated different rows, so each side's interval comes from its own
-jackknife buckets (:func:`xent_kernels.unpaired.unpaired_finalize`); gate.parquet is
+jackknife buckets (:meth:`xent_kernels.unpaired.UnpairedStats.finalize`); gate.parquet is
 built as compare.parquet is (:func:`flows.monitor.paired.difference_table`), so
 :func:`flows.monitor.gates.breached_gates` checks its rows unchanged. "candidate" is the
 run being checked, "baseline" the earlier run.
@@ -14,7 +14,7 @@ from typing import Sequence
 import pyarrow as pa
 
 from xent_kernels import ClassStats
-from xent_kernels.unpaired import UnpairedStats, unpaired_finalize
+from xent_kernels.unpaired import UnpairedStats
 
 from ..config import Gate, log_base
 from ..report.metric_values import MetricKey, MetricValue
@@ -31,7 +31,7 @@ def baseline_values(baseline: ClassStats, current: ClassStats, slice_by: tuple[s
     ``small_slice``: the slice has fewer than `min_slice_size` rows in either run."""
     values = []
     for part, overall in report_parts(UnpairedStats(baseline, current), slice_by):
-        report = unpaired_finalize(part, base=log_base(units), level=level)
+        report = part.finalize(base=log_base(units), level=level)
         small = (report.per_slice["n"] < min_slice_size) | (report.per_slice["n_baseline"] < min_slice_size)
         position = {key: i for i, key in enumerate(report.slice_keys)}
         for value in difference_values(report, overall):

@@ -26,6 +26,7 @@ from distributed import Client
 
 from xent_kernels.drift import PerSampleKL, per_sample_kl_partial
 from xent_kernels.hashing import key_hash
+from xent_kernels.mergeable import Mergeable, merge_states
 
 from ..config import EvalConfig, JoinSettings
 from ..engine import Evaluation, Piece, inspect_files, map_all, map_reduce, memory_pieces, piece_batches, plan_pieces
@@ -37,17 +38,25 @@ from ..inputs.spec import ReadSpec
 @dataclass(frozen=True)
 class JoinResult:
     """A pairing's merged state of the matched rows, and the row counts of the join:
-    `only_first`/`only_second` are rows whose key the other side lacks."""
+    `only_first`/`only_second` are rows whose key the other side lacks. Mergeable
+    (:mod:`xent_kernels.mergeable`) whatever the pairing's state type."""
 
-    stats: Any  # the pairing's state: a PerSampleKL for drift
+    stats: Mergeable  # the pairing's state: a PerSampleKL for drift
     matched: int = 0
     only_first: int = 0
     only_second: int = 0
 
-    @staticmethod
-    def merge(*results: "JoinResult") -> "JoinResult":
-        stats = functools.reduce(type(results[0].stats).merge, (r.stats for r in results))
-        return JoinResult(
+    @classmethod
+    def empty(cls, state: type[Mergeable], **options) -> "JoinResult":
+        """No rows joined: the identity of :meth:`merge` for states of type `state` made
+        with `options` (the arguments of ``state.empty``)."""
+        return cls(state.empty(**options))
+
+    @classmethod
+    def merge(cls, *results: "JoinResult") -> "JoinResult":
+        """One result of all `results`: their states merged, their counts added."""
+        stats = merge_states(*(r.stats for r in results))
+        return cls(
             stats,
             sum(r.matched for r in results),
             sum(r.only_first for r in results),
@@ -83,22 +92,24 @@ class Rows:
 
 @dataclass(frozen=True)
 class Pairing:
-    """What a join makes of its matched rows.
+    """What a join makes of its matched rows: states of type `state`, which speaks
+    :mod:`xent_kernels.mergeable`.
 
     `names` are the two sides (scratch folders and messages use them); `reduce(spec,
     first, second)` turns the matched rows of both sides, aligned row by row (at least
-    one), into a state whose class has a static ``merge``; `empty(spec)` is the state
-    of no rows; `setting` is the config key that sets the join key, for messages.
+    one), into a `state`; `options(spec)` are the arguments of ``state.empty`` for
+    states of `spec`; `setting` is the config key that sets the join key, for messages.
     """
 
     names: tuple[str, str]
-    reduce: Callable[[ReadSpec, Rows, Rows], Any]
-    empty: Callable[[ReadSpec], Any]
+    state: type[Mergeable]
+    reduce: Callable[[ReadSpec, Rows, Rows], Mergeable]
+    options: Callable[[ReadSpec], dict[str, Any]]
     setting: str
 
 
-def _kl_empty(spec: ReadSpec) -> PerSampleKL:
-    return PerSampleKL.empty(spec.n_classes)
+def _kl_options(spec: ReadSpec) -> dict[str, Any]:
+    return {"n_classes": spec.n_classes}
 
 
 def _kl_reduce(spec: ReadSpec, reference: Rows, current: Rows, smoothing: float | None = None) -> PerSampleKL:
@@ -109,8 +120,8 @@ def _kl_reduce(spec: ReadSpec, reference: Rows, current: Rows, smoothing: float 
 
 def kl_pairing(smoothing: float | None = None) -> Pairing:
     """The drift join's pairing: per-sample KL, both sides smoothed by `smoothing` (None: exact)."""
-    return Pairing(("reference", "current"), functools.partial(_kl_reduce, smoothing=smoothing), _kl_empty,
-                   "drift.id_cols")
+    return Pairing(("reference", "current"), PerSampleKL, functools.partial(_kl_reduce, smoothing=smoothing),
+                   _kl_options, "drift.id_cols")
 
 
 KL_PAIRING = kl_pairing()
@@ -206,16 +217,21 @@ def join_bucket(scratch: str, bucket: int, *, spec: ReadSpec, pairing: Pairing =
     first_name, second_name = pairing.names
     first = _load_bucket(os.path.join(scratch, first_name, f"{bucket:05d}"))
     second = _load_bucket(os.path.join(scratch, second_name, f"{bucket:05d}"))
+    empty = JoinResult.empty(pairing.state, **pairing.options(spec))
     if first is None or second is None:
-        return JoinResult(pairing.empty(spec), 0, 0 if first is None else len(first), 0 if second is None else len(second))
+        return dataclasses.replace(empty, only_first=0 if first is None else len(first),
+                                   only_second=0 if second is None else len(second))
     first_codes, second_codes = _key_codes(first, second)
     _check_unique(first_name, first_codes, first, spec.id_cols, pairing.setting)
     _check_unique(second_name, second_codes, second, spec.id_cols, pairing.setting)
     _, in_first, in_second = np.intersect1d(first_codes, second_codes, assume_unique=True, return_indices=True)
-    empty = pairing.empty(spec)
-    stats = pairing.reduce(spec, first.take(in_first), second.take(in_second)) if len(in_second) else empty
-    return JoinResult(type(empty).merge(stats, empty), len(in_second), len(first) - len(in_first),
-                      len(second) - len(in_second))
+    counts = dict(matched=len(in_second), only_first=len(first) - len(in_first),
+                  only_second=len(second) - len(in_second))
+    if not len(in_second):
+        return dataclasses.replace(empty, **counts)
+    # Merged with the identity, as every state the engine merges: its slices in canonical order.
+    stats = pairing.reduce(spec, first.take(in_first), second.take(in_second))
+    return JoinResult.merge(JoinResult(stats, **counts), empty)
 
 
 @dataclass
@@ -250,7 +266,7 @@ def join_sides(config: EvalConfig, settings: JoinSettings, sides: dict[str, Join
                 side.data.clear()
         return map_reduce(
             client, join_bucket, [scratch] * n_buckets, range(n_buckets), spec=sides[pairing.names[1]].spec,
-            pairing=pairing, merge=JoinResult.merge, split_every=config.split_every,
+            pairing=pairing, split_every=config.split_every,
             stall_timeout=config.stall_timeout,
         )
     finally:

@@ -5,7 +5,7 @@ eval``), then their rows are joined on the key columns through drift's join
 (:mod:`flows.monitor.join`) and each joined bucket is reduced by
 :func:`xent_kernels.paired.paired_partial`: both models' statistics in the same
 jackknife buckets (a hash of the row key) and per-row CE wins, ties and losses.
-:func:`xent_kernels.paired.paired_finalize` turns the merged state into paired
+:meth:`xent_kernels.paired.PairedStats.finalize` turns the merged state into paired
 differences with intervals; :mod:`flows.monitor.gates` checks them.
 """
 
@@ -22,7 +22,7 @@ from distributed import Client
 
 from xent_kernels import STATISTICS
 from xent_kernels.hashing import key_buckets
-from xent_kernels.paired import OUTCOMES, PairedReport, PairedStats, paired_finalize, paired_partial
+from xent_kernels.paired import OUTCOMES, PairedReport, PairedStats, paired_partial
 
 from ..config import CompareConfig, log_base, nats_per_unit
 from ..engine import Evaluation, Progress
@@ -41,9 +41,9 @@ SIDES = ("baseline", "candidate")
 # --------------------------------------------------------------------------- the pairing, on the workers
 
 
-def _paired_empty(spec: ReadSpec, *, n_buckets: int) -> PairedStats:
-    return PairedStats.empty(spec.n_classes, n_bins=spec.n_bins, n_buckets=n_buckets, n_thresholds=spec.n_thresholds,
-                             exact_auc_max_values=spec.exact_auc_max_values)
+def _paired_options(spec: ReadSpec, *, n_buckets: int) -> dict:
+    return dict(n_classes=spec.n_classes, n_bins=spec.n_bins, n_buckets=n_buckets, n_thresholds=spec.n_thresholds,
+                exact_auc_max_values=spec.exact_auc_max_values)
 
 
 def _paired_reduce(spec: ReadSpec, baseline: Rows, candidate: Rows, *, n_buckets: int, tie_tolerance: float) -> PairedStats:
@@ -75,8 +75,9 @@ def compare_pairing(config: CompareConfig) -> Pairing:
     nats = settings.tie_tolerance * nats_per_unit(config.units)
     return Pairing(
         SIDES,
+        PairedStats,
         functools.partial(_paired_reduce, n_buckets=config.n_buckets, tie_tolerance=nats),
-        functools.partial(_paired_empty, n_buckets=config.n_buckets),
+        functools.partial(_paired_options, n_buckets=config.n_buckets),
         "compare.id_cols",
     )
 
@@ -134,7 +135,7 @@ def compare_values(joined: JoinResult, slice_by: tuple[str, ...], units: str, le
     same across slices (overall), then the join's counts."""
     values = []
     for part, overall in report_parts(joined.stats, slice_by):
-        report = paired_finalize(part, base=log_base(units), level=level)
+        report = part.finalize(base=log_base(units), level=level)
         values += difference_values(report, overall)
     counts = (joined.matched, joined.only_first, joined.only_second)
     return values + [MetricValue(MetricKey(name), count) for name, count in zip(JOIN_COUNTS, counts)]
