@@ -82,6 +82,8 @@ class Statistic:
         terminal report and the Prefect artifacts.
     rtol, atol : float
         How closely the column matches a float64 reference computed the obvious way.
+    label : str
+        Its name on the report page ("mean CE"); the column name where empty.
     """
 
     name: str
@@ -99,6 +101,7 @@ class Statistic:
     headline: frozenset[str] = frozenset()
     rtol: float = 1e-11
     atol: float = 1e-13
+    label: str = ""
 
     def __post_init__(self):
         if self.interval and self.role != "metric":
@@ -247,7 +250,7 @@ def used_buckets(weight: np.ndarray, cells: tuple[np.ndarray, np.ndarray]) -> di
 # fields of each state array are numbered in the order statistics declare them.
 STATISTICS: tuple[Statistic, ...] = (
     Statistic(
-        "n", "rows counted (finite prediction, label not ignored)",
+        "n", "rows counted (finite prediction, label not ignored)", label="rows",
         slots=(Slot("counts"),),
         per_class=lambda t: t.at_cells(t.values["counts"]),
         per_slice=lambda t: t.values["counts"].sum(axis=1),
@@ -260,7 +263,7 @@ STATISTICS: tuple[Statistic, ...] = (
         role="count",
     ),
     Statistic(
-        "ce_mean", "weighted mean cross-entropy -log q(true class)",
+        "ce_mean", "weighted mean cross-entropy -log q(true class)", label="mean CE",
         slots=(Slot("cell", "ce"),),
         per_class=rules.class_mean("ce"), per_slice=rules.slice_mean("ce"),
         units="information", headline=frozenset({"class", "slice"}),
@@ -269,13 +272,13 @@ STATISTICS: tuple[Statistic, ...] = (
         clip=(0.0, np.inf),
     ),
     Statistic(
-        "ce_std", "weighted population standard deviation of the cross-entropy",
+        "ce_std", "weighted population standard deviation of the cross-entropy", label="CE std",
         slots=(Slot("ce_m2"),),
         per_class=rules.ce_std,
         units="information", headline=frozenset({"class"}),
     ),
     Statistic(
-        "ce_macro", "mean over the classes present of their mean cross-entropy",
+        "ce_macro", "mean over the classes present of their mean cross-entropy", label="macro CE",
         slots=(),
         per_slice=rules.ce_macro,
         units="information", headline=frozenset({"slice"}),
@@ -284,7 +287,7 @@ STATISTICS: tuple[Statistic, ...] = (
         clip=(0.0, np.inf),
     ),
     Statistic(
-        "accuracy", "weighted share of rows whose true class has the top probability (ties: lower index)",
+        "accuracy", "weighted share of rows whose true class has the top probability (ties: lower index)", label="accuracy",
         slots=(Slot("cell", "top1"),),
         per_class=rules.class_mean("top1"), per_slice=rules.slice_mean("top1"),
         headline=frozenset({"class", "slice"}),
@@ -301,7 +304,7 @@ STATISTICS: tuple[Statistic, ...] = (
         clip=(0.0, 1.0),
     ),
     Statistic(
-        "p_true_mean", "weighted mean probability of the true class",
+        "p_true_mean", "weighted mean probability of the true class", label="mean p(true)",
         slots=(Slot("cell", "p_true"),),
         per_class=rules.class_mean("p_true"), per_slice=rules.slice_mean("p_true"),
         headline=frozenset({"class"}),
@@ -310,7 +313,7 @@ STATISTICS: tuple[Statistic, ...] = (
         clip=(0.0, 1.0),
     ),
     Statistic(
-        "entropy_mean", "weighted mean entropy of the prediction",
+        "entropy_mean", "weighted mean entropy of the prediction", label="mean entropy",
         slots=(Slot("cell", "entropy"),),
         per_class=rules.class_mean("entropy"), per_slice=rules.slice_mean("entropy"),
         units="information", headline=frozenset({"class"}),
@@ -318,7 +321,7 @@ STATISTICS: tuple[Statistic, ...] = (
         clip=(0.0, np.inf),
     ),
     Statistic(
-        "ece", "expected calibration error over the confidence histogram's bins",
+        "ece", "expected calibration error over the confidence histogram's bins", label="ECE",
         slots=(),
         per_slice=rules.ece,
         headline=frozenset({"slice"}),
@@ -327,7 +330,7 @@ STATISTICS: tuple[Statistic, ...] = (
         clip=(0.0, 1.0),
     ),
     Statistic(
-        "brier", "weighted mean Brier score Σ_j (q_j - y_j)² (binary models: (q_1 - y)², as sklearn)",
+        "brier", "weighted mean Brier score Σ_j (q_j - y_j)² (binary models: (q_1 - y)², as sklearn)", label="Brier",
         slots=(Slot("cell", "brier"),),
         per_class=rules.brier_class, per_slice=rules.brier_slice,
         headline=frozenset({"slice"}),
@@ -352,7 +355,7 @@ STATISTICS: tuple[Statistic, ...] = (
         clip=(0.0, 1.0),
     ),
     Statistic(
-        "f1", "harmonic mean of precision and recall: 2·hits / (predicted + true) (0 if both are 0)",
+        "f1", "harmonic mean of precision and recall: 2·hits / (predicted + true) (0 if both are 0)", label="F1",
         slots=(),
         per_class=rules.class_rate("f1"),
         headline=frozenset({"class"}),
@@ -369,6 +372,7 @@ STATISTICS: tuple[Statistic, ...] = (
             clip=(0.0, 1.0),
             headline=frozenset({"slice"}) if (name, average) == ("f1", "macro") else frozenset(),
             interval=True,
+            label="macro F1" if (name, average) == ("f1", "macro") else "",
         )
         for name in ("precision", "recall", "f1")
         for average, how in (("macro", "unweighted, over the classes true or predicted in the slice"),
@@ -376,7 +380,7 @@ STATISTICS: tuple[Statistic, ...] = (
     ),
     Statistic(
         "auc", "one-vs-rest ROC AUC of the class, exact for slices within exact_auc_max_values, else from "
-        "binned probabilities (slice: class 1 if binary, else the macro mean); interval from DeLong's standard error",
+        "binned probabilities (slice: class 1 if binary, else the macro mean); interval from DeLong's standard error", label="AUC",
         slots=(Slot("roc", "positive"), Slot("roc", "all")),
         per_class=rules.roc_class("auc"), per_slice=rules.roc_slice("auc"),
         headline=frozenset({"slice"}),

@@ -12,15 +12,12 @@ from typing import Any
 
 import jinja2
 
-from xent_kernels import STATISTIC
+from xent_kernels import STATISTIC, STATISTICS
 
-from ...drift_statistics import DRIFT_STATISTIC
+from ...drift_statistics import DRIFT_STATISTIC, DRIFT_STATISTICS
 from ..text import class_text
 
-LABELS = {"n": "rows", "ce_mean": "mean CE", "ce_macro": "macro CE", "accuracy": "accuracy", "ece": "ECE",
-          "brier": "Brier", "auc": "AUC", "f1_macro": "macro F1", "f1": "F1", "ce_std": "CE std",
-          "p_true_mean": "mean p(true)", "entropy_mean": "mean entropy",
-          **{name: s.label for name, s in DRIFT_STATISTIC.items()}}
+LABELS = {s.name: s.label for s in (*STATISTICS, *DRIFT_STATISTICS) if s.label}  # page names by column
 
 
 def in_information_units(name: str) -> bool:
