@@ -79,12 +79,14 @@ def test_every_kind_flows_offers_is_a_kind_the_kernels_take():
 
 
 def _import_graph() -> dict[str, dict[str, str]]:
-    """Module -> {imported flows module: "file:line"}, from every import statement in
-    flows/, at module level or inside a function, with the packages an import runs first."""
+    """Module -> {imported module of ours: "file:line"}, from every import statement in
+    flows/ and xent_kernels/, at module level, inside a function or under TYPE_CHECKING,
+    with the packages an import runs first."""
     files = {}
-    for path in FLOWS.rglob("*.py"):
-        parts = ["flows", *path.relative_to(FLOWS).with_suffix("").parts]
-        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    for root in (FLOWS, FLOWS.parent / "xent_kernels"):
+        for path in root.rglob("*.py"):
+            parts = [root.name, *path.relative_to(root).with_suffix("").parts]
+            files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     graph: dict[str, dict[str, str]] = {name: {} for name in files}
     for name, path in files.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]

@@ -1,6 +1,6 @@
 """The finalize rules the statistics table names: merged sums -> report values.
 
-Each rule takes a :class:`xent_kernels.statistics.Totals` (a state's sums over its
+Each rule takes a :class:`Totals` (a state's sums over its
 buckets, or its leave-one-bucket-out totals) and gives one value per present (slice,
 class) cell or one per slice. Rules read the totals through its accessors
 (``cell_grid``, ``slice_total``, ``hist``, ``row_count``, ``roc``), never the field
@@ -9,14 +9,27 @@ positions, so this module needs nothing from the table.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Literal
+from typing import Any, Callable, Literal, Protocol
 
 import numpy as np
 
-if TYPE_CHECKING:  # for annotations only: the table imports these rules
-    from .statistics import Totals
 
-Finalize = Callable[["Totals"], np.ndarray]
+class Totals(Protocol):
+    """What a rule reads of a state's sums (:class:`xent_kernels.statistics.Totals`
+    implements it): the class count, the totals by state array, and these accessors."""
+
+    n_classes: int
+    values: dict[str, Any]
+
+    def cell_grid(self, field: str) -> np.ndarray: ...
+    def at_cells(self, grid: np.ndarray) -> np.ndarray: ...
+    def slice_total(self, field: str) -> np.ndarray: ...
+    def hist(self, field: str) -> np.ndarray: ...
+    def row_count(self, field: str) -> np.ndarray: ...
+    def roc(self, field: str) -> np.ndarray: ...
+
+
+Finalize = Callable[[Totals], np.ndarray]
 
 
 def ratio(numerator, denominator) -> np.ndarray:
