@@ -1,15 +1,18 @@
 """``class_stats_kernel``: one partition into the per-class statistics state, by the
-narrow (``_narrow.py``) or the wide (``_wide.py``) path."""
+narrow (``_narrow.py``) or the wide (``_wide.py``) path.
+
+The choice is made here, in Python, once per partition: a compiled function that
+called both paths would compile both (and optimize them again as one module) on
+the first call, about half of a fresh machine's first run. Python picks the path the
+data needs, and only that path compiles."""
 
 from __future__ import annotations
 
 from ._layout import N_ROC_FIELDS
 from ._narrow import NARROW_CLASSES, _class_stats_narrow
-from ._numba import kernel
 from ._wide import _class_stats_wide
 
 
-@kernel
 def class_stats_kernel(
     z, labels, weights, slice_ids, bucket_ids, ref, kind, ref_kind, n_bins, max_ce,
     has_weights, has_slices, has_buckets, has_ref,

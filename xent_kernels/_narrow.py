@@ -356,8 +356,9 @@ def _class_stats_narrow(
     shift = np.zeros(n_cells)
     stamp = np.zeros(n_cells, dtype=np.int64)  # the fold epoch in which the cell was last touched
     touched = np.empty(n_cells, dtype=np.int64)
-    n_touched = 0
-    epoch = 1
+    # int64 from the start: a literal 0 or 1 would compile the callees once more
+    n_touched = np.int64(0)
+    epoch = np.int64(1)
     s_marg = np.zeros(n_slices * C)
     s_hist = np.zeros(n_slices * K * n_bins * N_HIST_FIELDS)
     slice_touched = np.zeros(n_slices, dtype=np.bool_)
