@@ -11,11 +11,16 @@ again, into the same folder, beside the first (docs/guides/clusters.md).
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import InfrastructureError
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 # Small dumps whose evaluation, drift and comparison, with slices and weights and
 # without, compile what the commands can need. Kernels specialise on dtypes and on how
@@ -45,6 +50,8 @@ def cmd_warmup(args: argparse.Namespace) -> int:
             "no writable folder for Numba's cache (tried $XENT_CACHE_DIR, $NUMBA_CACHE_DIR, the user's cache "
             "folder and the temp folder): set XENT_CACHE_DIR to a writable folder"
         )
+    # Compile here, into this machine's cache, whatever cluster the environment names.
+    os.environ.pop("DASK_SCHEDULER_ADDRESS", None)
     started = time.perf_counter()
     vega_embed_script()
     print(f"page bundle: {vega_embed_path()}")
@@ -65,7 +72,7 @@ def _compiled(cache: Path) -> int:
     return sum(1 for _ in cache.rglob("*.nbc"))
 
 
-def _run_all(folder: Path, dump: dict, client, two_sided: bool) -> None:
+def _run_all(folder: Path, dump: dict, client: Client, two_sided: bool) -> None:
     """Generate a small reference and current dump like `dump`, then evaluate the reference
     and (`two_sided`) measure drift and compare the two, with slices and weights and
     without, and render each page, as the commands do."""
