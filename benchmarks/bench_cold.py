@@ -8,7 +8,7 @@ bundle both start empty, as on a new container, CI job or Dask worker. On one du
 
 1. cold: the first eval in a new HOME; warm: the same command again in that HOME;
 2. with a warmup: ``xent warmup`` in another new HOME, then the eval (skip with
-   ``--no-warmup``: the warmup takes minutes);
+   ``--no-warmup``: the warmup takes about a minute);
 3. the phases of a cold run, in one fresh interpreter: imports (``flows.cli``, then
    what ``cmd_eval`` imports), the first local cluster's start, the page bundle build,
    and the eval itself, split into Numba compiles (per top-level kernel, from Numba's
@@ -19,7 +19,7 @@ CPU time): on a shared machine the CPU figures are the steadier ones.
 
 Run from the repository root::
 
-    PYTHONPATH=. python benchmarks/bench_cold.py                 # about 5 minutes
+    PYTHONPATH=. python benchmarks/bench_cold.py                 # about 2 minutes
     PYTHONPATH=. python benchmarks/bench_cold.py --no-warmup     # cold, warm and phases only
 """
 
