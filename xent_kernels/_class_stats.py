@@ -1,15 +1,23 @@
 """``class_stats_kernel``: one partition into the per-class statistics state, by the
-narrow (``_narrow.py``) or the wide (``_wide.py``) path."""
+narrow (``_narrow.py``) or the wide (``_wide.py``) path.
+
+The choice is made here, in Python, once per partition: a compiled function that
+called both paths would compile both (and optimize them again as one module) on
+the first call, about half of a fresh machine's first run. Python picks the path the
+data needs, and only that path compiles. The inputs go over as read-only views:
+Numba types a read-only array apart from a writable one, and the reader hands over
+both (zero-copy views of Arrow's buffers, copies), so each would compile its own
+specialisation of the same code."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from ._layout import N_ROC_FIELDS
 from ._narrow import NARROW_CLASSES, _class_stats_narrow
-from ._numba import kernel
 from ._wide import _class_stats_wide
 
 
-@kernel
 def class_stats_kernel(
     z, labels, weights, slice_ids, bucket_ids, ref, kind, ref_kind, n_bins, max_ce,
     has_weights, has_slices, has_buckets, has_ref,
@@ -38,6 +46,7 @@ def class_stats_kernel(
     n_slices = marg_sum.shape[0] // n_classes
     n_buckets = counts.shape[0] // (n_slices * n_classes)
     n_thresholds = roc_sum.shape[0] // (n_slices * n_classes * N_ROC_FIELDS)
+    z, labels, weights, slice_ids, bucket_ids, ref = map(_read_only, (z, labels, weights, slice_ids, bucket_ids, ref))
     args = (
         z, labels, weights, slice_ids, bucket_ids, ref, kind, ref_kind, n_bins, max_ce,
         has_weights, has_slices, has_buckets, has_ref, n_slices, n_buckets, n_thresholds, conf_n.shape[0] > 0,
@@ -48,3 +57,10 @@ def class_stats_kernel(
         _class_stats_narrow(*args)
     else:
         _class_stats_wide(*args)
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    """A read-only view of `array` (no copy)."""
+    view = array.view()
+    view.flags.writeable = False
+    return view

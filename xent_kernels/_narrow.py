@@ -356,8 +356,9 @@ def _class_stats_narrow(
     shift = np.zeros(n_cells)
     stamp = np.zeros(n_cells, dtype=np.int64)  # the fold epoch in which the cell was last touched
     touched = np.empty(n_cells, dtype=np.int64)
-    n_touched = 0
-    epoch = 1
+    # int64 from the start: a literal 0 or 1 would compile the callees once more
+    n_touched = np.int64(0)
+    epoch = np.int64(1)
     s_marg = np.zeros(n_slices * C)
     s_hist = np.zeros(n_slices * K * n_bins * N_HIST_FIELDS)
     slice_touched = np.zeros(n_slices, dtype=np.bool_)
@@ -373,6 +374,9 @@ def _class_stats_narrow(
     roc_base = np.zeros(NR, dtype=np.int64)
     rows_since_fold = 0
     rows_since_cell_fold = 0
+    # Flags as typed booleans, not literals: both calls of prepare_block_narrow (the
+    # prediction's and the reference's) then share one compiled specialisation.
+    yes, no = np.bool_(True), np.bool_(False)
     # With K buckets a cell gets about 1/K of the rows: fold K times less often.
     cell_fold_rows = NARROW_FOLD_ROWS * K
     slice_fold_rows = FOLD_ROWS * K
@@ -380,9 +384,9 @@ def _class_stats_narrow(
     for r0 in range(0, n, NR):
         r1 = min(n, r0 + NR)
         rows = r1 - r0
-        prepare_block_narrow(z, labels, r0, rows, kind, W, True, has_ref)  # KL reads t
+        prepare_block_narrow(z, labels, r0, rows, kind, W, yes, has_ref)  # KL reads t
         if has_ref:
-            prepare_block_narrow(ref, labels, r0, rows, ref_kind, WR, False)
+            prepare_block_narrow(ref, labels, r0, rows, ref_kind, WR, no, yes)
             _kl_narrow(WR, W, C, rows)
 
         # Per row, in loops that vectorize, into the scatter stage's rows of W (_ROW_...,

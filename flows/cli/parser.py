@@ -12,6 +12,7 @@ from .demo import cmd_demo, cmd_generate
 from .drift import cmd_drift
 from .evaluate import cmd_eval, cmd_report
 from .nightly import cmd_nightly, cmd_serve
+from .warmup import cmd_warmup
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser, sources: bool = True) -> None:
@@ -116,4 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="generate a dump, evaluate it on a local cluster, print the report")
     p.add_argument("--out", help="folder for dumps and reports (default: a new temporary folder)")
     p.set_defaults(handler=cmd_demo)
+
+    p = sub.add_parser("warmup", help="compile every kernel into Numba's cache and build the page bundle "
+                       "(for image builds and CI: the first run then compiles nothing)")
+    p.set_defaults(handler=cmd_warmup)
     return parser

@@ -236,23 +236,30 @@ def _vega_lite_version() -> str:
     return altair().SCHEMA_VERSION.lstrip("v").rsplit(".", 1)[0]
 
 
+def vega_embed_path() -> Path:
+    """Where the vega-embed bundle is kept: ``$XDG_CACHE_HOME/xent`` (default
+    ``~/.cache/xent``), one file per Vega-Lite and vl-convert version."""
+    import vl_convert
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "xent"
+    return cache / f"vega-embed-vl{_vega_lite_version()}-vlc{vl_convert.__version__}.js"
+
+
 @functools.cache
 def vega_embed_script() -> str:
     """The vega-embed bundle (Vega, Vega-Lite, vega-embed) for altair's Vega-Lite
-    version, from vl-convert-python. Building it takes about 3 s, so it is kept in
-    ``$XDG_CACHE_HOME/xent`` (default ``~/.cache/xent``) per vl-convert version."""
+    version, from vl-convert-python. Building it takes about 2 s, so it is kept at
+    `vega_embed_path` (``xent warmup`` builds it ahead)."""
     import vl_convert
 
-    version = _vega_lite_version()
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "xent"
-    path = cache / f"vega-embed-vl{version}-vlc{vl_convert.__version__}.js"
+    path = vega_embed_path()
     try:
         return path.read_text(encoding="utf-8")
     except OSError:
         pass
-    script = vl_convert.javascript_bundle(vl_version=version)
-    try:  # a cache that cannot be written only costs the next render 3 s
-        cache.mkdir(parents=True, exist_ok=True)
+    script = vl_convert.javascript_bundle(vl_version=_vega_lite_version())
+    try:  # a cache that cannot be written only costs the next render 2 s
+        path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.{os.getpid()}")
         partial.write_text(script, encoding="utf-8")
         os.replace(partial, path)
