@@ -57,10 +57,10 @@ def breached_gates(gates: Iterable[Gate], rows: Iterable[dict], slice_by: Sequen
     rows = list(rows)
     messages = []
     for gate in gates:
+        diff = MetricKey(gate.metric, is_diff=True)
         for row in rows:
             if row.get("small_slice"):
                 continue
-            diff = MetricKey(gate.metric, is_diff=True)
             value = row.get(diff.column)
             if value is None:  # the metric has no value at this level (ece per class)
                 continue
