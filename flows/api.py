@@ -362,7 +362,7 @@ class CompareResult(TwoSidedResult):
         return gate_error(self.report.breaches)
 
     def __repr__(self) -> str:
-        row = next(r for r in self.report.rows if r["overall"] and r["class"] is None)
+        row = self.report.overall_row
         verdict = f"{len(self.report.breaches)} gate breaches" if self.report.breaches else "no gate breached"
         return (f"<xent CompareResult: {row['n_matched']:,} rows joined; ce_mean candidate - baseline "
                 f"{row['ce_mean_diff']:+.4g} [{row['ce_mean_diff_lo']:+.4g}, {row['ce_mean_diff_hi']:+.4g}] "

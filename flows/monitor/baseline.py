@@ -11,61 +11,54 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import pyarrow as pa
 
 from xent_kernels import ClassStats
+from xent_kernels.paired import PairedReport
 from xent_kernels.unpaired import UnpairedStats
 
-from ..config import Gate, log_base
+from ..config import Gate
 from ..report.metric_values import MetricKey, MetricValue
-from ..report.tables import report_parts
-from .gates import breached_gates
-from .paired import difference_table, difference_values
+from .gates import breached_gates, gate_rows
+from .paired import difference_table, finalized_parts
 
 GATE_LEADING = {"n": pa.int64(), "n_baseline": pa.int64(), "small_slice": pa.bool_(), "verdict": pa.string()}
 
 
-def baseline_values(baseline: ClassStats, current: ClassStats, slice_by: tuple[str, ...], units: str, level: float,
-                    min_slice_size: int = 0) -> list[MetricValue]:
-    """The values of gate.parquet: per slice (all classes, then each class), then overall.
-    ``small_slice``: the slice has fewer than `min_slice_size` rows in either run."""
-    values = []
-    for part, overall in report_parts(UnpairedStats(baseline, current), slice_by):
-        report = part.finalize(base=log_base(units), level=level)
-        small = (report.per_slice["n"] < min_slice_size) | (report.per_slice["n_baseline"] < min_slice_size)
-        position = {key: i for i, key in enumerate(report.slice_keys)}
-        for value in difference_values(report, overall):
-            values.append(value)
-            if value.key.metric == "n":  # once per (slice, class)
-                flag = small[0 if overall else position[value.key.slice]]
-                values.append(MetricValue(value.key._replace(metric="small_slice"), bool(flag)))
-    return values
-
-
-def gate_table(values: list[MetricValue], slice_by: tuple[str, ...], slice_types: tuple[pa.DataType, ...],
-               class_names: list[str]) -> pa.Table:
+def gate_table(baseline: ClassStats, current: ClassStats, slice_by: tuple[str, ...],
+               slice_types: tuple[pa.DataType, ...], class_names: list[str], units: str, level: float,
+               min_slice_size: int = 0) -> pa.Table:
     """gate.parquet (`difference_table`): n, n_baseline, small_slice and verdict (of
-    ce_mean) first."""
-    return difference_table(values, GATE_LEADING, slice_by, slice_types, class_names)
+    ce_mean) first. ``small_slice``: the slice has fewer than `min_slice_size` rows in
+    either run."""
+    def small_slice(report: PairedReport) -> dict[str, np.ndarray]:
+        rows = report.per_slice
+        return {"small_slice": (rows["n"] < min_slice_size) | (rows["n_baseline"] < min_slice_size)}
+
+    parts = finalized_parts(UnpairedStats(baseline, current), slice_by, units, level)
+    return difference_table(parts, GATE_LEADING, slice_by, slice_types, class_names, slice_flags=small_slice)
 
 
-def gate_history(gates: Sequence[Gate], rows: list[dict], slice_by: tuple[str, ...]) -> list[MetricValue]:
+def gate_history(gates: Sequence[Gate], table: pa.Table, slice_by: tuple[str, ...]) -> list[MetricValue]:
     """The gated values for the history (metrics.parquet, scope ``gate``): per gate and
     row of gate.parquet with a difference, the difference ``<metric>_diff`` with its
     interval, `threshold` (the signed limit: +max_increase or -max_decrease) and whether
     the gate is `breached` there."""
+    rows = gate_rows(table, gates, slice_by)
     out = []
     for gate in gates:
         limit = gate.max_increase if gate.max_increase is not None else -gate.max_decrease
+        diff = MetricKey(gate.metric, is_diff=True)
         for row in rows:
-            value = row.get(f"{gate.metric}_diff")
+            value = row.get(diff.column)
             if value is None:
                 continue
-            key = MetricKey(gate.metric, None if row["overall"] else tuple(row[name] for name in slice_by), row["class"],
-                            is_diff=True)
-            out.append(MetricValue(key, value, row.get(f"{gate.metric}_diff_lo"), row.get(f"{gate.metric}_diff_hi"),
-                                   row["n"], float(limit), bool(breached_gates([gate], [row], slice_by)),
-                                   {"small_slice": row["small_slice"]}))
+            where = None if row["overall"] else tuple(row[name] for name in slice_by)
+            key = diff._replace(slice=where, cls=row["class"])
+            lo, hi = (row.get(bound) for bound in diff.bounds)
+            out.append(MetricValue(key, value, lo, hi, row["n"], float(limit),
+                                   bool(breached_gates([gate], [row], slice_by)), {"small_slice": row["small_slice"]}))
     return out
 
 

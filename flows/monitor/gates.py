@@ -8,9 +8,9 @@ when the difference itself does. A NaN difference or bound never breaches, and r
 flagged ``small_slice`` are skipped.
 
 The rows are those of a difference table (``compare.parquet``, ``gate.parquet``:
-:func:`flows.monitor.paired.difference_table`), read as dicts: ``<metric>_diff``,
-``<metric>_diff_lo`` and ``<metric>_diff_hi``, the slice columns, ``overall`` and
-``class``/``class_name``, so any paired difference table can be gated.
+:func:`flows.monitor.paired.difference_table`), read as dicts (:func:`gate_rows`):
+``<metric>_diff``, ``<metric>_diff_lo`` and ``<metric>_diff_hi``, the slice columns,
+``overall`` and ``class``/``class_name``, so any paired difference table can be gated.
 """
 
 from __future__ import annotations
@@ -18,8 +18,11 @@ from __future__ import annotations
 import math
 from typing import Iterable, Sequence
 
+import pyarrow as pa
+
 from ..config import Gate
 from ..errors import GateBreach
+from ..report.metric_values import MetricKey
 from ..report.text import class_text, describe_gate
 
 
@@ -38,18 +41,30 @@ def _breached(gate: Gate, value: float, lo: float, hi: float) -> bool:
     return past < -gate.max_decrease
 
 
+def gate_rows(table: pa.Table, gates: Iterable[Gate], slice_by: Sequence[str]) -> list[dict]:
+    """The rows of a difference table with the columns gates read: the row's place (slice
+    columns, overall, class, class_name), ``n``, ``small_slice`` and each gated metric's
+    difference and interval. The rest stays columnar: a table of a thousand classes has
+    over a hundred columns."""
+    diffs = [MetricKey(gate.metric, is_diff=True) for gate in gates]
+    wanted = [*slice_by, "overall", "class", "class_name", "n", "small_slice",
+              *(name for key in diffs for name in (key.column, *key.bounds))]
+    return table.select([name for name in dict.fromkeys(wanted) if name in table.column_names]).to_pylist()
+
+
 def breached_gates(gates: Iterable[Gate], rows: Iterable[dict], slice_by: Sequence[str]) -> list[str]:
     """One line per (gate, row) breached: the gate, slice, class, the difference and its interval."""
     rows = list(rows)
     messages = []
     for gate in gates:
+        diff = MetricKey(gate.metric, is_diff=True)
         for row in rows:
             if row.get("small_slice"):
                 continue
-            value = row.get(f"{gate.metric}_diff")
+            value = row.get(diff.column)
             if value is None:  # the metric has no value at this level (ece per class)
                 continue
-            lo, hi = (row.get(f"{gate.metric}_diff_{b}") for b in ("lo", "hi"))
+            lo, hi = (row.get(bound) for bound in diff.bounds)
             lo, hi = (math.nan if v is None else v for v in (lo, hi))
             if not _breached(gate, value, lo, hi):
                 continue

@@ -6,7 +6,8 @@ eval``), then their rows are joined on the key columns through drift's join
 :func:`xent_kernels.paired.paired_partial`: both models' statistics in the same
 jackknife buckets (a hash of the row key) and per-row CE wins, ties and losses.
 :meth:`xent_kernels.paired.PairedStats.finalize` turns the merged state into paired
-differences with intervals; :mod:`flows.monitor.gates` checks them.
+differences with intervals, :func:`difference_table` makes them compare.parquet, column
+by column, and :mod:`flows.monitor.gates` checks them.
 """
 
 from __future__ import annotations
@@ -14,24 +15,26 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from distributed import Client
 
 from xent_kernels import STATISTICS
 from xent_kernels.hashing import key_buckets
 from xent_kernels.paired import OUTCOMES, PairedReport, PairedStats, paired_partial
+from xent_kernels.unpaired import UnpairedStats
 
 from ..config import CompareConfig, log_base, nats_per_unit
 from ..engine import Evaluation, Progress
 from ..errors import DataError
 from ..inputs.spec import ReadSpec
 from ..metadata import COMPARE_KEY, CONFIG_KEY, REFERENCE_FINGERPRINT_KEY
-from ..report.metric_values import MetricKey, MetricValue, wide_table
-from ..report.tables import config_json, report_metadata, report_parts
-from .gates import breached_gates
+from ..report.metric_values import MetricKey, slice_fields
+from ..report.tables import config_json, report_metadata, report_parts, slice_key_columns
+from .gates import breached_gates, gate_rows
 from .join import JoinResult, Pairing, Rows, describe_key
 from .sides import evaluate_sides, join_evaluated
 
@@ -94,19 +97,14 @@ class CompareReport:
     class_names: list[str]
     baseline: Evaluation
     candidate: Evaluation
-    values: list[MetricValue]  # the values of compare.parquet
+    table: pa.Table  # compare.parquet without its metadata
     breaches: list[str]  # one line per breached (gate, row)
 
-    @functools.cached_property
-    def table(self) -> pa.Table:
-        """compare.parquet without its metadata (`difference_table`), the join's counts last."""
-        return difference_table(self.values, COMPARE_LEADING, self.slice_by, self.slice_types, self.class_names,
-                                dict.fromkeys(JOIN_COUNTS, pa.int64()))
-
     @property
-    def rows(self) -> list[dict]:
-        """compare.parquet's rows, as gates read them."""
-        return self.table.to_pylist()
+    def overall_row(self) -> dict[str, Any]:
+        """compare.parquet's row over all slices and classes (the join's counts are on it)."""
+        where = pc.and_(self.table.column("overall"), pc.is_null(self.table.column("class")))
+        return self.table.filter(where).to_pylist()[0]
 
 
 def compare_models(config: CompareConfig, client: Client, progress: Progress | None = None, *,
@@ -115,71 +113,82 @@ def compare_models(config: CompareConfig, client: Client, progress: Progress | N
     difference; `baseline`/`candidate` are in-memory data, or None for the config's paths."""
     sides = evaluate_sides(config, client, progress, SIDES, config.baseline, {"baseline": baseline, "candidate": candidate})
     baseline_evaluation, candidate_evaluation = (sides[name].evaluation for name in SIDES)
-    cand_spec = candidate_evaluation.spec
+    spec = candidate_evaluation.spec
     key, joined = join_evaluated(config, config.compare, sides, client, compare_pairing(config), n_bins=config.n_bins,
                                  require_match=True)
-    report = CompareReport(joined, key, cand_spec.slice_by, cand_spec.slice_types, cand_spec.names(),
-                           baseline_evaluation, candidate_evaluation,
-                           compare_values(joined, cand_spec.slice_by, config.units, config.interval_level), [])
-    report.breaches = breached_gates(config.gate, report.rows, cand_spec.slice_by)
-    return report
+    counts = dict(zip(JOIN_COUNTS, (joined.matched, joined.only_first, joined.only_second)))
+    table = difference_table(finalized_parts(joined.stats, spec.slice_by, config.units, config.interval_level),
+                             COMPARE_LEADING, spec.slice_by, spec.slice_types, spec.names(), overall_counts=counts)
+    breaches = breached_gates(config.gate, gate_rows(table, config.gate, spec.slice_by), spec.slice_by)
+    return CompareReport(joined, key, spec.slice_by, spec.slice_types, spec.names(), baseline_evaluation,
+                         candidate_evaluation, table, breaches)
 
 
 COMPARE_LEADING = {"n": pa.int64(), **dict.fromkeys(OUTCOMES, pa.int64()), "verdict": pa.string()}
 JOIN_COUNTS = ("n_matched", "n_only_baseline", "n_only_candidate")  # on the overall all-classes row
-DIFFERENCE_PARTS = ("baseline", "candidate", "diff", "diff_lo", "diff_hi", "verdict")  # per metric, in this order
 
 
-def compare_values(joined: JoinResult, slice_by: tuple[str, ...], units: str, level: float) -> list[MetricValue]:
-    """The values of compare.parquet: per slice (all classes, then each class), then the
-    same across slices (overall), then the join's counts."""
-    values = []
-    for part, overall in report_parts(joined.stats, slice_by):
-        report = part.finalize(base=log_base(units), level=level)
-        values += difference_values(report, overall)
-    counts = (joined.matched, joined.only_first, joined.only_second)
-    return values + [MetricValue(MetricKey(name), count) for name, count in zip(JOIN_COUNTS, counts)]
+def finalized_parts(stats: PairedStats | UnpairedStats, slice_by: tuple[str, ...], units: str,
+                    level: float) -> list[tuple[PairedReport, bool]]:
+    """The comparison per slice and, when sliced, across slices: (report, is_overall)."""
+    return [(part.finalize(base=log_base(units), level=level), overall)
+            for part, overall in report_parts(stats, slice_by)]
 
 
-def difference_values(report: PairedReport, overall: bool) -> list[MetricValue]:
-    """A finalized comparison (paired or unpaired) as values: per slice (all classes),
-    then per (slice, class); `overall`: the report's one slice is all rows. Per interval
-    metric its baseline, candidate, difference (with its interval) and verdict; the
-    report's counts; and ``verdict``, the verdict of ce_mean."""
-    values = []
-    for scope, columns in (("per_slice", report.per_slice), ("per_class", report.per_class)):
-        metrics = [s.name for s in STATISTICS if f"{s.name}_diff" in columns]
-        parts = {f"{m}_{part}" for m in metrics for part in DIFFERENCE_PARTS}
-        counts = [name for name in columns if name not in ("slice", "class") and name not in parts]
-        listed = {name: column.tolist() for name, column in columns.items()}  # numpy scalars as Python's
-        per_metric = [(m, *(listed[f"{m}_{part}"] for part in DIFFERENCE_PARTS)) for m in metrics]
-        verdict = listed["ce_mean_verdict"] if "ce_mean" in metrics else [None] * len(listed["slice"])
-        for i, slice_index in enumerate(listed["slice"]):
-            where = None if overall else report.slice_keys[slice_index]
-            cls = listed["class"][i] if scope == "per_class" else None
-            values += [MetricValue(MetricKey(name, where, cls), listed[name][i]) for name in counts]
-            values.append(MetricValue(MetricKey("verdict", where, cls), verdict[i]))
-            for m, baseline, candidate, diff, lo, hi, verdicts in per_metric:
-                values += (MetricValue(MetricKey(m, where, cls, "baseline"), baseline[i]),
-                           MetricValue(MetricKey(m, where, cls, "candidate"), candidate[i]),
-                           MetricValue(MetricKey(m, where, cls, None, True), diff[i], lo[i], hi[i]),
-                           MetricValue(MetricKey(m, where, cls, "verdict"), verdicts[i]))
-    return values
+def difference_columns(metric: str) -> list[tuple[str, pa.DataType]]:
+    """An interval metric's columns in a difference table, each named by its key: the
+    baseline's and the candidate's value, the difference with its interval, the verdict."""
+    diff = MetricKey(metric, is_diff=True)
+    return [(MetricKey(metric, sub_key="baseline").column, pa.float64()),
+            (MetricKey(metric, sub_key="candidate").column, pa.float64()),
+            *((name, pa.float64()) for name in (diff.column, *diff.bounds)),
+            (MetricKey(metric, sub_key="verdict").column, pa.string())]
 
 
-def difference_table(values: list[MetricValue], leading: dict[str, pa.DataType], slice_by: tuple[str, ...],
-                     slice_types: tuple[pa.DataType, ...], class_names: list[str],
-                     trailing: dict[str, pa.DataType] | None = None) -> pa.Table:
-    """compare.parquet or gate.parquet: one row per (slice, class) of `values`, the slice
-    columns, overall, class, class_name, the `leading` columns, then per interval metric
-    (table order) its baseline, candidate, diff, diff_lo, diff_hi and verdict, then the
-    `trailing` columns."""
-    present = {v.key.metric for v in values if v.key.is_diff}
-    columns = [*leading.items(),
-               *((f"{s.name}_{part}", pa.string() if part == "verdict" else pa.float64())
-                 for s in STATISTICS if s.name in present for part in DIFFERENCE_PARTS),
-               *(trailing or {}).items()]
-    return wide_table(values, columns, slice_by, slice_types, class_names)
+def difference_table(parts: Sequence[tuple[PairedReport, bool]], leading: Mapping[str, pa.DataType],
+                     slice_by: tuple[str, ...], slice_types: tuple[pa.DataType, ...], class_names: list[str], *,
+                     slice_flags: Callable[[PairedReport], Mapping[str, np.ndarray]] | None = None,
+                     overall_counts: Mapping[str, int] | None = None) -> pa.Table:
+    """compare.parquet or gate.parquet, column by column from finalized comparisons
+    (paired or unpaired; `parts` as :func:`finalized_parts` gives them): per part its
+    slices (all classes, ``class`` null), then its (slice, class) cells.
+
+    The columns: the slice columns, ``overall``, ``class``, ``class_name``; the `leading`
+    columns, taken from the reports' counts, ``verdict`` (of ce_mean) and `slice_flags`
+    (per slice of a report, copied to the slice's classes); per interval metric (table
+    order) its :func:`difference_columns`; then `overall_counts`, set on the overall
+    all-classes row only. A column a scope does not have is null there (ece per class).
+    """
+    present = {name for report, _ in parts for name in (*report.per_slice, *report.per_class)}
+    metric_fields = [*leading.items(),
+                     *(column for s in STATISTICS if MetricKey(s.name, is_diff=True).column in present
+                       for column in difference_columns(s.name)),
+                     *dict.fromkeys(overall_counts or {}, pa.int64()).items()]
+    place = [*slice_fields(slice_by, slice_types), pa.field("overall", pa.bool_()), pa.field("class", pa.int32()),
+             pa.field("class_name", pa.string())]
+    pieces: list[list[pa.Array]] = [[] for _ in range(len(place) + len(metric_fields))]
+    for report, overall in parts:
+        flags = slice_flags(report) if slice_flags else {}
+        for columns in (report.per_slice, report.per_class):
+            slices, classes = columns["slice"], columns.get("class")
+            n = len(slices)
+            keys = [()] * n if overall else [report.slice_keys[i] for i in slices]
+            given = {**columns, "verdict": columns.get("ce_mean_verdict"),
+                     **{name: flag[slices] for name, flag in flags.items()}}
+            if overall and classes is None:
+                given.update({name: np.full(n, count) for name, count in (overall_counts or {}).items()})
+            arrays = [*slice_key_columns(keys, slice_by, slice_types).values(), pa.array(np.full(n, overall)),
+                      _array(classes, n, pa.int32()),
+                      _array(None if classes is None else [class_names[c] for c in classes], n, pa.string()),
+                      *(_array(given.get(name), n, arrow_type) for name, arrow_type in metric_fields)]
+            for column, array in zip(pieces, arrays):
+                column.append(array)
+    schema = pa.schema([*place, *(pa.field(name, arrow_type) for name, arrow_type in metric_fields)])
+    return pa.table([pa.concat_arrays(column) for column in pieces], schema=schema)
+
+
+def _array(values: Any, n: int, arrow_type: pa.DataType) -> pa.Array:
+    return pa.nulls(n, arrow_type) if values is None else pa.array(values, type=arrow_type)
 
 
 def compare_tables(report: CompareReport, config: CompareConfig) -> dict[str, pa.Table]:

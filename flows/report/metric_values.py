@@ -3,11 +3,13 @@
 A value has a typed key, as in TFMA's ``MetricKey``: the metric, the slice (None: over
 all slices), the class (None: all classes), a sub-key (a part of the metric: the
 ``baseline`` or ``candidate`` side of a comparison, its ``verdict``) and whether it is a
-difference candidate − baseline. Drift, comparisons, gates and the nightly history make
-lists of :class:`MetricValue`; :func:`long_table` writes one row per value (drift.parquet,
-the history's gate rows), :func:`wide_table` one row per (slice, class) and one column per
-key (compare.parquet, gate.parquet), and :func:`assemble` is where every long table,
-metrics.parquet included, gets its columns' types.
+difference candidate − baseline. Drift and the nightly history make lists of
+:class:`MetricValue`, and :func:`long_table` writes one row per value (drift.parquet, the
+history's gate rows); :func:`assemble` is where every long table, metrics.parquet
+included, gets its columns' types. The wide tables, one row per (slice, class) and one
+column per key (compare.parquet, gate.parquet), hold too many values for one object
+each: :func:`flows.monitor.paired.difference_table` builds them column by column,
+naming each column by its key.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ SliceKey = tuple[Hashable, ...]
 DIFF = "diff"  # a difference's spelling in a column name: <metric>_diff, <metric>_diff_lo
 
 
-class MetricKey(NamedTuple):  # a tuple: tables of a thousand classes make hundreds of thousands of keys
+class MetricKey(NamedTuple):  # a tuple: drift and the history's gate rows have a value per (slice, class)
     """Which value: `metric` of slice `slice` (None: all rows), class `cls` (None: all
     classes), part `sub_key` (None: the metric itself), a difference if `is_diff`."""
 
@@ -41,6 +43,11 @@ class MetricKey(NamedTuple):  # a tuple: tables of a thousand classes make hundr
         """The key's column (wide tables) or ``metric`` (long tables): ``ce_mean``,
         ``ce_mean_diff``, ``ce_mean_baseline``, ``ce_mean_verdict``."""
         return column_name(self.metric, self.is_diff, self.sub_key)
+
+    @property
+    def bounds(self) -> tuple[str, str]:
+        """The columns of its interval in a wide table: ``ce_mean_diff_lo``, ``ce_mean_diff_hi``."""
+        return f"{self.column}_lo", f"{self.column}_hi"
 
     def diff(self) -> "MetricKey":
         """The key of the difference candidate − baseline of this metric (TFMA's make_diff_key)."""
@@ -120,23 +127,3 @@ def long_table(values: Sequence[MetricValue], schema: pa.Schema, slice_by: Seque
 
 def slice_fields(slice_by: Sequence[str], slice_types: Sequence[pa.DataType]) -> list[pa.Field]:
     return [pa.field(name, arrow_type) for name, arrow_type in zip(slice_by, slice_types)]
-
-
-def wide_table(values: Sequence[MetricValue], columns: Sequence[tuple[str, pa.DataType]], slice_by: Sequence[str],
-               slice_types: Sequence[pa.DataType], class_names: Sequence[str]) -> pa.Table:
-    """One row per (slice, class) of `values`, in the order they first appear: the slice
-    columns, ``overall``, ``class``, ``class_name``, then `columns`: each key's column,
-    and ``<column>_lo``/``_hi`` for a value with an interval. Absent entries are null."""
-    rows: dict[tuple, dict[str, Any]] = {}
-    for v in values:
-        row = rows.setdefault((v.key.slice, v.key.cls), {})
-        row[v.key.column] = v.value
-        if v.lo is not None or v.hi is not None:
-            row[f"{v.key.column}_lo"], row[f"{v.key.column}_hi"] = v.lo, v.hi
-    cells = [MetricValue(MetricKey("", where, cls), None) for where, cls in rows]
-    schema = pa.schema([*slice_fields(slice_by, slice_types), pa.field("overall", pa.bool_()), pa.field("class", pa.int32()),
-                        pa.field("class_name", pa.string()), *(pa.field(name, t) for name, t in columns)])
-    table = {name: [cell.get(name, class_names, slice_by) for cell in cells]
-             for name in (*slice_by, "overall", "class", "class_name")}
-    table.update({name: [row.get(name) for row in rows.values()] for name, _ in columns})
-    return assemble(schema, table, len(cells))

@@ -15,8 +15,8 @@ from ...config import EvalConfig, NightlyConfig, NightlySource
 from ...errors import DataError
 from ...inputs.sources import filesystem
 from ...metadata import CLASSES_KEY, RUN_DIGEST_KEY
-from ...monitor.baseline import baseline_values, comparable, gate_table
-from ...monitor.gates import breached_gates
+from ...monitor.baseline import comparable, gate_table
+from ...monitor.gates import breached_gates, gate_rows
 from ...report.state import STATE_KEY, STATE_TABLE, read_state
 from .history import run_folder
 
@@ -105,8 +105,7 @@ def check_gates(gates: list, baseline: Baseline, stats: ClassStats, spec, config
         return GateVerdict("not comparable", baseline.run_date,
                            f"baseline run {baseline.run_date}: {problem}; set `baseline:` to a run date "
                            "made with this run's classes and slices"), None
-    values = baseline_values(baseline.stats, stats, tuple(spec.slice_by), config.units, config.interval_level,
-                             config.min_slice_size)
-    table = gate_table(values, tuple(spec.slice_by), tuple(spec.slice_types), names)
-    lines = breached_gates(gates, table.to_pylist(), spec.slice_by)
+    table = gate_table(baseline.stats, stats, tuple(spec.slice_by), tuple(spec.slice_types), names, config.units,
+                       config.interval_level, config.min_slice_size)
+    lines = breached_gates(gates, gate_rows(table, gates, spec.slice_by), spec.slice_by)
     return GateVerdict("breached" if lines else "passed", baseline.run_date, "", lines), table

@@ -109,7 +109,7 @@ def nightly_source(config: NightlyConfig, source: NightlySource, run_date: str, 
             metadata[GATE_KEY] = run[GATE_KEY] = outcome.gate.to_json()
             if gate is not None:
                 tables[GATE_TABLE] = gate.replace_schema_metadata(metadata)
-                history = gate_history(gates, gate.to_pylist(), spec.slice_by)
+                history = gate_history(gates, gate, spec.slice_by)
                 metrics = pa.concat_tables([metrics, long_table(history, metrics.schema, spec.slice_by, spec.names(),
                                                                 {"scope": "gate"})])
         metrics = metrics.replace_schema_metadata(metadata)
