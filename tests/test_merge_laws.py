@@ -28,6 +28,7 @@ from flows.monitor.join import JoinResult
 from xent_kernels import STATISTIC, ClassStats, class_stats_partial
 from xent_kernels.drift import PerSampleKL, per_sample_kl_partial
 from xent_kernels.mergeable import Mergeable, merge_states
+from xent_kernels.statistics import canonical_rows
 from xent_kernels.paired import PairedStats, paired_partial
 
 KEYS = [("a",), ("b",), (None,)]
@@ -136,7 +137,8 @@ def _join_result(rows: Rows) -> JoinResult:
 
 def _class_stats_bits(state: ClassStats) -> dict[str, Any]:
     out: dict[str, Any] = {"slice_keys": state.slice_keys, **state._arrays()}
-    out["auc_rows"] = [None if rows is None else rows.tobytes() for rows in state.auc_rows]
+    # A multiset: a state keeps its AUC rows in merge order, and finalize sorts them.
+    out["auc_rows"] = [None if rows is None else canonical_rows(rows).tobytes() for rows in state.auc_rows]
     return out
 
 

@@ -129,6 +129,13 @@ def _chan_m2_buckets(buckets: dict[str, np.ndarray]) -> np.ndarray:
     return buckets["ce_m2"].sum(axis=1) + (weight * delta * delta).sum(axis=1)
 
 
+def canonical_rows(rows: np.ndarray) -> np.ndarray:
+    """A slice's exact-AUC rows in one order whatever order they came in (sorted by
+    every column; -0.0 made 0.0), so the AUC's float sums do not depend on sharding."""
+    rows = rows + 0.0
+    return rows[np.lexsort(rows.T[::-1])]
+
+
 class Totals:
     """A state's merged sums, as the finalize rules read them.
 
@@ -163,7 +170,7 @@ class Totals:
         :meth:`by_bucket`, if already computed)."""
         buckets = cls.by_bucket(state) if buckets is None else buckets
         values = {name: value.sum(axis=1) if cls.has_buckets(name) else value for name, value in buckets.items()}
-        values["auc_rows"] = state.auc_rows
+        values["auc_rows"] = tuple(None if rows is None else canonical_rows(rows) for rows in state.auc_rows)
         if state.n_buckets > 1:
             values["ce_m2"] = _chan_m2_buckets(buckets)
         return cls(state.n_classes, values, np.nonzero(values["counts"] > 0))

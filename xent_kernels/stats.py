@@ -65,13 +65,6 @@ def resolve_exact_auc(n_thresholds: int, exact_auc_max_values: int | None) -> in
     return int(exact_auc_max_values) if n_thresholds else 0
 
 
-def _canonical(rows: NDArray[np.float64]) -> NDArray[np.float64]:
-    """AUC rows in one order whatever order they came in (sorted by every column; -0.0
-    made 0.0), so the exact AUC's float sums do not depend on sharding or merge order."""
-    rows = rows + 0.0
-    return rows[np.lexsort(rows.T[::-1])]
-
-
 STATE_ATTRIBUTES = tuple(name for array in STATE_ARRAYS for name in array.attributes)
 
 
@@ -115,8 +108,9 @@ class ClassStats:
         keeps its rows for an exact AUC; the outcome depends only on the slice's total
         row count, so it does not depend on sharding or merge order.
     auc_rows : tuple of ((n, C + 2) float64 or None), one per slice
-        A slice's counted rows (q_0 .. q_{C-1}, true class, weight) in a canonical
-        order, or None: the slice is past the cap (or exact AUC is off) and its AUC is
+        A slice's counted rows (q_0 .. q_{C-1}, true class, weight) in the order they
+        were merged (a multiset: ``Totals.of`` sorts them, so reports do not depend on
+        sharding or merge order, and pieces never sort rows a later merge drops), or None: the slice is past the cap (or exact AUC is off) and its AUC is
         binned. Not given: every slice binned (a state stored before exact AUC).
     """
 
@@ -266,7 +260,7 @@ class ClassStats:
         keep = first.keeps_auc_rows(arrays["counts"].sum(axis=(1, 2)))
         parts = zip(*(state._auc_rows_on(keys) for state in states))
         rows = tuple(
-            _canonical(np.concatenate(part)) if kept and all(r is not None for r in part) else None
+            np.concatenate(part) if kept and all(r is not None for r in part) else None
             for kept, part in zip(keep, parts)
         )
         return cls(
@@ -559,4 +553,4 @@ def _partial_auc_rows(
     rows[:, -1] = 1.0 if weights is None else weights[counted]
     order = np.argsort(ids, kind="stable")
     parts = np.split(rows[order], np.cumsum(per_slice)[:-1])
-    return tuple(_canonical(part) if kept else None for kept, part in zip(keep, parts))
+    return tuple(part if kept else None for kept, part in zip(keep, parts))

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from xent_kernels import ClassStats
-from xent_kernels.statistics import STATE_ARRAYS
+from xent_kernels.statistics import STATE_ARRAYS, canonical_rows
 from xent_kernels.stats import STATE_ATTRIBUTES
 
 from ..errors import DataError
@@ -50,7 +50,8 @@ def state_table(stats: ClassStats, slice_by: Sequence[str], slice_types: Sequenc
         size = int(np.prod(array.shape[1:]))
         offsets = pa.array(np.arange(n_slices + 1, dtype=np.int64) * size, pa.int64())
         columns[name] = pa.LargeListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(array).reshape(-1)))
-    columns["auc_rows"] = pa.array([None if rows is None else rows.reshape(-1) for rows in stats.auc_rows],
+    # Sorted, so a stored state does not depend on how the rows were sharded.
+    columns["auc_rows"] = pa.array([None if rows is None else canonical_rows(rows).reshape(-1) for rows in stats.auc_rows],
                                    pa.large_list(pa.float64()))
     options = {"n_classes": stats.n_classes, "slice_by": list(slice_by), "format": STATE_FORMAT, **stats.options()}
     return pa.table(columns).replace_schema_metadata({**(metadata or {}), STATE_KEY: json.dumps(options).encode()})
