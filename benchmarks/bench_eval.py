@@ -348,7 +348,7 @@ def print_phases(out: Outcome) -> None:
     for name, (summed, wall) in out.phases.items():
         print(f"{name:<40} {summed:>20.3f} {wall:>8.3f}")
     print("(read: pyarrow decoding a batch; convert: Arrow to NumPy and label checks; buckets: jackknife bucket ids; "
-          "kernel: the fused statistics pass; merge: not yet timed apart, inside the kernel and tree-reduce steps)")
+          "kernel: the fused statistics pass; merge: a piece's batch states and the tree-reduce's nodes)")
     print()
 
 

@@ -16,6 +16,7 @@ from xent_kernels.mergeable import merge_states
 
 from ..config import EvalConfig
 from ..errors import InfrastructureError, XentError, infrastructure_cause
+from ..phases import phase
 from ..runtime import send_cluster_logs_to_file
 
 STALL_TIMEOUT = EvalConfig.model_fields["stall_timeout"].default
@@ -48,12 +49,18 @@ def _by_index(futures: list, on_done: Callable[[int], None] | None) -> Callable[
     return (lambda future: None) if on_done is None else (lambda future: on_done(index[future.key]))
 
 
+def _merge(*states):
+    """``merge_states``, timed as the merge phase (flows.phases)."""
+    with phase("merge"):
+        return merge_states(*states)
+
+
 def tree_reduce(client: Client, futures: list, split_every: int) -> object:
     """One future for the merge of the states of `futures` (at least one), in a tree of
     fan-in `split_every`: each node is ``merge_states``, the combine step of every state type."""
     level = futures
     while len(level) > 1:
-        level = [client.submit(merge_states, *level[i : i + split_every], pure=False)
+        level = [client.submit(_merge, *level[i : i + split_every], pure=False)
                  for i in range(0, len(level), split_every)]
     return level[0]
 

@@ -160,8 +160,13 @@ def _piece_stats(piece: Piece, spec: ReadSpec, data: Any = None) -> tuple[ClassS
 
     # map, not a for loop: no variable keeps a batch alive while the next one is read.
     states = map(batch_stats, batches)
-    stats = functools.reduce(ClassStats.merge, states, _empty(spec))
+    stats = functools.reduce(_merged, states, _empty(spec))
     return stats, rows[0], any(first_looks_like_probabilities)
+
+
+def _merged(a: ClassStats, b: ClassStats) -> ClassStats:
+    with phase("merge"):
+        return ClassStats.merge(a, b)
 
 
 def _looks_like_probabilities(pred: np.ndarray, rows: int = 4096) -> bool:
