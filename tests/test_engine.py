@@ -303,3 +303,19 @@ def test_confusion_and_auc_can_be_switched_off(client, tmp_path):
     assert "confusion" not in tables
     assert np.isnan(tables["summary"].column("auc").to_numpy()).all()
     assert not np.isnan(tables["summary"].column("f1_macro").to_numpy()).any()  # from the per-bucket cells
+
+
+def test_a_float32_binary_logit_column_gives_the_report_of_its_float64_values(client):
+    # The reader keeps a float32 logit column float32 (its (0, x) rows are exact); the
+    # report must be the one the same values give as float64, bit for bit.
+    import flows
+
+    rng = np.random.default_rng(3)
+    n = 40_000
+    logit = (rng.normal(size=n) * 3).astype(np.float32)
+    frame = {"id": np.arange(n), "label": (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int64),
+             "region": np.where(rng.random(n) < 0.3, "eu", "us")}
+    narrow = flows.evaluate(pa.table({**frame, "logit": logit}), client=client, slice_by=["region"])
+    wide = flows.evaluate(pa.table({**frame, "logit": logit.astype(np.float64)}), client=client, slice_by=["region"])
+    for name in ("per_class", "summary"):
+        assert narrow.tables[name].to_pandas().equals(wide.tables[name].to_pandas())  # exact values, NaN where NaN

@@ -258,11 +258,14 @@ def _predictions(batch: pa.RecordBatch, first_row: int, file: InputFile, spec: R
         return matrix
     # binary: one score per row becomes two classes (0 = negative, 1 = positive)
     name = spec.pred_columns[0]
-    score = batch.column(name).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    score = batch.column(name).to_numpy(zero_copy_only=False)
+    if spec.kind == "logits":  # (0, x) is exact in the score's own type: float32 stays float32
+        pred = np.zeros((n, 2), dtype=np.float32 if score.dtype == np.float32 else np.float64)
+        pred[:, 1] = score
+        return pred
+    score = score.astype(np.float64, copy=False)
     pred = np.empty((n, 2))
-    if spec.kind == "logits":
-        pred[:, 0], pred[:, 1] = 0.0, score
-    elif spec.kind == "probs":
+    if spec.kind == "probs":
         pred[:, 0], pred[:, 1] = 1.0 - score, score
     else:
         with np.errstate(invalid="ignore", divide="ignore"):
