@@ -34,7 +34,7 @@ real_write, real_exchange, real_rename = writing._write_local, writing.exchange,
 def write_local(*args):
     marker.write_text("writing")
     written = real_write(*args)
-    time.sleep(2 * pause)  # the report is in place: a signal now must not undo it
+    time.sleep(4 * pause)  # the report is in place: a signal now must not undo it
     return written
 
 def exchange(a, b):
@@ -123,7 +123,8 @@ def run_and_signal(tmp_path: Path, dump, out: Path, sig: int, delay: float, stra
 
 
 # Instants across the slowed write phase: 0.3 s staging the new folder, then the swap
-# (0.5 s with the exchange, 0.8 s with the fallback), then 0.3 s with the report in place.
+# (0.5 s with the exchange, 0.8 s with the fallback), then 0.6 s with the report in place
+# (long enough that the last instant lands there, before the command ends by itself).
 PAUSE = 0.15
 DELAYS = {"exchange": [0.0, 0.15, 0.3, 0.5, 0.7, 0.9], "fallback": [0.0, 0.2, 0.45, 0.7, 0.95, 1.2]}
 
