@@ -6,6 +6,7 @@ or cluster starts when a test first asks for it."""
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -27,6 +28,11 @@ def pytest_configure(config):
     settings.register_profile("dev", max_examples=300, deadline=None)
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
     config.stash[_SESSION_STARTED] = time.time()
+    # A background job of a non-interactive shell (as a CI runner may start this) begins
+    # with SIGINT ignored, and children inherit that: the tests that press Ctrl-C on a
+    # child (test_atomic, test_serve) would see it do nothing. Take the usual handler back.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 
