@@ -118,6 +118,7 @@ def _default(field) -> str:
 CONFIG_MODELS = (
     ("EvalConfig", "`xent eval` (`configs/adhoc.yaml`); also the reading settings of drift, compare and each "
      "nightly source (`defaults`, `settings`)."),
+    ("TokenColumns", "The `tokens:` mapping of any config with `kind: tokens` (language-model token dumps)."),
     ("DriftConfig", "`xent drift` (`configs/drift.yaml`): every EvalConfig key, plus these."),
     ("JoinSettings", "How two dumps' rows are joined: keys of `drift:` and `compare:`."),
     ("DriftSettings", "The `drift:` mapping of a drift or nightly config: the join keys, plus these."),

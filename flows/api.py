@@ -30,7 +30,9 @@ from .errors import UsageError, XentError
 from .inputs.memory import is_dask_dataframe, is_in_memory
 from .inputs.sources import InputFile
 from .metadata import decoded_metadata
+from .inputs.tokens import TokenSpec
 from .report.tables import report_tables, with_interval
+from .report.token_tables import token_report_tables
 from .report.writing import write_tables_atomically
 
 if TYPE_CHECKING:
@@ -92,12 +94,15 @@ class Report(_Page):
         The merged statistics, read settings and input fingerprint it was built from.
     tables
         ``{"per_class", "summary"[, "confusion"][, "bad_shards"]}``: pyarrow Tables with their report
-        metadata (config, fingerprint, units, classes, version), exactly as written.
+        metadata (config, fingerprint, units, classes, version), exactly as written. A token
+        dump's (kind tokens): ``{"token_summary", "token_positions", "token_frequency",
+        "per_token"[, "bad_shards"]}`` (:mod:`flows.report.token_tables`).
     """
 
     def __init__(self, evaluation: Evaluation):
         self.evaluation = evaluation
-        self.tables: dict[str, pa.Table] = report_tables(evaluation)
+        tokens = isinstance(evaluation.spec, TokenSpec)
+        self.tables: dict[str, pa.Table] = (token_report_tables if tokens else report_tables)(evaluation)
         self._frames: dict[str, pd.DataFrame] = {}
 
     def _frame(self, name: str) -> "pd.DataFrame":
@@ -106,14 +111,41 @@ class Report(_Page):
         return self._frames[name]
 
     @property
+    def is_tokens(self) -> bool:
+        """A token dump's report (kind tokens)."""
+        return "token_summary" in self.tables
+
+    @property
     def per_class(self) -> "pd.DataFrame":
         """One row per (slice, class), and per class overall (``overall`` True)."""
+        if self.is_tokens:
+            raise AttributeError("a token report has no per-class table: see summary, positions, frequency, per_token")
         return self._frame("per_class")
 
     @property
     def summary(self) -> "pd.DataFrame":
-        """One row per slice, and the overall row (``overall`` True)."""
-        return self._frame("summary")
+        """One row per slice, and the overall row (``overall`` True); a token report's
+        ``token_summary``."""
+        return self._frame(self._summary_name)
+
+    @property
+    def positions(self) -> "pd.DataFrame":
+        """Token reports: the token metrics per position bucket, per slice and overall."""
+        return self._frame("token_positions")
+
+    @property
+    def frequency(self) -> "pd.DataFrame":
+        """Token reports: the token metrics per frequency-rank bucket of the target."""
+        return self._frame("token_frequency")
+
+    @property
+    def per_token(self) -> "pd.DataFrame":
+        """Token reports: a row per target id seen."""
+        return self._frame("per_token")
+
+    @property
+    def _summary_name(self) -> str:
+        return "token_summary" if self.is_tokens else "summary"
 
     @property
     def bad_shards(self) -> "pd.DataFrame | None":
@@ -128,7 +160,7 @@ class Report(_Page):
     @property
     def metadata(self) -> dict[str, Any]:
         """The report metadata, decoded: version, created_at, units, config, fingerprint, classes..."""
-        metadata = decoded_metadata(self.tables["summary"])
+        metadata = decoded_metadata(self.tables[self._summary_name])
         return {key.removeprefix("xent."): value for key, value in metadata.items()}
 
     def to_arrow(self) -> dict[str, pa.Table]:
@@ -144,9 +176,13 @@ class Report(_Page):
         return self._write(path, options, html)
 
     def __repr__(self) -> str:
-        summary = self.tables["summary"]
+        summary = self.tables[self._summary_name]
         overall = summary.filter(summary.column("overall")).to_pylist()[0]
         spec = self.evaluation.spec
+        if self.is_tokens:
+            sliced = f", {summary.num_rows - 1} slices by {', '.join(spec.slice_by)}" if spec.slice_by else ""
+            return (f"<xent Report: {overall['tokens']:,} tokens{sliced}; perplexity {with_interval(overall, 'perplexity')}, "
+                    f"ce_mean {with_interval(overall, 'ce_mean')} {self.units}>")
         sliced = f", {summary.num_rows - 1} slices by {', '.join(spec.slice_by)}" if spec.slice_by else ""
         bad = f", {len(self.evaluation.result.bad_shards)} bad shards" if self.evaluation.result.bad_shards else ""
         return (f"<xent Report: {overall['n']:,} rows, {spec.n_classes} classes{sliced}{bad}; "

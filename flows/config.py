@@ -19,12 +19,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from .errors import ConfigError, UsageError, without_credentials
-from .kinds import KINDS
+from .kinds import KINDS, TOKENS
 from .metadata import HISTORY_COLUMNS
 from .drift_statistics import DRIFT_METRICS
 
 
-Kind = Literal[tuple(KINDS)]  # type: ignore[valid-type]  # Literal["logits", "probs", "log_probs"]
+Kind = Literal[(*KINDS, TOKENS)]  # type: ignore[valid-type]  # Literal["logits", "probs", "log_probs", "tokens"]
 DEFAULT_PRED_COL = {kind: columns.list_column for kind, columns in KINDS.items()}
 WIDE_PREFIX = {kind: columns.wide_prefix for kind, columns in KINDS.items()}
 BINARY_COL = {kind: columns.binary_column for kind, columns in KINDS.items()}
@@ -61,6 +61,39 @@ def nats_per_unit(units: Units) -> float:
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TokenColumns(StrictModel):
+    """Language-model token dumps (kind: tokens): the column names and the token report's settings.
+    A dump has a row per scored token, or a row per document with list columns of the same names."""
+
+    doc_cols: list[str] = Field(default_factory=lambda: ["doc_id"], description="The document key (one or more columns).")
+    position_col: str = Field("position", description="Token rows: the token's 0-based position in its document.")
+    target_col: str = "target"
+    target_logprob_col: str = Field("target_logprob", description="The target's log-probability over the full vocabulary.")
+    topk_ids_col: str = Field("topk_ids", description="Optional top-k token ids (a list per token).")
+    topk_logprobs_col: str = Field("topk_logprobs", description="Optional top-k log-probabilities, as long as topk_ids.")
+    target_bytes_col: str = Field("target_bytes", description="Optional UTF-8 bytes of each target token's text.")
+    first_position_col: str = Field("first_position", description="Documents: the first listed token's position (default 0).")
+    n_bytes_col: str = Field("n_bytes", description="Documents: optional UTF-8 bytes of the text (bits per byte).")
+    n_words_col: str = Field("n_words", description="Documents: optional word count (lm-eval's: whitespace split).")
+    topk: int | None = Field(
+        None, ge=1, description="The dumps' k: a target counts inside the top-k when its rank is at most k. Unset: "
+        "when it is listed (vLLM lists the target always, so declare k there); the schema metadata key xent.topk "
+        "sets it too.",
+    )
+    vocab_size: int | None = Field(None, ge=1, description="Target ids must be below it (checked when set).")
+    position_edges: list[int] = Field(
+        default_factory=lambda: [0, *(2**i for i in range(21))],
+        description="Lower edges of the position buckets (0, 1, 2-3, 4-7, ... by default); must start at 0.",
+    )
+
+    @field_validator("position_edges")
+    @classmethod
+    def _edges_rise_from_zero(cls, value):
+        if not value or value[0] != 0 or any(b <= a for a, b in zip(value, value[1:])):
+            raise ValueError("position_edges must start at 0 and rise")
+        return value
 
 
 class EvalConfig(StrictModel):
@@ -123,6 +156,7 @@ class EvalConfig(StrictModel):
     min_slice_size: int = Field(
         0, ge=0, description="Slices with fewer rows are reported with small_slice = true (gates skip them).",
     )
+    tokens: TokenColumns = Field(default_factory=TokenColumns, description="kind: tokens only: the token columns.")
     stall_timeout: float = Field(
         600, ge=1, description="Seconds without any Dask task finishing before the run fails (exit 4) naming the "
         "cause (workers paused at their memory limit, or gone); must exceed the longest task.",

@@ -23,3 +23,7 @@ KINDS: dict[str, KindColumns] = {
     "probs": KindColumns("probs", "prob_", "prob"),
     "log_probs": KindColumns("log_probs", "log_prob_", "log_prob"),
 }
+
+# Language-model token dumps: a scored token per row (or per list entry), not a class
+# row, so they have their own columns (flows.config.TokenColumns) and state.
+TOKENS = "tokens"

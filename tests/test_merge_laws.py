@@ -207,7 +207,7 @@ MERGEABLES = [
     ),
     MergeCase(
         PieceResult, _piece_result,
-        lambda rows: PieceResult.empty(rows.n_classes, **_class_stats(rows.take(slice(0, 0))).options()),
+        lambda rows: PieceResult(ClassStats.empty(rows.n_classes, **_class_stats(rows.take(slice(0, 0))).options())),
         lambda r: {**_class_stats_bits(r.stats), "bad": r.bad_shards, "rows": r.rows_read, "probs": r.probability_like},
         lambda r: {**_class_stats_values(r.stats), "rows": (np.array(r.rows_read), 0.0, 0.0),
                    "bad": (np.array([(b.url, b.reason, b.rows) for b in r.bad_shards], object), 0.0, 0.0),

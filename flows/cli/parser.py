@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import EXIT_CODES_HELP
-from ..kinds import KINDS
+from ..kinds import KINDS, TOKENS
 from ..metadata import VERSION
 from .compare import cmd_compare
 from .demo import cmd_demo, cmd_generate
@@ -20,7 +20,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser, sources: bool = True) ->
         parser.add_argument("sources", nargs="*", help="Parquet files, folders, globs or fsspec URLs (or 'sources' in --config)")
     parser.add_argument("--out", required=True, help="report folder (written atomically)")
     parser.add_argument("--config", help="YAML file with evaluation settings; flags override it")
-    parser.add_argument("--kind", choices=list(KINDS), help="what the prediction numbers are")
+    parser.add_argument("--kind", choices=[*KINDS, TOKENS],
+                        help="what the prediction numbers are; tokens: a language model's token log-probs (a row per "
+                        "token or per document; columns under tokens: in a config)")
     parser.add_argument("--pred-col", help="prediction column, or wide-column prefix such as logit_")
     parser.add_argument("--label-col", help="true-class column (default: label)")
     parser.add_argument("--weight-col", help="optional row-weight column")

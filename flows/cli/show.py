@@ -55,8 +55,13 @@ def print_report(
     console: Console | None = None,
     storage_options: dict[str, Any] | None = None,
 ) -> None:
-    """The per-class table (overall rows), the slice summary, and where the files are."""
+    """The per-class table (overall rows), the slice summary, and where the files are
+    (a token report's headline instead, for kind tokens)."""
     console = console or terminal()
+    if "token_summary" in paths:
+        print_token_report(paths, console, storage_options)
+        _print_paths(paths, elapsed, console)
+        return
     per_class = read_report_table(paths["per_class"], storage_options)
     units = (per_class.schema.metadata or {}).get(UNITS_KEY, b"nats").decode()
     rows = [r for r in per_class.to_pylist() if r["overall"]]
@@ -99,6 +104,10 @@ def print_report(
         bad_shards = read_report_table(paths["bad_shards"], storage_options) if "bad_shards" in paths else None
         console.print(f"{bad_shards_summary(overall, bad_shards)}: see {paths.get('bad_shards', 'bad_shards.parquet')}",
                       markup=False)
+    _print_paths(paths, elapsed, console)
+
+
+def _print_paths(paths: dict[str, str], elapsed: float | None, console: Console) -> None:
     for name, path in paths.items():
         console.print(f"{name}: {path}")
     if elapsed is not None:
@@ -170,3 +179,37 @@ def print_compare(path: str, console: Console | None = None, storage_options: di
         verdict = f"passed ({len(info['gates'])} gate(s))"
     console.print(f"gates: {verdict}")
     console.print(f"compare: {path}", soft_wrap=True)
+
+
+TOKEN_HEADLINE = ("tokens", "documents", "perplexity", "ce_mean", "bits_per_byte", "top1_accuracy")
+WORST_BUCKETS = 3
+
+
+def print_token_report(paths: dict[str, str], console: Console, storage_options: dict[str, Any] | None = None) -> None:
+    """A token report's headline per slice, and its worst position and frequency buckets."""
+    summary = read_report_table(paths["token_summary"], storage_options)
+    units = (summary.schema.metadata or {}).get(UNITS_KEY, b"nats").decode()
+    rows = summary.to_pylist()
+    slice_columns = summary.column_names[: summary.column_names.index("overall")]
+    shown = [name for name in TOKEN_HEADLINE if any(_present(row[name]) for row in rows)]
+    table = Table(title=f"token report (overall row last); cross-entropy in {units}, bits per byte in bits")
+    for column in [*slice_columns, *shown]:
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(*("(all)" if row["overall"] else _fmt(row[c]) for c in slice_columns),
+                      *(with_interval(row, c) if f"{c}_lo" in row else _fmt(row[c]) for c in shown))
+    console.print(table)
+    for name, label, first in (("token_positions", "position", "position_from"),
+                               ("token_frequency", "frequency rank", "rank_from")):
+        buckets = [r for r in read_report_table(paths[name], storage_options).to_pylist()
+                   if r.get("overall", True) and r["tokens"]]
+        worst = sorted(buckets, key=lambda r: -r["ce_mean"])[:WORST_BUCKETS]
+        spans = [f"{r[first]}-{r[first.replace('from', 'to')]}" if r[first.replace('from', 'to')] >= 0 else f"{r[first]}+"
+                 for r in worst]
+        console.print(f"worst {label} buckets by ce_mean: " + "; ".join(
+            f"{span}: {with_interval(r, 'ce_mean')} ({r['tokens']:,} tokens)" for span, r in zip(spans, worst)),
+            markup=False)
+
+
+def _present(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))

@@ -19,14 +19,18 @@ import pyarrow as pa
 
 from xent_kernels import ClassStats, class_stats_partial, find_invalid_row
 from xent_kernels.hashing import content_buckets, key_buckets
+from xent_kernels.mergeable import merge_states
+from xent_kernels.tokens import TokenStats, add_documents, token_stats_partial
 
 from ..config import EvalConfig
+from ..kinds import TOKENS
 from ..errors import DataError
 from ..inputs.integrity import inspect_integrity, skipped_reason
 from ..inputs.memory import as_arrow
 from ..inputs.reader import Batch, iter_batches, open_parquet, resolve_spec, table_batches
 from ..inputs.sources import InputFile
-from ..inputs.spec import ReadSpec, check_arrow_schema, check_schema
+from ..inputs.spec import ReadSpec, check_arrow_schema
+from ..inputs.tokens import TokenBatch, TokenSpec, check_token_schema, resolve_token_spec, to_token_batch
 from ..phases import phase
 
 
@@ -48,24 +52,24 @@ class Piece:
 
 @dataclass(frozen=True)
 class PieceResult:
-    """The mergeable outcome of some pieces: statistics plus the shards left out
-    (``empty``/``merge`` as in :mod:`xent_kernels.mergeable`)."""
+    """The mergeable outcome of some pieces: statistics (a ``ClassStats``, or a
+    ``TokenStats`` for token dumps) plus the shards left out (``empty``/``merge`` as in
+    :mod:`xent_kernels.mergeable`)."""
 
-    stats: ClassStats
+    stats: ClassStats | TokenStats
     bad_shards: tuple[BadShard, ...] = ()
     rows_read: int = 0
     probability_like: tuple[str, ...] = ()  # files read as logits whose rows look like probabilities
 
     @classmethod
-    def empty(cls, n_classes: int, **options) -> "PieceResult":
-        """No pieces read: the identity of :meth:`merge`; `options` as for ``ClassStats.empty``
-        (a read's are ``ReadSpec.state_options()``)."""
-        return cls(ClassStats.empty(n_classes, **options))
+    def empty(cls, spec: "ReadSpec | TokenSpec") -> "PieceResult":
+        """No pieces read: the identity of :meth:`merge`, for a read of `spec`."""
+        return cls(empty_state(spec))
 
     @classmethod
     def merge(cls, *results: "PieceResult") -> "PieceResult":
         """One result of all `results`, as :mod:`xent_kernels.mergeable` says a merge is."""
-        stats = ClassStats.merge(*(r.stats for r in results))
+        stats = merge_states(*(r.stats for r in results))
         bad = tuple(sorted((b for r in results for b in r.bad_shards), key=lambda b: b.url))
         suspicious = tuple(sorted({url for r in results for url in r.probability_like}))
         return cls(stats, bad, sum(r.rows_read for r in results), suspicious)
@@ -95,7 +99,7 @@ def inspect_file(file: InputFile, spec: ReadSpec) -> FileInfo:
     try:
         parquet = open_parquet(file.url, spec.storage_options)
         declared = parquet.metadata.num_rows
-        check_schema(parquet, file, spec)
+        check_any_schema(parquet.schema_arrow, file, spec)
         checksummed = inspect_integrity(parquet, file.url, spec.columns_to_read(), spec.storage_options)
         metadata = parquet.metadata
         rows = tuple(metadata.row_group(g).num_rows for g in range(metadata.num_row_groups))
@@ -106,20 +110,34 @@ def inspect_file(file: InputFile, spec: ReadSpec) -> FileInfo:
         return FileInfo(file, (declared,) if declared is not None else (), error=skipped_reason(error))
 
 
-def evaluate_piece(piece: Piece, spec: ReadSpec, data: Any = None) -> PieceResult:
+def evaluate_piece(piece: Piece, spec: ReadSpec | TokenSpec, data: Any = None) -> PieceResult:
     """Read one piece batch by batch and reduce it to statistics. An in-memory piece's
     rows are `data` (a pyarrow Table or a pandas DataFrame)."""
     try:
-        stats, rows, probability_like = _piece_stats(piece, spec, data)
+        if isinstance(spec, TokenSpec):
+            stats, rows, probability_like = _piece_token_stats(piece, spec, data), 0, False
+        else:
+            stats, rows, probability_like = _piece_stats(piece, spec, data)
         return PieceResult(stats, rows_read=rows, probability_like=(piece.file.url,) if probability_like else ())
     except DataError as error:
         if spec.on_bad_shard == "error":
             raise
-        return PieceResult(_empty(spec), (BadShard(piece.file.url, skipped_reason(error), piece.rows),))
+        return PieceResult(empty_state(spec), (BadShard(piece.file.url, skipped_reason(error), piece.rows),))
 
 
-def _empty(spec: ReadSpec) -> ClassStats:
+def empty_state(spec: ReadSpec | TokenSpec) -> ClassStats | TokenStats:
+    """The state of no rows for a read of `spec`."""
+    if isinstance(spec, TokenSpec):
+        return TokenStats.empty(**spec.state_options())
     return ClassStats.empty(spec.n_classes, **spec.state_options())
+
+
+def check_any_schema(schema: pa.Schema, file: InputFile, spec: ReadSpec | TokenSpec) -> None:
+    """`schema` (of a shard, or of an in-memory piece named by `file`) fits `spec`."""
+    if isinstance(spec, TokenSpec):
+        check_token_schema(schema, file, spec)
+    else:
+        check_arrow_schema(schema, file, spec)
 
 
 def batch_buckets(batch: Batch, spec: ReadSpec) -> np.ndarray | None:
@@ -133,16 +151,18 @@ def batch_buckets(batch: Batch, spec: ReadSpec) -> np.ndarray | None:
     return content_buckets(batch.pred, batch.labels, spec.n_buckets)
 
 
-def piece_batches(piece: Piece, spec: ReadSpec, data: Any = None) -> Iterator[Batch]:
-    """A piece's rows as Batches, its schema checked against the spec: from its file,
-    or, in memory, from `data` (a pyarrow Table or a pandas DataFrame)."""
+def piece_batches(piece: Piece, spec: ReadSpec | TokenSpec, data: Any = None) -> Iterator[Batch | TokenBatch]:
+    """A piece's rows as Batches (TokenBatches for a token dump), its schema checked
+    against the spec: from its file, or, in memory, from `data` (a pyarrow Table or a
+    pandas DataFrame)."""
+    convert = to_token_batch if isinstance(spec, TokenSpec) else None
     if piece.in_memory:
         table = as_arrow(data, piece.file.url)
-        check_arrow_schema(table.schema, piece.file, spec)
-        return table_batches(table, piece.file, spec, piece.first_row)
+        check_any_schema(table.schema, piece.file, spec)
+        return table_batches(table, piece.file, spec, piece.first_row, convert)
     parquet = open_parquet(piece.file.url, spec.storage_options, spec.column_buffer)
-    check_schema(parquet, piece.file, spec)
-    return iter_batches(parquet, piece.file, spec, None if piece.row_groups is None else list(piece.row_groups))
+    check_any_schema(parquet.schema_arrow, piece.file, spec)
+    return iter_batches(parquet, piece.file, spec, None if piece.row_groups is None else list(piece.row_groups), convert)
 
 
 def _piece_stats(piece: Piece, spec: ReadSpec, data: Any = None) -> tuple[ClassStats, int, bool]:
@@ -160,13 +180,42 @@ def _piece_stats(piece: Piece, spec: ReadSpec, data: Any = None) -> tuple[ClassS
 
     # map, not a for loop: no variable keeps a batch alive while the next one is read.
     states = map(batch_stats, batches)
-    stats = functools.reduce(_merged, states, _empty(spec))
+    stats = functools.reduce(_merged, states, empty_state(spec))
     return stats, rows[0], any(first_looks_like_probabilities)
 
 
-def _merged(a: ClassStats, b: ClassStats) -> ClassStats:
+def _merged(a: ClassStats | TokenStats, b: ClassStats | TokenStats) -> ClassStats | TokenStats:
     with phase("merge"):
-        return ClassStats.merge(a, b)
+        return merge_states(a, b)
+
+
+def _piece_token_stats(piece: Piece, spec: TokenSpec, data: Any = None) -> TokenStats:
+    """A token dump piece's state."""
+    states = map(lambda batch: _token_batch_stats(batch, piece.file, spec), piece_batches(piece, spec, data))
+    return functools.reduce(_merged, states, empty_state(spec))
+
+
+def _token_batch_stats(batch: TokenBatch, file: InputFile, spec: TokenSpec) -> TokenStats:
+    with phase("kernel"):
+        state, bad, column, reason = token_stats_partial(
+            batch.target, batch.target_logprob, slice_ids=batch.slice_ids, slice_keys=batch.slice_keys,
+            positions=batch.position, buckets=batch.buckets, target_bytes=batch.target_bytes,
+            topk_offsets=batch.topk_offsets, topk_ids=batch.topk_ids, topk_logprobs=batch.topk_logprobs,
+            vocab_size=spec.columns.vocab_size or 0, count_nonfinite=spec.on_nonfinite == "count",
+            ignored=batch.ignored, **spec.state_options(),
+        )
+    if bad >= 0:
+        name = getattr(spec.columns, f"{column}_col")
+        where = f"{file.url}: column '{name}', row {batch.row[bad]}"
+        if spec.layout == "documents":
+            where += f" (the document's token at position {batch.position[bad]})"
+        hint = {"target_logprob": "; a token with an infinite cross-entropy is left out and counted with "
+                "--on-nonfinite count"}.get(column, "") if "-inf" in reason else ""
+        raise DataError(f"{where}: {reason}{hint}")
+    if batch.documents is not None:
+        docs = batch.documents
+        state = add_documents(state, docs["slice_ids"], docs["buckets"], docs["n_bytes"], docs["n_words"])
+    return state
 
 
 def _looks_like_probabilities(pred: np.ndarray, rows: int = 4096) -> bool:
@@ -232,16 +281,24 @@ def inspect_partition(data: Any, head_rows: int = 64) -> PartitionInfo:
 # --------------------------------------------------------------------------- the client side
 
 
-def first_readable_spec(config: EvalConfig, inputs: list[InputFile]) -> tuple[ReadSpec, tuple[BadShard, ...]]:
+def resolve_any_spec(config: EvalConfig, first: InputFile) -> ReadSpec | TokenSpec:
+    """The read settings of `config` (a token dump's for kind tokens) from `first`'s schema."""
+    if config.kind == TOKENS:
+        return resolve_token_spec(config, open_parquet(first.url, config.storage_options).schema_arrow, first.url,
+                                  first.hive)
+    return resolve_spec(config, first)
+
+
+def first_readable_spec(config: EvalConfig, inputs: list[InputFile]) -> tuple[ReadSpec | TokenSpec, tuple[BadShard, ...]]:
     """The read settings, from the first file that yields them. With on_bad_shard='skip',
     files before it that cannot (unreadable, or another layout) are bad shards; with
     'error', the first file decides."""
     if config.on_bad_shard == "error":
-        return resolve_spec(config, inputs[0]), ()
+        return resolve_any_spec(config, inputs[0]), ()
     skipped: list[BadShard] = []
     for file in inputs:
         try:
-            return resolve_spec(config, file), tuple(skipped)
+            return resolve_any_spec(config, file), tuple(skipped)
         except DataError as error:
             skipped.append(BadShard(file.url, skipped_reason(error), _footer_rows(file, config.storage_options)))
     raise DataError(f"no file yields the read settings; the first: {skipped[0].reason}")

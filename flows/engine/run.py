@@ -19,13 +19,14 @@ from ..errors import DataError
 from ..inputs.memory import (
     DASK_LABEL, as_arrow, is_dask_dataframe, memory_fingerprint, memory_label, memory_source, partition_label,
 )
-from ..inputs.reader import resolve_spec
 from ..inputs.sources import InputFile, fingerprint, list_inputs
 from ..inputs.spec import ReadSpec, resolve_table_spec
+from ..inputs.tokens import TokenSpec, resolve_token_spec
+from ..kinds import TOKENS
 from .cluster import STALL_TIMEOUT, map_all, map_reduce
 from .pieces import (
     BadShard, FileInfo, Piece, PieceResult, evaluate_piece, first_readable_spec, inspect_file, inspect_partition,
-    plan_pieces,
+    plan_pieces, resolve_any_spec,
 )
 from .progress import Progress
 
@@ -64,7 +65,7 @@ def evaluate(
         # The file the settings came from may be the odd one out: take the other layout
         # if it fits more files.
         try:
-            other_spec = resolve_spec(config, rejected[0].file)
+            other_spec = resolve_any_spec(config, rejected[0].file)
         except DataError:
             other_spec = None
         if other_spec is not None:
@@ -98,7 +99,7 @@ def evaluate_table(config: EvalConfig, client: Client, table: pa.Table, label: s
     (``<pandas.DataFrame>``). The table is cut into pieces of ``task_rows`` rows (one
     piece with on_bad_shard='skip', as a file is one task), scattered to the cluster and
     reduced as shards' pieces are."""
-    spec = resolve_table_spec(config, table, label)
+    spec = _table_spec(config, table, label)
     pieces, data = _table_pieces(config, client, table, label)
     result = reduce_pieces(client, config, spec, pieces, progress, data=data)
     return Evaluation(config, spec, [], result, memory_fingerprint(label, table.schema, table.num_rows, table.nbytes, len(pieces)))
@@ -110,10 +111,16 @@ def evaluate_partitions(config: EvalConfig, client: Client, frame: Any, progress
     non-empty partition's first rows reach the client, to learn the layout from; a
     partition's rows are released as soon as its piece is reduced."""
     pieces, parts, first, head = _partition_pieces(config, client, frame)
-    spec = resolve_table_spec(config, head, partition_label(first))
+    spec = _table_spec(config, head, partition_label(first))
     result = reduce_pieces(client, config, spec, pieces, progress, data=parts, unit="partitions")
     identity = memory_fingerprint(DASK_LABEL, head.schema, result.rows_read, 0, len(pieces))
     return Evaluation(config, spec, [], result, identity)
+
+
+def _table_spec(config: EvalConfig, table: pa.Table, label: str) -> ReadSpec | TokenSpec:
+    if config.kind == TOKENS:
+        return resolve_token_spec(config, table.schema, label, {})
+    return resolve_table_spec(config, table, label)
 
 
 @dataclass
@@ -171,7 +178,7 @@ def reduce_pieces(client: Client, config: EvalConfig, spec: ReadSpec, pieces: Se
     future per piece); each entry is dropped as its piece is done, so that the cluster
     can forget those rows. Progress counts `unit`: rows, or pieces."""
     progress = progress or Progress.quiet()
-    result = replace(PieceResult.empty(spec.n_classes, **spec.state_options()), bad_shards=bad)
+    result = replace(PieceResult.empty(spec), bad_shards=bad)
     if pieces:
         # The spec as an argument per piece when data follows it: client.map's keyword
         # arguments are constants, and evaluate_piece takes (piece, spec, data).

@@ -13,7 +13,7 @@ file or of its row groups.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -124,8 +124,11 @@ def _worker_memory_share() -> float:
     return psutil.Process().memory_info().rss / limit
 
 
-def iter_batches(parquet: pq.ParquetFile, file: InputFile, spec: ReadSpec, row_groups: list[int] | None) -> Iterator[Batch]:
-    """The rows of `row_groups` (None: all) as Batches of `spec.batch_rows` rows.
+def iter_batches(parquet: pq.ParquetFile, file: InputFile, spec: ReadSpec, row_groups: list[int] | None,
+                 convert: Callable | None = None) -> Iterator[Batch]:
+    """The rows of `row_groups` (None: all) as Batches of `spec.batch_rows` rows, made
+    by `convert(record_batch, first_row, file, spec)` (default ``to_arrays``; a token
+    dump's is ``tokens.to_token_batch``).
 
     Memory is released after each batch: a consumer that holds no earlier batch
     when it asks for the next one (``map``, not a ``for`` loop variable) keeps one
@@ -135,6 +138,7 @@ def iter_batches(parquet: pq.ParquetFile, file: InputFile, spec: ReadSpec, row_g
     groups = list(range(metadata.num_row_groups)) if row_groups is None else row_groups
     group_start = np.concatenate([[0], np.cumsum([metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)])])
     columns = spec.columns_to_read()
+    convert = convert or to_arrays
     for group in groups:
         first_row = int(group_start[group])
         try:
@@ -145,7 +149,7 @@ def iter_batches(parquet: pq.ParquetFile, file: InputFile, spec: ReadSpec, row_g
                 if record_batch is None:
                     break
                 with phase("convert"):
-                    batch = to_arrays(record_batch, first_row, file, spec)
+                    batch = convert(record_batch, first_row, file, spec)
                 first_row += record_batch.num_rows
                 del record_batch
                 yield batch
@@ -157,11 +161,14 @@ def iter_batches(parquet: pq.ParquetFile, file: InputFile, spec: ReadSpec, row_g
             raise read_failure(file.url, f"row group {group}", error) from None
 
 
-def table_batches(table: pa.Table, source: InputFile, spec: ReadSpec, first_row: int = 0) -> Iterator[Batch]:
-    """The rows of an in-memory table as Batches of `spec.batch_rows` rows. `source`
-    names it in messages, and `first_row` is the index of its first row there."""
+def table_batches(table: pa.Table, source: InputFile, spec: ReadSpec, first_row: int = 0,
+                  convert: Callable | None = None) -> Iterator[Batch]:
+    """The rows of an in-memory table as Batches of `spec.batch_rows` rows (made by
+    `convert`, as in ``iter_batches``). `source` names it in messages, and `first_row`
+    is the index of its first row there."""
+    convert = convert or to_arrays
     for record_batch in table.select(spec.columns_to_read()).to_batches(max_chunksize=spec.batch_rows):
-        yield to_arrays(record_batch, first_row, source, spec)
+        yield convert(record_batch, first_row, source, spec)
         first_row += record_batch.num_rows
 
 

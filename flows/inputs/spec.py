@@ -345,11 +345,6 @@ def resolve_table_spec(config: EvalConfig, table: pa.Table, where: str) -> ReadS
         raise
 
 
-def check_schema(parquet: pq.ParquetFile, file: InputFile, spec: ReadSpec) -> None:
-    """The shard has every needed column, of the same layout as the first shard."""
-    check_arrow_schema(parquet.schema_arrow, file, spec)
-
-
 def check_arrow_schema(schema: pa.Schema, file: InputFile, spec: ReadSpec) -> None:
     """`schema` (of a shard, or of an in-memory piece named by `file`) has every needed
     column, of the same layout as the first shard."""

@@ -20,6 +20,8 @@ from xent_kernels import ClassReport, ClassStats, interval_columns, report_colum
 from ..config import log_base
 from ..engine import Evaluation, probability_warning
 from ..errors import without_credentials
+from ..inputs.spec import ReadSpec
+from ..inputs.tokens import TokenSpec
 from ..metadata import (
     CLASSES_KEY,
     CONFIG_KEY,
@@ -226,23 +228,32 @@ def config_json(config) -> bytes:
     return json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()
 
 
+def layout_metadata(spec: ReadSpec | TokenSpec) -> dict[str, Any]:
+    """``xent.layout``: what was read, and how."""
+    if isinstance(spec, TokenSpec):
+        return {"kind": spec.kind, "layout": spec.layout, "columns": spec.columns_to_read(), "topk": spec.topk}
+    return {"kind": spec.kind, "layout": spec.layout, "columns": list(spec.pred_columns),
+            "prob_tolerance": spec.prob_tolerance, "renormalized": spec.renormalize}
+
+
 def report_metadata(evaluation: Evaluation) -> dict[bytes, bytes]:
     spec = evaluation.spec
-    return {
+    metadata = {
         VERSION_KEY: VERSION.encode(),
         CREATED_AT_KEY: dt.datetime.now(dt.timezone.utc).isoformat().encode(),
         UNITS_KEY: evaluation.config.units.encode(),
         EPS_KEY: json.dumps(evaluation.config.eps).encode(),
         CONFIG_KEY: config_json(evaluation.config),
         FINGERPRINT_KEY: json.dumps(evaluation.fingerprint, sort_keys=True).encode(),
-        CLASSES_KEY: json.dumps(spec.names()).encode(),
-        LAYOUT_KEY: json.dumps({"kind": spec.kind, "layout": spec.layout, "columns": list(spec.pred_columns),
-                                "prob_tolerance": spec.prob_tolerance, "renormalized": spec.renormalize}).encode(),
+        LAYOUT_KEY: json.dumps(layout_metadata(spec)).encode(),
         INTEGRITY_KEY: json.dumps({"files": evaluation.n_files, "page_checksums_verified": evaluation.n_files_verified,
                                    "without_page_checksums": evaluation.n_files_without_checksums}).encode(),
         INTERVALS_KEY: json.dumps(intervals_metadata(evaluation)).encode(),
         WARNINGS_KEY: json.dumps(run_warnings(evaluation)).encode(),
     }
+    if isinstance(spec, ReadSpec):
+        metadata[CLASSES_KEY] = json.dumps(spec.names()).encode()
+    return metadata
 
 
 def run_warnings(evaluation: Evaluation) -> list[dict[str, Any]]:

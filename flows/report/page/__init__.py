@@ -28,7 +28,7 @@ from ...metadata import (
     decoded_metadata,
 )
 from ..tables import integrity_line, intervals_line
-from . import compare, drift, evaluation, nightly
+from . import compare, drift, evaluation, nightly, tokens
 from . import history as trends
 from .common import Page, template, vega_embed_script
 from .history import MAX_DATES
@@ -38,7 +38,8 @@ __all__ = ["HTML_FILE", "MAX_CLASSES", "MAX_DATES", "PAGE_TABLES", "render_histo
 HTML_FILE = "report.html"
 MAX_CLASSES = 50  # rows of the per-class table and forest plot (the worst CE first)
 # The tables a page can show, in the order their metadata is looked for.
-PAGE_TABLES = ("summary", "per_class", "confusion", "bad_shards", "drift", "drift_distributions", "compare")
+PAGE_TABLES = ("summary", "per_class", "confusion", "bad_shards", "drift", "drift_distributions", "compare",
+               "token_summary")
 
 
 def render_html(tables: dict[str, pa.Table], *, title: str | None = None, max_classes: int = MAX_CLASSES,
@@ -79,6 +80,7 @@ def render_html(tables: dict[str, pa.Table], *, title: str | None = None, max_cl
         raise ValueError(f"no table to show: expected one of {', '.join(PAGE_TABLES)}, got {', '.join(tables) or 'none'}")
     metadata = decoded_metadata(described)
     default_title = (nightly.title(metadata) or "xent report" if "summary" in tables
+                     else "xent token report" if "token_summary" in tables
                      else "xent compare report" if "compare" in tables else "xent drift report")
     page = Page(title=title or default_title, units=metadata.get(UNITS_KEY.decode(), "nats"), metadata=metadata)
     page.warnings = [w for w in metadata.get(WARNINGS_KEY.decode()) or [] if isinstance(w, dict)]  # older: none
@@ -89,13 +91,15 @@ def render_html(tables: dict[str, pa.Table], *, title: str | None = None, max_cl
         drift.build(tables, page, max_classes)
     if "compare" in tables:
         compare.build(tables, page, max_classes)
+    if "token_summary" in tables:
+        tokens.build(tables, page)
     if history is not None:
         source, run_date = nightly.run_of(page, history)
         trends.build(page, history, source=source, up_to=run_date, max_dates=max_dates, units=True)
-    if "summary" in tables or "compare" in tables:
+    if "summary" in tables or "compare" in tables or "token_summary" in tables:
         page.subtitle.append(f"cross-entropy in {page.units}")
     page.sections["footer"] = _footer(metadata)
-    if "summary" not in tables and "compare" not in tables:  # a drift report reads no intervals
+    if not {"summary", "compare", "token_summary"} & set(tables):  # a drift report reads no intervals
         page.sections["footer"].pop("intervals", None)
     return template().render(page=page, vega_script=vega_embed_script())
 

@@ -1,0 +1,93 @@
+"""A token dump's report tables (kind: tokens), from a merged ``TokenStats``.
+
+``token_summary``: a row per slice and the overall row (``overall`` True): tokens,
+documents (documents layout), token-weighted CE and perplexity, bits per byte, byte and
+word perplexity, top-1 accuracy, top-k share, the target's rank distribution, ECE of
+the top-1 probability, the coarsened-entropy lower bound, counts left out.
+``token_positions``: the same token metrics per position bucket (per slice and overall).
+``token_frequency``: per frequency-rank bucket of the target (1-10, 11-100, ...) over all
+slices, the ranks from the dump's own counts. ``per_token``: per target id seen.
+Every ``<metric>_lo``/``_hi`` pair is a jackknife interval over document-hash buckets.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from xent_kernels.tokens import TokenReport
+
+from ..config import log_base
+from ..engine import Evaluation
+from ..errors import without_credentials
+from .tables import _column, report_metadata, skipped_rows, slice_key_columns
+
+TOKEN_TABLES = ("token_summary", "token_positions", "token_frequency", "per_token")
+# Columns in bits per byte whatever the report's units (lm-eval's bits_per_byte); the
+# perplexities are unitless; every other CE-like column is in the report's units.
+UNIT_FREE = ("perplexity", "bits_per_byte", "byte_perplexity", "word_perplexity")
+
+
+def _slice_rows(report: TokenReport, table: dict[str, np.ndarray], evaluation: Evaluation) -> dict[str, pa.Array]:
+    """The slice key columns and ``overall`` for rows indexed by slice (-1 overall)."""
+    spec, stats = evaluation.spec, evaluation.result.stats
+    keys = [stats.slice_keys[i] if i >= 0 else () for i in table["slice"]]
+    columns = slice_key_columns(keys, spec.slice_by, spec.slice_types) if spec.slice_by else {}
+    columns["overall"] = pa.array(table["slice"] == -1)
+    return columns
+
+
+def _metric_columns(table: dict[str, np.ndarray], skip: tuple[str, ...] = ("slice",)) -> dict[str, pa.Array]:
+    return {name: _column(np.asarray(values)) for name, values in table.items() if name not in skip}
+
+
+def build_token_tables(evaluation: Evaluation) -> dict[str, pa.Table]:
+    config, result = evaluation.config, evaluation.result
+    report = result.stats.finalize(base=log_base(config.units), level=config.interval_level)
+    summary = report.summary
+    if not evaluation.spec.slice_by:  # one slice: its row is the overall row
+        summary = {name: values[-1:] for name, values in summary.items()}
+    columns = _slice_rows(report, summary, evaluation)
+    columns.update(_metric_columns(summary))
+    if not result.stats.has_doc_counts:  # token rows: documents are not counted (yet)
+        columns["documents"] = pa.nulls(len(summary["slice"]), pa.int64())
+    skipped = skipped_rows([b.rows for b in result.bad_shards])
+    overall = np.asarray(summary["slice"]) == -1
+    columns["n_skipped"] = pa.array([skipped if o else None for o in overall], type=pa.int64())
+    columns["n_bad_shards"] = pa.array([len(result.bad_shards) if o else None for o in overall], type=pa.int64())
+    tables = {"token_summary": pa.table(columns)}
+
+    positions = report.positions
+    if not evaluation.spec.slice_by:
+        keep = positions["slice"] == -1
+        positions = {name: values[keep] for name, values in positions.items()}
+    keep = positions["tokens"] > 0
+    positions = {name: values[keep] for name, values in positions.items()}
+    position_to = _position_to(positions["position_from"], evaluation.result.stats.position_edges)
+    columns = _slice_rows(report, positions, evaluation)
+    columns["position_from"] = _column(positions["position_from"])
+    columns["position_to"] = _column(position_to)
+    columns.update(_metric_columns(positions, ("slice", "position_from")))
+    tables["token_positions"] = pa.table(columns)
+    tables["token_frequency"] = pa.table(_metric_columns(report.frequency, ()))
+    tables["per_token"] = pa.table(_metric_columns(report.per_token, ()))
+    if config.on_bad_shard == "skip":
+        tables["bad_shards"] = pa.table({
+            "file": pa.array([without_credentials(b.url) for b in result.bad_shards], type=pa.string()),
+            "reason": pa.array([b.reason for b in result.bad_shards], type=pa.string()),
+            "rows": pa.array([b.rows for b in result.bad_shards], type=pa.int64()),
+        })
+    return tables
+
+
+def _position_to(starts: np.ndarray, edges: tuple[int, ...]) -> np.ndarray:
+    """The last position of each bucket; -1 for the open last one."""
+    following = {a: b - 1 for a, b in zip(edges, edges[1:])}
+    return np.array([following.get(int(s), -1) for s in starts], dtype=np.int64)
+
+
+def token_report_tables(evaluation: Evaluation) -> dict[str, pa.Table]:
+    """The token report tables as written, each with the report metadata."""
+    metadata = report_metadata(evaluation)
+    return {name: table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+            for name, table in build_token_tables(evaluation).items()}

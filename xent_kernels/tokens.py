@@ -1,0 +1,524 @@
+"""Language-model token dumps: a mergeable state of scored tokens and its report.
+
+Each scored token is a classification over the vocabulary of which a dump keeps the
+target's log-probability and at most the top k. Per (slice, position bucket,
+jackknife bucket) the state holds compensated float64 sums of the fields in
+``TOKEN_FIELDS``; per (slice, bucket) the ECE bins of the top-1 probability and the
+document-level counts; per (target id, bucket) the token's count and CE sum, from which
+the per-token table and the frequency buckets are made at finalize.
+
+Definitions (q the model's probability of the target, over the full vocabulary):
+
+* CE = -ln q per token; ``ce_mean`` = ΣCE / tokens (token-weighted, lm-eval's
+  ``weighted_perplexity`` is exp of it at token level), ``perplexity`` = exp(ce_mean);
+* ``bits_per_byte`` = ΣCE / ln 2 / Σbytes, ``byte_perplexity`` = exp(ΣCE / Σbytes),
+  ``word_perplexity`` = exp(ΣCE / Σwords): lm-eval's definitions, with bytes the target
+  tokens' UTF-8 bytes (``target_bytes``) or the documents' ``n_bytes``;
+* rank r of the target = 1 + the listed ids other than it with a larger log-prob; exact
+  when the target is listed, "unlisted" (rank above the list) when it is not;
+* top-1 accuracy: r = 1; ECE: of the top-1 probability (the largest listed or target
+  probability) against r = 1, over ``n_bins`` equal-width bins;
+* ``entropy_lower_bound``: the entropy of the coarsened distribution (the listed ids and
+  the target, plus one tail bin of 1 - Σp). Merging ids into one bin never raises the
+  entropy, so it is a lower bound of the model's entropy, equal to it when the list is
+  the whole vocabulary.
+
+Top-k entries at or below ``ABSENT_LOGPROB`` (OpenAI's -9999.0) mean "absent" and are
+skipped. Intervals are jackknife intervals over the document-hash buckets: a document's
+tokens share a bucket, since they are correlated.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Self
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ._numba import strict_kernel
+from .intervals import DEFAULT_LEVEL, jackknife_bounds
+from .merge_rules import two_sum
+
+__all__ = [
+    "ABSENT_LOGPROB", "DEFAULT_POSITION_EDGES", "LOGPROB_TOLERANCE", "TOKEN_FIELDS", "TokenStats", "frequency_edges",
+    "token_stats_partial",
+]
+
+# Per (slice, position bucket, jackknife bucket): compensated float64 sums.
+TOKEN_FIELDS = (
+    "tokens",  # scored tokens with a finite CE
+    "ce",  # Σ -ln q
+    "bytes",  # Σ target_bytes (0 without the column)
+    "listed_tokens",  # tokens with a non-empty top-k list
+    "rank_1",  # of those: rank 1 (top-1 correct)
+    "rank_2_5",
+    "rank_6_up",  # listed at rank 6 or more
+    "unlisted",  # target not in the list
+    "inside_topk",  # rank <= topk (topk declared), else listed
+    "entropy_lb",  # Σ entropy of the coarsened distribution
+)
+F = {name: i for i, name in enumerate(TOKEN_FIELDS)}
+DOC_FIELDS = ("documents", "n_bytes", "n_words")  # per (slice, bucket): the documents layout's counts
+ECE_FIELDS = ("count", "confidence", "correct")
+
+ABSENT_LOGPROB = -9999.0
+LOGPROB_TOLERANCE = 1e-4  # a log-prob above 0 by more than this is an error (top-k mass above 1 too)
+# Position buckets 0, 1, 2-3, 4-7, ...: the lower edge of each.
+DEFAULT_POSITION_EDGES = (0, *(2**i for i in range(0, 21)))
+
+# The per-token table is dense in the target id: without a declared vocab_size, ids
+# above this are taken for a mistake (hashed ids, say) rather than a vocabulary.
+MAX_UNDECLARED_VOCAB = 1 << 22
+
+# The kernel's reasons for a bad row, by code.
+REASONS = {
+    1: ("target_logprob", "NaN log-probability"),
+    2: ("target_logprob", "log-probability above 0"),
+    3: ("topk_logprobs", "NaN log-probability in the top-k list"),
+    4: ("topk_logprobs", "log-probability above 0 in the top-k list"),
+    5: ("topk_ids", "a token id repeated in the top-k list"),
+    6: ("target", "token id outside [0, vocab_size)"),
+    7: ("topk_logprobs", "top-k probabilities (with the target's) sum above 1"),
+    8: ("target_logprob", "-inf log-probability (infinite cross-entropy)"),
+    9: ("position", "negative position"),
+    10: ("topk_ids", "token id outside [0, vocab_size)"),
+}
+
+
+def frequency_edges(distinct: int) -> NDArray[np.int64]:
+    """Lower edges of the frequency-rank buckets 1-10, 11-100, 101-1000, ... (ranks from
+    1) that cover `distinct` ranks."""
+    edges = [1]
+    while 10 ** len(edges) + 1 <= distinct and len(edges) < 19:
+        edges.append(10 ** len(edges) + 1)
+    return np.array(edges, dtype=np.int64)
+
+
+@strict_kernel
+def _add(sums, comps, row, col, x):
+    # Neumaier's compensated addition of x to sums[row, col]
+    s = sums[row, col]
+    t = s + x
+    if abs(s) >= abs(x):
+        comps[row, col] += (s - t) + x
+    else:
+        comps[row, col] += (x - t) + s
+    sums[row, col] = t
+
+
+@strict_kernel
+def _token_pass(group, bucket, target, logprob, n_bytes, offsets, ids, lps, has_topk, topk, vocab_size,
+                count_nonfinite, n_positions, n_buckets, cells, cells_comp, ece, ece_comp, token_n, token_ce, token_ce_comp,
+                token_rank1, token_listed, nonfinite, n_bins):
+    """Fold a batch of tokens into the state arrays; returns (first bad row, reason code) or (-1, 0)."""
+    n = target.shape[0]
+    for i in range(n):
+        lp = logprob[i]
+        t = target[i]
+        if lp != lp:
+            return i, 1
+        if lp > 1e-4:
+            return i, 2
+        if t < 0 or (vocab_size > 0 and t >= vocab_size):
+            return i, 6
+        g = group[i]
+        k = bucket[i]
+        if lp == -np.inf:
+            if not count_nonfinite:
+                return i, 8
+            nonfinite[g] += 1
+            continue
+        if lp > 0.0:
+            lp = 0.0
+        row = g * n_buckets + k
+        ce = -lp
+        _add(cells, cells_comp, row, 0, 1.0)
+        _add(cells, cells_comp, row, 1, ce)
+        _add(cells, cells_comp, row, 2, float(n_bytes[i]))
+        token_n[t, k] += 1
+        _add(token_ce, token_ce_comp, t, k, ce)
+        if not has_topk:
+            continue
+        start = offsets[i]
+        stop = offsets[i + 1]
+        listed = False
+        greater = 0
+        best = lp
+        known_mass = 0.0
+        plogp = 0.0
+        entries = 0
+        for j in range(start, stop):
+            v = lps[j]
+            if v != v:
+                return i, 3
+            if v <= -9999.0:
+                continue
+            if v > 1e-4:
+                return i, 4
+            if v > 0.0:
+                v = 0.0
+            u = ids[j]
+            if u < 0 or (vocab_size > 0 and u >= vocab_size):
+                return i, 10
+            for m in range(start, j):
+                if ids[m] == u and lps[m] > -9999.0:
+                    return i, 5
+            entries += 1
+            if u == t:
+                listed = True
+                v = lp  # the target's own log-prob stands for its entry
+            elif v > lp:
+                greater += 1
+            if v > best:
+                best = v
+            p = math.exp(v)
+            known_mass += p
+            if p > 0.0:
+                plogp -= p * v
+        if entries == 0:
+            continue
+        if not listed:
+            p = math.exp(lp)
+            known_mass += p
+            if p > 0.0:
+                plogp -= p * lp
+        tail = 1.0 - known_mass
+        if tail < -1e-4:
+            return i, 7
+        if tail > 0.0:
+            plogp -= tail * math.log(tail)
+        rank = greater + 1
+        _add(cells, cells_comp, row, 3, 1.0)
+        token_listed[t] += 1
+        if listed and rank == 1:
+            _add(cells, cells_comp, row, 4, 1.0)
+            token_rank1[t] += 1
+        elif listed and rank <= 5:
+            _add(cells, cells_comp, row, 5, 1.0)
+        elif listed:
+            _add(cells, cells_comp, row, 6, 1.0)
+        else:
+            _add(cells, cells_comp, row, 7, 1.0)
+        if listed and (topk <= 0 or rank <= topk):
+            _add(cells, cells_comp, row, 8, 1.0)
+        _add(cells, cells_comp, row, 9, plogp)
+        confidence = math.exp(best)
+        b = min(int(confidence * n_bins), n_bins - 1)
+        erow = ((g // n_positions) * n_buckets + k) * n_bins + b
+        _add(ece, ece_comp, erow, 0, 1.0)
+        _add(ece, ece_comp, erow, 1, confidence)
+        if listed and rank == 1:
+            _add(ece, ece_comp, erow, 2, 1.0)
+    return -1, 0
+
+
+def _key_order(key):
+    return tuple((value is None, "" if value is None else value) for value in key)
+
+
+@dataclass(frozen=True, eq=False)
+class TokenStats:
+    """Sums over scored tokens by (slice, position bucket, bucket), per target id, and
+    per (slice, bucket) for documents: ``empty`` / ``merge`` / ``finalize`` as
+    :mod:`xent_kernels.mergeable` says. Target ids past ``vocab`` grow it on merge."""
+
+    slice_keys: tuple[tuple, ...]
+    position_edges: tuple[int, ...]
+    n_buckets: int
+    n_bins: int
+    topk: int  # declared k of the top-k lists; 0 = undeclared (listed counts as inside)
+    cells: np.ndarray  # (S, P, K, F) float64
+    cells_comp: np.ndarray
+    ece: np.ndarray  # (S, K, n_bins, 3)
+    ece_comp: np.ndarray
+    docs: np.ndarray  # (S, K, 3) int64: documents, n_bytes, n_words (documents layout)
+    nonfinite: np.ndarray  # (S,) int64: tokens with a -inf log-prob, left out
+    ignored: np.ndarray  # (S,) int64: tokens without a target or log-prob (null)
+    token_n: np.ndarray  # (V, K) int64
+    token_ce: np.ndarray  # (V, K) float64
+    token_ce_comp: np.ndarray
+    token_rank1: np.ndarray  # (V,) int64
+    token_listed: np.ndarray  # (V,) int64
+    has_bytes: bool = False
+    has_doc_counts: bool = False
+
+    @property
+    def vocab(self) -> int:
+        return self.token_n.shape[0]
+
+    @classmethod
+    def empty(cls, *, slice_keys=(), position_edges=DEFAULT_POSITION_EDGES, n_buckets: int = 1, n_bins: int = 15,
+              topk: int = 0, vocab: int = 0, has_bytes: bool = False, has_doc_counts: bool = False) -> Self:
+        """No tokens: the identity of :meth:`merge`."""
+        s, p, k = len(slice_keys), len(position_edges), n_buckets
+        return cls(
+            tuple(tuple(key) for key in slice_keys), tuple(int(e) for e in position_edges), int(n_buckets),
+            int(n_bins), int(topk),
+            np.zeros((s, p, k, len(TOKEN_FIELDS))), np.zeros((s, p, k, len(TOKEN_FIELDS))),
+            np.zeros((s, k, n_bins, 3)), np.zeros((s, k, n_bins, 3)), np.zeros((s, k, 3), dtype=np.int64),
+            np.zeros(s, dtype=np.int64), np.zeros(s, dtype=np.int64),
+            np.zeros((vocab, k), dtype=np.int64), np.zeros((vocab, k)), np.zeros((vocab, k)),
+            np.zeros(vocab, dtype=np.int64), np.zeros(vocab, dtype=np.int64), bool(has_bytes), bool(has_doc_counts),
+        )
+
+    def _shape(self) -> tuple:
+        return self.position_edges, self.n_buckets, self.n_bins, self.topk
+
+    def _on(self, keys: tuple, vocab: int) -> dict[str, np.ndarray]:
+        """The arrays on slice keys `keys` (a superset of this state's) and `vocab` ids."""
+        rows = [keys.index(key) for key in self.slice_keys]
+        out = {}
+        for name in ("cells", "cells_comp", "ece", "ece_comp", "docs", "nonfinite", "ignored"):
+            mine = getattr(self, name)
+            full = np.zeros((len(keys), *mine.shape[1:]), dtype=mine.dtype)
+            full[rows] = mine
+            out[name] = full
+        for name in ("token_n", "token_ce", "token_ce_comp", "token_rank1", "token_listed"):
+            mine = getattr(self, name)
+            full = np.zeros((vocab, *mine.shape[1:]), dtype=mine.dtype)
+            full[: mine.shape[0]] = mine
+            out[name] = full
+        return out
+
+    @classmethod
+    def merge(cls, *states: Self) -> Self:
+        """One state of all `states`; commutative bit for bit (two_sum is symmetric)."""
+        first = states[0]
+        if any(state._shape() != first._shape() for state in states):
+            raise ValueError("cannot merge token states of different position buckets, buckets, bins or topk")
+        keys = tuple(sorted(set().union(*(s.slice_keys for s in states)), key=_key_order))
+        vocab = max(s.vocab for s in states)
+        total = first._on(keys, vocab)
+        for other in states[1:]:
+            y = other._on(keys, vocab)
+            for a, b in (("cells", "cells_comp"), ("ece", "ece_comp"), ("token_ce", "token_ce_comp")):
+                total[a], total[b] = two_sum(total[a], total[b], y[a], y[b])
+            for name in ("docs", "nonfinite", "ignored", "token_n", "token_rank1", "token_listed"):
+                total[name] = total[name] + y[name]
+        return cls(keys, first.position_edges, first.n_buckets, first.n_bins, first.topk, **total,
+                   has_bytes=any(s.has_bytes for s in states), has_doc_counts=any(s.has_doc_counts for s in states))
+
+    def finalize(self, base="e", level: float = DEFAULT_LEVEL) -> "TokenReport":
+        return TokenReport.of(self, base, level)
+
+
+def token_stats_partial(
+    target: np.ndarray,
+    target_logprob: np.ndarray,
+    *,
+    slice_ids: np.ndarray | None = None,
+    slice_keys=((),),
+    positions: np.ndarray,
+    buckets: np.ndarray | None = None,
+    target_bytes: np.ndarray | None = None,
+    topk_offsets: np.ndarray | None = None,
+    topk_ids: np.ndarray | None = None,
+    topk_logprobs: np.ndarray | None = None,
+    position_edges=DEFAULT_POSITION_EDGES,
+    n_buckets: int = 1,
+    n_bins: int = 15,
+    topk: int = 0,
+    vocab_size: int = 0,
+    count_nonfinite: bool = False,
+    ignored: np.ndarray | None = None,
+) -> tuple[TokenStats, int, str, str]:
+    """The state of a batch of scored tokens.
+
+    Returns the state and, for the first bad token, its row, column and reason
+    (-1, "", "" when every token is valid; the state is then of no use). `ignored`
+    (per slice) counts tokens left out before the call (a null target or log-prob).
+    """
+    n = len(target)
+    slice_ids = np.zeros(n, dtype=np.int64) if slice_ids is None else slice_ids.astype(np.int64, copy=False)
+    positions = np.asarray(positions, dtype=np.int64)
+    if n and positions.min() < 0:
+        row = int(np.flatnonzero(positions < 0)[0])
+        return TokenStats.empty(slice_keys=slice_keys, position_edges=position_edges, n_buckets=n_buckets),\
+            row, *REASONS[9]
+    edges = np.asarray(position_edges, dtype=np.int64)
+    pbucket = np.searchsorted(edges, positions, side="right") - 1
+    group = slice_ids * len(edges) + pbucket
+    bucket = np.zeros(n, dtype=np.int64) if buckets is None else buckets.astype(np.int64, copy=False)
+    target = target.astype(np.int64, copy=False)
+    largest = int(target.max()) if n else -1
+    if vocab_size <= 0 and largest >= MAX_UNDECLARED_VOCAB:
+        row = int(np.flatnonzero(target >= MAX_UNDECLARED_VOCAB)[0])
+        return TokenStats.empty(slice_keys=slice_keys, position_edges=position_edges, n_buckets=n_buckets),\
+            row, "target", f"token id {largest} at or above {MAX_UNDECLARED_VOCAB}: declare vocab_size"
+    vocab = max(int(vocab_size), largest + 1)
+    state = TokenStats.empty(slice_keys=slice_keys, position_edges=position_edges, n_buckets=n_buckets,
+                             n_bins=n_bins, topk=topk, vocab=vocab, has_bytes=target_bytes is not None)
+    s, p = len(state.slice_keys), len(edges)
+    cells = state.cells.reshape(s * p * n_buckets, len(TOKEN_FIELDS))
+    cells_comp = state.cells_comp.reshape(cells.shape)
+    ece = state.ece.reshape(s * n_buckets * n_bins, 3)
+    ece_comp = state.ece_comp.reshape(ece.shape)
+    has_topk = topk_offsets is not None
+    empty_i = np.zeros(1, dtype=np.int64)
+    nonfinite_groups = np.zeros(s * p, dtype=np.int64)
+    row, code = _token_pass(
+        group, bucket, target, target_logprob.astype(np.float64, copy=False),
+        np.zeros(n, dtype=np.int64) if target_bytes is None else target_bytes.astype(np.int64, copy=False),
+        topk_offsets.astype(np.int64, copy=False) if has_topk else empty_i,
+        topk_ids.astype(np.int64, copy=False) if has_topk else empty_i,
+        topk_logprobs.astype(np.float64, copy=False) if has_topk else np.zeros(1),
+        has_topk, int(topk), int(vocab_size), bool(count_nonfinite), p, int(n_buckets), cells, cells_comp,
+        ece, ece_comp, state.token_n, state.token_ce, state.token_ce_comp, state.token_rank1, state.token_listed,
+        nonfinite_groups, int(n_bins),
+    )
+    if row >= 0:
+        return state, int(row), *REASONS[int(code)]
+    state.nonfinite[:] = nonfinite_groups.reshape(s, p).sum(axis=1)
+    if ignored is not None:
+        state.ignored[:] = ignored
+    return state, -1, "", ""
+
+
+def add_documents(state: TokenStats, slice_ids: np.ndarray, buckets: np.ndarray, n_bytes: np.ndarray | None,
+                  n_words: np.ndarray | None) -> TokenStats:
+    """`state` with the documents of a documents-layout batch counted (one per row), and
+    their byte and word counts where given."""
+    docs = np.zeros_like(state.docs)
+    np.add.at(docs[..., 0], (slice_ids, buckets), 1)
+    if n_bytes is not None:
+        np.add.at(docs[..., 1], (slice_ids, buckets), n_bytes.astype(np.int64))
+    if n_words is not None:
+        np.add.at(docs[..., 2], (slice_ids, buckets), n_words.astype(np.int64))
+    return replace(state, docs=state.docs + docs, has_doc_counts=True)
+
+
+# --------------------------------------------------------------------------- finalize
+
+
+def _jackknife(ratio, per_bucket: np.ndarray, used: np.ndarray, level: float):
+    """Point value and jackknife bounds of ``ratio(sums)``, sums over the bucket axis
+    (axis 1 of `per_bucket`); `ratio` reduces the trailing axes after it."""
+    total = per_bucket.sum(axis=1)
+    value = ratio(total)
+    leave_one_out = ratio(total[:, None] - per_bucket)
+    lo, hi = jackknife_bounds(value.reshape(-1), leave_one_out.reshape(-1, used.shape[-1]),
+                              used.reshape(-1, used.shape[-1]), level)
+    return value, lo.reshape(value.shape), hi.reshape(value.shape)
+
+
+def _divide(a, b):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(b > 0, a / np.where(b > 0, b, 1), np.nan)
+
+
+def _ece(bins: np.ndarray) -> np.ndarray:
+    """ECE from (..., n_bins, 3) sums: Σ_b |Σcorrect - Σconfidence| / count."""
+    count = bins[..., 0].sum(axis=-1)
+    gap = np.abs(bins[..., 2] - bins[..., 1]).sum(axis=-1)
+    return _divide(gap, count)
+
+
+@dataclass
+class TokenReport:
+    """The finalized token report: column dicts of NumPy arrays per table, keyed by
+    slice index (-1 = all slices) where a table is per slice."""
+
+    summary: dict[str, np.ndarray]
+    positions: dict[str, np.ndarray]
+    frequency: dict[str, np.ndarray]
+    per_token: dict[str, np.ndarray]
+    units: str
+
+    @classmethod
+    def of(cls, state: TokenStats, base="e", level: float = DEFAULT_LEVEL) -> "TokenReport":
+        scale = 1.0 / math.log(2) if base == 2 else 1.0
+        units = "bits" if base == 2 else "nats"
+        cells = state.cells + state.cells_comp  # (S, P, K, F)
+        ece = state.ece + state.ece_comp
+        # slice rows: every slice, then all slices together (index -1)
+        by_slice = np.concatenate([cells.sum(axis=1), cells.sum(axis=(0, 1))[None]], axis=0)  # (S+1, K, F)
+        ece_slice = np.concatenate([ece, ece.sum(axis=0)[None]], axis=0)
+        docs = np.concatenate([state.docs, state.docs.sum(axis=0)[None]], axis=0).astype(np.float64)
+        slice_index = np.append(np.arange(len(state.slice_keys)), -1)
+        summary = {"slice": slice_index}
+        summary.update(_token_metrics(by_slice, scale, level))
+        used = by_slice[..., F["tokens"]] > 0
+        total_ce = by_slice[..., F["ce"]].sum(axis=-1)
+        summary["ece"], summary["ece_lo"], summary["ece_hi"] = _jackknife(
+            _ece, ece_slice, ece_slice[..., 0].sum(axis=-1) > 0, level)
+        doc_total = docs.sum(axis=1)
+        summary["documents"] = doc_total[:, 0].astype(np.int64) if state.has_doc_counts else np.full(len(slice_index), -1)
+        word_bytes = np.concatenate([by_slice[..., [F["ce"]]], docs[..., 1:]], axis=-1)  # (S+1, K, 3)
+        if state.has_doc_counts and (doc_total[:, 1] > 0).any() and not state.has_bytes:
+            summary["bits_per_byte"], summary["bits_per_byte_lo"], summary["bits_per_byte_hi"] = _jackknife(
+                lambda s: _divide(s[..., 0], s[..., 1]) / math.log(2), word_bytes, used, level)
+            summary["byte_perplexity"] = np.exp(_divide(total_ce, doc_total[:, 1]))
+        if state.has_doc_counts and (doc_total[:, 2] > 0).any():
+            value, lo, hi = _jackknife(lambda s: _divide(s[..., 0], s[..., 2]), word_bytes, used, level)
+            summary["word_perplexity"], summary["word_perplexity_lo"], summary["word_perplexity_hi"] = (
+                np.exp(value), np.exp(lo), np.exp(hi))
+        summary["n_nonfinite"] = np.append(state.nonfinite, state.nonfinite.sum())
+        summary["n_ignored"] = np.append(state.ignored, state.ignored.sum())
+
+        # position buckets, per slice and over all slices
+        s, p = cells.shape[:2]
+        by_position = np.concatenate([cells, cells.sum(axis=0)[None]], axis=0)  # (S+1, P, K, F)
+        positions = {"slice": np.repeat(slice_index, p), "position_from": np.tile(np.array(state.position_edges), s + 1)}
+        positions.update({name: values.reshape(-1) for name, values in
+                          _token_metrics(by_position.reshape((s + 1) * p, *cells.shape[2:]), scale, level).items()})
+
+        # per token id, and the frequency-rank buckets over all slices
+        token_n = state.token_n
+        token_ce = state.token_ce + state.token_ce_comp
+        count = token_n.sum(axis=1)
+        seen = np.flatnonzero(count)
+        order = seen[np.lexsort((seen, -count[seen]))]  # most frequent first, ties by id
+        rank = np.zeros(len(count), dtype=np.int64)
+        rank[order] = np.arange(1, len(order) + 1)
+        pair = np.stack([token_n.astype(np.float64), token_ce], axis=-1)  # (V, K, 2)
+        value, lo, hi = _jackknife(lambda x: _divide(x[..., 1], x[..., 0]) * scale, pair[seen], token_n[seen] > 0, level)
+        per_token = {
+            "target": seen, "frequency_rank": rank[seen], "tokens": count[seen], "ce_sum": token_ce[seen].sum(axis=1) * scale,
+            "ce_mean": value, "ce_mean_lo": lo, "ce_mean_hi": hi,
+            "listed_tokens": state.token_listed[seen],
+            "top1_accuracy": _divide(state.token_rank1[seen].astype(np.float64), state.token_listed[seen]),
+        }
+        edges = frequency_edges(max(len(order), 1))
+        which = np.searchsorted(edges, rank[seen], side="right") - 1
+        freq = np.zeros((len(edges), pair.shape[1], 2))
+        np.add.at(freq, which, pair[seen])
+        value, lo, hi = _jackknife(lambda x: _divide(x[..., 1], x[..., 0]) * scale, freq,
+                                   freq[..., 0] > 0, level)
+        listed = np.zeros(len(edges)); rank1 = np.zeros(len(edges))
+        np.add.at(listed, which, state.token_listed[seen]); np.add.at(rank1, which, state.token_rank1[seen])
+        frequency = {
+            "rank_from": edges, "rank_to": np.append(edges[1:] - 1, -1),
+            "distinct_targets": np.bincount(which, minlength=len(edges)),
+            "tokens": freq[..., 0].sum(axis=1).astype(np.int64), "ce_mean": value, "ce_mean_lo": lo, "ce_mean_hi": hi,
+            "perplexity": np.exp(value / scale), "top1_accuracy": _divide(rank1, listed),
+        }
+        return cls(summary, positions, frequency, per_token, units)
+
+
+def _token_metrics(sums: np.ndarray, scale: float, level: float) -> dict[str, np.ndarray]:
+    """The token-weighted metrics of rows of (K, F) sums, with jackknife intervals."""
+    used = sums[..., F["tokens"]] > 0
+    total = sums.sum(axis=-2)
+    out: dict[str, np.ndarray] = {"tokens": total[..., F["tokens"]].astype(np.int64)}
+    ce, lo, hi = _jackknife(lambda x: _divide(x[..., F["ce"]], x[..., F["tokens"]]), sums, used, level)
+    out["ce_mean"], out["ce_mean_lo"], out["ce_mean_hi"] = ce * scale, lo * scale, hi * scale
+    out["perplexity"], out["perplexity_lo"], out["perplexity_hi"] = np.exp(ce), np.exp(lo), np.exp(hi)
+    out["bits_per_byte"], out["bits_per_byte_lo"], out["bits_per_byte_hi"] = _jackknife(
+        lambda x: _divide(x[..., F["ce"]], x[..., F["bytes"]]) / math.log(2), sums, used, level)
+    out["byte_perplexity"] = np.exp(_divide(total[..., F["ce"]], total[..., F["bytes"]]))
+    listed = sums[..., F["listed_tokens"]] > 0
+    out["listed_tokens"] = total[..., F["listed_tokens"]].astype(np.int64)
+    for name in ("rank_1", "inside_topk", "rank_2_5", "rank_6_up", "unlisted"):
+        label = {"rank_1": "top1_accuracy", "inside_topk": "topk_share"}.get(name, f"share_{name}")
+        value, lo, hi = _jackknife(lambda x, i=F[name]: _divide(x[..., i], x[..., F["listed_tokens"]]),
+                                   sums, listed, level)
+        out[label] = value
+        if name in ("rank_1", "inside_topk"):
+            out[f"{label}_lo"], out[f"{label}_hi"] = lo, hi
+    value, lo, hi = _jackknife(lambda x: _divide(x[..., F["entropy_lb"]], x[..., F["listed_tokens"]]),
+                               sums, listed, level)
+    out["entropy_lower_bound"], out["entropy_lower_bound_lo"], out["entropy_lower_bound_hi"] = (
+        value * scale, lo * scale, hi * scale)
+    return out
