@@ -30,6 +30,7 @@ from xent_kernels.drift import PerSampleKL, per_sample_kl_partial
 from xent_kernels.mergeable import Mergeable, merge_states
 from xent_kernels.statistics import canonical_rows
 from xent_kernels.paired import PairedStats, paired_partial
+from xent_kernels.tokens import TokenStats, token_stats_partial
 
 KEYS = [("a",), ("b",), (None,)]
 K = 4  # jackknife buckets
@@ -63,8 +64,12 @@ class Rows:
     def slices(self) -> dict[str, Any]:
         """The slices of these rows alone, as a batch declares them: shards' states have
         different slices."""
-        present = np.unique(self.slice_ids)
-        return dict(slice_ids=np.searchsorted(present, self.slice_ids), slice_keys=[KEYS[i] for i in present])
+        return self.slices_of(np.ones(len(self.slice_ids), dtype=bool))
+
+    def slices_of(self, rows: np.ndarray) -> dict[str, Any]:
+        """The slices of the rows where `rows` is True, as ``slices``."""
+        present = np.unique(self.slice_ids[rows])
+        return dict(slice_ids=np.searchsorted(present, self.slice_ids[rows]), slice_keys=[KEYS[i] for i in present])
 
 
 def make_rows(n: int, n_classes: int, kind: str, seed: int, scale: float = 3.0, dtype: type = np.float64,
@@ -185,6 +190,36 @@ class MergeCase:
         return self.type.__name__
 
 
+def _token_stats(rows: Rows) -> TokenStats:
+    """The rows as scored tokens: the true class the target (an ignored row's class 0),
+    its log-probability under the second model, each row's top-3 as its list."""
+    log_probs = log_softmax(rows.second.astype(np.float64), axis=1)
+    target = np.maximum(rows.labels, 0)
+    keep = np.isfinite(log_probs).all(axis=1)
+    k = min(3, rows.n_classes)
+    top = np.argsort(-log_probs, axis=1, kind="stable")[:, :k]
+    state, bad, column, reason = token_stats_partial(
+        target[keep], log_probs[keep, target[keep]], **rows.take(slice(None)).slices_of(keep),
+        positions=rows.ids[keep] % 37, buckets=rows.buckets[keep], n_buckets=K, n_bins=N_BINS,
+        topk_offsets=np.arange(0, k * keep.sum() + 1, k), topk_ids=top[keep].reshape(-1),
+        topk_logprobs=np.take_along_axis(log_probs, top, axis=1)[keep].reshape(-1))
+    assert bad == -1, (bad, column, reason)
+    return state
+
+
+def _token_bits(state: TokenStats) -> dict[str, Any]:
+    names = ("cells", "cells_comp", "ece", "ece_comp", "docs", "nonfinite", "ignored", "token_n", "token_ce",
+             "token_ce_comp", "token_rank1", "token_listed")
+    return {"keys": state.slice_keys, **{name: getattr(state, name) for name in names}}
+
+
+def _token_values(state: TokenStats) -> dict[str, tuple[np.ndarray, float, float]]:
+    report = state.finalize()
+    return {f"{table}.{name}": (np.asarray(values), 1e-12, 1e-15) for table in ("summary", "positions", "frequency",
+                                                                             "per_token")
+            for name, values in getattr(report, table).items()}
+
+
 MERGEABLES = [
     MergeCase(
         ClassStats, _class_stats,
@@ -212,6 +247,11 @@ MERGEABLES = [
         lambda r: {**_class_stats_values(r.stats), "rows": (np.array(r.rows_read), 0.0, 0.0),
                    "bad": (np.array([(b.url, b.reason, b.rows) for b in r.bad_shards], object), 0.0, 0.0),
                    "probs": (np.array(r.probability_like, object), 0.0, 0.0)},
+    ),
+    MergeCase(
+        TokenStats, _token_stats,
+        lambda rows: TokenStats.empty(n_buckets=K, n_bins=N_BINS),
+        _token_bits, _token_values,
     ),
     MergeCase(
         JoinResult, _join_result,
@@ -271,9 +311,10 @@ def test_the_table_holds_every_mergeable_type():
     import xent_kernels.drift
     import xent_kernels.paired
     import xent_kernels.stats
+    import xent_kernels.tokens
 
-    declared = {value for module in (xent_kernels.stats, xent_kernels.paired, xent_kernels.drift, flows.engine.pieces,
-                                     flows.monitor.join)
+    declared = {value for module in (xent_kernels.stats, xent_kernels.paired, xent_kernels.drift, xent_kernels.tokens,
+                                     flows.engine.pieces, flows.monitor.join)
                 for value in vars(module).values()
                 if isinstance(value, type) and value.__module__ == module.__name__ and issubclass(value, Mergeable)}
     assert declared == {case.type for case in MERGEABLES}
