@@ -8,34 +8,57 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..errors import XentError
+from ..errors import UsageError, XentError
 from .running import pipelines, run_flow
 
 
+# The options that only one family of dumps takes, by argparse dest.
+_CLASSIFIER_OPTIONS = {"rows": "--rows", "classes": "--classes", "dtype": "--dtype", "hive": "--hive",
+                       "weights": "--weights", "drift": "--drift", "bad": "--bad"}
+_TOKEN_OPTIONS = {"tokens": "--tokens", "vocab": "--vocab", "topk": "--topk", "shift": "--shift"}
+_TOKEN_LAYOUTS = ("token_rows", "documents")
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
+    tokens = args.kind == "tokens"
+    foreign = _CLASSIFIER_OPTIONS if tokens else _TOKEN_OPTIONS
+    given = [flag for dest, flag in foreign.items() if getattr(args, dest) not in (None, False)]
+    if given:
+        family, other = ("token dumps (--kind tokens)", "classifier dumps") if tokens else \
+            (f"classifier dumps (--kind {args.kind})", "token dumps (--kind tokens)")
+        raise UsageError(f"{', '.join(given)}: only for {other}, not {family}; drop {'it' if len(given) == 1 else 'them'}")
+    if args.layout is not None and (args.layout in _TOKEN_LAYOUTS) != tokens:
+        wanted = "token_rows or documents" if tokens else "fixed_size_list, list, wide or binary"
+        raise UsageError(f"--layout {args.layout} does not go with --kind {args.kind}; use {wanted}")
+
+    def name_values(items: list[str]) -> dict[str, list[str]]:
+        pairs = [item.partition("=") for item in items]
+        return {name: values.split(",") for name, _, values in pairs}
+
+    # Only what was given: the generators' own defaults fill in the rest.
+    options = {name: value for name, value in (
+        ("layout", args.layout), ("shards", args.shards), ("seed", args.seed), ("shuffle", args.shuffle),
+        ("overwrite", args.overwrite), ("slices", name_values(args.slice) if args.slice else None),
+    ) if value is not None}
+    if tokens:
+        from ..generate.tokens import generate_token_dump
+
+        options.update({name: value for name, value in (
+            ("tokens", args.tokens), ("vocab_size", args.vocab), ("topk", args.topk), ("shift", args.shift),
+        ) if value is not None})
+        token_dump = generate_token_dump(args.out, **options)
+        print(f"wrote {token_dump.tokens:,} tokens of {token_dump.documents:,} documents in {len(token_dump.files)} "
+              f"files under {token_dump.root}")
+        return 0
+
     from ..generate.dump import generate_dump
 
-    def name_values(items: list[str] | None) -> dict[str, list[str]] | None:
-        pairs = [item.partition("=") for item in items or []]
-        return {name: values.split(",") for name, _, values in pairs} or None
-
-    dump = generate_dump(
-        args.out,
-        rows=args.rows,
-        classes=args.classes,
-        shards=args.shards,
-        layout=args.layout,
-        kind=args.kind,
-        dtype=args.dtype,
-        slices=name_values(args.slice),
-        hive=name_values(args.hive),
-        weights=args.weights,
-        drift=args.drift,
-        seed=args.seed,
-        shuffle=args.shuffle,
-        bad_shards={k: int(v) for k, v in (item.split("=") for item in args.bad or [])} or None,
-        overwrite=args.overwrite,
-    )
+    options.update({name: value for name, value in (
+        ("rows", args.rows), ("classes", args.classes), ("dtype", args.dtype), ("drift", args.drift),
+        ("hive", name_values(args.hive) if args.hive else None),
+        ("bad_shards", {k: int(v) for k, v in (item.split("=") for item in args.bad)} if args.bad else None),
+    ) if value is not None})
+    dump = generate_dump(args.out, kind=args.kind, weights=args.weights, **options)
     print(f"wrote {dump.rows:,} rows in {len(dump.files)} files under {dump.root}")
     return 0
 

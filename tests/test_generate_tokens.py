@@ -1,0 +1,311 @@
+"""flows.generate.tokens: synthetic language-model token dumps (issue #18), read back from
+real Parquet files with plain pyarrow and numpy: the column contract, determinism, the two
+layouts and any sharding holding the same tokens, the top-k invariants, the data model's
+shape (Zipf targets, correlated documents, position and frequency effects) and the shift
+of the second model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+
+from flows.cli.commands import main
+from flows.generate import TokenDump, generate_token_dump
+from flows.generate.tokens import TARGET_OMITTED_SHARE
+from flows.inputs.integrity import inspect_integrity
+
+TOKEN_COLUMNS = ("target", "target_logprob", "topk_ids", "topk_logprobs", "target_bytes")
+
+
+def gen(root, name="dump", **kwargs) -> TokenDump:
+    kwargs.setdefault("tokens", 20_000)
+    kwargs.setdefault("shards", 3)
+    return generate_token_dump(root / name, **kwargs)
+
+
+def read_table(dump: TokenDump) -> pa.Table:
+    """Every shard, in file order."""
+    return pa.concat_tables([pq.read_table(path) for path in dump.files])
+
+
+def token_rows(dump: TokenDump) -> pa.Table:
+    """The dump as token rows, in file order: a documents dump's lists exploded."""
+    table = read_table(dump)
+    if dump.layout == "token_rows":
+        return table
+    lengths = pc.list_value_length(table.column("target")).to_numpy()
+    first = np.cumsum(lengths) - lengths
+    columns = {
+        "doc_id": pa.array(np.repeat(table.column("doc_id").to_numpy(), lengths)),
+        "position": pa.array((np.arange(lengths.sum()) - np.repeat(first, lengths)).astype(np.int32)),
+    }
+    for name in TOKEN_COLUMNS:
+        if name in table.column_names:
+            columns[name] = pc.list_flatten(table.column(name))
+    repeat = pa.array(np.repeat(np.arange(table.num_rows), lengths))
+    for name in dump.slice_columns:
+        columns[name] = table.column(name).take(repeat)
+    return pa.table(columns)
+
+
+def by_key(table: pa.Table) -> pa.Table:
+    return table.sort_by([("doc_id", "ascending"), ("position", "ascending")])
+
+
+def cross_entropy(table: pa.Table) -> np.ndarray:
+    return -table.column("target_logprob").to_numpy().astype(np.float64)
+
+
+def row_lists(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(entries per row, ids, float64 logprobs) of the top-k lists, concatenated."""
+    ids = table.column("topk_ids").combine_chunks()
+    lengths = pc.list_value_length(ids).to_numpy()
+    logprobs = pc.list_flatten(table.column("topk_logprobs")).to_numpy().astype(np.float64)
+    return lengths, pc.list_flatten(ids).to_numpy(), logprobs
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory) -> pa.Table:
+    """200k tokens with top-20 lists, for the statistical checks."""
+    dump = generate_token_dump(tmp_path_factory.mktemp("big"), tokens=200_000, topk=20, shards=2)
+    return read_table(dump)
+
+
+@pytest.mark.parametrize("layout", ["token_rows", "documents"])
+def test_columns_types_and_checksums(tmp_path, layout):
+    dump = gen(tmp_path, layout=layout, topk=5, slices={"source": ["web", "code"], "domain": ["a", "b", "c"]})
+    assert dump.tokens == 20_000 and dump.layout == layout and dump.vocab_size == 32_000 and dump.topk == 5
+    assert [path.rsplit("/", 1)[1] for path in dump.files] == [f"part-0000{k}.parquet" for k in range(3)]
+    schema = pq.read_schema(dump.files[0])
+    token_types = {"target": pa.int32(), "target_logprob": pa.float32(), "topk_ids": pa.list_(pa.int32()),
+                   "topk_logprobs": pa.list_(pa.float32()), "target_bytes": pa.int32()}
+    if layout == "token_rows":
+        expected = {"doc_id": pa.int64(), "position": pa.int32(), **token_types}
+    else:
+        expected = {"doc_id": pa.int64(), **{name: pa.list_(t) for name, t in token_types.items()},
+                    "n_bytes": pa.int64(), "n_words": pa.int64()}
+    expected.update(source=pa.string(), domain=pa.string())
+    assert {name: schema.field(name).type for name in schema.names} == expected
+    table = read_table(dump)
+    assert len(token_rows(dump)) == 20_000
+    assert len(np.unique(table.column("doc_id").to_numpy())) == dump.documents
+    for path in dump.files:
+        parquet = pq.ParquetFile(path)
+        assert inspect_integrity(parquet, path, parquet.schema_arrow.names, {})
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path):
+    first, again = gen(tmp_path, "a", topk=3), gen(tmp_path, "b", topk=3)
+    other = gen(tmp_path, "c", topk=3, seed=1)
+    for x, y in zip(first.files, again.files):
+        assert open(x, "rb").read() == open(y, "rb").read()
+    assert not read_table(first).equals(read_table(other))
+
+
+def test_both_layouts_hold_the_same_tokens(tmp_path):
+    for shuffle in (False, True):
+        rows = gen(tmp_path, f"rows{shuffle}", topk=4, shuffle=shuffle)
+        documents = gen(tmp_path, f"docs{shuffle}", topk=4, layout="documents", shuffle=shuffle)
+        assert rows.documents == documents.documents
+        if not shuffle:  # the same file order too
+            assert token_rows(documents).equals(token_rows(rows))
+        assert by_key(token_rows(documents)).equals(by_key(token_rows(rows)))
+
+
+@pytest.mark.parametrize("layout", ["token_rows", "documents"])
+def test_shards_and_shuffle_only_reorder(tmp_path, layout):
+    base = by_key(token_rows(gen(tmp_path, "base", layout=layout, shards=1, topk=3)))
+    for shards in (2, 5):
+        for shuffle in (False, True):
+            dump = gen(tmp_path, f"s{shards}{shuffle}", layout=layout, shards=shards, shuffle=shuffle, topk=3)
+            assert len(dump.files) == shards
+            rows = token_rows(dump)
+            assert by_key(rows).equals(base)
+            keys = rows.column("doc_id").to_numpy() * 4096 + rows.column("position").to_numpy()
+            assert (np.diff(keys) > 0).all() != shuffle  # unshuffled files are in token order
+    shuffled = gen(tmp_path, "spread", layout=layout, shards=4, shuffle=True)
+    per_file = [set(pq.read_table(path, columns=["doc_id"]).column("doc_id").to_numpy()) for path in shuffled.files]
+    if layout == "token_rows":  # a document's tokens are scattered over the shards
+        assert len(per_file[0] & per_file[1]) > 0
+    else:  # each document whole in one shard
+        assert sum(len(ids) for ids in per_file) == shuffled.documents
+
+
+def test_fewer_tokens_are_a_prefix(tmp_path):
+    small, large = gen(tmp_path, "small", tokens=3_001, topk=3), gen(tmp_path, "large", topk=3)
+    assert token_rows(small).equals(token_rows(large).slice(0, 3_001))
+    lengths = np.bincount(token_rows(small).column("doc_id").to_numpy())
+    assert lengths.sum() == 3_001 and (lengths[:-1] >= 8).all() and (lengths <= 4096).all()
+
+
+def test_empty_dump_and_empty_shards(tmp_path):
+    empty = gen(tmp_path, "empty", tokens=0, topk=2)
+    assert empty.documents == 0 and len(empty.files) == 3 and len(read_table(empty)) == 0
+    sparse = gen(tmp_path, "sparse", tokens=300, shards=6, layout="documents", topk=2)
+    assert sum(pq.read_metadata(path).num_rows for path in sparse.files) == sparse.documents
+    assert len(token_rows(sparse)) == 300
+
+
+@pytest.mark.parametrize("k,vocab,shift", [(6, 1_000, 0.0), (6, 1_000, 1.0), (48, 50, 0.0), (48, 50, 2.0)])
+def test_top_k_invariants(tmp_path, k, vocab, shift):
+    dump = gen(tmp_path, topk=k, vocab_size=vocab, shift=shift)
+    table = read_table(dump)
+    target = table.column("target").to_numpy()
+    target_logprob = table.column("target_logprob").to_numpy().astype(np.float64)
+    assert (target_logprob <= 0).all() and np.isfinite(target_logprob).all()
+    assert ((target >= 0) & (target < vocab)).all()
+    lengths, ids, logprobs = row_lists(table)
+    assert set(np.unique(lengths)) == {k, k + 1}
+    assert (logprobs <= 0).all() and np.isfinite(logprobs).all()
+    rows = np.repeat(np.arange(len(table)), lengths)
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    # Distinct ids within a row.
+    order = np.lexsort((ids, rows))
+    assert not ((np.diff(ids[order]) == 0) & (np.diff(rows[order]) == 0)).any()
+    # A tail mass remains.
+    assert (np.add.reduceat(np.exp(logprobs), starts) < 1.0).all()
+    # Listed in non-increasing order.
+    same_row = np.diff(rows) == 0
+    assert (np.diff(logprobs)[same_row] <= 0).all()
+    # The target's entry, where listed, is its logprob; k + 1 entries always hold it, last.
+    is_target = ids == target[rows]
+    listed = np.add.reduceat(is_target.astype(np.int64), starts) == 1
+    assert_array_equal(logprobs[is_target], target_logprob[rows[is_target]])
+    assert listed[lengths == k + 1].all() and is_target[ends[lengths == k + 1] - 1].all()
+    # A stated share of the rows whose target is outside the top k lists the top k only.
+    outside = (lengths == k + 1) | ~listed
+    top1 = (ids[starts] == target).mean()
+    if vocab == 1_000:  # enough rows outside the top k
+        assert outside.sum() > 1_000 and abs((~listed).sum() / outside.sum() - TARGET_OMITTED_SHARE) < 0.02
+        assert (0.4 <= top1 <= 0.6) if shift == 0 else top1 < 0.4
+
+
+def test_bytes_and_words(tmp_path):
+    dump = gen(tmp_path, layout="documents")
+    table = read_table(dump)
+    rows = token_rows(dump)
+    target, token_bytes = rows.column("target").to_numpy(), rows.column("target_bytes").to_numpy()
+    assert ((token_bytes >= 1) & (token_bytes <= 12)).all() and 3.0 < token_bytes.mean() < 5.0
+    first_bytes = np.full(32_000, -1)
+    first_bytes[target] = token_bytes
+    assert_array_equal(first_bytes[target], token_bytes)  # a function of the id
+    sums = np.array([sum(x) for x in table.column("target_bytes").to_pylist()])
+    extra = table.column("n_bytes").to_numpy() - sums
+    assert set(np.unique(extra)) == {0, 1, 2, 3}
+    bytes_per_word = table.column("n_bytes").to_numpy() / table.column("n_words").to_numpy()
+    assert ((bytes_per_word > 4.0) & (bytes_per_word < 6.0)).all()
+    no_bytes = gen(tmp_path, "plain", layout="documents", with_bytes=False)
+    assert not {"target_bytes", "n_bytes", "n_words"} & set(pq.read_schema(no_bytes.files[0]).names)
+
+
+def test_targets_follow_zipf(big):
+    target = big.column("target").to_numpy()
+    counts = np.sort(np.bincount(target, minlength=32_000))[::-1]
+    zipf = np.arange(1, 32_001) ** -1.1
+    zipf /= zipf.sum()
+    assert_allclose(counts[:10] / len(target), zipf[:10], rtol=0.1)
+    assert_allclose(counts[:1000].sum() / len(target), zipf[:1000].sum(), rtol=0.02)
+    # Ids are a permutation of frequency ranks: the most frequent ids are not 0, 1, 2, ...
+    top = np.argsort(np.bincount(target, minlength=32_000))[::-1][:10]
+    assert set(top) != set(range(10))
+
+
+def test_difficulty_effects(big):
+    ce = cross_entropy(big)
+    assert 2.0 < ce.mean() < 3.0
+    doc = big.column("doc_id").to_numpy()
+    lengths = np.bincount(doc)
+    long_documents = np.flatnonzero(lengths >= 50)  # long enough for a mean
+
+    def between_document_variance(values):
+        sums = np.bincount(doc, weights=values, minlength=len(lengths))
+        return (sums[long_documents] / lengths[long_documents]).var()
+
+    iid = np.random.default_rng(0).permutation(ce)  # the same tokens without their documents
+    assert between_document_variance(ce) > 3 * between_document_variance(iid)
+    position = big.column("position").to_numpy()
+    assert ce[position < 4].mean() > ce[position >= 64].mean() + 1.0
+    target = big.column("target").to_numpy()
+    counts = np.bincount(target)
+    rank = np.argsort(np.argsort(-counts, kind="stable"), kind="stable")[target]
+    assert ce[rank >= 1000].mean() > ce[rank < 10].mean() + 1.0
+
+
+def test_shift_moves_the_target_logprob_as_documented(tmp_path):
+    first, second = gen(tmp_path, "first", topk=5), gen(tmp_path, "second", topk=5, shift=0.5)
+    a, b = read_table(first), read_table(second)
+    for name in ("doc_id", "position", "target", "target_bytes", "source"):
+        assert a.column(name).equals(b.column(name))
+    t1, t2 = a.column("target_logprob").to_numpy().astype(float), b.column("target_logprob").to_numpy().astype(float)
+    drop = t1 - t2
+    assert (drop >= -1e-5).all() and abs(drop.mean() - 0.5) < 0.03
+    # Every other token's logprob rises by log((1 - p2) / (1 - p1)), the same within a row.
+    rise = np.log(-np.expm1(t2)) - np.log(-np.expm1(t1))
+    lengths1, ids1, lp1 = row_lists(a)
+    lengths2, ids2, lp2 = row_lists(b)
+    starts1, starts2 = np.cumsum(lengths1) - lengths1, np.cumsum(lengths2) - lengths2
+    target = a.column("target").to_numpy()
+    for row in range(0, len(a), 7):
+        one = dict(zip(ids1[starts1[row]:starts1[row] + lengths1[row]], lp1[starts1[row]:starts1[row] + lengths1[row]]))
+        two = dict(zip(ids2[starts2[row]:starts2[row] + lengths2[row]], lp2[starts2[row]:starts2[row] + lengths2[row]]))
+        for token in (one.keys() & two.keys()) - {target[row]}:
+            assert_allclose(two[token] - one[token], rise[row], atol=2e-6 + 1e-6 * abs(one[token]))
+    unshifted = gen(tmp_path, "zero", topk=5, shift=0.0)
+    for x, y in zip(first.files, unshifted.files):
+        assert open(x, "rb").read() == open(y, "rb").read()
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(layout="list"), "layout must be one of"),
+    (dict(topk=31_999), "needs vocab_size >= 32001"),
+    (dict(vocab_size=1), "vocab_size must be"),
+    (dict(shift=-0.1), "shift must be"),
+    (dict(tokens=-1), "tokens must be"),
+    (dict(slices={"target": ["a"]}), "clashes with a token column"),
+    (dict(slices={"source": []}), "needs at least one value"),
+])
+def test_rejects_bad_arguments(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        gen(tmp_path, **kwargs)
+    assert not (tmp_path / "dump").exists()
+
+
+def test_cli_writes_a_token_dump(tmp_path, capsys):
+    out = tmp_path / "lm"
+    code = main(["generate", str(out), "--kind", "tokens", "--tokens", "5000", "--vocab", "500", "--topk", "4",
+                 "--layout", "documents", "--slice", "domain=news,code", "--shards", "2", "--seed", "3", "--shift", "0.2"])
+    assert code == 0
+    assert "5,000 tokens" in capsys.readouterr().out
+    generate_token_dump(tmp_path / "api", tokens=5000, vocab_size=500, topk=4, layout="documents",
+                        slices={"domain": ["news", "code"]}, shards=2, seed=3, shift=0.2)
+    assert pq.read_table(out).equals(pq.read_table(tmp_path / "api"))
+    assert main(["generate", str(tmp_path / "default"), "--kind", "tokens", "--tokens", "1000"]) == 0
+    assert pq.read_schema(next((tmp_path / "default").glob("*.parquet"))).names == [
+        "doc_id", "position", "target", "target_logprob", "target_bytes", "source"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--kind", "tokens", "--rows", "10"], "--rows: only for classifier dumps"),
+    (["--kind", "tokens", "--drift", "1", "--weights"], "--weights, --drift: only for classifier dumps"),
+    (["--topk", "5"], "--topk: only for token dumps"),
+    (["--layout", "documents"], "--layout documents does not go with --kind logits"),
+    (["--kind", "tokens", "--layout", "wide"], "--layout wide does not go with --kind tokens"),
+    (["--kind", "tokens", "--topk", "40", "--vocab", "40"], "needs vocab_size >= 42"),
+])
+def test_cli_rejects_meaningless_combinations(tmp_path, capsys, argv, message):
+    assert main(["generate", str(tmp_path / "out"), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_classifier_dumps_still_work(tmp_path):
+    assert main(["generate", str(tmp_path / "c"), "--rows", "300", "--classes", "3", "--shards", "2",
+                 "--slice", "model=a,b", "--drift", "0.5"]) == 0
+    table = pq.read_table(tmp_path / "c")
+    assert table.num_rows == 300 and {"id", "label", "logits", "model"} <= set(table.column_names)
