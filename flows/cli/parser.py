@@ -8,6 +8,7 @@ from ..errors import EXIT_CODES_HELP
 from ..kinds import KINDS, TOKENS
 from ..metadata import VERSION
 from .compare import cmd_compare
+from .convert import cmd_convert
 from .demo import cmd_demo, cmd_generate
 from .drift import cmd_drift
 from .evaluate import cmd_eval, cmd_report
@@ -126,6 +127,20 @@ def build_parser() -> argparse.ArgumentParser:
     tokens.add_argument("--shift", type=float, metavar="S", help="a second model of the same tokens whose target "
                         "log-probabilities are S nats lower on average (default: 0, the first model)")
     p.set_defaults(handler=cmd_generate)
+
+    p = sub.add_parser("convert", help="write vLLM prompt log-probs or OpenAI chat-completion log-probs as a token dump")
+    p.add_argument("format", choices=["vllm", "openai"],
+                   help="vllm: JSONL of outputs with prompt_token_ids and prompt_logprobs (doc_id: request_id, else "
+                   "the record's 0-based index; position 0 is not scored); openai: JSONL of chat-completion responses "
+                   "or Batch API output (doc_id: 'ID:CHOICE'; OpenAI gives no token ids, so tokens are numbered by "
+                   "their bytes as first met and the numbering is written to _vocab.parquet in --out; top_logprobs "
+                   "entries of -9999.0 mean absent and are dropped, a target of -9999.0 is an error)")
+    p.add_argument("input", help="the JSONL file (.gz and other compressions by their suffix)")
+    p.add_argument("--out", required=True, help="dump folder: part-NNNNN.parquet shards, written atomically")
+    p.add_argument("--rows-per-shard", type=int, metavar="N", help="at most N tokens per shard (default 1,000,000)")
+    p.add_argument("--vocab", metavar="FILE", help="openai: the _vocab.parquet of an earlier conversion, so its "
+                   "tokens keep their ids (compare two models or two days by token id)")
+    p.set_defaults(handler=cmd_convert)
 
     p = sub.add_parser("demo", help="generate a dump, evaluate it on a local cluster, print the report")
     p.add_argument("--out", help="folder for dumps and reports (default: a new temporary folder)")
