@@ -427,3 +427,19 @@ def test_cli_usage_errors_exit_2(tmp_path, capsys):
 def test_the_help_states_the_default_shard_size():
     convert = next(a for a in build_parser()._actions if hasattr(a, "choices") and a.choices and "convert" in a.choices)
     assert f"(default {DEFAULT_ROWS_PER_SHARD:,})" in convert.choices["convert"].format_help().replace("\n", " ")
+
+
+def test_vllm_k_travels_with_the_dump_so_an_appended_target_is_outside_the_top_k(tmp_path):
+    """vLLM appends the prompt token when it is outside the top k: the converter writes k
+    (from the ranks) in the schema, and xent eval counts such targets outside."""
+    from flows import evaluate
+    from flows.report.writing import write_tables_atomically
+
+    outputs = [vllm_output(f"r{i}", [11, 12, 13, 14, 15, 16, 17], seed=i) for i in range(20)]
+    folder = tmp_path / "dump"
+    write_tables_atomically(convert_vllm(outputs).tables, str(folder))
+    inside = [token in entries and entries[token].rank <= 3 for output in outputs
+              for token, entries in zip(output.prompt_token_ids[1:], output.prompt_logprobs[1:])]
+    assert 0 < sum(inside) < len(inside)
+    summary = evaluate(folder, kind="tokens").summary.iloc[-1]
+    assert summary["topk_share"] == pytest.approx(sum(inside) / len(inside), rel=1e-12)

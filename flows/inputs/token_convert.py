@@ -70,6 +70,7 @@ import pyarrow.parquet as pq
 
 from ..errors import DataError, UsageError
 from .sources import filesystem
+from .tokens import TOPK_KEY
 
 DEFAULT_ROWS_PER_SHARD = 1_000_000
 LOGPROB_TOLERANCE = 1e-6  # rounding noise of a log-softmax, above 0
@@ -214,6 +215,9 @@ def _add_vllm_output(rows: _TokenRows, record: Any, where: str) -> None:
             topk[token] = _logprob(value, lambda: f"{field}[{key!r}].logprob")
             if token == target:
                 target_entry = entry
+            elif isinstance(rank := _field(entry, "rank"), int):
+                # vLLM's k: the others fill ranks 1..k (a target outside them is appended)
+                rows.topk = max(rows.topk, rank)
         if target_entry is _MISSING:
             raise DataError(f"{field}: no entry for the target token id {target} (prompt_token_ids[{position}]); "
                             "vLLM always includes the prompt token: are the two lists from the same prompt?")
@@ -334,6 +338,7 @@ class _TokenRows:
         self.any_topk = topk  # vLLM always has top-k lists; OpenAI only when asked for top_logprobs > 0
         self.bytes_where: tuple[bool, str] | None = None  # whether the first token had bytes, and where
         self.tokens = 0
+        self.topk = 0  # the top-k lists' k when the input says it (vLLM's ranks); 0 = unknown
 
     def start_document(self, doc_id: Any, where: str) -> None:
         if doc_id in self.documents:
@@ -381,7 +386,8 @@ class _TokenRows:
             columns["topk_logprobs"] = pa.ListArray.from_arrays(offsets, pa.array(np.asarray(shard["topk_logprobs"], np.float32)))
         if self.bytes_where and self.bytes_where[0]:
             columns["target_bytes"] = pa.array(np.asarray(shard["target_bytes"], np.int32))
-        return pa.table(columns)
+        # xent eval reads the k from here: a target ranked above it is outside the top-k
+        return pa.table(columns, metadata={TOPK_KEY: str(self.topk).encode()} if self.topk else None)
 
     def dump(self, doc_ids_are_strings: bool) -> TokenDump:
         if not self.tokens:
