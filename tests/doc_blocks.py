@@ -21,6 +21,7 @@ MARKERS = {
     "API": "tests/test_api.py",
     "REPORT_ROOT": "tests/test_nightly.py",
     "CHECKSUMS": "tests/test_first_day_report.py",
+    "TOKENS": "tests/test_tokens_eval.py",
 }
 
 # A fenced block: its indentation, the comment line before it (if any), its language and body.

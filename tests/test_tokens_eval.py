@@ -215,3 +215,24 @@ def test_the_document_bucket_interval_covers_where_tokens_are_correlated():
     share = {name: count / repetitions for name, count in covered.items()}
     assert 0.92 <= share["documents"] <= 0.98, share
     assert share["tokens"] < 0.85, share  # measured: documents 0.96, tokens 0.53
+
+
+def test_the_readme_token_example_runs_and_its_numbers_are_numpys(tmp_path, monkeypatch):
+    """README "Language-model token dumps": each command exits 0 in an empty folder, and the
+    overall perplexity is exp of NumPy's mean of -target_logprob over the dump."""
+    import shlex
+
+    from doc_blocks import marked_blocks
+    from flows.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (block,) = marked_blocks("TOKENS")
+    for line in block[1].splitlines():
+        assert main(shlex.split(line)[1:]) == 0, line
+    dump = pq.read_table(tmp_path / "lm").to_pandas()
+    summary = pq.read_table(tmp_path / "lm-report" / "token_summary.parquet").to_pandas()
+    overall = summary[summary["overall"]].iloc[0]
+    expected = math.exp(-dump["target_logprob"].astype(np.float64).mean())
+    assert overall["tokens"] == 200_000
+    assert overall["perplexity"] == pytest.approx(expected, rel=1e-12)
+    assert (tmp_path / "lm-report" / "report.html").is_file()
