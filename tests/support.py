@@ -410,3 +410,30 @@ def read_page_header(data: bytes | memoryview, offset: int = 0) -> PageHeader:
     if not all(isinstance(fields.get(i), int) for i in (1, 2, 3)):
         raise ValueError(f"not a Parquet page header at byte {offset}: fields {sorted(fields)}")
     return PageHeader(fields[1], fields[2], fields[3], fields.get(4), reader.pos - offset)
+
+
+# --------------------------------------------------------------------------- token dumps
+
+
+def random_tokens(seed: int, n: int = 3000, vocab: int = 40, k: int = 5, docs: int = 60):
+    """Tokens of `docs` documents scored by a random dense model over `vocab` ids, with
+    each token's top-k list (the target appended when outside, as vLLM lists it)."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 2, (n, vocab))
+    from scipy.special import log_softmax
+
+    logp = log_softmax(logits, axis=1)
+    target = rng.integers(0, vocab, n)
+    doc = rng.integers(0, docs, n)
+    position = rng.integers(0, 300, n)
+    order = np.argsort(-logp, axis=1, kind="stable")[:, :k]
+    ids, lps = [], []
+    for i in range(n):
+        row = list(order[i])
+        if target[i] not in row:
+            row.append(target[i])
+        ids.append(np.array(row))
+        lps.append(logp[i, row])
+    return dict(logp=logp, target=target, doc=doc, position=position, ids=ids, lps=lps,
+                target_logprob=logp[np.arange(n), target], bytes=rng.integers(1, 9, n),
+                slice=rng.integers(0, 2, n), bucket=doc % 7)

@@ -14,8 +14,7 @@ import pytest
 
 from flows import evaluate
 from flows.errors import DataError
-from support import run_cli
-from test_token_stats import random_tokens
+from support import random_tokens, run_cli
 
 COMPARED = ("token_summary", "token_positions", "token_frequency", "per_token")
 
