@@ -308,9 +308,17 @@ def row_columns(config: EvalConfig, schema: pa.Schema, where: str, hive: dict[st
     bucket_cols = config.bucket_columns() if config.n_buckets > 1 else ()
     if not all(name in names or name in hive for name in bucket_cols):
         bucket_cols = ()
+    hive_slices, slice_types = slice_columns(config.slice_by, schema, where, hive)
+    return tuple(bucket_cols), hive_slices, slice_types
+
+
+def slice_columns(slice_by: list[str], schema: pa.Schema, where: str, hive: dict[str, str]
+                  ) -> tuple[list[str], list[pa.DataType]]:
+    """The slices that come from hive folders, and every slice's type (a hive key's is
+    string); a DataError for a slice that is neither a column nor a hive key."""
     hive_slices, slice_types = [], []
-    for name in config.slice_by:
-        if name in names:
+    for name in slice_by:
+        if name in schema.names:
             slice_types.append(schema.field(name).type)
         elif name in hive:
             hive_slices.append(name)
@@ -318,9 +326,9 @@ def row_columns(config: EvalConfig, schema: pa.Schema, where: str, hive: dict[st
         else:
             raise DataError(
                 f"{where}: no slice column '{name}' (neither a column nor a hive folder key "
-                f"{sorted(hive)}); columns are {sorted(names)}"
+                f"{sorted(hive)}); columns are {sorted(schema.names)}"
             )
-    return tuple(bucket_cols), hive_slices, slice_types
+    return hive_slices, slice_types
 
 
 def resolve_table_spec(config: EvalConfig, table: pa.Table, where: str) -> ReadSpec:
@@ -345,16 +353,22 @@ def resolve_table_spec(config: EvalConfig, table: pa.Table, where: str) -> ReadS
         raise
 
 
-def check_arrow_schema(schema: pa.Schema, file: InputFile, spec: ReadSpec) -> None:
-    """`schema` (of a shard, or of an in-memory piece named by `file`) has every needed
-    column, of the same layout as the first shard."""
-    names = set(schema.names)
+def check_columns_present(schema: pa.Schema, file: InputFile, spec: Any) -> None:
+    """Every column `spec` reads (a ReadSpec or a TokenSpec) is in `schema`, and every
+    hive key it takes is in `file`'s path, as in the first shard."""
     for name in spec.columns_to_read():
-        if name not in names:
+        if name not in schema.names:
             raise DataError(f"{file.url}: missing column '{name}' (present in {spec.reference_file})")
     for name in dict.fromkeys([*spec.hive_slices, *spec.hive_ids]):
         if name not in file.hive:
             raise DataError(f"{file.url}: no hive folder key '{name}' in its path (present for {spec.reference_file})")
+
+
+def check_arrow_schema(schema: pa.Schema, file: InputFile, spec: ReadSpec) -> None:
+    """`schema` (of a shard, or of an in-memory piece named by `file`) has every needed
+    column, of the same layout as the first shard."""
+    check_columns_present(schema, file, spec)
+    names = set(schema.names)
     if spec.layout == "list":
         field_type = schema.field(spec.pred_columns[0]).type
         if _list_value_type(field_type) is None or not _float_type(_list_value_type(field_type)):

@@ -22,7 +22,7 @@ from ..config import EvalConfig, TokenColumns
 from ..errors import DataError
 from .reader import _slices
 from .sources import InputFile
-from .spec import COLUMN_BUFFER_BYTES, READ_BUFFER_BYTES
+from .spec import COLUMN_BUFFER_BYTES, READ_BUFFER_BYTES, check_columns_present, slice_columns
 
 TOPK_KEY = b"xent.topk"  # schema metadata: the k of the dump's top-k lists
 TOKEN_LAYOUTS = ("token_rows", "documents")
@@ -117,16 +117,7 @@ def resolve_token_spec(config: EvalConfig, schema: pa.Schema, where: str, hive: 
         present = c.topk_ids_col if c.topk_ids_col in names else c.topk_logprobs_col
         raise DataError(f"{where}: column '{present}' without its partner ('{c.topk_ids_col}' and "
                         f"'{c.topk_logprobs_col}' come together)")
-    hive_slices, slice_types = [], []
-    for name in config.slice_by:
-        if name in names:
-            slice_types.append(schema.field(name).type)
-        elif name in hive:
-            hive_slices.append(name)
-            slice_types.append(pa.string())
-        else:
-            raise DataError(f"{where}: no slice column '{name}' (neither a column nor a hive folder key "
-                            f"{sorted(hive)}); columns are {sorted(names)}")
+    hive_slices, slice_types = slice_columns(config.slice_by, schema, where, hive)
     metadata = schema.metadata or {}
     topk = c.topk or (int(json.loads(metadata[TOPK_KEY])) if TOPK_KEY in metadata else 0)
     return TokenSpec(
@@ -143,13 +134,7 @@ def resolve_token_spec(config: EvalConfig, schema: pa.Schema, where: str, hive: 
 
 def check_token_schema(schema: pa.Schema, file: InputFile, spec: TokenSpec) -> None:
     """`schema` has every column the first shard had, in the same layout."""
-    names = set(schema.names)
-    for name in spec.columns_to_read():
-        if name not in names:
-            raise DataError(f"{file.url}: missing column '{name}' (present in {spec.reference_file})")
-    for name in dict.fromkeys([*spec.hive_slices, *spec.hive_ids]):
-        if name not in file.hive:
-            raise DataError(f"{file.url}: no hive folder key '{name}' in its path (present for {spec.reference_file})")
+    check_columns_present(schema, file, spec)
     layout = "documents" if _is_list(schema.field(spec.columns.target_col).type) else "token_rows"
     if layout != spec.layout:
         raise DataError(f"{file.url}: a {layout.replace('_', ' ')} layout, but {spec.reference_file} has "
