@@ -28,6 +28,7 @@ from .errors import InfrastructureError, XentError, infrastructure_cause, withou
 from .inputs.sources import InputFile, dump_label, fingerprint
 from .monitor.drift import DriftReport
 from .report.tables import with_interval
+from .report.token_tables import TOKEN_HEADLINE
 from .report.text import compare_view
 from .runs import adhoc, nightly, two_sided
 
@@ -94,6 +95,14 @@ def _class_rows(per_class: pa.Table) -> list[dict]:
             for row in rows]
 
 
+def _token_rows(summary: pa.Table) -> list[dict]:
+    """A token report's rows per slice (the overall row last): the terminal's headline."""
+    slice_by = summary.column_names[: summary.column_names.index("overall")]
+    return [{"slice": "(all)" if row["overall"] else ",".join(f"{c}={row[c]}" for c in slice_by),
+             **{m: with_interval(row, m, digits=6) if f"{m}_lo" in row else row[m] for m in TOKEN_HEADLINE}}
+            for row in summary.to_pylist()]
+
+
 def _drift_rows(report: DriftReport) -> list[dict]:
     """The artifact's rows: each value over all classes, its slice in words."""
     return [
@@ -134,8 +143,12 @@ def eval_flow(config: EvalConfig, out: str, progress: bool = False) -> dict[str,
     (`progress`: draw a progress bar on the terminal)."""
     paths, tables, inputs = adhoc.eval_steps(config, out, (find_inputs, evaluate_on_cluster, write_report),
                                              Progress(progress))
-    publish_artifact(_dump_artifact_key("eval", config.sources, inputs), _class_rows(tables["per_class"]),
-                     f"Per-class cross-entropy ({config.units}) of {len(inputs)} shards; report in {out}")
+    if "token_summary" in tables:
+        rows, title = _token_rows(tables["token_summary"]), "Token report: perplexity, cross-entropy"
+    else:
+        rows, title = _class_rows(tables["per_class"]), "Per-class cross-entropy"
+    publish_artifact(_dump_artifact_key("eval", config.sources, inputs), rows,
+                     f"{title} ({config.units}) of {len(inputs)} shards; report in {out}")
     return paths
 
 

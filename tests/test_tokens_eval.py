@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -235,3 +236,20 @@ def test_the_readme_token_example_runs_and_its_numbers_are_numpys(tmp_path, monk
     assert overall["tokens"] == 200_000
     assert overall["perplexity"] == pytest.approx(expected, rel=1e-12)
     assert (tmp_path / "lm-report" / "report.html").is_file()
+
+
+def test_the_prefect_flow_and_xent_report_give_the_same_token_report(tmp_path, prefect_harness, client, data):
+    """The eval flow writes the tables the API makes (with a Prefect artifact per slice);
+    `xent report` on the folder draws the token page again from them."""
+    from flows.cli import main
+    from flows.config import EvalConfig
+    from flows.pipelines import eval_flow
+
+    folder = write_shards(tmp_path / "dump", token_rows_table(data), 2)
+    expected = evaluate(folder, kind="tokens", slice_by=["source"], client=client)
+    paths = eval_flow(EvalConfig(sources=[str(folder)], kind="tokens", slice_by=["source"]), str(tmp_path / "flow"))
+    assert sorted(paths) == sorted(COMPARED)
+    assert_same_tables(expected, SimpleNamespace(tables={name: pq.read_table(path) for name, path in paths.items()}))
+    (tmp_path / "flow" / "report.html").unlink()
+    assert main(["report", str(tmp_path / "flow")]) == 0
+    assert "Language-model tokens" in (tmp_path / "flow" / "report.html").read_text()

@@ -20,6 +20,7 @@ from ..report.tables import (
     auc_line, bad_shards_summary, integrity_line, intervals_line, metric_columns, with_interval,
 )
 from ..report.text import compare_view
+from ..report.token_tables import TOKEN_HEADLINE
 
 # Every summary column that is not a slice column.
 SUMMARY_COLUMNS = metric_columns("slice", has_reference=True)
@@ -181,7 +182,6 @@ def print_compare(path: str, console: Console | None = None, storage_options: di
     console.print(f"compare: {path}", soft_wrap=True)
 
 
-TOKEN_HEADLINE = ("tokens", "documents", "perplexity", "ce_mean", "bits_per_byte", "top1_accuracy")
 WORST_BUCKETS = 3
 
 

@@ -23,6 +23,8 @@ from ..errors import without_credentials
 from .tables import _column, report_metadata, skipped_rows, slice_key_columns
 
 TOKEN_TABLES = ("token_summary", "token_positions", "token_frequency", "per_token")
+# The columns the terminal and the Prefect artifact show per slice.
+TOKEN_HEADLINE = ("tokens", "documents", "perplexity", "ce_mean", "bits_per_byte", "top1_accuracy")
 # Columns in bits per byte whatever the report's units (lm-eval's bits_per_byte); the
 # perplexities are unitless; every other CE-like column is in the report's units.
 UNIT_FREE = ("perplexity", "bits_per_byte", "byte_perplexity", "word_perplexity")

@@ -39,7 +39,7 @@ HTML_FILE = "report.html"
 MAX_CLASSES = 50  # rows of the per-class table and forest plot (the worst CE first)
 # The tables a page can show, in the order their metadata is looked for.
 PAGE_TABLES = ("summary", "per_class", "confusion", "bad_shards", "drift", "drift_distributions", "compare",
-               "token_summary")
+               "token_summary", "token_positions", "token_frequency", "per_token")
 
 
 def render_html(tables: dict[str, pa.Table], *, title: str | None = None, max_classes: int = MAX_CLASSES,
