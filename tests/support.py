@@ -422,6 +422,8 @@ def random_tokens(seed: int, n: int = 3000, vocab: int = 40, k: int = 5, docs: i
     logits = rng.normal(0, 2, (n, vocab))
     from scipy.special import log_softmax
 
+    from xent_kernels.hashing import splitmix64
+
     logp = log_softmax(logits, axis=1)
     target = rng.integers(0, vocab, n)
     doc = rng.integers(0, docs, n)
@@ -436,4 +438,4 @@ def random_tokens(seed: int, n: int = 3000, vocab: int = 40, k: int = 5, docs: i
         lps.append(logp[i, row])
     return dict(logp=logp, target=target, doc=doc, position=position, ids=ids, lps=lps,
                 target_logprob=logp[np.arange(n), target], bytes=rng.integers(1, 9, n),
-                slice=rng.integers(0, 2, n), bucket=doc % 7)
+                slice=rng.integers(0, 2, n), bucket=(splitmix64(doc) % np.uint64(7)).astype(np.int64))

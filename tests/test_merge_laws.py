@@ -30,6 +30,7 @@ from xent_kernels.drift import PerSampleKL, per_sample_kl_partial
 from xent_kernels.mergeable import Mergeable, merge_states
 from xent_kernels.statistics import canonical_rows
 from xent_kernels.paired import PairedStats, paired_partial
+from xent_kernels.hashing import splitmix64
 from xent_kernels.tokens import TokenStats, token_stats_partial
 
 KEYS = [("a",), ("b",), (None,)]
@@ -202,15 +203,17 @@ def _token_stats(rows: Rows) -> TokenStats:
         target[keep], log_probs[keep, target[keep]], **rows.take(slice(None)).slices_of(keep),
         positions=rows.ids[keep] % 37, buckets=rows.buckets[keep], n_buckets=K, n_bins=N_BINS,
         topk_offsets=np.arange(0, k * keep.sum() + 1, k), topk_ids=top[keep].reshape(-1),
-        topk_logprobs=np.take_along_axis(log_probs, top, axis=1)[keep].reshape(-1))
+        topk_logprobs=np.take_along_axis(log_probs, top, axis=1)[keep].reshape(-1),
+        doc_hashes=splitmix64(rows.ids[keep] // 4))  # documents of four rows, across shards
     assert bad == -1, (bad, column, reason)
     return state
 
 
 def _token_bits(state: TokenStats) -> dict[str, Any]:
-    names = ("cells", "cells_comp", "ece", "ece_comp", "docs", "nonfinite", "ignored", "token_n", "token_ce",
+    names = ("cells", "cells_comp", "ece", "ece_comp", "text_counts", "nonfinite", "ignored", "token_n", "token_ce",
              "token_ce_comp", "token_rank1", "token_listed")
-    return {"keys": state.slice_keys, **{name: getattr(state, name) for name in names}}
+    documents = {f"documents.{name}": getattr(state.documents, name) for name in ("slice", "hash", "n", "ce", "ce_comp")}
+    return {"keys": state.slice_keys, **{name: getattr(state, name) for name in names}, **documents}
 
 
 def _token_values(state: TokenStats) -> dict[str, tuple[np.ndarray, float, float]]:

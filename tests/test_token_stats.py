@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from support import random_tokens
+from xent_kernels.hashing import splitmix64
 from xent_kernels.tokens import TokenStats, token_stats_partial
 
 
@@ -23,7 +24,7 @@ def partial(data, rows=None, k=5, n_buckets=7, **options):
         target_bytes=data["bytes"][rows], topk_offsets=offsets,
         topk_ids=np.concatenate([data["ids"][i] for i in rows]) if len(rows) else np.zeros(0, np.int64),
         topk_logprobs=np.concatenate([data["lps"][i] for i in rows]) if len(rows) else np.zeros(0),
-        n_buckets=n_buckets, topk=k, **options)
+        doc_hashes=splitmix64(data["doc"][rows]), n_buckets=n_buckets, topk=k, **options)
     assert bad == -1, (bad, column, reason)
     return state
 
@@ -65,6 +66,27 @@ def test_summary_matches_numpy():
     # per slice
     for s in (0, 1):
         assert report.summary["ce_mean"][s] == pytest.approx(ce[data["slice"] == s].mean(), rel=1e-12)
+
+
+def test_per_document_figures_match_numpy():
+    """The mean of per-document mean CE; the geometric mean of per-document perplexity
+    (inspect_ai's perplexity per sequence) and the arithmetic mean (HF evaluate's
+    mean_perplexity: np.mean of exp(mean NLL) per sequence)."""
+    data = random_tokens(8)
+    report = partial(data).finalize()
+    ce = -data["target_logprob"]
+    docs = np.unique(data["doc"])
+    per_doc = np.array([ce[data["doc"] == d].mean() for d in docs])
+    summary = {name: values[-1] for name, values in report.summary.items()}
+    assert summary["documents"] == len(docs)
+    assert summary["doc_ce_mean"] == pytest.approx(per_doc.mean(), rel=1e-12)
+    assert summary["doc_perplexity_geometric"] == pytest.approx(math.exp(per_doc.mean()), rel=1e-12)
+    assert summary["doc_perplexity_arithmetic"] == pytest.approx(np.exp(per_doc).mean(), rel=1e-12)
+    # per slice, a document's tokens of that slice
+    for s in (0, 1):
+        rows = data["slice"] == s
+        means = [ce[rows & (data["doc"] == d)].mean() for d in np.unique(data["doc"][rows])]
+        assert report.summary["doc_ce_mean"][s] == pytest.approx(np.mean(means), rel=1e-12)
 
 
 def test_bits_report_divides_by_ln2():

@@ -219,6 +219,81 @@ def _key_order(key):
 
 
 @dataclass(frozen=True, eq=False)
+class DocumentTable:
+    """Per (slice, document): the document's scored tokens and their CE sum, a row per
+    document key hash, sorted by (slice, hash). A document's tokens may be spread over
+    any pieces: merging adds its partial sums, so the per-document figures do not depend
+    on sharding. 40 bytes a document."""
+
+    slice: np.ndarray  # int64: index into the owning state's slice_keys
+    hash: np.ndarray  # uint64: the document key's hash (xent_kernels.hashing.key_hash, jackknife seed)
+    n: np.ndarray  # int64
+    ce: np.ndarray  # float64, with its compensation
+    ce_comp: np.ndarray
+
+    @classmethod
+    def empty(cls) -> Self:
+        return cls(np.zeros(0, np.int64), np.zeros(0, np.uint64), np.zeros(0, np.int64), np.zeros(0), np.zeros(0))
+
+    @classmethod
+    def of_tokens(cls, slice_ids: np.ndarray, hashes: np.ndarray, ce: np.ndarray) -> Self:
+        """The table of some tokens (their slice, document hash and CE)."""
+        if not len(ce):
+            return cls.empty()
+        order = np.lexsort((hashes, slice_ids))
+        slice_ids, hashes, ce = slice_ids[order], hashes[order], ce[order]
+        start = np.flatnonzero(np.concatenate([[True], (slice_ids[1:] != slice_ids[:-1]) | (hashes[1:] != hashes[:-1])]))
+        sums, comps = _grouped_sums(ce, start)
+        return cls(slice_ids[start], hashes[start], np.diff(np.append(start, len(ce))), sums, comps)
+
+    def on(self, rows: np.ndarray) -> Self:
+        """The table with slice indices mapped by `rows` (old index -> new), re-sorted."""
+        slices = rows[self.slice] if len(self.slice) else self.slice
+        order = np.lexsort((self.hash, slices))
+        return DocumentTable(slices[order], self.hash[order], self.n[order], self.ce[order], self.ce_comp[order])
+
+    @classmethod
+    def merge_two(cls, a: Self, b: Self) -> Self:
+        """Both tables' documents, a document in both with its sums added (two_sum: the
+        same bits either way round)."""
+        if not len(a.n) or not len(b.n):
+            return b if not len(a.n) else a
+        slices, hashes = np.concatenate([a.slice, b.slice]), np.concatenate([a.hash, b.hash])
+        order = np.lexsort((hashes, slices))
+        slices, hashes = slices[order], hashes[order]
+        n = np.concatenate([a.n, b.n])[order]
+        ce, comp = np.concatenate([a.ce, b.ce])[order], np.concatenate([a.ce_comp, b.ce_comp])[order]
+        again = np.flatnonzero((slices[1:] == slices[:-1]) & (hashes[1:] == hashes[:-1]))  # a document in both
+        n[again] += n[again + 1]
+        ce[again], comp[again] = two_sum(ce[again], comp[again], ce[again + 1], comp[again + 1])
+        keep = np.ones(len(n), dtype=bool)
+        keep[again + 1] = False
+        return cls(slices[keep], hashes[keep], n[keep], ce[keep], comp[keep])
+
+
+def _grouped_sums(values: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Compensated sums of consecutive runs of `values` beginning at `start`."""
+    sums, comps = np.zeros(len(start)), np.zeros(len(start))
+    group = np.repeat(np.arange(len(start)), np.diff(np.append(start, len(values))))
+    _fold_groups(values, group, sums, comps)
+    return sums, comps
+
+
+@strict_kernel
+def _fold_groups(values, group, sums, comps):
+    for i in range(values.shape[0]):
+        g = group[i]
+        s = sums[g]
+        x = values[i]
+        t = s + x
+        if abs(s) >= abs(x):
+            comps[g] += (s - t) + x
+        else:
+            comps[g] += (x - t) + s
+        sums[g] = t
+
+
+@dataclass(frozen=True, eq=False)
 class TokenStats:
     """Sums over scored tokens by (slice, position bucket, bucket), per target id, and
     per (slice, bucket) for documents: ``empty`` / ``merge`` / ``finalize`` as
@@ -233,7 +308,7 @@ class TokenStats:
     cells_comp: np.ndarray
     ece: np.ndarray  # (S, K, n_bins, 3)
     ece_comp: np.ndarray
-    docs: np.ndarray  # (S, K, 3) int64: documents, n_bytes, n_words (documents layout)
+    text_counts: np.ndarray  # (S, K, 2) int64: the documents' n_bytes and n_words (documents layout)
     nonfinite: np.ndarray  # (S,) int64: tokens with a -inf log-prob, left out
     ignored: np.ndarray  # (S,) int64: tokens without a target or log-prob (null)
     token_n: np.ndarray  # (V, K) int64
@@ -241,8 +316,9 @@ class TokenStats:
     token_ce_comp: np.ndarray
     token_rank1: np.ndarray  # (V,) int64
     token_listed: np.ndarray  # (V,) int64
+    documents: DocumentTable
     has_bytes: bool = False
-    has_doc_counts: bool = False
+    has_text_counts: bool = False
 
     @property
     def vocab(self) -> int:
@@ -250,17 +326,18 @@ class TokenStats:
 
     @classmethod
     def empty(cls, *, slice_keys=(), position_edges=DEFAULT_POSITION_EDGES, n_buckets: int = 1, n_bins: int = 15,
-              topk: int = 0, vocab: int = 0, has_bytes: bool = False, has_doc_counts: bool = False) -> Self:
+              topk: int = 0, vocab: int = 0, has_bytes: bool = False, has_text_counts: bool = False) -> Self:
         """No tokens: the identity of :meth:`merge`."""
         s, p, k = len(slice_keys), len(position_edges), n_buckets
         return cls(
             tuple(tuple(key) for key in slice_keys), tuple(int(e) for e in position_edges), int(n_buckets),
             int(n_bins), int(topk),
             np.zeros((s, p, k, len(TOKEN_FIELDS))), np.zeros((s, p, k, len(TOKEN_FIELDS))),
-            np.zeros((s, k, n_bins, 3)), np.zeros((s, k, n_bins, 3)), np.zeros((s, k, 3), dtype=np.int64),
+            np.zeros((s, k, n_bins, 3)), np.zeros((s, k, n_bins, 3)), np.zeros((s, k, 2), dtype=np.int64),
             np.zeros(s, dtype=np.int64), np.zeros(s, dtype=np.int64),
             np.zeros((vocab, k), dtype=np.int64), np.zeros((vocab, k)), np.zeros((vocab, k)),
-            np.zeros(vocab, dtype=np.int64), np.zeros(vocab, dtype=np.int64), bool(has_bytes), bool(has_doc_counts),
+            np.zeros(vocab, dtype=np.int64), np.zeros(vocab, dtype=np.int64), DocumentTable.empty(), bool(has_bytes),
+            bool(has_text_counts),
         )
 
     def _shape(self) -> tuple:
@@ -270,7 +347,7 @@ class TokenStats:
         """The arrays on slice keys `keys` (a superset of this state's) and `vocab` ids."""
         rows = [keys.index(key) for key in self.slice_keys]
         out = {}
-        for name in ("cells", "cells_comp", "ece", "ece_comp", "docs", "nonfinite", "ignored"):
+        for name in ("cells", "cells_comp", "ece", "ece_comp", "text_counts", "nonfinite", "ignored"):
             mine = getattr(self, name)
             full = np.zeros((len(keys), *mine.shape[1:]), dtype=mine.dtype)
             full[rows] = mine
@@ -280,6 +357,7 @@ class TokenStats:
             full = np.zeros((vocab, *mine.shape[1:]), dtype=mine.dtype)
             full[: mine.shape[0]] = mine
             out[name] = full
+        out["documents"] = self.documents.on(np.array(rows, dtype=np.int64))
         return out
 
     @classmethod
@@ -295,10 +373,11 @@ class TokenStats:
             y = other._on(keys, vocab)
             for a, b in (("cells", "cells_comp"), ("ece", "ece_comp"), ("token_ce", "token_ce_comp")):
                 total[a], total[b] = two_sum(total[a], total[b], y[a], y[b])
-            for name in ("docs", "nonfinite", "ignored", "token_n", "token_rank1", "token_listed"):
+            for name in ("text_counts", "nonfinite", "ignored", "token_n", "token_rank1", "token_listed"):
                 total[name] = total[name] + y[name]
+            total["documents"] = DocumentTable.merge_two(total["documents"], y["documents"])
         return cls(keys, first.position_edges, first.n_buckets, first.n_bins, first.topk, **total,
-                   has_bytes=any(s.has_bytes for s in states), has_doc_counts=any(s.has_doc_counts for s in states))
+                   has_bytes=any(s.has_bytes for s in states), has_text_counts=any(s.has_text_counts for s in states))
 
     def finalize(self, base="e", level: float = DEFAULT_LEVEL) -> "TokenReport":
         return TokenReport.of(self, base, level)
@@ -323,12 +402,14 @@ def token_stats_partial(
     vocab_size: int = 0,
     count_nonfinite: bool = False,
     ignored: np.ndarray | None = None,
+    doc_hashes: np.ndarray | None = None,
 ) -> tuple[TokenStats, int, str, str]:
     """The state of a batch of scored tokens.
 
     Returns the state and, for the first bad token, its row, column and reason
     (-1, "", "" when every token is valid; the state is then of no use). `ignored`
     (per slice) counts tokens left out before the call (a null target or log-prob).
+    `doc_hashes` (each token's document key hash) gives the per-document figures.
     """
     n = len(target)
     slice_ids = np.zeros(n, dtype=np.int64) if slice_ids is None else slice_ids.astype(np.int64, copy=False)
@@ -373,20 +454,23 @@ def token_stats_partial(
     state.nonfinite[:] = nonfinite_groups.reshape(s, p).sum(axis=1)
     if ignored is not None:
         state.ignored[:] = ignored
+    if doc_hashes is not None:
+        finite = target_logprob > -np.inf
+        documents = DocumentTable.of_tokens(slice_ids[finite], doc_hashes[finite],
+                                            -np.minimum(target_logprob[finite].astype(np.float64), 0.0))
+        state = replace(state, documents=documents)
     return state, -1, "", ""
 
 
-def add_documents(state: TokenStats, slice_ids: np.ndarray, buckets: np.ndarray, n_bytes: np.ndarray | None,
-                  n_words: np.ndarray | None) -> TokenStats:
-    """`state` with the documents of a documents-layout batch counted (one per row), and
-    their byte and word counts where given."""
-    docs = np.zeros_like(state.docs)
-    np.add.at(docs[..., 0], (slice_ids, buckets), 1)
-    if n_bytes is not None:
-        np.add.at(docs[..., 1], (slice_ids, buckets), n_bytes.astype(np.int64))
-    if n_words is not None:
-        np.add.at(docs[..., 2], (slice_ids, buckets), n_words.astype(np.int64))
-    return replace(state, docs=state.docs + docs, has_doc_counts=True)
+def add_text_counts(state: TokenStats, slice_ids: np.ndarray, buckets: np.ndarray, n_bytes: np.ndarray | None,
+                    n_words: np.ndarray | None) -> TokenStats:
+    """`state` with the byte and word counts of a documents-layout batch's documents
+    (a row each; either may be absent)."""
+    counts = np.zeros_like(state.text_counts)
+    for field, values in enumerate((n_bytes, n_words)):
+        if values is not None:
+            np.add.at(counts[..., field], (slice_ids, buckets), values.astype(np.int64))
+    return replace(state, text_counts=state.text_counts + counts, has_text_counts=True)
 
 
 # --------------------------------------------------------------------------- finalize
@@ -435,7 +519,7 @@ class TokenReport:
         # slice rows: every slice, then all slices together (index -1)
         by_slice = np.concatenate([cells.sum(axis=1), cells.sum(axis=(0, 1))[None]], axis=0)  # (S+1, K, F)
         ece_slice = np.concatenate([ece, ece.sum(axis=0)[None]], axis=0)
-        docs = np.concatenate([state.docs, state.docs.sum(axis=0)[None]], axis=0).astype(np.float64)
+        text = np.concatenate([state.text_counts, state.text_counts.sum(axis=0)[None]], axis=0).astype(np.float64)
         slice_index = np.append(np.arange(len(state.slice_keys)), -1)
         summary = {"slice": slice_index}
         summary.update(_token_metrics(by_slice, scale, level))
@@ -443,15 +527,15 @@ class TokenReport:
         total_ce = by_slice[..., F["ce"]].sum(axis=-1)
         summary["ece"], summary["ece_lo"], summary["ece_hi"] = _jackknife(
             _ece, ece_slice, ece_slice[..., 0].sum(axis=-1) > 0, level)
-        doc_total = docs.sum(axis=1)
-        summary["documents"] = doc_total[:, 0].astype(np.int64) if state.has_doc_counts else np.full(len(slice_index), -1)
-        word_bytes = np.concatenate([by_slice[..., [F["ce"]]], docs[..., 1:]], axis=-1)  # (S+1, K, 3)
-        if state.has_doc_counts and (doc_total[:, 1] > 0).any() and not state.has_bytes:
+        summary.update(_document_metrics(state, scale, level))
+        text_total = text.sum(axis=1)
+        with_text = np.concatenate([by_slice[..., [F["ce"]]], text], axis=-1)  # (S+1, K, 3): CE, bytes, words
+        if state.has_text_counts and (text_total[:, 0] > 0).any() and not state.has_bytes:
             summary["bits_per_byte"], summary["bits_per_byte_lo"], summary["bits_per_byte_hi"] = _jackknife(
-                lambda s: _divide(s[..., 0], s[..., 1]) / math.log(2), word_bytes, used, level)
-            summary["byte_perplexity"] = np.exp(_divide(total_ce, doc_total[:, 1]))
-        if state.has_doc_counts and (doc_total[:, 2] > 0).any():
-            value, lo, hi = _jackknife(lambda s: _divide(s[..., 0], s[..., 2]), word_bytes, used, level)
+                lambda s: _divide(s[..., 0], s[..., 1]) / math.log(2), with_text, used, level)
+            summary["byte_perplexity"] = np.exp(_divide(total_ce, text_total[:, 0]))
+        if state.has_text_counts and (text_total[:, 1] > 0).any():
+            value, lo, hi = _jackknife(lambda s: _divide(s[..., 0], s[..., 2]), with_text, used, level)
             summary["word_perplexity"], summary["word_perplexity_lo"], summary["word_perplexity_hi"] = (
                 np.exp(value), np.exp(lo), np.exp(hi))
         summary["n_nonfinite"] = np.append(state.nonfinite, state.nonfinite.sum())
@@ -495,6 +579,36 @@ class TokenReport:
             "perplexity": np.exp(value / scale), "top1_accuracy": _divide(rank1, listed),
         }
         return cls(summary, positions, frequency, per_token, units)
+
+
+def _document_metrics(state: TokenStats, scale: float, level: float) -> dict[str, np.ndarray]:
+    """Per slice and overall (last): documents, the mean of per-document mean CE, and the
+    geometric and arithmetic means of per-document perplexity, with jackknife intervals
+    (a document's bucket is its hash modulo K, as its tokens')."""
+    table, s, k = state.documents, len(state.slice_keys), state.n_buckets
+    ce = table.ce + table.ce_comp
+    # over all slices a document counts once, with its tokens of every slice
+    order = np.argsort(table.hash, kind="stable")
+    hashes = table.hash[order]
+    start = np.flatnonzero(np.concatenate([[True], hashes[1:] != hashes[:-1]])) if len(hashes) else np.zeros(0, np.int64)
+    overall_ce = sum(_grouped_sums(ce[order], start))
+    overall_n = np.add.reduceat(table.n[order], start) if len(start) else np.zeros(0, np.int64)
+    sums = np.zeros((s + 1, k, 3))  # per (slice, bucket): documents, Σ mean CE, Σ perplexity
+    for rows, n, doc_ce, doc_hash in ((table.slice, table.n, ce, table.hash),
+                                      (np.full(len(start), s), overall_n, overall_ce, hashes[start])):
+        mean = doc_ce / np.maximum(n, 1)
+        bucket = (doc_hash % np.uint64(k)).astype(np.int64)
+        for field, values in enumerate((np.ones(len(n)), mean, np.exp(mean))):
+            np.add.at(sums[..., field], (rows, bucket), values)
+    used = sums[..., 0] > 0
+    out = {"documents": sums[..., 0].sum(axis=1).astype(np.int64)}
+    value, lo, hi = _jackknife(lambda x: _divide(x[..., 1], x[..., 0]), sums, used, level)
+    out["doc_ce_mean"], out["doc_ce_mean_lo"], out["doc_ce_mean_hi"] = value * scale, lo * scale, hi * scale
+    out["doc_perplexity_geometric"], out["doc_perplexity_geometric_lo"], out["doc_perplexity_geometric_hi"] = (
+        np.exp(value), np.exp(lo), np.exp(hi))
+    out["doc_perplexity_arithmetic"], out["doc_perplexity_arithmetic_lo"], out["doc_perplexity_arithmetic_hi"] = (
+        _jackknife(lambda x: _divide(x[..., 2], x[..., 0]), sums, used, level))
+    return out
 
 
 def _token_metrics(sums: np.ndarray, scale: float, level: float) -> dict[str, np.ndarray]:

@@ -20,7 +20,7 @@ import pyarrow as pa
 from xent_kernels import ClassStats, class_stats_partial, find_invalid_row
 from xent_kernels.hashing import content_buckets, key_buckets
 from xent_kernels.mergeable import merge_states
-from xent_kernels.tokens import TokenStats, add_documents, token_stats_partial
+from xent_kernels.tokens import TokenStats, add_text_counts, token_stats_partial
 
 from ..config import EvalConfig
 from ..kinds import TOKENS
@@ -202,7 +202,7 @@ def _token_batch_stats(batch: TokenBatch, file: InputFile, spec: TokenSpec) -> T
             positions=batch.position, buckets=batch.buckets, target_bytes=batch.target_bytes,
             topk_offsets=batch.topk_offsets, topk_ids=batch.topk_ids, topk_logprobs=batch.topk_logprobs,
             vocab_size=spec.columns.vocab_size or 0, count_nonfinite=spec.on_nonfinite == "count",
-            ignored=batch.ignored, **spec.state_options(),
+            ignored=batch.ignored, doc_hashes=batch.doc_hashes, **spec.state_options(),
         )
     if bad >= 0:
         name = getattr(spec.columns, f"{column}_col")
@@ -212,9 +212,9 @@ def _token_batch_stats(batch: TokenBatch, file: InputFile, spec: TokenSpec) -> T
         hint = {"target_logprob": "; a token with an infinite cross-entropy is left out and counted with "
                 "--on-nonfinite count"}.get(column, "") if "-inf" in reason else ""
         raise DataError(f"{where}: {reason}{hint}")
-    if batch.documents is not None:
+    if batch.documents is not None and (batch.documents["n_bytes"] is not None or batch.documents["n_words"] is not None):
         docs = batch.documents
-        state = add_documents(state, docs["slice_ids"], docs["buckets"], docs["n_bytes"], docs["n_words"])
+        state = add_text_counts(state, docs["slice_ids"], docs["buckets"], docs["n_bytes"], docs["n_words"])
     return state
 
 

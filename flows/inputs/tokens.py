@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from xent_kernels.hashing import key_buckets
+from xent_kernels.hashing import JACKKNIFE_SEED, buckets_of, key_hash
 
 from ..config import EvalConfig, TokenColumns
 from ..errors import DataError
@@ -159,6 +159,7 @@ class TokenBatch:
     topk_ids: np.ndarray | None = None
     topk_logprobs: np.ndarray | None = None
     ignored: np.ndarray | None = None  # per slice: tokens without a target or log-prob (null)
+    doc_hashes: np.ndarray | None = None  # each token's document key hash
     documents: dict[str, np.ndarray] | None = None  # documents layout: per-row slice ids, buckets, n_bytes, n_words
 
 
@@ -186,7 +187,9 @@ def to_token_batch(batch: pa.RecordBatch, first_row: int, file: InputFile, spec:
     slice_ids, slice_keys = _slices(batch, n_rows, file, spec)  # per row
     doc_keys = [np.full(n_rows, file.hive[name], dtype=object) if name in spec.hive_ids
                 else _numbers(batch.column(name), name, first_row, file, "document key") for name in spec.doc_cols]
-    row_buckets = key_buckets(doc_keys, spec.n_buckets) if spec.n_buckets > 1 else None
+    # a document's key hash picks its jackknife bucket and keys its per-document sums
+    row_hashes = key_hash(doc_keys, JACKKNIFE_SEED)
+    row_buckets = buckets_of(row_hashes, spec.n_buckets) if spec.n_buckets > 1 else None
     target_col, lp_col = batch.column(c.target_col), batch.column(c.target_logprob_col)
     documents = None
     if spec.layout == "documents":
@@ -248,7 +251,8 @@ def to_token_batch(batch: pa.RecordBatch, first_row: int, file: InputFile, spec:
         target_logprob=lp_col.filter(pa.array(present)).to_numpy(zero_copy_only=False).astype(np.float64),
         position=position[present], buckets=row_buckets[parent[present]] if row_buckets is not None else None,
         slice_ids=token_slices[present] if token_slices is not None else None, slice_keys=slice_keys,
-        target_bytes=target_bytes, ignored=ignored, documents=documents, **topk,
+        target_bytes=target_bytes, ignored=ignored, documents=documents, doc_hashes=row_hashes[parent[present]],
+        **topk,
     )
 
 

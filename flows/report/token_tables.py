@@ -51,8 +51,6 @@ def build_token_tables(evaluation: Evaluation) -> dict[str, pa.Table]:
         summary = {name: values[-1:] for name, values in summary.items()}
     columns = _slice_rows(report, summary, evaluation)
     columns.update(_metric_columns(summary))
-    if not result.stats.has_doc_counts:  # token rows: documents are not counted (yet)
-        columns["documents"] = pa.nulls(len(summary["slice"]), pa.int64())
     skipped = skipped_rows([b.rows for b in result.bad_shards])
     overall = np.asarray(summary["slice"]) == -1
     columns["n_skipped"] = pa.array([skipped if o else None for o in overall], type=pa.int64())

@@ -8,9 +8,11 @@ import pyarrow as pa
 from .common import Page, cell, interval_plot, largest_first, number, slice_label, text_cell
 
 CARD_METRICS = ("perplexity", "ce_mean", "bits_per_byte", "top1_accuracy", "topk_share", "ece")
-TABLE_METRICS = ("tokens", "documents", "perplexity", "ce_mean", "bits_per_byte", "top1_accuracy")
+TABLE_METRICS = ("tokens", "documents", "perplexity", "ce_mean", "doc_perplexity_geometric", "doc_perplexity_arithmetic",
+                 "bits_per_byte", "top1_accuracy")
 WORST_TOKENS = 20
-UNITLESS = {"perplexity", "bits_per_byte", "top1_accuracy", "topk_share", "ece", "tokens", "documents"}
+UNITLESS = {"perplexity", "bits_per_byte", "top1_accuracy", "topk_share", "ece", "tokens", "documents",
+            "doc_perplexity_geometric", "doc_perplexity_arithmetic"}
 
 
 def _label(name: str, page: Page) -> str:
