@@ -95,6 +95,13 @@ def _class_rows(per_class: pa.Table) -> list[dict]:
             for row in rows]
 
 
+def _report_rows(tables: dict[str, pa.Table]) -> tuple[list[dict], str]:
+    """A report's artifact rows and what they are: per class, or a token report's per slice."""
+    if "token_summary" in tables:
+        return _token_rows(tables["token_summary"]), "Token report: perplexity, cross-entropy"
+    return _class_rows(tables["per_class"]), "Per-class cross-entropy"
+
+
 def _token_rows(summary: pa.Table) -> list[dict]:
     """A token report's rows per slice (the overall row last): the terminal's headline."""
     slice_by = summary.column_names[: summary.column_names.index("overall")]
@@ -143,10 +150,7 @@ def eval_flow(config: EvalConfig, out: str, progress: bool = False) -> dict[str,
     (`progress`: draw a progress bar on the terminal)."""
     paths, tables, inputs = adhoc.eval_steps(config, out, (find_inputs, evaluate_on_cluster, write_report),
                                              Progress(progress))
-    if "token_summary" in tables:
-        rows, title = _token_rows(tables["token_summary"]), "Token report: perplexity, cross-entropy"
-    else:
-        rows, title = _class_rows(tables["per_class"]), "Per-class cross-entropy"
+    rows, title = _report_rows(tables)
     publish_artifact(_dump_artifact_key("eval", config.sources, inputs), rows,
                      f"{title} ({config.units}) of {len(inputs)} shards; report in {out}")
     return paths
@@ -207,8 +211,9 @@ write_history_page = task(cache_policy=NONE, **IO_RETRIES)(nightly.write_history
 
 
 def _publish_run(outcome: nightly.Outcome, tables: dict[str, pa.Table], config: EvalConfig) -> None:
-    publish_artifact(_artifact_key("xent-nightly", outcome.source, outcome.run_date), _class_rows(tables["per_class"]),
-                     f"{outcome.source} on {outcome.run_date}: per-class cross-entropy ({config.units}); "
+    rows, title = _report_rows(tables)
+    publish_artifact(_artifact_key("xent-nightly", outcome.source, outcome.run_date), rows,
+                     f"{outcome.source} on {outcome.run_date}: {title.lower()} ({config.units}); "
                      f"history in {outcome.folder}; page {outcome.page}")
 
 

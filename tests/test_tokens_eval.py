@@ -254,3 +254,43 @@ def test_the_prefect_flow_and_xent_report_give_the_same_token_report(tmp_path, p
     (tmp_path / "flow" / "report.html").unlink()
     assert main(["report", str(tmp_path / "flow")]) == 0
     assert "Language-model tokens" in (tmp_path / "flow" / "report.html").read_text()
+
+
+def test_a_nightly_token_source_writes_history_rows_and_a_page_with_changes(tmp_path):
+    """Two dates of a token source (the second scored by a model shifted 0.3 nats worse):
+    metrics.parquet holds its summary rows (n its tokens), with the perplexity of NumPy,
+    the page shows the change since the previous run; drift or gates on a token source
+    are refused when the config loads."""
+    import yaml
+
+    from flows.config import NightlyConfig, build_config
+    from flows.errors import ConfigError
+    from flows.generate import generate_token_dump
+    from flows.runs.nightly import nightly_run
+
+    days = ("2026-11-22", "2026-11-23")
+    for day, shift in zip(days, (0.0, 0.3)):
+        generate_token_dump(tmp_path / "lm" / f"date={day}", tokens=20_000, topk=5, shards=2, shift=shift,
+                            slices={"domain": ["web", "code"]}, seed=4)
+    source = {"name": "lm", "paths": [str(tmp_path / "lm" / "date={date}")],
+              "settings": {"kind": "tokens", "slice_by": ["domain"]}}
+    config = {"report_root": str(tmp_path / "reports"), "sources": [source]}
+    (tmp_path / "nightly.yaml").write_text(yaml.safe_dump(config))
+    outcomes = nightly_run(build_config(NightlyConfig, tmp_path / "nightly.yaml"), list(days))[0]
+    assert [o.status for o in outcomes] == ["written", "written"]
+    history = pq.read_table(tmp_path / "reports").to_pandas()
+    rows = history[(history["metric"] == "perplexity") & history["overall"]].sort_values("run_date")
+    for day, row in zip(days, rows.itertuples()):
+        dump = pq.read_table(tmp_path / "lm" / f"date={day}").to_pandas()
+        assert row.n == len(dump)
+        assert row.value == pytest.approx(math.exp(-dump["target_logprob"].astype(np.float64).mean()), rel=1e-12)
+        assert row.lo < row.value < row.hi
+    assert rows["value"].iloc[1] > rows["value"].iloc[0]  # the shifted model is worse
+    page = Path(outcomes[1].page).read_text()
+    assert "Language-model tokens" in page and "nightly run of lm on 2026-11-23" in page
+    assert 'data-metric="ce_mean"' in page and "data-change=" in page
+
+    for refused in ({"reference": "previous"}, {"gate": [{"metric": "ce_mean", "max_increase": 0.1}]}):
+        (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**config, "sources": [{**source, **refused}]}))
+        with pytest.raises(ConfigError, match=r"sources.0 \(lm\): kind tokens has no"):
+            build_config(NightlyConfig, tmp_path / "bad.yaml")

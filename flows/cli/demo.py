@@ -52,6 +52,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return 0
 
     from ..generate.dump import generate_dump
+    from ..generate.tokens import generate_token_dump
 
     options.update({name: value for name, value in (
         ("rows", args.rows), ("classes", args.classes), ("dtype", args.dtype), ("drift", args.drift),
@@ -71,6 +72,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from ..config import NightlyConfig, build_config
     from ..generate.dump import generate_dump
+    from ..generate.tokens import generate_token_dump
     from ..report.page import HTML_FILE
     from ..runs.nightly import run_folder
     from .show import print_drift, print_report
@@ -86,9 +88,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     common = dict(rows=200_000, classes=10, slices={"model": ["a", "b"]}, seed=1, overwrite=True)
     generate_dump(out / "dumps" / f"date={baseline}", shards=8, **common)
     generate_dump(out / "dumps" / f"date={today}", shards=6, drift=0.5, shuffle=True, **common)
+    # A language model's token log-probs too: the same documents on both days, scored
+    # by a model that got worse (shift) today.
+    for date, shift in ((baseline, 0.0), (today, 0.3)):
+        generate_token_dump(out / "lm" / f"date={date}", tokens=200_000, topk=20, shards=4, shift=shift,
+                            slices={"domain": ["web", "code"]}, seed=1, overwrite=True)
+    lm_source = {"name": "lm", "paths": [str(out / "lm" / "date={date}")], "gate": [],
+                 "settings": {"kind": "tokens", "slice_by": ["domain"]}}
     config = {
         "report_root": str(out / "reports"),
-        "sources": [{"name": "demo", "paths": [str(out / "dumps" / "date={date}")], "reference": [str(out / "dumps" / f"date={baseline}")]}],
+        "sources": [{"name": "demo", "paths": [str(out / "dumps" / "date={date}")], "reference": [str(out / "dumps" / f"date={baseline}")]},
+                    lm_source],
         "defaults": {"slice_by": ["model"], "units": "nats"},
         "drift": {"thresholds": {"kl_per_sample": 0.05, "marginal_js": 0.005, "confidence_psi": 0.1}},
         # Each run against the previous one: a breach where accuracy surely fell by more than 0.1.
@@ -108,6 +118,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     tables = Path(run_folder(build_config(NightlyConfig, config_path).tables_base, today, "demo"))
     print_report({"per_class": str(tables / "per_class.parquet"), "summary": str(tables / "summary.parquet")})
     print_drift(str(tables / "drift.parquet"))
+    lm = Path(run_folder(build_config(NightlyConfig, config_path).tables_base, today, "lm"))
+    print_report({name: str(lm / f"{name}.parquet") for name in ("token_summary", "token_positions", "token_frequency")})
     for outcome in outcomes:  # the drift breaches are listed above; the gates' here
         print(outcome.line())
         for breach in outcome.gate_breaches:

@@ -80,7 +80,7 @@ def render_html(tables: dict[str, pa.Table], *, title: str | None = None, max_cl
         raise ValueError(f"no table to show: expected one of {', '.join(PAGE_TABLES)}, got {', '.join(tables) or 'none'}")
     metadata = decoded_metadata(described)
     default_title = (nightly.title(metadata) or "xent report" if "summary" in tables
-                     else "xent token report" if "token_summary" in tables
+                     else nightly.title(metadata) or "xent token report" if "token_summary" in tables
                      else "xent compare report" if "compare" in tables else "xent drift report")
     page = Page(title=title or default_title, units=metadata.get(UNITS_KEY.decode(), "nats"), metadata=metadata)
     page.warnings = [w for w in metadata.get(WARNINGS_KEY.decode()) or [] if isinstance(w, dict)]  # older: none
@@ -93,6 +93,7 @@ def render_html(tables: dict[str, pa.Table], *, title: str | None = None, max_cl
         compare.build(tables, page, max_classes)
     if "token_summary" in tables:
         tokens.build(tables, page)
+        nightly.build(tables, page, history)
     if history is not None:
         source, run_date = nightly.run_of(page, history)
         trends.build(page, history, source=source, up_to=run_date, max_dates=max_dates, units=True)

@@ -25,7 +25,7 @@ from .common import LABELS, Page, altair, edge_marks, nonfinite_rows
 # Trends drawn, per scope of metrics.parquet: the summary's overall and per-slice rows,
 # and the drift metrics of all classes together (these, and every other drift metric
 # with a threshold).
-TREND_METRICS = {"slice": ("ce_mean", "accuracy", "ece"),
+TREND_METRICS = {"slice": ("ce_mean", "accuracy", "ece", "perplexity", "bits_per_byte", "top1_accuracy"),
                  "drift": ("kl_per_sample", "marginal_js", "confidence_psi")}
 MAX_DATES = 90  # run dates drawn, the latest; the page says how many earlier ones are left out
 OVERALL = "overall"

@@ -75,7 +75,8 @@ def build(tables: dict[str, pa.Table], page: Page, history: pa.Table | None) -> 
     summary = page.sections.get("summary")
     if summary and history is not None and source and run_date:
         since, previous = changes(history, source, run_date)
-        overall = next(r for r in tables["summary"].to_pylist() if r["overall"])
+        table = tables["summary"] if "summary" in tables else tables["token_summary"]
+        overall = next(r for r in table.to_pylist() if r["overall"])
         for card in summary["cards"]:
             if since is not None:
                 card["change"] = change(card["metric"], overall.get(card["metric"]), previous.get(card["metric"]), since)

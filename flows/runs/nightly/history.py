@@ -36,13 +36,15 @@ def run_folder(root: str, run_date: str, source: str) -> str:
 
 def metrics_table(tables: dict[str, pa.Table], slice_by: Sequence[str]) -> pa.Table:
     """Every metric of a run in one long table: `scope` (class, slice, drift; gate rows
-    are added by the run, see `gate_history`), the run's
+    are added by the run, see `gate_history`; a token report's summary rows are its
+    slice rows, their `n` its tokens), the run's
     slice columns with their own types, then `METRIC_FIELDS`. Overall rows have
     ``overall = true`` and null slice columns; `lo` and `hi` are the metric's interval
     (null for counts and drift metrics); `breached` is false except for drift metrics
     above their threshold."""
-    per_class = tables["per_class"]
-    schema = pa.schema([pa.field("scope", pa.string()), *(per_class.schema.field(name) for name in slice_by), *METRIC_FIELDS])
+    tokens = "token_summary" in tables  # a token report: its summary rows, n its tokens
+    described = tables["token_summary" if tokens else "per_class"]
+    schema = pa.schema([pa.field("scope", pa.string()), *(described.schema.field(name) for name in slice_by), *METRIC_FIELDS])
     kept = set(schema.names)
 
     def piece(table: pa.Table, scope: str, metric: str | None = None) -> pa.Table:
@@ -53,6 +55,8 @@ def metrics_table(tables: dict[str, pa.Table], slice_by: Sequence[str]) -> pa.Ta
             if f"{metric}_lo" in table.column_names:
                 given.update(lo=table.column(f"{metric}_lo"), hi=table.column(f"{metric}_hi"))
         given.update({name: table.column(name) for name in table.column_names if name in kept})
+        if tokens and scope == "slice":
+            given["n"] = table.column("tokens")
         return assemble(schema, given, rows)
 
     def metrics_of(table: pa.Table) -> list[str]:
@@ -61,7 +65,9 @@ def metrics_table(tables: dict[str, pa.Table], slice_by: Sequence[str]) -> pa.Ta
                 if f.name not in kept and f.name not in bounds and not pa.types.is_list(f.type)
                 and not pa.types.is_boolean(f.type)]  # auc_exact: a flag, not a metric
 
-    pieces = [piece(per_class, "class", m) for m in metrics_of(per_class)]
+    if tokens:
+        return pa.concat_tables([piece(described, "slice", m) for m in metrics_of(described)])
+    pieces = [piece(described, "class", m) for m in metrics_of(described)]
     pieces += [piece(tables["summary"], "slice", m) for m in metrics_of(tables["summary"])]
     if "drift" in tables:  # already long; its kl_mean column repeats `value` on per-class rows
         pieces.append(piece(tables["drift"], "drift"))

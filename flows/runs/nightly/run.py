@@ -99,7 +99,8 @@ def nightly_source(config: NightlyConfig, source: NightlySource, run_date: str, 
         metrics = metrics_table(tables, slice_by)
         metadata = {**report_metadata(report.evaluation), RUN_DIGEST_KEY: digest.encode()}
         stats, spec = report.evaluation.result.stats, report.evaluation.spec
-        tables[STATE_TABLE] = state_table(stats, spec.slice_by, spec.slice_types, metadata)
+        if not report.is_tokens:  # a token state is not stored yet (#20); token sources have no gates
+            tables[STATE_TABLE] = state_table(stats, spec.slice_by, spec.slice_types, metadata)
         run = {NIGHTLY_KEY: json.dumps({"source": source.name, "run_date": run_date, "report_root": config.report_root,
                                         "tables_root": config.tables_base, "drift": outcome.drift,
                                         "reference_problem": outcome.reference_problem}).encode()}
