@@ -181,7 +181,9 @@ def build(page: Page, history: pa.Table, *, source: str | None = None, up_to: st
                      for (s, d), c in sorted(runs.items(), key=lambda item: (item[0][1], item[0][0]), reverse=True)],
     }
     if rows:
-        order = [metric_label(m, page if units else None) for m in (*TREND_METRICS["slice"], *drift_metrics(history))]
+        drawn = {row["metric"] for row in rows}
+        order = [label for label in (metric_label(m, page if units else None)
+                                     for m in (*TREND_METRICS["slice"], *drift_metrics(history))) if label in drawn]
         page.chart("history-chart", "history", trend_chart(rows, len(sources), order), nonfinite=named)
 
 
