@@ -5,6 +5,7 @@ formulas hold, bad tokens are named, and the command line and page show the repo
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from browser import MISSING, chromium, console_errors, open_page, requested_urls
 from flows import evaluate
 from flows.errors import DataError
 from support import random_tokens, run_cli
@@ -294,3 +296,29 @@ def test_a_nightly_token_source_writes_history_rows_and_a_page_with_changes(tmp_
         (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**config, "sources": [{**source, **refused}]}))
         with pytest.raises(ConfigError, match=r"sources.0 \(lm\): kind tokens has no"):
             build_config(NightlyConfig, tmp_path / "bad.yaml")
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.skipif(MISSING is not None and not os.environ.get("CI"), reason=f"headless browser test {MISSING}")
+def test_the_token_page_draws_in_headless_chromium(tmp_path, client, data):
+    """The token page draws its two charts (CE by position and by frequency bucket) with
+    no console error and no network request; the cards show the report's numbers."""
+    from selenium.webdriver.common.by import By
+
+    report = evaluate(write_shards(tmp_path / "dump", token_rows_table(data), 2), kind="tokens",
+                      slice_by=["source"], client=client)
+    page = tmp_path / "tokens.html"
+    page.write_text(report.to_html(), encoding="utf-8")
+    overall = report.summary.iloc[-1]
+    with chromium() as driver:
+        open_page(driver, page, 2)
+        assert console_errors(driver) == []
+        assert [u for u in requested_urls(driver) if not u.startswith(("file:", "data:", "about:"))] == []
+        for card in driver.find_elements(By.CSS_SELECTOR, ".card"):
+            metric = card.get_attribute("data-metric")
+            shown = card.find_element(By.CSS_SELECTOR, ".value").text
+            assert shown == (f"{overall[metric]:,}" if metric == "tokens" else f"{overall[metric]:.4f}"), metric
+        rows = driver.find_elements(By.CSS_SELECTOR, "#worst-tokens tbody tr")
+        assert len(rows) == 20
+        assert driver.find_element("id", "tokens").is_displayed()
