@@ -83,6 +83,14 @@ class TokenColumns(StrictModel):
         "sets it too.",
     )
     vocab_size: int | None = Field(None, ge=1, description="Target ids must be below it (checked when set).")
+    vocab: str | None = Field(
+        None, description="A Parquet file of the vocabulary (columns id, token), such as the _vocab.parquet of "
+        "xent convert openai: per_token.parquet then names each target's text.",
+    )
+    counts: str | None = Field(
+        None, description="A Parquet file of token counts (columns id, count) that ranks the targets for the frequency "
+        "buckets, e.g. from the training corpus; none = the dump's own counts.",
+    )
     position_edges: list[int] = Field(
         default_factory=lambda: [0, *(2**i for i in range(21))],
         description="Lower edges of the position buckets (0, 1, 2-3, 4-7, ... by default); must start at 0.",

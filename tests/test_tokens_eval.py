@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -322,3 +323,29 @@ def test_the_token_page_draws_in_headless_chromium(tmp_path, client, data):
         rows = driver.find_elements(By.CSS_SELECTOR, "#worst-tokens tbody tr")
         assert len(rows) == 20
         assert driver.find_element("id", "tokens").is_displayed()
+
+
+def test_a_vocabulary_names_the_tokens_and_given_counts_rank_them(tmp_path, client, data):
+    """tokens.vocab adds each target's text to per_token (and the page); tokens.counts
+    ranks the targets for the frequency buckets instead of the dump's own counts."""
+    folder = write_shards(tmp_path / "dump", token_rows_table(data), 2)
+    vocab, counts = tmp_path / "vocab.parquet", tmp_path / "counts.parquet"
+    pq.write_table(pa.table({"id": pa.array(range(40), pa.int32()), "token": [f"<{i}>" for i in range(40)]}), vocab)
+    given = np.arange(40)[::-1] * 1000  # id 0 the most frequent, then 1, 2, ...
+    pq.write_table(pa.table({"id": np.arange(40), "count": given}), counts)
+    report = evaluate(folder, kind="tokens", client=client, tokens={"vocab": str(vocab), "counts": str(counts)})
+    per_token = report.per_token
+    assert (per_token["token"] == [f"<{i}>" for i in per_token["target"]]).all()
+    assert (per_token["frequency_rank"] == per_token["target"] + 1).all()
+    ce = -data["target_logprob"]
+    first = report.frequency.iloc[0]
+    assert first["tokens"] == (data["target"] < 10).sum()
+    assert first["ce_mean"] == pytest.approx(ce[data["target"] < 10].mean(), rel=1e-12)
+    page = report.to_html()
+    shown = re.findall(r'<td class="text"[^>]*>&lt;(\d+)&gt;</td>', page)  # escaped, in the worst-tokens table
+    assert len(shown) == 20 and not re.search(r"<\d+>", page)
+
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"key": [1]}), bad)
+    with pytest.raises(DataError, match="bad.parquet: cannot read the vocabulary"):
+        evaluate(folder, kind="tokens", client=client, tokens={"vocab": str(bad)})

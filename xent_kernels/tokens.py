@@ -379,8 +379,10 @@ class TokenStats:
         return cls(keys, first.position_edges, first.n_buckets, first.n_bins, first.topk, **total,
                    has_bytes=any(s.has_bytes for s in states), has_text_counts=any(s.has_text_counts for s in states))
 
-    def finalize(self, base="e", level: float = DEFAULT_LEVEL) -> "TokenReport":
-        return TokenReport.of(self, base, level)
+    def finalize(self, base="e", level: float = DEFAULT_LEVEL, counts: np.ndarray | None = None) -> "TokenReport":
+        """The report; `counts` (per token id) rank the targets for the frequency buckets
+        instead of this state's own counts."""
+        return TokenReport.of(self, base, level, counts)
 
 
 def token_stats_partial(
@@ -511,7 +513,8 @@ class TokenReport:
     units: str
 
     @classmethod
-    def of(cls, state: TokenStats, base="e", level: float = DEFAULT_LEVEL) -> "TokenReport":
+    def of(cls, state: TokenStats, base="e", level: float = DEFAULT_LEVEL, counts: np.ndarray | None = None
+           ) -> "TokenReport":
         scale = 1.0 / math.log(2) if base == 2 else 1.0
         units = "bits" if base == 2 else "nats"
         cells = state.cells + state.cells_comp  # (S, P, K, F)
@@ -553,9 +556,7 @@ class TokenReport:
         token_ce = state.token_ce + state.token_ce_comp
         count = token_n.sum(axis=1)
         seen = np.flatnonzero(count)
-        order = seen[np.lexsort((seen, -count[seen]))]  # most frequent first, ties by id
-        rank = np.zeros(len(count), dtype=np.int64)
-        rank[order] = np.arange(1, len(order) + 1)
+        rank = frequency_ranks(count if counts is None else counts, len(count))
         pair = np.stack([token_n.astype(np.float64), token_ce], axis=-1)  # (V, K, 2)
         value, lo, hi = _jackknife(lambda x: _divide(x[..., 1], x[..., 0]) * scale, pair[seen], token_n[seen] > 0, level)
         per_token = {
@@ -564,7 +565,7 @@ class TokenReport:
             "listed_tokens": state.token_listed[seen],
             "top1_accuracy": _divide(state.token_rank1[seen].astype(np.float64), state.token_listed[seen]),
         }
-        edges = frequency_edges(max(len(order), 1))
+        edges = frequency_edges(max(int(rank[seen].max()) if len(seen) else 1, 1))
         which = np.searchsorted(edges, rank[seen], side="right") - 1
         freq = np.zeros((len(edges), pair.shape[1], 2))
         np.add.at(freq, which, pair[seen])
@@ -609,6 +610,18 @@ def _document_metrics(state: TokenStats, scale: float, level: float) -> dict[str
     out["doc_perplexity_arithmetic"], out["doc_perplexity_arithmetic_lo"], out["doc_perplexity_arithmetic_hi"] = (
         _jackknife(lambda x: _divide(x[..., 2], x[..., 0]), sums, used, level))
     return out
+
+
+def frequency_ranks(counts: np.ndarray, vocab: int) -> np.ndarray:
+    """Each id's frequency rank (1 = the most frequent; ties by id) by `counts`, for ids
+    0 .. `vocab` - 1; ids without a count (or past `counts`) rank after all counted ids."""
+    counts = np.asarray(counts, dtype=np.float64)
+    counts = np.concatenate([counts[:vocab], np.zeros(max(vocab - len(counts), 0))])
+    ids = np.arange(vocab)
+    order = np.lexsort((ids, -counts))
+    rank = np.empty(vocab, dtype=np.int64)
+    rank[order] = np.arange(1, vocab + 1)
+    return rank
 
 
 def _token_metrics(sums: np.ndarray, scale: float, level: float) -> dict[str, np.ndarray]:

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from xent_kernels.tokens import TokenReport
 
 from ..config import log_base
 from ..engine import Evaluation
-from ..errors import without_credentials
+from ..errors import DataError, without_credentials
+from ..inputs.sources import filesystem
 from .tables import _column, report_metadata, skipped_rows, slice_key_columns
 
 TOKEN_TABLES = ("token_summary", "token_positions", "token_frequency", "per_token")
@@ -43,9 +45,27 @@ def _metric_columns(table: dict[str, np.ndarray], skip: tuple[str, ...] = ("slic
     return {name: _column(np.asarray(values)) for name, values in table.items() if name not in skip}
 
 
+def read_id_table(url: str, value: str, storage_options: dict, what: str) -> dict[int, object]:
+    """{id: value} from a Parquet file with columns ``id`` and `value` (a vocabulary or
+    token counts); a DataError naming the file when it cannot be read or lacks them."""
+    try:
+        fs, path = filesystem(url, storage_options)
+        with fs.open(path, "rb") as handle:
+            table = pq.read_table(handle, columns=["id", value])
+    except (OSError, pa.ArrowException, KeyError) as error:
+        raise DataError(f"{url}: cannot read the {what} (a Parquet file with columns id and {value}): {error}") from None
+    return dict(zip(table.column("id").to_pylist(), table.column(value).to_pylist()))
+
+
 def build_token_tables(evaluation: Evaluation) -> dict[str, pa.Table]:
     config, result = evaluation.config, evaluation.result
-    report = result.stats.finalize(base=log_base(config.units), level=config.interval_level)
+    options = config.storage_options
+    counts = None
+    if config.tokens.counts:
+        given = read_id_table(config.tokens.counts, "count", options, "token counts")
+        counts = np.zeros(max(max(given, default=-1) + 1, result.stats.vocab))
+        counts[list(given)] = list(given.values())
+    report = result.stats.finalize(base=log_base(config.units), level=config.interval_level, counts=counts)
     summary = report.summary
     if not evaluation.spec.slice_by:  # one slice: its row is the overall row
         summary = {name: values[-1:] for name, values in summary.items()}
@@ -70,7 +90,11 @@ def build_token_tables(evaluation: Evaluation) -> dict[str, pa.Table]:
     columns.update(_metric_columns(positions, ("slice", "position_from")))
     tables["token_positions"] = pa.table(columns)
     tables["token_frequency"] = pa.table(_metric_columns(report.frequency, ()))
-    tables["per_token"] = pa.table(_metric_columns(report.per_token, ()))
+    per_token = _metric_columns(report.per_token, ())
+    if config.tokens.vocab:
+        vocab = read_id_table(config.tokens.vocab, "token", options, "vocabulary")
+        per_token["token"] = pa.array([vocab.get(int(i)) for i in report.per_token["target"]], pa.string())
+    tables["per_token"] = pa.table(per_token)
     if config.on_bad_shard == "skip":
         tables["bad_shards"] = pa.table({
             "file": pa.array([without_credentials(b.url) for b in result.bad_shards], type=pa.string()),

@@ -68,11 +68,14 @@ def build(tables: dict[str, pa.Table], page: Page) -> None:
                f"Mean CE by the target's frequency rank in this dump ({page.units})", named)
     tokens = tables["per_token"].to_pylist()
     worst = sorted(tokens, key=lambda r: largest_first(r["ce_sum"]))[:WORST_TOKENS]
+    named = "token" in tables["per_token"].column_names
     section["worst_tokens"] = {
-        "header": [("target id", "num", ""), ("frequency rank", "num", ""), ("tokens", "num", ""),
+        "header": [("target id", "num", ""), *([("token", "text", "")] if named else []),
+                   ("frequency rank", "num", ""), ("tokens", "num", ""),
                    (f"CE sum ({page.units})", "num", "ce_sum"), (_label("ce_mean", page), "num", "ce_mean"),
                    ("top-1 accuracy", "num", "top1_accuracy")],
-        "rows": [[cell(r, "target"), cell(r, "frequency_rank"), cell(r, "tokens"), cell(r, "ce_sum"),
+        "rows": [[cell(r, "target"), *([text_cell(r["token"])] if named else []), cell(r, "frequency_rank"),
+                  cell(r, "tokens"), cell(r, "ce_sum"),
                   cell(r, "ce_mean"), cell(r, "top1_accuracy")] for r in worst],
         "left_out": max(len(tokens) - len(worst), 0),
     }
