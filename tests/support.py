@@ -427,7 +427,12 @@ def random_tokens(seed: int, n: int = 3000, vocab: int = 40, k: int = 5, docs: i
     logp = log_softmax(logits, axis=1)
     target = rng.integers(0, vocab, n)
     doc = rng.integers(0, docs, n)
-    position = rng.integers(0, 300, n)
+    # each document's tokens at distinct positions: its tokens in order, from a random start
+    start = rng.integers(0, 250, docs)
+    seen = np.zeros(docs, dtype=np.int64)
+    position = np.empty(n, dtype=np.int64)
+    for i, d in enumerate(doc):
+        position[i], seen[d] = start[d] + seen[d], seen[d] + 1
     order = np.argsort(-logp, axis=1, kind="stable")[:, :k]
     ids, lps = [], []
     for i in range(n):

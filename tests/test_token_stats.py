@@ -214,3 +214,13 @@ def test_sentinel_entries_are_absent():
     without = token_stats_partial(target, lp, positions=np.array([0]), topk_offsets=np.array([0, 2]),
                                   topk_ids=np.array([2, 7]), topk_logprobs=np.array([-0.5, -1.5]))[0]
     assert np.array_equal(with_sentinel.cells, without.cells)
+
+
+def test_a_position_twice_in_a_document_is_named_at_its_second_row():
+    positions = np.array([0, 1, 2, 0, 1, 1, 3])
+    docs = splitmix64(np.array([5, 5, 5, 6, 6, 5, 6]))  # document 5 has position 1 at rows 1 and 5
+    _, bad, column, reason = token_stats_partial(np.zeros(7, np.int64), np.full(7, -1.0), positions=positions,
+                                                 doc_hashes=docs)
+    assert (bad, column) == (5, "position") and "already has" in reason
+    fine = token_stats_partial(np.zeros(7, np.int64), np.full(7, -1.0), positions=np.arange(7), doc_hashes=docs)
+    assert fine[1] == -1

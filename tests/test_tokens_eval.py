@@ -155,6 +155,9 @@ def test_documents_give_lm_eval_word_and_byte_perplexity(tmp_path, client, data)
     (lambda t: t.set_column(5, "topk_logprobs", pa.array([lps[:-1] if i == 4 else lps for i, lps in enumerate(
         t.column(5).to_pylist())], pa.list_(pa.float64()))),
      "column 'topk_logprobs', row 4: "),
+    (lambda t: t.set_column(1, "position", pa.array(np.where(np.arange(t.num_rows) == 12, t.column(1).to_numpy()[11],
+                                                             t.column(1).to_numpy()), pa.int32())),
+     "column 'position', row 12: a position its document already has"),
 ])
 def test_a_bad_token_is_named_and_nothing_is_written(tmp_path, data, change, where):
     folder = tmp_path / "dump"

@@ -84,6 +84,7 @@ REASONS = {
     8: ("target_logprob", "-inf log-probability (infinite cross-entropy)"),
     9: ("position", "negative position"),
     10: ("topk_ids", "token id outside [0, vocab_size)"),
+    11: ("position", "a position its document already has (a token scored twice?)"),
 }
 
 
@@ -457,6 +458,12 @@ def token_stats_partial(
     if ignored is not None:
         state.ignored[:] = ignored
     if doc_hashes is not None:
+        # a position twice in one document, among these tokens (not across batches)
+        order = np.lexsort((positions, doc_hashes))
+        again = np.flatnonzero((doc_hashes[order][1:] == doc_hashes[order][:-1])
+                               & (positions[order][1:] == positions[order][:-1]))
+        if again.size:
+            return state, int(np.maximum(order[again], order[again + 1]).min()), *REASONS[11]
         finite = target_logprob > -np.inf
         documents = DocumentTable.of_tokens(slice_ids[finite], doc_hashes[finite],
                                             -np.minimum(target_logprob[finite].astype(np.float64), 0.0))
