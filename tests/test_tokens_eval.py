@@ -10,7 +10,9 @@ import re
 from pathlib import Path
 from types import SimpleNamespace
 
+import dask.dataframe as dd
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -122,9 +124,13 @@ def test_both_layouts_and_any_sharding_give_one_report(tmp_path, client, data):
     assert summary["tokens"] == len(ce)
     assert summary["documents"] == len(np.unique(data["doc"]))
     assert summary["ce_mean"] == pytest.approx(ce.mean(), rel=1e-12)
-    # in memory, as a pandas DataFrame, the same again
-    memory = evaluate(token_rows_table(data).to_pandas(), **options)
-    assert_same_tables(rows_one, memory)
+    # in memory, as an Arrow table, a pandas DataFrame and a Dask DataFrame (Arrow dtypes,
+    # so that Dask keeps the lists), the same again
+    table = token_rows_table(data)
+    assert_same_tables(rows_one, evaluate(table, **options))
+    assert_same_tables(rows_one, evaluate(table.to_pandas(), **options))
+    frame = dd.from_pandas(table.to_pandas(types_mapper=pd.ArrowDtype), npartitions=3)
+    assert_same_tables(rows_one, evaluate(frame, **options))
 
 
 def test_documents_give_lm_eval_word_and_byte_perplexity(tmp_path, client, data):
