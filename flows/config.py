@@ -382,11 +382,22 @@ class DriftSettings(JoinSettings):
         return _check_metrics(value)
 
 
+def _two_sided_classifiers_only(config: EvalConfig, what: str) -> EvalConfig:
+    if config.kind == TOKENS:
+        raise ValueError(f"kind tokens: {what} of token dumps is not there yet (issue #19); xent eval --kind tokens "
+                         "evaluates each dump")
+    return config
+
+
 class DriftConfig(EvalConfig):
     """`xent drift`: the reading settings of EvalConfig for both dumps, plus drift settings."""
 
     reference: list[str] = Field(default_factory=list, description="The reference dump (baseline).")
     drift: DriftSettings = Field(default_factory=DriftSettings)
+
+    @model_validator(mode="after")
+    def _not_tokens_yet(self):
+        return _two_sided_classifiers_only(self, "drift")
 
 
 class Gate(StrictModel):
@@ -434,6 +445,10 @@ class CompareConfig(EvalConfig):
 
     baseline: list[str] = Field(default_factory=list, description="The baseline dump.")
     compare: CompareSettings = Field(default_factory=CompareSettings)
+
+    @model_validator(mode="after")
+    def _not_tokens_yet(self):
+        return _two_sided_classifiers_only(self, "compare")
     gate: list[Gate] = Field(default_factory=list, description="A gate, or a list of them.")
 
     @field_validator("gate", mode="before")

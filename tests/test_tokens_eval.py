@@ -358,3 +358,14 @@ def test_a_vocabulary_names_the_tokens_and_given_counts_rank_them(tmp_path, clie
     pq.write_table(pa.table({"key": [1]}), bad)
     with pytest.raises(DataError, match="bad.parquet: cannot read the vocabulary"):
         evaluate(folder, kind="tokens", client=client, tokens={"vocab": str(bad)})
+
+
+@pytest.mark.parametrize("command", [["compare", "--baseline"], ["drift", "--reference"]])
+def test_drift_and_compare_of_token_dumps_say_they_are_not_there_yet(tmp_path, data, command):
+    folder = write_shards(tmp_path / "dump", token_rows_table(data), 1)
+    other = "--candidate" if command[0] == "compare" else "--current"
+    result = run_cli([*command, str(folder), other, str(folder), "--kind", "tokens", "--out", str(tmp_path / "out"),
+                      "--no-prefect"])
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert f"{command[0]} of token dumps is not there yet" in result.stderr
+    assert not (tmp_path / "out").exists()
