@@ -224,3 +224,22 @@ def test_a_position_twice_in_a_document_is_named_at_its_second_row():
     assert (bad, column) == (5, "position") and "already has" in reason
     fine = token_stats_partial(np.zeros(7, np.int64), np.full(7, -1.0), positions=np.arange(7), doc_hashes=docs)
     assert fine[1] == -1
+
+
+def test_folding_batches_into_one_state_gives_the_merge_of_their_states():
+    """A piece folds its batches into one state (into=): the report equals the merge of
+    one state per batch, also when a later batch brings a new slice or a larger id."""
+    data = random_tokens(9, n=900)
+    order = np.argsort(data["slice"], kind="stable")  # the first batch holds slice 0 only
+    batches = np.array_split(order, 3)
+    data["target"][batches[2][-1]] = 39  # the largest id comes last
+    states = [partial(data, rows) for rows in batches]
+    folded = None
+    for rows in batches:
+        folded = partial(data, rows, into=folded)
+    merged = TokenStats.merge(*states).finalize()
+    whole = TokenStats.merge(folded).finalize()
+    for table in ("summary", "positions", "frequency", "per_token"):
+        for name, values in getattr(merged, table).items():
+            np.testing.assert_allclose(getattr(whole, table)[name], values, rtol=1e-12, equal_nan=True,
+                                       err_msg=f"{table}.{name}")

@@ -369,3 +369,18 @@ def test_drift_and_compare_of_token_dumps_say_they_are_not_there_yet(tmp_path, d
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert f"{command[0]} of token dumps is not there yet" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_tokens_without_a_target_or_log_prob_are_counted_and_left_out(tmp_path, client, data):
+    table = token_rows_table(data)
+    missing = np.zeros(table.num_rows, dtype=bool)
+    missing[[3, 70, 71, 500]] = True
+    even = np.arange(table.num_rows) % 2 == 0  # a null target at 70 and 500, a null log-prob at 3 and 71
+    target = pa.array(table.column(2).to_numpy(), pa.int32(), mask=missing & even)
+    logprob = pa.array(table.column(3).to_numpy(), pa.float64(), mask=missing & ~even)
+    with_nulls = table.set_column(2, "target", target).set_column(3, "target_logprob", logprob)
+    options = dict(kind="tokens", slice_by=["source"], client=client, tokens={"topk": 5})
+    report = evaluate(write_shards(tmp_path / "nulls", with_nulls, 2), **options)
+    expected = evaluate(write_shards(tmp_path / "without", table.filter(pa.array(~missing)), 2), **options)
+    assert report.summary["n_ignored"].iloc[-1] == 4
+    assert_same_tables(expected, report, skip=("n_ignored",))

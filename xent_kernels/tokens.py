@@ -406,6 +406,7 @@ def token_stats_partial(
     count_nonfinite: bool = False,
     ignored: np.ndarray | None = None,
     doc_hashes: np.ndarray | None = None,
+    into: TokenStats | None = None,
 ) -> tuple[TokenStats, int, str, str]:
     """The state of a batch of scored tokens.
 
@@ -413,6 +414,9 @@ def token_stats_partial(
     (-1, "", "" when every token is valid; the state is then of no use). `ignored`
     (per slice) counts tokens left out before the call (a null target or log-prob).
     `doc_hashes` (each token's document key hash) gives the per-document figures.
+    With `into` (a state of the same options) the batch is folded into it, in place
+    when it already holds the batch's slices and ids, and that state is returned: a
+    piece's batches then share one state instead of one each, merged.
     """
     n = len(target)
     slice_ids = np.zeros(n, dtype=np.int64) if slice_ids is None else slice_ids.astype(np.int64, copy=False)
@@ -432,13 +436,23 @@ def token_stats_partial(
         return TokenStats.empty(slice_keys=slice_keys, position_edges=position_edges, n_buckets=n_buckets),\
             row, "target", f"token id {largest} at or above {MAX_UNDECLARED_VOCAB}: declare vocab_size"
     vocab = max(int(vocab_size), largest + 1)
-    state = TokenStats.empty(slice_keys=slice_keys, position_edges=position_edges, n_buckets=n_buckets,
-                             n_bins=n_bins, topk=topk, vocab=vocab, has_bytes=target_bytes is not None)
+    options = dict(position_edges=position_edges, n_buckets=n_buckets, n_bins=n_bins, topk=topk)
+    batch = TokenStats.empty(slice_keys=slice_keys, vocab=vocab, has_bytes=target_bytes is not None, **options)
+    if into is None:
+        state = batch
+    else:
+        known = set(into.slice_keys)
+        # the rare batch with a new slice or a larger id widens the state (a merge with the empty batch state)
+        state = into if known.issuperset(batch.slice_keys) and into.vocab >= vocab else TokenStats.merge(into, batch)
+        if state is into and target_bytes is not None and not into.has_bytes:
+            state = replace(into, has_bytes=True)
+        where = {key: i for i, key in enumerate(state.slice_keys)}
+        slice_ids = np.array([where[key] for key in batch.slice_keys], dtype=np.int64)[slice_ids]
+        group = slice_ids * len(edges) + pbucket
     s, p = len(state.slice_keys), len(edges)
-    cells = state.cells.reshape(s * p * n_buckets, len(TOKEN_FIELDS))
-    cells_comp = state.cells_comp.reshape(cells.shape)
-    ece = state.ece.reshape(s * n_buckets * n_bins, 3)
-    ece_comp = state.ece_comp.reshape(ece.shape)
+    # views: the kernel adds into the state's own arrays
+    cells, cells_comp = _flat_view(state.cells, len(TOKEN_FIELDS)), _flat_view(state.cells_comp, len(TOKEN_FIELDS))
+    ece, ece_comp = _flat_view(state.ece, 3), _flat_view(state.ece_comp, 3)
     has_topk = topk_offsets is not None
     empty_i = np.zeros(1, dtype=np.int64)
     nonfinite_groups = np.zeros(s * p, dtype=np.int64)
@@ -454,21 +468,76 @@ def token_stats_partial(
     )
     if row >= 0:
         return state, int(row), *REASONS[int(code)]
-    state.nonfinite[:] = nonfinite_groups.reshape(s, p).sum(axis=1)
+    state.nonfinite[:] += nonfinite_groups.reshape(s, p).sum(axis=1)
     if ignored is not None:
-        state.ignored[:] = ignored
+        state.ignored[[where[key] for key in batch.slice_keys] if into is not None else slice(None)] += ignored
     if doc_hashes is not None:
-        # a position twice in one document, among these tokens (not across batches)
-        order = np.lexsort((positions, doc_hashes))
-        again = np.flatnonzero((doc_hashes[order][1:] == doc_hashes[order][:-1])
-                               & (positions[order][1:] == positions[order][:-1]))
-        if again.size:
-            return state, int(np.maximum(order[again], order[again + 1]).min()), *REASONS[11]
-        finite = target_logprob > -np.inf
-        documents = DocumentTable.of_tokens(slice_ids[finite], doc_hashes[finite],
-                                            -np.minimum(target_logprob[finite].astype(np.float64), 0.0))
-        state = replace(state, documents=documents)
+        documents, again = _documents(slice_ids, doc_hashes, positions, target_logprob.astype(np.float64, copy=False))
+        if again >= 0:
+            return state, again, *REASONS[11]
+        state = replace(state, documents=DocumentTable.merge_two(state.documents, documents))
     return state, -1, "", ""
+
+
+def _flat_view(array: np.ndarray, columns: int) -> np.ndarray:
+    """`array` as rows of `columns`, sharing its memory (an error rather than a copy)."""
+    view = array.view()
+    view.shape = (-1, columns)
+    return view
+
+
+def _documents(slice_ids: np.ndarray, hashes: np.ndarray, positions: np.ndarray, logprob: np.ndarray
+               ) -> tuple[DocumentTable, int]:
+    """The documents of a batch's tokens (their finite CE), and the row of the first
+    position its document already has (-1: none). Tokens in runs by document with rising
+    positions, as dumps hold them, take one pass; others a sort."""
+    n = len(hashes)
+    run_slice, run_hash = np.empty(n, np.int64), np.empty(n, np.uint64)
+    run_n, run_ce, run_comp = np.empty(n, np.int64), np.empty(n), np.empty(n)
+    runs, rising = _document_runs(slice_ids, hashes, positions, logprob, run_slice, run_hash, run_n, run_ce, run_comp)
+    order = np.lexsort((run_hash[:runs], run_slice[:runs]))
+    once = runs < 2 or not np.any(np.diff(np.sort(run_hash[:runs])) == 0)  # no document in two runs
+    if rising and once:
+        kept = order[run_n[:runs][order] > 0]
+        return DocumentTable(run_slice[kept], run_hash[kept], run_n[kept], run_ce[kept], run_comp[kept]), -1
+    order = np.lexsort((positions, hashes))
+    again = np.flatnonzero((hashes[order][1:] == hashes[order][:-1]) & (positions[order][1:] == positions[order][:-1]))
+    if again.size:
+        return DocumentTable.empty(), int(np.maximum(order[again], order[again + 1]).min())
+    finite = logprob > -np.inf
+    return DocumentTable.of_tokens(slice_ids[finite], hashes[finite], -np.minimum(logprob[finite], 0.0)), -1
+
+
+@strict_kernel
+def _document_runs(slice_ids, hashes, positions, logprob, run_slice, run_hash, run_n, run_ce, run_comp):
+    """Runs of consecutive tokens of one (slice, document): each run's finite tokens and
+    their compensated CE sum; returns the number of runs and whether positions rise
+    within every run."""
+    runs = 0
+    rising = True
+    for i in range(hashes.shape[0]):
+        if i == 0 or slice_ids[i] != slice_ids[i - 1] or hashes[i] != hashes[i - 1]:
+            run_slice[runs] = slice_ids[i]
+            run_hash[runs] = hashes[i]
+            run_n[runs] = 0
+            run_ce[runs] = 0.0
+            run_comp[runs] = 0.0
+            runs += 1
+        elif positions[i] <= positions[i - 1]:
+            rising = False
+        lp = logprob[i]
+        if lp > -np.inf:
+            r = runs - 1
+            x = -lp if lp < 0.0 else 0.0
+            s = run_ce[r]
+            t = s + x
+            if abs(s) >= abs(x):
+                run_comp[r] += (s - t) + x
+            else:
+                run_comp[r] += (x - t) + s
+            run_ce[r] = t
+            run_n[r] += 1
+    return runs, rising
 
 
 def add_text_counts(state: TokenStats, slice_ids: np.ndarray, buckets: np.ndarray, n_bytes: np.ndarray | None,

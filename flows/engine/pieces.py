@@ -191,18 +191,19 @@ def _merged(a: ClassStats | TokenStats, b: ClassStats | TokenStats) -> ClassStat
 
 def _piece_token_stats(piece: Piece, spec: TokenSpec, data: Any = None) -> TokenStats:
     """A token dump piece's state."""
-    states = map(lambda batch: _token_batch_stats(batch, piece.file, spec), piece_batches(piece, spec, data))
-    return functools.reduce(_merged, states, empty_state(spec))
+    # each batch folds into the piece's one state (no state per batch to merge)
+    fold = functools.partial(_token_batch_stats, file=piece.file, spec=spec)
+    return functools.reduce(fold, piece_batches(piece, spec, data), empty_state(spec))
 
 
-def _token_batch_stats(batch: TokenBatch, file: InputFile, spec: TokenSpec) -> TokenStats:
+def _token_batch_stats(into: TokenStats, batch: TokenBatch, file: InputFile, spec: TokenSpec) -> TokenStats:
     with phase("kernel"):
         state, bad, column, reason = token_stats_partial(
             batch.target, batch.target_logprob, slice_ids=batch.slice_ids, slice_keys=batch.slice_keys,
             positions=batch.position, buckets=batch.buckets, target_bytes=batch.target_bytes,
             topk_offsets=batch.topk_offsets, topk_ids=batch.topk_ids, topk_logprobs=batch.topk_logprobs,
             vocab_size=spec.columns.vocab_size or 0, count_nonfinite=spec.on_nonfinite == "count",
-            ignored=batch.ignored, doc_hashes=batch.doc_hashes, **spec.state_options(),
+            ignored=batch.ignored, doc_hashes=batch.doc_hashes, into=into, **spec.state_options(),
         )
     if bad >= 0:
         name = getattr(spec.columns, f"{column}_col")

@@ -345,7 +345,14 @@ def _slices(batch: pa.RecordBatch, n: int, file: InputFile, spec: ReadSpec) -> t
         per_column_values.append(values)
     if radix == 1:
         return np.zeros(n, dtype=np.int64), [tuple(values[0] for values in per_column_values)]
-    unique, inverse = np.unique(codes, return_inverse=True)
+    if radix <= max(n, 1 << 16):
+        # np.unique's result without its sort: the codes present, in order, and each row's index among them
+        unique = np.flatnonzero(np.bincount(codes, minlength=radix))
+        position = np.zeros(radix, dtype=np.int64)
+        position[unique] = np.arange(len(unique))
+        inverse = position[codes]
+    else:
+        unique, inverse = np.unique(codes, return_inverse=True)
     keys = []
     for code in unique:
         key = []

@@ -214,7 +214,16 @@ def to_token_batch(batch: pa.RecordBatch, first_row: int, file: InputFile, spec:
         lengths = None
         position = _numbers(batch.column(c.position_col), c.position_col, first_row, file, "position").astype(np.int64)
     # a token without a target or a log-prob is left out and counted, as a null label is
-    present = ~(target_col.is_null().to_numpy(zero_copy_only=False) | lp_col.is_null().to_numpy(zero_copy_only=False))
+    every = target_col.null_count == 0 and lp_col.null_count == 0
+    present = (np.ones(len(target_col), dtype=bool) if every else
+               ~(target_col.is_null().to_numpy(zero_copy_only=False) | lp_col.is_null().to_numpy(zero_copy_only=False)))
+
+    def kept(values):
+        """`values` (per token) of the tokens with a target and a log-prob."""
+        if every:
+            return values
+        return values.filter(pa.array(present)) if isinstance(values, pa.Array) else values[present]
+
     topk = {}
     if spec.has_topk:
         ids, lps = batch.column(c.topk_ids_col), batch.column(c.topk_logprobs_col)
@@ -229,29 +238,29 @@ def to_token_batch(batch: pa.RecordBatch, first_row: int, file: InputFile, spec:
         if bad.size:
             raise DataError(f"{_where(file, c.topk_logprobs_col, first_row + parent[bad[0]])}: {lp_lengths[bad[0]]} "
                             f"log-probs for {id_lengths[bad[0]]} ids in '{c.topk_ids_col}'; the two lists go together")
-        keep = np.repeat(present, id_lengths)
-        id_lengths = np.where(present, id_lengths, 0)
-        topk = dict(topk_offsets=np.concatenate([[0], np.cumsum(id_lengths[present])]),
-                    topk_ids=_numbers(id_values, c.topk_ids_col, first_row, file, "top-k id")[keep].astype(np.int64),
-                    topk_logprobs=_numbers(lp_values, c.topk_logprobs_col, first_row, file, "top-k log-prob")[keep]
-                    .astype(np.float64))
+        ids = _numbers(id_values, c.topk_ids_col, first_row, file, "top-k id")
+        lps = _numbers(lp_values, c.topk_logprobs_col, first_row, file, "top-k log-prob")
+        if not every:  # the lists of the tokens kept
+            keep = np.repeat(present, id_lengths)
+            ids, lps, id_lengths = ids[keep], lps[keep], id_lengths[present]
+        topk = dict(topk_offsets=np.concatenate([[0], np.cumsum(id_lengths)]), topk_ids=ids, topk_logprobs=lps)
     target_bytes = None
     if spec.has_bytes:
         values = batch.column(c.target_bytes_col)
         if spec.layout == "documents":
             byte_lengths, values = _lists(values)
             _same_lengths(lengths, byte_lengths, c.target_bytes_col, c.target_col, first_row, file)
-        target_bytes = _numbers(values.filter(pa.array(present)), c.target_bytes_col, first_row, file, "byte count")
+        target_bytes = _numbers(kept(values), c.target_bytes_col, first_row, file, "byte count")
     token_slices = slice_ids[parent] if slice_ids is not None else None
     ignored = np.bincount(token_slices[~present] if token_slices is not None else np.zeros((~present).sum(), np.int64),
                           minlength=len(slice_keys))
     return TokenBatch(
-        first_row=first_row, row=first_row + parent[present],
-        target=target_col.filter(pa.array(present)).to_numpy(zero_copy_only=False).astype(np.int64),
-        target_logprob=lp_col.filter(pa.array(present)).to_numpy(zero_copy_only=False).astype(np.float64),
-        position=position[present], buckets=row_buckets[parent[present]] if row_buckets is not None else None,
-        slice_ids=token_slices[present] if token_slices is not None else None, slice_keys=slice_keys,
-        target_bytes=target_bytes, ignored=ignored, documents=documents, doc_hashes=row_hashes[parent[present]],
+        first_row=first_row, row=first_row + kept(parent),
+        target=kept(target_col).to_numpy(zero_copy_only=False),
+        target_logprob=kept(lp_col).to_numpy(zero_copy_only=False),
+        position=kept(position), buckets=row_buckets[kept(parent)] if row_buckets is not None else None,
+        slice_ids=kept(token_slices) if token_slices is not None else None, slice_keys=slice_keys,
+        target_bytes=target_bytes, ignored=ignored, documents=documents, doc_hashes=row_hashes[kept(parent)],
         **topk,
     )
 
