@@ -35,33 +35,17 @@ from dataclasses import dataclass, replace
 from typing import Self
 
 import numpy as np
-from numpy.typing import NDArray
 
 from ._numba import strict_kernel
-from .intervals import DEFAULT_LEVEL, jackknife_bounds
+from .intervals import DEFAULT_LEVEL
 from .merge_rules import two_sum
+from .token_documents import DocumentTable, batch_documents
+from .token_report import TOKEN_FIELDS, TokenReport
 
 __all__ = [
-    "ABSENT_LOGPROB", "DEFAULT_POSITION_EDGES", "LOGPROB_TOLERANCE", "TOKEN_FIELDS", "TokenStats", "frequency_edges",
+    "ABSENT_LOGPROB", "DEFAULT_POSITION_EDGES", "LOGPROB_TOLERANCE", "TokenStats", "add_text_counts",
     "token_stats_partial",
 ]
-
-# Per (slice, position bucket, jackknife bucket): compensated float64 sums.
-TOKEN_FIELDS = (
-    "tokens",  # scored tokens with a finite CE
-    "ce",  # Σ -ln q
-    "bytes",  # Σ target_bytes (0 without the column)
-    "listed_tokens",  # tokens with a non-empty top-k list
-    "rank_1",  # of those: rank 1 (top-1 correct)
-    "rank_2_5",
-    "rank_6_up",  # listed at rank 6 or more
-    "unlisted",  # target not in the list
-    "inside_topk",  # rank <= topk (topk declared), else listed
-    "entropy_lb",  # Σ entropy of the coarsened distribution
-)
-F = {name: i for i, name in enumerate(TOKEN_FIELDS)}
-DOC_FIELDS = ("documents", "n_bytes", "n_words")  # per (slice, bucket): the documents layout's counts
-ECE_FIELDS = ("count", "confidence", "correct")
 
 ABSENT_LOGPROB = -9999.0
 LOGPROB_TOLERANCE = 1e-4  # a log-prob above 0 by more than this is an error (top-k mass above 1 too)
@@ -88,15 +72,6 @@ REASONS = {
 }
 
 
-def frequency_edges(distinct: int) -> NDArray[np.int64]:
-    """Lower edges of the frequency-rank buckets 1-10, 11-100, 101-1000, ... (ranks from
-    1) that cover `distinct` ranks."""
-    edges = [1]
-    while 10 ** len(edges) + 1 <= distinct and len(edges) < 19:
-        edges.append(10 ** len(edges) + 1)
-    return np.array(edges, dtype=np.int64)
-
-
 @strict_kernel
 def _add(sums, comps, row, col, x):
     # Neumaier's compensated addition of x to sums[row, col]
@@ -120,7 +95,7 @@ def _token_pass(group, bucket, target, logprob, n_bytes, offsets, ids, lps, has_
         t = target[i]
         if lp != lp:
             return i, 1
-        if lp > 1e-4:
+        if lp > LOGPROB_TOLERANCE:
             return i, 2
         if t < 0 or (vocab_size > 0 and t >= vocab_size):
             return i, 6
@@ -154,9 +129,9 @@ def _token_pass(group, bucket, target, logprob, n_bytes, offsets, ids, lps, has_
             v = lps[j]
             if v != v:
                 return i, 3
-            if v <= -9999.0:
+            if v <= ABSENT_LOGPROB:
                 continue
-            if v > 1e-4:
+            if v > LOGPROB_TOLERANCE:
                 return i, 4
             if v > 0.0:
                 v = 0.0
@@ -164,7 +139,7 @@ def _token_pass(group, bucket, target, logprob, n_bytes, offsets, ids, lps, has_
             if u < 0 or (vocab_size > 0 and u >= vocab_size):
                 return i, 10
             for m in range(start, j):
-                if ids[m] == u and lps[m] > -9999.0:
+                if ids[m] == u and lps[m] > ABSENT_LOGPROB:
                     return i, 5
             entries += 1
             if u == t:
@@ -186,7 +161,7 @@ def _token_pass(group, bucket, target, logprob, n_bytes, offsets, ids, lps, has_
             if p > 0.0:
                 plogp -= p * lp
         tail = 1.0 - known_mass
-        if tail < -1e-4:
+        if tail < -LOGPROB_TOLERANCE:
             return i, 7
         if tail > 0.0:
             plogp -= tail * math.log(tail)
@@ -217,81 +192,6 @@ def _token_pass(group, bucket, target, logprob, n_bytes, offsets, ids, lps, has_
 
 def _key_order(key):
     return tuple((value is None, "" if value is None else value) for value in key)
-
-
-@dataclass(frozen=True, eq=False)
-class DocumentTable:
-    """Per (slice, document): the document's scored tokens and their CE sum, a row per
-    document key hash, sorted by (slice, hash). A document's tokens may be spread over
-    any pieces: merging adds its partial sums, so the per-document figures do not depend
-    on sharding. 40 bytes a document."""
-
-    slice: np.ndarray  # int64: index into the owning state's slice_keys
-    hash: np.ndarray  # uint64: the document key's hash (xent_kernels.hashing.key_hash, jackknife seed)
-    n: np.ndarray  # int64
-    ce: np.ndarray  # float64, with its compensation
-    ce_comp: np.ndarray
-
-    @classmethod
-    def empty(cls) -> Self:
-        return cls(np.zeros(0, np.int64), np.zeros(0, np.uint64), np.zeros(0, np.int64), np.zeros(0), np.zeros(0))
-
-    @classmethod
-    def of_tokens(cls, slice_ids: np.ndarray, hashes: np.ndarray, ce: np.ndarray) -> Self:
-        """The table of some tokens (their slice, document hash and CE)."""
-        if not len(ce):
-            return cls.empty()
-        order = np.lexsort((hashes, slice_ids))
-        slice_ids, hashes, ce = slice_ids[order], hashes[order], ce[order]
-        start = np.flatnonzero(np.concatenate([[True], (slice_ids[1:] != slice_ids[:-1]) | (hashes[1:] != hashes[:-1])]))
-        sums, comps = _grouped_sums(ce, start)
-        return cls(slice_ids[start], hashes[start], np.diff(np.append(start, len(ce))), sums, comps)
-
-    def on(self, rows: np.ndarray) -> Self:
-        """The table with slice indices mapped by `rows` (old index -> new), re-sorted."""
-        slices = rows[self.slice] if len(self.slice) else self.slice
-        order = np.lexsort((self.hash, slices))
-        return DocumentTable(slices[order], self.hash[order], self.n[order], self.ce[order], self.ce_comp[order])
-
-    @classmethod
-    def merge_two(cls, a: Self, b: Self) -> Self:
-        """Both tables' documents, a document in both with its sums added (two_sum: the
-        same bits either way round)."""
-        if not len(a.n) or not len(b.n):
-            return b if not len(a.n) else a
-        slices, hashes = np.concatenate([a.slice, b.slice]), np.concatenate([a.hash, b.hash])
-        order = np.lexsort((hashes, slices))
-        slices, hashes = slices[order], hashes[order]
-        n = np.concatenate([a.n, b.n])[order]
-        ce, comp = np.concatenate([a.ce, b.ce])[order], np.concatenate([a.ce_comp, b.ce_comp])[order]
-        again = np.flatnonzero((slices[1:] == slices[:-1]) & (hashes[1:] == hashes[:-1]))  # a document in both
-        n[again] += n[again + 1]
-        ce[again], comp[again] = two_sum(ce[again], comp[again], ce[again + 1], comp[again + 1])
-        keep = np.ones(len(n), dtype=bool)
-        keep[again + 1] = False
-        return cls(slices[keep], hashes[keep], n[keep], ce[keep], comp[keep])
-
-
-def _grouped_sums(values: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Compensated sums of consecutive runs of `values` beginning at `start`."""
-    sums, comps = np.zeros(len(start)), np.zeros(len(start))
-    group = np.repeat(np.arange(len(start)), np.diff(np.append(start, len(values))))
-    _fold_groups(values, group, sums, comps)
-    return sums, comps
-
-
-@strict_kernel
-def _fold_groups(values, group, sums, comps):
-    for i in range(values.shape[0]):
-        g = group[i]
-        s = sums[g]
-        x = values[i]
-        t = s + x
-        if abs(s) >= abs(x):
-            comps[g] += (s - t) + x
-        else:
-            comps[g] += (x - t) + s
-        sums[g] = t
 
 
 @dataclass(frozen=True, eq=False)
@@ -472,7 +372,7 @@ def token_stats_partial(
     if ignored is not None:
         state.ignored[[where[key] for key in batch.slice_keys] if into is not None else slice(None)] += ignored
     if doc_hashes is not None:
-        documents, again = _documents(slice_ids, doc_hashes, positions, target_logprob.astype(np.float64, copy=False))
+        documents, again = batch_documents(slice_ids, doc_hashes, positions, target_logprob.astype(np.float64, copy=False))
         if again >= 0:
             return state, again, *REASONS[11]
         state = replace(state, documents=DocumentTable.merge_two(state.documents, documents))
@@ -484,60 +384,6 @@ def _flat_view(array: np.ndarray, columns: int) -> np.ndarray:
     view = array.view()
     view.shape = (-1, columns)
     return view
-
-
-def _documents(slice_ids: np.ndarray, hashes: np.ndarray, positions: np.ndarray, logprob: np.ndarray
-               ) -> tuple[DocumentTable, int]:
-    """The documents of a batch's tokens (their finite CE), and the row of the first
-    position its document already has (-1: none). Tokens in runs by document with rising
-    positions, as dumps hold them, take one pass; others a sort."""
-    n = len(hashes)
-    run_slice, run_hash = np.empty(n, np.int64), np.empty(n, np.uint64)
-    run_n, run_ce, run_comp = np.empty(n, np.int64), np.empty(n), np.empty(n)
-    runs, rising = _document_runs(slice_ids, hashes, positions, logprob, run_slice, run_hash, run_n, run_ce, run_comp)
-    order = np.lexsort((run_hash[:runs], run_slice[:runs]))
-    once = runs < 2 or not np.any(np.diff(np.sort(run_hash[:runs])) == 0)  # no document in two runs
-    if rising and once:
-        kept = order[run_n[:runs][order] > 0]
-        return DocumentTable(run_slice[kept], run_hash[kept], run_n[kept], run_ce[kept], run_comp[kept]), -1
-    order = np.lexsort((positions, hashes))
-    again = np.flatnonzero((hashes[order][1:] == hashes[order][:-1]) & (positions[order][1:] == positions[order][:-1]))
-    if again.size:
-        return DocumentTable.empty(), int(np.maximum(order[again], order[again + 1]).min())
-    finite = logprob > -np.inf
-    return DocumentTable.of_tokens(slice_ids[finite], hashes[finite], -np.minimum(logprob[finite], 0.0)), -1
-
-
-@strict_kernel
-def _document_runs(slice_ids, hashes, positions, logprob, run_slice, run_hash, run_n, run_ce, run_comp):
-    """Runs of consecutive tokens of one (slice, document): each run's finite tokens and
-    their compensated CE sum; returns the number of runs and whether positions rise
-    within every run."""
-    runs = 0
-    rising = True
-    for i in range(hashes.shape[0]):
-        if i == 0 or slice_ids[i] != slice_ids[i - 1] or hashes[i] != hashes[i - 1]:
-            run_slice[runs] = slice_ids[i]
-            run_hash[runs] = hashes[i]
-            run_n[runs] = 0
-            run_ce[runs] = 0.0
-            run_comp[runs] = 0.0
-            runs += 1
-        elif positions[i] <= positions[i - 1]:
-            rising = False
-        lp = logprob[i]
-        if lp > -np.inf:
-            r = runs - 1
-            x = -lp if lp < 0.0 else 0.0
-            s = run_ce[r]
-            t = s + x
-            if abs(s) >= abs(x):
-                run_comp[r] += (s - t) + x
-            else:
-                run_comp[r] += (x - t) + s
-            run_ce[r] = t
-            run_n[r] += 1
-    return runs, rising
 
 
 def add_text_counts(state: TokenStats, slice_ids: np.ndarray, buckets: np.ndarray, n_bytes: np.ndarray | None,
@@ -554,174 +400,3 @@ def add_text_counts(state: TokenStats, slice_ids: np.ndarray, buckets: np.ndarra
 # --------------------------------------------------------------------------- finalize
 
 
-def _jackknife(ratio, per_bucket: np.ndarray, used: np.ndarray, level: float):
-    """Point value and jackknife bounds of ``ratio(sums)``, sums over the bucket axis
-    (axis 1 of `per_bucket`); `ratio` reduces the trailing axes after it."""
-    total = per_bucket.sum(axis=1)
-    value = ratio(total)
-    leave_one_out = ratio(total[:, None] - per_bucket)
-    lo, hi = jackknife_bounds(value.reshape(-1), leave_one_out.reshape(-1, used.shape[-1]),
-                              used.reshape(-1, used.shape[-1]), level)
-    return value, lo.reshape(value.shape), hi.reshape(value.shape)
-
-
-def _divide(a, b):
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(b > 0, a / np.where(b > 0, b, 1), np.nan)
-
-
-def _ece(bins: np.ndarray) -> np.ndarray:
-    """ECE from (..., n_bins, 3) sums: Σ_b |Σcorrect - Σconfidence| / count."""
-    count = bins[..., 0].sum(axis=-1)
-    gap = np.abs(bins[..., 2] - bins[..., 1]).sum(axis=-1)
-    return _divide(gap, count)
-
-
-@dataclass
-class TokenReport:
-    """The finalized token report: column dicts of NumPy arrays per table, keyed by
-    slice index (-1 = all slices) where a table is per slice."""
-
-    summary: dict[str, np.ndarray]
-    positions: dict[str, np.ndarray]
-    frequency: dict[str, np.ndarray]
-    per_token: dict[str, np.ndarray]
-    units: str
-
-    @classmethod
-    def of(cls, state: TokenStats, base="e", level: float = DEFAULT_LEVEL, counts: np.ndarray | None = None
-           ) -> "TokenReport":
-        scale = 1.0 / math.log(2) if base == 2 else 1.0
-        units = "bits" if base == 2 else "nats"
-        cells = state.cells + state.cells_comp  # (S, P, K, F)
-        ece = state.ece + state.ece_comp
-        # slice rows: every slice, then all slices together (index -1)
-        by_slice = np.concatenate([cells.sum(axis=1), cells.sum(axis=(0, 1))[None]], axis=0)  # (S+1, K, F)
-        ece_slice = np.concatenate([ece, ece.sum(axis=0)[None]], axis=0)
-        text = np.concatenate([state.text_counts, state.text_counts.sum(axis=0)[None]], axis=0).astype(np.float64)
-        slice_index = np.append(np.arange(len(state.slice_keys)), -1)
-        summary = {"slice": slice_index}
-        summary.update(_token_metrics(by_slice, scale, level))
-        used = by_slice[..., F["tokens"]] > 0
-        total_ce = by_slice[..., F["ce"]].sum(axis=-1)
-        summary["ece"], summary["ece_lo"], summary["ece_hi"] = _jackknife(
-            _ece, ece_slice, ece_slice[..., 0].sum(axis=-1) > 0, level)
-        summary.update(_document_metrics(state, scale, level))
-        text_total = text.sum(axis=1)
-        with_text = np.concatenate([by_slice[..., [F["ce"]]], text], axis=-1)  # (S+1, K, 3): CE, bytes, words
-        if state.has_text_counts and (text_total[:, 0] > 0).any() and not state.has_bytes:
-            summary["bits_per_byte"], summary["bits_per_byte_lo"], summary["bits_per_byte_hi"] = _jackknife(
-                lambda s: _divide(s[..., 0], s[..., 1]) / math.log(2), with_text, used, level)
-            summary["byte_perplexity"] = np.exp(_divide(total_ce, text_total[:, 0]))
-        if state.has_text_counts and (text_total[:, 1] > 0).any():
-            value, lo, hi = _jackknife(lambda s: _divide(s[..., 0], s[..., 2]), with_text, used, level)
-            summary["word_perplexity"], summary["word_perplexity_lo"], summary["word_perplexity_hi"] = (
-                np.exp(value), np.exp(lo), np.exp(hi))
-        summary["n_nonfinite"] = np.append(state.nonfinite, state.nonfinite.sum())
-        summary["n_ignored"] = np.append(state.ignored, state.ignored.sum())
-
-        # position buckets, per slice and over all slices
-        s, p = cells.shape[:2]
-        by_position = np.concatenate([cells, cells.sum(axis=0)[None]], axis=0)  # (S+1, P, K, F)
-        positions = {"slice": np.repeat(slice_index, p), "position_from": np.tile(np.array(state.position_edges), s + 1)}
-        positions.update({name: values.reshape(-1) for name, values in
-                          _token_metrics(by_position.reshape((s + 1) * p, *cells.shape[2:]), scale, level).items()})
-
-        # per token id, and the frequency-rank buckets over all slices
-        token_n = state.token_n
-        token_ce = state.token_ce + state.token_ce_comp
-        count = token_n.sum(axis=1)
-        seen = np.flatnonzero(count)
-        rank = frequency_ranks(count if counts is None else counts, len(count))
-        pair = np.stack([token_n.astype(np.float64), token_ce], axis=-1)  # (V, K, 2)
-        value, lo, hi = _jackknife(lambda x: _divide(x[..., 1], x[..., 0]) * scale, pair[seen], token_n[seen] > 0, level)
-        per_token = {
-            "target": seen, "frequency_rank": rank[seen], "tokens": count[seen], "ce_sum": token_ce[seen].sum(axis=1) * scale,
-            "ce_mean": value, "ce_mean_lo": lo, "ce_mean_hi": hi,
-            "listed_tokens": state.token_listed[seen],
-            "top1_accuracy": _divide(state.token_rank1[seen].astype(np.float64), state.token_listed[seen]),
-        }
-        edges = frequency_edges(max(int(rank[seen].max()) if len(seen) else 1, 1))
-        which = np.searchsorted(edges, rank[seen], side="right") - 1
-        freq = np.zeros((len(edges), pair.shape[1], 2))
-        np.add.at(freq, which, pair[seen])
-        value, lo, hi = _jackknife(lambda x: _divide(x[..., 1], x[..., 0]) * scale, freq,
-                                   freq[..., 0] > 0, level)
-        listed = np.zeros(len(edges)); rank1 = np.zeros(len(edges))
-        np.add.at(listed, which, state.token_listed[seen]); np.add.at(rank1, which, state.token_rank1[seen])
-        frequency = {
-            "rank_from": edges, "rank_to": np.append(edges[1:] - 1, -1),
-            "distinct_targets": np.bincount(which, minlength=len(edges)),
-            "tokens": freq[..., 0].sum(axis=1).astype(np.int64), "ce_mean": value, "ce_mean_lo": lo, "ce_mean_hi": hi,
-            "perplexity": np.exp(value / scale), "top1_accuracy": _divide(rank1, listed),
-        }
-        return cls(summary, positions, frequency, per_token, units)
-
-
-def _document_metrics(state: TokenStats, scale: float, level: float) -> dict[str, np.ndarray]:
-    """Per slice and overall (last): documents, the mean of per-document mean CE, and the
-    geometric and arithmetic means of per-document perplexity, with jackknife intervals
-    (a document's bucket is its hash modulo K, as its tokens')."""
-    table, s, k = state.documents, len(state.slice_keys), state.n_buckets
-    ce = table.ce + table.ce_comp
-    # over all slices a document counts once, with its tokens of every slice
-    order = np.argsort(table.hash, kind="stable")
-    hashes = table.hash[order]
-    start = np.flatnonzero(np.concatenate([[True], hashes[1:] != hashes[:-1]])) if len(hashes) else np.zeros(0, np.int64)
-    overall_ce = sum(_grouped_sums(ce[order], start))
-    overall_n = np.add.reduceat(table.n[order], start) if len(start) else np.zeros(0, np.int64)
-    sums = np.zeros((s + 1, k, 3))  # per (slice, bucket): documents, Σ mean CE, Σ perplexity
-    for rows, n, doc_ce, doc_hash in ((table.slice, table.n, ce, table.hash),
-                                      (np.full(len(start), s), overall_n, overall_ce, hashes[start])):
-        mean = doc_ce / np.maximum(n, 1)
-        bucket = (doc_hash % np.uint64(k)).astype(np.int64)
-        for field, values in enumerate((np.ones(len(n)), mean, np.exp(mean))):
-            np.add.at(sums[..., field], (rows, bucket), values)
-    used = sums[..., 0] > 0
-    out = {"documents": sums[..., 0].sum(axis=1).astype(np.int64)}
-    value, lo, hi = _jackknife(lambda x: _divide(x[..., 1], x[..., 0]), sums, used, level)
-    out["doc_ce_mean"], out["doc_ce_mean_lo"], out["doc_ce_mean_hi"] = value * scale, lo * scale, hi * scale
-    out["doc_perplexity_geometric"], out["doc_perplexity_geometric_lo"], out["doc_perplexity_geometric_hi"] = (
-        np.exp(value), np.exp(lo), np.exp(hi))
-    out["doc_perplexity_arithmetic"], out["doc_perplexity_arithmetic_lo"], out["doc_perplexity_arithmetic_hi"] = (
-        _jackknife(lambda x: _divide(x[..., 2], x[..., 0]), sums, used, level))
-    return out
-
-
-def frequency_ranks(counts: np.ndarray, vocab: int) -> np.ndarray:
-    """Each id's frequency rank (1 = the most frequent; ties by id) by `counts`, for ids
-    0 .. `vocab` - 1; ids without a count (or past `counts`) rank after all counted ids."""
-    counts = np.asarray(counts, dtype=np.float64)
-    counts = np.concatenate([counts[:vocab], np.zeros(max(vocab - len(counts), 0))])
-    ids = np.arange(vocab)
-    order = np.lexsort((ids, -counts))
-    rank = np.empty(vocab, dtype=np.int64)
-    rank[order] = np.arange(1, vocab + 1)
-    return rank
-
-
-def _token_metrics(sums: np.ndarray, scale: float, level: float) -> dict[str, np.ndarray]:
-    """The token-weighted metrics of rows of (K, F) sums, with jackknife intervals."""
-    used = sums[..., F["tokens"]] > 0
-    total = sums.sum(axis=-2)
-    out: dict[str, np.ndarray] = {"tokens": total[..., F["tokens"]].astype(np.int64)}
-    ce, lo, hi = _jackknife(lambda x: _divide(x[..., F["ce"]], x[..., F["tokens"]]), sums, used, level)
-    out["ce_mean"], out["ce_mean_lo"], out["ce_mean_hi"] = ce * scale, lo * scale, hi * scale
-    out["perplexity"], out["perplexity_lo"], out["perplexity_hi"] = np.exp(ce), np.exp(lo), np.exp(hi)
-    out["bits_per_byte"], out["bits_per_byte_lo"], out["bits_per_byte_hi"] = _jackknife(
-        lambda x: _divide(x[..., F["ce"]], x[..., F["bytes"]]) / math.log(2), sums, used, level)
-    out["byte_perplexity"] = np.exp(_divide(total[..., F["ce"]], total[..., F["bytes"]]))
-    listed = sums[..., F["listed_tokens"]] > 0
-    out["listed_tokens"] = total[..., F["listed_tokens"]].astype(np.int64)
-    for name in ("rank_1", "inside_topk", "rank_2_5", "rank_6_up", "unlisted"):
-        label = {"rank_1": "top1_accuracy", "inside_topk": "topk_share"}.get(name, f"share_{name}")
-        value, lo, hi = _jackknife(lambda x, i=F[name]: _divide(x[..., i], x[..., F["listed_tokens"]]),
-                                   sums, listed, level)
-        out[label] = value
-        if name in ("rank_1", "inside_topk"):
-            out[f"{label}_lo"], out[f"{label}_hi"] = lo, hi
-    value, lo, hi = _jackknife(lambda x: _divide(x[..., F["entropy_lb"]], x[..., F["listed_tokens"]]),
-                               sums, listed, level)
-    out["entropy_lower_bound"], out["entropy_lower_bound_lo"], out["entropy_lower_bound_hi"] = (
-        value * scale, lo * scale, hi * scale)
-    return out
