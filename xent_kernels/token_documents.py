@@ -13,7 +13,7 @@ import numpy as np
 from ._numba import strict_kernel
 from .merge_rules import two_sum
 
-__all__ = ["DocumentTable", "batch_documents", "grouped_sums"]
+__all__ = ["DocumentTable", "batch_documents", "grouped_sums", "neumaier"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -78,17 +78,20 @@ def grouped_sums(values: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, np.
 
 
 @strict_kernel
+def neumaier(total, x):
+    """total + x and its rounding error (Neumaier's compensated addition)."""
+    t = total + x
+    if abs(total) >= abs(x):
+        return t, (total - t) + x
+    return t, (x - t) + total
+
+
+@strict_kernel
 def _fold_groups(values, group, sums, comps):
     for i in range(values.shape[0]):
         g = group[i]
-        s = sums[g]
-        x = values[i]
-        t = s + x
-        if abs(s) >= abs(x):
-            comps[g] += (s - t) + x
-        else:
-            comps[g] += (x - t) + s
-        sums[g] = t
+        sums[g], error = neumaier(sums[g], values[i])
+        comps[g] += error
 
 
 def batch_documents(slice_ids: np.ndarray, hashes: np.ndarray, positions: np.ndarray, logprob: np.ndarray
@@ -133,13 +136,7 @@ def _document_runs(slice_ids, hashes, positions, logprob, run_slice, run_hash, r
         lp = logprob[i]
         if lp > -np.inf:
             r = runs - 1
-            x = -lp if lp < 0.0 else 0.0
-            s = run_ce[r]
-            t = s + x
-            if abs(s) >= abs(x):
-                run_comp[r] += (s - t) + x
-            else:
-                run_comp[r] += (x - t) + s
-            run_ce[r] = t
+            run_ce[r], error = neumaier(run_ce[r], -lp if lp < 0.0 else 0.0)
+            run_comp[r] += error
             run_n[r] += 1
     return runs, rising

@@ -39,7 +39,7 @@ import numpy as np
 from ._numba import strict_kernel
 from .intervals import DEFAULT_LEVEL
 from .merge_rules import two_sum
-from .token_documents import DocumentTable, batch_documents
+from .token_documents import DocumentTable, batch_documents, neumaier
 from .token_report import TOKEN_FIELDS, TokenReport
 
 __all__ = [
@@ -74,14 +74,8 @@ REASONS = {
 
 @strict_kernel
 def _add(sums, comps, row, col, x):
-    # Neumaier's compensated addition of x to sums[row, col]
-    s = sums[row, col]
-    t = s + x
-    if abs(s) >= abs(x):
-        comps[row, col] += (s - t) + x
-    else:
-        comps[row, col] += (x - t) + s
-    sums[row, col] = t
+    sums[row, col], error = neumaier(sums[row, col], x)
+    comps[row, col] += error
 
 
 @strict_kernel
