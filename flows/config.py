@@ -181,6 +181,11 @@ class EvalConfig(StrictModel):
     def _renormalize_needs_probabilities(self):
         if self.renormalize and self.kind == "logits":
             raise ValueError("renormalize applies to kind probs or log_probs; logits need no normalising")
+        if self.kind == TOKENS and (self.weight_col or self.renormalize or self.eps is not None):
+            given = [key for key, value in (("weight_col", self.weight_col), ("renormalize", self.renormalize),
+                                            ("eps", self.eps is not None)) if value]
+            raise ValueError(f"kind tokens does not take {', '.join(given)}: every scored token counts once, "
+                             "exactly as its log-probability says")
         return self
 
     def bucket_columns(self) -> tuple[str, ...]:

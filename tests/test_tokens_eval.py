@@ -384,3 +384,17 @@ def test_tokens_without_a_target_or_log_prob_are_counted_and_left_out(tmp_path, 
     expected = evaluate(write_shards(tmp_path / "without", table.filter(pa.array(~missing)), 2), **options)
     assert report.summary["n_ignored"].iloc[-1] == 4
     assert_same_tables(expected, report, skip=("n_ignored",))
+
+
+def test_float16_log_probs_and_settings_a_token_report_does_not_take(tmp_path, client, data):
+    """float16 log-probabilities read as their float64 values; weights, renormalize and eps
+    are refused with kind tokens rather than ignored."""
+    table = token_rows_table(data).slice(0, 500)
+    half = table.set_column(3, "target_logprob", pa.array(table.column(3).to_numpy().astype(np.float16)))
+    folder = write_shards(tmp_path / "half", half, 1)
+    report = evaluate(folder, kind="tokens", client=client)
+    expected = -half.column("target_logprob").to_numpy().astype(np.float64)
+    assert report.summary["ce_mean"].iloc[-1] == pytest.approx(expected.mean(), rel=1e-12)
+    for option in ({"weight_col": "w"}, {"eps": 1e-6}):
+        with pytest.raises(ValueError, match="kind tokens does not take"):
+            evaluate(folder, kind="tokens", client=client, **option)
