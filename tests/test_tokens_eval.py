@@ -14,6 +14,7 @@ import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -398,3 +399,16 @@ def test_float16_log_probs_and_settings_a_token_report_does_not_take(tmp_path, c
     for option in ({"weight_col": "w"}, {"eps": 1e-6}):
         with pytest.raises(ValueError, match="kind tokens does not take"):
             evaluate(folder, kind="tokens", client=client, **option)
+
+
+def test_hive_folder_keys_slice_a_token_dump(tmp_path, client, data):
+    table = token_rows_table(data)
+    web = pc.equal(table.column("source"), "web")
+    for value, rows in (("a", table.filter(web)), ("b", table.filter(pc.invert(web)))):
+        write_shards(tmp_path / "dump" / f"model={value}", rows.drop_columns(["source"]), 2)
+    report = evaluate(tmp_path / "dump", kind="tokens", slice_by=["model"], client=client)
+    by_model = report.summary.set_index("model")
+    ce = -data["target_logprob"]
+    is_web = data["doc"] % 2 == 0
+    assert by_model.loc["a", "ce_mean"] == pytest.approx(ce[is_web].mean(), rel=1e-12)
+    assert by_model.loc["b", "tokens"] == (~is_web).sum()
