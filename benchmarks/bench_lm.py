@@ -64,11 +64,27 @@ Exit status: 0 when every peer agrees with xent (performance misses do not chang
 
 from __future__ import annotations
 
+import argparse
+import cProfile
+import dataclasses
+import io
+import json
+import os
+import platform
+import pstats
+import resource
+import shlex
+import statistics
+import subprocess
 import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
-# ``python benchmarks/bench_lm.py`` puts benchmarks/ first on sys.path; bench_eval puts the
-# checkout there too, and sets POLARS_MAX_THREADS before it imports polars.
+# bench_eval, from beside this file whatever the working directory; importing it puts
+# the checkout on sys.path and sets POLARS_MAX_THREADS before polars is imported.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_eval  # noqa: E402
@@ -91,23 +107,6 @@ from bench_eval import (  # noqa: E402
     time_runs,
     verdict,
 )
-
-import argparse  # noqa: E402
-import cProfile  # noqa: E402
-import dataclasses  # noqa: E402
-import io  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
-import pstats  # noqa: E402
-import resource  # noqa: E402
-import shlex  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from typing import Callable  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
