@@ -319,3 +319,26 @@ def test_a_float32_binary_logit_column_gives_the_report_of_its_float64_values(cl
     wide = flows.evaluate(pa.table({**frame, "logit": logit.astype(np.float64)}), client=client, slice_by=["region"])
     for name in ("per_class", "summary"):
         assert narrow.tables[name].to_pandas().equals(wide.tables[name].to_pandas())  # exact values, NaN where NaN
+
+
+def test_a_text_slice_with_nulls_read_as_a_dictionary_gives_its_null_slice(tmp_path, client):
+    """Text slice columns are read as dictionaries; a null slice value is its own slice,
+    as it was when the column was read as text."""
+    from flows import evaluate
+
+    rng = np.random.default_rng(3)
+    n = 3000
+    logits = rng.normal(size=(n, 3)).astype(np.float32)
+    region = np.array(["eu", "us", None], dtype=object)[rng.integers(0, 3, n)]
+    table = pa.table({"id": np.arange(n), "label": rng.integers(0, 3, n),
+                      "logits": pa.FixedSizeListArray.from_arrays(pa.array(logits.reshape(-1)), 3),
+                      "region": pa.array(region, pa.string())})
+    (tmp_path / "dump").mkdir()
+    pq.write_table(table.slice(0, 1500), tmp_path / "dump" / "a.parquet", row_group_size=500)
+    pq.write_table(table.slice(1500), tmp_path / "dump" / "b.parquet", row_group_size=700)
+    report = evaluate(tmp_path / "dump", slice_by=["region"], client=client)
+    memory = evaluate(table, slice_by=["region"], client=client)  # in memory: text, not a dictionary
+    rows = report.summary[~report.summary["overall"]]
+    assert report.tables["summary"].column("region").to_pylist()[:3] == ["eu", "us", None]
+    assert list(rows["n"]) == [int((region == v).sum()) for v in ("eu", "us")] + [sum(v is None for v in region)]
+    np.testing.assert_allclose(rows["ce_mean"], memory.summary[~memory.summary["overall"]]["ce_mean"], rtol=1e-12)

@@ -81,8 +81,9 @@ def _add(sums, comps, row, col, x):
 @strict_kernel
 def _token_pass(group, bucket, target, logprob, n_bytes, offsets, ids, lps, has_topk, topk, vocab_size,
                 count_nonfinite, n_positions, n_buckets, cells, cells_comp, ece, ece_comp, token_n, token_ce, token_ce_comp,
-                token_rank1, token_listed, nonfinite, n_bins):
-    """Fold a batch of tokens into the state arrays; returns (first bad row, reason code) or (-1, 0)."""
+                token_rank1, token_listed, nonfinite, n_bins, stamp):
+    """Fold a batch of tokens into the state arrays; returns (first bad row, reason code)
+    or (-1, 0). `stamp` (-1 for every listed id) finds an id repeated within a list."""
     n = target.shape[0]
     for i in range(n):
         lp = logprob[i]
@@ -132,9 +133,9 @@ def _token_pass(group, bucket, target, logprob, n_bytes, offsets, ids, lps, has_
             u = ids[j]
             if u < 0 or (vocab_size > 0 and u >= vocab_size):
                 return i, 10
-            for m in range(start, j):
-                if ids[m] == u and lps[m] > ABSENT_LOGPROB:
-                    return i, 5
+            if stamp[u] == i:
+                return i, 5
+            stamp[u] = i
             entries += 1
             if u == t:
                 listed = True
@@ -348,6 +349,11 @@ def token_stats_partial(
     cells, cells_comp = _flat_view(state.cells, len(TOKEN_FIELDS)), _flat_view(state.cells_comp, len(TOKEN_FIELDS))
     ece, ece_comp = _flat_view(state.ece, 3), _flat_view(state.ece_comp, 3)
     has_topk = topk_offsets is not None
+    largest_listed = int(topk_ids.max()) if has_topk and len(topk_ids) else 0
+    if vocab_size <= 0 and largest_listed >= MAX_UNDECLARED_VOCAB:
+        row = int(np.searchsorted(topk_offsets, np.argmax(topk_ids >= MAX_UNDECLARED_VOCAB), side="right") - 1)
+        return state, row, "topk_ids", f"token id {largest_listed} at or above {MAX_UNDECLARED_VOCAB}: declare vocab_size"
+    stamp = np.full(max(largest_listed, 0) + 1 if has_topk else 1, -1, dtype=np.int64)
     empty_i = np.zeros(1, dtype=np.int64)
     nonfinite_groups = np.zeros(s * p, dtype=np.int64)
     row, code = _token_pass(
@@ -358,7 +364,7 @@ def token_stats_partial(
         topk_logprobs.astype(np.float64, copy=False) if has_topk else np.zeros(1),
         has_topk, int(topk), int(vocab_size), bool(count_nonfinite), p, int(n_buckets), cells, cells_comp,
         ece, ece_comp, state.token_n, state.token_ce, state.token_ce_comp, state.token_rank1, state.token_listed,
-        nonfinite_groups, int(n_bins),
+        nonfinite_groups, int(n_bins), stamp,
     )
     if row >= 0:
         return state, int(row), *REASONS[int(code)]

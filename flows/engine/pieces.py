@@ -29,7 +29,7 @@ from ..inputs.integrity import inspect_integrity, skipped_reason
 from ..inputs.memory import as_arrow
 from ..inputs.reader import Batch, iter_batches, open_parquet, resolve_spec, table_batches
 from ..inputs.sources import InputFile
-from ..inputs.spec import ReadSpec, check_arrow_schema
+from ..inputs.spec import ReadSpec, check_arrow_schema, text_slices
 from ..inputs.tokens import TokenBatch, TokenSpec, check_token_schema, resolve_token_spec, to_token_batch
 from ..phases import phase
 
@@ -160,7 +160,7 @@ def piece_batches(piece: Piece, spec: ReadSpec | TokenSpec, data: Any = None) ->
         table = as_arrow(data, piece.file.url)
         check_any_schema(table.schema, piece.file, spec)
         return table_batches(table, piece.file, spec, piece.first_row, convert)
-    parquet = open_parquet(piece.file.url, spec.storage_options, spec.column_buffer)
+    parquet = open_parquet(piece.file.url, spec.storage_options, spec.column_buffer, text_slices(spec))
     check_any_schema(parquet.schema_arrow, piece.file, spec)
     return iter_batches(parquet, piece.file, spec, None if piece.row_groups is None else list(piece.row_groups), convert)
 

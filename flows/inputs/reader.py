@@ -30,12 +30,15 @@ from .sources import InputFile, filesystem, is_local, range_ignored, range_ignor
 from .spec import COLUMN_BUFFER_BYTES, ReadSpec, number_type, resolve_spec_from_schema
 
 
-def open_parquet(url: str, storage_options: dict[str, Any], buffer_size: int = COLUMN_BUFFER_BYTES[0]) -> pq.ParquetFile:
+def open_parquet(url: str, storage_options: dict[str, Any], buffer_size: int = COLUMN_BUFFER_BYTES[0],
+                 read_dictionary: list[str] | None = None) -> pq.ParquetFile:
     """Open a shard to read `buffer_size` bytes at a time per column (see
-    ``ReadSpec.column_buffer``); an unreadable or corrupt file is a DataError naming it.
-    Pages that carry a CRC are verified as they are read (see flows.integrity)."""
+    ``ReadSpec.column_buffer``), the `read_dictionary` columns as dictionary arrays; an
+    unreadable or corrupt file is a DataError naming it. Pages that carry a CRC are
+    verified as they are read (see flows.integrity)."""
     fs, path = filesystem(url, storage_options)
-    options = dict(pre_buffer=False, buffer_size=buffer_size, page_checksum_verification=True)
+    options = dict(pre_buffer=False, buffer_size=buffer_size, page_checksum_verification=True,
+                   read_dictionary=read_dictionary or None)
     # An HTTP server that ignores Range requests fails the first read past the file's
     # start (fsspec: ValueError), wherever it happens: one 2-byte request tells first.
     if range_ignored(fs, path):
@@ -335,7 +338,12 @@ def _slices(batch: pa.RecordBatch, n: int, file: InputFile, spec: ReadSpec) -> t
         if name in spec.hive_slices:
             per_column_values.append([file.hive[name]])
             continue
-        encoded = pc.dictionary_encode(batch.column(name), null_encoding="encode")
+        column = batch.column(name)
+        if pa.types.is_dictionary(column.type):  # read as a dictionary (text_slices): codes as they are
+            encoded = column if not column.null_count else pc.dictionary_encode(column.dictionary_decode(),
+                                                                                 null_encoding="encode")
+        else:
+            encoded = pc.dictionary_encode(column, null_encoding="encode")
         if isinstance(encoded, pa.ChunkedArray):
             encoded = encoded.combine_chunks()
         values = encoded.dictionary.to_pylist()

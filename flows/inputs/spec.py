@@ -353,6 +353,13 @@ def resolve_table_spec(config: EvalConfig, table: pa.Table, where: str) -> ReadS
         raise
 
 
+def text_slices(spec: Any) -> list[str]:
+    """The slice columns of text (a ReadSpec's or a TokenSpec's): read as dictionary
+    arrays, a batch's slice codes are the dictionary's indices, with no hashing of text."""
+    return [name for name, arrow_type in zip(spec.slice_by, spec.slice_types) if name not in spec.hive_slices
+            and (pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type))]
+
+
 def check_columns_present(schema: pa.Schema, file: InputFile, spec: Any) -> None:
     """Every column `spec` reads (a ReadSpec or a TokenSpec) is in `schema`, and every
     hive key it takes is in `file`'s path, as in the first shard."""
