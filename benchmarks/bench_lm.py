@@ -24,7 +24,7 @@ For each dump:
    reads (``TokenSpec.columns_to_read``) into NumPy without compute: primitive
    columns viewed, list columns as offsets and flat values, ``source`` read as an
    Arrow dictionary and its codes taken (the cheapest way to a string column's
-   codes; xent reads strings and dictionary-encodes them per batch). No page
+   codes; xent reads it as a dictionary too). No page
    checksums (xent verifies them);
 2. xent's whole report: ``flows.engine.evaluate`` on an already running local Dask
    cluster (``dask_client(None)``) after one warm-up call, followed by
@@ -67,6 +67,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import dataclasses
+import functools
 import io
 import json
 import os
@@ -490,9 +491,12 @@ def median_time(fn: Callable[[], object], repeats: int = PROFILE_REPEATS) -> flo
 
 def first_batches(dump: Dump, spec) -> tuple[pa.RecordBatch, pa.RecordBatch]:
     """The dump's first two batches as a run reads them (the first twice if it has one)."""
+    from flows.inputs.spec import text_slices
+
     found: list[pa.RecordBatch] = []
     for path in dump.files:
-        found += pq.ParquetFile(path).iter_batches(batch_size=spec.batch_rows, columns=spec.columns_to_read())
+        parquet = pq.ParquetFile(path, read_dictionary=text_slices(spec) or None)
+        found += parquet.iter_batches(batch_size=spec.batch_rows, columns=spec.columns_to_read())
         if len(found) >= 2:
             break
     return found[0], found[min(1, len(found) - 1)]
@@ -503,14 +507,16 @@ def profile_steps(dump: Dump) -> tuple[list[tuple[str, float, str]], int]:
     and the batch's tokens."""
     from flows.engine.pieces import _token_batch_stats  # the worker's own call of the kernel
     from flows.inputs.reader import open_parquet
+    from flows.inputs.spec import text_slices
     from flows.inputs.sources import list_inputs
     from flows.inputs.tokens import to_token_batch
     from xent_kernels.hashing import JACKKNIFE_SEED, buckets_of, key_hash
-    from xent_kernels.tokens import DocumentTable, TokenStats
+    from xent_kernels.token_documents import DocumentTable, batch_documents
+    from xent_kernels.tokens import TokenStats
 
     spec = token_spec(dump)
     file = list_inputs([dump.files[0]])[0]
-    parquet = open_parquet(file.url, {}, spec.column_buffer)
+    parquet = open_parquet(file.url, {}, spec.column_buffer, text_slices(spec))
     first, second = first_batches(dump, spec)
     steps: list[tuple[str, float, str]] = []
 
@@ -522,7 +528,7 @@ def profile_steps(dump: Dump) -> tuple[list[tuple[str, float, str]], int]:
     step("convert: to_token_batch", lambda: to_token_batch(first, 0, file, spec), "as the workers call it")
     no_slices = dataclasses.replace(spec, slice_by=(), slice_types=())
     step("  without the source slice coding", lambda: to_token_batch(first, 0, file, no_slices),
-         "difference = dictionary_encode of the strings + np.unique of codes")
+         "difference = the dictionary's indices to slice ids")
     if spec.has_topk:
         no_topk = dataclasses.replace(spec, has_topk=False)
         step("  without the top-k lists", lambda: to_token_batch(first, 0, file, no_topk),
@@ -533,29 +539,31 @@ def profile_steps(dump: Dump) -> tuple[list[tuple[str, float, str]], int]:
     step("  jackknife buckets (buckets_of)", lambda: buckets_of(hashes, spec.n_buckets), f"hash % {spec.n_buckets}")
 
     tokens = to_token_batch(first, 0, file, spec)
-    step("kernel: token_stats_partial", lambda: _token_batch_stats(tokens, file, spec), "as the workers call it")
+    step("kernel: a piece's first batch", lambda: _token_batch_stats(None, tokens, file=file, spec=spec),
+         "token_stats_partial as the workers call it: the piece's state allocated")
+    piece_state = _token_batch_stats(None, tokens, file=file, spec=spec)
+    fold = functools.partial(_token_batch_stats, piece_state, file=file, spec=spec)
+    step("kernel: a later batch, folded in", lambda: fold(tokens), "into the piece's state, as every later batch")
     if spec.has_topk:
         no_lists = dataclasses.replace(tokens, topk_offsets=None, topk_ids=None, topk_logprobs=None)
-        step("  without the top-k lists", lambda: _token_batch_stats(no_lists, file, spec),
+        step("  without the top-k lists", lambda: fold(no_lists),
              "difference = the pass over the list entries (rank, duplicate check, exp, entropy, ECE)")
     no_documents = dataclasses.replace(tokens, doc_hashes=None)
-    step("  without the per-document table", lambda: _token_batch_stats(no_documents, file, spec),
-         "difference = DocumentTable.of_tokens")
+    step("  without the per-document table", lambda: fold(no_documents),
+         "difference = batch_documents and the merge of the document tables")
     vocab = int(tokens.target.max()) + 1
     options = dict(spec.state_options(), slice_keys=tokens.slice_keys, vocab=vocab)
     step(f"  state allocation (TokenStats.empty, V={vocab:,})", lambda: TokenStats.empty(**options),
-         f"V x K = {vocab:,} x {spec.n_buckets} int64 + 2 float64, zeroed")
+         f"V x K = {vocab:,} x {spec.n_buckets} int64 + 2 float64, zeroed: once a piece")
     slice_ids = tokens.slice_ids if tokens.slice_ids is not None else np.zeros(len(tokens.target), np.int64)
-    ce = -np.minimum(tokens.target_logprob, 0.0)
-    step("  DocumentTable.of_tokens", lambda: DocumentTable.of_tokens(slice_ids, tokens.doc_hashes, ce),
-         "lexsort + gathers + grouped compensated sums")
-    step("  of which np.lexsort((hash, slice))", lambda: np.lexsort((tokens.doc_hashes, slice_ids)),
-         f"{len(slice_ids):,} keys")
+    logprob = tokens.target_logprob.astype(np.float64)
+    step("  batch_documents", lambda: batch_documents(slice_ids, tokens.doc_hashes, tokens.position, logprob),
+         "one pass over runs of a document's tokens (a sort when they are not together)")
 
-    a = _token_batch_stats(tokens, file, spec)
-    b = _token_batch_stats(to_token_batch(second, spec.batch_rows, file, spec), file, spec)
-    step("merge: TokenStats.merge of two batch states", lambda: TokenStats.merge(a, b),
-         "_on copies onto the union + two_sum of every array + documents")
+    a = _token_batch_stats(None, tokens, file=file, spec=spec)
+    b = _token_batch_stats(None, to_token_batch(second, spec.batch_rows, file, spec), file=file, spec=spec)
+    step("merge: TokenStats.merge of two piece states", lambda: TokenStats.merge(a, b),
+         "a tree-reduce node: _on copies onto the union + two_sum of every array + documents")
     step("  of which DocumentTable.merge_two", lambda: DocumentTable.merge_two(a.documents, b.documents),
          f"{len(a.documents.n):,} + {len(b.documents.n):,} documents")
     return steps, first.num_rows

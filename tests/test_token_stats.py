@@ -180,6 +180,7 @@ def test_merge_is_commutative_and_has_an_identity():
     (lambda d: d["target_logprob"].__setitem__(3, np.nan), "target_logprob", "NaN"),
     (lambda d: d["target_logprob"].__setitem__(3, 0.01), "target_logprob", "above 0"),
     (lambda d: d["target_logprob"].__setitem__(3, -np.inf), "target_logprob", "-inf"),
+    (lambda d: d["position"].__setitem__(3, -1), "position", "negative position"),
     (lambda d: d["ids"].__setitem__(3, np.array([1, 1, 2])), "topk_ids", "repeated"),
     (lambda d: d["lps"].__setitem__(3, np.array([-0.1, -0.2, -0.3, -0.4, -0.5, -0.6])[: len(d["ids"][3])]),
      "topk_logprobs", "sum above 1"),

@@ -79,12 +79,16 @@ def _add(sums, comps, row, col, x):
 
 
 @strict_kernel
-def _token_pass(group, bucket, target, logprob, n_bytes, offsets, ids, lps, has_topk, topk, vocab_size,
-                count_nonfinite, n_positions, n_buckets, cells, cells_comp, ece, ece_comp, token_n, token_ce, token_ce_comp,
-                token_rank1, token_listed, nonfinite, n_bins, stamp):
+def _token_pass(slice_ids, slice_map, positions, edges, bucket, target, logprob, n_bytes, offsets, ids, lps,
+                has_slices, has_buckets, has_bytes, has_topk, topk, vocab_size, count_nonfinite, n_buckets, cells,
+                cells_comp, ece, ece_comp, token_n, token_ce, token_ce_comp, token_rank1, token_listed, nonfinite, n_bins,
+                stamp):
     """Fold a batch of tokens into the state arrays; returns (first bad row, reason code)
-    or (-1, 0). `stamp` (-1 for every listed id) finds an id repeated within a list."""
+    or (-1, 0). A token's group is its slice (`slice_map` of its batch slice id) times
+    the position buckets plus its position's bucket (the last of `edges` at or below
+    it). `stamp` (-1 for every listed id) finds an id repeated within a list."""
     n = target.shape[0]
+    n_positions = edges.shape[0]
     for i in range(n):
         lp = logprob[i]
         t = target[i]
@@ -94,8 +98,18 @@ def _token_pass(group, bucket, target, logprob, n_bytes, offsets, ids, lps, has_
             return i, 2
         if t < 0 or (vocab_size > 0 and t >= vocab_size):
             return i, 6
-        g = group[i]
-        k = bucket[i]
+        position = positions[i]
+        if position < 0:
+            return i, 9
+        low, high = 0, n_positions  # edges[low] <= position < edges[high]
+        while high - low > 1:
+            middle = (low + high) // 2
+            if edges[middle] <= position:
+                low = middle
+            else:
+                high = middle
+        g = (slice_map[slice_ids[i]] if has_slices else slice_map[0]) * n_positions + low
+        k = bucket[i] if has_buckets else 0
         if lp == -np.inf:
             if not count_nonfinite:
                 return i, 8
@@ -107,7 +121,8 @@ def _token_pass(group, bucket, target, logprob, n_bytes, offsets, ids, lps, has_
         ce = -lp
         _add(cells, cells_comp, row, 0, 1.0)
         _add(cells, cells_comp, row, 1, ce)
-        _add(cells, cells_comp, row, 2, float(n_bytes[i]))
+        if has_bytes:
+            _add(cells, cells_comp, row, 2, float(n_bytes[i]))
         token_n[t, k] += 1
         _add(token_ce, token_ce_comp, t, k, ce)
         if not has_topk:
@@ -314,36 +329,23 @@ def token_stats_partial(
     piece's batches then share one state instead of one each, merged.
     """
     n = len(target)
-    slice_ids = np.zeros(n, dtype=np.int64) if slice_ids is None else slice_ids.astype(np.int64, copy=False)
-    positions = np.asarray(positions, dtype=np.int64)
-    if n and positions.min() < 0:
-        row = int(np.flatnonzero(positions < 0)[0])
-        return TokenStats.empty(slice_keys=slice_keys, position_edges=position_edges, n_buckets=n_buckets),\
-            row, *REASONS[9]
-    edges = np.asarray(position_edges, dtype=np.int64)
-    pbucket = np.searchsorted(edges, positions, side="right") - 1
-    group = slice_ids * len(edges) + pbucket
-    bucket = np.zeros(n, dtype=np.int64) if buckets is None else buckets.astype(np.int64, copy=False)
-    target = target.astype(np.int64, copy=False)
     largest = int(target.max()) if n else -1
     if vocab_size <= 0 and largest >= MAX_UNDECLARED_VOCAB:
         row = int(np.flatnonzero(target >= MAX_UNDECLARED_VOCAB)[0])
         return TokenStats.empty(slice_keys=slice_keys, position_edges=position_edges, n_buckets=n_buckets),\
             row, "target", f"token id {largest} at or above {MAX_UNDECLARED_VOCAB}: declare vocab_size"
     vocab = max(int(vocab_size), largest + 1)
-    options = dict(position_edges=position_edges, n_buckets=n_buckets, n_bins=n_bins, topk=topk)
-    batch = TokenStats.empty(slice_keys=slice_keys, vocab=vocab, has_bytes=target_bytes is not None, **options)
-    if into is None:
-        state = batch
+    keys = tuple(tuple(key) for key in slice_keys)
+    if into is not None and set(into.slice_keys).issuperset(keys) and into.vocab >= vocab:
+        state = into if target_bytes is None or into.has_bytes else replace(into, has_bytes=True)
     else:
-        known = set(into.slice_keys)
-        # the rare batch with a new slice or a larger id widens the state (a merge with the empty batch state)
-        state = into if known.issuperset(batch.slice_keys) and into.vocab >= vocab else TokenStats.merge(into, batch)
-        if state is into and target_bytes is not None and not into.has_bytes:
-            state = replace(into, has_bytes=True)
-        where = {key: i for i, key in enumerate(state.slice_keys)}
-        slice_ids = np.array([where[key] for key in batch.slice_keys], dtype=np.int64)[slice_ids]
-        group = slice_ids * len(edges) + pbucket
+        # a piece's first batch, or the rare one with a new slice or a larger id: a state that holds it
+        batch = TokenStats.empty(slice_keys=keys, vocab=vocab, has_bytes=target_bytes is not None,
+                                 position_edges=position_edges, n_buckets=n_buckets, n_bins=n_bins, topk=topk)
+        state = batch if into is None else TokenStats.merge(into, batch)
+    where = {key: i for i, key in enumerate(state.slice_keys)}
+    slice_map = np.array([where[key] for key in keys], dtype=np.int64)  # batch slice id -> the state's
+    edges = np.asarray(position_edges, dtype=np.int64)
     s, p = len(state.slice_keys), len(edges)
     # views: the kernel adds into the state's own arrays
     cells, cells_comp = _flat_view(state.cells, len(TOKEN_FIELDS)), _flat_view(state.cells_comp, len(TOKEN_FIELDS))
@@ -356,23 +358,27 @@ def token_stats_partial(
     stamp = np.full(max(largest_listed, 0) + 1 if has_topk else 1, -1, dtype=np.int64)
     empty_i = np.zeros(1, dtype=np.int64)
     nonfinite_groups = np.zeros(s * p, dtype=np.int64)
+    positions = np.asarray(positions).astype(np.int64, copy=False)
     row, code = _token_pass(
-        group, bucket, target, target_logprob.astype(np.float64, copy=False),
-        np.zeros(n, dtype=np.int64) if target_bytes is None else target_bytes.astype(np.int64, copy=False),
+        empty_i if slice_ids is None else slice_ids.astype(np.int64, copy=False), slice_map, positions, edges,
+        empty_i if buckets is None else buckets.astype(np.int64, copy=False), target.astype(np.int64, copy=False),
+        target_logprob.astype(np.float64, copy=False),
+        empty_i if target_bytes is None else target_bytes.astype(np.int64, copy=False),
         topk_offsets.astype(np.int64, copy=False) if has_topk else empty_i,
         topk_ids.astype(np.int64, copy=False) if has_topk else empty_i,
         topk_logprobs.astype(np.float64, copy=False) if has_topk else np.zeros(1),
-        has_topk, int(topk), int(vocab_size), bool(count_nonfinite), p, int(n_buckets), cells, cells_comp,
-        ece, ece_comp, state.token_n, state.token_ce, state.token_ce_comp, state.token_rank1, state.token_listed,
-        nonfinite_groups, int(n_bins), stamp,
+        slice_ids is not None, buckets is not None, target_bytes is not None, has_topk, int(topk), int(vocab_size),
+        bool(count_nonfinite), int(n_buckets), cells, cells_comp, ece, ece_comp, state.token_n, state.token_ce,
+        state.token_ce_comp, state.token_rank1, state.token_listed, nonfinite_groups, int(n_bins), stamp,
     )
     if row >= 0:
         return state, int(row), *REASONS[int(code)]
     state.nonfinite[:] += nonfinite_groups.reshape(s, p).sum(axis=1)
     if ignored is not None:
-        state.ignored[[where[key] for key in batch.slice_keys] if into is not None else slice(None)] += ignored
+        state.ignored[slice_map] += ignored
     if doc_hashes is not None:
-        documents, again = batch_documents(slice_ids, doc_hashes, positions, target_logprob.astype(np.float64, copy=False))
+        doc_slices = np.full(n, slice_map[0]) if slice_ids is None else slice_map[slice_ids]
+        documents, again = batch_documents(doc_slices, doc_hashes, positions, target_logprob.astype(np.float64, copy=False))
         if again >= 0:
             return state, again, *REASONS[11]
         state = replace(state, documents=DocumentTable.merge_two(state.documents, documents))
