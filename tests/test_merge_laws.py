@@ -210,8 +210,8 @@ def _token_stats(rows: Rows) -> TokenStats:
 
 
 def _token_bits(state: TokenStats) -> dict[str, Any]:
-    names = ("cells", "cells_comp", "ece", "ece_comp", "text_counts", "nonfinite", "ignored", "token_n", "token_ce",
-             "token_ce_comp", "token_rank1", "token_listed")
+    names = ("cells", "cells_comp", "ece", "ece_comp", "text_counts", "nonfinite", "ignored", "token_sums", "token_rank1",
+             "token_listed")
     documents = {f"documents.{name}": getattr(state.documents, name) for name in ("slice", "hash", "n", "ce", "ce_comp")}
     return {"keys": state.slice_keys, **{name: getattr(state, name) for name in names}, **documents}
 

@@ -34,9 +34,7 @@ class TokenState(Protocol):
     text_counts: np.ndarray
     nonfinite: np.ndarray
     ignored: np.ndarray
-    token_n: np.ndarray
-    token_ce: np.ndarray
-    token_ce_comp: np.ndarray
+    token_sums: np.ndarray
     token_rank1: np.ndarray
     token_listed: np.ndarray
     documents: DocumentTable
@@ -142,8 +140,8 @@ class TokenReport:
                           _token_metrics(by_position.reshape((s + 1) * p, *cells.shape[2:]), scale, level).items()})
 
         # per token id, and the frequency-rank buckets over all slices
-        token_n = state.token_n
-        token_ce = state.token_ce + state.token_ce_comp
+        token_n = state.token_sums[..., 0].astype(np.int64)
+        token_ce = state.token_sums[..., 1] + state.token_sums[..., 2]
         count = token_n.sum(axis=1)
         seen = np.flatnonzero(count)
         rank = frequency_ranks(count if counts is None else counts, len(count))

@@ -81,8 +81,7 @@ def _add(sums, comps, row, col, x):
 @strict_kernel
 def _token_pass(slice_ids, slice_map, positions, edges, bucket, target, logprob, n_bytes, offsets, ids, lps,
                 has_slices, has_buckets, has_bytes, has_topk, topk, vocab_size, count_nonfinite, n_buckets, cells,
-                cells_comp, ece, ece_comp, token_n, token_ce, token_ce_comp, token_rank1, token_listed, nonfinite, n_bins,
-                stamp):
+                cells_comp, ece, ece_comp, token_sums, token_rank1, token_listed, nonfinite, n_bins, stamp):
     """Fold a batch of tokens into the state arrays; returns (first bad row, reason code)
     or (-1, 0). A token's group is its slice (`slice_map` of its batch slice id) times
     the position buckets plus its position's bucket (the last of `edges` at or below
@@ -123,8 +122,9 @@ def _token_pass(slice_ids, slice_map, positions, edges, bucket, target, logprob,
         _add(cells, cells_comp, row, 1, ce)
         if has_bytes:
             _add(cells, cells_comp, row, 2, float(n_bytes[i]))
-        token_n[t, k] += 1
-        _add(token_ce, token_ce_comp, t, k, ce)
+        token_sums[t, k, 0] += 1.0
+        token_sums[t, k, 1], error = neumaier(token_sums[t, k, 1], ce)
+        token_sums[t, k, 2] += error
         if not has_topk:
             continue
         start = offsets[i]
@@ -222,9 +222,7 @@ class TokenStats:
     text_counts: np.ndarray  # (S, K, 2) int64: the documents' n_bytes and n_words (documents layout)
     nonfinite: np.ndarray  # (S,) int64: tokens with a -inf log-prob, left out
     ignored: np.ndarray  # (S,) int64: tokens without a target or log-prob (null)
-    token_n: np.ndarray  # (V, K) int64
-    token_ce: np.ndarray  # (V, K) float64
-    token_ce_comp: np.ndarray
+    token_sums: np.ndarray  # (V, K, 3) float64: tokens, CE sum, its compensation (one cache line a token)
     token_rank1: np.ndarray  # (V,) int64
     token_listed: np.ndarray  # (V,) int64
     documents: DocumentTable
@@ -233,7 +231,7 @@ class TokenStats:
 
     @property
     def vocab(self) -> int:
-        return self.token_n.shape[0]
+        return self.token_sums.shape[0]
 
     @classmethod
     def empty(cls, *, slice_keys=(), position_edges=DEFAULT_POSITION_EDGES, n_buckets: int = 1, n_bins: int = 15,
@@ -246,7 +244,7 @@ class TokenStats:
             np.zeros((s, p, k, len(TOKEN_FIELDS))), np.zeros((s, p, k, len(TOKEN_FIELDS))),
             np.zeros((s, k, n_bins, 3)), np.zeros((s, k, n_bins, 3)), np.zeros((s, k, 2), dtype=np.int64),
             np.zeros(s, dtype=np.int64), np.zeros(s, dtype=np.int64),
-            np.zeros((vocab, k), dtype=np.int64), np.zeros((vocab, k)), np.zeros((vocab, k)),
+            np.zeros((vocab, k, 3)),
             np.zeros(vocab, dtype=np.int64), np.zeros(vocab, dtype=np.int64), DocumentTable.empty(), bool(has_bytes),
             bool(has_text_counts),
         )
@@ -263,7 +261,7 @@ class TokenStats:
             full = np.zeros((len(keys), *mine.shape[1:]), dtype=mine.dtype)
             full[rows] = mine
             out[name] = full
-        for name in ("token_n", "token_ce", "token_ce_comp", "token_rank1", "token_listed"):
+        for name in ("token_sums", "token_rank1", "token_listed"):
             mine = getattr(self, name)
             full = np.zeros((vocab, *mine.shape[1:]), dtype=mine.dtype)
             full[: mine.shape[0]] = mine
@@ -282,9 +280,12 @@ class TokenStats:
         total = first._on(keys, vocab)
         for other in states[1:]:
             y = other._on(keys, vocab)
-            for a, b in (("cells", "cells_comp"), ("ece", "ece_comp"), ("token_ce", "token_ce_comp")):
+            for a, b in (("cells", "cells_comp"), ("ece", "ece_comp")):
                 total[a], total[b] = two_sum(total[a], total[b], y[a], y[b])
-            for name in ("text_counts", "nonfinite", "ignored", "token_n", "token_rank1", "token_listed"):
+            mine, theirs = total["token_sums"], y["token_sums"]
+            ce, comp = two_sum(mine[..., 1], mine[..., 2], theirs[..., 1], theirs[..., 2])
+            total["token_sums"] = np.stack([mine[..., 0] + theirs[..., 0], ce, comp], axis=-1)
+            for name in ("text_counts", "nonfinite", "ignored", "token_rank1", "token_listed"):
                 total[name] = total[name] + y[name]
             total["documents"] = DocumentTable.merge_two(total["documents"], y["documents"])
         return cls(keys, first.position_edges, first.n_buckets, first.n_bins, first.topk, **total,
@@ -368,8 +369,8 @@ def token_stats_partial(
         topk_ids.astype(np.int64, copy=False) if has_topk else empty_i,
         topk_logprobs.astype(np.float64, copy=False) if has_topk else np.zeros(1),
         slice_ids is not None, buckets is not None, target_bytes is not None, has_topk, int(topk), int(vocab_size),
-        bool(count_nonfinite), int(n_buckets), cells, cells_comp, ece, ece_comp, state.token_n, state.token_ce,
-        state.token_ce_comp, state.token_rank1, state.token_listed, nonfinite_groups, int(n_bins), stamp,
+        bool(count_nonfinite), int(n_buckets), cells, cells_comp, ece, ece_comp, state.token_sums, state.token_rank1,
+        state.token_listed, nonfinite_groups, int(n_bins), stamp,
     )
     if row >= 0:
         return state, int(row), *REASONS[int(code)]
