@@ -282,9 +282,9 @@ class TokenStats:
             y = other._on(keys, vocab)
             for a, b in (("cells", "cells_comp"), ("ece", "ece_comp")):
                 total[a], total[b] = two_sum(total[a], total[b], y[a], y[b])
-            mine, theirs = total["token_sums"], y["token_sums"]
-            ce, comp = two_sum(mine[..., 1], mine[..., 2], theirs[..., 1], theirs[..., 2])
-            total["token_sums"] = np.stack([mine[..., 0] + theirs[..., 0], ce, comp], axis=-1)
+            mine, theirs = total["token_sums"], y["token_sums"]  # mine: a copy, _on's
+            mine[..., 1], mine[..., 2] = two_sum(mine[..., 1], mine[..., 2], theirs[..., 1], theirs[..., 2])
+            mine[..., 0] += theirs[..., 0]
             for name in ("text_counts", "nonfinite", "ignored", "token_rank1", "token_listed"):
                 total[name] = total[name] + y[name]
             total["documents"] = DocumentTable.merge_two(total["documents"], y["documents"])
