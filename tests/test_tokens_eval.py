@@ -20,6 +20,7 @@ import pytest
 
 from browser import MISSING, chromium, console_errors, open_page, requested_urls
 from flows import evaluate
+from flows.config import EvalConfig
 from flows.errors import DataError
 from support import random_tokens, run_cli
 
@@ -412,3 +413,34 @@ def test_hive_folder_keys_slice_a_token_dump(tmp_path, client, data):
     is_web = data["doc"] % 2 == 0
     assert by_model.loc["a", "ce_mean"] == pytest.approx(ce[is_web].mean(), rel=1e-12)
     assert by_model.loc["b", "tokens"] == (~is_web).sum()
+
+
+def test_long_documents_are_read_a_bounded_number_of_tokens_at_a_time(tmp_path, client, monkeypatch):
+    """A documents batch holds about BATCH_TOKENS tokens, sized from the row group's footer:
+    20 documents of 5,000 tokens with BATCH_TOKENS = 6,000 are read a document at a time
+    (not 1,024 of them), and the report is the token rows' report."""
+    import flows.inputs.tokens as tokens_module
+    from flows.engine.pieces import Piece, piece_batches, resolve_any_spec
+    from flows.inputs.sources import list_inputs
+
+    rng = np.random.default_rng(5)
+    docs, length = 20, 5000
+    doc = np.repeat(np.arange(docs), length)
+    data = {"doc": doc, "position": np.tile(np.arange(length), docs), "target": rng.integers(0, 50, docs * length),
+            "target_logprob": -rng.exponential(2.0, docs * length)}
+    lists = lambda values: pa.array([values[doc == d].tolist() for d in range(docs)])  # noqa: E731
+    (tmp_path / "docs").mkdir()
+    pq.write_table(pa.table({"doc_id": np.arange(docs), "target": lists(data["target"]),
+                             "target_logprob": lists(data["target_logprob"])}), tmp_path / "docs" / "part-0.parquet")
+    (tmp_path / "rows").mkdir()
+    pq.write_table(pa.table({"doc_id": data["doc"], "position": data["position"], "target": data["target"],
+                             "target_logprob": data["target_logprob"]}), tmp_path / "rows" / "part-0.parquet")
+    monkeypatch.setattr(tokens_module, "BATCH_TOKENS", 6000)
+    config = EvalConfig(sources=[str(tmp_path / "docs")], kind="tokens")
+    (file,) = list_inputs(config.sources, {})
+    spec = resolve_any_spec(config, file)
+    sizes = [len(batch.target) for batch in piece_batches(Piece(file, None, docs), spec)]
+    assert sizes == [length] * docs
+    documents = evaluate(tmp_path / "docs", kind="tokens", client=client)
+    rows = evaluate(tmp_path / "rows", kind="tokens", client=client)
+    assert_same_tables(rows, documents)

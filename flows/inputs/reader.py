@@ -145,7 +145,9 @@ def iter_batches(parquet: pq.ParquetFile, file: InputFile, spec: ReadSpec, row_g
     for group in groups:
         first_row = int(group_start[group])
         try:
-            batches = parquet.iter_batches(batch_size=spec.batch_rows, row_groups=[group], columns=columns)
+            row_group = metadata.row_group(group)
+            size = spec.rows_per_batch(row_group.num_rows, spec.tokens_in(row_group))
+            batches = parquet.iter_batches(batch_size=size, row_groups=[group], columns=columns)
             while True:
                 with phase("read"):
                     record_batch = next(batches, None)

@@ -92,6 +92,13 @@ class ReadSpec:
     def batch_rows(self) -> int:
         return max(1024, self.batch_logits // self.n_classes)
 
+    def rows_per_batch(self, rows: int, tokens: int | None) -> int:
+        """Rows read at a time (a token dump's spec sizes its by the tokens they hold)."""
+        return self.batch_rows
+
+    def tokens_in(self, row_group: pq.RowGroupMetaData) -> int | None:
+        return None
+
     @property
     def column_buffer(self) -> int:
         """Bytes read at a time per column: READ_BUFFER_BYTES shared by the columns read."""

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from xent_kernels.hashing import JACKKNIFE_SEED, buckets_of, key_hash
 
@@ -26,9 +27,9 @@ from .spec import COLUMN_BUFFER_BYTES, READ_BUFFER_BYTES, check_columns_present,
 
 TOPK_KEY = b"xent.topk"  # schema metadata: the k of the dump's top-k lists
 TOKEN_LAYOUTS = ("token_rows", "documents")
-# Tokens (token rows) or documents read at a time: a token with a top-k list of 20
-# entries is about 250 bytes in Arrow and in the arrays made from it.
-TOKEN_BATCH_ROWS = {"token_rows": 1 << 18, "documents": 1 << 10}
+# Tokens read at a time: a token with a top-k list of 20 entries is about 250 bytes in
+# Arrow and in the arrays made from it. A documents batch holds about as many tokens.
+BATCH_TOKENS = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,24 @@ class TokenSpec:
 
     @property
     def batch_rows(self) -> int:
-        return TOKEN_BATCH_ROWS[self.layout]
+        """Rows read at a time when their tokens are not known: tokens, or documents of
+        256 tokens."""
+        return BATCH_TOKENS if self.layout == "token_rows" else max(1, BATCH_TOKENS // 256)
+
+    def rows_per_batch(self, rows: int, tokens: int | None) -> int:
+        """Rows read at a time from `rows` rows holding `tokens` tokens (None: not known):
+        about BATCH_TOKENS tokens, however long the documents are."""
+        if self.layout == "token_rows" or not tokens:
+            return self.batch_rows
+        return max(1, BATCH_TOKENS * rows // tokens)
+
+    def tokens_in(self, row_group: pq.RowGroupMetaData) -> int | None:
+        """The tokens a row group holds, from its footer: the target lists' values."""
+        for i in range(row_group.num_columns):
+            column = row_group.column(i)
+            if column.path_in_schema.split(".")[0] == self.columns.target_col:
+                return column.num_values
+        return None
 
 
 def _is_list(arrow_type: pa.DataType) -> bool:
