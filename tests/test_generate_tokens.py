@@ -203,6 +203,7 @@ def test_bytes_and_words(tmp_path):
     assert not {"target_bytes", "n_bytes", "n_words"} & set(pq.read_schema(no_bytes.files[0]).names)
 
 
+@pytest.mark.slow
 def test_targets_follow_zipf(big):
     target = big.column("target").to_numpy()
     counts = np.sort(np.bincount(target, minlength=32_000))[::-1]
@@ -236,6 +237,7 @@ def test_difficulty_effects(big):
     assert ce[rank >= 1000].mean() > ce[rank < 10].mean() + 1.0
 
 
+@pytest.mark.slow
 def test_shift_moves_the_target_logprob_as_documented(tmp_path):
     first, second = gen(tmp_path, "first", topk=5), gen(tmp_path, "second", topk=5, shift=0.5)
     a, b = read_table(first), read_table(second)

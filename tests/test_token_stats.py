@@ -98,6 +98,7 @@ def test_bits_report_divides_by_ln2():
     assert bits["bits_per_byte"][-1] == pytest.approx(nats["bits_per_byte"][-1], rel=1e-12)
 
 
+@pytest.mark.slow
 def test_interval_is_the_delete_one_bucket_jackknife():
     data = random_tokens(2)
     report = partial(data).finalize()
@@ -150,6 +151,7 @@ def test_torchmetrics_perplexity_on_dense_log_probs():
     assert report.summary["entropy_lower_bound"][-1] == pytest.approx(full_entropy, rel=1e-9)
 
 
+@pytest.mark.slow
 @given(st.integers(0, 10_000), st.integers(1, 6))
 def test_any_sharding_gives_the_same_report(seed, parts):
     data = random_tokens(seed % 50, n=400)

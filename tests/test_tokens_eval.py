@@ -152,6 +152,7 @@ def test_documents_give_lm_eval_word_and_byte_perplexity(tmp_path, client, data)
     assert overall["word_perplexity_lo"] < overall["word_perplexity"] < overall["word_perplexity_hi"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change, where", [
     (lambda t: t.set_column(3, "target_logprob", pa.array(np.where(np.arange(t.num_rows) == 17, 0.5,
                                                                    t.column(3).to_numpy()))),
@@ -192,6 +193,7 @@ def test_infinite_cross_entropy_is_an_error_or_counted(tmp_path, data):
     assert report.summary["n_nonfinite"].iloc[-1] == 2 and report.summary["tokens"].iloc[-1] == 198
 
 
+@pytest.mark.slow
 def test_cli_prints_the_headline_and_writes_the_page(tmp_path, data):
     folder = write_shards(tmp_path / "dump", token_rows_table(data), 2)
     out = tmp_path / "report"
@@ -207,6 +209,7 @@ def test_cli_prints_the_headline_and_writes_the_page(tmp_path, data):
     assert 'data-metric="perplexity"' in page
 
 
+@pytest.mark.slow
 def test_the_document_bucket_interval_covers_where_tokens_are_correlated():
     """Tokens of a document share a difficulty: over 500 repetitions the interval over
     document buckets covers the true token-weighted CE in 92-98% of them; an interval
@@ -232,6 +235,7 @@ def test_the_document_bucket_interval_covers_where_tokens_are_correlated():
     assert share["tokens"] < 0.85, share  # measured: documents 0.96, tokens 0.53
 
 
+@pytest.mark.slow
 def test_the_readme_token_example_runs_and_its_numbers_are_numpys(tmp_path, monkeypatch):
     """README "Language-model token dumps": each command exits 0 in an empty folder, and the
     overall perplexity is exp of NumPy's mean of -target_logprob over the dump."""
@@ -270,6 +274,7 @@ def test_the_prefect_flow_and_xent_report_give_the_same_token_report(tmp_path, p
     assert "Language-model tokens" in (tmp_path / "flow" / "report.html").read_text()
 
 
+@pytest.mark.slow
 def test_a_nightly_token_source_writes_history_rows_and_a_page_with_changes(tmp_path):
     """Two dates of a token source (the second scored by a model shifted 0.3 nats worse):
     metrics.parquet holds its summary rows (n its tokens), with the perplexity of NumPy,
@@ -362,6 +367,7 @@ def test_a_vocabulary_names_the_tokens_and_given_counts_rank_them(tmp_path, clie
         evaluate(folder, kind="tokens", client=client, tokens={"vocab": str(bad)})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [["compare", "--baseline"], ["drift", "--reference"]])
 def test_drift_and_compare_of_token_dumps_say_they_are_not_there_yet(tmp_path, data, command):
     folder = write_shards(tmp_path / "dump", token_rows_table(data), 1)
