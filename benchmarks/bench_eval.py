@@ -680,6 +680,25 @@ def verdict(passed: bool | None) -> str:
     return "info" if passed is None else ("PASS" if passed else "MISS")
 
 
+def print_summary(out: Outcome, agreement: str, checked: str) -> int:
+    """The notes, each target with PASS, MISS or info, whether the peers agreed with xent
+    (`agreement`; `checked` names what was counted) and every failure; the exit status."""
+    for note in out.notes:
+        print(note)
+    if out.notes:
+        print()
+    print("summary")
+    width = max(len(what) for what, _, _ in out.targets)
+    for what, measured, passed in out.targets:
+        print(f"  {verdict(passed):<5} {what:<{width}}  {measured}")
+    peers = [t.name for t in out.timings if t.group in ("duckdb", "polars")]
+    agree = "FAIL" if out.failures else ("PASS" if peers else "skip")
+    print(f"  {agree:<5} {agreement:<{width}}  {len(peers)} {checked} checked")
+    for failure in out.failures:
+        print(f"  FAIL: {failure}")
+    return 1 if out.failures else 0
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -829,21 +848,7 @@ def main(argv: list[str] | None = None) -> int:
         print()
         out.targets.append(("xent eval whole command, tiny dump", f"{total:.2f} s", None))
 
-    for note in out.notes:
-        print(note)
-    if out.notes:
-        print()
-    print("summary")
-    width = max(len(what) for what, _, _ in out.targets)
-    for what, measured, passed in out.targets:
-        print(f"  {verdict(passed):<5} {what:<{width}}  {measured}")
-    peers = [t.name for t in out.timings if t.group in ("duckdb", "polars")]
-    agree = "FAIL" if out.failures else ("PASS" if peers else "skip")
-    print(f"  {agree:<5} {'peers agree with xent per class (rel <= 1e-6, same counts)':<{width}}  "
-          f"{len(peers)} peer formulation(s) checked")
-    for failure in out.failures:
-        print(f"  FAIL: {failure}")
-    return 1 if out.failures else 0
+    return print_summary(out, "peers agree with xent per class (rel <= 1e-6, same counts)", "peer formulation(s)")
 
 
 if __name__ == "__main__":

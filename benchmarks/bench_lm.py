@@ -106,7 +106,7 @@ from bench_eval import (  # noqa: E402
     rel_diff,
     subprocess_env,
     time_runs,
-    verdict,
+    print_summary,
 )
 
 import numpy as np  # noqa: E402
@@ -826,20 +826,8 @@ def main(argv: list[str] | None = None) -> int:
                 out.failures.append(f"RSS subprocess for {label} counted {runs[0]['rows']:,} tokens, expected {tokens:,}")
         print()
 
-    for note in out.notes:
-        print(note)
-    print()
-    print("summary")
-    width = max(len(what) for what, _, _ in out.targets)
-    for what, measured, passed in out.targets:
-        print(f"  {verdict(passed):<5} {what:<{width}}  {measured}")
-    peers = [t.name for t in out.timings if t.group in ("duckdb", "polars")]
-    agree = "FAIL" if out.failures else ("PASS" if peers else "skip")
-    print(f"  {agree:<5} {'peers agree with xent per source x position bucket (rel <= 1e-6, same counts)':<{width}}  "
-          f"{len(peers)} peer query(ies) checked")
-    for failure in out.failures:
-        print(f"  FAIL: {failure}")
-    return 1 if out.failures else 0
+    return print_summary(out, "peers agree with xent per source x position bucket (rel <= 1e-6, same counts)",
+                         "peer query(ies)")
 
 
 if __name__ == "__main__":

@@ -191,6 +191,12 @@ def test_infinite_cross_entropy_is_an_error_or_counted(tmp_path, data):
         evaluate(folder, kind="tokens")
     report = evaluate(folder, kind="tokens", on_nonfinite="count")
     assert report.summary["n_nonfinite"].iloc[-1] == 2 and report.summary["tokens"].iloc[-1] == 198
+    # the page's verdict says what was left out; the intervals line claims no AUC and no clipping
+    page = report.to_html()
+    assert "Left out: 2 tokens with an infinite CE." in page and "No data problems" not in page
+    assert "jackknife over 20 buckets by the hash of doc_id; bounds not clipped" in page and "DeLong" not in page
+    clean = evaluate(folder, kind="tokens", on_nonfinite="count", n_buckets=1).to_html()
+    assert "intervals: none (n_buckets = 1); bounds not clipped" in clean
 
 
 @pytest.mark.slow
@@ -206,6 +212,7 @@ def test_cli_prints_the_headline_and_writes_the_page(tmp_path, data):
     assert summary[-1]["ce_mean"] == pytest.approx(ce_bits, rel=1e-12)
     page = (out / "report.html").read_text()
     assert "Language-model tokens" in page and "xent token report" in page
+    assert "No data problems: no bad shards, every token with a target and a finite log-probability." in page
     assert 'data-metric="perplexity"' in page
 
 

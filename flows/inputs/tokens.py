@@ -21,7 +21,7 @@ from xent_kernels.hashing import JACKKNIFE_SEED, buckets_of, key_hash
 
 from ..config import EvalConfig, TokenColumns
 from ..errors import DataError
-from .reader import _slices
+from .reader import _slices, _where
 from .sources import InputFile
 from .spec import COLUMN_BUFFER_BYTES, READ_BUFFER_BYTES, check_columns_present, slice_columns
 
@@ -179,10 +179,6 @@ class TokenBatch:
     ignored: np.ndarray | None = None  # per slice: tokens without a target or log-prob (null)
     doc_hashes: np.ndarray | None = None  # each token's document key hash
     documents: dict[str, np.ndarray] | None = None  # documents layout: per-row slice ids, buckets, n_bytes, n_words
-
-
-def _where(file: InputFile, column: str, row: int) -> str:
-    return f"{file.url}: column '{column}', row {row}"
 
 
 def _numbers(column: pa.Array, name: str, first_row: int, file: InputFile, what: str) -> np.ndarray:

@@ -129,14 +129,18 @@ def integrity_line(integrity: dict[str, int]) -> str:
 
 
 def intervals_line(intervals: dict[str, Any]) -> str:
-    """The line (terminal, report page) for a report's `xent.intervals` metadata."""
-    clipped = "bounds clipped to each metric's range"  # Statistic.clip
+    """The line (terminal, report page) for a report's `xent.intervals` metadata (a token
+    report's says ``"tokens": true``: no AUC, bounds not clipped)."""
+    tokens = intervals.get("tokens", False)
+    clipped = "bounds not clipped" if tokens else "bounds clipped to each metric's range"  # Statistic.clip
+    auc = "" if tokens else "; auc: DeLong"
     if intervals["bucket_key"] is None:
-        return f"intervals: none but AUC's (n_buckets = 1); auc: DeLong at {intervals['level']:g}; {clipped}"
+        none = "none (n_buckets = 1)" if tokens else f"none but AUC's (n_buckets = 1); auc: DeLong at {intervals['level']:g}"
+        return f"intervals: {none}; {clipped}"
     key = intervals["bucket_key"]
     by = "the hash of each row's label and prediction" if key == "content" else f"the hash of {', '.join(key)}"
     return (f"intervals: [lo, hi] at {intervals['level']:g}, jackknife over {intervals['n_buckets']} buckets "
-            f"by {by}; auc: DeLong; {clipped}")
+            f"by {by}{auc}; {clipped}")
 
 
 def auc_line(summary: list[dict]) -> str | None:
@@ -270,8 +274,9 @@ def intervals_metadata(evaluation: Evaluation) -> dict[str, Any]:
     """How the ``_lo``/``_hi`` columns were made: a jackknife t-interval at `level` over
     `n_buckets` buckets picked by `bucket_key` (key column names, "content", or None
     with one bucket, when every bound is NaN)."""
-    return {"method": "jackknife", "level": evaluation.config.interval_level, "n_buckets": evaluation.spec.n_buckets,
-            "bucket_key": evaluation.spec.bucket_key}
+    intervals = {"method": "jackknife", "level": evaluation.config.interval_level,
+                 "n_buckets": evaluation.spec.n_buckets, "bucket_key": evaluation.spec.bucket_key}
+    return {**intervals, "tokens": True} if isinstance(evaluation.spec, TokenSpec) else intervals
 
 
 def report_tables(evaluation: Evaluation) -> dict[str, pa.Table]:

@@ -31,6 +31,13 @@ def build(tables: dict[str, pa.Table], page: Page) -> None:
     rows = summary.to_pylist()
     slice_by = summary.column_names[: summary.column_names.index("overall")]
     overall = next(r for r in rows if r["overall"])
+    left_out = {"bad shards": overall.get("n_bad_shards") or 0, "tokens with an infinite CE": overall["n_nonfinite"],
+                "tokens without a target or log-probability": overall["n_ignored"]}
+    if any(left_out.values()):
+        page.problems.append({"id": "tokens-left-out", "text": "Left out: " + ", ".join(
+            f"{count:,} {what}" for what, count in left_out.items() if count) + "."})
+    else:
+        page.checks.append("No data problems: no bad shards, every token with a target and a finite log-probability.")
     page.subtitle.append(f"{overall['tokens']:,} tokens" + (f" in {overall['documents']:,} documents"
                                                               if (overall.get("documents") or -1) >= 0 else ""))
     cards = [{"metric": "tokens", "label": "tokens", "text": number(overall["tokens"]), "value": overall["tokens"],
