@@ -31,6 +31,7 @@ from .inputs.memory import is_dask_dataframe, is_in_memory
 from .inputs.sources import InputFile
 from .metadata import decoded_metadata
 from .inputs.tokens import TokenSpec
+from .kinds import TOKENS
 from .report.tables import report_tables, with_interval
 from .report.token_tables import token_report_tables
 from .report.writing import write_tables_atomically
@@ -376,15 +377,20 @@ class CompareResult(TwoSidedResult):
     @staticmethod
     def _tables(report: "CompareReport", config: CompareConfig) -> dict[str, pa.Table]:
         from .monitor.paired import compare_tables
+        from .monitor.token_compare import TokenCompareReport, token_compare_tables
 
+        if isinstance(report, TokenCompareReport):
+            return token_compare_tables(report, config)
         return compare_tables(report, config)
 
     @staticmethod
     def _measure(config: CompareConfig, client: "Client", progress: Progress, first: Any,
                  second: Any) -> "CompareReport":
         from .monitor.paired import compare_models
+        from .monitor.token_compare import compare_token_models
 
-        return compare_models(config, client, progress, baseline=first, candidate=second)
+        measure = compare_token_models if config.kind == TOKENS else compare_models
+        return measure(config, client, progress, baseline=first, candidate=second)
 
     @property
     def breaches(self) -> list[str]:

@@ -410,7 +410,8 @@ class Gate(StrictModel):
     ``{metric: ce_mean, max_increase: 0.01, mode: interval}``. Exactly one of
     `max_increase` / `max_decrease`, in the run's units for information metrics."""
 
-    metric: str = Field(description="An interval metric of the report (ce_mean, accuracy, ece, ...).")
+    metric: str = Field(description="An interval metric of the report (ce_mean, accuracy, ece, ...; token dumps: "
+                        "ce_mean, perplexity, bits_per_byte, top1_accuracy).")
     max_increase: float | None = Field(None, ge=0, description="Largest allowed candidate - baseline.")
     max_decrease: float | None = Field(None, ge=0, description="Largest allowed baseline - candidate.")
     mode: Literal["interval", "point"] = Field(
@@ -422,8 +423,9 @@ class Gate(StrictModel):
     @classmethod
     def _interval_metric(cls, value):
         from xent_kernels import STATISTICS
+        from xent_kernels.token_pair_report import PAIRED_TOKEN_METRICS
 
-        known = [s.name for s in STATISTICS if s.interval]
+        known = list(dict.fromkeys([*(s.name for s in STATISTICS if s.interval), *PAIRED_TOKEN_METRICS]))
         if value not in known:
             raise ValueError(f"unknown gate metric {value!r}; metrics with intervals: {known}{did_you_mean(value, known)}")
         return value
@@ -451,10 +453,19 @@ class CompareConfig(EvalConfig):
     baseline: list[str] = Field(default_factory=list, description="The baseline dump.")
     compare: CompareSettings = Field(default_factory=CompareSettings)
 
-    @model_validator(mode="after")
-    def _not_tokens_yet(self):
-        return _two_sided_classifiers_only(self, "compare")
     gate: list[Gate] = Field(default_factory=list, description="A gate, or a list of them.")
+
+    @model_validator(mode="after")
+    def _gates_of_the_kind(self):
+        from xent_kernels.token_pair_report import PAIRED_TOKEN_METRICS
+
+        if self.kind != TOKENS:
+            return self
+        for gate in self.gate:
+            if gate.metric not in PAIRED_TOKEN_METRICS:
+                raise ValueError(f"kind tokens: gate metric {gate.metric!r} is not a token metric; token comparisons "
+                                 f"gate {list(PAIRED_TOKEN_METRICS)}{did_you_mean(gate.metric, list(PAIRED_TOKEN_METRICS))}")
+        return self
 
     @field_validator("gate", mode="before")
     @classmethod

@@ -56,6 +56,12 @@ class TokenSpec:
     storage_options: dict[str, Any] = field(default_factory=dict)
     reference_file: str = ""
     kind: str = "tokens"
+    read_keys: bool = False  # batches carry each token's document key values (a join reads them)
+
+    @property
+    def id_cols(self) -> tuple[str, ...]:
+        """What identifies a scored token: its document key and position."""
+        return (*self.doc_cols, self.columns.position_col)
 
     def state_options(self) -> dict[str, Any]:
         """The options every piece's ``TokenStats`` is made with, so that all merge."""
@@ -178,6 +184,7 @@ class TokenBatch:
     topk_logprobs: np.ndarray | None = None
     ignored: np.ndarray | None = None  # per slice: tokens without a target or log-prob (null)
     doc_hashes: np.ndarray | None = None  # each token's document key hash
+    doc_keys: list[np.ndarray] | None = None  # each token's document key values (TokenSpec.read_keys)
     documents: dict[str, np.ndarray] | None = None  # documents layout: per-row slice ids, buckets, n_bytes, n_words
 
 
@@ -275,6 +282,7 @@ def to_token_batch(batch: pa.RecordBatch, first_row: int, file: InputFile, spec:
         position=kept(position), buckets=row_buckets[kept(parent)] if row_buckets is not None else None,
         slice_ids=kept(token_slices) if token_slices is not None else None, slice_keys=slice_keys,
         target_bytes=target_bytes, ignored=ignored, documents=documents, doc_hashes=row_hashes[kept(parent)],
+        doc_keys=[values[kept(parent)] for values in doc_keys] if spec.read_keys else None,
         **topk,
     )
 

@@ -34,6 +34,7 @@ from ..errors import DataError
 from ..inputs.reader import open_parquet
 from ..inputs.sources import InputFile
 from ..inputs.spec import ReadSpec
+from ..inputs.tokens import TokenSpec
 
 @dataclass(frozen=True)
 class JoinResult:
@@ -89,6 +90,36 @@ class Rows:
         return Rows([values[index] for values in self.keys], self.pred[index], self.labels[index],
                     None if self.weights is None else self.weights[index], self.slice_ids[index], self.slice_keys)
 
+    @classmethod
+    def of_batch(cls, batch: Any) -> "Rows":
+        """A batch's rows (:class:`flows.inputs.reader.Batch`), its key columns read."""
+        slice_ids = batch.slice_ids if batch.slice_ids is not None else np.zeros(len(batch.labels), np.int64)
+        return cls(list(batch.ids), batch.pred, batch.labels, batch.weights, slice_ids, list(batch.slice_keys))
+
+    @classmethod
+    def concatenate(cls, parts: list["Rows"]) -> "Rows":
+        """The rows of `parts`, in order, slice ids renumbered over all of them."""
+        slice_ids, slice_keys = renumber_slices(parts)
+        return cls(
+            [concatenate_keys([p.keys[j] for p in parts]) for j in range(len(parts[0].keys))],
+            np.concatenate([p.pred for p in parts]),
+            np.concatenate([p.labels for p in parts]),
+            None if parts[0].weights is None else np.concatenate([p.weights for p in parts]),
+            slice_ids,
+            slice_keys,
+        )
+
+
+def renumber_slices(parts: list[Any]) -> tuple[np.ndarray, list[tuple]]:
+    """The slice ids of `parts` (each with ``slice_ids`` into its ``slice_keys``),
+    concatenated and renumbered into one list of keys."""
+    keys: dict[tuple, int] = {}
+    slice_ids = []
+    for part in parts:
+        local = np.array([keys.setdefault(k, len(keys)) for k in part.slice_keys], dtype=np.int64)
+        slice_ids.append(local[part.slice_ids] if local.size else part.slice_ids)
+    return np.concatenate(slice_ids), list(keys)
+
 
 @dataclass(frozen=True)
 class Pairing:
@@ -98,7 +129,8 @@ class Pairing:
     `names` are the two sides (scratch folders and messages use them); `reduce(spec,
     first, second)` turns the matched rows of both sides, aligned row by row (at least
     one), into a `state`; `options(spec)` are the arguments of ``state.empty`` for
-    states of `spec`; `setting` is the config key that sets the join key, for messages.
+    states of `spec`; `setting` is the config key that sets the join key, for messages;
+    `rows` the type of the rows spilled (:class:`Rows`; a token dump's are its tokens).
     """
 
     names: tuple[str, str]
@@ -106,6 +138,7 @@ class Pairing:
     reduce: Callable[[ReadSpec, Rows, Rows], Mergeable]
     options: Callable[[ReadSpec], dict[str, Any]]
     setting: str
+    rows: type = Rows  # what a batch's rows become: ``of_batch``, ``take``, ``concatenate``, ``keys``
 
 
 def _kl_options(spec: ReadSpec) -> dict[str, Any]:
@@ -128,23 +161,22 @@ KL_PAIRING = kl_pairing()
 
 
 def spill_piece(piece: Piece, side: str, index: int, spec: ReadSpec, data: Any = None, *, scratch: str,
-                n_buckets: int) -> int:
-    """Split one piece's rows (from its file, or `data` in memory) into bucket files
-    under scratch/side/bucket; returns rows."""
+                n_buckets: int, rows_type: type = Rows) -> int:
+    """Split one piece's rows (from its file, or `data` in memory), as `rows_type`
+    makes them of each batch, into bucket files under scratch/side/bucket; returns rows."""
     rows = 0
     for b, batch in enumerate(piece_batches(piece, spec, data)):
-        buckets = bucket_of(batch.ids, n_buckets)
+        batch_rows = rows_type.of_batch(batch)
+        buckets = bucket_of(batch_rows.keys, n_buckets)
         order = np.argsort(buckets, kind="stable")
         bounds = np.searchsorted(buckets[order], np.arange(n_buckets + 1))
-        slice_ids = batch.slice_ids if batch.slice_ids is not None else np.zeros(len(order), np.int64)
         for k in range(n_buckets):
             take = order[bounds[k] : bounds[k + 1]]
             if not take.size:
                 continue
             folder = os.path.join(scratch, side, f"{k:05d}")
             os.makedirs(folder, exist_ok=True)
-            part = Rows([values[take] for values in batch.ids], batch.pred[take], batch.labels[take],
-                        None if batch.weights is None else batch.weights[take], slice_ids[take], list(batch.slice_keys))
+            part = batch_rows.take(take)
             # pickle, not np.savez: np.load parses each array header with ast.literal_eval,
             # which fails at random in concurrent worker threads on CPython 3.11
             # ("AST constructor recursion depth mismatch", python/cpython#106905).
@@ -154,30 +186,16 @@ def spill_piece(piece: Piece, side: str, index: int, spec: ReadSpec, data: Any =
     return rows
 
 
-def _load_bucket(folder: str) -> Rows | None:
-    """One side's spilled rows of a bucket, with slice ids renumbered over all its parts."""
+def _load_bucket(folder: str) -> Any:
+    """One side's spilled rows of a bucket (None: none)."""
     parts = []
     for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
         with open(os.path.join(folder, name), "rb") as handle:
             parts.append(pickle.load(handle))  # written by spill_piece into this run's own scratch folder
-    if not parts:
-        return None
-    keys: dict[tuple, int] = {}
-    slice_ids = []
-    for part in parts:
-        local = np.array([keys.setdefault(k, len(keys)) for k in part.slice_keys], dtype=np.int64)
-        slice_ids.append(local[part.slice_ids] if local.size else part.slice_ids)
-    return Rows(
-        [_concatenate([p.keys[j] for p in parts]) for j in range(len(parts[0].keys))],
-        np.concatenate([p.pred for p in parts]),
-        np.concatenate([p.labels for p in parts]),
-        None if parts[0].weights is None else np.concatenate([p.weights for p in parts]),
-        np.concatenate(slice_ids),
-        list(keys),
-    )
+    return type(parts[0]).concatenate(parts) if parts else None
 
 
-def _concatenate(arrays: list[np.ndarray]) -> np.ndarray:
+def concatenate_keys(arrays: list[np.ndarray]) -> np.ndarray:
     """Concatenate key arrays exactly: int64 with uint64 would promote to float64."""
     if np.result_type(*arrays).kind == "f" and all(a.dtype.kind in "iu" for a in arrays):
         return np.concatenate([a.astype(object) for a in arrays])
@@ -191,7 +209,7 @@ def _key_codes(first: Rows, second: Rows) -> tuple[np.ndarray, np.ndarray]:
     n_first = len(first)
     codes = np.zeros(n_first + len(second), dtype=np.int64)
     for first_values, second_values in zip(first.keys, second.keys):
-        _, column = np.unique(_concatenate([first_values, second_values]), return_inverse=True)
+        _, column = np.unique(concatenate_keys([first_values, second_values]), return_inverse=True)
         _, codes = np.unique(codes * (int(column.max()) + 1) + column, return_inverse=True)
     codes = codes.reshape(-1)
     return codes[:n_first], codes[n_first:]
@@ -258,7 +276,7 @@ def join_sides(config: EvalConfig, settings: JoinSettings, sides: dict[str, Join
                   for name in pairing.names for i, piece in enumerate(sides[name].pieces)]
         pieces, names, indexes, specs, data = zip(*spills) if spills else ((), (), (), (), ())
         map_all(client, spill_piece, pieces, names, indexes, specs, data,
-                scratch=scratch, n_buckets=n_buckets, stall_timeout=config.stall_timeout)
+                scratch=scratch, n_buckets=n_buckets, rows_type=pairing.rows, stall_timeout=config.stall_timeout)
         # Spilled: release the in-memory rows on the cluster before the join.
         spills, data = [], ()
         for side in sides.values():
@@ -312,6 +330,8 @@ def key_spec(spec: ReadSpec, schema: pa.Schema, first: InputFile, key: tuple[str
                 f"{sorted(first.hive)}); columns are {sorted(schema.names)}. Rows are joined on "
                 f"({', '.join(key)}): set {setting} (or --id-cols) to columns both dumps have"
             )
+    if isinstance(spec, TokenSpec):  # the document key is the spec's own, its tokens' positions added
+        return dataclasses.replace(spec, read_keys=True), types
     return dataclasses.replace(spec, id_cols=key, hive_ids=tuple(hive), n_bins=n_bins), types
 
 

@@ -16,9 +16,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from xent_kernels.tokens import TokenReport
+from xent_kernels.tokens import TokenReport, TokenStats
 
-from ..config import log_base
+from ..config import EvalConfig, log_base
 from ..engine import Evaluation
 from ..errors import DataError, without_credentials
 from ..inputs.sources import filesystem
@@ -57,14 +57,31 @@ def read_id_table(url: str, value: str, storage_options: dict, what: str) -> dic
     return dict(zip(table.column("id").to_pylist(), table.column(value).to_pylist()))
 
 
+def given_counts(config: EvalConfig, vocab: int) -> np.ndarray | None:
+    """The counts file's count per token id (at least `vocab` ids), None without one."""
+    if not config.tokens.counts:
+        return None
+    given = read_id_table(config.tokens.counts, "count", config.storage_options, "token counts")
+    counts = np.zeros(max(max(given, default=-1) + 1, vocab))
+    counts[list(given)] = list(given.values())
+    return counts
+
+
+def token_counts(config: EvalConfig, stats: TokenStats) -> np.ndarray:
+    """The count per token id that frequency ranks come from: the counts file's, else
+    the dump's own (`stats`)."""
+    given = given_counts(config, stats.vocab)
+    return stats.token_sums[..., 0].sum(axis=1) if given is None else given
+
+
+def read_vocabulary(config: EvalConfig) -> dict[int, str]:
+    """The vocabulary file's token text per id."""
+    return read_id_table(config.tokens.vocab, "token", config.storage_options, "vocabulary")
+
+
 def build_token_tables(evaluation: Evaluation) -> dict[str, pa.Table]:
     config, result = evaluation.config, evaluation.result
-    options = config.storage_options
-    counts = None
-    if config.tokens.counts:
-        given = read_id_table(config.tokens.counts, "count", options, "token counts")
-        counts = np.zeros(max(max(given, default=-1) + 1, result.stats.vocab))
-        counts[list(given)] = list(given.values())
+    counts = given_counts(config, result.stats.vocab)
     report = result.stats.finalize(base=log_base(config.units), level=config.interval_level, counts=counts)
     summary = report.summary
     if not evaluation.spec.slice_by:  # one slice: its row is the overall row
@@ -92,7 +109,7 @@ def build_token_tables(evaluation: Evaluation) -> dict[str, pa.Table]:
     tables["token_frequency"] = pa.table(_metric_columns(report.frequency, ()))
     per_token = _metric_columns(report.per_token, ())
     if config.tokens.vocab:
-        vocab = read_id_table(config.tokens.vocab, "token", options, "vocabulary")
+        vocab = read_vocabulary(config)
         per_token["token"] = pa.array([vocab.get(int(i)) for i in report.per_token["target"]], pa.string())
     tables["per_token"] = pa.table(per_token)
     if config.on_bad_shard == "skip":
