@@ -444,3 +444,30 @@ def random_tokens(seed: int, n: int = 3000, vocab: int = 40, k: int = 5, docs: i
     return dict(logp=logp, target=target, doc=doc, position=position, ids=ids, lps=lps,
                 target_logprob=logp[np.arange(n), target], bytes=rng.integers(1, 9, n),
                 slice=rng.integers(0, 2, n), bucket=(splitmix64(doc) % np.uint64(7)).astype(np.int64))
+
+
+def two_token_models(seed: int, n: int = 2000, vocab: int = 30, k: int = 4, docs: int = 50):
+    """Dense teacher and student log-probs of the same tokens, each with its own top-k
+    list (the target appended when outside, as vLLM lists it)."""
+    from scipy.special import log_softmax
+
+    rng = np.random.default_rng(seed)
+    teacher = log_softmax(rng.normal(0, 2, (n, vocab)), axis=1)
+    student = log_softmax(np.exp(teacher) * 3 + rng.normal(0, 1.5, (n, vocab)), axis=1)
+    target = np.array([rng.choice(vocab, p=np.exp(row)) for row in teacher])
+    doc = rng.integers(0, docs, n)
+
+    def lists(logp):
+        order = np.argsort(-logp, axis=1, kind="stable")[:, :k]
+        offsets, ids = [0], []
+        for i in range(n):
+            row = list(order[i]) + ([] if target[i] in order[i] else [target[i]])
+            ids += row
+            offsets.append(len(ids))
+        ids = np.array(ids)
+        rows = np.repeat(np.arange(n), np.diff(offsets))
+        return np.array(offsets), ids, logp[rows, ids]
+
+    return dict(teacher=teacher, student=student, target=target, doc=doc, bucket=doc % 7,
+                position=rng.integers(0, 40, n), slice=rng.integers(0, 2, n), bytes=rng.integers(1, 6, n),
+                teacher_topk=lists(teacher), student_topk=lists(student), frequency=target % 3)

@@ -216,3 +216,14 @@ def test_an_object_store_outage_mid_run_is_one_line_and_the_cluster_log_holds_th
     records = re.compile(r"(distributed|tornado|asyncio)[.\w]* - (DEBUG|INFO|WARNING|ERROR|CRITICAL)|"
                          r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) (distributed|tornado|asyncio)|Task was destroyed")
     assert not [line for line in loud.splitlines() if records.search(line)], loud
+
+
+def test_verbose_is_taken_where_the_error_line_says_to_put_it():
+    # An internal error says "rerun with --verbose"; a user appends it to the command they ran.
+    from flows.cli.parser import build_parser
+
+    parser = build_parser()
+    after = parser.parse_args(["compare", "--baseline", "a", "--candidate", "b", "--out", "o", "--verbose"])
+    before = parser.parse_args(["-v", "compare", "--baseline", "a", "--candidate", "b", "--out", "o"])
+    neither = parser.parse_args(["compare", "--baseline", "a", "--candidate", "b", "--out", "o"])
+    assert after.verbose and before.verbose and not neither.verbose

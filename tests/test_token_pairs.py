@@ -9,35 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_allclose
-from scipy.special import log_softmax, rel_entr
+from scipy.special import rel_entr
 
+from support import two_token_models
 from xent_kernels.token_pair_report import KL_QUANTILES, PERCENTILE_ERROR, TokenPairReport
 from xent_kernels.token_pairs import KL_BINS, KL_FLOOR, TokenPairStats, kl_bin, kl_quantiles, token_pairs_partial
-
-
-def two_models(seed: int, n: int = 2000, vocab: int = 30, k: int = 4, docs: int = 50):
-    """Dense teacher and student log-probs of the same tokens, each with its own top-k
-    list (the target appended when outside, as vLLM lists it)."""
-    rng = np.random.default_rng(seed)
-    teacher = log_softmax(rng.normal(0, 2, (n, vocab)), axis=1)
-    student = log_softmax(np.exp(teacher) * 3 + rng.normal(0, 1.5, (n, vocab)), axis=1)
-    target = np.array([rng.choice(vocab, p=np.exp(row)) for row in teacher])
-    doc = rng.integers(0, docs, n)
-
-    def lists(logp):
-        order = np.argsort(-logp, axis=1, kind="stable")[:, :k]
-        offsets, ids = [0], []
-        for i in range(n):
-            row = list(order[i]) + ([] if target[i] in order[i] else [target[i]])
-            ids += row
-            offsets.append(len(ids))
-        ids = np.array(ids)
-        rows = np.repeat(np.arange(n), np.diff(offsets))
-        return np.array(offsets), ids, logp[rows, ids]
-
-    return dict(teacher=teacher, student=student, target=target, doc=doc, bucket=doc % 7,
-                position=rng.integers(0, 40, n), slice=rng.integers(0, 2, n), bytes=rng.integers(1, 6, n),
-                teacher_topk=lists(teacher), student_topk=lists(student), frequency=target % 3)
 
 
 def state_of(m, rows=slice(None), **options):
@@ -86,7 +62,7 @@ def overall(report: TokenPairReport) -> dict:
 
 
 def test_every_figure_against_numpy():
-    m = two_models(1)
+    m = two_token_models(1)
     got = overall(state_of(m).finalize())
     n = len(m["target"])
     ce_t = -m["teacher"][np.arange(n), m["target"]]
@@ -114,11 +90,11 @@ def test_every_figure_against_numpy():
 
 
 def test_the_bound_is_below_the_true_kl_and_equal_with_whole_lists():
-    m = two_models(2, n=400)
+    m = two_token_models(2, n=400)
     forward, _, _, _, _ = reference_kl(m)
     true = rel_entr(np.exp(m["teacher"]), np.exp(m["student"])).sum(axis=1)
     assert (forward <= true + 1e-12).all() and (forward < true - 1e-6).any()
-    whole = two_models(2, n=400, k=30)  # k = V: both lists are the whole vocabulary
+    whole = two_token_models(2, n=400, k=30)  # k = V: both lists are the whole vocabulary
     got = overall(state_of(whole).finalize())
     assert_allclose(got["kl_lower_bound_mean"], true.mean(), rtol=1e-10)
 
@@ -126,7 +102,7 @@ def test_the_bound_is_below_the_true_kl_and_equal_with_whole_lists():
 @settings(max_examples=60, deadline=None)
 @given(st.integers(0, 2**32 - 1), st.integers(2, 12), st.integers(1, 12))
 def test_kl_bound_never_above_the_kl(seed, vocab, k):
-    m = two_models(seed, n=20, vocab=vocab, k=min(k, vocab), docs=3)
+    m = two_token_models(seed, n=20, vocab=vocab, k=min(k, vocab), docs=3)
     state = state_of(m)
     true = rel_entr(np.exp(m["teacher"]), np.exp(m["student"])).sum(axis=1)
     assert state.kl_max.max() <= true.max() * (1 + 1e-12) + 1e-15
@@ -135,7 +111,7 @@ def test_kl_bound_never_above_the_kl(seed, vocab, k):
 
 
 def test_paired_interval_is_the_jackknife_over_document_buckets():
-    m = two_models(3)
+    m = two_token_models(3)
     got = overall(state_of(m).finalize(level=0.9))
     n = len(m["target"])
     d = -m["student"][np.arange(n), m["target"]] + m["teacher"][np.arange(n), m["target"]]
@@ -148,7 +124,7 @@ def test_paired_interval_is_the_jackknife_over_document_buckets():
 
 
 def test_same_report_for_any_sharding():
-    m = two_models(4)
+    m = two_token_models(4)
     whole = state_of(m).finalize()
     rng = np.random.default_rng(0)
     cuts = np.sort(rng.choice(len(m["target"]), 5, replace=False))
@@ -164,7 +140,7 @@ def test_same_report_for_any_sharding():
 
 
 def test_infinite_log_prob_is_left_out_and_counted():
-    m = two_models(5, n=50)
+    m = two_token_models(5, n=50)
     m["student"][3, m["target"][3]] = -np.inf
     state = state_of(m)
     report = state.finalize()
@@ -186,7 +162,7 @@ def test_percentiles_within_the_stated_bound(values):
 
 
 def test_empty_is_the_identity():
-    m = two_models(6, n=300)
+    m = two_token_models(6, n=300)
     state = state_of(m)
     empty = TokenPairStats.empty(**state.options())
     merged = TokenPairStats.merge(state, empty)

@@ -49,21 +49,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"xent {VERSION}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details and show tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # also after the command (xent eval ... --verbose), where an error line tells users to add it
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                         help="log progress details and show tracebacks")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("eval", help="evaluate a prediction dump into per-class and per-slice reports")
+    def command(name: str, **options) -> argparse.ArgumentParser:
+        return subparsers.add_parser(name, parents=[verbose], **options)
+
+    p = command("eval", help="evaluate a prediction dump into per-class and per-slice reports")
     add_eval_arguments(p)
     p.add_argument("--no-prefect", action="store_true",
                    help="run the same steps without Prefect (no temporary server: fastest for small ad-hoc dumps)")
     p.set_defaults(handler=cmd_eval)
 
-    p = sub.add_parser("report", help="render a report folder as one self-contained HTML page")
+    p = command("report", help="render a report folder as one self-contained HTML page")
     p.add_argument("path", help="a report folder (the --out of xent eval), or a nightly REPORT_ROOT (its history page)")
     p.add_argument("--html", metavar="FILE", help="where to write the page (default: PATH/report.html, listed in its "
                    "manifest; for a REPORT_ROOT, TABLES_ROOT/history.html)")
     p.set_defaults(handler=cmd_report)
 
-    p = sub.add_parser("drift", help="compare a current dump with a reference: per-sample KL, marginal and confidence drift")
+    p = command("drift", help="compare a current dump with a reference: per-sample KL, marginal and confidence drift")
     p.add_argument("--reference", nargs="+", required=True, help="the reference dump")
     p.add_argument("--current", nargs="+", required=True, help="the current dump")
     p.add_argument("--id-col", help="row id column; the per-sample join key is it plus the slice columns (default: id)")
@@ -76,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-prefect", action="store_true", help="run the same steps without Prefect (no run history, no artifact)")
     p.set_defaults(handler=cmd_drift)
 
-    p = sub.add_parser("compare", help="compare a candidate model with a baseline on the same rows: paired "
+    p = command("compare", help="compare a candidate model with a baseline on the same rows: paired "
                        "differences with intervals, wins/ties/losses, verdicts and gates (exit 3 on a breach)")
     p.add_argument("--baseline", nargs="+", required=True, help="the baseline dump")
     p.add_argument("--candidate", nargs="+", required=True, help="the candidate dump (the same rows, by key)")
@@ -86,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-prefect", action="store_true", help="run the same steps without Prefect (no run history, no artifact)")
     p.set_defaults(handler=cmd_compare)
 
-    p = sub.add_parser("nightly", help="evaluate each configured source for a date (or a range) into the report history")
+    p = command("nightly", help="evaluate each configured source for a date (or a range) into the report history")
     p.add_argument("--config", required=True, help="nightly YAML config (see configs/nightly.yaml)")
     p.add_argument("--date", help="YYYY-MM-DD (default: today in the schedule's timezone)")
     p.add_argument("--from", dest="start", help="backfill from this date (YYYY-MM-DD)")
@@ -95,11 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the same steps without Prefect (no run history, no artifacts, no temporary server)")
     p.set_defaults(handler=cmd_nightly)
 
-    p = sub.add_parser("serve", help="serve the nightly flow on its cron schedule (needs PREFECT_API_URL)")
+    p = command("serve", help="serve the nightly flow on its cron schedule (needs PREFECT_API_URL)")
     p.add_argument("--config", required=True, help="nightly YAML config")
     p.set_defaults(handler=cmd_serve)
 
-    p = sub.add_parser("generate", help="write a synthetic sharded dump: classifier predictions, or language-model "
+    p = command("generate", help="write a synthetic sharded dump: classifier predictions, or language-model "
                        "tokens with --kind tokens")
     p.add_argument("out", help="folder to write")
     p.add_argument("--kind", choices=[*KINDS, "tokens"], default="logits",
@@ -128,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "log-probabilities are S nats lower on average (default: 0, the first model)")
     p.set_defaults(handler=cmd_generate)
 
-    p = sub.add_parser("convert", help="write vLLM prompt log-probs or OpenAI chat-completion log-probs as a token dump")
+    p = command("convert", help="write vLLM prompt log-probs or OpenAI chat-completion log-probs as a token dump")
     p.add_argument("format", choices=["vllm", "openai"],
                    help="vllm: JSONL of outputs with prompt_token_ids and prompt_logprobs (doc_id: request_id, else "
                    "the record's 0-based index; position 0 is not scored); openai: JSONL of chat-completion responses "
@@ -142,11 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "tokens keep their ids (compare two models or two days by token id)")
     p.set_defaults(handler=cmd_convert)
 
-    p = sub.add_parser("demo", help="generate a dump, evaluate it on a local cluster, print the report")
+    p = command("demo", help="generate a dump, evaluate it on a local cluster, print the report")
     p.add_argument("--out", help="folder for dumps and reports (default: a new temporary folder)")
     p.set_defaults(handler=cmd_demo)
 
-    p = sub.add_parser("warmup", help="compile every kernel into Numba's cache and build the page bundle "
+    p = command("warmup", help="compile every kernel into Numba's cache and build the page bundle "
                        "(for image builds and CI: the first run then compiles nothing)")
     p.set_defaults(handler=cmd_warmup)
     return parser

@@ -159,6 +159,11 @@ def print_compare(path: str, console: Console | None = None, storage_options: di
     metadata = table_data.schema.metadata or {}
     units = metadata.get(UNITS_KEY, b"nats").decode()
     info = json.loads(metadata.get(COMPARE_KEY, b"{}"))
+    if info.get("tokens"):
+        print_token_compare(table_data, info, units, console, path, storage_options)
+        _print_gates(info, console)
+        console.print(f"compare: {path}", soft_wrap=True)
+        return
     header, cells = compare_view(table_data)
     level = info.get("level", 0.95)
     table = Table(title=f"candidate - baseline, {level:.0%} paired intervals (cross-entropy in {units}): overall, per slice, then the classes with the largest CE increase")
@@ -170,6 +175,11 @@ def print_compare(path: str, console: Console | None = None, storage_options: di
     console.print(f"rows joined on ({', '.join(info.get('key', []))}): {info.get('matched', 0):,}; "
                   f"only in the baseline: {info.get('only_baseline', 0):,}; only in the candidate: "
                   f"{info.get('only_candidate', 0):,}", soft_wrap=True)
+    _print_gates(info, console)
+    console.print(f"compare: {path}", soft_wrap=True)
+
+
+def _print_gates(info: dict, console: Console) -> None:
     for message in info.get("breaches", []):
         console.print(f"GATE BREACH {message}", soft_wrap=True)
     if info.get("breaches"):
@@ -179,7 +189,58 @@ def print_compare(path: str, console: Console | None = None, storage_options: di
     else:
         verdict = f"passed ({len(info['gates'])} gate(s))"
     console.print(f"gates: {verdict}")
-    console.print(f"compare: {path}", soft_wrap=True)
+
+
+TOKEN_DIFFERENCES = ("ce_mean", "perplexity", "bits_per_byte", "top1_accuracy")
+WORST_TOKENS = 5
+
+
+def print_token_compare(table_data: Any, info: dict, units: str, console: Console, path: str,
+                        storage_options: dict[str, Any] | None) -> None:
+    """Two language models on the same tokens: the paired differences overall and per
+    slice, the KL lower bound, the worst buckets and tokens, the join counts."""
+    rows = table_data.to_pylist()
+    slice_columns = table_data.column_names[: table_data.column_names.index("overall")]
+    summary = [r for r in rows if r["scope"] == "all"]
+    summary.sort(key=lambda r: r["overall"])
+    shown = [m for m in TOKEN_DIFFERENCES if f"{m}_diff" in table_data.column_names
+             and any(_present(r[f"{m}_diff"]) for r in summary)]
+    level = info.get("level", 0.95)
+    table = Table(title=f"candidate - baseline on the same tokens, {level:.0%} paired intervals over document "
+                        f"buckets (cross-entropy in {units}, bits per byte in bits; overall row last)")
+    for column in [*slice_columns, "tokens", *(f"{m} diff" for m in shown), "verdict"]:
+        table.add_column(column, justify="right")
+    for row in summary:
+        table.add_row(*("(all)" if row["overall"] else _fmt(row[c]) for c in slice_columns), f"{row['tokens']:,}",
+                      *(with_interval(row, f"{m}_diff") for m in shown), _fmt(row["verdict"]))
+    console.print(table)
+    overall = next(r for r in summary if r["overall"])
+    if overall["kl_tokens"]:
+        console.print(
+            f"KL(baseline‖candidate) LOWER BOUND from the top-k lists, per token ({units}): mean "
+            f"{with_interval(overall, 'kl_lower_bound_mean')}, median {_fmt(overall['kl_lower_bound_median'])}, "
+            f"p90 {_fmt(overall['kl_lower_bound_p90'])}, p99 {_fmt(overall['kl_lower_bound_p99'])}, "
+            f"p99.9 {_fmt(overall['kl_lower_bound_p999'])}, max {_fmt(overall['kl_lower_bound_max'])}; "
+            f"the bound sees {overall['baseline_known_mass']:.1%} of the baseline's mass and "
+            f"{overall['candidate_known_mass']:.1%} of the candidate's; top-1 ids agree on "
+            f"{overall['top1_agreement']:.1%} of {overall['listed_tokens']:,} tokens; reverse KL(candidate‖baseline) "
+            f"lower bound mean {with_interval(overall, 'kl_lower_bound_reverse_mean')}", soft_wrap=True, markup=False)
+    else:
+        console.print("no KL lower bound: it needs top-k lists on both sides", soft_wrap=True)
+    for scope, label in (("position", "position"), ("frequency", "frequency rank")):
+        buckets = [r for r in rows if r["scope"] == scope and r["overall"] and r["tokens"]]
+        worst = sorted(buckets, key=lambda r: -r["ce_mean_diff"])[:WORST_BUCKETS]
+        console.print(f"{label} buckets with the largest CE increase: " + "; ".join(
+            f"{r['bucket_from']}{'-' + str(r['bucket_to']) if r['bucket_to'] >= 0 else '+'}: "
+            f"{with_interval(r, 'ce_mean_diff')} ({r['tokens']:,} tokens)" for r in worst), markup=False, soft_wrap=True)
+    tokens_path = f"{path.rsplit('/', 1)[0]}/compare_tokens.parquet" if "/" in path else "compare_tokens.parquet"
+    worst_tokens = read_report_table(tokens_path, storage_options).slice(0, WORST_TOKENS).to_pylist()
+    console.print("tokens with the largest total CE increase: " + "; ".join(
+        f"{r['target']}{' ' + repr(r['token']) if r.get('token') is not None else ''} ({r['tokens']:,} tokens): "
+        f"{with_interval(r, 'ce_mean_diff')} each" for r in worst_tokens), markup=False, soft_wrap=True)
+    console.print(f"tokens joined on ({', '.join(info.get('key', []))}): {info.get('matched', 0):,}; only in the "
+                  f"baseline: {info.get('only_baseline', 0):,}; only in the candidate: {info.get('only_candidate', 0):,}; "
+                  f"left out for a -inf log-prob: {overall['n_left_out']:,}", soft_wrap=True)
 
 
 WORST_BUCKETS = 3

@@ -12,8 +12,8 @@ the teacher and the candidate as the student for the KL lower bound.
 
 ``compare.parquet`` has a row per (slice or overall, scope): ``all`` tokens, each
 position bucket, each frequency bucket (:mod:`xent_kernels.token_pair_report`);
-``compare_tokens.parquet`` a row per target id, the largest CE increase first. Gates
-read the ``all`` rows.
+``compare_tokens.parquet`` a row per target id, the largest total CE increase
+(``ce_sum_diff``, tokens × mean difference) first. Gates read the ``all`` rows.
 """
 
 from __future__ import annotations
@@ -220,8 +220,10 @@ def _rows_table(report: TokenPairReport, joined: JoinResult, spec: TokenSpec) ->
 
 
 def _per_token_table(report: TokenPairReport, config: CompareConfig, counts: np.ndarray) -> pa.Table:
-    per_token = report.per_token
-    order = np.lexsort((per_token["target"], -np.nan_to_num(per_token["ce_mean_diff"], nan=-np.inf)))
+    per_token = dict(report.per_token)
+    per_token["ce_sum_diff"] = per_token["tokens"] * per_token["ce_mean_diff"]
+    # the tokens that cost the most first: by total CE increase, not mean (a token seen once would lead)
+    order = np.lexsort((per_token["target"], -per_token["ce_sum_diff"]))
     columns = {name: _column(np.asarray(values)[order]) for name, values in per_token.items()}
     rank = frequency_ranks(counts, max(len(counts), int(per_token["target"].max(initial=-1)) + 1))
     columns["frequency_rank"] = pa.array(rank[per_token["target"][order]], pa.int64())

@@ -1,0 +1,163 @@
+"""``xent compare`` on token dumps (#19): two models' Parquet dumps of the same tokens,
+joined on document key and position, against float64 numpy on the dense distributions
+they were written from; sharding, layouts, one-sided tokens, bad keys, gates."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from numpy.testing import assert_allclose
+from scipy.special import rel_entr
+
+import flows
+from flows.errors import DataError
+from support import two_token_models
+
+
+def positions_of(doc: np.ndarray) -> np.ndarray:
+    """Each token's place among its document's tokens, in order."""
+    position = np.empty(len(doc), np.int64)
+    seen: dict[int, int] = {}
+    for i, d in enumerate(doc):
+        position[i] = seen.get(d, 0)
+        seen[d] = position[i] + 1
+    return position
+
+
+def side_table(m: dict, side: str, rows: np.ndarray | None = None) -> pa.Table:
+    """One model's tokens as a token-rows table (float64 log-probs: exact against numpy)."""
+    n = len(m["target"])
+    rows = np.arange(n) if rows is None else rows
+    offsets, ids, lps = m[f"{side}_topk"]
+    lists_ids = [ids[offsets[i]:offsets[i + 1]].tolist() for i in rows]
+    lists_lps = [lps[offsets[i]:offsets[i + 1]].tolist() for i in rows]
+    logp = m[side]
+    return pa.table({
+        "doc_id": pa.array(m["doc"][rows], pa.int64()),
+        "position": pa.array(positions_of(m["doc"])[rows], pa.int32()),
+        "target": pa.array(m["target"][rows], pa.int32()),
+        "target_logprob": pa.array(logp[rows, m["target"][rows]], pa.float64()),
+        "topk_ids": pa.array(lists_ids, pa.list_(pa.int32())),
+        "topk_logprobs": pa.array(lists_lps, pa.list_(pa.float64())),
+        "target_bytes": pa.array(m["bytes"][rows], pa.int32()),
+        "source": pa.array(np.array(["web", "code"])[m["slice"][rows]]),
+    })
+
+
+def write_shards(table: pa.Table, folder, shards: int, seed: int) -> str:
+    folder.mkdir()
+    order = np.random.default_rng(seed).permutation(table.num_rows)
+    for i, part in enumerate(np.array_split(order, shards)):
+        pq.write_table(table.take(pa.array(part)), folder / f"part-{i}.parquet")
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def models():
+    return two_token_models(11, n=3000, vocab=25, k=4, docs=80)
+
+
+def overall(result) -> dict:
+    return result.report.overall_row
+
+
+@pytest.mark.slow
+def test_against_numpy_on_the_dense_distributions(models, tmp_path):
+    m = models
+    base = write_shards(side_table(m, "teacher"), tmp_path / "base", 3, 0)
+    cand = write_shards(side_table(m, "student"), tmp_path / "cand", 4, 1)
+    result = flows.compare(base, cand, kind="tokens", slice_by=["source"])
+    row = overall(result)
+    n = len(m["target"])
+    ce_t = -m["teacher"][np.arange(n), m["target"]]
+    ce_s = -m["student"][np.arange(n), m["target"]]
+    assert row["n_matched"] == n and row["n_only_baseline"] == 0 and row["tokens"] == n
+    assert_allclose(row["ce_mean_diff"], ce_s.mean() - ce_t.mean(), rtol=1e-12)
+    assert_allclose(row["perplexity_candidate"], np.exp(ce_s.mean()), rtol=1e-12)
+    assert_allclose(row["bits_per_byte_diff"], (ce_s.sum() - ce_t.sum()) / np.log(2) / m["bytes"].sum(), rtol=1e-12)
+    top1 = {side: (np.argmax(m[side], axis=1) == m["target"]).mean() for side in ("teacher", "student")}
+    assert_allclose(row["top1_accuracy_diff"], top1["student"] - top1["teacher"], rtol=1e-12)
+    # the bound: below the true KL of the dense distributions, and what the top-k lists allow
+    true_kl = rel_entr(np.exp(m["teacher"]), np.exp(m["student"])).sum(axis=1).mean()
+    assert 0 < row["kl_lower_bound_mean"] < true_kl
+    assert row["kl_lower_bound_mean_lo"] < row["kl_lower_bound_mean"] < row["kl_lower_bound_mean_hi"]
+    web = result.table[(result.table["source"] == "web") & (result.table["scope"] == "all")].iloc[0]
+    in_web = m["slice"] == 0
+    assert_allclose(web["ce_mean_diff"], ce_s[in_web].mean() - ce_t[in_web].mean(), rtol=1e-12)
+    tokens = result.tables["compare_tokens"].to_pandas()
+    assert tokens["tokens"].sum() == n and (np.diff(tokens["ce_sum_diff"]) <= 0).all()
+    first = tokens.iloc[0]
+    is_first = m["target"] == first["target"]
+    assert_allclose(first["ce_mean_diff"], (ce_s - ce_t)[is_first].mean(), rtol=1e-10)
+
+
+@pytest.mark.slow
+def test_same_report_for_any_sharding_and_either_side_in_memory(models, tmp_path):
+    m = models
+    base_table, cand_table = side_table(m, "teacher"), side_table(m, "student")
+    one = flows.compare(write_shards(base_table, tmp_path / "b1", 1, 0), write_shards(cand_table, tmp_path / "c1", 1, 0),
+                        kind="tokens", slice_by=["source"])
+    many = flows.compare(write_shards(base_table, tmp_path / "b7", 7, 3), cand_table.to_pandas(),
+                         kind="tokens", slice_by=["source"])
+    a, b = one.tables["compare"], many.tables["compare"]
+    assert a.column_names == b.column_names and a.num_rows == b.num_rows
+    for name in a.column_names:
+        if pa.types.is_floating(a.schema.field(name).type):
+            assert_allclose(b[name].to_numpy(zero_copy_only=False), a[name].to_numpy(zero_copy_only=False),
+                            rtol=1e-12, atol=1e-15, err_msg=name)
+        else:
+            assert a[name].to_pylist() == b[name].to_pylist(), name
+
+
+@pytest.mark.slow
+def test_tokens_on_one_side_are_counted_not_compared(models, tmp_path):
+    m = models
+    n = len(m["target"])
+    base = write_shards(side_table(m, "teacher", np.arange(0, n - 100)), tmp_path / "base", 2, 0)
+    cand = write_shards(side_table(m, "student", np.arange(50, n)), tmp_path / "cand", 2, 0)
+    row = overall(flows.compare(base, cand, kind="tokens"))
+    assert (row["n_matched"], row["n_only_baseline"], row["n_only_candidate"]) == (n - 150, 50, 100)
+    both = np.arange(50, n - 100)
+    ce_diff = (-m["student"][both, m["target"][both]] + m["teacher"][both, m["target"][both]]).mean()
+    assert_allclose(row["ce_mean_diff"], ce_diff, rtol=1e-12)
+
+
+def test_a_different_target_at_the_same_key_names_the_key(models, tmp_path):
+    m = models
+    table = side_table(m, "student")
+    targets = table["target"].to_numpy().copy()
+    targets[7] = (targets[7] + 1) % 25
+    moved = table.set_column(table.schema.get_field_index("target"), "target", pa.array(targets, pa.int32()))
+    base = write_shards(side_table(m, "teacher"), tmp_path / "base", 1, 0)
+    cand = write_shards(moved, tmp_path / "cand", 1, 0)
+    with pytest.raises(DataError) as error:
+        flows.compare(base, cand, kind="tokens")
+    doc, position = table["doc_id"][7].as_py(), table["position"][7].as_py()
+    assert f"doc_id={doc}, position={position}" in str(error.value)
+    assert "baseline dump" in str(error.value) and "same tokens" in str(error.value)
+
+
+@pytest.mark.slow
+def test_gate_on_a_token_metric_fails_the_command_with_exit_3(models, tmp_path):
+    m = models
+    base = write_shards(side_table(m, "teacher"), tmp_path / "base", 2, 0)
+    cand = write_shards(side_table(m, "student"), tmp_path / "cand", 2, 0)
+    config = tmp_path / "gate.yaml"
+    config.write_text("kind: tokens\ngate: {metric: ce_mean, max_increase: 0.001}\n")
+    run = subprocess.run([sys.executable, "-m", "flows.cli", "compare", "--config", str(config), "--baseline", base,
+                          "--candidate", cand, "--out", str(tmp_path / "out"), "--no-prefect"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 3, run.stderr
+    assert "GATE BREACH gate ce_mean" in run.stdout.replace("\n", " ") or "GATE BREACH" in run.stdout
+    assert "LOWER BOUND" in run.stdout
+    assert (tmp_path / "out" / "compare.parquet").exists() and (tmp_path / "out" / "compare_tokens.parquet").exists()
+
+
+def test_a_classifier_gate_metric_is_refused_for_tokens():
+    with pytest.raises(flows.UsageError, match="not a token metric"):
+        flows.compare("a", "b", kind="tokens", gate={"metric": "accuracy", "max_decrease": 0.01})
