@@ -15,7 +15,7 @@ from numpy.testing import assert_allclose
 from scipy.special import rel_entr
 
 import flows
-from flows.errors import DataError
+from flows.errors import DataError, UsageError
 from support import two_token_models
 
 
@@ -159,5 +159,5 @@ def test_gate_on_a_token_metric_fails_the_command_with_exit_3(models, tmp_path):
 
 
 def test_a_classifier_gate_metric_is_refused_for_tokens():
-    with pytest.raises(flows.UsageError, match="not a token metric"):
+    with pytest.raises(UsageError, match="not a token metric"):
         flows.compare("a", "b", kind="tokens", gate={"metric": "accuracy", "max_decrease": 0.01})

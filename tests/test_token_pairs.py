@@ -13,7 +13,8 @@ from scipy.special import rel_entr
 
 from support import two_token_models
 from xent_kernels.token_pair_report import KL_QUANTILES, PERCENTILE_ERROR, TokenPairReport
-from xent_kernels.token_pairs import KL_BINS, KL_FLOOR, TokenPairStats, kl_bin, kl_quantiles, token_pairs_partial
+from xent_kernels.token_pair_report import KL_BINS, KL_FLOOR, kl_quantiles
+from xent_kernels.token_pairs import TokenPairStats, kl_bin, token_pairs_partial
 
 
 def state_of(m, rows=slice(None), **options):
@@ -171,7 +172,7 @@ def test_empty_is_the_identity():
 
 @pytest.mark.parametrize("value", [0.0, 5e-10, 1e-9, 3.3e-5, 1.0, 9999.0, 1e4, np.inf])
 def test_kl_bin_edges(value):
-    from xent_kernels.token_pairs import KL_EDGES
+    from xent_kernels.token_pair_report import KL_EDGES
 
     b = kl_bin(value)
     if value < KL_FLOOR:

@@ -12,15 +12,67 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from .intervals import DEFAULT_LEVEL, jackknife_bounds
-from .token_pairs import KL_PER_DECADE, PAIR_FIELDS, TokenPairStats, kl_quantiles
+__all__ = ["KL_BINS", "KL_EDGES", "KL_FLOOR", "KL_QUANTILES", "PAIRED_TOKEN_METRICS", "PAIR_FIELDS",
+           "PERCENTILE_ERROR", "TokenPairReport", "kl_quantiles"]
 
-__all__ = ["KL_QUANTILES", "PAIRED_TOKEN_METRICS", "TokenPairReport"]
-
+PAIR_FIELDS = (
+    "tokens",  # tokens finite on both sides
+    "ce_baseline",  # Σ -ln p_t
+    "ce_candidate",  # Σ -ln q_t
+    "bytes",  # Σ target_bytes
+    "wins",  # candidate CE lower beyond the tie tolerance
+    "ties",
+    "losses",
+    "target_dp",  # Σ q_t - p_t
+    "listed_tokens",  # tokens with a top-k list on both sides
+    "top1_baseline",  # of those: the target is the baseline's top-1
+    "top1_candidate",
+    "top1_agree",  # both sides' top-1 ids agree
+    "kl_tokens",  # of the listed: a finite KL_c
+    "kl",  # Σ KL_c(p‖q)
+    "kl_reverse",  # Σ KL_c(q‖p)
+    "mass_baseline",  # Σ p over the known ids
+    "mass_candidate",
+    "kl_infinite",  # listed tokens whose KL_c(p‖q) is infinite (a known id with q = 0 < p)
+    "kl_reverse_tokens",  # of the listed: a finite KL_c(q‖p)
+)
 P = {name: i for i, name in enumerate(PAIR_FIELDS)}
+
+# A tail's mass is known only to the rounding of the listed log-probs (float32 dumps:
+# about 1e-7): as a divisor it is taken as at least this. p ln(p/q) falls as q grows, so
+# this can only lower the bound, and rounding never makes it infinite.
+TAIL_FLOOR = 1e-6
+KL_FLOOR = 1e-9  # nats: the histogram's first edge; below it one bin
+KL_PER_DECADE = 100
+KL_DECADES = 13  # up to 1e4 nats; above it one bin
+KL_EDGES = KL_FLOOR * 10.0 ** (np.arange(KL_DECADES * KL_PER_DECADE + 1) / KL_PER_DECADE)
+KL_CEILING = float(KL_EDGES[-1])
+KL_BINS = len(KL_EDGES) + 1  # [0, floor), the log bins, [1e4, inf)
+
+
+
+
+class TokenPairState(Protocol):
+    """What the report reads of a ``TokenPairStats`` (whose module imports this one)."""
+
+    slice_keys: tuple[tuple, ...]
+    position_edges: tuple[int, ...]
+    frequency_edges: tuple[int, ...]
+    cells: np.ndarray
+    cells_comp: np.ndarray
+    hist_position: np.ndarray
+    hist_frequency: np.ndarray
+    kl_max: np.ndarray
+    left_out: np.ndarray
+    token_sums: np.ndarray
+    token_base: np.ndarray
+    has_bytes: bool
+
 
 # metric -> (numerator field per side, denominator field, +1 higher is better / -1 lower)
 PAIRED_TOKEN_METRICS = {
@@ -109,7 +161,7 @@ class TokenPairReport:
     left_out: np.ndarray  # (S + 1,): tokens with a -inf log-prob on either side, per slice and overall
 
     @classmethod
-    def of(cls, state: TokenPairStats, base="e", level: float = DEFAULT_LEVEL) -> "TokenPairReport":
+    def of(cls, state: TokenPairState, base="e", level: float = DEFAULT_LEVEL) -> "TokenPairReport":
         scale = 1.0 / math.log(2) if base == 2 else 1.0
         cells = state.cells + state.cells_comp  # (S, P, Q, K, F)
         s, p, q = cells.shape[:3]
@@ -149,3 +201,21 @@ class TokenPairReport:
                      "ce_mean_diff_hi": hi}
         left_out = np.append(state.left_out, state.left_out.sum())
         return cls(rows, per_token, "bits" if base == 2 else "nats", left_out)
+
+
+def kl_quantiles(hist: np.ndarray, maximum: np.ndarray, quantiles: tuple[float, ...]) -> np.ndarray:
+    """Quantiles of the values counted in `hist` (..., KL_BINS) with largest value
+    `maximum` (...): for each q the value of the smallest rank r with r >= q·n (numpy's
+    ``inverted_cdf``), read as its bin's geometric middle (0 below ``KL_FLOOR``; never
+    above `maximum`). NaN where nothing is counted. Shape (..., len(quantiles))."""
+    hist = np.asarray(hist)
+    counts = hist.sum(axis=-1)
+    cumulative = np.cumsum(hist, axis=-1)
+    middle = np.concatenate([[0.0], np.sqrt(KL_EDGES[:-1] * KL_EDGES[1:]), [np.inf]])
+    out = np.full((*counts.shape, len(quantiles)), np.nan)
+    for j, q in enumerate(quantiles):
+        rank = np.maximum(np.ceil(q * counts), 1)
+        where = (cumulative < rank[..., None]).sum(axis=-1)  # the first bin reaching the rank
+        value = middle[np.minimum(where, KL_BINS - 1)]
+        out[..., j] = np.where(counts > 0, np.minimum(value, maximum), np.nan)
+    return out

@@ -46,44 +46,31 @@ from ._numba import strict_kernel
 from .intervals import DEFAULT_LEVEL
 from .merge_rules import two_sum
 from .token_documents import neumaier
+from .token_pair_report import KL_BINS, KL_CEILING, KL_FLOOR, KL_PER_DECADE, P, PAIR_FIELDS, TAIL_FLOOR, TokenPairReport
 from .tokens import ABSENT_LOGPROB
 
-__all__ = ["KL_EDGES", "KL_FLOOR", "PAIR_FIELDS", "TokenPairStats", "kl_quantiles", "token_pairs_partial"]
+__all__ = ["TokenPairStats", "kl_bin", "token_pairs_partial"]
 
-PAIR_FIELDS = (
-    "tokens",  # tokens finite on both sides
-    "ce_baseline",  # Σ -ln p_t
-    "ce_candidate",  # Σ -ln q_t
-    "bytes",  # Σ target_bytes
-    "wins",  # candidate CE lower beyond the tie tolerance
-    "ties",
-    "losses",
-    "target_dp",  # Σ q_t - p_t
-    "listed_tokens",  # tokens with a top-k list on both sides
-    "top1_baseline",  # of those: the target is the baseline's top-1
-    "top1_candidate",
-    "top1_agree",  # both sides' top-1 ids agree
-    "kl_tokens",  # of the listed: a finite KL_c
-    "kl",  # Σ KL_c(p‖q)
-    "kl_reverse",  # Σ KL_c(q‖p)
-    "mass_baseline",  # Σ p over the known ids
-    "mass_candidate",
-    "kl_infinite",  # listed tokens whose KL_c(p‖q) is infinite (a known id with q = 0 < p)
-    "kl_reverse_tokens",  # of the listed: a finite KL_c(q‖p)
-)
-P = {name: i for i, name in enumerate(PAIR_FIELDS)}
-
-# A tail's mass is known only to the rounding of the listed log-probs (float32 dumps:
-# about 1e-7): as a divisor it is taken as at least this. p ln(p/q) falls as q grows, so
-# this can only lower the bound, and rounding never makes it infinite.
-TAIL_FLOOR = 1e-6
-KL_FLOOR = 1e-9  # nats: the histogram's first edge; below it one bin
-KL_PER_DECADE = 100
-KL_DECADES = 13  # up to 1e4 nats; above it one bin
-KL_EDGES = KL_FLOOR * 10.0 ** (np.arange(KL_DECADES * KL_PER_DECADE + 1) / KL_PER_DECADE)
-KL_CEILING = float(KL_EDGES[-1])
-KL_BINS = len(KL_EDGES) + 1  # [0, floor), the log bins, [1e4, inf)
-
+# the cells' fields, by name (Numba reads these module ints as constants)
+TOKENS = P["tokens"]
+CE_BASELINE = P["ce_baseline"]
+CE_CANDIDATE = P["ce_candidate"]
+BYTES = P["bytes"]
+WINS = P["wins"]
+TIES = P["ties"]
+LOSSES = P["losses"]
+TARGET_DP = P["target_dp"]
+LISTED_TOKENS = P["listed_tokens"]
+TOP1_BASELINE = P["top1_baseline"]
+TOP1_CANDIDATE = P["top1_candidate"]
+TOP1_AGREE = P["top1_agree"]
+KL_TOKENS = P["kl_tokens"]
+KL = P["kl"]
+KL_REVERSE = P["kl_reverse"]
+MASS_BASELINE = P["mass_baseline"]
+MASS_CANDIDATE = P["mass_candidate"]
+KL_INFINITE = P["kl_infinite"]
+KL_REVERSE_TOKENS = P["kl_reverse_tokens"]
 
 @strict_kernel
 def _add(sums, comps, row, col, x):
@@ -143,19 +130,19 @@ def _pair_pass(group, hist_pos_row, hist_freq_row, bucket, target, lp_b, lp_c, n
         row = g * n_buckets + k
         ce_a = -a
         ce_b = -b
-        _add(cells, cells_comp, row, 0, 1.0)
-        _add(cells, cells_comp, row, 1, ce_a)
-        _add(cells, cells_comp, row, 2, ce_b)
+        _add(cells, cells_comp, row, TOKENS, 1.0)
+        _add(cells, cells_comp, row, CE_BASELINE, ce_a)
+        _add(cells, cells_comp, row, CE_CANDIDATE, ce_b)
         if has_bytes:
-            _add(cells, cells_comp, row, 3, float(n_bytes[i]))
+            _add(cells, cells_comp, row, BYTES, float(n_bytes[i]))
         delta = ce_b - ce_a
         if abs(delta) <= tie:
-            _add(cells, cells_comp, row, 5, 1.0)
+            _add(cells, cells_comp, row, TIES, 1.0)
         elif delta < 0.0:
-            _add(cells, cells_comp, row, 4, 1.0)
+            _add(cells, cells_comp, row, WINS, 1.0)
         else:
-            _add(cells, cells_comp, row, 6, 1.0)
-        _add(cells, cells_comp, row, 7, math.exp(b) - math.exp(a))
+            _add(cells, cells_comp, row, LOSSES, 1.0)
+        _add(cells, cells_comp, row, TARGET_DP, math.exp(b) - math.exp(a))
         token_sums[t, k, 0] += 1.0
         token_sums[t, k, 1], error = neumaier(token_sums[t, k, 1], delta)
         token_sums[t, k, 2] += error
@@ -163,15 +150,15 @@ def _pair_pass(group, hist_pos_row, hist_freq_row, bucket, target, lp_b, lp_c, n
         token_base[t, 1] += error
         if not has_lists or b_off[i + 1] == b_off[i] or c_off[i + 1] == c_off[i]:
             continue
-        _add(cells, cells_comp, row, 8, 1.0)
+        _add(cells, cells_comp, row, LISTED_TOKENS, 1.0)
         top_a, right_a = _top1(a, t, b_off, b_ids, b_lps, i)
         top_b, right_b = _top1(b, t, c_off, c_ids, c_lps, i)
         if right_a:
-            _add(cells, cells_comp, row, 9, 1.0)
+            _add(cells, cells_comp, row, TOP1_BASELINE, 1.0)
         if right_b:
-            _add(cells, cells_comp, row, 10, 1.0)
+            _add(cells, cells_comp, row, TOP1_CANDIDATE, 1.0)
         if top_a == top_b:
-            _add(cells, cells_comp, row, 11, 1.0)
+            _add(cells, cells_comp, row, TOP1_AGREE, 1.0)
         # the known ids: the target, and the ids listed on both sides
         for j in range(b_off[i], b_off[i + 1]):
             u = b_ids[j]
@@ -203,17 +190,17 @@ def _pair_pass(group, hist_pos_row, hist_freq_row, bucket, target, lp_b, lp_c, n
             forward += p_tail * math.log(p_tail / max(q_tail, TAIL_FLOOR))
         if q_tail > 0.0:
             reverse += q_tail * math.log(q_tail / max(p_tail, TAIL_FLOOR))
-        _add(cells, cells_comp, row, 15, min(p_known, 1.0))
-        _add(cells, cells_comp, row, 16, min(q_known, 1.0))
+        _add(cells, cells_comp, row, MASS_BASELINE, min(p_known, 1.0))
+        _add(cells, cells_comp, row, MASS_CANDIDATE, min(q_known, 1.0))
         if forward == np.inf:
-            _add(cells, cells_comp, row, 17, 1.0)
+            _add(cells, cells_comp, row, KL_INFINITE, 1.0)
             continue
         forward = max(forward, 0.0)  # rounding below 0: the bound is 0
-        _add(cells, cells_comp, row, 12, 1.0)
-        _add(cells, cells_comp, row, 13, forward)
+        _add(cells, cells_comp, row, KL_TOKENS, 1.0)
+        _add(cells, cells_comp, row, KL, forward)
         if reverse < np.inf:
-            _add(cells, cells_comp, row, 14, max(reverse, 0.0))
-            _add(cells, cells_comp, row, 18, 1.0)
+            _add(cells, cells_comp, row, KL_REVERSE, max(reverse, 0.0))
+            _add(cells, cells_comp, row, KL_REVERSE_TOKENS, 1.0)
         where = kl_bin(forward)
         hist_pos[hist_pos_row[i], where] += 1
         hist_freq[hist_freq_row[i], where] += 1
@@ -302,10 +289,8 @@ class TokenPairStats:
         return cls(keys, first.position_edges, first.frequency_edges, first.n_buckets, **total,
                    has_bytes=any(s.has_bytes for s in states))
 
-    def finalize(self, base="e", level: float = DEFAULT_LEVEL):
-        """The paired report (:class:`xent_kernels.token_pair_report.TokenPairReport`)."""
-        from .token_pair_report import TokenPairReport
-
+    def finalize(self, base="e", level: float = DEFAULT_LEVEL) -> TokenPairReport:
+        """The paired report."""
         return TokenPairReport.of(self, base, level)
 
 
@@ -366,21 +351,3 @@ def token_pairs_partial(
     )
     state.left_out[:] = left_out.reshape(s, p * q).sum(axis=1)
     return state
-
-
-def kl_quantiles(hist: np.ndarray, maximum: np.ndarray, quantiles: tuple[float, ...]) -> np.ndarray:
-    """Quantiles of the values counted in `hist` (..., KL_BINS) with largest value
-    `maximum` (...): for each q the value of the smallest rank r with r >= q·n (numpy's
-    ``inverted_cdf``), read as its bin's geometric middle (0 below ``KL_FLOOR``; never
-    above `maximum`). NaN where nothing is counted. Shape (..., len(quantiles))."""
-    hist = np.asarray(hist)
-    counts = hist.sum(axis=-1)
-    cumulative = np.cumsum(hist, axis=-1)
-    middle = np.concatenate([[0.0], np.sqrt(KL_EDGES[:-1] * KL_EDGES[1:]), [np.inf]])
-    out = np.full((*counts.shape, len(quantiles)), np.nan)
-    for j, q in enumerate(quantiles):
-        rank = np.maximum(np.ceil(q * counts), 1)
-        where = (cumulative < rank[..., None]).sum(axis=-1)  # the first bin reaching the rank
-        value = middle[np.minimum(where, KL_BINS - 1)]
-        out[..., j] = np.where(counts > 0, np.minimum(value, maximum), np.nan)
-    return out
