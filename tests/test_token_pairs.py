@@ -181,3 +181,14 @@ def test_kl_bin_edges(value):
         assert b == KL_BINS - 1
     else:
         assert KL_EDGES[b - 1] * (1 - 1e-12) <= value < KL_EDGES[b] * (1 + 1e-12)
+
+
+def test_merge_is_commutative_bit_for_bit_and_associative():
+    m = two_token_models(7, n=600)
+    a, b, c = (state_of(m, part) for part in (slice(0, 200), slice(200, 450), slice(450, 600)))
+    ab, ba = TokenPairStats.merge(a, b), TokenPairStats.merge(b, a)
+    for name in ("cells", "cells_comp", "hist_position", "hist_frequency", "kl_max", "token_sums", "token_base"):
+        assert np.array_equal(getattr(ab, name), getattr(ba, name)), name
+    left, right = TokenPairStats.merge(ab, c), TokenPairStats.merge(a, TokenPairStats.merge(b, c))
+    assert_allclose(left.cells + left.cells_comp, right.cells + right.cells_comp, rtol=1e-15, atol=0)
+    assert np.array_equal(left.hist_position, right.hist_position)

@@ -112,7 +112,7 @@ def _top1(own_lp, target, offsets, ids, lps, i):
 def _pair_pass(group, hist_pos_row, hist_freq_row, bucket, target, lp_b, lp_c, n_bytes, has_bytes, b_off, b_ids,
                b_lps, c_off, c_ids, c_lps, has_lists, tie, n_buckets, cells, cells_comp, hist_pos, hist_freq, kl_max,
                token_sums, token_base, stamp, stamp_lp):
-    """Fold aligned token pairs into the state arrays; returns the tokens left out for a
+    """Fold aligned token pairs into the state arrays; returns the tokens left out for base_lp
     -inf log-prob on either side, per group."""
     n = target.shape[0]
     left_out = np.zeros(kl_max.shape[0], dtype=np.int64)
@@ -120,44 +120,44 @@ def _pair_pass(group, hist_pos_row, hist_freq_row, bucket, target, lp_b, lp_c, n
         g = group[i]
         k = bucket[i]
         t = target[i]
-        a = lp_b[i]
-        b = lp_c[i]
-        if a == -np.inf or b == -np.inf:
+        base_lp = lp_b[i]
+        cand_lp = lp_c[i]
+        if base_lp == -np.inf or cand_lp == -np.inf:
             left_out[g] += 1
             continue
-        a = min(a, 0.0)
-        b = min(b, 0.0)
+        base_lp = min(base_lp, 0.0)
+        cand_lp = min(cand_lp, 0.0)
         row = g * n_buckets + k
-        ce_a = -a
-        ce_b = -b
+        ce_base = -base_lp
+        ce_cand = -cand_lp
         _add(cells, cells_comp, row, TOKENS, 1.0)
-        _add(cells, cells_comp, row, CE_BASELINE, ce_a)
-        _add(cells, cells_comp, row, CE_CANDIDATE, ce_b)
+        _add(cells, cells_comp, row, CE_BASELINE, ce_base)
+        _add(cells, cells_comp, row, CE_CANDIDATE, ce_cand)
         if has_bytes:
             _add(cells, cells_comp, row, BYTES, float(n_bytes[i]))
-        delta = ce_b - ce_a
+        delta = ce_cand - ce_base
         if abs(delta) <= tie:
             _add(cells, cells_comp, row, TIES, 1.0)
         elif delta < 0.0:
             _add(cells, cells_comp, row, WINS, 1.0)
         else:
             _add(cells, cells_comp, row, LOSSES, 1.0)
-        _add(cells, cells_comp, row, TARGET_DP, math.exp(b) - math.exp(a))
+        _add(cells, cells_comp, row, TARGET_DP, math.exp(cand_lp) - math.exp(base_lp))
         token_sums[t, k, 0] += 1.0
         token_sums[t, k, 1], error = neumaier(token_sums[t, k, 1], delta)
         token_sums[t, k, 2] += error
-        token_base[t, 0], error = neumaier(token_base[t, 0], ce_a)
+        token_base[t, 0], error = neumaier(token_base[t, 0], ce_base)
         token_base[t, 1] += error
         if not has_lists or b_off[i + 1] == b_off[i] or c_off[i + 1] == c_off[i]:
             continue
         _add(cells, cells_comp, row, LISTED_TOKENS, 1.0)
-        top_a, right_a = _top1(a, t, b_off, b_ids, b_lps, i)
-        top_b, right_b = _top1(b, t, c_off, c_ids, c_lps, i)
-        if right_a:
+        top_candase, right_candase = _top1(base_lp, t, b_off, b_ids, b_lps, i)
+        top_cand, right_cand = _top1(cand_lp, t, c_off, c_ids, c_lps, i)
+        if right_candase:
             _add(cells, cells_comp, row, TOP1_BASELINE, 1.0)
-        if right_b:
+        if right_cand:
             _add(cells, cells_comp, row, TOP1_CANDIDATE, 1.0)
-        if top_a == top_b:
+        if top_candase == top_cand:
             _add(cells, cells_comp, row, TOP1_AGREE, 1.0)
         # the known ids: the target, and the ids listed on both sides
         for j in range(b_off[i], b_off[i + 1]):
@@ -165,10 +165,10 @@ def _pair_pass(group, hist_pos_row, hist_freq_row, bucket, target, lp_b, lp_c, n
             if b_lps[j] > ABSENT_LOGPROB and u != t:
                 stamp[u] = i
                 stamp_lp[u] = min(b_lps[j], 0.0)
-        p_known = math.exp(a)
-        q_known = math.exp(b)
-        forward = p_known * (a - b) if p_known > 0.0 else 0.0
-        reverse = q_known * (b - a) if q_known > 0.0 else 0.0
+        p_known = math.exp(base_lp)
+        q_known = math.exp(cand_lp)
+        forward = p_known * (base_lp - cand_lp) if p_known > 0.0 else 0.0
+        reverse = q_known * (cand_lp - base_lp) if q_known > 0.0 else 0.0
         for j in range(c_off[i], c_off[i + 1]):
             u = c_ids[j]
             v = c_lps[j]
