@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_allclose
-from scipy.special import rel_entr
+from scipy.special import log_softmax, rel_entr
 
 from support import two_token_models
 from xent_kernels.token_pair_report import KL_QUANTILES, PERCENTILE_ERROR, TokenPairReport
@@ -192,3 +192,57 @@ def test_merge_is_commutative_bit_for_bit_and_associative():
     left, right = TokenPairStats.merge(ab, c), TokenPairStats.merge(a, TokenPairStats.merge(b, c))
     assert_allclose(left.cells + left.cells_comp, right.cells + right.cells_comp, rtol=1e-15, atol=0)
     assert np.array_equal(left.hist_position, right.hist_position)
+
+
+def test_the_two_known_wrong_top_k_formulas_give_other_answers():
+    """What people compute from top-k lists instead, on the same dense tokens: the plain
+    top-k sum goes negative (volcengine/verl#7855 clamped it to 0), renormalising both
+    sides over the top-k is 0 at k = 1 whatever the models, and renormalising the teacher
+    but not the student (AI-Hypercomputer/maxtext#4056) overshoots the true KL, so it
+    bounds nothing. The bound here stays within [0, KL] on every token."""
+    m = two_token_models(8, n=400, k=1)
+    n = len(m["target"])
+    p, q = np.exp(m["teacher"]), np.exp(m["student"])
+    true = rel_entr(p, q).sum(axis=1)
+    ours, _, _, _, _ = reference_kl(m)
+    top = np.argsort(-m["teacher"], axis=1)[:, :5]  # the teacher's top 5
+    p_top, q_top = np.take_along_axis(p, top, 1), np.take_along_axis(q, top, 1)
+    sharper = np.exp(log_softmax(1.6 * m["teacher"], axis=1))  # a student surer of the teacher's top tokens
+    plain = rel_entr(p_top, np.take_along_axis(sharper, top, 1)).sum(axis=1)
+    mixed = rel_entr(p_top / p_top.sum(axis=1, keepdims=True), q_top).sum(axis=1)
+    p1, q1 = p[np.arange(n), top[:, 0]], q[np.arange(n), top[:, 0]]
+    both_at_k1 = rel_entr(p1 / p1, q1 / q1)
+    assert (plain < 0).any()
+    assert (mixed > true + 1e-9).any()
+    assert (both_at_k1 == 0).all() and (true > 1e-3).all()
+    assert (ours >= 0).all() and (ours <= true + 1e-12).all() and (ours > 0).all()
+    state = state_of(m)
+    assert_allclose(overall(state.finalize())["kl_lower_bound_mean"], ours.mean(), rtol=1e-12)
+
+
+def _coverage(reps: int, iid: bool) -> float:
+    """Share of `reps` simulated comparisons whose 95% interval of the token-weighted ΔCE
+    covers the truth, with a per-document effect on the difference (tokens of a document
+    correlated); `iid`: each token its own bucket, as if tokens were independent."""
+    rng = np.random.default_rng(12345 + iid)
+    covered = 0
+    for _ in range(reps):
+        lengths = rng.integers(10, 90, 120)
+        doc = np.repeat(np.arange(len(lengths)), lengths)
+        n = len(doc)
+        effect = rng.normal(0, 0.15, len(lengths))[doc]
+        diff = 0.05 + effect + rng.normal(0, 0.05, n)
+        base = -rng.uniform(2, 4, n)
+        buckets = rng.integers(0, 20, n) if iid else doc % 20
+        state = token_pairs_partial(np.zeros(n, np.int64), base, base - diff, positions=np.zeros(n, np.int64),
+                                    frequency_bucket=np.zeros(n, np.int64), buckets=buckets, n_buckets=20)
+        row = overall(state.finalize())
+        covered += row["ce_mean_diff_lo"] <= 0.05 <= row["ce_mean_diff_hi"]
+    return covered / reps
+
+
+@pytest.mark.slow
+def test_paired_intervals_over_document_buckets_cover_where_iid_ones_do_not():
+    documents, iid = _coverage(500, iid=False), _coverage(500, iid=True)
+    assert 0.92 <= documents <= 0.98, documents
+    assert iid < 0.8, iid  # token buckets ignore the documents' effect: far too narrow
