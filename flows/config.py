@@ -380,6 +380,10 @@ class DriftSettings(JoinSettings):
         None, gt=0, lt=1, description="eps: both sides' probabilities become (q + eps) / (1 + C·eps) before "
         "per-sample KL. Default: exact (a class with probability 0 where the reference has mass makes a row infinite).",
     )
+    min_bucket_tokens: int = Field(
+        1000, ge=1, description="Token dumps: a position or frequency bucket counts in the largest CE increase when "
+        "both sides hold at least this many of its tokens.",
+    )
 
     @field_validator("thresholds")
     @classmethod
@@ -387,10 +391,19 @@ class DriftSettings(JoinSettings):
         return _check_metrics(value)
 
 
-def _two_sided_classifiers_only(config: EvalConfig, what: str) -> EvalConfig:
-    if config.kind == TOKENS:
-        raise ValueError(f"kind tokens: {what} of token dumps is not there yet (issue #19); xent eval --kind tokens "
-                         "evaluates each dump")
+def _drift_metrics_of_the_kind(config: "DriftConfig") -> "DriftConfig":
+    from .drift_statistics import drift_metrics
+
+    tokens = config.kind == TOKENS
+    known = drift_metrics(tokens)
+    settings = config.drift
+    for where, thresholds in (("drift.thresholds", settings.thresholds),
+                              *((f"drift.slice_thresholds[{i}]", o.thresholds)
+                                for i, o in enumerate(settings.slice_thresholds))):
+        other = sorted(set(thresholds) - set(known))
+        if other:
+            kind = "token dumps" if tokens else "classifier predictions"
+            raise ValueError(f"{where}: {other} not measured on {kind}; its drift metrics are {list(known)}")
     return config
 
 
@@ -401,8 +414,8 @@ class DriftConfig(EvalConfig):
     drift: DriftSettings = Field(default_factory=DriftSettings)
 
     @model_validator(mode="after")
-    def _not_tokens_yet(self):
-        return _two_sided_classifiers_only(self, "drift")
+    def _thresholds_of_the_kind(self):
+        return _drift_metrics_of_the_kind(self)
 
 
 class Gate(StrictModel):

@@ -38,6 +38,8 @@ class DriftStatistic:
         Only with ``drift.per_sample`` (rows joined on the key columns).
     label : str
         How pages name it (default: its name).
+    kinds : "classifier", "tokens" or "any"
+        The dumps it is measured on: classifier predictions, language-model token dumps, or both.
     """
 
     name: str
@@ -48,10 +50,9 @@ class DriftStatistic:
     overall_only: bool = False
     per_sample: bool = False
     label: str = ""
+    kinds: Literal["classifier", "tokens", "any"] = "classifier"
 
     def __post_init__(self):
-        if self.role == "metric" and self.overall_only:
-            raise ValueError(f"drift statistic {self.name!r}: thresholds apply per slice, so a metric has slice rows")
         if not self.label:
             object.__setattr__(self, "label", self.name)
 
@@ -70,17 +71,33 @@ DRIFT_STATISTICS: tuple[DriftStatistic, ...] = (
     *_divergences("marginal", "the predicted class marginals (Σ w·p per class)"),
     *_divergences("confidence", "the top-probability histograms, binned at the reference's quantiles "
                                 "(drift.confidence_bins)"),
-    DriftStatistic("n_matched", "rows joined: their key is in both dumps", role="count", units="unitless",
-                   overall_only=True, per_sample=True),
+    DriftStatistic("kl_lower_bound_per_token", "mean per token of a lower bound of KL(reference‖current), from the "
+                   "top-k lists, over tokens joined on document key and position (the same prompts scored twice); "
+                   "`n`: the tokens with a bound", per_sample=True, kinds="tokens"),
+    DriftStatistic("ce_shift", "token-weighted cross-entropy of the current dump minus the reference's", kinds="tokens"),
+    DriftStatistic("position_ce_shift_max", "the largest increase of token-weighted cross-entropy over position "
+                   "buckets with at least drift.min_bucket_tokens tokens on both sides", kinds="tokens"),
+    DriftStatistic("frequency_ce_shift_max", "the largest increase of token-weighted cross-entropy over the "
+                   "frequency buckets of the targets (ranked by the reference's counts) with at least "
+                   "drift.min_bucket_tokens tokens on both sides; over all slices only", overall_only=True,
+                   kinds="tokens"),
+    DriftStatistic("n_matched", "rows joined: their key is in both dumps (tokens: document key and position)",
+                   role="count", units="unitless", overall_only=True, per_sample=True, kinds="any"),
     DriftStatistic("n_only_reference", "rows of the reference whose key is not in the current dump", role="count",
-                   units="unitless", overall_only=True, per_sample=True),
+                   units="unitless", overall_only=True, per_sample=True, kinds="any"),
     DriftStatistic("n_only_current", "rows of the current dump whose key is not in the reference", role="count",
-                   units="unitless", overall_only=True, per_sample=True),
+                   units="unitless", overall_only=True, per_sample=True, kinds="any"),
 )
 DRIFT_STATISTIC = {s.name: s for s in DRIFT_STATISTICS}
 
 # The divergences, which thresholds apply to (`drift.thresholds`, `drift.slice_thresholds`).
 DRIFT_METRICS = tuple(s.name for s in DRIFT_STATISTICS if s.role == "metric")
+
+
+def drift_metrics(tokens: bool) -> tuple[str, ...]:
+    """The metrics of drift on token dumps (`tokens`) or on classifier predictions."""
+    kind = "tokens" if tokens else "classifier"
+    return tuple(s.name for s in DRIFT_STATISTICS if s.role == "metric" and s.kinds in (kind, "any"))
 
 INFINITE_KL = "n_infinite_kl"
 

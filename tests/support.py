@@ -28,6 +28,7 @@ from typing import Callable, Iterator, TypeVar
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from numpy.testing import assert_allclose
 
 import reference as ref
@@ -471,3 +472,41 @@ def two_token_models(seed: int, n: int = 2000, vocab: int = 30, k: int = 4, docs
     return dict(teacher=teacher, student=student, target=target, doc=doc, bucket=doc % 7,
                 position=rng.integers(0, 40, n), slice=rng.integers(0, 2, n), bytes=rng.integers(1, 6, n),
                 teacher_topk=lists(teacher), student_topk=lists(student), frequency=target % 3)
+
+
+def positions_of(doc: np.ndarray) -> np.ndarray:
+    """Each token's place among its document's tokens, in order."""
+    position = np.empty(len(doc), np.int64)
+    seen: dict[int, int] = {}
+    for i, d in enumerate(doc):
+        position[i] = seen.get(d, 0)
+        seen[d] = position[i] + 1
+    return position
+
+
+def token_side_table(m: dict, side: str, rows: np.ndarray | None = None) -> pa.Table:
+    """One model's tokens as a token-rows table (float64 log-probs: exact against numpy)."""
+    n = len(m["target"])
+    rows = np.arange(n) if rows is None else rows
+    offsets, ids, lps = m[f"{side}_topk"]
+    lists_ids = [ids[offsets[i]:offsets[i + 1]].tolist() for i in rows]
+    lists_lps = [lps[offsets[i]:offsets[i + 1]].tolist() for i in rows]
+    logp = m[side]
+    return pa.table({
+        "doc_id": pa.array(m["doc"][rows], pa.int64()),
+        "position": pa.array(positions_of(m["doc"])[rows], pa.int32()),
+        "target": pa.array(m["target"][rows], pa.int32()),
+        "target_logprob": pa.array(logp[rows, m["target"][rows]], pa.float64()),
+        "topk_ids": pa.array(lists_ids, pa.list_(pa.int32())),
+        "topk_logprobs": pa.array(lists_lps, pa.list_(pa.float64())),
+        "target_bytes": pa.array(m["bytes"][rows], pa.int32()),
+        "source": pa.array(np.array(["web", "code"])[m["slice"][rows]]),
+    })
+
+
+def write_token_shards(table: pa.Table, folder, shards: int, seed: int) -> str:
+    folder.mkdir()
+    order = np.random.default_rng(seed).permutation(table.num_rows)
+    for i, part in enumerate(np.array_split(order, shards)):
+        pq.write_table(table.take(pa.array(part)), folder / f"part-{i}.parquet")
+    return str(folder)

@@ -9,52 +9,13 @@ import sys
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from numpy.testing import assert_allclose
 from scipy.special import rel_entr
 
 import flows
 from flows.errors import DataError, UsageError
-from support import two_token_models
-
-
-def positions_of(doc: np.ndarray) -> np.ndarray:
-    """Each token's place among its document's tokens, in order."""
-    position = np.empty(len(doc), np.int64)
-    seen: dict[int, int] = {}
-    for i, d in enumerate(doc):
-        position[i] = seen.get(d, 0)
-        seen[d] = position[i] + 1
-    return position
-
-
-def side_table(m: dict, side: str, rows: np.ndarray | None = None) -> pa.Table:
-    """One model's tokens as a token-rows table (float64 log-probs: exact against numpy)."""
-    n = len(m["target"])
-    rows = np.arange(n) if rows is None else rows
-    offsets, ids, lps = m[f"{side}_topk"]
-    lists_ids = [ids[offsets[i]:offsets[i + 1]].tolist() for i in rows]
-    lists_lps = [lps[offsets[i]:offsets[i + 1]].tolist() for i in rows]
-    logp = m[side]
-    return pa.table({
-        "doc_id": pa.array(m["doc"][rows], pa.int64()),
-        "position": pa.array(positions_of(m["doc"])[rows], pa.int32()),
-        "target": pa.array(m["target"][rows], pa.int32()),
-        "target_logprob": pa.array(logp[rows, m["target"][rows]], pa.float64()),
-        "topk_ids": pa.array(lists_ids, pa.list_(pa.int32())),
-        "topk_logprobs": pa.array(lists_lps, pa.list_(pa.float64())),
-        "target_bytes": pa.array(m["bytes"][rows], pa.int32()),
-        "source": pa.array(np.array(["web", "code"])[m["slice"][rows]]),
-    })
-
-
-def write_shards(table: pa.Table, folder, shards: int, seed: int) -> str:
-    folder.mkdir()
-    order = np.random.default_rng(seed).permutation(table.num_rows)
-    for i, part in enumerate(np.array_split(order, shards)):
-        pq.write_table(table.take(pa.array(part)), folder / f"part-{i}.parquet")
-    return str(folder)
+from support import token_side_table, two_token_models, write_token_shards
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +30,8 @@ def overall(result) -> dict:
 @pytest.mark.slow
 def test_against_numpy_on_the_dense_distributions(models, tmp_path):
     m = models
-    base = write_shards(side_table(m, "teacher"), tmp_path / "base", 3, 0)
-    cand = write_shards(side_table(m, "student"), tmp_path / "cand", 4, 1)
+    base = write_token_shards(token_side_table(m, "teacher"), tmp_path / "base", 3, 0)
+    cand = write_token_shards(token_side_table(m, "student"), tmp_path / "cand", 4, 1)
     result = flows.compare(base, cand, kind="tokens", slice_by=["source"])
     row = overall(result)
     n = len(m["target"])
@@ -99,10 +60,10 @@ def test_against_numpy_on_the_dense_distributions(models, tmp_path):
 @pytest.mark.slow
 def test_same_report_for_any_sharding_and_either_side_in_memory(models, tmp_path):
     m = models
-    base_table, cand_table = side_table(m, "teacher"), side_table(m, "student")
-    one = flows.compare(write_shards(base_table, tmp_path / "b1", 1, 0), write_shards(cand_table, tmp_path / "c1", 1, 0),
+    base_table, cand_table = token_side_table(m, "teacher"), token_side_table(m, "student")
+    one = flows.compare(write_token_shards(base_table, tmp_path / "b1", 1, 0), write_token_shards(cand_table, tmp_path / "c1", 1, 0),
                         kind="tokens", slice_by=["source"])
-    many = flows.compare(write_shards(base_table, tmp_path / "b7", 7, 3), cand_table.to_pandas(),
+    many = flows.compare(write_token_shards(base_table, tmp_path / "b7", 7, 3), cand_table.to_pandas(),
                          kind="tokens", slice_by=["source"])
     a, b = one.tables["compare"], many.tables["compare"]
     assert a.column_names == b.column_names and a.num_rows == b.num_rows
@@ -118,8 +79,8 @@ def test_same_report_for_any_sharding_and_either_side_in_memory(models, tmp_path
 def test_tokens_on_one_side_are_counted_not_compared(models, tmp_path):
     m = models
     n = len(m["target"])
-    base = write_shards(side_table(m, "teacher", np.arange(0, n - 100)), tmp_path / "base", 2, 0)
-    cand = write_shards(side_table(m, "student", np.arange(50, n)), tmp_path / "cand", 2, 0)
+    base = write_token_shards(token_side_table(m, "teacher", np.arange(0, n - 100)), tmp_path / "base", 2, 0)
+    cand = write_token_shards(token_side_table(m, "student", np.arange(50, n)), tmp_path / "cand", 2, 0)
     row = overall(flows.compare(base, cand, kind="tokens"))
     assert (row["n_matched"], row["n_only_baseline"], row["n_only_candidate"]) == (n - 150, 50, 100)
     both = np.arange(50, n - 100)
@@ -129,24 +90,24 @@ def test_tokens_on_one_side_are_counted_not_compared(models, tmp_path):
 
 def test_a_different_target_at_the_same_key_names_the_key(models, tmp_path):
     m = models
-    table = side_table(m, "student")
+    table = token_side_table(m, "student")
     targets = table["target"].to_numpy().copy()
     targets[7] = (targets[7] + 1) % 25
     moved = table.set_column(table.schema.get_field_index("target"), "target", pa.array(targets, pa.int32()))
-    base = write_shards(side_table(m, "teacher"), tmp_path / "base", 1, 0)
-    cand = write_shards(moved, tmp_path / "cand", 1, 0)
+    base = write_token_shards(token_side_table(m, "teacher"), tmp_path / "base", 1, 0)
+    cand = write_token_shards(moved, tmp_path / "cand", 1, 0)
     with pytest.raises(DataError) as error:
         flows.compare(base, cand, kind="tokens")
     doc, position = table["doc_id"][7].as_py(), table["position"][7].as_py()
     assert f"doc_id={doc}, position={position}" in str(error.value)
-    assert "baseline dump" in str(error.value) and "same tokens" in str(error.value)
+    assert "baseline dump" in str(error.value) and "the same on both sides" in str(error.value)
 
 
 @pytest.mark.slow
 def test_gate_on_a_token_metric_fails_the_command_with_exit_3(models, tmp_path):
     m = models
-    base = write_shards(side_table(m, "teacher"), tmp_path / "base", 2, 0)
-    cand = write_shards(side_table(m, "student"), tmp_path / "cand", 2, 0)
+    base = write_token_shards(token_side_table(m, "teacher"), tmp_path / "base", 2, 0)
+    cand = write_token_shards(token_side_table(m, "student"), tmp_path / "cand", 2, 0)
     config = tmp_path / "gate.yaml"
     config.write_text("kind: tokens\ngate: {metric: ce_mean, max_increase: 0.001}\n")
     run = subprocess.run([sys.executable, "-m", "flows.cli", "compare", "--config", str(config), "--baseline", base,

@@ -34,8 +34,10 @@ from ..report.metric_values import MetricKey, MetricValue, long_table, slice_fie
 from ..report.tables import config_json, report_metadata, report_parts, slice_key_columns
 from ..report.text import describe_breach
 from ..drift_statistics import DRIFT_COLUMNS, DRIFT_STATISTIC, INFINITE_KL
+from ..kinds import TOKENS
 from .join import EvaluatedSide, kl_pairing
 from .sides import evaluate_sides, join_evaluated
+from .token_drift import token_drift_values
 
 FINE_BINS = 200  # confidence histogram resolution before re-binning at reference quantiles
 SIDES = ("reference", "current")  # as the per-sample join's pairing names them
@@ -104,6 +106,7 @@ class DriftReport:
     reference: Evaluation
     current: Evaluation
     histograms: list[dict] = field(default_factory=list)  # what the distribution metrics compare: `histograms`
+    bucket_rows: list[dict] = field(default_factory=list)  # token dumps: drift_distributions rows (token_drift)
 
     @property
     def breaches(self) -> list[MetricValue]:
@@ -118,6 +121,12 @@ def measure_drift(config: DriftConfig, client: Client, progress: Progress | None
     ``sources`` (Parquet paths), or that side's in-memory data (a pyarrow Table, a
     pandas or a Dask DataFrame: ``flows.inputs.memory.is_in_memory``).
     """
+    if config.kind == TOKENS:
+        values, rows, reference_evaluation, current_evaluation = token_drift_values(config, client, progress,
+                                                                                     reference, current)
+        spec = current_evaluation.spec
+        return DriftReport([checked(config, in_units(value, config.units)) for value in values], spec.slice_by,
+                           spec.slice_types, reference_evaluation, current_evaluation, bucket_rows=rows)
     # Drift reads no intervals: one jackknife bucket, so no bucket hashing and a small state.
     fine = config.model_copy(update={"n_bins": FINE_BINS, "n_buckets": 1})
     sides = evaluate_sides(fine, client, progress, SIDES, config.reference, {"reference": reference, "current": current})
@@ -190,8 +199,9 @@ def distributions_table(report: DriftReport) -> pa.Table:
     slice columns, ``overall``, ``side`` (reference or current), ``kind`` (marginal:
     ``bin`` is the class; confidence: ``bin`` is the bin, on [``lo``, ``hi``) of the top
     probability, edges at the reference's quantiles) and ``weight`` (Σ w·p for a class,
-    Σ w for a confidence bin), before smoothing. Slices the reference lacks have no rows."""
-    rows = []
+    Σ w for a confidence bin), before smoothing. Slices the reference lacks have no rows.
+    Token dumps have kinds ``position_ce`` and ``frequency_ce`` instead (:mod:`flows.monitor.token_drift`)."""
+    rows = list(report.bucket_rows)
     for entry in report.histograms:
         for kind in ("marginal", "confidence"):
             if entry[kind] is None:

@@ -112,16 +112,17 @@ def _pair_options(spec: TokenSpec, *, frequency_edges: tuple[int, ...]) -> dict:
                 n_buckets=spec.n_buckets)
 
 
-def _pair_reduce(spec: TokenSpec, baseline: TokenRows, candidate: TokenRows, *, frequency_of: np.ndarray,
-                 frequency_edges: tuple[int, ...], tie_tolerance: float) -> TokenPairStats:
-    """The pair state of the matched tokens, sliced by the candidate's slices. Both
-    sides must score the same target."""
+def _pair_reduce(spec: TokenSpec, baseline: TokenRows, candidate: TokenRows, *, names: tuple[str, str],
+                 frequency_of: np.ndarray, frequency_edges: tuple[int, ...], tie_tolerance: float) -> TokenPairStats:
+    """The pair state of the matched tokens (`baseline` the first side, named
+    `names[0]`), sliced by the second side's slices. Both sides must score the same target."""
     differ = baseline.target != candidate.target
     if differ.any():
         row = int(np.flatnonzero(differ)[0])
+        first, second = names
         raise DataError(
-            f"token ({describe_key(spec.id_cols, candidate, row)}) has target {baseline.target[row]} in the baseline "
-            f"dump but {candidate.target[row]} in the candidate dump: a comparison needs the same tokens on both "
+            f"token ({describe_key(spec.id_cols, candidate, row)}) has target {baseline.target[row]} in the {first} "
+            f"dump but {candidate.target[row]} in the {second} dump: the tokens joined must be the same on both "
             "sides (the same tokenizer and documents; check the document key and position columns)"
         )
     target = candidate.target.astype(np.int64)
@@ -140,17 +141,17 @@ def _pair_reduce(spec: TokenSpec, baseline: TokenRows, candidate: TokenRows, *, 
     )
 
 
-def token_pairing(config: CompareConfig, counts: np.ndarray) -> Pairing:
-    """The join's pairing for token dumps: frequency buckets by rank of `counts` (per
-    token id), the tie tolerance in nats."""
+def token_pairing(names: tuple[str, str], counts: np.ndarray, tie_tolerance: float = 0.0) -> Pairing:
+    """The join's pairing for token dumps, sides `names` (the first is the teacher):
+    frequency buckets by rank of `counts` (per token id), the tie tolerance in nats."""
     rank = frequency_ranks(counts, len(counts))
     edges = frequency_edges(max(int((counts > 0).sum()), 1))
     frequency_of = np.searchsorted(edges, rank, side="right") - 1
-    nats = config.compare.tie_tolerance * nats_per_unit(config.units)
     edges_tuple = tuple(int(e) for e in edges)
     return Pairing(
-        SIDES, TokenPairStats,
-        functools.partial(_pair_reduce, frequency_of=frequency_of, frequency_edges=edges_tuple, tie_tolerance=nats),
+        names, TokenPairStats,
+        functools.partial(_pair_reduce, names=names, frequency_of=frequency_of, frequency_edges=edges_tuple,
+                          tie_tolerance=tie_tolerance),
         functools.partial(_pair_options, frequency_edges=edges_tuple), "tokens.doc_cols", TokenRows,
     )
 
@@ -184,8 +185,8 @@ def compare_token_models(config: CompareConfig, client: Client, progress: Progre
     evaluations = {name: sides[name].evaluation for name in SIDES}
     spec = evaluations["candidate"].spec
     counts = token_counts(config, evaluations["candidate"].result.stats)
-    key, joined = join_evaluated(config, config.compare, sides, client, token_pairing(config, counts),
-                                 require_match=True, key=spec.doc_cols)
+    pairing = token_pairing(SIDES, counts, config.compare.tie_tolerance * nats_per_unit(config.units))
+    key, joined = join_evaluated(config, config.compare, sides, client, pairing, require_match=True, key=spec.doc_cols)
     report = joined.stats.finalize(base=log_base(config.units), level=config.interval_level)
     table = _rows_table(report, joined, spec)
     per_token = _per_token_table(report, config, counts)
