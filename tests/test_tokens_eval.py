@@ -316,10 +316,27 @@ def test_a_nightly_token_source_writes_history_rows_and_a_page_with_changes(tmp_
     assert "Language-model tokens" in page and "nightly run of lm on 2026-11-23" in page
     assert 'data-metric="ce_mean"' in page and "data-change=" in page
 
-    for refused in ({"reference": "previous"}, {"gate": [{"metric": "ce_mean", "max_increase": 0.1}]}):
-        (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**config, "sources": [{**source, **refused}]}))
-        with pytest.raises(ConfigError, match=r"sources.0 \(lm\): kind tokens has no"):
-            build_config(NightlyConfig, tmp_path / "bad.yaml")
+    refused = {"gate": [{"metric": "ce_mean", "max_increase": 0.1}]}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**config, "sources": [{**source, **refused}]}))
+    with pytest.raises(ConfigError, match=r"sources.0 \(lm\): kind tokens has no nightly gate"):
+        build_config(NightlyConfig, tmp_path / "bad.yaml")
+
+    # drift against the previous day: the thresholds of the token kind apply, a classifier one is left to classifiers
+    drifting = {**config, "report_root": str(tmp_path / "drift-reports"), "sources": [{**source, "reference": "previous"}],
+                "drift": {"thresholds": {"ce_shift": 0.1, "marginal_js": 0.001}}}
+    (tmp_path / "drift.yaml").write_text(yaml.safe_dump(drifting))
+    outcomes = nightly_run(build_config(NightlyConfig, tmp_path / "drift.yaml"), list(days))[0]
+    assert [o.drift for o in outcomes] == ["no reference", "checked"]
+    # the headline of a token run names token figures (it said "accuracy ;", empty, before)
+    assert outcomes[1].headline.startswith("tokens 20,000; perplexity ") and "accuracy ;" not in outcomes[1].headline
+    assert "change since 2026-11-22: perplexity +" in outcomes[1].headline
+    assert outcomes[1].breaches and all("ce_shift" in line for line in outcomes[1].breaches)
+    history = pq.read_table(tmp_path / "drift-reports").to_pandas()
+    shift = history[(history["metric"] == "ce_shift") & history["overall"]]
+    first, second = (pq.read_table(tmp_path / "lm" / f"date={day}").to_pandas() for day in days)
+    expected = -second["target_logprob"].astype(np.float64).mean() + first["target_logprob"].astype(np.float64).mean()
+    assert shift["value"].tolist() == [pytest.approx(expected, rel=1e-12)] and shift["breached"].all()
+    assert not (history["metric"] == "marginal_js").any()
 
 
 @pytest.mark.slow

@@ -66,9 +66,10 @@ def metrics_table(tables: dict[str, pa.Table], slice_by: Sequence[str]) -> pa.Ta
                 and not pa.types.is_boolean(f.type)]  # auc_exact: a flag, not a metric
 
     if tokens:
-        return pa.concat_tables([piece(described, "slice", m) for m in metrics_of(described)])
-    pieces = [piece(described, "class", m) for m in metrics_of(described)]
-    pieces += [piece(tables["summary"], "slice", m) for m in metrics_of(tables["summary"])]
+        pieces = [piece(described, "slice", m) for m in metrics_of(described)]
+    else:
+        pieces = [piece(described, "class", m) for m in metrics_of(described)]
+        pieces += [piece(tables["summary"], "slice", m) for m in metrics_of(tables["summary"])]
     if "drift" in tables:  # already long; its kl_mean column repeats `value` on per-class rows
         pieces.append(piece(tables["drift"], "drift"))
     return pa.concat_tables(pieces)

@@ -74,18 +74,24 @@ class Outcome:
 
 
 def headline(history: pa.Table | None, source: str, run_date: str) -> str | None:
-    """A run's headline numbers from the history: n, mean CE with its interval,
-    accuracy, and their change since the previous run of the source."""
+    """A run's headline numbers from the history: n, mean CE and accuracy with their
+    intervals (a token run: tokens, perplexity and top-1 accuracy), and their change
+    since the previous run of the source."""
     now = overall_by_date(history, source).get(run_date) if history is not None else None
     if not now:
         return None
     value = lambda name: {name: now.get(name, {}).get("value"), f"{name}_lo": now.get(name, {}).get("lo"),  # noqa: E731
                           f"{name}_hi": now.get(name, {}).get("hi")}
-    parts = [f"n {now['n']['value']:,}", f"mean CE {with_interval(value('ce_mean'), 'ce_mean')}",
-             f"accuracy {with_interval(value('accuracy'), 'accuracy')}"]
+    tokens = "perplexity" in now
+    count = "tokens" if tokens else "n"
+    shown_metrics = ((("perplexity", "perplexity"), ("top1_accuracy", "top-1 accuracy")) if tokens
+                     else (("ce_mean", "mean CE"), ("accuracy", "accuracy")))
+    parts = [f"{count} {now['n']['value']:,}",
+             *(f"{label} {with_interval(value(name), name)}" for name, label in shown_metrics
+               if now.get(name, {}).get("value") is not None)]
     since, before = run_page.changes(history, source, run_date)
     if since is not None:
-        shown = [f"{label} {change['shown']}" for name, label in (("ce_mean", "mean CE"), ("accuracy", "accuracy"))
+        shown = [f"{label} {change['shown']}" for name, label in shown_metrics
                  if (change := run_page.change(name, now.get(name, {}).get("value"), before.get(name), since))]
         parts.append(f"change since {since}: {', '.join(shown)}")
     return "; ".join(parts)

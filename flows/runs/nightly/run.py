@@ -14,9 +14,11 @@ from distributed import Client
 
 from ...api import DRIFT
 from ...config import DriftConfig, EvalConfig, NightlyConfig, NightlySource, render_path
+from ...drift_statistics import drift_metrics
 from ...engine import Progress, dask_client
 from ...errors import DataError
 from ...inputs.sources import InputFile
+from ...kinds import TOKENS
 from ...metadata import GATE_KEY, NIGHTLY_KEY, RUN_DIGEST_KEY
 from ...monitor.baseline import gate_history
 from ...report.page import HTML_FILE, render_html
@@ -60,6 +62,18 @@ class Steps:
     publish: Callable[[Outcome, dict[str, pa.Table], EvalConfig], None] | None = None  # after a run is written
 
 
+def drift_settings(config: NightlyConfig, eval_config: EvalConfig) -> dict:
+    """The config's drift settings for a source, with the thresholds of its kind only
+    (one nightly may hold classifier and token sources)."""
+    known = drift_metrics(eval_config.kind == TOKENS)
+    settings = config.drift.model_dump()
+    settings["thresholds"] = {name: value for name, value in settings["thresholds"].items() if name in known}
+    settings["slice_thresholds"] = [
+        {**override, "thresholds": {name: value for name, value in override["thresholds"].items() if name in known}}
+        for override in settings["slice_thresholds"]]
+    return settings
+
+
 def nightly_source(config: NightlyConfig, source: NightlySource, run_date: str, client: Client,
                    steps: Steps = Steps(), progress: Progress | None = None) -> Outcome:
     """Evaluate one source for one date into the history, or skip it when the inputs,
@@ -93,7 +107,7 @@ def nightly_source(config: NightlyConfig, source: NightlySource, run_date: str, 
         tables = dict(report.tables)
         if reference_inputs:
             drift_config = DriftConfig.model_validate(
-                {**eval_config.model_dump(), "reference": reference, "drift": config.drift.model_dump()}
+                {**eval_config.model_dump(), "reference": reference, "drift": drift_settings(config, eval_config)}
             )
             tables.update(steps.drift(drift_config, client, progress).tables)
         metrics = metrics_table(tables, slice_by)
