@@ -8,6 +8,8 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,6 +155,21 @@ def test_vllm_jsonl_file_without_request_ids_keys_documents_by_index(tmp_path):
 def test_vllm_jsonl_with_request_ids_equals_the_objects(tmp_path):
     source = write_jsonl(tmp_path / "outputs.jsonl.gz", [as_json(o) for o in OUTPUTS], opener=gzip.open)
     assert convert_vllm(source).tables["part-00000"].equals(convert_vllm(OUTPUTS).tables["part-00000"])
+
+
+def test_a_named_pipe_streams_like_a_file(tmp_path):
+    """``xent convert vllm <(zcat outputs.jsonl.gz)`` reads a pipe, which cannot seek."""
+    fifo = tmp_path / "outputs.jsonl"
+    os.mkfifo(fifo)
+    feeder = threading.Thread(target=write_jsonl, args=(fifo, [as_json(o) for o in OUTPUTS]), daemon=True)
+    feeder.start()
+    try:
+        assert main(["convert", "vllm", str(fifo), "--out", str(tmp_path / "dump")]) == EXIT_OK
+    finally:
+        if feeder.is_alive():  # the conversion failed before reading: let the feeder finish
+            os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+        feeder.join(10)
+    assert_rows(read_dump(tmp_path / "dump"), expected_vllm_rows(OUTPUTS, ["req-a", "req-b", "req-c"]))
 
 
 def test_minus_inf_is_a_log_prob_and_rounding_above_zero_is_zero(tmp_path):

@@ -55,21 +55,24 @@ None at a scored position, lists whose lengths disagree, a document key seen twi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import numbers
 import os
 from array import array
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import IO, Any, Callable, Iterable, Iterator
 
 import fsspec
+from fsspec.compression import compr
+from fsspec.utils import infer_compression
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import DataError, UsageError
-from .sources import filesystem
+from .sources import filesystem, is_local
 from .tokens import TOPK_KEY
 
 DEFAULT_ROWS_PER_SHARD = 1_000_000
@@ -408,11 +411,11 @@ def _records(source: Iterable[Any] | str | os.PathLike, noun: str) -> Iterator[t
             yield f"{noun} {index}", record
         return
     name = os.fspath(source)
-    try:
-        handle = fsspec.open(name, "rb", compression="infer").open()
-    except (FileNotFoundError, IsADirectoryError):
-        raise DataError(f"{name}: no such file (expected a JSONL file, one record per line)") from None
-    with handle:
+    with contextlib.ExitStack() as closing:
+        try:
+            handle = _open_jsonl(name, closing)
+        except (FileNotFoundError, IsADirectoryError):
+            raise DataError(f"{name}: no such file (expected a JSONL file, one record per line)") from None
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -424,6 +427,18 @@ def _records(source: Iterable[Any] | str | os.PathLike, noun: str) -> Iterator[t
             except ValueError as error:
                 raise DataError(f"{name}: line {number}: not JSON ({error}); expected one record per line") from None
             yield f"{name}: line {number}", record
+
+
+def _open_jsonl(name: str, closing: contextlib.ExitStack) -> IO[bytes]:
+    """The file `name`, decompressed by its suffix (``.gz``, ...). A local file is opened
+    by Python rather than fsspec, whose local files seek to their end: so a named pipe
+    (``<(zstdcat outputs.jsonl.zst)``) streams too."""
+    fs, path = filesystem(name)
+    if not is_local(fs):
+        return closing.enter_context(fsspec.open(name, "rb", compression="infer").open())
+    handle = closing.enter_context(open(path, "rb"))
+    compression = infer_compression(path)
+    return closing.enter_context(compr[compression](handle, mode="rb")) if compression else handle
 
 
 class _RepeatedKey(ValueError):
