@@ -31,7 +31,7 @@ import tempfile
 import threading
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -120,22 +120,22 @@ class StagedFolder:
     def write_table(self, name: str, table: pa.Table) -> None:
         """Stage `table` as ``<name>.parquet`` (page checksums on); a second call with the
         same name replaces it."""
-        self._stage(f"{name}.parquet", _parquet_bytes(table), name)
+        self._stage(f"{name}.parquet", name, lambda handle: pq.write_table(table, handle, **PARQUET_OPTIONS))
 
     def write_file(self, name: str, data: bytes) -> None:
         """Stage `data` as the file `name` (``report.html``, say)."""
-        self._stage(name, data, name)
+        self._stage(name, name, lambda handle: handle.write(data))
 
     def read_table(self, name: str) -> pa.Table:
         """The table staged as ``<name>.parquet``."""
         return pq.read_table(self._staging_path() / self._files[name])
 
-    def _stage(self, file: str, data: bytes, name: str) -> None:
+    def _stage(self, file: str, name: str, write: Callable[[IO[bytes]], object]) -> None:
         if file == MANIFEST:
             raise ValueError(f"{MANIFEST} is written by the folder itself")
         with _write_failures(self.out):
-            _write_synced(self._staging_path() / file, data)
-        self._entries[file] = {"file": file, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            written = _write_synced(self._staging_path() / file, write)
+        self._entries[file] = {"file": file, "bytes": written.size, "sha256": written.sha256.hexdigest()}
         self._files[name] = file
 
     def _staging_path(self) -> Path:
@@ -174,18 +174,37 @@ def _write_failures(target: str) -> Iterator[None]:
         raise failure from error
 
 
-def _parquet_bytes(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    pq.write_table(table, sink, **PARQUET_OPTIONS)
-    return sink.getvalue()
+class _Hashing(io.RawIOBase):
+    """A file being written, and the size and SHA-256 of what was written to it (so that
+    a table goes to disk without its Parquet bytes ever held whole in memory)."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        super().__init__()
+        self.handle, self.sha256, self.size = handle, hashlib.sha256(), 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.handle.write(data)
+        self.sha256.update(data)
+        size = memoryview(data).nbytes
+        self.size += size
+        return size
+
+    def tell(self) -> int:
+        return self.size
 
 
-def _write_synced(target: Path, data: bytes) -> None:
+def _write_synced(target: Path, write: Callable[[IO[bytes]], object]) -> _Hashing:
+    """`target` written by `write` and fsynced; its size and hash."""
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target, "wb") as handle:
-        handle.write(data)
+        hashing = _Hashing(handle)
+        write(hashing)
         handle.flush()
         os.fsync(handle.fileno())
+    return hashing
 
 
 def _manifest(entries: list[dict[str, Any]]) -> bytes:
@@ -209,7 +228,7 @@ def read_manifest(out: str, storage_options: dict[str, Any] | None = None) -> di
 
 
 def _publish_local(staging: Path, out: Path, label: str, manifest: bytes) -> None:
-    _write_synced(staging / MANIFEST, manifest)  # last: its presence says the folder is complete
+    _write_synced(staging / MANIFEST, lambda handle: handle.write(manifest))  # last: its presence says the folder is complete
     _fsync_dir(staging)
     with _interrupts_deferred():
         retired = _swap_into_place(staging, out)
