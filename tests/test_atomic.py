@@ -29,13 +29,16 @@ from pathlib import Path
 from flows.report import writing
 
 marker, pause, strategy = Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
-real_write, real_exchange, real_rename = writing._write_local, writing.exchange, os.rename
+real_enter, real_publish = writing.StagedFolder.__enter__, writing._publish_local
+real_exchange, real_rename = writing.exchange, os.rename
 
-def write_local(*args):
+def enter(folder):
     marker.write_text("writing")
-    written = real_write(*args)
+    return real_enter(folder)
+
+def publish_local(*args):
+    real_publish(*args)
     time.sleep(4 * pause)  # the report is in place: a signal now must not undo it
-    return written
 
 def exchange(a, b):
     if strategy == "fallback":
@@ -56,7 +59,8 @@ class SlowOs:
         real_rename(a, b)
         time.sleep(pause)
 
-writing._write_local, writing.exchange, writing.os = write_local, exchange, SlowOs()
+writing.StagedFolder.__enter__, writing._publish_local = enter, publish_local
+writing.exchange, writing.os = exchange, SlowOs()
 from flows.cli import entry_point
 sys.argv = ["xent", *sys.argv[4:]]
 entry_point()

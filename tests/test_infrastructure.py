@@ -90,6 +90,34 @@ def test_disk_full_while_redrawing_a_page_leaves_the_report_as_it_was(dump, tmp_
 
 @pytest.mark.slow
 @needs_root
+def test_disk_full_mid_conversion_exits_4_and_leaves_nothing(tmp_path, capsys):
+    """A conversion stages each shard as it fills: the disk filling up after some shards
+    is exit 4 naming the output, with nothing at the path and no staging left."""
+    import json
+
+    import numpy as np
+
+    from flows.cli import main
+
+    rng = np.random.default_rng(5)
+    source = tmp_path / "outputs.jsonl"
+    with open(source, "w") as handle:
+        for d in range(200):  # 20,000 tokens of random top-5 lists: about 1 MB of Parquet
+            ids = rng.integers(0, 50_000, 101).tolist()
+            logprobs = [None] + [{str(ids[i]): {"logprob": float(-rng.random()), "rank": 1},
+                                  **{str(50_000 + j): {"logprob": float(-rng.random() - 1), "rank": j + 2} for j in range(4)}}
+                                 for i in range(1, 101)]
+            handle.write(json.dumps({"request_id": f"d{d}", "prompt_token_ids": ids, "prompt_logprobs": logprobs}) + "\n")
+    with tmpfs(tmp_path / "small", "256k") as disk:
+        out = disk / "dump"
+        assert main(["convert", "vllm", str(source), "--out", str(out), "--rows-per-shard", "1000"]) == 4
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and f"cannot write {out}" in err and "disk full" in err, err
+        assert list(disk.iterdir()) == []
+
+
+@pytest.mark.slow
+@needs_root
 def test_read_only_output_exits_4(dump, tmp_path, prefect_home):
     with tmpfs(tmp_path / "ro", "1m", read_only=True) as disk:
         out = disk / "report"

@@ -276,3 +276,38 @@ def test_s3_report_is_complete_exactly_when_its_manifest_lists_it(s3, client, du
     for entry in manifest["files"]:
         data = s3.fs.cat_file(f"{root}/{entry['file']}")
         assert len(data) == entry["bytes"] and hashlib.sha256(data).hexdigest() == entry["sha256"]
+
+
+@pytest.mark.slow
+def test_a_conversion_to_s3_uploads_nothing_until_its_input_is_read_whole(s3, tmp_path, monkeypatch):
+    """A token dump streamed to an object store waits in a local staging folder: bad
+    input in the last record leaves the dump already in the bucket as it was."""
+    import tempfile
+
+    from flows.convert import write_vllm_dump
+    from flows.errors import DataError
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the staging folders go
+
+    def output(i: int) -> dict:
+        return {"request_id": f"r{i}", "prompt_token_ids": [5, 6, 7],
+                "prompt_logprobs": [None, {"6": {"logprob": -0.5, "rank": 1}}, {"7": {"logprob": -1.5, "rank": 1}}]}
+
+    out, root = f"s3://{BUCKET}/tokens/day1/", f"{BUCKET}/tokens/day1"
+    written = write_vllm_dump([output(i) for i in range(5)], out, rows_per_shard=3, storage_options=s3.storage_options)
+    assert written.shards == ["part-00000", "part-00001", "part-00002", "part-00003"]
+    before = {path: s3.fs.cat_file(path) for path in s3.fs.find(root, refresh=True)}
+    assert sorted(before) == [f"{root}/{name}" for name in ("_manifest.json", *(f"{s}.parquet" for s in written.shards))]
+
+    bad = [output(i) for i in range(9)]
+    bad[-1]["prompt_logprobs"][2] = None
+    with pytest.raises(DataError, match=r"vLLM output 8 \(request_id 'r8'\), prompt_logprobs\[2\]: None"):
+        write_vllm_dump(bad, out, rows_per_shard=3, storage_options=s3.storage_options)
+    s3.fs.invalidate_cache()
+    assert {path: s3.fs.cat_file(path) for path in s3.fs.find(root, refresh=True)} == before
+
+    written = write_vllm_dump([output(i) for i in range(2)], out, rows_per_shard=3, storage_options=s3.storage_options)
+    assert sorted(s3.fs.find(root, refresh=True)) == [f"{root}/{n}" for n in ("_manifest.json", "part-00000.parquet",
+                                                                               "part-00001.parquet")]
+    assert pq.read_table(written.paths["part-00001"].removeprefix("s3://"), filesystem=s3.fs).num_rows == 1
+    assert list(tmp_path.iterdir()) == []  # every staging folder removed

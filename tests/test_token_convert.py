@@ -1,13 +1,20 @@
 """Converters from vLLM and OpenAI log-prob outputs to token dumps (issue #18, section 1):
 the objects and JSONL lines these tools produce, as they produce them, turned into
 Parquet shards of the token-rows layout, and bad input refused with one line, nothing
-written."""
+written. The conversion streams: shards are staged as they fill, memory stays about one
+shard, and a failure or a kill at any record publishes nothing."""
 
 from __future__ import annotations
 
+import errno
 import gzip
+import hashlib
 import json
 import math
+import os
+import signal
+import threading
+import tracemalloc
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +23,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from support import child_env, start_process, stopping, wait_until, xent_command
 from flows.cli.commands import build_parser, main
+from flows.convert import write_openai_dump, write_vllm_dump
 from flows.errors import EXIT_DATA, EXIT_OK, EXIT_USAGE, DataError
 from flows.inputs.integrity import inspect_integrity
 from flows.inputs.sources import list_inputs
@@ -24,9 +33,11 @@ from flows.inputs.token_convert import (
     DEFAULT_ROWS_PER_SHARD,
     OPENAI_ABSENT,
     VOCAB_TABLE,
+    TablesInMemory,
     TokenDump,
     convert_openai,
     convert_vllm,
+    stream_vllm,
 )
 from flows.report.writing import MANIFEST, read_manifest, write_tables_atomically
 
@@ -153,6 +164,21 @@ def test_vllm_jsonl_file_without_request_ids_keys_documents_by_index(tmp_path):
 def test_vllm_jsonl_with_request_ids_equals_the_objects(tmp_path):
     source = write_jsonl(tmp_path / "outputs.jsonl.gz", [as_json(o) for o in OUTPUTS], opener=gzip.open)
     assert convert_vllm(source).tables["part-00000"].equals(convert_vllm(OUTPUTS).tables["part-00000"])
+
+
+def test_a_named_pipe_streams_like_a_file(tmp_path):
+    """``xent convert vllm <(zcat outputs.jsonl.gz)`` reads a pipe, which cannot seek."""
+    fifo = tmp_path / "outputs.jsonl"
+    os.mkfifo(fifo)
+    feeder = threading.Thread(target=write_jsonl, args=(fifo, [as_json(o) for o in OUTPUTS]), daemon=True)
+    feeder.start()
+    try:
+        assert main(["convert", "vllm", str(fifo), "--out", str(tmp_path / "dump")]) == EXIT_OK
+    finally:
+        if feeder.is_alive():  # the conversion failed before reading: let the feeder finish
+            os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+        feeder.join(10)
+    assert_rows(read_dump(tmp_path / "dump"), expected_vllm_rows(OUTPUTS, ["req-a", "req-b", "req-c"]))
 
 
 def test_minus_inf_is_a_log_prob_and_rounding_above_zero_is_zero(tmp_path):
@@ -443,3 +469,146 @@ def test_vllm_k_travels_with_the_dump_so_an_appended_target_is_outside_the_top_k
     assert 0 < sum(inside) < len(inside)
     summary = evaluate(folder, kind="tokens").summary.iloc[-1]
     assert summary["topk_share"] == pytest.approx(sum(inside) / len(inside), rel=1e-12)
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+def long_vllm_lines(documents: int, tokens: int, k: int = 5) -> list[dict]:
+    """JSONL records of vLLM outputs, `tokens` scored tokens each, cheap to make in bulk."""
+    records = []
+    for d in range(documents):
+        ids = [100 + (d * 7 + i * 13) % 50 for i in range(tokens + 1)]
+        logprobs = [None] + [{str(ids[i] if j == 0 else 200 + j): {"logprob": -0.1 * (j + 1), "rank": j + 1,
+                                                                      "decoded_token": "ab"} for j in range(k)}
+                             for i in range(1, tokens + 1)]
+        records.append({"request_id": f"doc-{d}", "prompt_token_ids": ids, "prompt_logprobs": logprobs})
+    return records
+
+
+@pytest.mark.slow
+def test_memory_holds_about_one_shard_however_long_the_input(tmp_path):
+    """The peak of Python allocations (tracemalloc: the rows' arrays, their NumPy copies,
+    the Parquet bytes, the parsed JSON line) converting 4N documents is about that of N
+    documents. Holding every shard until the end, as the converter once did, made it
+    2.9x here; holding one shard gives 1.1x (the rest is one entry per document)."""
+    sources = {n: write_jsonl(tmp_path / f"in-{n}.jsonl", long_vllm_lines(n, 100)) for n in (40, 160)}
+    write_vllm_dump(str(sources[40]), str(tmp_path / "warm"), rows_per_shard=500)  # lazy imports and caches first
+    peaks = {}
+    for n, source in sources.items():
+        tracemalloc.start()
+        try:
+            dump = write_vllm_dump(str(source), str(tmp_path / f"out-{n}"), rows_per_shard=500)
+            peaks[n] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert (dump.tokens, len(dump.shards)) == (n * 100, n * 100 // 500)
+    assert peaks[160] < 1.5 * peaks[40], peaks
+
+
+def test_each_shard_is_staged_as_soon_as_it_is_full(tmp_path):
+    """A generator input looks into the staging folder before each record: by then every
+    earlier document (one shard each) is there, and nothing is at the output path."""
+    outputs = [vllm_output(f"r{i}", [11, 12, 13, 15, 16], seed=i) for i in range(6)]  # 4 tokens each
+    out = tmp_path / "dump"
+    seen = []
+
+    def records():
+        for output in outputs:
+            staged = [p.name for p in tmp_path.glob(".dump.tmp-*/*.parquet")]
+            seen.append((len(staged), out.exists()))
+            yield output
+
+    dump = write_vllm_dump(records(), str(out), rows_per_shard=4)
+    assert seen == [(i, False) for i in range(6)]
+    assert dump.shards == [f"part-{i:05d}" for i in range(6)] and (dump.tokens, dump.documents) == (24, 6)
+    assert_rows(read_dump(out), expected_vllm_rows(outputs, [o.request_id for o in outputs]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dump"]
+
+
+def test_bad_input_in_the_last_record_leaves_the_old_dump_and_no_staging(tmp_path, capsys):
+    records = [as_json(vllm_output(f"r{i}", [11, 12, 13, 15, 16], seed=i)) for i in range(30)]
+    source = write_jsonl(tmp_path / "in.jsonl", records)
+    out = tmp_path / "dump"
+    assert main(["convert", "vllm", str(source), "--out", str(out), "--rows-per-shard", "7"]) == EXIT_OK
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert len(before) == 19  # 120 tokens in 18 shards, and the manifest
+    records[-1]["prompt_logprobs"][2] = None
+    write_jsonl(source, records)
+    assert main(["convert", "vllm", str(source), "--out", str(out), "--rows-per-shard", "7"]) == EXIT_DATA
+    assert "line 30 (request_id 'r29'), prompt_logprobs[2]: None at a scored position" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dump", "in.jsonl"]
+    # With nothing at the path before, nothing is there after.
+    assert_refused(["vllm", str(source), "--rows-per-shard", "7"], tmp_path / "new", capsys, "None at a scored position")
+
+
+def test_a_k_or_top_k_lists_first_seen_in_a_later_shard_reach_the_earlier_shards(tmp_path):
+    """The k (vLLM's largest rank) and whether an OpenAI dump has top-k lists are known at
+    the end: the shards written before are written again, the manifest with them."""
+    early = RequestOutput("a", [11, 12, 13], [None, {12: Logprob(-0.5, 1, " cat"), 13: Logprob(-0.9, 2, " sat")},
+                                              {13: Logprob(-0.2, 1, " sat")}])
+    outputs = [early, vllm_output("b", [11, 12, 13, 14, 15], seed=3, k=4)]  # ranks up to 4 from here
+    dump = write_vllm_dump(outputs, str(tmp_path / "v"), rows_per_shard=2)
+    assert dump.shards == ["part-00000", "part-00001", "part-00002"]
+    for name in dump.shards:
+        assert pq.read_schema(dump.paths[name]).metadata[b"xent.topk"] == b"4", name
+    assert_rows(read_dump(tmp_path / "v"), expected_vllm_rows(outputs, ["a", "b"]))
+    for entry in read_manifest(str(tmp_path / "v"))["files"]:
+        data = (tmp_path / "v" / entry["file"]).read_bytes()
+        assert (len(data), hashlib.sha256(data).hexdigest()) == (entry["bytes"], entry["sha256"])
+
+    plain = openai_response("c", [[openai_item("a", -0.5, []), openai_item("b", -1.5, [])]])
+    dump = write_openai_dump([plain, RESPONSES[0]], str(tmp_path / "o"), rows_per_shard=2)
+    table = read_dump(tmp_path / "o")
+    assert table.column_names == ["doc_id", "position", "target", "target_logprob", "topk_ids", "topk_logprobs",
+                                  "target_bytes"]
+    assert table["topk_ids"].to_pylist() == [[], [], [2, 3], [4, 5], [2, 3]]
+    assert table["topk_logprobs"].to_pylist() == [[], [], [-0.25, -1.75], [-0.5, -1.0], [-0.25, -1.75]]
+    assert all(dump.paths[name].endswith(f"{name}.parquet") for name in [*dump.shards, VOCAB_TABLE])
+
+
+def test_streaming_into_memory_gives_the_tables_of_convert_vllm():
+    outputs = [vllm_output(f"r{i}", [11, 12, 13, 15, 16, 17], seed=i) for i in range(5)]
+    sink = TablesInMemory()
+    converted = stream_vllm(outputs, sink, rows_per_shard=6)
+    assert (converted.shards, converted.tokens, converted.documents) == (list(sink.tables), 25, 5)
+    assert all(sink.tables[n].equals(convert_vllm(outputs, rows_per_shard=6).tables[n]) for n in converted.shards)
+
+
+@pytest.mark.slow
+def test_a_conversion_killed_midway_leaves_no_dump_and_the_next_run_succeeds(tmp_path):
+    """`xent convert` reads a named pipe: the test writes three shards' worth of records,
+    waits until a shard is staged, and SIGKILLs the process while it waits for more."""
+    records = [as_json(vllm_output(f"r{i}", [11, 12, 13, 15, 16], seed=i)) for i in range(12)]
+    fifo, out = tmp_path / "in.jsonl", tmp_path / "dump"
+    os.mkfifo(fifo)
+    args = [*xent_command(), "convert", "vllm", str(fifo), "--out", str(out), "--rows-per-shard", "4"]
+    with stopping([start_process("xent convert", args, tmp_path / "convert.log", child_env(DASK_SCHEDULER_ADDRESS=None),
+                                 cwd=tmp_path)]) as (convert,):
+        def writer() -> int | None:
+            convert.check_alive()
+            try:
+                return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as error:
+                if error.errno != errno.ENXIO:  # no reader yet
+                    raise
+                return None
+
+        fd = wait_until(writer, 60, "xent convert to open its input")
+        try:
+            os.set_blocking(fd, True)
+            os.write(fd, "".join(json.dumps(r) + "\n" for r in records[:3]).encode())
+            staged = wait_until(lambda: convert.check_alive() or list(tmp_path.glob(".dump.tmp-*/part-00002.parquet")),
+                                60, "the third shard to be staged")
+            os.kill(convert.pid, signal.SIGKILL)
+            assert convert.process.wait(30) == -signal.SIGKILL
+        finally:
+            os.close(fd)
+    assert not out.exists() and staged[0].parent.exists()  # what a kill leaves: a hidden staging folder
+    os.unlink(fifo)
+    write_jsonl(tmp_path / "in.jsonl", records)
+    assert main(["convert", "vllm", str(tmp_path / "in.jsonl"), "--out", str(out), "--rows-per-shard", "4"]) == EXIT_OK
+    assert_rows(read_dump(out), expected_vllm_rows([vllm_output(f"r{i}", [11, 12, 13, 15, 16], seed=i) for i in range(12)],
+                                                   [f"r{i}" for i in range(12)]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["convert.log", "dump", "in.jsonl"]  # the staging is gone

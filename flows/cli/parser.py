@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "their bytes as first met and the numbering is written to _vocab.parquet in --out; top_logprobs "
                    "entries of -9999.0 mean absent and are dropped, a target of -9999.0 is an error)")
     p.add_argument("input", help="the JSONL file (.gz and other compressions by their suffix)")
-    p.add_argument("--out", required=True, help="dump folder: part-NNNNN.parquet shards, written atomically")
+    p.add_argument("--out", required=True, help="dump folder: part-NNNNN.parquet shards, each staged as it fills, the folder "
+                   "published all-or-nothing at the end")
     p.add_argument("--rows-per-shard", type=int, metavar="N", help="at most N tokens per shard (default 1,000,000)")
     p.add_argument("--vocab", metavar="FILE", help="openai: the _vocab.parquet of an earlier conversion, so its "
                    "tokens keep their ids (compare two models or two days by token id)")

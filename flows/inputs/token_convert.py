@@ -8,12 +8,25 @@ A token dump is written in the token-rows layout of issue #18, one row per score
 ``part-00000.parquet``, ``part-00001.parquet``, ... of at most ``rows_per_shard`` rows
 each (a document may continue in the next shard).
 
-The functions here read and check the whole input and return the dump's tables
-(:class:`TokenDump`); nothing is written. ``xent convert`` writes them as a report is
-written, all-or-nothing, with page checksums and a ``_manifest.json``:
-``write_tables_atomically(dump.tables, out)`` (:mod:`flows.report.writing`; this package
-cannot import it, as ``flows.report`` imports ``flows.inputs``). So bad input writes
-nothing.
+The conversion streams: :func:`stream_vllm` and :func:`stream_openai` read the input
+record by record and hand each shard to a :class:`ShardSink` as soon as it is full. What
+they hold meanwhile is bounded by one shard, not by the input: the rows of the shard being
+filled (flat arrays, 28 bytes a token plus 8 bytes a top-k entry, which its Arrow table
+shares) and, while it is handed over, the Parquet writer's buffers, about as much again (a
+shard of a million tokens with 20-entry top-k lists peaks near 500 MB). Besides that they
+hold one entry per document (its key and where it was first seen, to refuse a document
+seen twice: bounded by the documents, not the tokens) and, from OpenAI, the vocabulary.
+Two facts are known only at the end: the top-k lists' k (vLLM's largest rank) and whether
+any token of an OpenAI dump has top-k lists. A shard written before they were known is
+read back from the sink and written again at the end, one at a time (rare: the first
+shard almost always shows both).
+
+``xent convert`` streams into a :class:`flows.report.writing.StagedFolder` (wired by
+:mod:`flows.convert`, as this package cannot import ``flows.report``, which imports
+``flows.inputs``): the shards go to a staging place, and the folder is published with
+page checksums and a ``_manifest.json`` all-or-nothing at the end, so bad input anywhere,
+or a crash, writes nothing. :func:`convert_vllm` and :func:`convert_openai` stream into
+memory instead and return the tables (:class:`TokenDump`), for inputs small enough to hold.
 
 vLLM (:func:`convert_vllm`): ``RequestOutput`` objects, dicts of the same fields, or a
 JSONL file of such dicts. Position 0 of ``prompt_logprobs`` is None (the first token has
@@ -55,21 +68,24 @@ None at a scored position, lists whose lengths disagree, a document key seen twi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import numbers
 import os
 from array import array
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import IO, Any, Callable, Iterable, Iterator, Protocol
 
 import fsspec
+from fsspec.compression import compr
+from fsspec.utils import infer_compression
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import DataError, UsageError
-from .sources import filesystem
+from .sources import filesystem, is_local
 from .tokens import TOPK_KEY
 
 DEFAULT_ROWS_PER_SHARD = 1_000_000
@@ -83,11 +99,46 @@ _MISSING = object()
 Where = str | Callable[[], str]
 
 
+class ShardSink(Protocol):
+    """Where a conversion puts its tables, one at a time: a staged folder
+    (:class:`flows.report.writing.StagedFolder`) or memory (:class:`TablesInMemory`)."""
+
+    def write_table(self, name: str, table: pa.Table) -> None:
+        """Keep `table` as `name`, replacing an earlier table of that name."""
+
+    def read_table(self, name: str) -> pa.Table:
+        """The table kept as `name`."""
+
+
+class TablesInMemory:
+    """A :class:`ShardSink` that keeps the tables: {table name: table}, in the order written."""
+
+    def __init__(self) -> None:
+        self.tables: dict[str, pa.Table] = {}
+
+    def write_table(self, name: str, table: pa.Table) -> None:
+        self.tables[name] = table
+
+    def read_table(self, name: str) -> pa.Table:
+        return self.tables[name]
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """What a conversion handed to its sink: the shards' names, in order (``part-00000``,
+    ``part-00001``, ...; from OpenAI the sink also gets the table ``_vocab``), and how many
+    tokens and documents the shards hold."""
+
+    shards: list[str]
+    tokens: int
+    documents: int
+
+
 @dataclass(frozen=True)
 class TokenDump:
-    """A converted dump: {table name: table}, each written as ``<name>.parquet`` (the shards
-    ``part-00000``, ``part-00001``, ... and, from OpenAI, ``_vocab``), and how many tokens
-    and documents the shards hold."""
+    """A converted dump in memory: {table name: table}, each written as ``<name>.parquet``
+    (the shards ``part-00000``, ``part-00001``, ... and, from OpenAI, ``_vocab``), and how
+    many tokens and documents the shards hold."""
 
     tables: dict[str, pa.Table]
     tokens: int
@@ -103,7 +154,27 @@ class TokenDump:
 
 def convert_vllm(outputs: Iterable[Any] | str | os.PathLike, *,
                  rows_per_shard: int = DEFAULT_ROWS_PER_SHARD) -> TokenDump:
-    """vLLM prompt log-probs as the tables of a token dump (see the module docstring).
+    """vLLM prompt log-probs as the tables of a token dump, in memory (see
+    :func:`stream_vllm`, which takes the same input and raises the same errors)."""
+    sink = TablesInMemory()
+    converted = stream_vllm(outputs, sink, rows_per_shard=rows_per_shard)
+    return TokenDump(tables=sink.tables, tokens=converted.tokens, documents=converted.documents)
+
+
+def convert_openai(responses: Iterable[Any] | str | os.PathLike, *, rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
+                   vocab: str | None = None) -> TokenDump:
+    """OpenAI chat-completion log-probs as the tables of a token dump and its ``_vocab``,
+    in memory (see :func:`stream_openai`, which takes the same input and raises the same
+    errors)."""
+    sink = TablesInMemory()
+    converted = stream_openai(responses, sink, rows_per_shard=rows_per_shard, vocab=vocab)
+    return TokenDump(tables=sink.tables, tokens=converted.tokens, documents=converted.documents)
+
+
+def stream_vllm(outputs: Iterable[Any] | str | os.PathLike, sink: ShardSink, *,
+                rows_per_shard: int = DEFAULT_ROWS_PER_SHARD) -> Conversion:
+    """vLLM prompt log-probs as the shards of a token dump, each handed to `sink` as soon
+    as it is full (see the module docstring).
 
     Parameters
     ----------
@@ -111,6 +182,9 @@ def convert_vllm(outputs: Iterable[Any] | str | os.PathLike, *,
         vLLM ``RequestOutput`` objects or dicts with ``prompt_token_ids`` and
         ``prompt_logprobs`` (and optionally ``request_id``), or the path of a JSONL file
         of such dicts (token ids as the keys of each ``prompt_logprobs`` entry).
+    sink
+        Takes the shards; on an error it may hold some of them (a StagedFolder then
+        publishes nothing).
     rows_per_shard
         At most this many tokens per Parquet file.
 
@@ -121,13 +195,13 @@ def convert_vllm(outputs: Iterable[Any] | str | os.PathLike, *,
     UsageError
         `rows_per_shard` below 1.
     """
-    rows = _TokenRows(rows_per_shard, topk=True)
+    rows = _TokenRows(sink, rows_per_shard, topk=True)
     keyed_by_request = None
     for index, (where, record) in enumerate(_records(outputs, "vLLM output")):
         request_id = _field(record, "request_id")
         has_id = request_id is not _MISSING and request_id is not None
         if keyed_by_request is None:
-            keyed_by_request = has_id
+            keyed_by_request = rows.doc_ids_are_strings = has_id
         elif has_id != keyed_by_request:
             raise DataError(f"{where}: {'a' if has_id else 'no'} request_id, unlike the first record: give every "
                             "output a request_id, or none (the doc_id is then the output's index)")
@@ -135,19 +209,23 @@ def convert_vllm(outputs: Iterable[Any] | str | os.PathLike, *,
         where = f"{where} (request_id {request_id!r})" if has_id else where
         rows.start_document(doc_id, where)
         _add_vllm_output(rows, record, where)
-    return rows.dump(doc_ids_are_strings=bool(keyed_by_request))
+    return rows.finish()
 
 
-def convert_openai(responses: Iterable[Any] | str | os.PathLike, *, rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
-                   vocab: str | None = None) -> TokenDump:
-    """OpenAI chat-completion log-probs as the tables of a token dump, with the
-    vocabulary of its token ids as the table ``_vocab`` (see the module docstring).
+def stream_openai(responses: Iterable[Any] | str | os.PathLike, sink: ShardSink, *,
+                  rows_per_shard: int = DEFAULT_ROWS_PER_SHARD, vocab: str | None = None) -> Conversion:
+    """OpenAI chat-completion log-probs as the shards of a token dump, each handed to
+    `sink` as soon as it is full, then the vocabulary of its token ids as the table
+    ``_vocab`` (see the module docstring).
 
     Parameters
     ----------
     responses
         Chat-completion responses (dicts as the API returns them, or objects with the
         same attributes), or the path of a JSONL file of them, one per line.
+    sink
+        Takes the tables; on an error it may hold some of them (a StagedFolder then
+        publishes nothing).
     rows_per_shard
         At most this many tokens per Parquet file.
     vocab
@@ -161,8 +239,9 @@ def convert_openai(responses: Iterable[Any] | str | os.PathLike, *, rows_per_sha
     UsageError
         `rows_per_shard` below 1.
     """
+    rows = _TokenRows(sink, rows_per_shard, topk=False)
     vocabulary = _Vocabulary.read(vocab) if vocab else _Vocabulary()
-    rows = _TokenRows(rows_per_shard, topk=False)
+    rows.doc_ids_are_strings = True
     for where, record in _records(responses, "response"):
         body = record
         if _field(record, "choices") is _MISSING and isinstance(_field(record, "response"), dict):
@@ -178,9 +257,9 @@ def convert_openai(responses: Iterable[Any] | str | os.PathLike, *, rows_per_sha
             content = _required(logprobs, "content", f"{field}.logprobs", hint="request the completion with logprobs=true")
             for position, item in enumerate(_sequence(content, f"{field}.logprobs.content")):
                 _add_openai_token(rows, vocabulary, item, position, f"{field}.logprobs.content[{position}]")
-    dump = rows.dump(doc_ids_are_strings=True)
-    return TokenDump(tables=dump.tables | {VOCAB_TABLE: vocabulary.table()}, tokens=dump.tokens,
-                     documents=dump.documents)
+    converted = rows.finish()
+    sink.write_table(VOCAB_TABLE, vocabulary.table())
+    return converted
 
 
 # --------------------------------------------------------------------------- vLLM
@@ -326,15 +405,19 @@ def _add_openai_token(rows: _TokenRows, vocabulary: _Vocabulary, item: Any, posi
 
 
 class _TokenRows:
-    """The dump's columns, shard by shard: each shard's rows in flat arrays until it is full."""
+    """The dump's rows, shard by shard: the shard being filled in flat arrays, handed to
+    the sink as a table when it is full."""
 
-    def __init__(self, rows_per_shard: int, topk: bool) -> None:
+    def __init__(self, sink: ShardSink, rows_per_shard: int, topk: bool) -> None:
         if not isinstance(rows_per_shard, int) or rows_per_shard < 1:
             raise UsageError(f"rows_per_shard must be a whole number of at least 1, found {rows_per_shard!r}")
+        self.sink = sink
         self.rows_per_shard = rows_per_shard
-        self.shards: list[dict[str, Any]] = []
+        self.shard: dict[str, Any] | None = None  # the shard being filled
+        self.written: dict[str, tuple[bool, int]] = {}  # shard name -> (top-k columns, k) it was written with
         self.documents: dict[Any, str] = {}  # doc_id -> where it was first seen
         self.doc_id: Any = None
+        self.doc_ids_are_strings = False
         self.any_topk = topk  # vLLM always has top-k lists; OpenAI only when asked for top_logprobs > 0
         self.bytes_where: tuple[bool, str] | None = None  # whether the first token had bytes, and where
         self.tokens = 0
@@ -355,11 +438,12 @@ class _TokenRows:
             first = self.bytes_where[1]
             raise DataError(f"{where}: the target has {'a' if n_bytes is not None else 'no'} decoded_token, unlike "
                             f"{first}: give every token its text, or none")
-        if not self.shards or len(self.shards[-1]["position"]) == self.rows_per_shard:
-            self.shards.append({"doc_id": [], "position": array("i"), "target": array("i"), "target_logprob": array("d"),
-                                "target_bytes": array("i"), "offsets": array("i", [0]), "topk_ids": array("i"),
-                                "topk_logprobs": array("d")})
-        shard = self.shards[-1]
+        if self.shard is None:
+            # float32 as written: NumPy and Arrow then use these buffers without a copy
+            self.shard = {"doc_id": [], "position": array("i"), "target": array("i"), "target_logprob": array("f"),
+                          "target_bytes": array("i"), "offsets": array("i", [0]), "topk_ids": array("i"),
+                          "topk_logprobs": array("f")}
+        shard = self.shard
         shard["doc_id"].append(self.doc_id)
         shard["position"].append(position)
         shard["target"].append(target)
@@ -371,10 +455,19 @@ class _TokenRows:
         shard["offsets"].append(len(shard["topk_ids"]))
         self.any_topk = self.any_topk or bool(topk)
         self.tokens += 1
+        if len(shard["position"]) == self.rows_per_shard:
+            self._hand_over()
 
-    def table(self, shard: dict[str, Any], doc_ids_are_strings: bool) -> pa.Table:
+    def _hand_over(self) -> None:
+        """The shard being filled to the sink; the next token starts a new one."""
+        name = f"part-{len(self.written):05d}"
+        self.sink.write_table(name, self._table(self.shard))
+        self.written[name] = (self.any_topk, self.topk)
+        self.shard = None
+
+    def _table(self, shard: dict[str, Any]) -> pa.Table:
         columns = {
-            "doc_id": pa.array(shard["doc_id"], pa.string() if doc_ids_are_strings else pa.int64()),
+            "doc_id": pa.array(shard["doc_id"], pa.string() if self.doc_ids_are_strings else pa.int64()),
             "position": pa.array(np.asarray(shard["position"], np.int32)),
             "target": pa.array(np.asarray(shard["target"], np.int32)),
             "target_logprob": pa.array(np.asarray(shard["target_logprob"], np.float32)),
@@ -386,15 +479,34 @@ class _TokenRows:
             columns["topk_logprobs"] = pa.ListArray.from_arrays(offsets, pa.array(np.asarray(shard["topk_logprobs"], np.float32)))
         if self.bytes_where and self.bytes_where[0]:
             columns["target_bytes"] = pa.array(np.asarray(shard["target_bytes"], np.int32))
-        # xent eval reads the k from here: a target ranked above it is outside the top-k
-        return pa.table(columns, metadata={TOPK_KEY: str(self.topk).encode()} if self.topk else None)
+        return pa.table(columns, metadata=self._metadata())
 
-    def dump(self, doc_ids_are_strings: bool) -> TokenDump:
+    def _metadata(self) -> dict[bytes, bytes] | None:
+        # xent eval reads the k from here: a target ranked above it is outside the top-k
+        return {TOPK_KEY: str(self.topk).encode()} if self.topk else None
+
+    def finish(self) -> Conversion:
+        """Hand over the last shard, then write again the shards written before the k or
+        the top-k columns were known (one at a time)."""
         if not self.tokens:
             raise DataError("no scored token in the input: nothing to write (are the outputs empty, or every "
                             "prompt one token long?)")
-        tables = {f"part-{number:05d}": self.table(shard, doc_ids_are_strings) for number, shard in enumerate(self.shards)}
-        return TokenDump(tables=tables, tokens=self.tokens, documents=len(self.documents))
+        if self.shard is not None:
+            self._hand_over()
+        for name, written in self.written.items():
+            if written != (self.any_topk, self.topk):
+                self.sink.write_table(name, self._amended(self.sink.read_table(name)))
+        return Conversion(shards=list(self.written), tokens=self.tokens, documents=len(self.documents))
+
+    def _amended(self, table: pa.Table) -> pa.Table:
+        """A shard written early, as it would be written now: with the final k, and with
+        the top-k columns (empty lists) when a later token had a top-k list."""
+        if self.any_topk and "topk_ids" not in table.column_names:
+            empty = np.zeros(table.num_rows + 1, np.int32)
+            at = table.column_names.index("target_logprob") + 1
+            table = table.add_column(at, "topk_logprobs", pa.ListArray.from_arrays(empty, pa.array([], pa.float32())))
+            table = table.add_column(at, "topk_ids", pa.ListArray.from_arrays(empty, pa.array([], pa.int32())))
+        return table.replace_schema_metadata(self._metadata())
 
 
 # --------------------------------------------------------------------------- reading records
@@ -408,11 +520,11 @@ def _records(source: Iterable[Any] | str | os.PathLike, noun: str) -> Iterator[t
             yield f"{noun} {index}", record
         return
     name = os.fspath(source)
-    try:
-        handle = fsspec.open(name, "rb", compression="infer").open()
-    except (FileNotFoundError, IsADirectoryError):
-        raise DataError(f"{name}: no such file (expected a JSONL file, one record per line)") from None
-    with handle:
+    with contextlib.ExitStack() as closing:
+        try:
+            handle = _open_jsonl(name, closing)
+        except (FileNotFoundError, IsADirectoryError):
+            raise DataError(f"{name}: no such file (expected a JSONL file, one record per line)") from None
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -424,6 +536,18 @@ def _records(source: Iterable[Any] | str | os.PathLike, noun: str) -> Iterator[t
             except ValueError as error:
                 raise DataError(f"{name}: line {number}: not JSON ({error}); expected one record per line") from None
             yield f"{name}: line {number}", record
+
+
+def _open_jsonl(name: str, closing: contextlib.ExitStack) -> IO[bytes]:
+    """The file `name`, decompressed by its suffix (``.gz``, ...). A local file is opened
+    by Python rather than fsspec, whose local files seek to their end: so a named pipe
+    (``<(zstdcat outputs.jsonl.zst)``) streams too."""
+    fs, path = filesystem(name)
+    if not is_local(fs):
+        return closing.enter_context(fsspec.open(name, "rb", compression="infer").open())
+    handle = closing.enter_context(open(path, "rb"))
+    compression = infer_compression(path)
+    return closing.enter_context(compr[compression](handle, mode="rb")) if compression else handle
 
 
 class _RepeatedKey(ValueError):

@@ -9,6 +9,10 @@ the gap between them is repaired by the next write to the same path.
 Object stores have no rename. There the old manifest is deleted first, every file is
 uploaded (each object appears whole when its upload ends), and the manifest is written
 last: a report is complete when ``_manifest.json`` exists and lists its files.
+
+:func:`write_tables_atomically` writes tables held in memory; :class:`StagedFolder` takes
+the files one by one (a converted token dump's shards, as each is full) and publishes
+them the same way at the end, holding one file in memory at a time.
 """
 
 from __future__ import annotations
@@ -23,10 +27,11 @@ import json
 import os
 import shutil
 import signal
+import tempfile
 import threading
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -57,11 +62,103 @@ def write_tables_atomically(
     InfrastructureError
         The disk or the object store failed (full, read-only, unreachable).
     """
-    fs, path = filesystem(out, storage_options)
-    with _write_failures(out):
-        if is_local(fs):
-            return _write_local(tables, Path(path).absolute(), out, files or {})
-        return _write_object_store(tables, fs, path.rstrip("/"), out, files or {})
+    with StagedFolder(out, storage_options) as folder:
+        for name, table in tables.items():
+            folder.write_table(name, table)
+        for name, data in (files or {}).items():
+            folder.write_file(name, data)
+    return folder.paths
+
+
+class StagedFolder:
+    """A folder written file by file and published whole, for output too big to hold in
+    memory at once (a converted token dump): each file goes to a staging place as it is
+    given, and leaving the ``with`` block without an error publishes them all with their
+    manifest, as :func:`write_tables_atomically` does (which is this with every table at
+    once). An error in the block publishes nothing and removes the staging place; what a
+    crash leaves there, the next write to the same path removes.
+
+    Locally the staging place is the hidden sibling folder that is then swapped into
+    place. For an object store it is a local temporary folder, uploaded only at the end,
+    so that a failed write leaves the old report whole there too.
+
+    >>> with StagedFolder("dumps/day1") as folder:          # doctest: +SKIP
+    ...     for name, table in shards:
+    ...         folder.write_table(name, table)
+    >>> folder.paths                                        # doctest: +SKIP
+    {'part-00000': 'dumps/day1/part-00000.parquet', ...}
+
+    Raises
+    ------
+    InfrastructureError
+        The disk or the object store failed (full, read-only, unreachable).
+    """
+
+    def __init__(self, out: str, storage_options: dict[str, Any] | None = None) -> None:
+        self.out = out
+        self._fs, path = filesystem(out, storage_options)
+        self._local = is_local(self._fs)
+        self._target = str(Path(path).absolute()) if self._local else path.rstrip("/")
+        self._staging: Path | None = None
+        self._entries: dict[str, dict[str, Any]] = {}  # file name -> its manifest entry, in the order first written
+        self._files: dict[str, str] = {}  # table or file name -> file name
+        self.paths: dict[str, str] = {}  # table or file name -> path, once published
+
+    def __enter__(self) -> StagedFolder:
+        with _write_failures(self.out):
+            if self._local:
+                out = Path(self._target)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                recover_leftovers(out)
+                staging = _sibling(out, _STAGING)
+                staging.mkdir()
+            else:
+                staging = Path(tempfile.mkdtemp(prefix="xent-staging-"))
+        self._staging = staging
+        return self
+
+    def write_table(self, name: str, table: pa.Table) -> None:
+        """Stage `table` as ``<name>.parquet`` (page checksums on); a second call with the
+        same name replaces it."""
+        self._stage(f"{name}.parquet", name, lambda handle: pq.write_table(table, handle, **PARQUET_OPTIONS))
+
+    def write_file(self, name: str, data: bytes) -> None:
+        """Stage `data` as the file `name` (``report.html``, say)."""
+        self._stage(name, name, lambda handle: handle.write(data))
+
+    def read_table(self, name: str) -> pa.Table:
+        """The table staged as ``<name>.parquet``."""
+        return pq.read_table(self._staging_path() / self._files[name])
+
+    def _stage(self, file: str, name: str, write: Callable[[IO[bytes]], object]) -> None:
+        if file == MANIFEST:
+            raise ValueError(f"{MANIFEST} is written by the folder itself")
+        with _write_failures(self.out):
+            written = _write_synced(self._staging_path() / file, write)
+        self._entries[file] = {"file": file, "bytes": written.size, "sha256": written.sha256.hexdigest()}
+        self._files[name] = file
+
+    def _staging_path(self) -> Path:
+        if self._staging is None:
+            raise RuntimeError("StagedFolder is written inside a `with` block")
+        return self._staging
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        staging = self._staging_path()
+        try:
+            if error_type is None:
+                manifest = _manifest(list(self._entries.values()))
+                with _write_failures(self.out):
+                    if self._local:
+                        _publish_local(staging, Path(self._target), self.out, manifest)
+                        self.paths = {name: str(Path(self._target) / file) for name, file in self._files.items()}
+                    else:
+                        _publish_object_store(staging, self._fs, self._target, self.out, list(self._entries), manifest)
+                        self.paths = {name: self._fs.unstrip_protocol(f"{self._target}/{file}")
+                                      for name, file in self._files.items()}
+        finally:
+            if staging.exists():  # after a swap, the old report; after an error, the new one
+                shutil.rmtree(staging, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -77,14 +174,40 @@ def _write_failures(target: str) -> Iterator[None]:
         raise failure from error
 
 
-def _parquet_bytes(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    pq.write_table(table, sink, **PARQUET_OPTIONS)
-    return sink.getvalue()
+class _Hashing(io.RawIOBase):
+    """A file being written, and the size and SHA-256 of what was written to it (so that
+    a table goes to disk without its Parquet bytes ever held whole in memory)."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        super().__init__()
+        self.handle, self.sha256, self.size = handle, hashlib.sha256(), 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.handle.write(data)
+        self.sha256.update(data)
+        size = memoryview(data).nbytes
+        self.size += size
+        return size
+
+    def tell(self) -> int:
+        return self.size
 
 
-def _manifest(files: dict[str, bytes]) -> bytes:
-    entries = [{"file": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()} for name, data in files.items()]
+def _write_synced(target: Path, write: Callable[[IO[bytes]], object]) -> _Hashing:
+    """`target` written by `write` and fsynced; its size and hash."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target, "wb") as handle:
+        hashing = _Hashing(handle)
+        write(hashing)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return hashing
+
+
+def _manifest(entries: list[dict[str, Any]]) -> bytes:
     return json.dumps(
         {"format": "xent-report/1", "written_at": dt.datetime.now(dt.timezone.utc).isoformat(), "files": entries},
         indent=1,
@@ -104,33 +227,15 @@ def read_manifest(out: str, storage_options: dict[str, Any] | None = None) -> di
 # --------------------------------------------------------------------------- local folders
 
 
-def _write_local(tables: dict[str, pa.Table], out: Path, label: str, extra: dict[str, bytes]) -> dict[str, str]:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    recover_leftovers(out)
-    staging = _sibling(out, _STAGING)
-    staging.mkdir()
-    try:
-        files = {f"{name}.parquet": _parquet_bytes(table) for name, table in tables.items()} | extra
-        files[MANIFEST] = _manifest(files)  # last: its presence says the folder is complete
-        for name, data in files.items():
-            target = staging / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with open(target, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-        _fsync_dir(staging)
-        with _interrupts_deferred():
-            retired = _swap_into_place(staging, out)
-            committed.append(label)
-            _fsync_dir(out.parent)
-            if retired is not None:
-                shutil.rmtree(retired, ignore_errors=True)
-    except BaseException:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return {name: str(out / f"{name}.parquet") for name in tables} | {name: str(out / name) for name in extra}
+def _publish_local(staging: Path, out: Path, label: str, manifest: bytes) -> None:
+    _write_synced(staging / MANIFEST, lambda handle: handle.write(manifest))  # last: its presence says the folder is complete
+    _fsync_dir(staging)
+    with _interrupts_deferred():
+        retired = _swap_into_place(staging, out)
+        committed.append(label)
+        _fsync_dir(out.parent)
+        if retired is not None:
+            shutil.rmtree(retired, ignore_errors=True)
 
 
 def _sibling(out: Path, role: str) -> Path:
@@ -241,23 +346,19 @@ def _interrupts_deferred() -> Iterator[None]:
 # --------------------------------------------------------------------------- object stores
 
 
-def _write_object_store(tables: dict[str, pa.Table], fs, root: str, label: str,
-                        extra: dict[str, bytes]) -> dict[str, str]:
+def _publish_object_store(staging: Path, fs, root: str, label: str, files: list[str], manifest: bytes) -> None:
     manifest_path = f"{root}/{MANIFEST}"
     if fs.exists(manifest_path):
         fs.rm(manifest_path)  # from here on, readers see an incomplete report, never a mix
-    files = {f"{name}.parquet": _parquet_bytes(table) for name, table in tables.items()} | extra
-    for name, data in files.items():
-        fs.pipe_file(f"{root}/{name}", data)
-    fs.pipe_file(manifest_path, _manifest(files))
+    for name in files:  # one file in memory at a time
+        fs.pipe_file(f"{root}/{name}", (staging / name).read_bytes())
+    fs.pipe_file(manifest_path, manifest)
     committed.append(label)
     # Files of an older report that this one does not have (bad_shards, say) are removed.
     stale = [p for p in fs.find(root) if p.endswith((".parquet", ".html")) and p[len(root) + 1 :] not in files]
     if stale:
         fs.rm(stale)
     fs.invalidate_cache(root)
-    return ({name: fs.unstrip_protocol(f"{root}/{name}.parquet") for name in tables}
-            | {name: fs.unstrip_protocol(f"{root}/{name}") for name in extra})
 
 
 def add_file(out: str, name: str, data: bytes, storage_options: dict[str, Any] | None = None) -> str:
