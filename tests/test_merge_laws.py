@@ -204,7 +204,8 @@ def _token_stats(rows: Rows) -> TokenStats:
         positions=rows.ids[keep] % 37, buckets=rows.buckets[keep], n_buckets=K, n_bins=N_BINS,
         topk_offsets=np.arange(0, k * keep.sum() + 1, k), topk_ids=top[keep].reshape(-1),
         topk_logprobs=np.take_along_axis(log_probs, top, axis=1)[keep].reshape(-1),
-        doc_hashes=splitmix64(rows.ids[keep] // 4))  # documents of four rows, across shards
+        doc_hashes=splitmix64(rows.ids[keep] // 4),  # documents of four rows, across shards
+        source=f"rows-{rows.ids[0] // 8}" if len(rows.ids) else "")  # a file's name: shards near the start share it
     assert bad == -1, (bad, column, reason)
     return state
 
@@ -212,7 +213,9 @@ def _token_stats(rows: Rows) -> TokenStats:
 def _token_bits(state: TokenStats) -> dict[str, Any]:
     names = ("cells", "cells_comp", "ece", "ece_comp", "text_counts", "nonfinite", "ignored", "token_sums", "token_rank1",
              "token_listed")
-    documents = {f"documents.{name}": getattr(state.documents, name) for name in ("slice", "hash", "n", "ce", "ce_comp")}
+    documents = {f"documents.{name}": getattr(state.documents, name)
+                 for name in ("slice", "hash", "n", "ce", "ce_comp", "tokens", "first", "last", "first_source",
+                              "last_source", "sources")}
     return {"keys": state.slice_keys, **{name: getattr(state, name) for name in names}, **documents}
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -474,3 +475,53 @@ def test_long_documents_are_read_a_bounded_number_of_tokens_at_a_time(tmp_path, 
     documents = evaluate(tmp_path / "docs", kind="tokens", client=client)
     rows = evaluate(tmp_path / "rows", kind="tokens", client=client)
     assert_same_tables(rows, documents)
+
+
+def by_document(folder: Path, table: pa.Table, shards: int) -> Path:
+    """`table` in `shards` files, each document's rows whole in one, as dumps are written."""
+    folder.mkdir(parents=True)
+    for i in range(shards):
+        pq.write_table(table.filter(pa.array(table.column("doc_id").to_numpy() % shards == i)),
+                       folder / f"part-{i}.parquet")
+    return folder
+
+
+@pytest.mark.slow
+def test_a_shard_listed_twice_is_named_and_nothing_is_written(tmp_path, client, data):
+    """The usual cause of a position repeated within a document: a shard copied under a
+    second name. Each file is fine alone; where their states merge, the documents'
+    positions are found twice, and the run stops naming both files (with
+    on_bad_shard skip too: neither file is the bad one)."""
+    folder = by_document(tmp_path / "dump", token_rows_table(data), 3)
+    clean = evaluate(folder, kind="tokens", client=client).summary.iloc[-1]
+    assert (clean["tokens"], clean["documents"]) == (len(data["doc"]), len(np.unique(data["doc"])))
+    shutil.copy(folder / "part-1.parquet", folder / "part-1-copy.parquet")
+    result = run_cli(["eval", str(folder), "--kind", "tokens", "--out", str(tmp_path / "out"), "--no-prefect"])
+    assert result.returncode == 1, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert re.search(r"part-1-copy\.parquet and \S+part-1\.parquet: column 'position': the document with key hash "
+                     r"0x[0-9a-f]{16} has position \d+ twice \(a shard listed twice, or a document written to two "
+                     r"shards\?\); list each shard once, or find the repeats with SELECT doc_id, position, count\(\*\)",
+                     result.stderr), result.stderr
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(DataError, match="part-1-copy.parquet and .* twice"):
+        evaluate(folder, kind="tokens", client=client, on_bad_shard="skip")
+
+
+def test_a_document_twice_in_the_documents_layout_or_in_one_file_is_named(tmp_path, client, data, monkeypatch):
+    """A documents-layout shard copied: its documents' rows twice. A file holding the same
+    token rows twice, read in two batches: the repeat is found as the batches fold
+    into the piece's state, and named at that file."""
+    import flows.inputs.tokens as tokens_module
+
+    docs = by_document(tmp_path / "docs", documents_table(data), 2)
+    shutil.copy(docs / "part-0.parquet", docs / "part-0-copy.parquet")
+    with pytest.raises(DataError, match=r"part-0-copy.parquet and \S+part-0.parquet: two rows of one document: .* "
+                                        r"twice .* SELECT doc_id, count\(\*\) FROM <dump> GROUP BY doc_id HAVING"):
+        evaluate(docs, kind="tokens", client=client)
+    table = token_rows_table(data).slice(0, 200)
+    (tmp_path / "one").mkdir()
+    pq.write_table(pa.concat_tables([table, table]), tmp_path / "one" / "part-0.parquet", row_group_size=200)
+    monkeypatch.setattr(tokens_module, "BATCH_TOKENS", 200)
+    with pytest.raises(DataError, match=r"\S+/part-0.parquet: column 'position': the document .* twice"):
+        evaluate(tmp_path / "one", kind="tokens", client=client)

@@ -175,15 +175,17 @@ def _document_metrics(state: "TokenState", scale: float, level: float) -> dict[s
     geometric and arithmetic means of per-document perplexity, with jackknife intervals
     (a document's bucket is its hash modulo K, as its tokens')."""
     table, s, k = state.documents, len(state.slice_keys), state.n_buckets
-    ce = table.ce + table.ce_comp
+    scored = table.n > 0  # a document whose every token has an infinite CE is left out, as those tokens are
+    doc_slices, doc_hashes, doc_n = table.slice[scored], table.hash[scored], table.n[scored]
+    ce = (table.ce + table.ce_comp)[scored]
     # over all slices a document counts once, with its tokens of every slice
-    order = np.argsort(table.hash, kind="stable")
-    hashes = table.hash[order]
+    order = np.argsort(doc_hashes, kind="stable")
+    hashes = doc_hashes[order]
     start = np.flatnonzero(np.concatenate([[True], hashes[1:] != hashes[:-1]])) if len(hashes) else np.zeros(0, np.int64)
     overall_ce = sum(grouped_sums(ce[order], start))
-    overall_n = np.add.reduceat(table.n[order], start) if len(start) else np.zeros(0, np.int64)
+    overall_n = np.add.reduceat(doc_n[order], start) if len(start) else np.zeros(0, np.int64)
     sums = np.zeros((s + 1, k, 3))  # per (slice, bucket): documents, Σ mean CE, Σ perplexity
-    for rows, n, doc_ce, doc_hash in ((table.slice, table.n, ce, table.hash),
+    for rows, n, doc_ce, doc_hash in ((doc_slices, doc_n, ce, doc_hashes),
                                       (np.full(len(start), s), overall_n, overall_ce, hashes[start])):
         mean = doc_ce / np.maximum(n, 1)
         bucket = (doc_hash % np.uint64(k)).astype(np.int64)

@@ -39,12 +39,12 @@ import numpy as np
 from ._numba import strict_kernel
 from .intervals import DEFAULT_LEVEL
 from .merge_rules import two_sum
-from .token_documents import DocumentTable, batch_documents, neumaier
+from .token_documents import DocumentTable, RepeatedPosition, batch_documents, neumaier
 from .token_report import TOKEN_FIELDS, TokenReport
 
 __all__ = [
-    "ABSENT_LOGPROB", "DEFAULT_POSITION_EDGES", "LOGPROB_TOLERANCE", "TokenStats", "add_text_counts",
-    "token_stats_partial",
+    "ABSENT_LOGPROB", "DEFAULT_POSITION_EDGES", "LOGPROB_TOLERANCE", "RepeatedPosition", "TokenStats",
+    "add_text_counts", "token_stats_partial",
 ]
 
 ABSENT_LOGPROB = -9999.0
@@ -271,7 +271,9 @@ class TokenStats:
 
     @classmethod
     def merge(cls, *states: Self) -> Self:
-        """One state of all `states`; commutative bit for bit (two_sum is symmetric)."""
+        """One state of all `states`; commutative bit for bit (two_sum is symmetric).
+        Raises RepeatedPosition when two states hold a position of a document twice,
+        as far as their document tables can tell (:class:`DocumentTable`)."""
         first = states[0]
         if any(state._shape() != first._shape() for state in states):
             raise ValueError("cannot merge token states of different position buckets, buckets, bins or topk")
@@ -317,6 +319,7 @@ def token_stats_partial(
     count_nonfinite: bool = False,
     ignored: np.ndarray | None = None,
     doc_hashes: np.ndarray | None = None,
+    source: str = "",
     into: TokenStats | None = None,
 ) -> tuple[TokenStats, int, str, str]:
     """The state of a batch of scored tokens.
@@ -324,10 +327,14 @@ def token_stats_partial(
     Returns the state and, for the first bad token, its row, column and reason
     (-1, "", "" when every token is valid; the state is then of no use). `ignored`
     (per slice) counts tokens left out before the call (a null target or log-prob).
-    `doc_hashes` (each token's document key hash) gives the per-document figures.
+    `doc_hashes` (each token's document key hash) gives the per-document figures;
+    `source` names the batch's file there, for the message of a position repeated
+    across files.
     With `into` (a state of the same options) the batch is folded into it, in place
     when it already holds the batch's slices and ids, and that state is returned: a
-    piece's batches then share one state instead of one each, merged.
+    piece's batches then share one state instead of one each, merged. A position
+    of a document in this batch and in one folded `into` before raises
+    RepeatedPosition, as ``TokenStats.merge`` does (when the document table can tell).
     """
     n = len(target)
     largest = int(target.max()) if n else -1
@@ -379,7 +386,8 @@ def token_stats_partial(
         state.ignored[slice_map] += ignored
     if doc_hashes is not None:
         doc_slices = np.full(n, slice_map[0]) if slice_ids is None else slice_map[slice_ids]
-        documents, again = batch_documents(doc_slices, doc_hashes, positions, target_logprob.astype(np.float64, copy=False))
+        documents, again = batch_documents(doc_slices, doc_hashes, positions,
+                                           target_logprob.astype(np.float64, copy=False), source)
         if again >= 0:
             return state, again, *REASONS[11]
         state = replace(state, documents=DocumentTable.merge_two(state.documents, documents))

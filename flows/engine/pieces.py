@@ -11,6 +11,7 @@ O(slices × classes).
 from __future__ import annotations
 
 import functools
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -20,7 +21,7 @@ import pyarrow as pa
 from xent_kernels import ClassStats, class_stats_partial, find_invalid_row
 from xent_kernels.hashing import content_buckets, key_buckets
 from xent_kernels.mergeable import merge_states
-from xent_kernels.tokens import TokenStats, add_text_counts, token_stats_partial
+from xent_kernels.tokens import RepeatedPosition, TokenStats, add_text_counts, token_stats_partial
 
 from ..config import EvalConfig
 from ..kinds import TOKENS
@@ -197,13 +198,14 @@ def _piece_token_stats(piece: Piece, spec: TokenSpec, data: Any = None) -> Token
 
 
 def _token_batch_stats(into: TokenStats, batch: TokenBatch, file: InputFile, spec: TokenSpec) -> TokenStats:
-    with phase("kernel"):
+    with phase("kernel"), repeats_as_data_errors(spec):
         state, bad, column, reason = token_stats_partial(
             batch.target, batch.target_logprob, slice_ids=batch.slice_ids, slice_keys=batch.slice_keys,
             positions=batch.position, buckets=batch.buckets, target_bytes=batch.target_bytes,
             topk_offsets=batch.topk_offsets, topk_ids=batch.topk_ids, topk_logprobs=batch.topk_logprobs,
             vocab_size=spec.columns.vocab_size or 0, count_nonfinite=spec.on_nonfinite == "count",
-            ignored=batch.ignored, doc_hashes=batch.doc_hashes, into=into, **spec.state_options(),
+            ignored=batch.ignored, doc_hashes=batch.doc_hashes, source=file.url, into=into,
+            **spec.state_options(),
         )
     if bad >= 0:
         name = getattr(spec.columns, f"{column}_col")
@@ -217,6 +219,28 @@ def _token_batch_stats(into: TokenStats, batch: TokenBatch, file: InputFile, spe
         docs = batch.documents
         state = add_text_counts(state, docs["slice_ids"], docs["buckets"], docs["n_bytes"], docs["n_words"])
     return state
+
+
+@contextmanager
+def repeats_as_data_errors(spec: ReadSpec | TokenSpec) -> Iterator[None]:
+    """A position repeated within a document, found when token states merge
+    (xent_kernels' RepeatedPosition), as a DataError: one line saying what was found,
+    in which files, and how to find the rows."""
+    try:
+        yield
+    except RepeatedPosition as error:
+        c = spec.columns
+        key = ", ".join(spec.doc_cols)
+        if spec.layout == "token_rows":
+            where, group = f"column '{c.position_col}'", f"{key}, {c.position_col}"
+        else:  # a document's positions follow from its rows: a repeat is in two of them
+            where, group = "two rows of one document", key
+        files = " and ".join(name for name in error.sources if name) or "the dump"
+        raise DataError(
+            f"{files}: {where}: {error} (a shard listed twice, or a document written to two shards?); list each "
+            f"shard once, or find the repeats with SELECT {group}, count(*) FROM <dump> GROUP BY {group} HAVING "
+            "count(*) > 1"
+        ) from None
 
 
 def _looks_like_probabilities(pred: np.ndarray, rows: int = 4096) -> bool:

@@ -26,7 +26,7 @@ from ..kinds import TOKENS
 from .cluster import STALL_TIMEOUT, map_all, map_reduce
 from .pieces import (
     BadShard, FileInfo, Piece, PieceResult, evaluate_piece, first_readable_spec, inspect_file, inspect_partition,
-    plan_pieces, resolve_any_spec,
+    plan_pieces, repeats_as_data_errors, resolve_any_spec,
 )
 from .progress import Progress
 
@@ -192,11 +192,12 @@ def reduce_pieces(client: Client, config: EvalConfig, spec: ReadSpec, pieces: Se
                 if data is not None:
                     data[i] = None
 
-            total = map_reduce(
-                client, evaluate_piece, *iterables, split_every=config.split_every,
-                stall_timeout=config.stall_timeout, on_done=done, **constants,
-            )
-            result = PieceResult.merge(total, result)
+            with repeats_as_data_errors(spec):  # raised where pieces' states merge, on the workers
+                total = map_reduce(
+                    client, evaluate_piece, *iterables, split_every=config.split_every,
+                    stall_timeout=config.stall_timeout, on_done=done, **constants,
+                )
+                result = PieceResult.merge(total, result)
     if result.probability_like:
         log.warning("%s", probability_warning(result.probability_like))
     return result
