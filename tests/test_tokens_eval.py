@@ -392,18 +392,6 @@ def test_a_vocabulary_names_the_tokens_and_given_counts_rank_them(tmp_path, clie
         evaluate(folder, kind="tokens", client=client, tokens={"vocab": str(bad)})
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("command", [["compare", "--baseline"], ["drift", "--reference"]])
-def test_drift_and_compare_of_token_dumps_say_they_are_not_there_yet(tmp_path, data, command):
-    folder = write_shards(tmp_path / "dump", token_rows_table(data), 1)
-    other = "--candidate" if command[0] == "compare" else "--current"
-    result = run_cli([*command, str(folder), other, str(folder), "--kind", "tokens", "--out", str(tmp_path / "out"),
-                      "--no-prefect"])
-    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert f"{command[0]} of token dumps is not there yet" in result.stderr
-    assert not (tmp_path / "out").exists()
-
-
 def test_tokens_without_a_target_or_log_prob_are_counted_and_left_out(tmp_path, client, data):
     table = token_rows_table(data)
     missing = np.zeros(table.num_rows, dtype=bool)
