@@ -65,6 +65,8 @@ def _divergences(kind: str, what: str) -> tuple[DriftStatistic, ...]:
     )
 
 
+TOP1_IDS = 100  # token dumps: the predicted top-1 marginal's bins, one per id, and one for the rest
+
 DRIFT_STATISTICS: tuple[DriftStatistic, ...] = (
     DriftStatistic("kl_per_sample", "mean KL(reference‖current) over rows joined on the key columns; per class too "
                    "(`kl_mean`), with `n_infinite_kl`", per_class=True, per_sample=True),
@@ -74,6 +76,11 @@ DRIFT_STATISTICS: tuple[DriftStatistic, ...] = (
     DriftStatistic("kl_lower_bound_per_token", "mean per token of a lower bound of KL(reference‖current), from the "
                    "top-k lists, over tokens joined on document key and position (the same prompts scored twice); "
                    "`n`: the tokens with a bound", per_sample=True, kinds="tokens"),
+    *(DriftStatistic(f"top1_marginal_{name}", f"{what} of the predicted top-1 token ids (the listed id or the target "
+                     f"with the largest log-prob): the reference's {TOP1_IDS} most predicted ids and one bin for the rest, "
+                     "smoothed (drift.smoothing); over all slices only", overall_only=True, kinds="tokens")
+      for name, what in (("kl", "KL(reference‖current)"), ("js", "Jensen-Shannon divergence"),
+                         ("psi", "population stability index"))),
     DriftStatistic("ce_shift", "token-weighted cross-entropy of the current dump minus the reference's", kinds="tokens"),
     DriftStatistic("position_ce_shift_max", "the largest increase of token-weighted cross-entropy over position "
                    "buckets with at least drift.min_bucket_tokens tokens on both sides", kinds="tokens"),

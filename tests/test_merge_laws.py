@@ -212,7 +212,7 @@ def _token_stats(rows: Rows) -> TokenStats:
 
 def _token_bits(state: TokenStats) -> dict[str, Any]:
     names = ("cells", "cells_comp", "ece", "ece_comp", "text_counts", "nonfinite", "ignored", "token_sums", "token_rank1",
-             "token_listed")
+             "token_listed", "token_top1")
     documents = {f"documents.{name}": getattr(state.documents, name)
                  for name in ("slice", "hash", "n", "ce", "ce_comp", "tokens", "first", "last", "first_source",
                               "last_source", "sources")}

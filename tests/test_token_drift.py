@@ -77,3 +77,21 @@ def test_thresholds_of_the_other_kind_are_refused():
         flows.drift("a", "b", kind="tokens", drift={"thresholds": {"marginal_js": 0.1}})
     with pytest.raises(UsageError, match="not measured on classifier predictions"):
         flows.drift("a", "b", drift={"thresholds": {"ce_shift": 0.1}})
+
+
+@pytest.mark.slow
+def test_predicted_top1_marginal_against_scipy(dumps):
+    m, reference, current = dumps
+    got = values(flows.drift(reference, current, kind="tokens", drift={"smoothing": 1e-4, "per_sample": False}))
+    # each side's top-k list is its own k best, so its predicted top-1 is the dense argmax
+    ref = np.bincount(np.argmax(m["teacher"], axis=1), minlength=25).astype(float)
+    cur = np.bincount(np.argmax(m["student"], axis=1), minlength=25).astype(float)
+    seen = ref > 0  # fewer than 100 ids: a bin each, and the "other" bin holds the ids the reference never predicted
+    ref, cur = np.append(ref[seen], ref[~seen].sum()), np.append(cur[seen], cur[~seen].sum())
+    r, c = ((h / h.sum() + 1e-4) / (1 + len(h) * 1e-4) for h in (ref, cur))
+    from scipy.special import rel_entr
+    from scipy.spatial.distance import jensenshannon
+
+    assert_allclose(got[("top1_marginal_kl", None)], rel_entr(r, c).sum(), rtol=1e-10)
+    assert_allclose(got[("top1_marginal_js", None)], jensenshannon(r, c) ** 2, rtol=1e-10)
+    assert_allclose(got[("top1_marginal_psi", None)], ((c - r) * np.log(c / r)).sum(), rtol=1e-10)

@@ -246,3 +246,16 @@ def test_folding_batches_into_one_state_gives_the_merge_of_their_states():
         for name, values in getattr(merged, table).items():
             np.testing.assert_allclose(getattr(whole, table)[name], values, rtol=1e-12, equal_nan=True,
                                        err_msg=f"{table}.{name}")
+
+
+def test_predicted_top1_counts_against_numpy():
+    # the predicted top-1 id of a token: the best of its listed ids and its target (ties: the smallest id)
+    data = random_tokens(31, n=800)
+    offsets = np.concatenate([[0], np.cumsum([len(ids) for ids in data["ids"]])])
+    state, bad, _, _ = token_stats_partial(
+        data["target"], data["target_logprob"], positions=data["position"], topk_offsets=offsets,
+        topk_ids=np.concatenate(data["ids"]), topk_logprobs=np.concatenate(data["lps"]))
+    assert bad == -1
+    expected = np.bincount([ids[np.argmax(lps)] for ids, lps in zip(data["ids"], data["lps"])],
+                           minlength=state.vocab)
+    assert np.array_equal(state.token_top1, expected)

@@ -81,7 +81,7 @@ def _add(sums, comps, row, col, x):
 @strict_kernel
 def _token_pass(slice_ids, slice_map, positions, edges, bucket, target, logprob, n_bytes, offsets, ids, lps,
                 has_slices, has_buckets, has_bytes, has_topk, topk, vocab_size, count_nonfinite, n_buckets, cells,
-                cells_comp, ece, ece_comp, token_sums, token_rank1, token_listed, nonfinite, n_bins, stamp):
+                cells_comp, ece, ece_comp, token_sums, token_rank1, token_listed, token_top1, nonfinite, n_bins, stamp):
     """Fold a batch of tokens into the state arrays; returns (first bad row, reason code)
     or (-1, 0). A token's group is its slice (`slice_map` of its batch slice id) times
     the position buckets plus its position's bucket (the last of `edges` at or below
@@ -132,6 +132,7 @@ def _token_pass(slice_ids, slice_map, positions, edges, bucket, target, logprob,
         listed = False
         greater = 0
         best = lp
+        best_id = t
         known_mass = 0.0
         plogp = 0.0
         entries = 0
@@ -157,8 +158,9 @@ def _token_pass(slice_ids, slice_map, positions, edges, bucket, target, logprob,
                 v = lp  # the target's own log-prob stands for its entry
             elif v > lp:
                 greater += 1
-            if v > best:
+            if v > best or (v == best and u < best_id):  # ties: the smallest id
                 best = v
+                best_id = u
             p = math.exp(v)
             known_mass += p
             if p > 0.0:
@@ -178,6 +180,7 @@ def _token_pass(slice_ids, slice_map, positions, edges, bucket, target, logprob,
         rank = greater + 1
         _add(cells, cells_comp, row, 3, 1.0)
         token_listed[t] += 1
+        token_top1[best_id] += 1
         if listed and rank == 1:
             _add(cells, cells_comp, row, 4, 1.0)
             token_rank1[t] += 1
@@ -225,6 +228,7 @@ class TokenStats:
     token_sums: np.ndarray  # (V, K, 3) float64: tokens, CE sum, its compensation (one cache line a token)
     token_rank1: np.ndarray  # (V,) int64
     token_listed: np.ndarray  # (V,) int64
+    token_top1: np.ndarray  # (V,) int64: tokens whose predicted top-1 (listed or target) is this id
     documents: DocumentTable
     has_bytes: bool = False
     has_text_counts: bool = False
@@ -245,7 +249,8 @@ class TokenStats:
             np.zeros((s, k, n_bins, 3)), np.zeros((s, k, n_bins, 3)), np.zeros((s, k, 2), dtype=np.int64),
             np.zeros(s, dtype=np.int64), np.zeros(s, dtype=np.int64),
             np.zeros((vocab, k, 3)),
-            np.zeros(vocab, dtype=np.int64), np.zeros(vocab, dtype=np.int64), DocumentTable.empty(), bool(has_bytes),
+            np.zeros(vocab, dtype=np.int64), np.zeros(vocab, dtype=np.int64), np.zeros(vocab, dtype=np.int64),
+            DocumentTable.empty(), bool(has_bytes),
             bool(has_text_counts),
         )
 
@@ -261,7 +266,7 @@ class TokenStats:
             full = np.zeros((len(keys), *mine.shape[1:]), dtype=mine.dtype)
             full[rows] = mine
             out[name] = full
-        for name in ("token_sums", "token_rank1", "token_listed"):
+        for name in ("token_sums", "token_rank1", "token_listed", "token_top1"):
             mine = getattr(self, name)
             full = np.zeros((vocab, *mine.shape[1:]), dtype=mine.dtype)
             full[: mine.shape[0]] = mine
@@ -287,7 +292,7 @@ class TokenStats:
             mine, theirs = total["token_sums"], y["token_sums"]  # mine: a copy, _on's
             mine[..., 1], mine[..., 2] = two_sum(mine[..., 1], mine[..., 2], theirs[..., 1], theirs[..., 2])
             mine[..., 0] += theirs[..., 0]
-            for name in ("text_counts", "nonfinite", "ignored", "token_rank1", "token_listed"):
+            for name in ("text_counts", "nonfinite", "ignored", "token_rank1", "token_listed", "token_top1"):
                 total[name] = total[name] + y[name]
             total["documents"] = DocumentTable.merge_two(total["documents"], y["documents"])
         return cls(keys, first.position_edges, first.n_buckets, first.n_bins, first.topk, **total,
@@ -342,7 +347,14 @@ def token_stats_partial(
         row = int(np.flatnonzero(target >= MAX_UNDECLARED_VOCAB)[0])
         return TokenStats.empty(slice_keys=slice_keys, position_edges=position_edges, n_buckets=n_buckets),\
             row, "target", f"token id {largest} at or above {MAX_UNDECLARED_VOCAB}: declare vocab_size"
-    vocab = max(int(vocab_size), largest + 1)
+    has_topk = topk_offsets is not None
+    largest_listed = int(topk_ids.max()) if has_topk and len(topk_ids) else 0
+    if vocab_size <= 0 and largest_listed >= MAX_UNDECLARED_VOCAB:
+        row = int(np.searchsorted(topk_offsets, np.argmax(topk_ids >= MAX_UNDECLARED_VOCAB), side="right") - 1)
+        return TokenStats.empty(slice_keys=slice_keys, position_edges=position_edges, n_buckets=n_buckets),\
+            row, "topk_ids", f"token id {largest_listed} at or above {MAX_UNDECLARED_VOCAB}: declare vocab_size"
+    # listed ids count too: a predicted top-1 may be an id no target has
+    vocab = max(int(vocab_size), largest + 1, largest_listed + 1 if has_topk and len(topk_ids) else 0)
     keys = tuple(tuple(key) for key in slice_keys)
     if into is not None and set(into.slice_keys).issuperset(keys) and into.vocab >= vocab:
         state = into if target_bytes is None or into.has_bytes else replace(into, has_bytes=True)
@@ -358,11 +370,6 @@ def token_stats_partial(
     # views: the kernel adds into the state's own arrays
     cells, cells_comp = _flat_view(state.cells, len(TOKEN_FIELDS)), _flat_view(state.cells_comp, len(TOKEN_FIELDS))
     ece, ece_comp = _flat_view(state.ece, 3), _flat_view(state.ece_comp, 3)
-    has_topk = topk_offsets is not None
-    largest_listed = int(topk_ids.max()) if has_topk and len(topk_ids) else 0
-    if vocab_size <= 0 and largest_listed >= MAX_UNDECLARED_VOCAB:
-        row = int(np.searchsorted(topk_offsets, np.argmax(topk_ids >= MAX_UNDECLARED_VOCAB), side="right") - 1)
-        return state, row, "topk_ids", f"token id {largest_listed} at or above {MAX_UNDECLARED_VOCAB}: declare vocab_size"
     stamp = np.full(max(largest_listed, 0) + 1 if has_topk else 1, -1, dtype=np.int64)
     empty_i = np.zeros(1, dtype=np.int64)
     nonfinite_groups = np.zeros(s * p, dtype=np.int64)
@@ -377,7 +384,7 @@ def token_stats_partial(
         topk_logprobs.astype(np.float64, copy=False) if has_topk else np.zeros(1),
         slice_ids is not None, buckets is not None, target_bytes is not None, has_topk, int(topk), int(vocab_size),
         bool(count_nonfinite), int(n_buckets), cells, cells_comp, ece, ece_comp, state.token_sums, state.token_rank1,
-        state.token_listed, nonfinite_groups, int(n_bins), stamp,
+        state.token_listed, state.token_top1, nonfinite_groups, int(n_bins), stamp,
     )
     if row >= 0:
         return state, int(row), *REASONS[int(code)]

@@ -4,6 +4,10 @@ against a reference dump.
 Per slice and overall, in the config's units, each checked against its threshold as
 classifier drift is (:mod:`flows.monitor.drift`):
 
+* ``top1_marginal_kl``, ``_js``, ``_psi``: of the predicted top-1 ids (with top-k
+  lists on both sides), over the reference's ``TOP1_IDS`` most predicted ids and one bin
+  for the rest (a vocabulary-wide histogram would drown in its smoothing), over all
+  slices only (the state counts top-1 ids per id, not per slice and id);
 * ``ce_shift``: the token-weighted CE of the current dump minus the reference's;
 * ``position_ce_shift_max``: the largest such increase over the position buckets, and
   ``frequency_ce_shift_max`` over the frequency buckets of the targets ranked by the
@@ -15,9 +19,11 @@ classifier drift is (:mod:`flows.monitor.drift`):
   KL(reference‖current) from the top-k lists (:mod:`xent_kernels.token_pairs`), with the
   join's counts.
 
-``drift_distributions`` holds the per-bucket values compared: kind ``position_ce`` or
+``drift_distributions`` holds the values compared: kind ``position_ce`` or
 ``frequency_ce``, ``bin`` the bucket, [``lo``, ``hi``] its first and last position or
-rank (``hi`` null: open), ``weight`` the side's token-weighted CE in nats there.
+rank (``hi`` null: open), ``weight`` the side's token-weighted CE in nats there; kind
+``top1_marginal``, ``lo`` the bin's token id (null: the other ids), ``weight`` the
+side's tokens predicting it.
 """
 
 from __future__ import annotations
@@ -28,9 +34,11 @@ from typing import Any
 import numpy as np
 from distributed import Client
 
+from xent_kernels.drift import histogram_divergences
 from xent_kernels.token_report import TokenReport
 
 from ..config import DriftConfig
+from ..drift_statistics import TOP1_IDS
 from ..engine import Evaluation, Progress
 from ..report.metric_values import MetricKey, MetricValue
 from .sides import evaluate_sides, join_evaluated
@@ -108,6 +116,14 @@ def token_drift_values(config: DriftConfig, client: Client, progress: Progress |
             for side, by_bucket in (("reference", (reference_side or {}).get(kind, {})), ("current", current_side[kind])):
                 entries += [{"key": key, "side": side, "kind": f"{kind}_ce", "bin": edges.index(edge), "lo": edge,
                              "hi": _last(edge, edges), "weight": ce} for edge, (ce, _) in sorted(by_bucket.items())]
+    top1 = {name: evaluations[name].result.stats.token_top1 for name in SIDES}
+    if top1["reference"].sum() and top1["current"].sum():  # both have top-k lists
+        ids, bins = top1_bins(top1["reference"], top1["current"])
+        values += [MetricValue(MetricKey(f"top1_marginal_{name}"), value)
+                   for name, value in histogram_divergences(*bins, settings.smoothing).items()]
+        entries += [{"key": None, "side": side, "kind": "top1_marginal", "bin": i, "lo": None if i == len(ids) else ids[i],
+                     "hi": None, "weight": float(weight)} for side, counts_of in zip(SIDES, bins)
+                    for i, weight in enumerate(counts_of)]
     if settings.per_sample:
         pairing = token_pairing(SIDES, counts)
         spec = evaluations["current"].spec
@@ -122,6 +138,16 @@ def token_drift_values(config: DriftConfig, client: Client, progress: Progress |
                 values.append(MetricValue(MetricKey("kl_lower_bound_per_token", key),
                                           float(rows["kl_lower_bound_mean"][i]), n=int(rows["kl_tokens"][i])))
     return values, entries, evaluations["reference"], evaluations["current"]
+
+
+def top1_bins(reference: np.ndarray, current: np.ndarray) -> tuple[list[int], tuple[np.ndarray, np.ndarray]]:
+    """The ids of the predicted top-1 marginal's bins (the reference's `TOP1_IDS` most
+    predicted, ties by id) and both sides' counts in them, the last bin all other ids."""
+    size = max(len(reference), len(current))
+    reference, current = (np.pad(c.astype(np.float64), (0, size - len(c))) for c in (reference, current))
+    order = np.lexsort((np.arange(size), -reference))
+    ids = [int(i) for i in order[:TOP1_IDS] if reference[i] > 0]
+    return ids, tuple(np.append(c[ids], c.sum() - c[ids].sum()) for c in (reference, current))
 
 
 def _last(edge: int, edges: tuple[int, ...]) -> int | None:
