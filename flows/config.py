@@ -325,10 +325,13 @@ class SliceThresholds(StrictModel):
 
 
 def _check_metrics(value: dict[str, float]) -> dict[str, float]:
+    from .drift_statistics import drift_metrics
+
     unknown = sorted(set(value) - set(DRIFT_METRICS))
     if unknown:
         hints = "".join(did_you_mean(name, DRIFT_METRICS) for name in unknown)
-        raise ValueError(f"unknown drift metric(s) {unknown}; known: {list(DRIFT_METRICS)}{hints}")
+        raise ValueError(f"unknown drift metric(s) {unknown}; known: {list(drift_metrics(tokens=False))}, and for "
+                         f"token dumps {list(drift_metrics(tokens=True))}{hints}")
     return value
 
 

@@ -18,7 +18,10 @@ from scipy.special import log_softmax, rel_entr
 from support import run_without_prefect
 from flows.api import DRIFT
 from flows.cli import main
-from flows.config import DRIFT_METRICS, DriftConfig
+from flows.config import DriftConfig
+from flows.drift_statistics import drift_metrics
+
+DRIFT_METRICS = drift_metrics(tokens=False)  # of classifier predictions
 from flows.errors import DataError
 from flows.generate import generate_dump
 from flows.runs.two_sided import two_sided_steps

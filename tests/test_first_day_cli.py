@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from support import cli_env, moto_server, run_cli, run_without_prefect, start_process, wait_until, xent_command
-from flows.config import DRIFT_METRICS
+from flows.drift_statistics import drift_metrics
 from flows.generate import generate_dump
 
 
@@ -66,7 +66,9 @@ CASES = {
     "nightly nested": (["nightly"], NIGHTLY_NESTED, [
         "key 'sources.0.refrence': unknown key; did you mean 'reference'?",
         "key 'drift.thresholds': unknown drift metric(s) ['marginal_jss']; known: ['kl_per_sample', 'marginal_kl', "
-        "'marginal_js', 'marginal_psi', 'confidence_kl', 'confidence_js', 'confidence_psi']; did you mean 'marginal_js'?",
+        "'marginal_js', 'marginal_psi', 'confidence_kl', 'confidence_js', 'confidence_psi'], and for token dumps "
+        "['kl_lower_bound_per_token', 'top1_marginal_kl', 'top1_marginal_js', 'top1_marginal_psi', 'ce_shift', "
+        "'position_ce_shift_max', 'frequency_ce_shift_max']; did you mean 'marginal_js'?",
         "key 'drift.confidence_bin': unknown key; did you mean 'confidence_bins'?",
         "key 'gate.0.max_increse': unknown key; did you mean 'max_increase'?",
     ]),
@@ -123,7 +125,7 @@ def test_a_failing_nightly_ends_with_one_short_line_naming_the_count_and_the_pag
         "report_root": str(tmp_path / "reports"),
         "sources": [{"name": "prod", "paths": [str(tmp_path / "dumps" / "date={date}")], "reference": "previous"}],
         "defaults": {"slice_by": ["model"]},
-        "drift": {"thresholds": {metric: 1e-9 for metric in DRIFT_METRICS}},
+        "drift": {"thresholds": {metric: 1e-9 for metric in drift_metrics(tokens=False)}},
         "gate": [{"metric": metric, "max_increase": 0.0, "mode": "point"} for metric in ("ce_mean", "ece", "brier")],
     }))
     result = run_cli(["nightly", "--config", str(config), "--from", days[0], "--to", days[1], "--no-prefect"],

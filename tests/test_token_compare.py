@@ -4,6 +4,7 @@ they were written from; sharding, layouts, one-sided tokens, bad keys, gates."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -122,3 +123,27 @@ def test_gate_on_a_token_metric_fails_the_command_with_exit_3(models, tmp_path):
 def test_a_classifier_gate_metric_is_refused_for_tokens():
     with pytest.raises(UsageError, match="not a token metric"):
         flows.compare("a", "b", kind="tokens", gate={"metric": "accuracy", "max_decrease": 0.01})
+
+
+@pytest.mark.slow
+def test_files_in_the_same_order_are_paired_without_a_hash_join_and_agree_with_it(models, tmp_path):
+    m = models
+    base_table, cand_table = token_side_table(m, "teacher"), token_side_table(m, "student")
+    base = write_token_shards(base_table, tmp_path / "base", 3, 5)
+    in_order = flows.compare(base, write_token_shards(cand_table, tmp_path / "same", 3, 5), kind="tokens",
+                             slice_by=["source"])
+    # the same shards' sizes, other rows in each: paired in order until the first key that differs, then hashed
+    reordered = flows.compare(base, write_token_shards(cand_table, tmp_path / "other", 3, 6), kind="tokens",
+                              slice_by=["source"])
+    hashed = flows.compare(base, write_token_shards(cand_table, tmp_path / "four", 4, 5), kind="tokens",
+                           slice_by=["source"])
+    joins = [json.loads(r.tables["compare"].schema.metadata[b"xent.compare"])["join"] for r in (in_order, reordered, hashed)]
+    assert joins == ["in order", "hash", "hash"]
+    for other in (reordered, hashed):
+        a, b = in_order.tables["compare"], other.tables["compare"]
+        for name in a.column_names:
+            if pa.types.is_floating(a.schema.field(name).type):
+                assert_allclose(b[name].to_numpy(zero_copy_only=False), a[name].to_numpy(zero_copy_only=False),
+                                rtol=1e-12, atol=1e-15, err_msg=name)
+            else:
+                assert a[name].to_pylist() == b[name].to_pylist(), name

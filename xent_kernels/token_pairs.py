@@ -49,7 +49,7 @@ from .token_documents import neumaier
 from .token_pair_report import KL_BINS, KL_CEILING, KL_FLOOR, KL_PER_DECADE, P, PAIR_FIELDS, TAIL_FLOOR, TokenPairReport
 from .tokens import ABSENT_LOGPROB
 
-__all__ = ["TokenPairStats", "kl_bin", "token_pairs_partial"]
+__all__ = ["TokenPairStats", "kl_bin", "take_lists", "token_pairs_partial"]
 
 # the cells' fields, by name (Numba reads these module ints as constants)
 TOKENS = P["tokens"]
@@ -343,11 +343,39 @@ def token_pairs_partial(
         np.zeros(n, np.int64) if buckets is None else np.asarray(buckets, dtype=np.int64), target,
         np.asarray(baseline_logprob, dtype=np.float64), np.asarray(candidate_logprob, dtype=np.float64),
         empty_i if target_bytes is None else np.asarray(target_bytes, dtype=np.int64), target_bytes is not None,
-        np.asarray(b_off, np.int64), np.asarray(b_ids, np.int64), np.asarray(b_lps, np.float64),
-        np.asarray(c_off, np.int64), np.asarray(c_ids, np.int64), np.asarray(c_lps, np.float64), has_lists,
+        *(_as_read(values) for values in (b_off, b_ids, b_lps, c_off, c_ids, c_lps)), has_lists,
         float(tie_tolerance), int(n_buckets), cells, comps, state.hist_position.reshape(-1, KL_BINS),
         state.hist_frequency.reshape(-1, KL_BINS), state.kl_max.reshape(-1), state.token_sums, state.token_base,
         np.full(max(largest, 1), -1, np.int64), np.zeros(max(largest, 1)),
     )
     state.left_out[:] = left_out.reshape(s, p * q).sum(axis=1)
     return state
+
+
+def _as_read(values) -> np.ndarray:
+    """A list column's values as the kernel takes them: int32/int64 or float32/float64
+    arrays as they are (no widened copy of the lists), anything else widened."""
+    values = np.asarray(values)
+    if values.dtype in (np.int32, np.int64, np.float32, np.float64):
+        return values
+    return values.astype(np.float64 if values.dtype.kind == "f" else np.int64)
+
+
+@strict_kernel
+def take_lists(offsets, ids, logprobs, index):
+    """The CSR lists of rows `index`, in that order: (offsets, ids, log-probs)."""
+    n = index.shape[0]
+    new = np.empty(n + 1, np.int64)
+    new[0] = 0
+    for r in range(n):
+        i = index[r]
+        new[r + 1] = new[r] + offsets[i + 1] - offsets[i]
+    out_ids = np.empty(new[n], ids.dtype)
+    out_lps = np.empty(new[n], logprobs.dtype)
+    for r in range(n):
+        i = index[r]
+        start = offsets[i]
+        for j in range(new[r + 1] - new[r]):
+            out_ids[new[r] + j] = ids[start + j]
+            out_lps[new[r] + j] = logprobs[start + j]
+    return new, out_ids, out_lps

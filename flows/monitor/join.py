@@ -46,6 +46,7 @@ class JoinResult:
     matched: int = 0
     only_first: int = 0
     only_second: int = 0
+    in_order: bool = False  # paired row by row, the files holding the same keys in the same order (no hash join)
 
     @classmethod
     def empty(cls, state: type[Mergeable], **options) -> "JoinResult":
@@ -62,6 +63,7 @@ class JoinResult:
             sum(r.matched for r in results),
             sum(r.only_first for r in results),
             sum(r.only_second for r in results),
+            any(r.in_order for r in results),
         )
 
 
@@ -139,6 +141,10 @@ class Pairing:
     options: Callable[[ReadSpec], dict[str, Any]]
     setting: str
     rows: type = Rows  # what a batch's rows become: ``of_batch``, ``take``, ``concatenate``, ``keys``
+    # The evaluation already refuses a key twice in a dump (token dumps: a position repeated), so two
+    # dumps holding the same keys in the same order may be paired row by row, with no hash join
+    # (`rows` then also has ``part(start, stop)``).
+    pairs_in_order: bool = False
 
 
 def _kl_options(spec: ReadSpec) -> dict[str, Any]:
@@ -262,11 +268,67 @@ class JoinSide:
     rows: int
 
 
+class Misaligned(Exception):
+    """Two pieces paired in order hold different keys: the dumps need the hash join."""
+
+
+def _in_order(sides: list[JoinSide]) -> bool:
+    """Whether two sides' files could hold the same rows in the same order: the same
+    number of pieces, of the same rows each."""
+    first, second = sides
+    return (first.data is None and second.data is None and len(first.pieces) == len(second.pieces)
+            and all(a.rows == b.rows for a, b in zip(first.pieces, second.pieces)))
+
+
+def join_piece_in_order(first_piece: Piece, second_piece: Piece, first_spec: Any, second_spec: Any, *,
+                        pairing: Pairing) -> JoinResult:
+    """Two pieces holding the same keys in the same order, paired row by row as their
+    batches come (whatever their batch sizes); Misaligned at the first key that differs."""
+    rows_type = pairing.rows
+    streams = [(rows_type.of_batch(b) for b in piece_batches(piece, spec))
+               for piece, spec in ((first_piece, first_spec), (second_piece, second_spec))]
+    pending: list[Any] = [None, None]
+    states, matched = [], 0
+    while True:
+        for side in (0, 1):
+            if pending[side] is None or not len(pending[side]):
+                pending[side] = next(streams[side], None)
+        if pending[0] is None or pending[1] is None or not len(pending[0]) or not len(pending[1]):
+            if (pending[0] is not None and len(pending[0])) or (pending[1] is not None and len(pending[1])):
+                raise Misaligned()
+            break
+        n = min(len(pending[0]), len(pending[1]))
+        first, second = pending[0].part(0, n), pending[1].part(0, n)
+        if not all(np.array_equal(a, b) for a, b in zip(first.keys, second.keys)):
+            raise Misaligned()
+        states.append(pairing.reduce(second_spec, first, second))
+        matched += n
+        pending = [pending[0].part(n, len(pending[0])), pending[1].part(n, len(pending[1]))]
+    empty = JoinResult.empty(pairing.state, **pairing.options(second_spec))
+    return JoinResult.merge(JoinResult(merge_states(*states) if states else empty.stats, matched, in_order=True), empty)
+
+
 def join_sides(config: EvalConfig, settings: JoinSettings, sides: dict[str, JoinSide], client: Client,
                pairing: Pairing = KL_PAIRING) -> JoinResult:
     """Hash both sides' rows by key into buckets spilled to scratch, then join each
     bucket; the spec of the second side (drift: current, compare: candidate) reads
-    the matched rows. In-memory sides' ``data`` lists are emptied once spilled."""
+    the matched rows. In-memory sides' ``data`` lists are emptied once spilled.
+
+    With a pairing whose keys are unique per dump (``pairs_in_order``), files holding
+    the same rows in the same order (the same prompts scored by two models through one
+    pipeline) are first paired piece by piece with no spill; at the first key that
+    differs, the hash join runs instead."""
+    first_name, second_name = pairing.names
+    if pairing.pairs_in_order and _in_order([sides[first_name], sides[second_name]]):
+        try:
+            return map_reduce(
+                client, join_piece_in_order, sides[first_name].pieces, sides[second_name].pieces,
+                [sides[first_name].spec] * len(sides[first_name].pieces),
+                [sides[second_name].spec] * len(sides[second_name].pieces), pairing=pairing,
+                split_every=config.split_every, stall_timeout=config.stall_timeout,
+            )
+        except Misaligned:
+            pass
     total_rows = sum(side.rows for side in sides.values())
     n_buckets = max(1, math.ceil(total_rows / settings.bucket_rows))
     scratch = os.path.join(settings.scratch_dir or tempfile.gettempdir(), f"xent-join-{uuid.uuid4().hex[:12]}")

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 from distributed import Client
 
 from xent_kernels.token_pair_report import TokenPairReport
-from xent_kernels.token_pairs import TokenPairStats, token_pairs_partial
+from xent_kernels.token_pairs import TokenPairStats, take_lists, token_pairs_partial
 from xent_kernels.token_report import frequency_edges, frequency_ranks
 
 from ..config import CompareConfig, log_base, nats_per_unit
@@ -75,14 +75,22 @@ class TokenRows:
                    np.zeros(n, np.int64) if batch.slice_ids is None else batch.slice_ids, list(batch.slice_keys),
                    batch.target_bytes, batch.topk_offsets, batch.topk_ids, batch.topk_logprobs)
 
+    def part(self, start: int, stop: int) -> "TokenRows":
+        """Rows `start` to `stop` (views, no copy of the lists)."""
+        lists: tuple = (None, None, None)
+        if self.topk_offsets is not None:
+            first, last = self.topk_offsets[start], self.topk_offsets[stop]
+            lists = (self.topk_offsets[start:stop + 1] - first, self.topk_ids[first:last],
+                     self.topk_logprobs[first:last])
+        return TokenRows([values[start:stop] for values in self.keys], self.target[start:stop],
+                         self.logprob[start:stop], self.buckets[start:stop], self.slice_ids[start:stop],
+                         self.slice_keys, None if self.target_bytes is None else self.target_bytes[start:stop],
+                         *lists)
+
     def take(self, index: np.ndarray) -> "TokenRows":
         lists: tuple = (None, None, None)
         if self.topk_offsets is not None:
-            starts, stops = self.topk_offsets[index], self.topk_offsets[index + 1]
-            lengths = stops - starts
-            offsets = np.concatenate([[0], np.cumsum(lengths)])
-            flat = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
-            lists = (offsets, self.topk_ids[flat], self.topk_logprobs[flat])
+            lists = take_lists(self.topk_offsets, self.topk_ids, self.topk_logprobs, np.asarray(index, np.int64))
         return TokenRows([values[index] for values in self.keys], self.target[index], self.logprob[index],
                          self.buckets[index], self.slice_ids[index], self.slice_keys,
                          None if self.target_bytes is None else self.target_bytes[index], *lists)
@@ -153,6 +161,7 @@ def token_pairing(names: tuple[str, str], counts: np.ndarray, tie_tolerance: flo
         functools.partial(_pair_reduce, names=names, frequency_of=frequency_of, frequency_edges=edges_tuple,
                           tie_tolerance=tie_tolerance),
         functools.partial(_pair_options, frequency_edges=edges_tuple), "tokens.doc_cols", TokenRows,
+        pairs_in_order=True,  # an evaluation refuses a position repeated in a document
     )
 
 
@@ -246,6 +255,7 @@ def token_compare_tables(report: TokenCompareReport, config: CompareConfig) -> d
         "level": config.interval_level, "tie_tolerance": config.compare.tie_tolerance,
         "gates": [gate.model_dump() for gate in config.gate], "breaches": report.breaches,
         "tokens": True, "teacher": "baseline", "student": "candidate",
+        "join": "in order" if report.joined.in_order else "hash",
     }).encode()
     return {"compare": report.table.replace_schema_metadata(metadata),
             "compare_tokens": report.per_token.replace_schema_metadata(metadata)}
