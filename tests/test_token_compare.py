@@ -24,6 +24,17 @@ def models():
     return two_token_models(11, n=3000, vocab=25, k=4, docs=80)
 
 
+def assert_same_table(a: pa.Table, b: pa.Table) -> None:
+    """The same columns and rows, floats to 1e-12."""
+    assert a.column_names == b.column_names and a.num_rows == b.num_rows
+    for name in a.column_names:
+        if pa.types.is_floating(a.schema.field(name).type):
+            assert_allclose(b[name].to_numpy(zero_copy_only=False), a[name].to_numpy(zero_copy_only=False),
+                            rtol=1e-12, atol=1e-15, err_msg=name)
+        else:
+            assert a[name].to_pylist() == b[name].to_pylist(), name
+
+
 def overall(result) -> dict:
     return result.report.overall_row
 
@@ -66,14 +77,7 @@ def test_same_report_for_any_sharding_and_either_side_in_memory(models, tmp_path
                         kind="tokens", slice_by=["source"])
     many = flows.compare(write_token_shards(base_table, tmp_path / "b7", 7, 3), cand_table.to_pandas(),
                          kind="tokens", slice_by=["source"])
-    a, b = one.tables["compare"], many.tables["compare"]
-    assert a.column_names == b.column_names and a.num_rows == b.num_rows
-    for name in a.column_names:
-        if pa.types.is_floating(a.schema.field(name).type):
-            assert_allclose(b[name].to_numpy(zero_copy_only=False), a[name].to_numpy(zero_copy_only=False),
-                            rtol=1e-12, atol=1e-15, err_msg=name)
-        else:
-            assert a[name].to_pylist() == b[name].to_pylist(), name
+    assert_same_table(one.tables["compare"], many.tables["compare"])
 
 
 @pytest.mark.slow
@@ -141,9 +145,4 @@ def test_files_in_the_same_order_are_paired_without_a_hash_join_and_agree_with_i
     assert joins == ["in order", "hash", "hash"]
     for other in (reordered, hashed):
         a, b = in_order.tables["compare"], other.tables["compare"]
-        for name in a.column_names:
-            if pa.types.is_floating(a.schema.field(name).type):
-                assert_allclose(b[name].to_numpy(zero_copy_only=False), a[name].to_numpy(zero_copy_only=False),
-                                rtol=1e-12, atol=1e-15, err_msg=name)
-            else:
-                assert a[name].to_pylist() == b[name].to_pylist(), name
+        assert_same_table(a, b)

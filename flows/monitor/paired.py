@@ -191,9 +191,10 @@ def _array(values: Any, n: int, arrow_type: pa.DataType) -> pa.Array:
     return pa.nulls(n, arrow_type) if values is None else pa.array(values, type=arrow_type)
 
 
-def compare_tables(report: CompareReport, config: CompareConfig) -> dict[str, pa.Table]:
-    """compare.parquet with the candidate's report metadata (units, fingerprint, ...),
-    the baseline's fingerprint, the config and the join's settings and counts."""
+def compare_metadata(report: Any, config: CompareConfig, **more: Any) -> dict[bytes, bytes]:
+    """A comparison's metadata (classifier or token dumps): the candidate's report
+    metadata (units, fingerprint, ...), the baseline's fingerprint, the config, and under
+    ``xent.compare`` the join's settings and counts, the gates and their breaches, and `more`."""
     metadata = report_metadata(report.candidate)
     metadata[REFERENCE_FINGERPRINT_KEY] = json.dumps(report.baseline.fingerprint, sort_keys=True).encode()
     metadata[CONFIG_KEY] = config_json(config)
@@ -201,6 +202,11 @@ def compare_tables(report: CompareReport, config: CompareConfig) -> dict[str, pa
         "key": list(report.key), "matched": report.joined.matched, "only_baseline": report.joined.only_first,
         "only_candidate": report.joined.only_second, "n_buckets": config.n_buckets,
         "level": config.interval_level, "tie_tolerance": config.compare.tie_tolerance,
-        "gates": [gate.model_dump() for gate in config.gate], "breaches": report.breaches,
+        "gates": [gate.model_dump() for gate in config.gate], "breaches": report.breaches, **more,
     }).encode()
-    return {"compare": report.table.replace_schema_metadata(metadata)}
+    return metadata
+
+
+def compare_tables(report: CompareReport, config: CompareConfig) -> dict[str, pa.Table]:
+    """compare.parquet with its metadata (:func:`compare_metadata`)."""
+    return {"compare": report.table.replace_schema_metadata(compare_metadata(report, config))}

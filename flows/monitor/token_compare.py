@@ -18,9 +18,7 @@ position bucket, each frequency bucket (:mod:`xent_kernels.token_pair_report`);
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,10 +35,10 @@ from ..config import CompareConfig, log_base, nats_per_unit
 from ..engine import Evaluation, Progress
 from ..errors import DataError
 from ..inputs.tokens import TokenBatch, TokenSpec
-from ..metadata import COMPARE_KEY, CONFIG_KEY, REFERENCE_FINGERPRINT_KEY
-from ..report.tables import _column, config_json, report_metadata, slice_key_columns
+from ..report.tables import _column, slice_key_columns
 from ..report.token_tables import read_vocabulary, token_counts
 from .gates import breached_gates, gate_rows
+from .paired import compare_metadata
 from .join import JoinResult, Pairing, concatenate_keys, describe_key, renumber_slices
 from .sides import evaluate_sides, join_evaluated
 
@@ -244,18 +242,10 @@ def _per_token_table(report: TokenPairReport, config: CompareConfig, counts: np.
 
 
 def token_compare_tables(report: TokenCompareReport, config: CompareConfig) -> dict[str, pa.Table]:
-    """compare.parquet (with the candidate's report metadata, the baseline's fingerprint,
-    the config and the join's settings and counts) and compare_tokens.parquet."""
-    metadata = report_metadata(report.candidate)
-    metadata[REFERENCE_FINGERPRINT_KEY] = json.dumps(report.baseline.fingerprint, sort_keys=True).encode()
-    metadata[CONFIG_KEY] = config_json(config)
-    metadata[COMPARE_KEY] = json.dumps({
-        "key": list(report.key), "matched": report.joined.matched, "only_baseline": report.joined.only_first,
-        "only_candidate": report.joined.only_second, "n_buckets": config.n_buckets,
-        "level": config.interval_level, "tie_tolerance": config.compare.tie_tolerance,
-        "gates": [gate.model_dump() for gate in config.gate], "breaches": report.breaches,
-        "tokens": True, "teacher": "baseline", "student": "candidate",
-        "join": "in order" if report.joined.in_order else "hash",
-    }).encode()
+    """compare.parquet and compare_tokens.parquet, with a comparison's metadata
+    (:func:`flows.monitor.paired.compare_metadata`) saying the dumps are token dumps, which
+    side is the teacher, and which join ran."""
+    metadata = compare_metadata(report, config, tokens=True, teacher="baseline", student="candidate",
+                                join="in order" if report.joined.in_order else "hash")
     return {"compare": report.table.replace_schema_metadata(metadata),
             "compare_tokens": report.per_token.replace_schema_metadata(metadata)}
