@@ -1,8 +1,8 @@
 """flows.generate.tokens: synthetic language-model token dumps (issue #18), read back from
 real Parquet files with plain pyarrow and numpy: the column contract, determinism, the two
 layouts and any sharding holding the same tokens, the top-k invariants, the data model's
-shape (Zipf targets, correlated documents, position and frequency effects) and the shift
-of the second model."""
+shape (Zipf targets, correlated documents, position and frequency effects), the shift
+of the second model and its true KL, which `xent compare --kind tokens` is held to."""
 
 from __future__ import annotations
 
@@ -12,13 +12,17 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
+from scipy.special import rel_entr
 
+import flows
 from flows.cli.commands import main
 from flows.generate import TokenDump, generate_token_dump
-from flows.generate.tokens import TARGET_OMITTED_SHARE
+from flows.generate.tokens import TARGET_OMITTED_SHARE, _shift_kl
 from flows.inputs.integrity import inspect_integrity
+from support import assert_same_report
+from xent_kernels.token_pair_report import PERCENTILE_ERROR
 
-TOKEN_COLUMNS = ("target", "target_logprob", "topk_ids", "topk_logprobs", "target_bytes")
+TOKEN_COLUMNS = ("target", "target_logprob", "topk_ids", "topk_logprobs", "target_bytes", "true_kl")
 
 
 def gen(root, name="dump", **kwargs) -> TokenDump:
@@ -260,6 +264,111 @@ def test_shift_moves_the_target_logprob_as_documented(tmp_path):
     unshifted = gen(tmp_path, "zero", topk=5, shift=0.0)
     for x, y in zip(first.files, unshifted.files):
         assert open(x, "rb").read() == open(y, "rb").read()
+
+
+def test_the_shift_kl_is_the_relative_entropy_of_the_construction():
+    """The closed form of the module docstring against scipy's rel_entr summed over dense
+    float64 distributions built the same way: q_t = p_t exp(-s), every other q_j = c p_j."""
+    rng = np.random.default_rng(7)
+    n, vocab = 500, 6
+    p = rng.dirichlet(np.ones(vocab), size=n)
+    target = rng.integers(0, vocab, n)
+    s = np.concatenate([[0.0], 10.0 ** rng.uniform(-2, 0.7, n - 1)])  # 0, and 0.01 to 5 nats
+    rows = np.arange(n)
+    p_t = p[rows, target]
+    c = (1 - p_t * np.exp(-s)) / (1 - p_t)
+    q = p * c[:, None]
+    q[rows, target] = p_t * np.exp(-s)
+    assert_allclose(q.sum(axis=1), 1.0, rtol=1e-12)
+    reference = rel_entr(p, q).sum(axis=1)
+    assert_allclose(p_t * s - (1 - p_t) * np.log(c), reference, rtol=1e-8, atol=1e-15)
+    kl = _shift_kl(np.log(p_t), s)
+    assert_allclose(kl, reference, rtol=1e-8, atol=1e-15)
+    assert kl[0] == 0.0 and (kl[1:] > 0).all()
+
+
+def dense_distributions(table: pa.Table, vocab: int) -> np.ndarray:
+    """(tokens, vocab) probabilities of token rows: the listed ids' and the target's, and
+    the rest of the mass shared equally by the ids neither lists; which ids those are."""
+    lengths, ids, logprobs = row_lists(table)
+    n = table.num_rows
+    p = np.full((n, vocab), np.nan)
+    p[np.repeat(np.arange(n), lengths), ids] = np.exp(logprobs)
+    p[np.arange(n), table.column("target").to_numpy()] = np.exp(table.column("target_logprob").to_numpy())
+    unknown = np.isnan(p)
+    rest = 1.0 - np.nansum(p, axis=1)
+    p[unknown] = np.repeat(rest / np.maximum(unknown.sum(axis=1), 1), unknown.sum(axis=1))
+    return p, unknown
+
+
+@pytest.mark.parametrize("layout", ["token_rows", "documents"])
+def test_true_kl_is_the_kl_between_the_two_dumps(tmp_path, layout):
+    """The shifted dump's true_kl, read back, against the closed form of the two dumps'
+    target logprobs and against rel_entr of their dense distributions, on a vocabulary of
+    8 with top-6 lists; the first model's dump has no such column."""
+    first = gen(tmp_path, "first", tokens=5_000, vocab_size=8, topk=6, layout=layout)
+    second = gen(tmp_path, "second", tokens=5_000, vocab_size=8, topk=6, layout=layout, shift=1.0)
+    assert "true_kl" not in pq.read_schema(first.files[0]).names
+    expected_type = pa.float64() if layout == "token_rows" else pa.list_(pa.float64())
+    assert pq.read_schema(second.files[0]).field("true_kl").type == expected_type
+    a, b = token_rows(first), token_rows(second)
+    true_kl = b.column("true_kl").to_numpy()
+    assert (true_kl >= 0).all() and 0.05 < true_kl.mean() < 1.0
+    # The dumps hold float32 logprobs rounded down, off by up to |logprob| * 2**-23 (about
+    # 1e-6 nats here), the column is the float64 KL: they agree to that (measured: 4e-7).
+    lp1, lp2 = (t.column("target_logprob").to_numpy().astype(np.float64) for t in (a, b))
+    p_t, s = np.exp(lp1), lp1 - lp2
+    c = (1 - p_t * np.exp(-s)) / (1 - p_t)
+    assert_allclose(true_kl, p_t * s - (1 - p_t) * np.log(c), rtol=0, atol=2e-6)
+    # A row's dense distribution is known but for how the unlisted mass splits among the
+    # unlisted ids; the shift scales them all by c, so any split gives the true KL where
+    # both models leave out the same ids (most rows: the target's drop can change them).
+    p, unknown_p = dense_distributions(a, 8)
+    q, unknown_q = dense_distributions(b, 8)
+    same = (unknown_p == unknown_q).all(axis=1)
+    assert same.mean() > 0.8
+    assert_allclose(true_kl[same], rel_entr(p, q).sum(axis=1)[same], rtol=0, atol=2e-6)
+
+
+@pytest.mark.slow
+def test_compare_finds_the_true_kl_at_any_k(tmp_path):
+    """`xent compare --kind tokens` of a first and a shifted dump: the KL lower bound's mean,
+    median and max against true_kl, with top-1 and top-62 lists of a vocabulary of 64 (both
+    layouts). Every non-target token's probability is scaled by the same c, so merging the
+    unlisted ids into the bound's tail bin loses nothing here and the bound is the truth at
+    any k (a student that moved the unlisted tokens unevenly would leave it below)."""
+    bounds, truths = [], []
+    for k, layout in ((1, "token_rows"), (62, "documents")):
+        first = gen(tmp_path, f"first{k}", vocab_size=64, topk=k, layout=layout)
+        second = gen(tmp_path, f"second{k}", vocab_size=64, topk=k, layout=layout, shift=0.5)
+        row = flows.compare(first.root, second.root, kind="tokens").report.overall_row
+        true_kl = by_key(token_rows(second)).column("true_kl").to_numpy()
+        assert row["kl_tokens"] == len(true_kl) == 20_000
+        # The bound reads the float32 logprobs of the dumps, each rounded down (off by less
+        # than 2**-23 of itself), the truth is float64: the bound may exceed it by that
+        # rounding (measured: 4e-8 of it), so the two meet to 1e-6, not exactly.
+        assert_allclose(row["kl_lower_bound_mean"], true_kl.mean(), rtol=1e-6)
+        assert_allclose(row["kl_lower_bound_max"], true_kl.max(), rtol=1e-6)
+        # A percentile is read from a log histogram: within PERCENTILE_ERROR of numpy's.
+        median = np.quantile(true_kl, 0.5, method="inverted_cdf")
+        assert abs(row["kl_lower_bound_median"] / median - 1) <= PERCENTILE_ERROR + 1e-6
+        bounds.append(row["kl_lower_bound_mean"])
+        truths.append(true_kl)
+    assert_array_equal(truths[0], truths[1])  # the lists do not change the models
+    assert_allclose(bounds[0], bounds[1], rtol=1e-9)
+
+
+@pytest.mark.slow
+def test_eval_reads_a_shifted_dump_as_if_it_had_no_true_kl(tmp_path, client):
+    """xent eval reads only the token columns it needs: a shifted dump gives the report of
+    the same files written without true_kl."""
+    second = gen(tmp_path, "second", topk=5, layout="documents", shift=0.5)
+    (tmp_path / "plain").mkdir()
+    for path in second.files:
+        pq.write_table(pq.read_table(path).drop_columns(["true_kl"]), tmp_path / "plain" / path.rsplit("/", 1)[1])
+    with_column = flows.evaluate(second.root, kind="tokens", slice_by=["source"], client=client)
+    without = flows.evaluate(str(tmp_path / "plain"), kind="tokens", slice_by=["source"], client=client)
+    assert_same_report(with_column.tables, without.tables, rtol=0)
 
 
 @pytest.mark.parametrize("kwargs,match", [

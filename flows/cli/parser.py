@@ -132,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     tokens.add_argument("--vocab", type=int, metavar="V", help="vocabulary size (default: 32000)")
     tokens.add_argument("--topk", type=int, metavar="K", help="add top-K lists of ids and log-probabilities (default: 0, none)")
     tokens.add_argument("--shift", type=float, metavar="S", help="a second model of the same tokens whose target "
-                        "log-probabilities are S nats lower on average (default: 0, the first model)")
+                        "log-probabilities are S nats lower on average, with a float64 column true_kl: each token's "
+                        "exact KL(first model ‖ this one) in nats, which xent compare --kind tokens bounds from the "
+                        "top-k lists (default: 0, the first model)")
     p.set_defaults(handler=cmd_generate)
 
     p = command("convert", help="write vLLM prompt log-probs or OpenAI chat-completion log-probs as a token dump")

@@ -70,6 +70,19 @@ dump); its top-k lists also depend on ``topk``, and everything on ``vocab_size``
   token, so the mean CE grows by ``s`` nats in expectation. ``shift = 0`` is the
   first model, bitwise.
 
+  The shifted dump also holds ``true_kl`` (float64; a list in the documents
+  layout): each token's exact KL(first model ‖ shifted model) in nats, over the
+  whole vocabulary. With ``c = (1 - p_t exp(-s_t)) / (1 - p_t)``, the target
+  contributes ``p_t ln(p_t / (p_t exp(-s_t))) = p_t s_t`` and every other token j
+  ``p_j ln(1 / c)``, so ``KL = p_t s_t - (1 - p_t) ln c``, written as the sum of
+  two terms that are never negative, ``p_t (s_t - (1 - exp(-s_t)))`` and
+  ``(1 - p_t) (x - ln(1 + x))`` with ``x = c - 1``, each clipped at 0 against
+  rounding. It is the KL of the float64 distributions; the stored logprobs are
+  rounded down to float32. Since every non-target token's probability is scaled
+  by the same ``c``, the top-k KL lower bound of ``xent compare --kind tokens``,
+  which merges the unlisted tokens into one tail bin, loses nothing here: it
+  meets ``true_kl`` up to that rounding, whatever k.
+
 Shards: the token-rows layout splits the token order evenly (``shuffle`` permutes
 tokens across shards first, so a document's tokens are scattered); the documents
 layout splits the document order where the token counts are even (``shuffle``
@@ -117,7 +130,7 @@ FREQUENCY_EFFECT, FREQUENCY_CENTER = 0.08, 3.5
 HEAD_RANKS = 1024
 
 _TOKEN_COLUMNS = ("doc_id", "position", "target", "target_logprob", "topk_ids", "topk_logprobs",
-                  "target_bytes", "first_position", "n_bytes", "n_words")
+                  "target_bytes", "true_kl", "first_position", "n_bytes", "n_words")
 
 
 @dataclass(frozen=True)
@@ -197,7 +210,8 @@ def generate_token_dump(
         Seeds everything; the same seed gives the same token at the same (document, position).
     shift : float
         0 for the first model; ``s > 0`` for a second model of the same tokens whose
-        target logprobs are lower by ``s`` nats in expectation (module docstring).
+        target logprobs are lower by ``s`` nats in expectation, with a ``true_kl``
+        column: each token's exact KL(first model ‖ this one) in nats (module docstring).
     shuffle : bool
         Permute tokens (token rows) or documents (documents layout) before sharding.
     row_group_rows : int, optional
@@ -337,6 +351,7 @@ class _TokenValues:
     topk_lengths: np.ndarray | None  # int64 per token
     topk_ids: np.ndarray | None  # int32, the lists concatenated
     topk_logprobs: np.ndarray | None  # float32, the lists concatenated
+    true_kl: np.ndarray | None = None  # float64, KL(first model ‖ shifted model); with a shift only
 
 
 class _TokenModel:
@@ -402,12 +417,13 @@ class _TokenModel:
         rank = self._target_rank(key, level)
         target_logp = self.log_p(level, rank.astype(np.float64))
 
-        rise = None  # every other token's logprob change under the shift
+        rise = true_kl = None  # every other token's logprob change under the shift, and the KL
         if self.shift > 0.0:  # skipped at 0 so the first model stays bitwise the same
             drop = self.shift * (0.5 + uniform(doc, stream_key(seed, "doc/shift")))
             drop *= -np.log1p(-uniform(key, stream_key(seed, "token/shift")))
             shifted = target_logp - drop
             rise = np.log(-np.expm1(shifted)) - np.log(-np.expm1(target_logp))
+            true_kl = _shift_kl(target_logp, drop)
             target_logp = shifted
         target_logprob = _round_down(target_logp)
 
@@ -415,7 +431,7 @@ class _TokenModel:
         if self.topk:
             lengths, ids, logprobs = self._lists(key, level, rank, frequency_rank, target, target_logp, target_logprob,
                                                  rise)
-        return _TokenValues(target, target_logprob, self.bytes_of_id[target], lengths, ids, logprobs)
+        return _TokenValues(target, target_logprob, self.bytes_of_id[target], lengths, ids, logprobs, true_kl)
 
     def _target_rank(self, key: np.ndarray, level: np.ndarray) -> np.ndarray:
         """The target's rank (1-based) in the model's ranking, drawn from the model's own p."""
@@ -507,6 +523,15 @@ def _power_sum_tail(a: np.ndarray, m: int, v: int) -> np.ndarray:
     return total - f(m, 0)  # the sum over m .. v, less its first term
 
 
+def _shift_kl(target_logp: np.ndarray, drop: np.ndarray) -> np.ndarray:
+    """KL(p ‖ q) in nats when q_t = p_t exp(-drop) and every other q_j = c p_j (module
+    docstring): p_t (s - (1 - e^-s)) + (1 - p_t) (x - ln(1 + x)), x = c - 1, both terms >= 0."""
+    p = np.exp(target_logp)
+    freed = -np.expm1(-drop)  # 1 - exp(-s): the share of p_t given to the other tokens
+    x = p * freed / -np.expm1(target_logp)
+    return np.maximum(p * (drop - freed), 0.0) + np.maximum(-np.expm1(target_logp) * (x - np.log1p(x)), 0.0)
+
+
 def _round_down(x: np.ndarray) -> np.ndarray:
     """float32 of x, rounded toward -inf: exp of the stored value never exceeds the true one."""
     out = x.astype(np.float32)
@@ -533,6 +558,8 @@ def _token_arrays(values: _TokenValues, with_bytes: bool) -> dict[str, pa.Array]
         columns["topk_logprobs"] = _list_array(values.topk_lengths, pa.array(values.topk_logprobs))
     if with_bytes:
         columns["target_bytes"] = pa.array(values.target_bytes)
+    if values.true_kl is not None:
+        columns["true_kl"] = pa.array(values.true_kl, pa.float64())
     return columns
 
 
