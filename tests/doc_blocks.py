@@ -22,6 +22,7 @@ MARKERS = {
     "REPORT_ROOT": "tests/test_nightly.py",
     "CHECKSUMS": "tests/test_first_day_report.py",
     "TOKENS": "tests/test_tokens_eval.py",
+    "TEACHER_STUDENT": "tests/test_generate_tokens.py",
 }
 
 # A fenced block: its indentation, the comment line before it (if any), its language and body.

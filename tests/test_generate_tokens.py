@@ -6,6 +6,9 @@ of the second model and its true KL, which `xent compare --kind tokens` is held 
 
 from __future__ import annotations
 
+import re
+import shlex
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -15,6 +18,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 from scipy.special import rel_entr
 
 import flows
+from doc_blocks import marked_blocks
 from flows.cli.commands import main
 from flows.generate import TokenDump, generate_token_dump
 from flows.generate.tokens import TARGET_OMITTED_SHARE, _shift_kl
@@ -369,6 +373,31 @@ def test_eval_reads_a_shifted_dump_as_if_it_had_no_true_kl(tmp_path, client):
     with_column = flows.evaluate(second.root, kind="tokens", slice_by=["source"], client=client)
     without = flows.evaluate(str(tmp_path / "plain"), kind="tokens", slice_by=["source"], client=client)
     assert_same_report(with_column.tables, without.tables, rtol=0)
+
+
+@pytest.mark.slow
+def test_the_readme_teacher_student_example(tmp_path, monkeypatch, capsys):
+    """README "Two models on the same tokens", in an empty folder: the commands exit 0,
+    the terminal shows the output block's lines (each part between "…" in one line, in
+    order), and the Python block prints what its comment says: the mean of true_kl (NumPy's
+    on the files) and the bound of compare.parquet, which meet."""
+    monkeypatch.chdir(tmp_path)
+    (_, commands), (_, output), (_, query) = marked_blocks("TEACHER_STUDENT")
+    for line in commands.splitlines():
+        argv = shlex.split(line)
+        assert argv[0] == "xent" and main(argv[1:]) == 0, line
+    printed = capsys.readouterr().out.splitlines()
+    for line in output.splitlines():
+        pattern = ".*".join(re.escape(part.strip()) for part in line.split("…") if part.strip())
+        assert any(re.search(pattern, out) for out in printed), line
+    exec(compile(query, "README.md", "exec"), {})
+    shown = query.rsplit("# ", 1)[1].strip()
+    assert capsys.readouterr().out.strip() == shown
+    truth = pq.read_table(tmp_path / "student", columns=["true_kl"]).column("true_kl").to_numpy().mean()
+    compare = pq.read_table(tmp_path / "lm-compare" / "compare.parquet").to_pandas()
+    bound = compare[compare["overall"] & (compare["scope"] == "all")]["kl_lower_bound_mean"].iloc[0]
+    assert shown == f"true KL {truth:.6f}, lower bound {bound:.6f}"
+    assert_allclose(bound, truth, rtol=1e-6)  # as test_compare_finds_the_true_kl_at_any_k says
 
 
 @pytest.mark.parametrize("kwargs,match", [
