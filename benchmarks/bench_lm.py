@@ -56,6 +56,7 @@ Run from the repository root::
     python benchmarks/bench_lm.py --quick          # smoke run: 400k + 100k tokens, 2 repeats
     python benchmarks/bench_lm.py                  # 20M + 5M tokens, 16 shards each, 5 repeats
     python benchmarks/bench_lm.py --data bench-lm --skip profile,polars
+    python benchmarks/bench_lm.py --compare        # only xent compare on two 5M-token top-k dumps (lm_compare.py)
 
 Helpers (timings, threads, the dump marker, RSS's VmHWM) come from ``bench_eval``.
 Exit status: 0 when every peer agrees with xent (performance misses do not change it);
@@ -173,14 +174,18 @@ def measure(fn: Callable[[], object], repeats: int, warmup: int = 1) -> tuple[li
 # --------------------------------------------------------------------------- data
 
 
-def ensure_token_dump(folder: Path, label: str, tokens: int, topk: int, shards: int) -> tuple[Dump, bool]:
+def ensure_token_dump(folder: Path, label: str, tokens: int, topk: int, shards: int,
+                      shift: float = 0.0) -> tuple[Dump, bool]:
     """The dump in `folder`, generated unless it already holds one made with the same
-    parameters (``bench_eval``'s marker). Returns (dump, reused)."""
+    parameters (``bench_eval``'s marker); `shift` > 0 makes a second model's dump of the
+    same tokens (``generate_token_dump``'s). Returns (dump, reused)."""
     from flows.generate.tokens import DEFAULT_TOKEN_SLICES, generate_token_dump
 
     slices = {name: list(values) for name, values in DEFAULT_TOKEN_SLICES.items()}
     params = {"kind": "tokens", "layout": "token_rows", "tokens": tokens, "topk": topk, "shards": shards,
               "vocab_size": VOCAB, "slices": slices, "with_bytes": False, "seed": 0}
+    if shift:  # only then, so the markers of the first model's dumps stay valid
+        params["shift"] = shift
     marker = folder / MARKER
     if marker.exists():
         try:
@@ -200,7 +205,7 @@ def ensure_token_dump(folder: Path, label: str, tokens: int, topk: int, shards: 
     marker.write_text(json.dumps({"params": params, "complete": False}))
     started = time.perf_counter()
     dump = generate_token_dump(folder, tokens=tokens, vocab_size=VOCAB, shards=shards, topk=topk, slices=slices,
-                               with_bytes=False, seed=0, overwrite=True)
+                               with_bytes=False, seed=0, shift=shift, overwrite=True)
     print(f"generated {tokens:,} tokens{f' with top-{topk} lists' if topk else ''} ({dump.documents:,} documents) "
           f"in {shards} shards under {folder} in {time.perf_counter() - started:.1f} s")
     files = sorted(dump.files)
@@ -647,7 +652,9 @@ def print_header(args: argparse.Namespace) -> None:
     print("versions:", ", ".join(f"{name} {v}" for name, v in versions))
     print(f"machine: {platform.platform()}, os.cpu_count()={os.cpu_count()}, pyarrow cpu_count={pa.cpu_count()}")
     print(f"XENT_CACHE_DIR={os.environ.get('XENT_CACHE_DIR', '(unset)')}")
-    print(f"parameters: tokens={args.tokens:,} topk-tokens={args.topk_tokens:,} (k={TOPK}) shards={args.shards} "
+    sizes = (f"compare-tokens={args.compare_tokens:,}" if args.compare
+             else f"tokens={args.tokens:,} topk-tokens={args.topk_tokens:,}")
+    print(f"parameters: {sizes} (k={TOPK}) shards={args.shards} "
           f"repeats={args.repeats} skip={','.join(sorted(args.skip)) or '-'}")
     if hasattr(os, "getloadavg") and os.getloadavg()[0] > 0.5:
         print(f"WARNING: 1-minute load average is {os.getloadavg()[0]:.2f}: the machine is not idle, timings will be "
@@ -709,11 +716,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                        "with the same parameters (default: folders in the temp directory)")
     parser.add_argument("--skip", default="", help=f"comma list of sections to skip: {','.join(SKIPPABLE)}")
     parser.add_argument("--quick", action="store_true", help="smoke run: small dumps and 2 repeats unless given")
+    parser.add_argument("--compare", action="store_true", help="run only the token comparison (lm_compare.py): "
+                                                               "xent compare of two top-k dumps against one evaluation "
+                                                               "and DuckDB")
+    parser.add_argument("--compare-tokens", type=int, help=f"tokens of each compared dump (default 5,000,000; "
+                                                           f"--quick {QUICK_TOPK_TOKENS:,}; the issue: 50,000,000)")
     args = parser.parse_args(argv)
     args.tokens = args.tokens if args.tokens is not None else (QUICK_TOKENS if args.quick else 20_000_000)
     args.topk_tokens = (args.topk_tokens if args.topk_tokens is not None
                         else (QUICK_TOPK_TOKENS if args.quick else 5_000_000))
     args.repeats = args.repeats if args.repeats is not None else (QUICK_REPEATS if args.quick else 5)
+    args.compare_tokens = (args.compare_tokens if args.compare_tokens is not None
+                           else (QUICK_TOPK_TOKENS if args.quick else 5_000_000))
     args.skip = {part.strip() for part in args.skip.split(",") if part.strip()}
     unknown = args.skip - set(SKIPPABLE)
     if unknown:
@@ -734,11 +748,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     print_header(args)
+    base = Path(args.data).expanduser().absolute() if args.data else Path(tempfile.gettempdir())
+    if args.compare:
+        import lm_compare
+
+        return lm_compare.run(args, base)
     for name, module in (("duckdb", duckdb), ("polars", pl)):
         if module is None:
             print(f"{name} skipped: {getattr(bench_eval, name.upper() + '_ERROR')}")
 
-    base = Path(args.data).expanduser().absolute() if args.data else Path(tempfile.gettempdir())
     wanted = [("rows", args.tokens, 0)] + ([] if "topk" in args.skip else [("top-k", args.topk_tokens, TOPK)])
     dumps = []
     for label, tokens, topk in wanted:
