@@ -326,6 +326,66 @@ def _compare_pages(root: Path, client) -> dict[str, str]:
 
 
 
+TOKEN_COMPARE_GATES = [{"metric": "ce_mean", "max_increase": 0.01}, {"metric": "top1_accuracy", "max_decrease": 0.5}]
+XSS_TOKEN = "<script>window.xss=3</script>"
+
+
+def token_compare_dumps(root: Path) -> dict:
+    """Two language models' dumps of the same tokens (support.two_token_models: 3,000
+    tokens, 25 ids, top-4 lists, sliced by ``source``): the teacher as the baseline
+    without the last 100 tokens, the student as the candidate without the first 50. One
+    candidate token has a target log-prob of -inf (left out), one lists an id the teacher
+    lists too at -800 (its KL bound is infinite). A vocabulary names every fifth id in
+    HTML. Returns the folders, the vocabulary, and per token compared (both sides, finite)
+    its target, slice and both CEs in nats."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from support import token_side_table, two_token_models, write_token_shards
+
+    m = two_token_models(21, n=3000, vocab=25, k=4, docs=80)
+    n = len(m["target"])
+    baseline = token_side_table(m, "teacher", np.arange(0, n - 100))
+    candidate = token_side_table(m, "student", np.arange(50, n))
+    left_out, infinite = 60, 70  # token indices, both joined
+    logprob = candidate["target_logprob"].to_numpy().copy()
+    logprob[left_out - 50] = -np.inf
+    lists = candidate["topk_logprobs"].to_pylist()
+    ids, teacher_ids = candidate["topk_ids"][infinite - 50].as_py(), baseline["topk_ids"][infinite].as_py()
+    shared = next(j for j, i in enumerate(ids) if i != m["target"][infinite] and i in teacher_ids)
+    lists[infinite - 50][shared] = -800.0
+    candidate = candidate.set_column(candidate.schema.get_field_index("target_logprob"), "target_logprob", pa.array(logprob))
+    candidate = candidate.set_column(candidate.schema.get_field_index("topk_logprobs"), "topk_logprobs",
+                                     pa.array(lists, pa.list_(pa.float64())))
+    root.mkdir(parents=True, exist_ok=True)
+    vocab = root / "vocab.parquet"
+    pq.write_table(pa.table({"id": pa.array(range(25), pa.int64()),
+                             "token": [XSS_TOKEN if i == 5 else f"<b>{i}</b>" if i % 5 == 0 else f"tok{i}" for i in range(25)]}),
+                   vocab)
+    compared = np.setdiff1d(np.arange(50, n - 100), [left_out])
+    target = m["target"][compared]
+    return {"baseline": write_token_shards(baseline, root / "baseline", 2, 0),
+            "candidate": write_token_shards(candidate, root / "candidate", 3, 1), "vocab": str(vocab),
+            "target": target, "source": np.array(["web", "code"])[m["slice"][compared]],
+            "ce_baseline": -m["teacher"][compared, target], "ce_candidate": -m["student"][compared, target]}
+
+
+def token_compare(dumps: dict, client, **options):
+    """flows.compare of `token_compare_dumps` with its vocabulary, -inf counted, `options` added."""
+    from flows.api import compare
+
+    return compare(dumps["baseline"], dumps["candidate"], client=client, kind="tokens", on_nonfinite="count",
+                   tokens={"vocab": dumps["vocab"]}, **options)
+
+
+def _token_compare_pages(root: Path, client) -> dict[str, str]:
+    """Two language models on the same tokens, sliced, a breached gate and a passed one."""
+    dumps = token_compare_dumps(root)
+    result = token_compare(dumps, client, slice_by=["source"], gate=TOKEN_COMPARE_GATES)
+    return {"token-compare-gate-breached": result.to_html()}
+
+
 def _drift_pages(root: Path, client) -> dict[str, str]:
     """A drifted dump against its reference: 5 classes by 2 slices (one named in HTML), a breached threshold."""
     from flows.api import drift
@@ -364,7 +424,7 @@ def _nightly_pages(root: Path, client) -> dict[str, str]:
 
 
 # Each page kind: a function of (scratch folder, Dask client) giving {name: page}.
-PAGE_KINDS = [_evaluation_pages, _drift_pages, _compare_pages, _nightly_pages]
+PAGE_KINDS = [_evaluation_pages, _drift_pages, _compare_pages, _token_compare_pages, _nightly_pages]
 
 
 def write_screenshots(out: Path) -> list[Path]:

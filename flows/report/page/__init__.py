@@ -11,7 +11,8 @@ HTML (readable without JavaScript), sortable by clicking a header.
 Each section appears only when its data exists. One module per concern fills the
 `Page`: ``evaluation`` (summary, per_class, confusion, bad_shards), ``nightly`` (a
 nightly run: changes since the previous run, gates), ``drift`` (drift,
-drift_distributions), ``compare`` (compare), ``history`` (trends over run dates; also
+drift_distributions), ``compare`` (compare), ``token_compare`` (compare and
+compare_tokens of token dumps), ``history`` (trends over run dates; also
 the history page, `render_history_html`), then the footer.
 """
 
@@ -28,7 +29,7 @@ from ...metadata import (
     decoded_metadata,
 )
 from ..tables import integrity_line, intervals_line
-from . import compare, drift, evaluation, nightly, tokens
+from . import compare, drift, evaluation, nightly, token_compare, tokens
 from . import history as trends
 from .common import Page, template, vega_embed_script
 from .history import MAX_DATES
@@ -39,7 +40,7 @@ HTML_FILE = "report.html"
 MAX_CLASSES = 50  # rows of the per-class table and forest plot (the worst CE first)
 # The tables a page can show, in the order their metadata is looked for.
 PAGE_TABLES = ("summary", "per_class", "confusion", "bad_shards", "drift", "drift_distributions", "compare",
-               "token_summary", "token_positions", "token_frequency", "per_token")
+               "compare_tokens", "token_summary", "token_positions", "token_frequency", "per_token")
 
 
 def render_html(tables: dict[str, pa.Table], *, title: str | None = None, max_classes: int = MAX_CLASSES,
@@ -52,11 +53,14 @@ def render_html(tables: dict[str, pa.Table], *, title: str | None = None, max_cl
         The report tables as written (``Report.to_arrow()`` or the Parquet files of a
         report folder): ``summary`` and ``per_class`` with their ``xent.*`` metadata,
         and ``confusion`` and ``bad_shards`` when the report has them; ``drift`` (with
-        ``drift_distributions``) for a drift report; ``compare`` for ``xent compare``.
+        ``drift_distributions``) for a drift report; ``compare`` for ``xent compare``
+        (with ``compare_tokens`` for token dumps); ``token_summary``,
+        ``token_positions``, ``token_frequency`` and ``per_token`` for a token report.
     title
         The page title (default: "xent nightly: SOURCE on DATE" for a nightly run, named
-        by the tables' ``xent.nightly`` metadata; else "xent report", or "xent drift
-        report" or "xent compare report" for those alone).
+        by the tables' ``xent.nightly`` metadata; else "xent report", or "xent token
+        report", "xent drift report", "xent compare report" or "xent token compare
+        report" for those alone).
     max_classes
         Classes shown in the per-class table and forest plot, the worst mean CE first
         (for a comparison, the largest CE increase); the page says how many are left out.
@@ -79,8 +83,10 @@ def render_html(tables: dict[str, pa.Table], *, title: str | None = None, max_cl
     if described is None:
         raise ValueError(f"no table to show: expected one of {', '.join(PAGE_TABLES)}, got {', '.join(tables) or 'none'}")
     metadata = decoded_metadata(described)
+    tokens_compared = "compare" in tables and token_compare.is_token_compare(tables["compare"])
     default_title = (nightly.title(metadata) or "xent report" if "summary" in tables
                      else nightly.title(metadata) or "xent token report" if "token_summary" in tables
+                     else "xent token compare report" if tokens_compared
                      else "xent compare report" if "compare" in tables else "xent drift report")
     page = Page(title=title or default_title, units=metadata.get(UNITS_KEY.decode(), "nats"), metadata=metadata)
     page.warnings = [w for w in metadata.get(WARNINGS_KEY.decode()) or [] if isinstance(w, dict)]  # older: none
@@ -89,7 +95,9 @@ def render_html(tables: dict[str, pa.Table], *, title: str | None = None, max_cl
         nightly.build(tables, page, history)  # a nightly run's changes and gates, if it is one
     if "drift" in tables:
         drift.build(tables, page, max_classes)
-    if "compare" in tables:
+    if tokens_compared:
+        token_compare.build(tables, page)
+    elif "compare" in tables:
         compare.build(tables, page, max_classes)
     if "token_summary" in tables:
         tokens.build(tables, page)

@@ -42,44 +42,45 @@ def build(tables: dict[str, pa.Table], page: Page, max_classes: int) -> None:
     for row in slices:
         row["label"] = slice_label(row, slice_by)
 
-    _verdict(page, info, overall)
+    gate_verdict(page, info)
+    join_verdict(page, info, overall)
     matched = overall.get("n_matched")
     page.subtitle.append(f"candidate - baseline on {number(matched if matched is not None else info.get('matched'))} "
                          "joined rows")
     page.subtitle.append(f"{len(classes)} classes")
 
-    worst = sorted(classes, key=_worst_first)[:max_classes]
+    worst = sorted(classes, key=worst_first)[:max_classes]
     section: dict[str, Any] = {
         "cards": _cards(overall, metrics, page),
-        "about": _about(info, page.metadata),
+        "about": about(info, page.metadata),
         "classes_left_out": len(classes) - len(worst),
         "per_class": _table(worst, metrics, page, [("class", "num", ""), ("name", "text", "")],
                             lambda r: [{"text": str(r["class"]), "sort": r["class"], "interval": ""},
                                        text_cell(r["class_name"])]) if classes else None,
-        "per_slice": _table(sorted(slices, key=_worst_first), metrics, page, [(c, "text", "") for c in slice_by],
+        "per_slice": _table(sorted(slices, key=worst_first), metrics, page, [(c, "text", "") for c in slice_by],
                             lambda r: [text_cell(r[c]) for c in slice_by]) if slices else None,
     }
     page.sections["compare"] = section
     axis = f"mean CE candidate - baseline ({page.units})"
     if worst:
-        chart, named = _forest(worst, axis, "class")
+        chart, named = forest(worst, axis, "class")
         page.chart("compare-forest-classes", "compare", chart,
                    f"Mean CE difference per class ({page.units}), the largest increase first"
                    + (f": {len(worst)} of {len(classes)}" if len(worst) < len(classes) else ""), named)
     if slices:
-        chart, named = _forest(sorted(slices, key=_worst_first), axis, "slice")
+        chart, named = forest(sorted(slices, key=worst_first), axis, "slice")
         page.chart("compare-forest-slices", "compare", chart,
                    f"Mean CE difference per slice ({page.units}), the largest increase first", named)
 
 
-def _worst_first(row: dict) -> float:
+def worst_first(row: dict) -> float:
     """Sort key: the largest CE increase first (an infinite one first of all), NaN last."""
     return largest_first(row.get("ce_mean_diff"))
 
 
-def _verdict(page: Page, info: dict, overall: dict) -> None:
-    """Breached gates (kind "gate"), a check line for the gates that passed, and the rows
-    of one dump whose key the other lacks as a data problem."""
+def gate_verdict(page: Page, info: dict) -> None:
+    """Breached gates (kind "gate") and a check line for the gates that passed, from the
+    ``xent.compare`` metadata `info`."""
     breaches = [str(message) for message in info.get("breaches", [])]
     page.breaches += [{"kind": "gate", "text": message} for message in breaches]
     gates = [describe_gate(Gate(**gate)) for gate in info.get("gates", [])]
@@ -88,6 +89,11 @@ def _verdict(page: Page, info: dict, overall: dict) -> None:
         page.checks.append(f"{len(passed)} of {len(gates)} gate(s) passed: {'; '.join(passed)}.")
     elif not gates:
         page.checks.append("No gates set: nothing decides whether the candidate may ship.")
+
+
+def join_verdict(page: Page, info: dict, overall: dict, what: str = "rows") -> None:
+    """The `what` (rows, tokens) of one dump whose key the other lacks as a data problem,
+    else a check line; counts from the overall row, else from `info`."""
     key = ", ".join(info.get("key", []))
     counts = [overall.get(name) if overall.get(name) is not None else info.get(fallback) for name, fallback in
               (("n_matched", "matched"), ("n_only_baseline", "only_baseline"), ("n_only_candidate", "only_candidate"))]
@@ -95,14 +101,15 @@ def _verdict(page: Page, info: dict, overall: dict) -> None:
     if only_baseline or only_candidate:
         page.problems.append({
             "id": "join",
-            "text": f"rows joined on ({key}): {matched:,} matched; {only_baseline:,} only in the baseline and "
+            "text": f"{what} joined on ({key}): {matched:,} matched; {only_baseline:,} only in the baseline and "
                     f"{only_candidate:,} only in the candidate, left out of every difference",
         })
     else:
-        page.checks.append(f"Every row joined on ({key}): {matched:,} matched, none only in one dump.")
+        page.checks.append(f"Every {what.removesuffix('s')} joined on ({key}): {matched:,} matched, none only in "
+                           "one dump.")
 
 
-def _verdict_class(verdict: Any) -> str:
+def verdict_class(verdict: Any) -> str:
     return verdict if verdict in ("better", "worse") else ""
 
 
@@ -120,7 +127,7 @@ def _cards(overall: dict, metrics: list[str], page: Page) -> list[dict[str, Any]
             "metric": name, "label": LABELS.get(name, name) + page.units_of(name), "text": shown["text"],
             "value": repr(overall[f"{name}_diff"]), "interval": shown["interval"] or "no interval",
             "detail": f"{number(overall.get(f'{name}_baseline'))} → {number(overall.get(f'{name}_candidate'))}",
-            "verdict": _verdict_class(verdict), "verdict_text": VERDICT_TEXT.get(verdict, ""),
+            "verdict": verdict_class(verdict), "verdict_text": VERDICT_TEXT.get(verdict, ""),
         })
     return cards
 
@@ -139,15 +146,15 @@ def _table(rows: list[dict], metrics: list[str], page: Page, key_header: list[tu
     for row in rows:
         verdict = row.get("verdict")
         cells = [*key_cells(row), cell(row, "n"), cell(row, "wins"), cell(row, "ties"), cell(row, "losses"),
-                 {**text_cell(VERDICT_TEXT.get(verdict, verdict)), "class": _verdict_class(verdict)},
+                 {**text_cell(VERDICT_TEXT.get(verdict, verdict)), "class": verdict_class(verdict)},
                  cell(row, "ce_mean_baseline"), cell(row, "ce_mean_candidate")]
-        cells += [{**cell(row, f"{m}_diff", text=signed), "class": _verdict_class(row.get(f"{m}_verdict"))}
+        cells += [{**cell(row, f"{m}_diff", text=signed), "class": verdict_class(row.get(f"{m}_verdict"))}
                   for m in shown]
         body.append(cells)
     return {"header": header, "rows": body}
 
 
-def _forest(rows: list[dict], axis: str, title: str) -> tuple[dict, list[str]]:
+def forest(rows: list[dict], axis: str, title: str) -> tuple[dict, list[str]]:
     """The CE difference with its interval per row, coloured by its verdict, and a dashed line at 0."""
     for row in rows:
         row["verdict_text"] = VERDICT_TEXT.get(row.get("ce_mean_verdict"), "no verdict")
@@ -157,7 +164,7 @@ def _forest(rows: list[dict], axis: str, title: str) -> tuple[dict, list[str]]:
                          axis=axis, tooltip_title=title, zero_rule=True, color="verdict_text", colors=colors)
 
 
-def _about(info: dict, metadata: dict) -> dict[str, Any]:
+def about(info: dict, metadata: dict) -> dict[str, Any]:
     """How the comparison was made: join key, intervals, tie tolerance, the baseline's inputs."""
     about: dict[str, Any] = {
         "key": ", ".join(info.get("key", [])), "level": info.get("level"), "n_buckets": info.get("n_buckets"),
