@@ -29,7 +29,7 @@ from .inputs.sources import InputFile, dump_label, fingerprint
 from .monitor.drift import DriftReport
 from .report.tables import with_interval
 from .report.token_tables import TOKEN_HEADLINE
-from .report.text import compare_view
+from .report.text import compare_view, token_compare_view
 from .runs import adhoc, nightly, two_sided
 
 
@@ -176,9 +176,13 @@ def drift_flow(config: DriftConfig, out: str, progress: bool = False) -> Any:
 
 def compare_markdown(tables: dict[str, pa.Table], config: CompareConfig, breaches: list[str]) -> str:
     """The compare artifact: the terminal's short table, the gates' verdict and every breach."""
-    header, cells = compare_view(tables["compare"])
+    tokens = "scope" in tables["compare"].column_names
+    header, cells = (token_compare_view if tokens else compare_view)(tables["compare"])
+    about = (f"; the KL lower bound is of KL(baseline‖candidate), from the top-k lists, in {config.units}" if tokens
+             else "")
     lines = [f"# {dump_label(config.sources)} against {dump_label(config.baseline)}", "",
-             f"Candidate - baseline with {config.interval_level:.0%} paired intervals; cross-entropy in {config.units}.", "",
+             f"Candidate - baseline with {config.interval_level:.0%} paired intervals; cross-entropy in {config.units}"
+             f"{about}.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in cells]
     gates = ", ".join(g.metric for g in config.gate)

@@ -19,7 +19,7 @@ from ..metadata import INTEGRITY_KEY, INTERVALS_KEY, UNITS_KEY
 from ..report.tables import (
     auc_line, bad_shards_summary, integrity_line, intervals_line, metric_columns, with_interval,
 )
-from ..report.text import compare_view
+from ..report.text import compare_view, token_compare_view
 from ..report.token_tables import TOKEN_HEADLINE
 
 # Every summary column that is not a slice column.
@@ -191,7 +191,6 @@ def _print_gates(info: dict, console: Console) -> None:
     console.print(f"gates: {verdict}")
 
 
-TOKEN_DIFFERENCES = ("ce_mean", "perplexity", "bits_per_byte", "top1_accuracy")
 WORST_TOKENS = 5
 
 
@@ -200,21 +199,17 @@ def print_token_compare(table_data: Any, info: dict, units: str, console: Consol
     """Two language models on the same tokens: the paired differences overall and per
     slice, the KL lower bound, the worst buckets and tokens, the join counts."""
     rows = table_data.to_pylist()
-    slice_columns = table_data.column_names[: table_data.column_names.index("overall")]
-    summary = [r for r in rows if r["scope"] == "all"]
-    summary.sort(key=lambda r: r["overall"])
-    shown = [m for m in TOKEN_DIFFERENCES if f"{m}_diff" in table_data.column_names
-             and any(_present(r[f"{m}_diff"]) for r in summary)]
     level = info.get("level", 0.95)
+    header, cells = token_compare_view(table_data)
     table = Table(title=f"candidate - baseline on the same tokens, {level:.0%} paired intervals over document "
-                        f"buckets (cross-entropy in {units}, bits per byte in bits; overall row last)")
-    for column in [*slice_columns, "tokens", *(f"{m} diff" for m in shown), "verdict"]:
+                        f"buckets (cross-entropy and the KL lower bound in {units}, bits per byte in bits; overall "
+                        "row last)")
+    for column in header:
         table.add_column(column, justify="right")
-    for row in summary:
-        table.add_row(*("(all)" if row["overall"] else _fmt(row[c]) for c in slice_columns), f"{row['tokens']:,}",
-                      *(with_interval(row, f"{m}_diff") for m in shown), _fmt(row["verdict"]))
+    for row in cells:
+        table.add_row(*row)
     console.print(table)
-    overall = next(r for r in summary if r["overall"])
+    overall = next(r for r in rows if r["overall"] and r["scope"] == "all")
     if overall["kl_tokens"]:
         console.print(
             f"KL(baseline‖candidate) LOWER BOUND from the top-k lists, per token ({units}): mean "

@@ -28,6 +28,8 @@ from ..report.text import class_text, describe_gate
 
 def _where(row: dict, slice_by: Sequence[str]) -> str:
     scope = "overall" if row.get("overall") or not slice_by else ", ".join(f"{k}={row.get(k)}" for k in slice_by)
+    if "class" not in row:  # a table without classes (token dumps)
+        return scope
     if row.get("class") is None:
         return f"{scope}, all classes"
     return f"{scope}, class {class_text(row['class'], row.get('class_name'), parenthesized=True)}"

@@ -63,6 +63,30 @@ def _interval(row: dict, metric: str) -> str:
     return f"{value:+.4f} [{row[f'{metric}_diff_lo']:+.4f}, {row[f'{metric}_diff_hi']:+.4f}]"
 
 
+TOKEN_DIFFERENCES = ("ce_mean", "perplexity", "bits_per_byte", "top1_accuracy")
+
+
+def token_compare_view(table: pa.Table) -> tuple[list[str], list[list[str]]]:
+    """The short view of a token comparison's compare.parquet: each slice's row of all
+    its tokens, then the overall one, with the differences, the KL lower bound's mean
+    and the verdict, as header and text cells."""
+    slice_columns = table.column_names[: table.column_names.index("overall")]
+    rows = sorted((r for r in table.to_pylist() if r["scope"] == "all"), key=lambda r: r["overall"])
+    metrics = [m for m in TOKEN_DIFFERENCES if f"{m}_diff" in table.column_names
+               and any(r[f"{m}_diff"] is not None and not math.isnan(r[f"{m}_diff"]) for r in rows)]
+    header = ["slice", "tokens", *(f"{m} diff [interval]" for m in metrics), "KL lower bound mean [interval]",
+              "wins/ties/losses", "verdict"]
+    cells = []
+    for row in rows:
+        where = "(all)" if row["overall"] else ",".join(f"{c}={row[c]}" for c in slice_columns)
+        bound = row["kl_lower_bound_mean"]
+        kl = "" if bound is None or math.isnan(bound) else (
+            f"{bound:.4f} [{row['kl_lower_bound_mean_lo']:.4f}, {row['kl_lower_bound_mean_hi']:.4f}]")
+        cells.append([where, f"{row['tokens']:,}", *(_interval(row, m) for m in metrics), kl,
+                      f"{row['wins']:,}/{row['ties']:,}/{row['losses']:,}", row["verdict"] or ""])
+    return header, cells
+
+
 def compare_view(table: pa.Table, worst: int = 5) -> tuple[list[str], list[list[str]]]:
     """The short view of compare.parquet: the overall row, each slice's row, and the
     `worst` classes overall by CE difference (largest first), as header and text cells."""
