@@ -15,7 +15,8 @@ from .running import pipelines, run_flow
 # The options that only one family of dumps takes, by argparse dest.
 _CLASSIFIER_OPTIONS = {"rows": "--rows", "classes": "--classes", "dtype": "--dtype", "hive": "--hive",
                        "weights": "--weights", "drift": "--drift", "bad": "--bad"}
-_TOKEN_OPTIONS = {"tokens": "--tokens", "vocab": "--vocab", "topk": "--topk", "shift": "--shift"}
+_TOKEN_OPTIONS = {"tokens": "--tokens", "vocab": "--vocab", "topk": "--topk", "shift": "--shift",
+                 "shift_head": "--shift-head"}
 _TOKEN_LAYOUTS = ("token_rows", "documents")
 
 
@@ -45,6 +46,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
         options.update({name: value for name, value in (
             ("tokens", args.tokens), ("vocab_size", args.vocab), ("topk", args.topk), ("shift", args.shift),
+            ("shift_head", args.shift_head),
         ) if value is not None})
         token_dump = generate_token_dump(args.out, **options)
         print(f"wrote {token_dump.tokens:,} tokens of {token_dump.documents:,} documents in {len(token_dump.files)} "

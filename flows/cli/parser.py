@@ -135,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "log-probabilities are S nats lower on average, with a float64 column true_kl: each token's "
                         "exact KL(first model ‖ this one) in nats, which xent compare --kind tokens bounds from the "
                         "top-k lists (default: 0, the first model)")
+    tokens.add_argument("--shift-head", type=int, metavar="M", help="with --shift: the target's freed probability "
+                        "goes only to the first model's M best tokens (the target excepted), in proportion, and the "
+                        "others keep theirs, so the top-k KL lower bound falls below true_kl on average when K < M (default: "
+                        "every token but the target, where the bound meets it at any K)")
     p.set_defaults(handler=cmd_generate)
 
     p = command("convert", help="write vLLM prompt log-probs or OpenAI chat-completion log-probs as a token dump")

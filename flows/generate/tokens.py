@@ -70,18 +70,24 @@ dump); its top-k lists also depend on ``topk``, and everything on ``vocab_size``
   token, so the mean CE grows by ``s`` nats in expectation. ``shift = 0`` is the
   first model, bitwise.
 
+  ``shift_head = m`` (with ``s > 0``) gives the freed mass only to the head: the
+  first model's ranks 1 .. m but the target, in proportion to their probability.
+  With ``P_H`` the head's mass, each head token's logprob rises by the same
+  ``ln c_H``, ``c_H = (P_H + p_t (1 - exp(-s_t))) / P_H``, and every token ranked
+  below m keeps its logprob (bitwise, where listed); the lists are re-sorted as
+  above. ``m = V`` is the plain shift, to float64 rounding.
+
   The shifted dump also holds ``true_kl`` (float64; a list in the documents
   layout): each token's exact KL(first model ‖ shifted model) in nats, over the
-  whole vocabulary. With ``c = (1 - p_t exp(-s_t)) / (1 - p_t)``, the target
-  contributes ``p_t ln(p_t / (p_t exp(-s_t))) = p_t s_t`` and every other token j
-  ``p_j ln(1 / c)``, so ``KL = p_t s_t - (1 - p_t) ln c``, written as the sum of
-  two terms that are never negative, ``p_t (s_t - (1 - exp(-s_t)))`` and
-  ``(1 - p_t) (x - ln(1 + x))`` with ``x = c - 1``, each clipped at 0 against
-  rounding. It is the KL of the float64 distributions; the stored logprobs are
-  rounded down to float32. Since every non-target token's probability is scaled
-  by the same ``c``, the top-k KL lower bound of ``xent compare --kind tokens``,
-  which merges the unlisted tokens into one tail bin, loses nothing here: it
-  meets ``true_kl`` up to that rounding, whatever k.
+  whole vocabulary, ``p_t s_t - P_H ln c_H`` (``P_H = 1 - p_t`` without a head;
+  derived in :mod:`flows.generate.token_shift`). It is the KL of the float64
+  distributions; the stored logprobs are rounded down to float32. The top-k KL
+  lower bound of ``xent compare --kind tokens`` merges the ids not listed on both
+  sides into one tail bin, which loses nothing where they all have the same ratio
+  ``q_j / p_j``: without a head every non-target token is scaled by one ``c``, so
+  the bound meets ``true_kl`` up to that rounding whatever k; with a head it does
+  when the lists cover the head (``k >= m``), and stays below it when they do not
+  (the tail then mixes raised head tokens with unchanged ones).
 
 Shards: the token-rows layout splits the token order evenly (``shuffle`` permutes
 tokens across shards first, so a document's tokens are scattered); the documents
@@ -104,6 +110,7 @@ import pyarrow as pa
 
 from ..errors import UsageError
 from .streams import MASK64, bits, normals, permute, stream_key, uniform
+from .token_shift import shift_tokens
 from .write import clear_existing, write_shard
 
 __all__ = ["DEFAULT_TOKEN_SLICES", "TARGET_OMITTED_SHARE", "TOKEN_LAYOUTS", "TokenDump", "generate_token_dump"]
@@ -179,6 +186,7 @@ def generate_token_dump(
     with_bytes: bool = True,
     seed: int = 0,
     shift: float = 0.0,
+    shift_head: int | None = None,
     shuffle: bool = False,
     row_group_rows: int | None = None,
     overwrite: bool = False,
@@ -212,6 +220,10 @@ def generate_token_dump(
         0 for the first model; ``s > 0`` for a second model of the same tokens whose
         target logprobs are lower by ``s`` nats in expectation, with a ``true_kl``
         column: each token's exact KL(first model ‖ this one) in nats (module docstring).
+    shift_head : int, optional
+        With ``shift > 0``: the freed target mass goes only to the first model's ranks
+        1 .. shift_head (2 to vocab_size) but the target, in proportion; the other tokens
+        keep their probability. None: to every token but the target.
     shuffle : bool
         Permute tokens (token rows) or documents (documents layout) before sharding.
     row_group_rows : int, optional
@@ -232,14 +244,15 @@ def generate_token_dump(
         (a ``ValueError``) for an argument out of range, naming it.
     """
     slices = {name: list(values) for name, values in (slices or {}).items()}
-    _check_args(tokens, vocab_size, layout, shards, topk, slices, shift, row_group_rows)
+    _check_args(tokens, vocab_size, layout, shards, topk, slices, shift, shift_head, row_group_rows)
     seed = int(seed) & MASK64
     root = os.fspath(path)
     fs, base = fsspec.core.url_to_fs(root, **(storage_options or {}))
     base = base.rstrip("/")
     clear_existing(fs, base, root, overwrite)
 
-    model = _TokenModel(seed, int(vocab_size), int(topk), float(shift), slices)
+    model = _TokenModel(seed, int(vocab_size), int(topk), float(shift), None if shift_head is None else int(shift_head),
+                        slices)
     lengths = _document_lengths(int(tokens), seed)
     starts = np.concatenate([[0], np.cumsum(lengths)])
     width = max(5, len(str(shards - 1)))
@@ -264,7 +277,7 @@ def _is_int(x) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
-def _check_args(tokens, vocab_size, layout, shards, topk, slices, shift, row_group_rows) -> None:
+def _check_args(tokens, vocab_size, layout, shards, topk, slices, shift, shift_head, row_group_rows) -> None:
     """The arguments' problems as UsageError (a ValueError)."""
     if layout not in TOKEN_LAYOUTS:
         raise UsageError(f"layout must be one of {TOKEN_LAYOUTS} for token dumps, got {layout!r}")
@@ -281,6 +294,12 @@ def _check_args(tokens, vocab_size, layout, shards, topk, slices, shift, row_gro
         raise UsageError(f"shards must be an int >= 1, got {shards!r}")
     if not (isinstance(shift, (int, float)) and math.isfinite(shift) and shift >= 0.0):
         raise UsageError(f"shift must be finite and >= 0, got {shift!r}")
+    if shift_head is not None:
+        if not _is_int(shift_head) or not 2 <= shift_head <= vocab_size:
+            raise UsageError(f"shift_head must be an int in [2, vocab_size = {vocab_size}], got {shift_head!r}")
+        if shift == 0.0:
+            raise UsageError("shift_head says where a shift's freed mass goes, and shift is 0; give a shift > 0 "
+                             "or drop shift_head")
     if row_group_rows is not None and (not _is_int(row_group_rows) or row_group_rows < 1):
         raise UsageError(f"row_group_rows must be a positive int or None, got {row_group_rows!r}")
     if (tokens // shards + MAX_DOC_TOKENS) * (topk + 1) >= 2**31:  # a List column's int32 offsets
@@ -357,8 +376,9 @@ class _TokenValues:
 class _TokenModel:
     """The vocabulary and the model's per-peakedness tables, made once per dump."""
 
-    def __init__(self, seed: int, vocab_size: int, topk: int, shift: float, slices: dict[str, list]):
-        self.seed, self.vocab_size, self.topk, self.shift = seed, vocab_size, topk, shift
+    def __init__(self, seed: int, vocab_size: int, topk: int, shift: float, shift_head: int | None,
+                 slices: dict[str, list]):
+        self.seed, self.vocab_size, self.topk, self.shift, self.shift_head = seed, vocab_size, topk, shift, shift_head
         v = vocab_size
         frequency_rank = np.arange(v, dtype=np.int64)
         zipf = np.exp(-ZIPF_EXPONENT * np.log1p(frequency_rank.astype(np.float64)))
@@ -377,6 +397,10 @@ class _TokenModel:
         weights = np.exp(-a[:, None] * np.log(np.arange(1, self.head + 1.0)))
         head_cdf = np.cumsum(weights, axis=1)
         norm = head_cdf[:, -1] + _power_sum_tail(a, self.head, v)
+        if shift_head is not None:  # per level, the mass of ranks 1 .. shift_head
+            m = shift_head
+            power_sum = head_cdf[:, min(m, self.head) - 1] + _power_sum_tail(a, self.head, m)
+            self.shift_head_mass = (1.0 - SMOOTHING) * power_sum / norm + SMOOTHING * m / v
         head_cdf /= norm[:, None]
         # Level g's CDF shifted by g: one sorted array that one searchsorted covers.
         self.flat_cdf = (head_cdf + np.arange(len(a))[:, None]).ravel()
@@ -417,21 +441,19 @@ class _TokenModel:
         rank = self._target_rank(key, level)
         target_logp = self.log_p(level, rank.astype(np.float64))
 
-        rise = true_kl = None  # every other token's logprob change under the shift, and the KL
+        shift = None
         if self.shift > 0.0:  # skipped at 0 so the first model stays bitwise the same
-            drop = self.shift * (0.5 + uniform(doc, stream_key(seed, "doc/shift")))
-            drop *= -np.log1p(-uniform(key, stream_key(seed, "token/shift")))
-            shifted = target_logp - drop
-            rise = np.log(-np.expm1(shifted)) - np.log(-np.expm1(target_logp))
-            true_kl = _shift_kl(target_logp, drop)
-            target_logp = shifted
+            head_mass = None if self.shift_head is None else self.shift_head_mass[level]
+            shift = shift_tokens(seed, self.shift, self.shift_head, doc, key, target_logp, rank, head_mass)
+            target_logp = shift.target_logp
         target_logprob = _round_down(target_logp)
 
         lengths = ids = logprobs = None
         if self.topk:
             lengths, ids, logprobs = self._lists(key, level, rank, frequency_rank, target, target_logp, target_logprob,
-                                                 rise)
-        return _TokenValues(target, target_logprob, self.bytes_of_id[target], lengths, ids, logprobs, true_kl)
+                                                 shift)
+        return _TokenValues(target, target_logprob, self.bytes_of_id[target], lengths, ids, logprobs,
+                            None if shift is None else shift.true_kl)
 
     def _target_rank(self, key: np.ndarray, level: np.ndarray) -> np.ndarray:
         """The target's rank (1-based) in the model's ranking, drawn from the model's own p."""
@@ -451,17 +473,17 @@ class _TokenModel:
         rank[smooth] = 1 + (u[smooth] * v).astype(np.int64)  # the uniform floor's share
         return rank
 
-    def _lists(self, key, level, rank, frequency_rank, target, target_logp, target_logprob, rise):
+    def _lists(self, key, level, rank, frequency_rank, target, target_logp, target_logprob, shift):
         """The top-k lists, concatenated: (entries per token, ids, logprobs)."""
         k = self.topk
         column = np.arange(k)
         # The non-target entries in the model's order: the j-th holds rank j + 1, or j + 2 past the target.
         other_rank = column + 1 + (column + 1 >= rank[:, None])
         other_logp = self.list_logp[level[:, None], other_rank - 1]
-        if rise is None:
+        if shift is None:
             place = np.minimum(rank - 1, k)  # the target's place in the list
-        else:
-            other_logp += rise[:, None]
+        else:  # the raised entries keep their order, and stay above the others
+            other_logp = shift.raised(other_logp, other_rank)
             place = (other_logp > target_logp[:, None]).sum(axis=1)
         other_ids = self._other_ids(key, frequency_rank)
 
@@ -521,15 +543,6 @@ def _power_sum_tail(a: np.ndarray, m: int, v: int) -> np.ndarray:
 
     total = integral + (f(m, 0) + f(v, 0)) / 2 + (f(v, 1) - f(m, 1)) / 12 - (f(v, 3) - f(m, 3)) / 720
     return total - f(m, 0)  # the sum over m .. v, less its first term
-
-
-def _shift_kl(target_logp: np.ndarray, drop: np.ndarray) -> np.ndarray:
-    """KL(p ‖ q) in nats when q_t = p_t exp(-drop) and every other q_j = c p_j (module
-    docstring): p_t (s - (1 - e^-s)) + (1 - p_t) (x - ln(1 + x)), x = c - 1, both terms >= 0."""
-    p = np.exp(target_logp)
-    freed = -np.expm1(-drop)  # 1 - exp(-s): the share of p_t given to the other tokens
-    x = p * freed / -np.expm1(target_logp)
-    return np.maximum(p * (drop - freed), 0.0) + np.maximum(-np.expm1(target_logp) * (x - np.log1p(x)), 0.0)
 
 
 def _round_down(x: np.ndarray) -> np.ndarray:
