@@ -52,6 +52,11 @@ def test_the_demo_ends_with_its_page(demo):
         assert htmllib.escape(line, quote=False) in verdict
     # Each card shows its change since the previous run.
     assert html.count('class="change') >= 5
+    # The language model drifted too (its CE rose 0.3 nats): its own drift table, checked against its kind's thresholds.
+    lm_drift = {row["metric"]: row for row in pq.read_table(page.parent.parent / "source=lm" / "drift.parquet").to_pylist()
+                if row["overall"]}
+    assert lm_drift["ce_shift"]["breached"] and lm_drift["ce_shift"]["threshold"] == 0.1
+    assert "kl_per_sample" not in lm_drift and lm_drift["kl_lower_bound_per_token"]["value"] > 0
 
 
 @pytest.mark.slow

@@ -96,13 +96,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         generate_token_dump(out / "lm" / f"date={date}", tokens=200_000, topk=20, shards=4, shift=shift,
                             slices={"domain": ["web", "code"]}, seed=1, overwrite=True)
     lm_source = {"name": "lm", "paths": [str(out / "lm" / "date={date}")], "gate": [],
-                 "settings": {"kind": "tokens", "slice_by": ["domain"]}}
+                 "reference": [str(out / "lm" / f"date={baseline}")], "settings": {"kind": "tokens", "slice_by": ["domain"]}}
     config = {
         "report_root": str(out / "reports"),
         "sources": [{"name": "demo", "paths": [str(out / "dumps" / "date={date}")], "reference": [str(out / "dumps" / f"date={baseline}")]},
                     lm_source],
         "defaults": {"slice_by": ["model"], "units": "nats"},
-        "drift": {"thresholds": {"kl_per_sample": 0.05, "marginal_js": 0.005, "confidence_psi": 0.1}},
+        # each source is checked against the thresholds of its kind: classifier predictions, token dumps
+        "drift": {"thresholds": {"kl_per_sample": 0.05, "marginal_js": 0.005, "confidence_psi": 0.1,
+                                 "ce_shift": 0.1, "kl_lower_bound_per_token": 0.05}},
         # Each run against the previous one: a breach where accuracy surely fell by more than 0.1.
         "gate": [{"metric": "accuracy", "max_decrease": 0.1}],
         "baseline": "previous",
@@ -122,6 +124,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print_drift(str(tables / "drift.parquet"))
     lm = Path(run_folder(build_config(NightlyConfig, config_path).tables_base, today, "lm"))
     print_report({name: str(lm / f"{name}.parquet") for name in ("token_summary", "token_positions", "token_frequency")})
+    print_drift(str(lm / "drift.parquet"))
     for outcome in outcomes:  # the drift breaches are listed above; the gates' here
         print(outcome.line())
         for breach in outcome.gate_breaches:
